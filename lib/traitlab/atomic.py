@@ -1,0 +1,90 @@
+"""Atomic file writes and content hashing.
+
+Every artifact is written to a temporary file in the destination folder and then
+renamed over the target, so an interrupted run leaves either the old file or the
+new one, never half of one.
+
+Example:
+    >>> from pathlib import Path
+    >>> p = Path("/tmp/traitlab_atomic_demo.json")
+    >>> write_json(p, {"a": 1}); read_json(p)
+    {'a': 1}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    write_bytes(target, text.encode())
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> None:
+    write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_tensors(target: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
+    """Save a flat dict of tensors as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(target) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20,
+                progress: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in chunks (``progress`` gets the byte count of each)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            if progress:
+                progress(len(block))
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Short sha256 of a JSON-serialisable object (dict keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]

@@ -1,0 +1,152 @@
+"""Prompt sets: the contrastive trait pairs we write, and public datasets in the data root.
+
+A trait file ``data/traits/<trait>.jsonl`` holds one pair per line::
+
+    {"id": "optimism-001", "group": "tech", "split": "train",
+     "pos_prompt": "...", "pos_response": "...", "neg_prompt": "...", "neg_response": "..."}
+
+``pos`` shows the trait, ``neg`` does not; ``split`` is fixed in the file (every fifth
+pair is ``val``). Public datasets are read from the data root (``TRAITLAB_DATA_ROOT``),
+never copied into the project.
+
+Example:
+    >>> ds = load_trait("optimism")
+    >>> len(ds.split("train")), len(ds.split("val"))
+    (88, 22)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .chat import ChatFormat, Encoded
+from .paths import data_root, project_data
+
+Split = Literal["train", "val"]
+
+
+class DataError(ValueError):
+    """A missing, empty or malformed prompt set."""
+
+
+@dataclass(frozen=True)
+class TraitPair:
+    id: str
+    group: str
+    split: Split
+    pos_prompt: str
+    pos_response: str
+    neg_prompt: str
+    neg_response: str
+
+
+@dataclass(frozen=True)
+class TraitDataset:
+    """The contrastive pairs of one trait."""
+
+    trait: str
+    pairs: tuple[TraitPair, ...]
+
+    def split(self, split: Split) -> tuple[TraitPair, ...]:
+        return tuple(p for p in self.pairs if p.split == split)
+
+    def groups(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.group for p in self.pairs))
+
+    def encode(self, fmt: ChatFormat, split: Split | None = None) -> tuple[list[Encoded], list[Encoded]]:
+        """(positives, negatives) as prompt + response token ids."""
+        pairs = self.pairs if split is None else self.split(split)
+        pos = [fmt.encode(p.pos_prompt, p.pos_response) for p in pairs]
+        neg = [fmt.encode(p.neg_prompt, p.neg_response) for p in pairs]
+        return pos, neg
+
+
+_FIELDS = {f for f in TraitPair.__dataclass_fields__}
+
+
+def available_traits(folder: Path | None = None) -> list[str]:
+    folder = folder or project_data("traits")
+    return sorted(p.stem for p in folder.glob("*.jsonl"))
+
+
+def load_trait(trait: str, *, max_pairs_per_split: int | None = None,
+               folder: Path | None = None) -> TraitDataset:
+    """Load ``data/traits/<trait>.jsonl`` (or from ``folder``), validating every line.
+
+    ``max_pairs_per_split`` keeps the first N train and first N val pairs (for quick runs).
+    """
+    folder = folder or project_data("traits")
+    path = folder / f"{trait}.jsonl"
+    if not path.exists():
+        raise DataError(f"no prompt set for trait {trait!r} at {path}; available: "
+                        f"{', '.join(available_traits(folder)) or 'none'}")
+    pairs = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{n}: not valid JSON ({err})") from None
+        if set(rec) != _FIELDS:
+            raise DataError(f"{path}:{n}: keys {sorted(rec)} differ from {sorted(_FIELDS)}")
+        if rec["split"] not in ("train", "val"):
+            raise DataError(f"{path}:{n}: split must be 'train' or 'val', got {rec['split']!r}")
+        pairs.append(TraitPair(**rec))
+    if max_pairs_per_split is not None:
+        kept = []
+        for s in ("train", "val"):
+            kept += [p for p in pairs if p.split == s][:max_pairs_per_split]
+        pairs = kept
+    ds = TraitDataset(trait, tuple(pairs))
+    for s in ("train", "val"):
+        if len(ds.split(s)) < 2:
+            raise DataError(f"trait {trait!r} has {len(ds.split(s))} {s} pairs; at least 2 are needed")
+    return ds
+
+
+# ---- public datasets in the data root -------------------------------------------------
+
+PUBLIC_FILES: dict[str, str] = {
+    "xstest": "xstest/xstest_prompts.csv",
+    "advbench": "refusal_direction/dataset/raw/advbench.csv",
+    "harmbench_test": "harmbench/harmbench_behaviors_text_test.csv",
+    "harmbench_val": "harmbench/harmbench_behaviors_text_val.csv",
+    "jailbreakbench": "jbb/harmful-behaviors.refusal_direction-raw.csv",
+    "jbb_benign": "jbb/benign-behaviors.csv",
+    "strongreject": "strongreject/strongreject_dataset.csv",
+    "alpaca_seed": "alpaca/seed_tasks.jsonl",
+}
+
+
+def public_path(name: str) -> Path:
+    """Path of public dataset ``name`` under the data root, or a clear error."""
+    if name not in PUBLIC_FILES:
+        raise DataError(f"unknown public dataset {name!r}; known: {', '.join(PUBLIC_FILES)}")
+    path = data_root() / PUBLIC_FILES[name]
+    if not path.exists():
+        raise DataError(
+            f"dataset {name!r} not found at {path}. The data root is {data_root()}; point it at a "
+            "folder holding the public datasets, e.g. `export TRAITLAB_DATA_ROOT=../shared/datasets`."
+        )
+    return path
+
+
+def read_csv(name: str) -> list[dict[str, str]]:
+    with open(public_path(name), newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise DataError(f"dataset {name!r} at {public_path(name)} is empty")
+    return rows
+
+
+def nonempty(items: Sequence, what: str) -> Sequence:
+    """Return ``items``, or raise a clear error naming ``what`` when empty."""
+    if len(items) == 0:
+        raise DataError(f"{what} is empty")
+    return items

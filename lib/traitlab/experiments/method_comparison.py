@@ -1,0 +1,195 @@
+"""Extraction-method comparison: every trait × layer × method, scored on held-out pairs.
+
+For each trait, activations of the positive and negative examples (prompt + written
+response, reduced to ``position``) are extracted once at ``site`` for every layer. Each
+method is fitted on the train split and evaluated on the val split
+(``traitlab.metrics``). ``random`` is evaluated for ``n_random_seeds`` seeds to give a
+null distribution; its summary row uses seed 0 so that every method has the same
+number of cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ..activations import POSITIONS, extract
+from ..data import load_trait
+from ..directions import METHODS, fit_direction
+from ..metrics import bootstrap_ci, evaluate
+from ..models import LoadedModel, describe
+from ..params import ParamError
+from ..sites import SITE_NAMES, Site, check_sites
+
+SEED_TABLE = pd.DataFrame(
+    [("probe", 0, 85.9, 2.94, 29), ("gradient", 27, 81.0, 2.58, 47), ("mean_diff", 67, 65.7, 1.35, 106),
+     ("ica", 121, 47.9, 1.02, 170), ("pca_diff", 108, 51.0, 0.72, 161), ("random", 129, 46.5, 0.79, 184)],
+    columns=["method", "polarity_failures", "mean_accuracy_pct", "mean_effect_size", "acc_below_threshold"],
+).assign(cells=234).set_index("method")
+"""The seed's table: Gemma-2-2B-IT, 9 traits × 26 layers = 234 cells per method."""
+
+
+@dataclass(frozen=True)
+class Params:
+    model: str = "qwen2.5-coder-0.5b-instruct"
+    revision: str | None = None
+    dtype: str = "float32"
+    traits: list[str] = field(default_factory=lambda: ["refusal", "uncertainty", "formality",
+                                                       "optimism", "sycophancy", "humor"])
+    layers: list[int] | None = None
+    site: str = "resid_post"
+    position: str = "mean"
+    methods: list[str] = field(default_factory=lambda: ["probe", "gradient", "mean_diff", "pca_diff",
+                                                        "ica", "random"])
+    max_pairs_per_split: int | None = None
+    n_random_seeds: int = 50
+    batch_size: int = 16
+    probe_C: float = 1.0
+    gradient_shrinkage: float = 0.1
+    gradient_steps: int = 500
+    ica_components: int = 10
+    acc_threshold: float = 0.6
+    n_boot: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.traits:
+            raise ParamError("traits is empty; name at least one trait from data/traits/")
+        if self.site not in SITE_NAMES:
+            raise ParamError(f"site {self.site!r} unknown; choose one of {', '.join(SITE_NAMES)}")
+        if self.position not in POSITIONS:
+            raise ParamError(f"position {self.position!r} unknown; choose one of {', '.join(POSITIONS)}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ParamError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+        for name in ("n_random_seeds", "batch_size", "gradient_steps", "ica_components", "n_boot"):
+            if getattr(self, name) < 1:
+                raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
+            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
+        if not 0 < self.acc_threshold < 1:
+            raise ParamError(f"acc_threshold must be in (0, 1), got {self.acc_threshold}")
+        if self.probe_C <= 0 or self.gradient_shrinkage < 0:
+            raise ParamError("probe_C must be > 0 and gradient_shrinkage >= 0")
+
+    def check(self) -> list[Site]:
+        """Checks that need the model's shape (read from its config, no weights); the sites."""
+        info = describe(self.model, self.revision)
+        layers = list(range(info.n_layers)) if self.layers is None else self.layers
+        if not layers:
+            raise ParamError("layers is empty; use null for every layer")
+        sites = [Site(self.site, layer) for layer in layers]  # type: ignore[arg-type]
+        try:
+            check_sites(sites, info.arch, info.n_layers)
+        except ValueError as err:
+            raise ParamError(str(err)) from None
+        for t in self.traits:
+            load_trait(t, max_pairs_per_split=self.max_pairs_per_split)
+        return sites
+
+    def method_options(self) -> dict[str, dict]:
+        return {"probe": {"C": self.probe_C},
+                "gradient": {"shrinkage": self.gradient_shrinkage, "steps": self.gradient_steps},
+                "ica": {"n_components": self.ica_components}}
+
+
+def extract_traits(p: Params, model: LoadedModel, sites: list[Site]) -> dict:
+    """{trait: {split: (pos ActivationSet, neg ActivationSet)}}, one extraction per trait."""
+    out = {}
+    for trait in p.traits:
+        ds = load_trait(trait, max_pairs_per_split=p.max_pairs_per_split)
+        out[trait] = {}
+        pos, neg = ds.encode(model.chat)
+        acts = extract(model, pos + neg, sites, position=p.position, batch_size=p.batch_size)  # type: ignore[arg-type]
+        splits = np.array([pair.split for pair in ds.pairs])
+        n = len(ds.pairs)
+        for split in ("train", "val"):
+            idx = torch.from_numpy(np.flatnonzero(splits == split))
+            out[trait][split] = {s: (acts[s][idx], acts[s][n + idx]) for s in sites}
+    return out
+
+
+def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True) -> pd.DataFrame:
+    """One row per (trait, layer, method, seed) with the held-out metrics."""
+    rows = []
+    opts = p.method_options()
+    jobs = [(t, s, m) for t in p.traits for s in sites for m in p.methods]
+    for trait, site, method in tqdm(jobs, desc="fit", disable=not progress):
+        tr_pos, tr_neg = acts[trait]["train"][site]
+        va_pos, va_neg = acts[trait]["val"][site]
+        seeds = range(p.seed, p.seed + p.n_random_seeds) if method == "random" else [p.seed]
+        for seed in seeds:
+            d = fit_direction(method, tr_pos, tr_neg, seed=seed, **opts.get(method, {}))
+            m = evaluate(d.vector, va_pos, va_neg)
+            rows.append({"trait": trait, "layer": site.layer, "method": method, "seed": seed,
+                         **m.asdict(), "raw_norm": d.raw_norm})
+    return pd.DataFrame(rows)
+
+
+def summarize(df: pd.DataFrame, p: Params) -> pd.DataFrame:
+    """The seed's table for our run: one row per method (random: its first seed)."""
+    main = df[(df.method != "random") | (df.seed == p.seed)]
+    out = []
+    for method in p.methods:
+        d = main[main.method == method]
+        acc = d.val_accuracy.to_numpy() * 100
+        lo, hi = bootstrap_ci(acc, n_boot=p.n_boot, seed=p.seed)
+        elo, ehi = bootstrap_ci(d.effect_size.to_numpy(), n_boot=p.n_boot, seed=p.seed)
+        out.append({"method": method, "cells": len(d),
+                    "polarity_failures": int((~d.polarity_correct).sum()),
+                    "mean_accuracy_pct": acc.mean(), "acc_ci95": f"[{lo:.1f}, {hi:.1f}]",
+                    "mean_effect_size": d.effect_size.mean(), "d_ci95": f"[{elo:.2f}, {ehi:.2f}]",
+                    "mean_auroc": d.auroc.mean(),
+                    "acc_below_threshold": int((d.val_accuracy < p.acc_threshold).sum())})
+    return pd.DataFrame(out).set_index("method")
+
+
+def random_null(df: pd.DataFrame) -> pd.DataFrame:
+    """Per random seed: mean accuracy, polarity failures and effect size over all cells."""
+    r = df[df.method == "random"]
+    return r.groupby("seed").agg(mean_accuracy_pct=("val_accuracy", lambda x: 100 * x.mean()),
+                                 polarity_failures=("polarity_correct", lambda x: int((~x).sum())),
+                                 mean_effect_size=("effect_size", "mean"))
+
+
+def versus_seed(summary: pd.DataFrame) -> pd.DataFrame:
+    """Our summary beside the seed's, with failure counts as percentages of cells."""
+    ours = summary.assign(polarity_fail_pct=100 * summary.polarity_failures / summary.cells)
+    seed = SEED_TABLE.assign(polarity_fail_pct=100 * SEED_TABLE.polarity_failures / SEED_TABLE.cells)
+    cols = ["polarity_fail_pct", "mean_accuracy_pct", "mean_effect_size"]
+    both = ours[cols].join(seed[cols], lsuffix="_ours", rsuffix="_seed", how="outer")
+    return both.loc[[m for m in SEED_TABLE.index if m in both.index]]
+
+
+def conclusions(summary: pd.DataFrame, null: pd.DataFrame) -> list[str]:
+    """Plain-language findings computed from this run (printed by the report)."""
+    s = summary
+    out = []
+    ranked = s.sort_values("mean_accuracy_pct", ascending=False)
+    out.append("Ranking by mean held-out accuracy: " + " > ".join(
+        f"{m} ({r.mean_accuracy_pct:.1f}%)" for m, r in ranked.iterrows()) + ".")
+    if "random" in s.index and len(null):
+        hi = np.quantile(null.mean_accuracy_pct, 0.95)
+        beat = [m for m in s.index if m != "random" and s.loc[m, "mean_accuracy_pct"] > hi]
+        tied = [m for m in s.index if m != "random" and m not in beat]
+        out.append(f"95th percentile of the random null's mean accuracy: {hi:.1f}%. Above it: "
+                   f"{', '.join(beat) or 'none'}; not distinguishable from random: {', '.join(tied) or 'none'}.")
+    seed_order = ["probe", "gradient", "mean_diff"]
+    if all(m in s.index for m in seed_order):
+        ours = [s.loc[m, "mean_accuracy_pct"] for m in seed_order]
+        holds = ours[0] >= ours[1] >= ours[2]
+        out.append("The seed's ordering probe ≥ gradient ≥ mean_diff "
+                   + ("holds" if holds else "does not hold") + " here ("
+                   + ", ".join(f"{m} {v:.1f}%" for m, v in zip(seed_order, ours, strict=True)) + ").")
+    if "probe" in s.index:
+        out.append(f"Probe polarity failures: {s.loc['probe', 'polarity_failures']}/{s.loc['probe', 'cells']} "
+                   "(seed: 0/234).")
+    for m in ("pca_diff", "ica"):
+        if m in s.index and "random" in s.index:
+            out.append(f"{m}: {s.loc[m, 'mean_accuracy_pct']:.1f}% vs random {s.loc['random', 'mean_accuracy_pct']:.1f}% "
+                       f"(seed: {SEED_TABLE.loc[m, 'mean_accuracy_pct']}% vs 46.5%).")
+    return out

@@ -1,0 +1,200 @@
+"""Load a model into nnsight from a hub id, a local folder, a GGUF file or the offline zoo.
+
+``describe`` answers what a model is (architecture, layer count, width) without loading
+weights, so parameters can be validated before any model work; ``load_model`` returns a
+``LoadedModel`` with the nnsight wrapper, the tokenizer, the chat format and a record of
+exactly which weights were used.
+
+Model specs, tried in this order:
+
+- ``"tiny-llama"``, ``"tiny-qwen2"``, ``"tiny-gemma3"``: tiny random models built in-process
+  (seeded), for unit tests;
+- a name in the offline zoo (``traitlab.zoo.ZOO``), e.g. ``"smollm2-135m-instruct"``;
+- a path to a ``.gguf`` file, or a local folder with ``config.json``;
+- otherwise a Hugging Face hub id such as ``"Qwen/Qwen2.5-0.5B-Instruct"`` (with ``revision``).
+
+Example:
+    >>> info = describe("smollm2-135m-instruct")
+    >>> info.arch, info.n_layers, info.d_model
+    ('llama', 30, 576)
+    >>> m = load_model("tiny-qwen2")
+    >>> m.n_layers, m.chat.name
+    (2, 'chat_template')
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from . import tiny, zoo
+from .atomic import sha256_file, stable_hash
+from .chat import ChatFormat
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelError(ValueError):
+    """An unknown model spec, or one that cannot be reached from here."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model spec resolves to, known without loading weights."""
+
+    spec: str
+    kind: Literal["tiny", "zoo", "gguf", "dir", "hub"]
+    arch: str
+    n_layers: int
+    d_model: int
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An nnsight-wrapped model with what the rest of traitlab needs.
+
+    ``lm`` is the nnsight ``TransformersModel``; ``hf`` the underlying transformers module;
+    ``fingerprint`` identifies the exact weights (zoo/GGUF sha256, hub commit, or a hash of
+    a local folder's config and weight files) and keys every cache.
+    """
+
+    spec: str
+    kind: str
+    arch: str
+    n_layers: int
+    d_model: int
+    dtype: str
+    fingerprint: str
+    revision: str | None
+    lm: Any = field(repr=False)
+    tokenizer: Any = field(repr=False)
+    chat: ChatFormat = field(repr=False)
+
+    @property
+    def hf(self) -> torch.nn.Module:
+        return self.lm._module
+
+    def record(self) -> dict[str, Any]:
+        """The provenance a report prints."""
+        return {"model": self.spec, "kind": self.kind, "arch": self.arch, "n_layers": self.n_layers,
+                "d_model": self.d_model, "dtype": self.dtype, "revision": self.revision,
+                "fingerprint": self.fingerprint, "chat_format": self.chat.name}
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def _config_dims(cfg: dict[str, Any]) -> tuple[str, int, int]:
+    cfg = cfg.get("text_config", cfg) if cfg.get("model_type") in ("gemma3",) else cfg
+    arch = cfg["model_type"]
+    n_layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    d_model = cfg.get("hidden_size", cfg.get("n_embd"))
+    return arch, int(n_layers), int(d_model)
+
+
+def describe(spec: str, revision: str | None = None) -> ModelInfo:
+    """Resolve ``spec`` to a ``ModelInfo`` without loading weights (hub ids read only the config)."""
+    if not isinstance(spec, str) or not spec:
+        raise ModelError(f"model must be a non-empty string, got {spec!r}")
+    if spec in tiny.TINY_ARCHS:
+        cfg = tiny.tiny_config(spec)
+        return ModelInfo(spec, "tiny", cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size)
+    if spec in zoo.ZOO:
+        e = zoo.ZOO[spec]
+        return ModelInfo(spec, "zoo", e.arch, e.n_layers, e.d_model)
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"GGUF file {spec!r} does not exist")
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+        n_layers = int(reader.fields[f"{arch}.block_count"].parts[-1][0])
+        d_model = int(reader.fields[f"{arch}.embedding_length"].parts[-1][0])
+        arch = {"gemma3": "gemma3_text"}.get(arch, arch)
+        return ModelInfo(spec, "gguf", arch, n_layers, d_model)
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if not cfg_file.exists():
+            raise ModelError(f"folder {spec!r} has no config.json; is it a transformers model folder?")
+        return ModelInfo(spec, "dir", *_config_dims(json.loads(cfg_file.read_text())))
+    if not _HUB_ID.match(spec):
+        raise ModelError(
+            f"unknown model {spec!r}: not a tiny model ({', '.join(tiny.TINY_ARCHS)}), not in the "
+            f"offline zoo ({', '.join(sorted(zoo.ZOO))}), not an existing path, and not a hub id "
+            "of the form 'org/name'."
+        )
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(spec, revision=revision)
+    except OSError as err:
+        raise ModelError(
+            f"cannot reach hub model {spec!r} (revision {revision!r}): {err}. Without network, use an "
+            f"offline zoo model ({', '.join(sorted(zoo.ZOO))}) or a local folder."
+        ) from None
+    return ModelInfo(spec, "hub", *_config_dims(cfg.to_dict()), revision=revision)
+
+
+def _dir_fingerprint(path: Path) -> str:
+    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin"))
+    return "dir:" + stable_hash([(p.name, p.stat().st_size) for p in files]
+                                + [(path / "config.json").read_text()])
+
+
+def load_model(spec: str, *, revision: str | None = None, dtype: Dtype = "float32",
+               device_map: str | None = None, seed: int = 0, quiet: bool = False) -> LoadedModel:
+    """Load ``spec`` (see the module docstring) and wrap it for nnsight.
+
+    ``device_map`` is passed to transformers (e.g. ``"auto"`` shards across GPUs);
+    ``seed`` only matters for the tiny random models.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in _DTYPES:
+        raise ModelError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    info = describe(spec, revision)
+    torch_dtype = _DTYPES[dtype]
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if device_map:
+        kwargs["device_map"] = device_map
+    if info.kind == "tiny":
+        hf, tok = tiny.build(spec, seed=seed)
+        hf = hf.to(torch_dtype)
+        fingerprint = f"tiny:{spec}:seed{seed}"
+    elif info.kind == "zoo":
+        folder = zoo.dequantized_dir(spec, quiet=quiet)
+        hf = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        tok = AutoTokenizer.from_pretrained(folder)
+        fingerprint = f"gguf:{zoo.ZOO[spec].sha256}"
+    elif info.kind == "gguf":
+        path = Path(spec).expanduser()
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        fingerprint = f"gguf:{sha256_file(path)}"
+    elif info.kind == "dir":
+        path = Path(spec).expanduser()
+        hf = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path)
+        fingerprint = _dir_fingerprint(path)
+    else:
+        hf = AutoModelForCausalLM.from_pretrained(spec, revision=revision, **kwargs)
+        tok = AutoTokenizer.from_pretrained(spec, revision=revision)
+        fingerprint = f"hub:{spec}@{getattr(hf.config, '_commit_hash', None) or revision or 'unknown'}"
+    hf.eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    from nnsight import TransformersModel
+
+    lm = TransformersModel(hf, tokenizer=tok, task="text-generation")
+    return LoadedModel(spec=spec, kind=info.kind, arch=info.arch, n_layers=info.n_layers,
+                       d_model=info.d_model, dtype=dtype, fingerprint=fingerprint,
+                       revision=revision, lm=lm, tokenizer=tok, chat=ChatFormat.for_tokenizer(tok))

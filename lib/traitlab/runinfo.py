@@ -1,0 +1,70 @@
+"""The run record a report prints: parameters, model provenance, versions, commit, date.
+
+Example:
+    >>> rec = run_record({"seed": 0})
+    >>> sorted(rec)[:3]
+    ['date', 'git_commit', 'packages']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import platform
+import subprocess
+from importlib import metadata
+from typing import Any
+
+from .paths import PROJECT_ROOT
+
+PACKAGES = ("traitlab", "torch", "transformers", "nnsight", "numpy", "pandas", "scikit-learn",
+            "papermill", "jupytext", "nbval")
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = "not installed"
+    return out
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_record(params: Any, model: Any = None) -> dict[str, Any]:
+    """Everything needed to know how a report was made."""
+    p = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
+    return {
+        "params": p,
+        "model": model.record() if model is not None else None,
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def show(record: dict[str, Any]) -> None:
+    """Print a run record as aligned ``key: value`` lines."""
+    for section in ("params", "model"):
+        if record.get(section):
+            print(f"[{section}]")
+            for k, v in record[section].items():
+                print(f"  {k:<22} {v}")
+    print("[environment]")
+    for k, v in record["packages"].items():
+        print(f"  {k:<22} {v}")
+    for k in ("python", "platform", "git_commit", "date"):
+        print(f"  {k:<22} {record[k]}")
