@@ -51,7 +51,6 @@ seed = 0
 # %%
 # NBVAL_IGNORE_OUTPUT
 from IPython.display import display
-
 from traitlab import plots, runinfo
 from traitlab.experiments import method_comparison as mc
 from traitlab.models import load_model

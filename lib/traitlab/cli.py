@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from .atomic import atomic_path, write_text
-from .paths import PROJECT_ROOT
 from .params import ParamError, load_profile, validate
+from .paths import PROJECT_ROOT
 
 
 def notebooks() -> list[str]:
