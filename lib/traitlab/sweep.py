@@ -1,0 +1,140 @@
+"""Fast last-token steering sweeps: reuse the prompt prefix across many conditions.
+
+A last-token intervention at layer L (add ``delta`` to ``resid_pre@L`` at the last prompt
+position) changes nothing before that position, and nothing below layer L at it. So for a
+batch of prompts we compute, once:
+
+1. the KV cache of every position but the last (one forward pass of the prefix);
+2. ``resid_pre@L`` at the last position (one single-token pass, stopped at layer L);
+
+and then, for every condition (an alpha × direction pair), run only layers L..N-1 on one
+token per prompt, with ``resid_pre@L + delta`` as input, many conditions batched together.
+``naive_sweep`` computes the same thing with one batched full forward per condition
+(``logits_to_keep=1``) and an nnsight intervention; the tests and
+``benchmarks/refusal_sweep.py`` check that the two agree.
+
+Example:
+    >>> from traitlab.models import load_model
+    >>> import torch
+    >>> m = load_model("tiny-llama")
+    >>> ex = [m.chat.encode("Hello there"), m.chat.encode("How are you?")]
+    >>> deltas = torch.randn(3, m.d_model)
+    >>> fast = last_token_sweep(m, ex, 1, deltas, reduce=lambda lg: lg[:, 0])
+    >>> slow = naive_sweep(m, ex, 1, deltas, reduce=lambda lg: lg[:, 0])
+    >>> bool(torch.allclose(fast, slow, atol=1e-4))
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from tqdm import tqdm
+
+from .activations import _pad_batch
+from .chat import Encoded
+from .models import LoadedModel
+from .sites import layout, resolve
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+"""Maps last-position logits [rows, vocab] to one score per row [rows]."""
+
+
+@contextmanager
+def layers_from(model: LoadedModel, layer: int) -> Iterator[None]:
+    """Temporarily make the decoder run only layers ``layer..N-1`` (restored on exit)."""
+    path = layout(model.arch).layers
+    parent_path, _, name = path.rpartition(".")
+    parent = resolve(model.hf, parent_path)
+    full = getattr(parent, name)
+    setattr(parent, name, torch.nn.ModuleList(list(full)[layer:]))
+    try:
+        yield
+    finally:
+        setattr(parent, name, full)
+
+
+def _check(model: LoadedModel, examples: Sequence[Encoded], layer: int, deltas: torch.Tensor) -> None:
+    if not examples:
+        raise ValueError("no prompts to sweep")
+    if not 0 <= layer < model.n_layers:
+        raise ValueError(f"layer {layer} out of range 0..{model.n_layers - 1}")
+    if deltas.ndim != 2 or deltas.shape[1] != model.d_model:
+        raise ValueError(f"deltas must be [conditions, {model.d_model}], got {tuple(deltas.shape)}")
+    if any(len(e.ids) < 2 for e in examples):
+        raise ValueError("every prompt needs at least 2 tokens (a prefix and a last token)")
+
+
+@torch.no_grad()
+def last_token_sweep(model: LoadedModel, examples: Sequence[Encoded], layer: int, deltas: torch.Tensor,
+                     reduce: Reduce, *, batch_size: int = 16, max_rows: int = 512,
+                     progress: bool = False) -> torch.Tensor:
+    """Scores [n_prompts, n_conditions] with ``deltas[c]`` added to ``resid_pre@layer`` at the
+    last prompt token, using prefix (KV cache) and lower-layer reuse.
+
+    ``max_rows`` bounds prompts × conditions per single-token forward (memory).
+    """
+    _check(model, examples, layer, deltas)
+    hf, lm = model.hf, model.lm
+    deltas = deltas.to(dtype=next(hf.parameters()).dtype)
+    n_cond = len(deltas)
+    out = torch.empty(len(examples), n_cond)
+    layer_envoy = resolve(lm, f"{layout(model.arch).layers}.{layer}")
+    # Skipping layers below L needs every layer to see the same cache length; models with
+    # sliding-window layers (Gemma 2/3) keep the prefix reuse but run all layers.
+    skip_lower = "sliding_attention" not in (getattr(hf.config, "layer_types", None) or [])
+    for start in tqdm(range(0, len(examples), batch_size), desc="sweep", disable=not progress):
+        batch = examples[start:start + batch_size]
+        inp = _pad_batch(batch, "left", model.tokenizer.pad_token_id)
+        b, _ = inp["input_ids"].shape
+        prefix = {k: v[:, :-1] for k, v in inp.items()}
+        cache = hf(**prefix, use_cache=True, logits_to_keep=1).past_key_values
+        last = {"input_ids": inp["input_ids"][:, -1:], "attention_mask": inp["attention_mask"],
+                "position_ids": inp["position_ids"][:, -1:], "past_key_values": copy.deepcopy(cache)}
+        with lm.trace(last) as tracer:
+            h = layer_envoy.input[:, -1].save()  # [b, d]
+            tracer.stop()
+        per_chunk = max(1, max_rows // b)
+        for c0 in range(0, n_cond, per_chunk):
+            d = deltas[c0:c0 + per_chunk]  # [k, d]
+            k = len(d)
+            rows = (h[:, None, :] + d[None, :, :]).reshape(b * k, 1, -1)  # row = prompt * k + cond
+            big = copy.deepcopy(cache)
+            big.batch_repeat_interleave(k)
+            mask = inp["attention_mask"].repeat_interleave(k, 0)
+            pos = inp["position_ids"][:, -1:].repeat_interleave(k, 0)
+            if skip_lower:
+                with layers_from(model, layer):
+                    logits = hf(inputs_embeds=rows, attention_mask=mask, position_ids=pos,
+                                past_key_values=big, use_cache=True, logits_to_keep=1).logits[:, -1]
+            else:  # sliding-window layers: run every layer on the last token, patch at L
+                ids = inp["input_ids"][:, -1:].repeat_interleave(k, 0)
+                with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+                               "past_key_values": big, "logits_to_keep": 1}):
+                    layer_envoy.input[:, -1] = rows[:, 0]
+                    logits = lm.output.logits[:, -1].save()
+            out[start:start + b, c0:c0 + k] = reduce(logits.float()).view(b, k).cpu()
+    return out
+
+
+@torch.no_grad()
+def naive_sweep(model: LoadedModel, examples: Sequence[Encoded], layer: int, deltas: torch.Tensor,
+                reduce: Reduce, *, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+    """The same scores with one batched full forward per condition (nnsight intervention,
+    ``logits_to_keep=1``): the fair baseline for ``last_token_sweep``."""
+    _check(model, examples, layer, deltas)
+    lm = model.lm
+    envoy = resolve(lm, f"{layout(model.arch).layers}.{layer}")
+    out = torch.empty(len(examples), len(deltas))
+    for start in tqdm(range(0, len(examples), batch_size), desc="naive", disable=not progress):
+        batch = examples[start:start + batch_size]
+        inp = _pad_batch(batch, "left", model.tokenizer.pad_token_id)
+        for c, d in enumerate(deltas):
+            with lm.trace({**inp, "logits_to_keep": 1}):
+                envoy.input[:, -1] += d
+                logits = lm.output.logits[:, -1].save()
+            out[start:start + len(batch), c] = reduce(logits.float()).cpu()
+    return out
