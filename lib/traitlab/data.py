@@ -150,3 +150,68 @@ def nonempty(items: Sequence, what: str) -> Sequence:
     if len(items) == 0:
         raise DataError(f"{what} is empty")
     return items
+
+
+# ---- prompt sets for the refusal findings ----------------------------------------------
+
+@dataclass(frozen=True)
+class Prompt:
+    """One user prompt with where it came from and its category/label, if any."""
+
+    text: str
+    source: str
+    category: str = ""
+    label: str = ""
+
+
+_HARMFUL_COLUMNS = {"advbench": "goal", "harmbench_test": "Behavior", "harmbench_val": "Behavior",
+                    "jailbreakbench": "Goal", "strongreject": "forbidden_prompt"}
+HARMFUL_SOURCES: tuple[str, ...] = tuple(_HARMFUL_COLUMNS)
+
+
+def harmful_prompts(sources: Sequence[str], n: int, seed: int) -> list[Prompt]:
+    """``n`` harmful requests sampled (seeded, without replacement) from the public sets.
+
+    HarmBench rows that need a context string (contextual/copyright) are skipped.
+    """
+    import random
+
+    pool: list[Prompt] = []
+    for src in sources:
+        if src not in _HARMFUL_COLUMNS:
+            raise DataError(f"unknown harmful source {src!r}; choose from {', '.join(_HARMFUL_COLUMNS)}")
+        for row in read_csv(src):
+            if src.startswith("harmbench") and row.get("FunctionalCategory") != "standard":
+                continue
+            pool.append(Prompt(row[_HARMFUL_COLUMNS[src]].strip(), src, row.get("SemanticCategory")
+                               or row.get("Category") or row.get("category") or ""))
+    pool = list({p.text: p for p in pool}.values())
+    if n > len(pool):
+        raise DataError(f"asked for {n} harmful prompts but {', '.join(sources)} hold only {len(pool)}")
+    return random.Random(seed).sample(pool, n)
+
+
+def xstest_prompts() -> list[Prompt]:
+    """All 450 XSTest prompts; ``category`` is the XSTest type, ``label`` safe/unsafe."""
+    return [Prompt(r["prompt"], "xstest", r["type"], r["label"]) for r in read_csv("xstest")]
+
+
+def edge_prompts() -> list[Prompt]:
+    """The borderline-but-benign prompts we wrote (``data/refusal/edge.jsonl``)."""
+    path = project_data("refusal", "edge.jsonl")
+    if not path.exists():
+        raise DataError(f"missing {path}")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [Prompt(r["prompt"], "edge", r["category"], "safe") for r in rows]
+
+
+def harmless_prompts(n: int, seed: int) -> list[Prompt]:
+    """``n`` harmless instructions (Self-Instruct seed tasks without an input field)."""
+    import random
+
+    rows = [json.loads(line) for line in public_path("alpaca_seed").read_text().splitlines() if line.strip()]
+    pool = [Prompt(r["instruction"], "alpaca_seed") for r in rows
+            if not any(i.get("input") for i in r.get("instances", []))]
+    if n > len(pool):
+        raise DataError(f"asked for {n} harmless prompts but only {len(pool)} are available")
+    return random.Random(seed).sample(pool, n)

@@ -54,3 +54,67 @@ def by_layer(df: pd.DataFrame, value: str, ylabel: str, hue: str = "method") -> 
     sns.lineplot(df, x="layer", y=value, hue=hue, errorbar=("ci", 95), ax=ax, marker="o", markersize=3)
     ax.set_ylabel(ylabel)
     return fig
+
+
+def scorer_agreement(df: pd.DataFrame, threshold: float) -> plt.Figure:
+    """Logit score (x) against generation refusal (y, jittered), coloured by prompt set."""
+    fig, ax = plt.subplots(figsize=(7, 3.4), constrained_layout=True)
+    rng = np.random.default_rng(0)
+    for i, (name, g) in enumerate(df.groupby("set")):
+        y = g.refused.astype(float) + rng.uniform(-0.12, 0.12, len(g))
+        ax.scatter(g.score, y, s=12, alpha=0.6, color=sns.color_palette()[i], label=name)
+    ax.axvline(threshold, color="k", lw=1, ls="--", label="logit threshold")
+    ax.set_yticks([0, 1], ["complied", "refused"])
+    ax.set_xlabel("logit refusal score (log-odds of a refusal opening)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def patching_heatmaps(patch: pd.DataFrame, k: int) -> plt.Figure:
+    """Recovered fraction, sites × layers, one panel per patching direction (at ``k``)."""
+    dirs = list(dict.fromkeys(patch.direction))
+    fig, axes = plt.subplots(len(dirs), 1, figsize=(11, 1.6 * len(dirs) + 0.9), squeeze=False,
+                             constrained_layout=True)
+    for ax, d in zip(axes[:, 0], dirs, strict=True):
+        g = patch[(patch.direction == d) & (patch.k == k)].pivot_table(index="site", columns="layer",
+                                                                      values="recovered", sort=False)
+        sns.heatmap(g, ax=ax, cmap="RdBu_r", center=0, vmin=-1, vmax=1, cbar_kws={"label": "recovered"})
+        ax.set_title(f"patch {d}, last {k} positions")
+    return fig
+
+
+def alpha_curves(c: pd.DataFrame, band: pd.DataFrame, value: str, ylabel: str) -> plt.Figure:
+    """``value`` against alpha per layer (columns) and set (rows): learned, holdout, random band."""
+    sets, layers = list(dict.fromkeys(c["set"])), sorted(c.layer.unique())
+    fig, axes = plt.subplots(len(sets), len(layers), figsize=(3.6 * len(layers), 2.6 * len(sets)),
+                             squeeze=False, sharex=True, constrained_layout=True)
+    lo, hi, mid = ("rand_lo", "rand_hi", "rand_mean") if value == "score" else ("rate_lo", "rate_hi", "rate_mean")
+    for i, s in enumerate(sets):
+        for j, layer in enumerate(layers):
+            ax = axes[i, j]
+            b = band[(band["set"] == s) & (band.layer == layer)].sort_values("alpha")
+            ax.fill_between(b.alpha, b[lo], b[hi], color="0.8", label="random 5–95%")
+            ax.plot(b.alpha, b[mid], color="0.5", ls="--", label="random mean")
+            for k, kind in enumerate(["learned", "holdout"]):
+                g = c[(c["set"] == s) & (c.layer == layer) & (c.kind == kind)].sort_values("alpha")
+                ax.plot(g.alpha, g[value], marker="o", ms=3, color=sns.color_palette()[k], label=kind)
+            ax.set_title(f"{s}, layer {layer}", fontsize=9)
+            ax.set_xlabel("alpha")
+            ax.set_ylabel(ylabel if j == 0 else "")
+    axes[0, 0].legend(fontsize=7)
+    return fig
+
+
+def pareto(points: pd.DataFrame) -> plt.Figure:
+    """Harmful refusal rate (y) against benign over-refusal (x), one curve per direction kind."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2), constrained_layout=True)
+    for i, (kind, g) in enumerate(points.groupby("kind", sort=False)):
+        g = g.sort_values("alpha")
+        ax.plot(g.benign, g.harmful, marker="o", color=sns.color_palette()[i], label=kind)
+        for _, r in g.iterrows():
+            ax.annotate(f"{r.alpha:g}", (r.benign, r.harmful), fontsize=6, alpha=0.7)
+    ax.set_xlabel("over-refusal of safe XSTest prompts")
+    ax.set_ylabel("refusal of unsafe XSTest prompts")
+    ax.plot([0, 1], [0, 1], color="0.8", lw=1)
+    ax.legend(fontsize=8)
+    return fig

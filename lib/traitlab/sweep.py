@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -77,46 +77,63 @@ def last_token_sweep(model: LoadedModel, examples: Sequence[Encoded], layer: int
 
     ``max_rows`` bounds prompts × conditions per single-token forward (memory).
     """
-    _check(model, examples, layer, deltas)
+    return multi_layer_sweep(model, examples, {layer: deltas}, reduce, batch_size=batch_size,
+                             max_rows=max_rows, progress=progress)[layer]
+
+
+@torch.no_grad()
+def multi_layer_sweep(model: LoadedModel, examples: Sequence[Encoded], deltas: Mapping[int, torch.Tensor],
+                      reduce: Reduce, *, batch_size: int = 16, max_rows: int = 512,
+                      progress: bool = False) -> dict[int, torch.Tensor]:
+    """``last_token_sweep`` at several layers, sharing one prefix pass per batch.
+
+    ``deltas`` maps a layer to its [n_conditions, d] additions; returns layer → scores.
+    """
+    for layer, d in deltas.items():
+        _check(model, examples, layer, d)
     hf, lm = model.hf, model.lm
-    deltas = deltas.to(dtype=next(hf.parameters()).dtype)
-    n_cond = len(deltas)
-    out = torch.empty(len(examples), n_cond)
-    layer_envoy = resolve(lm, f"{layout(model.arch).layers}.{layer}")
+    dtype = next(hf.parameters()).dtype
+    layers = sorted(deltas)
+    out = {layer: torch.empty(len(examples), len(deltas[layer])) for layer in layers}
+    envoys = {layer: resolve(lm, f"{layout(model.arch).layers}.{layer}") for layer in layers}
     # Skipping layers below L needs every layer to see the same cache length; models with
     # sliding-window layers (Gemma 2/3) keep the prefix reuse but run all layers.
     skip_lower = "sliding_attention" not in (getattr(hf.config, "layer_types", None) or [])
     for start in tqdm(range(0, len(examples), batch_size), desc="sweep", disable=not progress):
         batch = examples[start:start + batch_size]
         inp = _pad_batch(batch, "left", model.tokenizer.pad_token_id)
-        b, _ = inp["input_ids"].shape
+        b = inp["input_ids"].shape[0]
         prefix = {k: v[:, :-1] for k, v in inp.items()}
         cache = hf(**prefix, use_cache=True, logits_to_keep=1).past_key_values
         last = {"input_ids": inp["input_ids"][:, -1:], "attention_mask": inp["attention_mask"],
                 "position_ids": inp["position_ids"][:, -1:], "past_key_values": copy.deepcopy(cache)}
+        hs = []
         with lm.trace(last) as tracer:
-            h = layer_envoy.input[:, -1].save()  # [b, d]
+            for layer in layers:
+                hs.append(envoys[layer].input[:, -1].save())  # [b, d]
             tracer.stop()
-        per_chunk = max(1, max_rows // b)
-        for c0 in range(0, n_cond, per_chunk):
-            d = deltas[c0:c0 + per_chunk]  # [k, d]
-            k = len(d)
-            rows = (h[:, None, :] + d[None, :, :]).reshape(b * k, 1, -1)  # row = prompt * k + cond
-            big = copy.deepcopy(cache)
-            big.batch_repeat_interleave(k)
-            mask = inp["attention_mask"].repeat_interleave(k, 0)
-            pos = inp["position_ids"][:, -1:].repeat_interleave(k, 0)
-            if skip_lower:
-                with layers_from(model, layer):
-                    logits = hf(inputs_embeds=rows, attention_mask=mask, position_ids=pos,
-                                past_key_values=big, use_cache=True, logits_to_keep=1).logits[:, -1]
-            else:  # sliding-window layers: run every layer on the last token, patch at L
-                ids = inp["input_ids"][:, -1:].repeat_interleave(k, 0)
-                with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": pos,
-                               "past_key_values": big, "logits_to_keep": 1}):
-                    layer_envoy.input[:, -1] = rows[:, 0]
-                    logits = lm.output.logits[:, -1].save()
-            out[start:start + b, c0:c0 + k] = reduce(logits.float()).view(b, k).cpu()
+        for layer, h in zip(layers, hs, strict=True):
+            dl = deltas[layer].to(dtype)
+            per_chunk = max(1, max_rows // b)
+            for c0 in range(0, len(dl), per_chunk):
+                d = dl[c0:c0 + per_chunk]  # [k, d]
+                k = len(d)
+                rows = (h[:, None, :] + d[None, :, :]).reshape(b * k, 1, -1)  # row = prompt * k + cond
+                big = copy.deepcopy(cache)
+                big.batch_repeat_interleave(k)
+                mask = inp["attention_mask"].repeat_interleave(k, 0)
+                pos = inp["position_ids"][:, -1:].repeat_interleave(k, 0)
+                if skip_lower:
+                    with layers_from(model, layer):
+                        logits = hf(inputs_embeds=rows, attention_mask=mask, position_ids=pos,
+                                    past_key_values=big, use_cache=True, logits_to_keep=1).logits[:, -1]
+                else:  # run every layer on the last token, replacing resid_pre@L
+                    ids = inp["input_ids"][:, -1:].repeat_interleave(k, 0)
+                    with lm.trace({"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+                                   "past_key_values": big, "logits_to_keep": 1}):
+                        envoys[layer].input[:, -1] = rows[:, 0]
+                        logits = lm.output.logits[:, -1].save()
+                out[layer][start:start + b, c0:c0 + k] = reduce(logits.float()).view(b, k).cpu()
     return out
 
 
