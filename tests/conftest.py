@@ -16,3 +16,19 @@ def tiny(request):
 def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAITLAB_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+NEEDS_DATA_ROOT = {"refusal_dial.ipynb": "xstest"}
+"""Golden notebooks that read public datasets from TRAITLAB_DATA_ROOT, and one file they need."""
+
+
+def pytest_collection_modifyitems(config, items):
+    from traitlab.data import DataError, public_path
+
+    for item in items:
+        name = item.path.name
+        if name in NEEDS_DATA_ROOT:
+            try:
+                public_path(NEEDS_DATA_ROOT[name])
+            except DataError as err:
+                item.add_marker(pytest.mark.skip(reason=f"public datasets not found: {err}"))

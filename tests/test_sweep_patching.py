@@ -114,3 +114,43 @@ def test_refusal_scores(tiny):
     assert is_refusal("I’m sorry, but I can't help with that.")
     assert not is_refusal("Sure! Here is a recipe for bread.")
     assert not is_refusal("x" * 200 + "I cannot", window=160)
+
+
+def test_multi_layer_sweep_equals_single_layer_calls(tiny):
+    from traitlab.sweep import multi_layer_sweep
+
+    ex = [tiny.chat.encode(p) for p in ["Hello there", "Good morning to you"]]
+    g = torch.Generator().manual_seed(1)
+    deltas = {0: torch.randn(2, tiny.d_model, generator=g), 1: torch.randn(3, tiny.d_model, generator=g)}
+    multi = multi_layer_sweep(tiny, ex, deltas, _reduce)
+    for layer, d in deltas.items():
+        torch.testing.assert_close(multi[layer], last_token_sweep(tiny, ex, layer, d, _reduce), rtol=0, atol=1e-5)
+
+
+def test_steered_generation_equals_prefill_hook(tiny):
+    from traitlab.steering import generate
+
+    ex = [tiny.chat.encode(p) for p in ["Hello", "What is the weather like today?"]]
+    g = torch.Generator().manual_seed(2)
+    deltas = torch.randn(2, tiny.d_model, generator=g) * 4
+    deltas[0] = 0
+    out = generate(tiny, ex, max_new_tokens=6, layer=1, deltas=deltas, batch_size=3)
+    plain = generate(tiny, ex, max_new_tokens=6)
+    assert [o[0] for o in out] == [p[0] for p in plain]  # a zero vector changes nothing
+    ref = _plain(tiny.spec)
+    block = resolve(ref, module_path(tiny.arch, Site("resid_pre", 1)))
+
+    def pre(_m, args, kwargs):
+        h = args[0]
+        if h.shape[1] > 1:  # prefill pass only
+            h = h.clone()
+            h[:, -1] += deltas[1]
+        return (h,) + args[1:], kwargs
+
+    hook = block.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        for i, e in enumerate(ex):
+            ids = ref.generate(torch.tensor([e.ids]), max_new_tokens=6, do_sample=False, pad_token_id=0)
+            assert tiny.tokenizer.decode(ids[0, len(e.ids):], skip_special_tokens=True) == out[i][1]
+    finally:
+        hook.remove()

@@ -245,8 +245,11 @@ def sweep(model: LoadedModel, prompts: list[data.Prompt], dirs: dict[int, dict[s
                  for a in alphas_by_kind["random" if name.startswith("random") else name]]
         meta[layer] = conds
         deltas[layer] = torch.stack([a * named[name] for name, a in conds])
-    scores = multi_layer_sweep(model, encode(model, prompts), deltas, p.reduce(model),
-                               batch_size=p.batch_size, max_rows=p.max_rows)
+    # alpha = 0 is the same condition for every direction: compute each distinct delta once
+    uniq = {layer: torch.unique(d, dim=0, return_inverse=True) for layer, d in deltas.items()}
+    scores = multi_layer_sweep(model, encode(model, prompts), {k: u[0] for k, u in uniq.items()},
+                               p.reduce(model), batch_size=p.batch_size, max_rows=p.max_rows)
+    scores = {layer: scores[layer][:, uniq[layer][1]] for layer in scores}
     frames = []
     for layer, conds in meta.items():
         s = scores[layer].numpy()
@@ -296,9 +299,11 @@ def generations(model: LoadedModel, prompts: list[data.Prompt], dirs: dict[str, 
                 alphas: list[float], layer: int, p: Params, set_name: str) -> pd.DataFrame:
     """Greedy continuations at each (direction, alpha), with their refusal kind."""
     conds = [(name, a) for name, v in dirs.items() for a in alphas]
-    deltas = torch.stack([a * dirs[name] for name, a in conds])
-    texts = generate(model, encode(model, prompts), max_new_tokens=p.max_new_tokens, layer=layer,
-                     deltas=deltas, batch_size=p.gen_batch_size)
+    deltas, inverse = torch.unique(torch.stack([a * dirs[name] for name, a in conds]), dim=0,
+                                   return_inverse=True)  # alpha = 0 once, not once per direction
+    distinct = generate(model, encode(model, prompts), max_new_tokens=p.max_new_tokens, layer=layer,
+                        deltas=deltas, batch_size=p.gen_batch_size)
+    texts = [[row[j] for j in inverse.tolist()] for row in distinct]
     rows = []
     for i, x in enumerate(prompts):
         for c, (name, a) in enumerate(conds):
