@@ -29,7 +29,7 @@ test-slow: install
 
 # Regenerate the ci-profile golden notebooks guarded by `make test`.
 golden: install
-	$(BIN)/traitlab render $(NOTEBOOKS) --profile ci --out tests/golden --no-html
+	$(BIN)/traitlab render $(NOTEBOOKS) --profile ci --out tests/golden --no-html --suffix ''
 
 lint: install
 	$(BIN)/ruff check lib tests notebooks benchmarks

@@ -49,11 +49,11 @@ def build_ipynb(notebook: str) -> Path:
     return out
 
 
-def execute(notebook: str, profile: str, out_dir: Path) -> Path:
+def execute(notebook: str, profile: str, out_dir: Path, name: str) -> Path:
     import papermill as pm
 
     src = build_ipynb(notebook)
-    target = out_dir / f"{notebook}.ipynb"
+    target = out_dir / f"{name}.ipynb"
     with atomic_path(target) as tmp:
         tmp_nb = tmp.with_suffix(".ipynb")
         try:
@@ -101,11 +101,16 @@ def write_index(report_dir: Path) -> Path:
     return out
 
 
-def render(notebook: str, profile: str, out_dir: Path, html_too: bool = True) -> Path:
+def render(notebook: str, profile: str, out_dir: Path, html_too: bool = True,
+           suffix: str | None = None) -> Path:
+    """Execute and render; the output is ``<notebook><suffix>.ipynb`` (default suffix: none for
+    the default profile, ``.<profile>`` otherwise, so profiles never overwrite each other)."""
     values = check(notebook, profile)
     t0 = time.time()
-    print(f"[traitlab] {notebook} ({profile}) → {out_dir}", flush=True)
-    nb = execute(notebook, profile, out_dir)
+    if suffix is None:
+        suffix = "" if profile == "default" else f".{profile}"
+    print(f"[traitlab] {notebook} ({profile}) → {out_dir}/{notebook}{suffix}.ipynb", flush=True)
+    nb = execute(notebook, profile, out_dir, notebook + suffix)
     data = json.loads(nb.read_text())
     data["metadata"]["traitlab"] = {"profile": profile, "params": values, "seconds": round(time.time() - t0),
                                     "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--profile", default="default")
     r.add_argument("--out", default=str(PROJECT_ROOT / "reports"))
     r.add_argument("--no-html", action="store_true")
+    r.add_argument("--suffix", default=None,
+                   help="output name suffix (default: none for the default profile, else .<profile>)")
     c = sub.add_parser("check", help="validate a params profile without running the model")
     c.add_argument("notebook")
     c.add_argument("--profile", default="default")
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:  # validate every profile before any model work
                 check(name, args.profile)
             for name in names:
-                render(name, args.profile, out, html_too=not args.no_html)
+                render(name, args.profile, out, html_too=not args.no_html, suffix=args.suffix)
             if not args.no_html:
                 write_index(out)
         elif args.cmd == "check":
