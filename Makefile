@@ -21,6 +21,7 @@ reports: install
 	$(BIN)/traitlab render $(NOTEBOOKS) --profile $(PROFILE)
 
 test: install
+	$(BIN)/ruff check lib tests notebooks benchmarks
 	$(BIN)/python -m pytest -q tests --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env -p no:cacheprovider
 
 # Slow tier (not in CI): re-execute the committed default-profile reports under nbval.

@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+
 from traitlab.activations import _pad_batch, extract
 from traitlab.data import load_trait
 from traitlab.models import load_model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from traitlab.models import load_model
 from traitlab.tiny import TINY_ARCHS
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 import traitlab.activations as A
 from traitlab.activations import ExtractionError, extract
 from traitlab.sites import Site

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from traitlab.directions import METHODS, MethodError, fit_direction, lda_direction
 
 

@@ -6,6 +6,7 @@ import json
 
 import jupytext
 import pytest
+
 from traitlab.paths import PROJECT_ROOT
 
 NOTEBOOKS = sorted(p.stem for p in (PROJECT_ROOT / "notebooks").glob("*.py"))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+
 from traitlab.metrics import (
     auroc,
     bootstrap_ci,

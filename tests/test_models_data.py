@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from traitlab import atomic, zoo
 from traitlab.chat import ChatFormat
 from traitlab.data import DataError, available_traits, load_trait, public_path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from traitlab import cli
 from traitlab.experiments import PARAMS
 from traitlab.params import ParamError, load_profile, notebook_path, parameters_cell, validate

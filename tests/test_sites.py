@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from traitlab.activations import extract
 from traitlab.sites import SITE_NAMES, Site, SiteError, check_sites, module_path, resolve
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from traitlab.patching import patch_last_k
 from traitlab.refusal import is_refusal, log_odds, opening_token_ids
 from traitlab.sites import Site, module_path, resolve
