@@ -80,3 +80,28 @@ def test_cli_rejects_bad_profile(tmp_path, monkeypatch, capsys):
         bad.unlink()
     assert cli.main(["check", "method_comparison", "--profile", "nope"]) == 2
     assert "no profile 'nope'" in capsys.readouterr().err
+
+
+def _rd(**kw):
+    return validate(PARAMS["refusal_dial"], kw)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"alphas": [-2.0, 2.0]}, "alphas = .* has no 0"),
+    ({"gen_alphas": [0.0, 5.0]}, "must be a subset of alphas"),
+    ({"harmful_sources": ["advbench", "mmlu"]}, "unknown harmful sources"),
+    ({"patch_sites": ["resid"]}, "unknown patch sites"),
+    ({"n_harmful": 0}, "n_harmful must be >= 1"),
+    ({"top_frac": 0.7}, "top_frac"),
+])
+def test_refusal_dial_bad_values(kw, msg):
+    with pytest.raises(ParamError, match=msg):
+        _rd(**kw)
+
+
+def test_refusal_dial_model_checks(monkeypatch, tmp_path):
+    with pytest.raises(ParamError, match="steer layer 24 out of range"):
+        _rd(steer_layers=[24]).check()
+    monkeypatch.setenv("TRAITLAB_DATA_ROOT", str(tmp_path))
+    with pytest.raises(ValueError, match="TRAITLAB_DATA_ROOT"):
+        _rd(model="tiny-llama").check()

@@ -22,7 +22,7 @@ from ..models import LoadedModel, describe
 from ..params import ParamError
 from ..patching import patch_last_k
 from ..refusal import DEFAULT_PHRASES, is_refusal, log_odds, opening_token_ids
-from ..sites import SITE_NAMES, Site
+from ..sites import SITE_NAMES, Site, check_sites
 from ..steering import generate
 from ..sweep import multi_layer_sweep
 
@@ -102,6 +102,10 @@ class Params:
     def check(self) -> None:
         """Model- and data-dependent checks, before any weights are loaded."""
         info = describe(self.model, self.revision)
+        try:
+            check_sites([Site(n, 0) for n in self.patch_sites], info.arch, info.n_layers)  # type: ignore[arg-type]
+        except ValueError as err:
+            raise ParamError(f"patch_sites: {err}") from None
         for layer in self.steer_layers or []:
             if not 0 <= layer < info.n_layers:
                 raise ParamError(f"steer layer {layer} out of range; the model has layers 0..{info.n_layers - 1}")
