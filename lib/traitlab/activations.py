@@ -173,22 +173,44 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
             folder.mkdir(parents=True)
         layout.write_text(f"{batch_size}\n")
 
-    shards: list[dict[str, torch.Tensor]] = []
+    # Results are written straight into preallocated tensors in example order, so memory holds
+    # every activation once (plus one batch), never a list of shards and a merged copy.
+    lengths = torch.tensor([len(e.ids) for e in examples])
+    starts = torch.cumsum(lengths, 0) - lengths
+    rows_total = int(lengths.sum()) if position == "all" else len(examples)
+    merged: dict[str, torch.Tensor] = {}
+
+    def place(shard: dict[str, torch.Tensor]) -> None:
+        idx = shard["index"].tolist()
+        for site in sites:
+            key = str(site)
+            block = shard[key]
+            if key not in merged:
+                merged[key] = torch.empty(rows_total, block.shape[-1], dtype=block.dtype)
+            if position != "all":
+                merged[key][idx] = block
+                continue
+            offset = 0
+            for i in idx:
+                n = int(lengths[i])
+                merged[key][int(starts[i]):int(starts[i]) + n] = block[offset:offset + n]
+                offset += n
+
     for b, idx in enumerate(tqdm(batches, desc="extract", unit="batch", disable=not progress)):
         shard_file = folder / f"shard_{b:05d}.safetensors" if folder else None
         if shard_file is not None and shard_file.exists():
-            shards.append(load_tensors(shard_file))
+            place(load_tensors(shard_file))
             continue
         batch = [examples[i] for i in idx]
         out = _run_batch(model, batch, sites, position, padding_side)
         shard = {str(s): t for s, t in out.items()}
         shard["index"] = torch.tensor(idx)
-        shard["lengths"] = torch.tensor([len(e.ids) for e in batch])
         if shard_file is not None:
             save_tensors(shard_file, shard)
-        shards.append(shard)
+        place(shard)
 
-    merged = _merge(shards, sites, position, len(examples))
+    if position == "all":
+        merged["lengths"] = lengths
     if folder is not None:
         save_tensors(folder / "acts.safetensors", merged)
         write_json(folder / "manifest.json", {"model": model.record(), "n_examples": len(examples),
@@ -196,29 +218,6 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
         for f in folder.glob("shard_*.safetensors"):
             f.unlink()
     return _assemble(merged, sites, position, len(examples))
-
-
-def _merge(shards: list[dict[str, torch.Tensor]], sites: Sequence[Site], position: str,
-           n: int) -> dict[str, torch.Tensor]:
-    """Put shard rows back in example order."""
-    index = torch.cat([s["index"] for s in shards])
-    lengths_sorted = torch.cat([s["lengths"] for s in shards])
-    merged: dict[str, torch.Tensor] = {}
-    if position != "all":
-        inv = torch.empty(n, dtype=torch.long)
-        inv[index] = torch.arange(n)
-        for site in sites:
-            merged[str(site)] = torch.cat([s[str(site)] for s in shards])[inv]
-        return merged
-    lengths = torch.empty(n, dtype=torch.long)
-    lengths[index] = lengths_sorted
-    starts = torch.cumsum(lengths_sorted, 0) - lengths_sorted  # in sorted order
-    start_of = {int(i): (int(st), int(ln)) for i, st, ln in zip(index, starts, lengths_sorted, strict=True)}
-    for site in sites:
-        flat = torch.cat([s[str(site)] for s in shards])
-        merged[str(site)] = torch.cat([flat[start_of[i][0]:start_of[i][0] + start_of[i][1]] for i in range(n)])
-    merged["lengths"] = lengths
-    return merged
 
 
 def _assemble(merged: dict[str, torch.Tensor], sites: Sequence[Site], position: str,
