@@ -64,8 +64,18 @@ def test_probe_is_logistic_regression_weight(blobs):
     d = fit_direction("probe", pos, neg, C=10.0)
     x = torch.cat([pos, neg]).double()
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    w = LogisticRegression(C=10.0, max_iter=2000).fit((x / x.norm(dim=1).mean()).numpy(), y).coef_[0]
+    unit_rms = x / x.norm(dim=1).mean() * x.shape[1] ** 0.5
+    w = LogisticRegression(C=10.0, max_iter=2000).fit(unit_rms.numpy(), y).coef_[0]
     np.testing.assert_allclose(d.vector.numpy(), w / np.linalg.norm(w), atol=1e-6)
+
+
+def test_strongly_regularised_probe_tends_to_mean_diff(blobs):
+    pos, neg = blobs
+    md = fit_direction("mean_diff", pos, neg).vector.double()
+    weak = fit_direction("probe", pos, neg, C=1e-6).vector.double()
+    strong = fit_direction("probe", pos, neg, C=1e3).vector.double()
+    assert float(weak @ md) > 0.9999  # C → 0: w ∝ Σ yᵢ xᵢ with balanced classes
+    assert float(strong @ md) < float(weak @ md)
 
 
 def test_random_ignores_data_but_not_seed(blobs):

@@ -98,16 +98,44 @@ def load_trait(trait: str, *, max_pairs_per_split: int | None = None,
         if rec["split"] not in ("train", "val"):
             raise DataError(f"{path}:{n}: split must be 'train' or 'val', got {rec['split']!r}")
         pairs.append(TraitPair(**rec))
+    return _limited(TraitDataset(trait, tuple(pairs)), max_pairs_per_split)
+
+
+def _limited(ds: TraitDataset, max_pairs_per_split: int | None) -> TraitDataset:
+    """Keep the first N train and first N val pairs; insist on at least 2 of each."""
+    pairs = ds.pairs
     if max_pairs_per_split is not None:
-        kept = []
-        for s in ("train", "val"):
-            kept += [p for p in pairs if p.split == s][:max_pairs_per_split]
-        pairs = kept
-    ds = TraitDataset(trait, tuple(pairs))
+        pairs = tuple(p for s in ("train", "val") for p in ds.split(s)[:max_pairs_per_split])
+    ds = TraitDataset(ds.trait, pairs)
     for s in ("train", "val"):
         if len(ds.split(s)) < 2:
-            raise DataError(f"trait {trait!r} has {len(ds.split(s))} {s} pairs; at least 2 are needed")
+            raise DataError(f"{ds.trait!r} has {len(ds.split(s))} {s} pairs; at least 2 are needed")
     return ds
+
+
+def load_group(spec: str, *, max_pairs_per_split: int | None = None,
+               folder: Path | None = None) -> TraitDataset:
+    """The pairs named by ``"<trait>"`` or ``"<trait>:<group>,<group>,..."``.
+
+    The second form keeps only pairs whose ``group`` field is listed; it is how a trait
+    file is split into distributions (e.g. optimism's institutional vs social domains).
+
+    Example:
+        >>> ds = load_group("optimism:tech,career")
+        >>> ds.groups(), ds.trait
+        (('tech', 'career'), 'optimism:tech,career')
+    """
+    trait, sep, wanted = spec.partition(":")
+    full = load_trait(trait.strip(), folder=folder)
+    if not sep:
+        return _limited(full, max_pairs_per_split)
+    names = [g.strip() for g in wanted.split(",") if g.strip()]
+    unknown = [g for g in names if g not in full.groups()]
+    if unknown or not names:
+        raise DataError(f"group spec {spec!r}: unknown groups {unknown or '(none listed)'}; "
+                        f"{trait!r} has {', '.join(full.groups())}")
+    pairs = tuple(p for p in full.pairs if p.group in names)
+    return _limited(TraitDataset(spec, pairs), max_pairs_per_split)
 
 
 # ---- public datasets in the data root -------------------------------------------------

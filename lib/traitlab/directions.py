@@ -10,7 +10,11 @@ Methods:
 
 - ``mean_diff``: mean(pos) − mean(neg).
 - ``probe``: weight vector of an L2-regularised logistic regression (scikit-learn),
-  fitted on activations divided by their mean norm (a scalar, so the geometry is kept).
+  fitted on activations rescaled by one scalar so that their mean norm is sqrt(d), i.e.
+  features of unit root-mean-square as after standardisation, but with the geometry kept.
+  ``C`` then means what it means on standardised data. (At mean norm 1 instead, C = 1
+  regularises so hard that the probe collapses onto ``mean_diff``: as C → 0 the logistic
+  weight tends to Σ yᵢxᵢ, the difference of means for balanced classes.)
 - ``gradient``: gradient ascent (Adam) on the Fisher criterion
   ``(μ₊ − μ₋)·v / sqrt(vᵀ(Σ_w + λI)v)``. Its optimum is known in closed form: the
   shrinkage-LDA direction ``(Σ_w + λI)⁻¹(μ₊ − μ₋)``; the test suite checks that the
@@ -89,7 +93,7 @@ def probe(pos: torch.Tensor, neg: torch.Tensor, *, seed: int = 0, C: float = 1.0
     from sklearn.linear_model import LogisticRegression
 
     x = torch.cat([pos, neg]).double()
-    scale = x.norm(dim=1).mean().clamp_min(1e-12)
+    scale = x.norm(dim=1).mean().clamp_min(1e-12) / x.shape[1] ** 0.5
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
     clf.fit((x / scale).numpy(), y)
