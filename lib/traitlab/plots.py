@@ -118,3 +118,95 @@ def pareto(points: pd.DataFrame) -> plt.Figure:
     ax.plot([0, 1], [0, 1], color="0.8", lw=1)
     ax.legend(fontsize=8)
     return fig
+
+
+def transfer_matrices(cells: pd.DataFrame, methods: list[str], layers: list[int],
+                      value: str = "acc") -> plt.Figure:
+    """Annotated train (rows) × test (columns) accuracy heatmaps: methods × layers."""
+    fig, axes = plt.subplots(len(methods), len(layers), squeeze=False, constrained_layout=True,
+                             figsize=(2.9 * len(layers) + 0.6, 2.5 * len(methods)))
+    for i, m in enumerate(methods):
+        for j, layer in enumerate(layers):
+            d = cells[(cells.method == m) & (cells.layer == layer)]
+            order = list(dict.fromkeys(d.train))
+            grid = 100 * d.pivot(index="train", columns="test", values=value).loc[order, order]
+            sns.heatmap(grid, ax=axes[i, j], vmin=40, vmax=100, cmap="viridis", annot=True, fmt=".0f",
+                        cbar=j == len(layers) - 1, annot_kws={"fontsize": 7})
+            axes[i, j].set_title(f"{m}, layer {layer}", fontsize=9)
+            axes[i, j].set_xlabel("test" if i == len(methods) - 1 else "")
+            axes[i, j].set_ylabel("train" if j == 0 else "")
+    return fig
+
+
+def same_vs_cross(long: pd.DataFrame, methods: list[str]) -> plt.Figure:
+    """Same-group and cross-group mean accuracy against layer, one panel per method."""
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods) + 0.5, 2.8), sharey=True,
+                             squeeze=False, constrained_layout=True)
+    for ax, m in zip(axes[0], methods, strict=True):
+        d = long[long.method == m]
+        for k, (kind, g) in enumerate(d.groupby("kind", sort=False)):
+            ax.plot(g.layer, g.acc_pct, marker="o", ms=3, color=sns.color_palette()[k], label=kind)
+        ax.axhline(50, color="0.7", lw=1, ls="--")
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("layer")
+    axes[0, 0].set_ylabel("accuracy (%)")
+    axes[0, 0].legend(fontsize=7)
+    return fig
+
+
+def cross_vs_null(summary: pd.DataFrame, null: pd.DataFrame, methods: list[str]) -> plt.Figure:
+    """Per method and matrix layer: observed cross-group accuracy (dot, 95% CI) against the
+    shuffled-label null's distribution of the same average (grey violin)."""
+    layers = sorted({layer for _, layer in summary.index})
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), sharey=True,
+                             squeeze=False, constrained_layout=True)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        nl = null[(null.layer == layer) & ~null.same]
+        dist = [100 * nl[nl.method == m].groupby("shuffle").acc.mean().to_numpy() for m in methods]
+        ax.violinplot(dist, positions=range(len(methods)), showextrema=False)
+        for x, m in enumerate(methods):
+            r = summary.loc[(m, layer)]
+            lo, hi = (float(v) for v in r.cross_ci.strip("[]").split(","))
+            ax.errorbar(x, r.cross_pct, yerr=[[r.cross_pct - lo], [hi - r.cross_pct]], fmt="o", color="k", ms=4)
+        ax.set_xticks(range(len(methods)), methods, rotation=45, fontsize=8)
+        ax.set_title(f"layer {layer}", fontsize=9)
+    axes[0, 0].set_ylabel("cross-group accuracy (%)")
+    return fig
+
+
+def judge_vs_gold(df: pd.DataFrame, modes: list[str]) -> plt.Figure:
+    """Judge score against our gold label: rows trait / coherence, one column per judge mode."""
+    fig, axes = plt.subplots(2, len(modes), figsize=(4.6 * len(modes), 8.4), squeeze=False,
+                             constrained_layout=True)
+    for r, (metric, gold) in enumerate([("trait", "optimism"), ("coherence", "coherence")]):
+        for c, mode in enumerate(modes):
+            ax = axes[r, c]
+            sns.scatterplot(data=df, x=gold, y=f"{metric}_{mode}", hue="level", style="level",
+                            ax=ax, s=40, legend=(r == 0 and c == len(modes) - 1))
+            ax.plot([0, 100], [0, 100], ls="--", c="grey", lw=1)
+            ax.set(xlim=(-3, 103), ylim=(-3, 103), xlabel=f"gold {gold}", ylabel=f"judge ({mode})",
+                   title=f"{metric}: {mode}")
+    return fig
+
+
+def mode_scatter(df: pd.DataFrame) -> plt.Figure:
+    """Logprob-weighted score against the text-parsed score of the same responses."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4), constrained_layout=True)
+    for ax, metric in zip(axes, ("trait", "coherence"), strict=True):
+        sns.scatterplot(data=df, x=f"{metric}_text", y=f"{metric}_logprob", ax=ax, s=36,
+                        hue="level" if "level" in df else None)
+        ax.plot([0, 100], [0, 100], ls="--", c="grey", lw=1)
+        ax.set(xlim=(-3, 103), ylim=(-3, 103), title=metric, xlabel="text parse", ylabel="logprob mean")
+    return fig
+
+
+def score_distributions(df: pd.DataFrame, modes: list[str]) -> plt.Figure:
+    """Histograms of judge scores per metric and mode (e.g. for unsteered baseline answers)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), constrained_layout=True)
+    for ax, metric in zip(axes, ("trait", "coherence"), strict=True):
+        for mode in modes:
+            ax.hist(df[f"{metric}_{mode}"].dropna(), bins=np.linspace(0, 100, 21), alpha=0.55,
+                    label=mode)
+        ax.set(title=f"{metric} score of unsteered answers", xlabel="score", ylabel="answers")
+        ax.legend()
+    return fig

@@ -1,0 +1,439 @@
+"""Generalization of trait vectors across groups: languages, topics, distributions.
+
+A *group* is a set of contrastive pairs named by a spec (``traitlab.data.load_group``):
+``"uncertainty_es"`` (a whole trait file) or ``"optimism:tech,economics"`` (the pairs of
+those domains). For every layer and method a direction is fitted on the **train split of
+group g** and evaluated on **every group h**: on h's val split when h = g (same-group,
+held out), on all of h otherwise (cross-group; nothing of h was seen in training).
+
+Each (layer, method, train g, test h) cell reports:
+
+- ``acc``: the seed's accuracy (``traitlab.metrics``): cosine score, threshold at the
+  midpoint of the *evaluated* set's two class means. It asks whether the direction still
+  separates the classes in h; the threshold is not transferred.
+- ``acc_transfer``: the threshold fixed at the midpoint of the *training* set's class
+  means, so the direction and the decision rule both transfer. A direction that separates
+  h but whose scores shift between groups (a language offset) loses accuracy here only.
+- ``auroc``: threshold-free.
+
+Uncertainty is measured two ways:
+
+- **Null.** The same fit after shuffling the labels of g's training examples
+  (``n_shuffle`` seeds): the accuracy expected from fitting noise on these very
+  activations (the midpoint rule on held-out data sits above 50% by chance).
+- **Bootstrap.** Evaluated pairs are resampled with replacement (a pair's positive and
+  negative together), ``n_boot`` times, with the same draws for every method and layer, so
+  the averages over cells and the probe − mean_diff difference get paired intervals.
+
+Example:
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = lambda shift: (torch.randn(20, 8, generator=g) + shift, torch.randn(20, 8, generator=g))
+    >>> groups = {"a": GroupActs(*x(2), is_val=torch.arange(20) % 5 == 4),
+    ...           "b": GroupActs(*x(2), is_val=torch.arange(20) % 5 == 4)}
+    >>> cells, _ = transfer({0: groups}, ["mean_diff"], seed=0)
+    >>> sorted(cells.columns)[:4], len(cells)
+    (['acc', 'acc_transfer', 'auroc', 'layer'], 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ..activations import POSITIONS, extract
+from ..data import TraitDataset, load_group
+from ..directions import METHODS, fit_direction
+from ..metrics import auroc, cosine_scores
+from ..models import LoadedModel, describe
+from ..params import ParamError
+from ..sites import SITE_NAMES, Site, check_sites
+
+Finding = Literal["cross_language", "cross_topic", "cross_distribution"]
+
+# ---- the seed's numbers ---------------------------------------------------------------
+
+_LANG = ["English", "Spanish", "French", "Chinese"]
+_TOPIC = ["Science", "Coding", "History", "Creative"]
+SEED: dict[str, dict] = {
+    "cross_language": {
+        "where": "Gemma-2-2B-IT, probe at layer 16 of 26",
+        "matrix": {"probe": pd.DataFrame([[100.0, 99.0, 99.0, 100.0], [99.1, 100.0, 100.0, 100.0],
+                                          [98.7, 100.0, 100.0, 100.0], [99.6, 100.0, 100.0, 100.0]],
+                                         index=_LANG, columns=_LANG)},
+        "summary": {"probe": (100.0, 99.6), "mean_diff": (None, 50.0)},
+    },
+    "cross_topic": {
+        "where": "Gemma-2-2B-IT, probe at layer 16 of 26",
+        "matrix": {"probe": pd.DataFrame([[100.0, 90.0, 96.0, 96.0], [90.0, 100.0, 91.0, 96.0],
+                                          [89.6, 74.5, 100.0, 98.5], [91.0, 87.0, 97.0, 100.0]],
+                                         index=_TOPIC, columns=_TOPIC)},
+        "summary": {"probe": (100.0, 91.4)},
+    },
+    "cross_distribution": {
+        "where": "Gemma-2-2B base, layer 13 of 26",
+        "matrix": {"probe": pd.DataFrame([[100.0, 100.0], [95.0, 100.0]], index=["A", "B"], columns=["A", "B"]),
+                   "mean_diff": pd.DataFrame([[90.0, 90.0], [55.0, 70.0]], index=["A", "B"], columns=["A", "B"])},
+        "summary": {"probe": (100.0, 97.5), "mean_diff": (80.0, 72.5)},
+    },
+}
+"""Published numbers (accuracy %, rows = train group, columns = test group); ``summary`` is
+(same-group mean, cross-group mean) where the seed states or implies them."""
+
+
+# ---- parameters -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Params:
+    model: str = "qwen2.5-coder-0.5b-instruct"
+    revision: str | None = None
+    dtype: str = "float32"
+    groups: dict[str, str] = field(default_factory=dict)
+    layers: list[int] | None = None
+    matrix_layers: list[int] = field(default_factory=lambda: [6, 12, 15, 18])
+    site: str = "resid_post"
+    position: str = "mean"
+    methods: list[str] = field(default_factory=lambda: ["probe", "mean_diff", "gradient", "pca_diff",
+                                                        "random"])
+    max_pairs_per_split: int | None = None
+    n_shuffle: int = 20
+    n_boot: int = 1000
+    batch_size: int = 16
+    probe_C: float = 1.0
+    gradient_shrinkage: float = 0.1
+    gradient_steps: int = 500
+    ica_components: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.groups) < 2:
+            raise ParamError(f"groups needs at least two entries (name: trait spec), got {self.groups!r}")
+        if self.site not in SITE_NAMES:
+            raise ParamError(f"site {self.site!r} unknown; choose one of {', '.join(SITE_NAMES)}")
+        if self.position not in ("last", "mean"):
+            raise ParamError(f"position {self.position!r} unknown; choose 'last' or 'mean' "
+                             f"(extraction also knows {', '.join(POSITIONS)})")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ParamError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+        for name in ("n_shuffle", "n_boot", "batch_size", "gradient_steps", "ica_components"):
+            if getattr(self, name) < 1:
+                raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.matrix_layers:
+            raise ParamError("matrix_layers is empty; name the layers to show as train × test matrices")
+        if self.layers is not None and not set(self.matrix_layers) <= set(self.layers):
+            raise ParamError(f"matrix_layers {self.matrix_layers} must be among layers {self.layers}")
+        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
+            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
+        if self.probe_C <= 0 or self.gradient_shrinkage < 0:
+            raise ParamError("probe_C must be > 0 and gradient_shrinkage >= 0")
+
+    def check(self) -> list[Site]:
+        """Checks that need the model's shape (its config only) and the data; the sites."""
+        info = describe(self.model, self.revision)
+        layers = list(range(info.n_layers)) if self.layers is None else sorted(set(self.layers))
+        sites = [Site(self.site, layer) for layer in layers]  # type: ignore[arg-type]
+        try:
+            check_sites(sites, info.arch, info.n_layers)
+        except ValueError as err:
+            raise ParamError(str(err)) from None
+        bad = [layer for layer in self.matrix_layers if layer not in layers]
+        if bad:
+            raise ParamError(f"matrix_layers {bad} out of range for {self.model} ({info.n_layers} layers)")
+        self.datasets()
+        return sites
+
+    def datasets(self) -> dict[str, TraitDataset]:
+        return {name: load_group(spec, max_pairs_per_split=self.max_pairs_per_split)
+                for name, spec in self.groups.items()}
+
+    def method_options(self) -> dict[str, dict]:
+        return {"probe": {"C": self.probe_C},
+                "gradient": {"shrinkage": self.gradient_shrinkage, "steps": self.gradient_steps},
+                "ica": {"n_components": self.ica_components}}
+
+
+def _groups(**kw: str):
+    return field(default_factory=lambda: dict(kw))
+
+
+@dataclass(frozen=True)
+class CrossLanguage(Params):
+    groups: dict[str, str] = _groups(English="uncertainty", Spanish="uncertainty_es",
+                                     French="uncertainty_fr", Chinese="uncertainty_zh")
+
+
+@dataclass(frozen=True)
+class CrossTopic(Params):
+    groups: dict[str, str] = _groups(Science="uncertainty_science", Coding="uncertainty_coding",
+                                     History="uncertainty_history", Creative="uncertainty_creative")
+
+
+@dataclass(frozen=True)
+class CrossDistribution(Params):
+    groups: dict[str, str] = _groups(A="optimism:tech,economics,healthcare,education,science",
+                                     B="optimism:environment,career,relationships,civic,global")
+
+
+# ---- measurement ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GroupActs:
+    """One group's activations at one site: pos/neg [n, d] (row i = pair i) and its val mask."""
+
+    pos: torch.Tensor
+    neg: torch.Tensor
+    is_val: torch.Tensor
+
+    def train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pos[~self.is_val], self.neg[~self.is_val]
+
+    def evaluation(self, same_group: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The val split when testing on the training group, every pair otherwise."""
+        if same_group:
+            return self.pos[self.is_val], self.neg[self.is_val]
+        return self.pos, self.neg
+
+
+def extract_groups(p: Params, model: LoadedModel, sites: Sequence[Site], *,
+                   progress: bool = True) -> dict[int, dict[str, GroupActs]]:
+    """{layer: {group: GroupActs}}, one cached extraction per group."""
+    out: dict[int, dict[str, GroupActs]] = {s.layer: {} for s in sites}
+    for name, ds in p.datasets().items():
+        pos, neg = ds.encode(model.chat)
+        acts = extract(model, pos + neg, sites, position=p.position,  # type: ignore[arg-type]
+                       batch_size=p.batch_size, progress=progress)
+        n = len(ds.pairs)
+        is_val = torch.tensor([pair.split == "val" for pair in ds.pairs])
+        for s in sites:
+            out[s.layer][name] = GroupActs(acts[s][:n], acts[s][n:], is_val)
+    return out
+
+
+def _midpoint(ps: np.ndarray, ns: np.ndarray) -> float:
+    return float((ps.mean() + ns.mean()) / 2)
+
+
+def _accuracy(ps: np.ndarray, ns: np.ndarray, thr: float) -> float:
+    return float(((ps > thr).sum() + (ns <= thr).sum()) / (len(ps) + len(ns)))
+
+
+def transfer(acts: dict[int, dict[str, GroupActs]], methods: Sequence[str], *, seed: int = 0,
+             options: dict[str, dict] | None = None, shuffle_seed: int | None = None,
+             keep_scores: Sequence[int] = (), progress: bool = False,
+             ) -> tuple[pd.DataFrame, dict[tuple, tuple[np.ndarray, np.ndarray]]]:
+    """Fit on each group's train split, evaluate on every group; one row per cell.
+
+    ``shuffle_seed`` permutes the training labels first (the null). ``keep_scores`` names
+    layers whose per-pair cosine scores are returned, keyed (layer, method, train, test),
+    for the bootstrap.
+    """
+    options = options or {}
+    rows, kept = [], {}
+    jobs = [(layer, m, g) for layer in acts for m in methods for g in acts[layer]]
+    for layer, method, g in tqdm(jobs, desc="fit", disable=not progress):
+        tr_pos, tr_neg = acts[layer][g].train()
+        if shuffle_seed is not None:
+            x = torch.cat([tr_pos, tr_neg])
+            rng = np.random.default_rng([shuffle_seed, layer, len(x)])
+            perm = torch.from_numpy(rng.permutation(len(x)))
+            tr_pos, tr_neg = x[perm[:len(tr_pos)]], x[perm[len(tr_pos):]]
+        d = fit_direction(method, tr_pos, tr_neg, seed=seed, **options.get(method, {}))
+        thr = _midpoint(cosine_scores(tr_pos, d.vector).numpy(), cosine_scores(tr_neg, d.vector).numpy())
+        for h, group in acts[layer].items():
+            pos, neg = group.evaluation(same_group=h == g)
+            ps, ns = cosine_scores(pos, d.vector).numpy(), cosine_scores(neg, d.vector).numpy()
+            rows.append({"layer": layer, "method": method, "train": g, "test": h, "same": h == g,
+                         "n_eval": len(ps), "acc": _accuracy(ps, ns, _midpoint(ps, ns)),
+                         "acc_transfer": _accuracy(ps, ns, thr), "auroc": auroc(ps, ns)})
+            if layer in keep_scores:
+                kept[(layer, method, g, h)] = (ps, ns)
+    return pd.DataFrame(rows), kept
+
+
+def run(p: Params, acts: dict[int, dict[str, GroupActs]], *, progress: bool = True,
+        ) -> tuple[pd.DataFrame, dict[tuple, tuple[np.ndarray, np.ndarray]]]:
+    """Every layer × method × train × test cell, plus the matrix layers' per-pair scores."""
+    return transfer(acts, p.methods, seed=p.seed, options=p.method_options(),
+                    keep_scores=p.matrix_layers, progress=progress)
+
+
+def shuffled_null(p: Params, acts: dict[int, dict[str, GroupActs]], *, progress: bool = True) -> pd.DataFrame:
+    """The transfer matrix after label-shuffled training, ``n_shuffle`` seeds, matrix layers only."""
+    sub = {layer: acts[layer] for layer in p.matrix_layers}
+    frames = []
+    for k in tqdm(range(p.n_shuffle), desc="shuffled-label null", disable=not progress):
+        df, _ = transfer(sub, p.methods, seed=p.seed + k, options=p.method_options(),
+                         shuffle_seed=p.seed + k)
+        frames.append(df.assign(shuffle=k))
+    return pd.concat(frames, ignore_index=True)
+
+
+def direction_cosines(p: Params, acts: dict[int, dict[str, GroupActs]], a: str = "probe",
+                      b: str = "mean_diff") -> pd.DataFrame:
+    """cos(direction of ``a``, direction of ``b``) fitted on the same training group, per matrix
+    layer (rows) and group (columns). Near 1 means the two methods found the same axis."""
+    opts = p.method_options()
+    rows = {}
+    for layer in p.matrix_layers:
+        rows[layer] = {}
+        for g, group in acts[layer].items():
+            tr = group.train()
+            va = fit_direction(a, *tr, seed=p.seed, **opts.get(a, {})).vector
+            vb = fit_direction(b, *tr, seed=p.seed, **opts.get(b, {})).vector
+            rows[layer][g] = float(va.double() @ vb.double())
+    return pd.DataFrame(rows).T.rename_axis("layer")
+
+
+# ---- uncertainty ----------------------------------------------------------------------
+
+def _draws(n: int, n_boot: int, key: Sequence[int]) -> np.ndarray:
+    return np.random.default_rng(list(key)).integers(0, n, size=(n_boot, n))
+
+
+def _boot_acc(ps: np.ndarray, ns: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    bp, bn = ps[idx], ns[idx]
+    thr = (bp.mean(1) + bn.mean(1)) / 2
+    return ((bp > thr[:, None]).sum(1) + (bn <= thr[:, None]).sum(1)) / (2 * idx.shape[1])
+
+
+def bootstrap(p: Params, scores: dict[tuple, tuple[np.ndarray, np.ndarray]]) -> dict[tuple, np.ndarray]:
+    """Bootstrap accuracies [n_boot] per kept cell; draws shared across methods and layers."""
+    names = list(p.groups)
+    draws: dict[tuple[str, bool, int], np.ndarray] = {}
+    out = {}
+    for (layer, method, g, h), (ps, ns) in scores.items():
+        key = (h, g == h, len(ps))
+        if key not in draws:
+            draws[key] = _draws(len(ps), p.n_boot, (p.seed, names.index(h), int(g == h)))
+        out[(layer, method, g, h)] = _boot_acc(ps, ns, draws[key])
+    return out
+
+
+def _ci(x: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.quantile(x, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def matrix(cells: pd.DataFrame, method: str, layer: int, value: str = "acc") -> pd.DataFrame:
+    """Train (rows) × test (columns) accuracy in %, groups in parameter order."""
+    d = cells[(cells.method == method) & (cells.layer == layer)]
+    order = list(dict.fromkeys(d.train))
+    return 100 * d.pivot(index="train", columns="test", values=value).loc[order, order]
+
+
+def summarize(p: Params, cells: pd.DataFrame, boots: dict[tuple, np.ndarray],
+              null: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, matrix layer): same- and cross-group means with 95% CIs, the drop, the
+    worst cross pair, the transferred-threshold cross mean, and the null's cross mean / 95th pct."""
+    rows = []
+    for method in p.methods:
+        for layer in p.matrix_layers:
+            d = cells[(cells.method == method) & (cells.layer == layer)]
+            same = np.mean([boots[(layer, method, g, g)] for g in p.groups], axis=0)
+            cross = np.mean([boots[(layer, method, g, h)] for g in p.groups for h in p.groups if g != h], axis=0)
+            x = d[~d.same]
+            worst = x.loc[x.acc.idxmin()]
+            nl = null[(null.method == method) & (null.layer == layer) & ~null.same]
+            ncross = 100 * nl.groupby("shuffle").acc.mean()
+            rows.append({"method": method, "layer": layer,
+                         "same_pct": 100 * d[d.same].acc.mean(), "same_ci": _fmt(100 * same),
+                         "cross_pct": 100 * x.acc.mean(), "cross_ci": _fmt(100 * cross),
+                         "drop_pct": 100 * (d[d.same].acc.mean() - x.acc.mean()), "drop_ci": _fmt(100 * (same - cross)),
+                         "worst_pair": f"{worst.train}→{worst.test}", "worst_pct": 100 * worst.acc,
+                         "cross_transfer_pct": 100 * x.acc_transfer.mean(), "cross_auroc": x.auroc.mean(),
+                         "null_cross_pct": ncross.mean(), "null_cross_p95": float(np.quantile(ncross, 0.95))})
+    return pd.DataFrame(rows).set_index(["method", "layer"])
+
+
+def _fmt(x: np.ndarray) -> str:
+    lo, hi = _ci(x)
+    return f"[{lo:.1f}, {hi:.1f}]"
+
+
+def method_difference(p: Params, boots: dict[tuple, np.ndarray], a: str = "probe",
+                      b: str = "mean_diff") -> pd.DataFrame:
+    """Cross-group mean accuracy of ``a`` minus ``b`` per matrix layer, with a paired bootstrap CI
+    and the fraction of bootstrap draws in which ``a`` is ahead."""
+    rows = []
+    for layer in p.matrix_layers:
+        cross = {m: np.mean([boots[(layer, m, g, h)] for g in p.groups for h in p.groups if g != h], axis=0)
+                 for m in (a, b)}
+        diff = 100 * (cross[a] - cross[b])
+        lo, hi = _ci(diff)
+        rows.append({"layer": layer, f"{a}_minus_{b}_pct": float(np.mean(diff)), "ci_lo": lo, "ci_hi": hi,
+                     f"P({a} ahead)": float((diff > 0).mean())})
+    return pd.DataFrame(rows).set_index("layer")
+
+
+def null_exceedance(p: Params, cells: pd.DataFrame, null: pd.DataFrame) -> pd.DataFrame:
+    """Per cell of the matrix layers: observed accuracy, the null's 95th percentile, and whether
+    the observed value exceeds every shuffled-label fit."""
+    obs = cells[cells.layer.isin(p.matrix_layers)].set_index(["layer", "method", "train", "test"])
+    g = null.groupby(["layer", "method", "train", "test"]).acc
+    out = obs[["acc"]].join(g.quantile(0.95).rename("null_p95")).join(g.max().rename("null_max"))
+    return out.assign(exceeds_null=out.acc > out.null_max)
+
+
+def by_layer(cells: pd.DataFrame) -> pd.DataFrame:
+    """Same- and cross-group mean accuracy (%) per method and layer, long format for plotting."""
+    d = cells.assign(kind=np.where(cells.same, "same group", "cross group"))
+    return (100 * d.groupby(["method", "layer", "kind"]).acc.mean()).rename("acc_pct").reset_index()
+
+
+def versus_seed(finding: Finding, cells: pd.DataFrame, layer: int) -> pd.DataFrame:
+    """The seed's matrix cells beside ours at ``layer`` (groups matched by name)."""
+    rows = []
+    for method, ref in SEED[finding]["matrix"].items():
+        if method not in set(cells.method):
+            continue
+        ours = matrix(cells, method, layer)
+        for g in ref.index:
+            for h in ref.columns:
+                if g in ours.index and h in ours.columns:
+                    rows.append({"method": method, "train": g, "test": h, "seed_pct": ref.loc[g, h],
+                                 "ours_pct": ours.loc[g, h]})
+    return pd.DataFrame(rows)
+
+
+def conclusions(p: Params, finding: Finding, summary: pd.DataFrame, diff: pd.DataFrame,
+                exceed: pd.DataFrame) -> list[str]:
+    """Plain-language findings computed from this run."""
+    out = []
+    ref = SEED[finding]
+    for layer in p.matrix_layers:
+        parts = []
+        for m in ("probe", "mean_diff"):
+            if (m, layer) in summary.index:
+                r = summary.loc[(m, layer)]
+                parts.append(f"{m} same {r.same_pct:.1f}% / cross {r.cross_pct:.1f}% {r.cross_ci} "
+                             f"(transferred threshold {r.cross_transfer_pct:.1f}%, null {r.null_cross_pct:.1f}%)")
+        if parts:
+            out.append(f"Layer {layer}: " + "; ".join(parts) + ".")
+    seed_bits = "; ".join(f"{m}: same {s if s is not None else 'n/a'}%, cross {c}%"
+                          for m, (s, c) in ref["summary"].items())
+    out.append(f"Seed ({ref['where']}): {seed_bits}.")
+    if len(diff):
+        col = diff.columns[0]
+        ahead = [f"L{layer} {r[col]:+.1f} pts [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" for layer, r in diff.iterrows()]
+        sure = [layer for layer, r in diff.iterrows() if r.ci_lo > 0]
+        behind = [layer for layer, r in diff.iterrows() if r.ci_hi < 0]
+        verdict = ("probe generalizes better than mean_diff at layers " + ", ".join(map(str, sure))
+                   if sure else "probe does not generalize measurably better than mean_diff at any matrix layer")
+        if behind:
+            verdict += "; mean_diff is ahead at layers " + ", ".join(map(str, behind))
+        out.append(f"Probe − mean_diff, cross-group accuracy (95% paired bootstrap CI): {'; '.join(ahead)}. "
+                   f"So {verdict}.")
+    ex = exceed.reset_index()
+    for m in ("probe", "mean_diff"):
+        e = ex[(ex.method == m) & (ex.train != ex.test)]
+        if len(e):
+            out.append(f"{m}: {int(e.exceeds_null.sum())}/{len(e)} cross-group cells beat every "
+                       f"shuffled-label fit ({p.n_shuffle} seeds).")
+    return out
