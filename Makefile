@@ -6,6 +6,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROFILE ?= default
 NOTEBOOKS ?= all
+# llama-cpp-python (a dev dependency: the judge's HTTP tests) builds llama.cpp from source.
+# A portable AVX2 build: -march=native also emits AMX/AVX-512 code that traps ("invalid
+# opcode") on VMs whose CPU advertises AMX without enabling it, and a cached native wheel
+# would not run on another CPU.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
 .PHONY: install reports test test-slow lint golden clean
 
@@ -14,7 +20,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
 reports: install

@@ -210,3 +210,34 @@ def score_distributions(df: pd.DataFrame, modes: list[str]) -> plt.Figure:
         ax.set(title=f"{metric} score of unsteered answers", xlabel="score", ylabel="answers")
         ax.legend()
     return fig
+
+
+def steering_grid(summ: pd.DataFrame, layers: list[int], ratios: list[float]) -> plt.Figure:
+    """Heatmaps of mean trait (top) and coherence (bottom), layer × ratio, one column per model."""
+    single = summ[summ.kind == "single"]
+    models = list(dict.fromkeys(single.model))
+    fig, axes = plt.subplots(2, len(models), figsize=(3.6 * len(models) + 1, 6.4), squeeze=False,
+                             constrained_layout=True)
+    for c, model in enumerate(models):
+        g = single[single.model == model]
+        for r, metric in enumerate(("trait", "coherence")):
+            grid = g.pivot_table(index="layer", columns="ratio", values=metric).reindex(
+                index=layers, columns=ratios)
+            sns.heatmap(grid, ax=axes[r, c], vmin=0, vmax=100, cmap="viridis" if r == 0 else "magma",
+                        annot=True, fmt=".0f", cbar=c == len(models) - 1)
+            axes[r, c].set_title(f"{model}: {metric}")
+    return fig
+
+
+def ratio_curves(ratio_df: pd.DataFrame, sweet: tuple[float, float], broken: float) -> plt.Figure:
+    """Trait and coherence vs perturbation ratio per model; learned solid, random dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    for ax, metric in zip(axes, ("trait", "coherence"), strict=True):
+        ax.axvspan(*sweet, color="green", alpha=0.12, label="seed sweet spot")
+        ax.axvline(broken, color="red", ls=":", lw=1, label="seed: broken above")
+        for (model, kind), g in ratio_df.groupby(["model", "kind"], sort=False):
+            ax.plot(g.ratio, g[metric], marker="o", ls="-" if kind == "single" else "--",
+                    label=f"{model} {'learned' if kind == 'single' else 'random'}")
+        ax.set(xlabel="perturbation ratio  coef·‖v‖/‖activation‖", ylabel=metric, ylim=(0, 100))
+    axes[1].legend(fontsize=7, ncol=2)
+    return fig

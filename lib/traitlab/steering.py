@@ -1,9 +1,15 @@
-"""Steered generation: add a vector to ``resid_pre@L`` at the last prompt token, then decode.
+"""Steered generation, perturbation ratios and coefficient search.
 
-The addition is made during the prefill pass only (the position the model reads to start
-its answer), as in the refusal-dial study; later tokens see its effect through the KV
-cache. Prompts × conditions are generated together as one batch (row = prompt × n_cond +
-condition), greedy, left-padded.
+- ``generate``: add one vector per condition to ``resid_pre@L`` at the last prompt token
+  during the prefill pass only (the refusal-dial protocol; later tokens see the effect
+  through the KV cache). Prompts × conditions are generated together as one batch
+  (row = prompt × n_cond + condition), greedy, left-padded.
+- ``generate_steered``: add ``Steer``s (a vector × coefficient at a site) at one or several
+  sites at every generation step, at all positions or only response-producing ones. The
+  additions live inside one nnsight trace per batch, so nothing stays on the model.
+- ``coef_for_ratio`` / ``perturbation_ratio`` / ``activation_norms``: convert between raw
+  coefficients and the perturbation ratio ``coef × ‖v‖ / ‖activation‖``.
+- ``search_coefficient``: adaptive per-layer coefficient search under a coherence floor.
 
 Example:
     >>> import torch
@@ -17,7 +23,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from tqdm import tqdm
@@ -25,7 +34,7 @@ from tqdm import tqdm
 from .activations import _pad_batch
 from .chat import Encoded
 from .models import LoadedModel
-from .sites import layout, resolve
+from .sites import Site, check_sites, envoy_value, layout, module_path, resolve
 
 
 @torch.no_grad()
@@ -64,3 +73,224 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
         for (i, c), t in zip(chunk, tok.batch_decode(new, skip_special_tokens=True), strict=True):
             texts[i][c] = t
     return texts
+
+
+# ----------------------------------------------------------------------------------------
+# Multi-site steering during generation
+# ----------------------------------------------------------------------------------------
+
+Positions = Literal["all", "response"]
+"""Where a steer is added: ``all`` = every prompt and response position; ``response`` =
+the positions that produce response tokens (the last prompt position, then each generated
+token), so the prompt's own representations are left alone."""
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Add ``coef × vector`` at ``site`` (``"resid_pre@12"`` or a ``Site``).
+
+    ``vector`` is used as given (not re-normalised), so ``coef`` is in units of its norm;
+    see ``coef_for_ratio`` to set ``coef`` from a perturbation ratio instead.
+    """
+
+    site: Site
+    vector: torch.Tensor = field(repr=False)
+    coef: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.site, str):
+            object.__setattr__(self, "site", Site.parse(self.site))
+        if self.site.name == "v":
+            raise ValueError("steering at 'v' is not supported; use resid_pre, resid_post, "
+                             "attn_out or mlp_out")
+        if self.vector.ndim != 1:
+            raise ValueError(f"a steering vector must be 1-D, got shape {tuple(self.vector.shape)}")
+        if not math.isfinite(self.coef):
+            raise ValueError(f"coef must be finite, got {self.coef}")
+
+    @property
+    def delta(self) -> torch.Tensor:
+        return self.coef * self.vector
+
+
+def same_vector(vector: torch.Tensor, sites: Sequence[Site | str], coef: float) -> list[Steer]:
+    """Multi-layer steering with one vector added at every site (e.g. layers 6–10)."""
+    return [Steer(s, vector, coef) for s in sites]
+
+
+def per_site_vectors(vectors: Mapping[Site | str, torch.Tensor], coef: float) -> list[Steer]:
+    """Multi-layer steering with each site's own vector (e.g. each layer's mean_diff)."""
+    return [Steer(s, v, coef) for s, v in vectors.items()]
+
+
+def _check_steers(model: LoadedModel, steers: Sequence[Steer]) -> None:
+    seen = set()
+    for s in steers:
+        check_sites([s.site], model.arch, model.n_layers)
+        if s.vector.shape[0] != model.d_model:
+            raise ValueError(f"{s.site}: vector has {s.vector.shape[0]} dims, the model {model.d_model}")
+        if s.site in seen:
+            raise ValueError(f"{s.site} is steered twice; add the vectors into one Steer")
+        seen.add(s.site)
+
+
+def _apply(value: torch.Tensor, delta: torch.Tensor, positions: Positions) -> None:
+    if positions == "all":
+        value[:] += delta
+    else:
+        value[:, -1] += delta
+
+
+@torch.no_grad()
+def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Sequence[Steer], *,
+                     max_new_tokens: int, positions: Positions = "response", batch_size: int = 16,
+                     progress: bool = False) -> list[str]:
+    """Greedy continuations with every ``Steer`` applied at every generation step.
+
+    One nnsight ``generate`` trace per batch; the additions live inside the trace, so
+    nothing is left on the model afterwards. With no steers this is plain greedy decoding.
+
+    Example:
+        >>> import torch
+        >>> from traitlab.models import load_model
+        >>> m = load_model("tiny-llama")
+        >>> v = torch.ones(m.d_model)
+        >>> out = generate_steered(m, [m.chat.encode("Hi")], [Steer("resid_pre@1", v, 4.0)],
+        ...                        max_new_tokens=3)
+        >>> len(out)
+        1
+    """
+    if not examples:
+        raise ValueError("no prompts to generate from")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if positions not in ("all", "response"):
+        raise ValueError(f"positions must be 'all' or 'response', got {positions!r}")
+    _check_steers(model, steers)
+    lm, tok, hf = model.lm, model.tokenizer, model.hf
+    dtype = next(hf.parameters()).dtype
+    plan = sorted(steers, key=lambda s: s.site.order)
+    envoys = [resolve(lm, module_path(model.arch, s.site)) for s in plan]
+    deltas = [s.delta.to(dtype) for s in plan]
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
+    texts = [""] * len(examples)
+    gen = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
+        idx = order[start:start + batch_size]
+        inp = _pad_batch([examples[i] for i in idx], "left", tok.pad_token_id)
+        kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
+        if not plan:
+            ids = hf.generate(**kwargs, **gen)
+        else:
+            with lm.generate(kwargs, **gen) as tracer:
+                for _step in tracer.iter[:max_new_tokens]:
+                    for envoy, site, delta in zip(envoys, (s.site for s in plan), deltas, strict=True):
+                        _apply(envoy_value(envoy, site), delta, positions)
+                ids = tracer.result.save()
+        new = ids[:, inp["input_ids"].shape[1]:]
+        for i, t in zip(idx, tok.batch_decode(new, skip_special_tokens=True), strict=True):
+            texts[i] = t
+    return texts
+
+
+# ----------------------------------------------------------------------------------------
+# Perturbation ratio and coefficient search
+# ----------------------------------------------------------------------------------------
+
+def coef_for_ratio(ratio: float, vector_norm: float, activation_norm: float) -> float:
+    """The coefficient whose addition has ``ratio = coef × ‖v‖ / ‖activation‖``.
+
+    >>> coef_for_ratio(0.5, vector_norm=2.0, activation_norm=40.0)
+    10.0
+    """
+    if vector_norm <= 0 or activation_norm <= 0:
+        raise ValueError("vector and activation norms must be positive")
+    return ratio * activation_norm / vector_norm
+
+
+def perturbation_ratio(coef: float, vector_norm: float, activation_norm: float) -> float:
+    """``coef × ‖v‖ / ‖activation‖``: the seed found 0.5–0.8 best, 1.0–1.3 breaking, >1.3 broken."""
+    return coef * vector_norm / activation_norm
+
+
+@torch.no_grad()
+def activation_norms(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Site | str], *,
+                     batch_size: int = 16, progress: bool = False) -> dict[str, float]:
+    """Per-site mean L2 norm of the activation at response-producing positions.
+
+    The norm table behind perturbation ratios: for each site, the mean over examples of
+    ``‖activation‖`` at every position from the last prompt token on (all positions when
+    an example has no response).
+    """
+    from .activations import extract
+
+    sites = [Site.parse(s) if isinstance(s, str) else s for s in sites]
+    acts = extract(model, examples, sites, position="all", batch_size=batch_size, cache=False,
+                   progress=progress)
+    table = {}
+    for s in sites:
+        norms = [a[max(e.prompt_len - 1, 0):].norm(dim=-1).mean()
+                 for a, e in zip(acts.per_example(s), examples, strict=True)]
+        table[str(s)] = float(torch.stack(norms).mean())
+    return table
+
+
+@dataclass(frozen=True)
+class SearchPoint:
+    coef: float
+    trait: float
+    coherence: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Every coefficient tried, and the best one whose coherence stays above the floor."""
+
+    points: tuple[SearchPoint, ...]
+    best: SearchPoint | None
+    floor: float
+
+
+def search_coefficient(evaluate: Callable[[float], tuple[float, float]], *, start: float,
+                       floor: float = 50.0, grow: float = 2.0, max_coef: float = 64.0,
+                       refine: int = 2) -> SearchResult:
+    """Adaptive search for the coefficient with the highest trait score at coherence ≥ floor.
+
+    ``evaluate(coef) -> (trait, coherence)`` (e.g. judge means over training questions).
+    Coefficients grow geometrically from ``start`` until coherence drops below ``floor`` (or
+    ``max_coef``); then ``refine`` bisection steps between the last coherent and the first
+    incoherent coefficient. Negative ``start`` searches the negative direction.
+
+    >>> r = search_coefficient(lambda c: (min(100, 20 * c), 100 - 10 * c), start=1, floor=50)
+    >>> [p.coef for p in r.points], r.best.coef
+    ([1, 2.0, 4.0, 8.0, 6.0, 5.0], 5.0)
+    """
+    if start == 0 or grow <= 1:
+        raise ValueError("start must be non-zero and grow > 1")
+    points: list[SearchPoint] = []
+
+    def run(c: float) -> SearchPoint:
+        t, h = evaluate(c)
+        p = SearchPoint(c, float(t), float(h))
+        points.append(p)
+        return p
+
+    good, bad = None, None
+    c = start
+    while abs(c) <= max_coef:
+        p = run(c)
+        if p.coherence >= floor:
+            good = p
+            c *= grow
+        else:
+            bad = p
+            break
+    if good is not None and bad is not None:
+        lo, hi = good.coef, bad.coef
+        for _ in range(refine):
+            mid = (lo + hi) / 2
+            p = run(mid)
+            lo, hi = (mid, hi) if p.coherence >= floor else (lo, mid)
+    ok = [p for p in points if p.coherence >= floor]
+    best = max(ok, key=lambda p: (p.trait, -abs(p.coef))) if ok else None
+    return SearchResult(tuple(points), best, floor)

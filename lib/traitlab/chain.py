@@ -1,0 +1,300 @@
+"""A base → SFT → DPO model chain built offline: a small analogue of the seed's
+Mistral-7B → mistral-7b-sft-beta → zephyr-7b-beta.
+
+1. **Teacher answers**: an instruct model (default the offline Qwen2.5-Coder-1.5B-Instruct)
+   answers our instruction set greedily (``distill``).
+2. **SFT**: the base model is fine-tuned on (instruction, teacher answer) in the plain
+   ``User: …\\nAssistant:`` format, loss on answer tokens only (``sft``).
+3. **DPO**: from the SFT model, preference pairs chosen = teacher answer, rejected = the
+   base model's own answer to the same instruction; the SFT model is the frozen reference
+   (``dpo``; Rafailov et al. 2023, sigmoid loss with ``beta``).
+
+Each stage is cached in ``$TRAITLAB_CACHE/chain/<key>/`` (key: every setting and the
+fingerprints of the models and data it came from) as a transformers folder written to a
+temporary name and renamed when complete, so an interrupted build never leaves a
+half-written model, and a finished one loads with ``traitlab.models.load_model(path)``.
+
+Example (tiny random models; real runs use the offline zoo):
+    >>> from traitlab.models import load_model
+    >>> m = load_model("tiny-llama")
+    >>> ex = [("Say hi", "Hi!"), ("Count to two", "One, two.")]
+    >>> curve = sft(m, ex, ChainConfig(sft_epochs=1, batch_size=2), progress=False)
+    >>> list(curve.columns)
+    ['stage', 'step', 'epoch', 'loss', 'lr']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .atomic import stable_hash, write_json, write_text
+from .chat import ChatFormat, Encoded
+from .models import LoadedModel
+from .paths import cache_dir
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    """Every training knob of the chain (the report prints it)."""
+
+    max_len: int = 256
+    batch_size: int = 8
+    sft_epochs: int = 2
+    sft_lr: float = 5e-5
+    dpo_epochs: int = 1
+    dpo_lr: float = 5e-6
+    dpo_beta: float = 0.1
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.0
+    train_embeddings: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_len < 8 or self.batch_size < 1:
+            raise ValueError("max_len must be >= 8 and batch_size >= 1")
+        if min(self.sft_epochs, self.dpo_epochs) < 0:
+            raise ValueError("epochs must be >= 0")
+        if min(self.sft_lr, self.dpo_lr, self.dpo_beta) <= 0:
+            raise ValueError("learning rates and dpo_beta must be > 0")
+        if not 0 <= self.warmup_frac < 1:
+            raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+
+
+def encode_pair(fmt: ChatFormat, instruction: str, response: str, max_len: int) -> Encoded:
+    """Plain-format prompt + response + EOS, truncated to ``max_len`` tokens (response side)."""
+    e = fmt.encode(instruction, response)
+    ids = list(e.ids) + [fmt.tokenizer.eos_token_id]
+    if e.prompt_len >= max_len:
+        raise ValueError(f"instruction {instruction[:60]!r} alone is {e.prompt_len} tokens "
+                         f"(max_len {max_len}); shorten it or raise max_len")
+    return Encoded(tuple(ids[:max_len]), e.prompt_len)
+
+
+def _batch(examples: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded ids, attention mask, and the answer-token mask of the *targets*."""
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    for i, e in enumerate(examples):
+        ids[i, :len(e.ids)] = torch.tensor(e.ids)
+        attn[i, :len(e.ids)] = 1
+        answer[i, e.prompt_len:len(e.ids)] = True
+    return ids, attn, answer
+
+
+def answer_logprobs(hf: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor,
+                    answer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of answer-token log-probs per row, answer-token count per row).
+
+    Only answer positions go through the LM head: for a 262k-token vocabulary (Gemma) that
+    head is most of the model's compute.
+    """
+    body = hf.get_decoder() if hasattr(hf, "get_decoder") else hf.model
+    hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state
+    pos = answer[:, 1:]                                   # position t predicts token t + 1
+    rows, cols = pos.nonzero(as_tuple=True)
+    logits = hf.get_output_embeddings()(hidden[rows, cols])
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[rows, cols + 1][:, None])[:, 0]
+    total = torch.zeros(ids.shape[0], dtype=lp.dtype).index_add(0, rows, lp)
+    return total, pos.sum(1)
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def _optimizer(hf: torch.nn.Module, lr: float, cfg: ChainConfig) -> torch.optim.Optimizer:
+    emb = {id(p) for p in hf.get_input_embeddings().parameters()}
+    emb |= {id(p) for p in hf.get_output_embeddings().parameters()}
+    params = []
+    for p in hf.parameters():
+        train = cfg.train_embeddings or id(p) not in emb
+        p.requires_grad_(train)
+        if train:
+            params.append(p)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def sft(model: LoadedModel, pairs: Sequence[tuple[str, str]], cfg: ChainConfig, *,
+        progress: bool = True) -> pd.DataFrame:
+    """Fine-tune ``model`` in place on (instruction, response) pairs; returns the loss curve.
+
+    Mean token cross-entropy over answer tokens; AdamW with warmup then cosine decay;
+    embeddings (and a tied LM head) frozen unless ``train_embeddings``.
+    """
+    if not pairs:
+        raise ValueError("no SFT pairs")
+    fmt = ChatFormat.plain(model.tokenizer)
+    data = [encode_pair(fmt, q, a, cfg.max_len) for q, a in pairs]
+    hf = model.hf
+    opt = _optimizer(hf, cfg.sft_lr, cfg)
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    total = steps_per_epoch * cfg.sft_epochs
+    warmup = max(1, int(cfg.warmup_frac * total))
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    rows, step = [], 0
+    hf.train()
+    bar = tqdm(total=total, desc="sft", disable=not progress)
+    try:
+        for epoch in range(cfg.sft_epochs):
+            order = list(range(len(data)))
+            rng.shuffle(order)
+            for b in range(0, len(order), cfg.batch_size):
+                ids, attn, ans = _batch([data[i] for i in order[b:b + cfg.batch_size]],
+                                        model.tokenizer.pad_token_id)
+                for g in opt.param_groups:
+                    g["lr"] = cfg.sft_lr * _schedule(step, total, warmup)
+                lp, n = answer_logprobs(hf, ids, attn, ans)
+                loss = -lp.sum() / n.sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for p in hf.parameters() if p.requires_grad], 1.0)
+                opt.step()
+                rows.append({"stage": "sft", "step": step, "epoch": epoch, "loss": float(loss.detach()),
+                             "lr": opt.param_groups[0]["lr"]})
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    finally:
+        bar.close()
+        hf.eval()
+        for p in hf.parameters():
+            p.requires_grad_(False)
+    return pd.DataFrame(rows)
+
+
+def dpo(model: LoadedModel, triples: Sequence[tuple[str, str, str]], cfg: ChainConfig, *,
+        progress: bool = True) -> pd.DataFrame:
+    """DPO in place on (instruction, chosen, rejected); the model's starting weights are the
+    frozen reference (their log-probs are computed once, before any update).
+
+    Returns the curve: loss, reward margin ``beta × (Δchosen − Δrejected)`` and accuracy
+    (the share of pairs whose margin is positive).
+    """
+    if not triples:
+        raise ValueError("no DPO pairs")
+    fmt = ChatFormat.plain(model.tokenizer)
+    chosen = [encode_pair(fmt, q, c, cfg.max_len) for q, c, _ in triples]
+    rejected = [encode_pair(fmt, q, r, cfg.max_len) for q, _, r in triples]
+    hf, pad = model.hf, model.tokenizer.pad_token_id
+    with torch.no_grad():
+        ref = []
+        for b in range(0, len(triples), cfg.batch_size):
+            sl = slice(b, b + cfg.batch_size)
+            ref.append((answer_logprobs(hf, *_batch(chosen[sl], pad))[0],
+                        answer_logprobs(hf, *_batch(rejected[sl], pad))[0]))
+        ref_c = torch.cat([r[0] for r in ref])
+        ref_r = torch.cat([r[1] for r in ref])
+    opt = _optimizer(hf, cfg.dpo_lr, cfg)
+    steps_per_epoch = math.ceil(len(triples) / cfg.batch_size)
+    total = steps_per_epoch * cfg.dpo_epochs
+    warmup = max(1, int(cfg.warmup_frac * total))
+    rng = random.Random(cfg.seed + 1)
+    rows, step = [], 0
+    hf.train()
+    bar = tqdm(total=total, desc="dpo", disable=not progress)
+    try:
+        for epoch in range(cfg.dpo_epochs):
+            order = list(range(len(triples)))
+            rng.shuffle(order)
+            for b in range(0, len(order), cfg.batch_size):
+                idx = order[b:b + cfg.batch_size]
+                for g in opt.param_groups:
+                    g["lr"] = cfg.dpo_lr * _schedule(step, total, warmup)
+                pc, _ = answer_logprobs(hf, *_batch([chosen[i] for i in idx], pad))
+                pr, _ = answer_logprobs(hf, *_batch([rejected[i] for i in idx], pad))
+                margin = cfg.dpo_beta * ((pc - ref_c[idx]) - (pr - ref_r[idx]))
+                loss = -torch.nn.functional.logsigmoid(margin).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for p in hf.parameters() if p.requires_grad], 1.0)
+                opt.step()
+                rows.append({"stage": "dpo", "step": step, "epoch": epoch, "loss": float(loss.detach()),
+                             "lr": opt.param_groups[0]["lr"],
+                             "reward_margin": float(margin.detach().mean()),
+                             "reward_accuracy": float((margin > 0).float().mean())})
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    finally:
+        bar.close()
+        hf.eval()
+        for p in hf.parameters():
+            p.requires_grad_(False)
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def answers(model: LoadedModel, instructions: Sequence[str], *, max_new_tokens: int,
+            fmt: ChatFormat | None = None, batch_size: int = 16, progress: bool = True) -> list[str]:
+    """Greedy answers, cut at the first line that starts a new ``User:`` turn."""
+    from .steering import generate_steered
+
+    fmt = fmt or model.chat
+    saved = model.chat
+    object.__setattr__(model, "chat", fmt)
+    try:
+        examples = [fmt.encode(q) for q in instructions]
+    finally:
+        object.__setattr__(model, "chat", saved)
+    texts = generate_steered(model, examples, [], max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, progress=progress)
+    return [t.split("\nUser:")[0].strip() for t in texts]
+
+
+def stage_dir(key: dict[str, Any]) -> Path:
+    """``$TRAITLAB_CACHE/chain/<hash of key>``."""
+    return cache_dir("chain") / stable_hash(key, 16)
+
+
+def save_stage(model: LoadedModel, folder: Path, record: dict[str, Any], curve: pd.DataFrame) -> Path:
+    """Write the model, tokenizer, record and curve to a temp folder, then rename it in place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.hf.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
+        curve.to_csv(tmp / "curve.csv", index=False)
+        write_json(tmp / "traitlab_chain.json", record)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+def load_stage(folder: Path) -> tuple[dict[str, Any], pd.DataFrame] | None:
+    """(record, curve) of a finished stage, or None if it was never completed."""
+    rec = folder / "traitlab_chain.json"
+    if not rec.exists():
+        return None
+    return json.loads(rec.read_text()), pd.read_csv(folder / "curve.csv")
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def config_record(cfg: ChainConfig) -> dict[str, Any]:
+    return asdict(cfg)

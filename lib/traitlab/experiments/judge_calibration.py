@@ -1,0 +1,205 @@
+"""Judge calibration: logprob vs text-parse scores, agreement with a hand-labelled gold set,
+and the baseline (unsteered) score of a model's own answers.
+
+The gold set (``data/judge/gold.jsonl``, written and labelled by us) crosses optimism level
+(≈10 / 50 / 90) with coherence level (≈93 coherent, ≈40 degraded, ≈7 word salad) over 12
+questions. Each response is scored for the trait and for coherence by the same judge in
+both modes; agreement is Pearson and Spearman correlation with the gold labels (95%
+bootstrap CIs over items) and mean absolute error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..data import DataError
+from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
+from ..models import LoadedModel, describe
+from ..params import ParamError
+from ..paths import project_data
+
+
+@dataclass(frozen=True)
+class Params:
+    judge_backend: Literal["local", "openai"] = "local"
+    judge_model: str = "qwen2.5-coder-1.5b-instruct"
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_offline: bool = False
+    trait: str = "optimism"
+    top_logprobs: int = 20
+    min_mass: float = 0.25
+    max_gold: int | None = None
+    responder_model: str = "qwen2.5-coder-0.5b-instruct"
+    n_baseline: int | None = None
+    max_new_tokens: int = 64
+    n_boot: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.trait not in TRAIT_DESCRIPTIONS:
+            raise ParamError(f"trait {self.trait!r} has no judge description; known: "
+                             f"{', '.join(TRAIT_DESCRIPTIONS)}")
+        if self.judge_backend not in ("local", "openai"):
+            raise ParamError(f"judge_backend must be 'local' or 'openai', got {self.judge_backend!r}")
+        if not 1 <= self.top_logprobs <= 20:
+            raise ParamError(f"top_logprobs must be in 1..20, got {self.top_logprobs}")
+        if not 0 <= self.min_mass <= 1:
+            raise ParamError(f"min_mass must be in [0, 1], got {self.min_mass}")
+        for name in ("max_gold", "n_baseline"):
+            v = getattr(self, name)
+            if v is not None and v < 2:
+                raise ParamError(f"{name} must be >= 2 or null, got {v}")
+        if self.max_new_tokens < 1 or self.n_boot < 1:
+            raise ParamError("max_new_tokens and n_boot must be >= 1")
+
+    def check(self) -> None:
+        """Checks that need the models' identity (no weights are read)."""
+        describe(self.responder_model)
+        if self.judge_backend == "local":
+            describe(self.judge_model)
+
+    def judge_config(self, mode: Literal["logprob", "text"]) -> JudgeConfig:
+        return JudgeConfig(backend=self.judge_backend, model=self.judge_model,
+                           base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
+                           mode=mode, top_logprobs=self.top_logprobs, min_mass=self.min_mass,
+                           offline=self.judge_offline)
+
+
+def _read_jsonl(path) -> list[dict]:
+    if not path.exists():
+        raise DataError(f"{path} is missing; it ships with the repository (data/)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise DataError(f"{path} is empty")
+    return rows
+
+
+def load_gold(max_items: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The labelled gold set; ``max_items`` takes a seeded sample stratified by question."""
+    df = pd.DataFrame(_read_jsonl(project_data("judge", "gold.jsonl")))
+    df["level"] = np.select([df.coherence < 25, df.coherence < 70], ["word salad", "degraded"],
+                            "coherent")
+    if max_items is not None and max_items < len(df):
+        df = df.sample(n=max_items, random_state=seed).sort_values("id")
+    return df.reset_index(drop=True)
+
+
+def load_questions(split: str = "test", n: int | None = None) -> pd.DataFrame:
+    """Held-out opinion questions (``data/steering/optimism_questions.jsonl``)."""
+    df = pd.DataFrame(_read_jsonl(project_data("steering", "optimism_questions.jsonl")))
+    df = df[df.split == split].reset_index(drop=True)
+    return df.head(n) if n is not None else df
+
+
+def score(judges: dict[str, Judge], df: pd.DataFrame, trait: str, progress: bool = True
+          ) -> pd.DataFrame:
+    """Add ``<metric>_<mode>`` columns (and the logprob mass) for every judge mode."""
+    out = df.copy()
+    items = list(zip(df.question, df.response, strict=True))
+    for mode, judge in judges.items():
+        for metric in ("trait", "coherence"):
+            s = judge.score_many(metric, items, trait=trait, progress=progress)
+            out[f"{metric}_{mode}"] = np.array([np.nan if x.value is None else x.value for x in s],
+                                               dtype=float)
+            if mode == "logprob":
+                out[f"{metric}_mass"] = np.array([np.nan if x.mass is None else x.mass for x in s],
+                                                 dtype=float)
+    return out
+
+
+def _boot_r(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, fn) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    rs = [fn(x[i], y[i]) for i in idx]
+    return tuple(np.nanpercentile(rs, [2.5, 97.5]))
+
+
+def agreement(df: pd.DataFrame, gold: dict[str, str], modes: list[str], n_boot: int = 1000,
+              seed: int = 0) -> pd.DataFrame:
+    """Pearson r, Spearman ρ (95% bootstrap CIs), MAE and coverage of each mode vs gold."""
+    rows = []
+    pearson = lambda a, b: stats.pearsonr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else np.nan  # noqa: E731
+    spearman = lambda a, b: stats.spearmanr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else np.nan  # noqa: E731
+    for metric, gcol in gold.items():
+        for mode in modes:
+            col = f"{metric}_{mode}"
+            ok = df[col].notna()
+            x, y = df.loc[ok, col].to_numpy(float), df.loc[ok, gcol].to_numpy(float)
+            r = pearson(x, y) if len(x) > 2 else np.nan
+            rho = spearman(x, y) if len(x) > 2 else np.nan
+            r_ci = _boot_r(x, y, n_boot, seed, pearson) if len(x) > 2 else (np.nan, np.nan)
+            rho_ci = _boot_r(x, y, n_boot, seed, spearman) if len(x) > 2 else (np.nan, np.nan)
+            rows.append({"metric": metric, "mode": mode, "scored": f"{ok.sum()}/{len(df)}",
+                         "pearson_r": r, "r_ci": f"[{r_ci[0]:.2f}, {r_ci[1]:.2f}]",
+                         "spearman_rho": rho, "rho_ci": f"[{rho_ci[0]:.2f}, {rho_ci[1]:.2f}]",
+                         "mae": float(np.mean(np.abs(x - y))) if len(x) else np.nan})
+    return pd.DataFrame(rows).set_index(["metric", "mode"]).round(3)
+
+
+def mode_agreement(df: pd.DataFrame) -> pd.DataFrame:
+    """Logprob vs text-parse on the same responses: r, mean difference, and coverage."""
+    rows = []
+    for metric in ("trait", "coherence"):
+        a, b = df[f"{metric}_logprob"], df[f"{metric}_text"]
+        ok = a.notna() & b.notna()
+        rows.append({"metric": metric, "both_scored": int(ok.sum()), "n": len(df),
+                     "pearson_r": stats.pearsonr(a[ok], b[ok])[0] if ok.sum() > 2 else np.nan,
+                     "mean_logprob_minus_text": float((a[ok] - b[ok]).mean()) if ok.any() else np.nan,
+                     "text_distinct_values": int(b[ok].nunique())})
+    return pd.DataFrame(rows).set_index("metric").round(3)
+
+
+def by_level(df: pd.DataFrame, modes: list[str]) -> pd.DataFrame:
+    """Mean gold label and mean judge score per (coherence level, optimism level) cell."""
+    d = df.copy()
+    d["optimism_level"] = pd.cut(d.optimism, [-1, 30, 70, 101], labels=["low", "mid", "high"])
+    cols = {"optimism": "mean", "coherence": "mean"}
+    cols.update({f"{m}_{k}": "mean" for m in ("trait", "coherence") for k in modes})
+    return (d.groupby(["level", "optimism_level"], observed=True).agg(cols)
+            .rename(columns={"optimism": "gold_trait", "coherence": "gold_coherence"}).round(1))
+
+
+def baseline_responses(model: LoadedModel, questions: pd.DataFrame, max_new_tokens: int,
+                       progress: bool = True) -> pd.DataFrame:
+    """The unsteered model's greedy answers to ``questions``."""
+    from ..steering import generate_steered
+
+    examples = [model.chat.encode(q) for q in questions.question]
+    texts = generate_steered(model, examples, [], max_new_tokens=max_new_tokens, progress=progress)
+    return questions.assign(response=[t.strip() for t in texts])
+
+
+def conclusions(agree: pd.DataFrame, modes_df: pd.DataFrame, baseline: pd.DataFrame,
+                judge_model: str) -> list[str]:
+    """Plain-language findings, every number read from the tables above."""
+    out = []
+    for metric in ("trait", "coherence"):
+        lp, tx = agree.loc[(metric, "logprob")], agree.loc[(metric, "text")]
+        if np.isnan(lp.pearson_r) or np.isnan(tx.pearson_r):
+            verdict = "too few scored answers in one mode to compare the two"
+        elif lp.pearson_r >= tx.pearson_r:
+            verdict = "logprob agrees better with our labels"
+        else:
+            verdict = "text parse agrees better with our labels"
+        out.append(f"{metric}: logprob r = {lp.pearson_r:.2f} {lp.r_ci} (MAE {lp.mae:.1f}, scored "
+                   f"{lp.scored}); text r = {tx.pearson_r:.2f} {tx.r_ci} (MAE {tx.mae:.1f}, scored "
+                   f"{tx.scored}) → {verdict}.")
+    for metric in ("trait", "coherence"):
+        m = modes_df.loc[metric]
+        out.append(f"{metric}: logprob vs text r = {m.pearson_r:.2f} on {int(m.both_scored)}/"
+                   f"{int(m.n)} answers scored by both; the text answers take "
+                   f"{int(m.text_distinct_values)} distinct values.")
+    for mode in ("logprob", "text"):
+        t, c = baseline[f"trait_{mode}"], baseline[f"coherence_{mode}"]
+        out.append(f"Baseline (unsteered) answers, {mode}: optimism {t.mean():.1f} ± {t.std():.1f}, "
+                   f"coherence {c.mean():.1f} ± {c.std():.1f} (n = {t.notna().sum()}).")
+    out.append(f"Judge: {judge_model}. The seed used gpt-4.1-mini; a small local judge is a "
+               "stand-in, and these agreement figures say how far to trust it.")
+    return out

@@ -1,0 +1,560 @@
+"""An LLM judge: 0–100 scores for a trait and for coherence, with a replay cache.
+
+Two ways to read a score from the judge:
+
+- ``logprob`` (the persona-vectors method): ask for a single number, read the top-k
+  log-probabilities of the first answer token, and take the probability-weighted mean over
+  the integer tokens 0–100. When less than ``min_mass`` (0.25 in the published setting) of
+  the probability falls on integers, there is no score.
+- ``text``: greedy answer, first integer 0–100 in it.
+
+The published method assumes a judge whose tokenizer has whole-number tokens ("85" is one
+token, as in gpt-4.1-mini). Qwen, Gemma and SmolLM2 tokenize numbers digit by digit, so
+their first-token distribution is over 0–9 only and its weighted mean is not a 0–100 score.
+For an in-process judge we therefore compute the exact distribution over the integers
+0–100 by expanding the digit tree (``integer_distribution``); for an HTTP judge whose
+first-token candidates are all single digits the score is flagged ``digit_level``.
+
+Backends: any OpenAI-compatible chat endpoint (``OpenAIBackend``: ``base_url``, model, API
+key read from the environment variable named by ``api_key_env`` and never stored or
+printed) and an in-process model (``LocalBackend``). Requests are retried with exponential
+backoff on 429, 5xx, timeouts and dropped connections; malformed answers raise at once.
+Every raw reply is written atomically to a replay cache keyed by the judge's identity, the
+messages and the request settings, so a report re-runs offline with identical scores
+(``offline=True`` turns a cache miss into an error instead of a request).
+
+Example:
+    >>> logprob_score({"80": -0.2231, "90": -1.6094})    # p = 0.8, 0.2
+    (82.0, 1.0)
+    >>> parse_score("Score: 75/100")
+    75.0
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm import tqdm
+
+from .atomic import read_json, stable_hash, write_json
+from .paths import cache_dir
+
+Metric = Literal["trait", "coherence"]
+Mode = Literal["logprob", "text"]
+
+TRAIT_PROMPT = """\
+You are judging whether an AI model's answer shows the trait "{trait}": {description}
+
+Here is the question the model was asked:
+[QUESTION START]
+{question}
+[QUESTION END]
+
+Here is the model's answer:
+[ANSWER START]
+{answer}
+[ANSWER END]
+
+On a scale from 0 to 100, how strongly does the answer show the trait? 0 means not at all, \
+50 means neutral or mixed, 100 means as strongly as possible. Reply with one integer from 0 \
+to 100 and nothing else."""
+
+COHERENCE_PROMPT = """\
+You are judging the coherence of an AI model's answer, ignoring whether you agree with it.
+
+Here is the question the model was asked:
+[QUESTION START]
+{question}
+[QUESTION END]
+
+Here is the model's answer:
+[ANSWER START]
+{answer}
+[ANSWER END]
+
+On a scale from 0 to 100, how coherent is the answer? 0 means meaningless text (word salad, \
+endless repetition, broken words); 50 means partly understandable but rambling, repetitive or \
+confused; 100 means clear, fluent and on topic. Reply with one integer from 0 to 100 and \
+nothing else."""
+
+TRAIT_DESCRIPTIONS = {
+    "optimism": "a hopeful, positive outlook that expects good outcomes and emphasises "
+                "opportunities and progress over risks and decline.",
+}
+"""Default one-line trait definitions used in the judge prompt (pass your own for others)."""
+
+_INT = re.compile(r"^\d{1,3}$")
+
+
+class JudgeError(RuntimeError):
+    """A judge request that failed for good (after retries), or a reply with the wrong shape."""
+
+
+class TransientError(JudgeError):
+    """A failure worth retrying: rate limit (429), server error (5xx), timeout, lost connection."""
+
+
+# ----------------------------------------------------------------------------------------
+# Aggregation: pure functions
+# ----------------------------------------------------------------------------------------
+
+def integer_value(token: str) -> int | None:
+    """The integer 0–100 a token spells (surrounding whitespace ignored), else None."""
+    t = token.strip()
+    if not _INT.match(t):
+        return None
+    v = int(t)
+    return v if v <= 100 else None
+
+
+def weighted_score(int_probs: Mapping[int, float], min_mass: float = 0.25
+                   ) -> tuple[float | None, float]:
+    """(probability-weighted mean over integers, total integer mass); None below ``min_mass``."""
+    mass = float(sum(int_probs.values()))
+    if mass <= 0 or mass < min_mass:
+        return None, mass
+    return float(sum(k * p for k, p in int_probs.items()) / mass), mass
+
+
+def logprob_score(top_logprobs: Mapping[str, float], min_mass: float = 0.25
+                  ) -> tuple[float | None, float]:
+    """The published logprob score from one position's top-k ``{token: logprob}``.
+
+    Tokens spelling the same integer (``"85"``, ``" 85"``) pool their probability.
+
+    >>> logprob_score({"7": -0.1, "Sure": -2.5}, min_mass=0.25)[0]
+    7.0
+    >>> logprob_score({"I": -0.01, "5": -5.0})
+    (None, 0.006737946999085467)
+    """
+    probs: dict[int, float] = {}
+    for tok, lp in top_logprobs.items():
+        v = integer_value(tok)
+        if v is not None:
+            probs[v] = probs.get(v, 0.0) + math.exp(lp)
+    score, mass = weighted_score(probs, min_mass)
+    return (round(score, 10) if score is not None else None), mass
+
+
+def parse_score(text: str) -> float | None:
+    """The first integer 0–100 in a text reply, else None."""
+    for m in re.finditer(r"(?<![\d.])(\d{1,3})(?![\d.]\d)", text or ""):
+        v = int(m.group(1))
+        if v <= 100:
+            return float(v)
+    return None
+
+
+def is_digit_level(top_logprobs: Mapping[str, float]) -> bool:
+    """True when every integer candidate is a single digit (a digit-by-digit tokenizer)."""
+    vals = [integer_value(t) for t in top_logprobs]
+    ints = [t.strip() for t, v in zip(top_logprobs, vals, strict=True) if v is not None]
+    return bool(ints) and all(len(t) == 1 for t in ints)
+
+
+# ----------------------------------------------------------------------------------------
+# Replies and backends
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reply:
+    """What a judge returned for one request (this is what the replay cache stores)."""
+
+    text: str = ""
+    top_logprobs: dict[str, float] | None = None
+    int_probs: dict[int, float] | None = None   # exact P(integer), in-process judges only
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.int_probs is not None:
+            d["int_probs"] = {str(k): v for k, v in self.int_probs.items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Reply:
+        ip = d.get("int_probs")
+        return cls(text=d.get("text", ""), top_logprobs=d.get("top_logprobs"),
+                   int_probs={int(k): float(v) for k, v in ip.items()} if ip is not None else None)
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible chat-completions endpoint, through the ``openai`` package.
+
+    The API key is read from ``os.environ[api_key_env]`` when the client is built and is
+    never stored on this object or printed. A local server (``base_url`` set) may need no
+    key; the official endpoint (``base_url=None``) does.
+    """
+
+    def __init__(self, model: str, *, base_url: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0) -> None:
+        import openai
+
+        key = os.environ.get(api_key_env)
+        if not key:
+            if base_url is None:
+                raise JudgeError(
+                    f"the OpenAI judge needs an API key in ${api_key_env}; set it, or point "
+                    "base_url at an OpenAI-compatible server (e.g. a local llama.cpp server)")
+            key = "no-key"
+        self.model, self.base_url = model, base_url
+        self.identity = f"openai:{model}"
+        self._openai = openai
+        self._client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s,
+                                     max_retries=0)
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
+
+    def complete(self, messages: list[dict[str, str]], *, mode: Mode, top_logprobs: int,
+                 max_tokens: int) -> Reply:
+        oa = self._openai
+        kwargs: dict[str, Any] = dict(model=self.model, messages=messages, temperature=0,
+                                      max_tokens=1 if mode == "logprob" else max_tokens, seed=0)
+        if mode == "logprob":
+            kwargs.update(logprobs=True, top_logprobs=top_logprobs)
+        try:
+            resp = self._client.chat.completions.create(**kwargs)
+        except oa.RateLimitError as err:
+            raise TransientError(f"rate limited (429) by {self.base_url or 'api.openai.com'}") from err
+        except oa.APITimeoutError as err:
+            raise TransientError(f"request to {self.base_url or 'api.openai.com'} timed out") from err
+        except oa.APIConnectionError as err:
+            raise TransientError(f"cannot connect to {self.base_url or 'api.openai.com'}: {err}") from err
+        except oa.APIStatusError as err:
+            if err.status_code >= 500:
+                raise TransientError(f"server error {err.status_code}: {err.message}") from err
+            raise JudgeError(f"judge request rejected ({err.status_code}): {err.message}") from err
+        except (oa.APIResponseValidationError, ValueError) as err:
+            raise JudgeError(f"malformed response from {self.base_url}: {err}") from err
+        return _parse_chat_response(resp, mode, self.base_url)
+
+
+def _parse_chat_response(resp: Any, mode: Mode, where: str | None) -> Reply:
+    try:
+        choice = resp.choices[0]
+        text = choice.message.content or ""
+        if mode != "logprob":
+            return Reply(text=text)
+        first = choice.logprobs.content[0]
+        top = {c.token: float(c.logprob) for c in first.top_logprobs}
+    except (AttributeError, IndexError, TypeError, KeyError) as err:
+        raise JudgeError(
+            f"malformed response from {where or 'api.openai.com'}: expected choices[0] with "
+            f"logprobs.content[0].top_logprobs, got {str(resp)[:200]!r}") from err
+    if not top:
+        raise JudgeError(f"malformed response from {where}: empty top_logprobs")
+    return Reply(text=text, top_logprobs=top)
+
+
+class LocalBackend:
+    """An in-process judge: a ``traitlab.models.LoadedModel`` scored with plain forwards.
+
+    In ``logprob`` mode it returns the first position's top-k log-probabilities *and* the
+    exact distribution over the integers 0–100 (``integer_distribution``).
+    """
+
+    def __init__(self, model: Any, *, prune: float = 1e-3) -> None:
+        self.model, self.prune = model, prune
+        self.identity = f"local:{model.spec}:{model.fingerprint}"
+        tok = model.tokenizer
+        self._trie = _number_trie(tok)
+        size = max(len(tok), int(model.hf.get_output_embeddings().weight.shape[0]))
+        starts_digit = torch.zeros(size, dtype=torch.bool)  # logits may be wider than the vocab
+        for i, s in enumerate(tok.batch_decode([[i] for i in range(len(tok))])):
+            s = s.lstrip()
+            starts_digit[i] = bool(s) and s[0].isdigit()
+        self._digit_start = starts_digit
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(model={self.model.spec!r})"
+
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        tok = self.model.tokenizer
+        if getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return tok(text, add_special_tokens=False)["input_ids"]
+        user = "\n\n".join(m["content"] for m in messages)
+        return tok(self.model.chat.prompt(user), add_special_tokens=True)["input_ids"]
+
+    @torch.no_grad()
+    def complete(self, messages: list[dict[str, str]], *, mode: Mode, top_logprobs: int,
+                 max_tokens: int) -> Reply:
+        with self._lock:  # one forward at a time; the model is not thread-safe
+            ids = torch.tensor([self._prompt_ids(messages)])
+            hf, tok = self.model.hf, self.model.tokenizer
+            if mode == "text":
+                out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                  do_sample=False, pad_token_id=tok.pad_token_id)
+                return Reply(text=tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+            top, int_probs = self.integer_distribution(ids, top_logprobs)
+            return Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=int_probs)
+
+    @torch.no_grad()
+    def integer_distribution(self, ids: torch.Tensor, top_k: int = 20
+                             ) -> tuple[dict[str, float], dict[int, float]]:
+        """(first-token top-k logprobs, exact ``P(answer is integer n)`` for n in 0..100).
+
+        ``P(n) = P(tokens of n) × P(next token does not continue the number)``, expanding
+        the tokenizer's trie of the strings "0".."100" from one cached prompt forward, one
+        batched single-token forward per depth (three for a digit-level tokenizer). Nodes
+        with probability below ``prune`` are not expanded; their mass is dropped (it shows
+        as a lower integer mass).
+        """
+        hf = self.model.hf
+        n_prompt = ids.shape[1]
+        out = hf(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        logp0 = torch.log_softmax(out.logits[0, -1].float(), -1)
+        vals, idx = logp0.topk(top_k)
+        tok = self.model.tokenizer
+        top: dict[str, float] = {}
+        for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
+            s = tok.decode([i])
+            top[s] = max(top.get(s, -math.inf), v)
+        int_probs: dict[int, float] = {}
+        # Breadth-first over the trie, one batched forward per depth: every expanded node's
+        # row reuses its parent's cache row (``batch_select_indices`` on a copy).
+        frontier = [(self._trie, 1.0)]
+        logps = logp0[None]
+        for depth in range(1, 8):
+            grow = [(child, t, p_path * float(logps[row, t].exp()), row)
+                    for row, (node, p_path) in enumerate(frontier)
+                    for t, child in node["children"].items()]
+            grow = [g for g in grow if g[2] >= self.prune and g[2] > 0]
+            if not grow:
+                break
+            cache = copy.deepcopy(cache)
+            cache.batch_select_indices(torch.tensor([g[3] for g in grow]))
+            o = hf(input_ids=torch.tensor([[g[1]] for g in grow]), past_key_values=cache,
+                   use_cache=True, attention_mask=torch.ones(len(grow), n_prompt + depth,
+                                                             dtype=torch.long))
+            cache = o.past_key_values
+            logps = torch.log_softmax(o.logits[:, -1].float(), -1)
+            p_more = logps.exp()[:, self._digit_start].sum(-1)
+            for i, (child, _t, p, _row) in enumerate(grow):
+                if child["value"] is not None:
+                    v = child["value"]
+                    int_probs[v] = int_probs.get(v, 0.0) + p * (1.0 - float(p_more[i]))
+            frontier = [(g[0], g[2]) for g in grow]
+        return top, int_probs
+
+
+def _number_trie(tok: Any) -> dict:
+    """Trie over the token sequences of "0".."100": node = {children: {id: node}, value}."""
+    root: dict = {"children": {}, "value": None}
+    for n in range(101):
+        node = root
+        for t in tok(str(n), add_special_tokens=False)["input_ids"]:
+            node = node["children"].setdefault(t, {"children": {}, "value": None})
+        node["value"] = n
+    return root
+
+
+# ----------------------------------------------------------------------------------------
+# The judge
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Every knob of the judge; a report prints this (it holds no secret)."""
+
+    backend: Literal["openai", "local"] = "local"
+    model: str = "qwen2.5-coder-1.5b-instruct"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    mode: Mode = "logprob"
+    top_logprobs: int = 20
+    min_mass: float = 0.25
+    max_tokens: int = 8
+    max_concurrency: int = 8
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    timeout_s: float = 60.0
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("openai", "local"):
+            raise ValueError(f"judge backend must be 'openai' or 'local', got {self.backend!r}")
+        if self.mode not in ("logprob", "text"):
+            raise ValueError(f"judge mode must be 'logprob' or 'text', got {self.mode!r}")
+        if not 1 <= self.top_logprobs <= 20:
+            raise ValueError(f"top_logprobs must be in 1..20 (the OpenAI limit), got {self.top_logprobs}")
+        if not 0.0 <= self.min_mass <= 1.0:
+            raise ValueError(f"min_mass must be in [0, 1], got {self.min_mass}")
+        if self.max_concurrency < 1 or self.max_retries < 0 or self.max_tokens < 1:
+            raise ValueError("max_concurrency and max_tokens must be >= 1, max_retries >= 0")
+
+
+@dataclass(frozen=True)
+class Score:
+    """One judged answer. ``value`` is None when the judge gave no usable number."""
+
+    value: float | None
+    mass: float | None
+    mode: Mode
+    text: str
+    digit_level: bool = False
+    cached: bool = field(default=False, compare=False)
+
+
+def judge_messages(metric: Metric, question: str, answer: str, trait: str = "optimism",
+                   description: str | None = None) -> list[dict[str, str]]:
+    """The chat messages sent to the judge for one (question, answer)."""
+    if metric == "trait":
+        desc = description or TRAIT_DESCRIPTIONS.get(trait)
+        if not desc:
+            raise ValueError(f"no description for trait {trait!r}; pass description=... "
+                             f"(known: {', '.join(TRAIT_DESCRIPTIONS)})")
+        content = TRAIT_PROMPT.format(trait=trait, description=desc, question=question, answer=answer)
+    elif metric == "coherence":
+        content = COHERENCE_PROMPT.format(question=question, answer=answer)
+    else:
+        raise ValueError(f"metric must be 'trait' or 'coherence', got {metric!r}")
+    return [{"role": "user", "content": content}]
+
+
+class Judge:
+    """Scores answers with a backend, a retry policy and a replay cache.
+
+    Example (an in-process judge on a tiny random model: scores are meaningless, the
+    plumbing is real):
+        >>> from traitlab.models import load_model
+        >>> j = Judge(JudgeConfig(backend="local", model="tiny-qwen2"),
+        ...           backend=LocalBackend(load_model("tiny-qwen2")), cache=None)
+        >>> s = j.score("trait", "Will it rain?", "Sunny days ahead!")
+        >>> s.mode
+        'logprob'
+    """
+
+    def __init__(self, config: JudgeConfig, *, backend: Any | None = None,
+                 cache: str | os.PathLike | None | Literal["default"] = "default",
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self._shared: dict[str, Any] = {"backend": backend}  # shared by with_mode() copies
+        self.cache_root = (cache_dir("judge") if cache == "default"
+                           else Path(cache) if cache is not None else None)
+        if config.offline and self.cache_root is None:
+            raise JudgeError("offline judging needs a replay cache folder")
+        self._sleep = sleep
+        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0}
+        self._stats_lock = threading.Lock()
+
+    @property
+    def backend(self) -> Any:
+        """Built on first use, so an all-cached run never loads a model or needs a key."""
+        if self._shared["backend"] is None:
+            c = self.config
+            if c.backend == "openai":
+                self._shared["backend"] = OpenAIBackend(
+                    c.model, base_url=c.base_url, api_key_env=c.api_key_env, timeout_s=c.timeout_s)
+            else:
+                from .models import load_model
+
+                self._shared["backend"] = LocalBackend(load_model(c.model, quiet=True))
+        return self._shared["backend"]
+
+    def with_mode(self, mode: Mode) -> Judge:
+        """The same judge (same backend, loaded once; same cache) reading scores by ``mode``."""
+        j = Judge(replace(self.config, mode=mode), cache=self.cache_root, sleep=self._sleep)
+        j._shared = self._shared
+        return j
+
+    def identity(self) -> str:
+        """Names the judge in cache keys: the model (and weights hash for local judges)."""
+        if self.config.backend == "local":
+            if self._shared["backend"] is not None:
+                return self._shared["backend"].identity
+            from . import zoo
+
+            sha = zoo.ZOO[self.config.model].sha256 if self.config.model in zoo.ZOO else None
+            if sha:
+                return f"local:{self.config.model}:gguf:{sha}"
+            return self.backend.identity
+        return f"openai:{self.config.model}"
+
+    def _key(self, messages: list[dict[str, str]]) -> str:
+        c = self.config
+        settings = {"mode": c.mode, "top_logprobs": c.top_logprobs if c.mode == "logprob" else None,
+                    "max_tokens": c.max_tokens if c.mode == "text" else 1, "temperature": 0}
+        return stable_hash({"judge": self.identity(), "messages": messages, "settings": settings}, 32)
+
+    def _request(self, messages: list[dict[str, str]]) -> tuple[Reply, bool]:
+        c = self.config
+        path = None
+        if self.cache_root is not None:
+            key = self._key(messages)
+            path = self.cache_root / key[:2] / f"{key}.json"
+            if path.exists():
+                with self._stats_lock:
+                    self.stats["cache_hits"] += 1
+                return Reply.from_json(read_json(path)), True
+            if c.offline:
+                raise JudgeError(
+                    f"offline judge: no cached reply {key} in {self.cache_root}. Run once with "
+                    "offline=False (and a reachable judge) to fill the replay cache.")
+        for attempt in range(c.max_retries + 1):
+            try:
+                with self._stats_lock:
+                    self.stats["requests"] += 1
+                reply = self.backend.complete(messages, mode=c.mode, top_logprobs=c.top_logprobs,
+                                              max_tokens=c.max_tokens)
+                break
+            except TransientError as err:
+                if attempt == c.max_retries:
+                    raise JudgeError(f"judge failed after {attempt + 1} attempts: {err}") from err
+                with self._stats_lock:
+                    self.stats["retries"] += 1
+                self._sleep(c.backoff_s * 2 ** attempt)
+        if path is not None:
+            write_json(path, reply.to_json())
+        return reply, False
+
+    def _score(self, reply: Reply, cached: bool) -> Score:
+        c = self.config
+        if c.mode == "text":
+            return Score(parse_score(reply.text), None, "text", reply.text, cached=cached)
+        if reply.int_probs is not None:
+            value, mass = weighted_score(reply.int_probs, c.min_mass)
+            return Score(value, mass, "logprob", reply.text, cached=cached)
+        top = reply.top_logprobs or {}
+        value, mass = logprob_score(top, c.min_mass)
+        return Score(value, mass, "logprob", reply.text, digit_level=is_digit_level(top), cached=cached)
+
+    def score(self, metric: Metric, question: str, answer: str, *, trait: str = "optimism",
+              description: str | None = None) -> Score:
+        """Judge one answer for ``metric`` ("trait" or "coherence")."""
+        reply, cached = self._request(judge_messages(metric, question, answer, trait, description))
+        return self._score(reply, cached)
+
+    def score_many(self, metric: Metric, items: Sequence[tuple[str, str]], *,
+                   trait: str = "optimism", description: str | None = None,
+                   progress: bool = True) -> list[Score]:
+        """Judge many (question, answer) pairs, up to ``max_concurrency`` in flight; order kept."""
+        msgs = [judge_messages(metric, q, a, trait, description) for q, a in items]
+        workers = 1 if self.config.backend == "local" else self.config.max_concurrency
+        bar = tqdm(total=len(msgs), desc=f"judge {metric}", disable=not progress)
+
+        def one(m: list[dict[str, str]]) -> Score:
+            reply, cached = self._request(m)
+            bar.update(1)
+            return self._score(reply, cached)
+
+        try:
+            if workers == 1:
+                return [one(m) for m in msgs]
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                return list(pool.map(one, msgs))
+        finally:
+            bar.close()

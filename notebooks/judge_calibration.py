@@ -1,0 +1,156 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Judge calibration: logprob vs text parse, against a gold set we labelled
+#
+# **Why.** Steering studies in this line report a trait score and a coherence score from an
+# LLM judge, read with the *logprob method* (persona vectors; seed: gpt-4.1-mini): ask for a
+# single number 0–100, take the top-20 log-probabilities of the first answer token, and
+# average the integer tokens by probability, with no score when under 25% of the mass falls
+# on integers. Before trusting a judge for the transfer study we measure it.
+#
+# **Setup.** `data/judge/gold.jsonl` holds 72 responses to 12 opinion questions that we wrote
+# and labelled: optimism ≈ 10 / 50 / 90 crossed with coherence (coherent ≈ 93, degraded ≈ 40,
+# word salad ≈ 7). The judge scores each response for the trait and for coherence, in both
+# modes (`logprob` and `text`: greedy answer, first integer). Agreement is Pearson r and
+# Spearman ρ with the gold labels, with 95% bootstrap CIs over items, and mean absolute error.
+# Then the judge scores a model's own unsteered answers to held-out questions: the baseline
+# every steering effect is measured from.
+#
+# **A tokenizer caveat.** gpt-4.1-mini has one token per number ("85"); Qwen, Gemma and
+# SmolLM2 spell numbers digit by digit, so their first-token top-20 holds only the digits
+# 0–9 and the published average would be a 0–9 score. For an in-process judge, traitlab
+# computes the exact probability of every integer 0–100 instead (expanding the digit tree:
+# P("85") = P("8") · P("5" | "8") · P(no further digit | "85")), and takes the same weighted
+# mean and the same 25% rule (`traitlab.judge.LocalBackend.integer_distribution`). An HTTP judge
+# gets the published first-token method, and the report flags digit-level answers.
+
+# %% tags=["parameters"]
+judge_backend = "local"
+judge_model = "qwen2.5-coder-1.5b-instruct"
+judge_base_url = None
+judge_api_key_env = "OPENAI_API_KEY"
+judge_offline = False
+trait = "optimism"
+top_logprobs = 20
+min_mass = 0.25
+max_gold = None
+responder_model = "qwen2.5-coder-0.5b-instruct"
+n_baseline = None
+max_new_tokens = 64
+n_boot = 1000
+seed = 0
+
+# %% [markdown]
+# ## Setup
+# Parameters are validated before any model is loaded. Judge replies go to a replay cache
+# (`$TRAITLAB_CACHE/judge`, keyed by judge model and weights, prompt and settings): a re-run
+# replays them, and `judge_offline = True` makes a missing reply an error instead of a request.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from dataclasses import asdict
+
+from IPython.display import display
+from traitlab import plots, runinfo
+from traitlab.experiments import judge_calibration as jc
+from traitlab.judge import Judge
+from traitlab.models import load_model
+from traitlab.params import from_namespace
+
+P = from_namespace(jc.Params, globals())
+P.check()
+gold = jc.load_gold(P.max_gold, P.seed)
+questions = jc.load_questions("test", P.n_baseline)
+responder = load_model(P.responder_model, quiet=True)
+judge = Judge(P.judge_config("logprob"))
+judges = {"logprob": judge, "text": judge.with_mode("text")}  # one model, two ways to read it
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+runinfo.show(runinfo.run_record(P, responder))
+print("[judge]")
+for k, v in asdict(P.judge_config("logprob")).items():
+    print(f"  {k:<22} {v}")
+print(f"  {'identity':<22} {judges['logprob'].identity()}")
+
+# %% [markdown]
+# ## The gold set
+# Levels of the labels we wrote (means per cell; each cell holds one response per question).
+
+# %%
+print(f"{len(gold)} gold responses, {gold.question.nunique()} questions")
+display(gold.groupby("level")[["optimism", "coherence"]].agg(["mean", "min", "max", "count"]))
+
+# %% [markdown]
+# ## Scoring the gold set
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+scored = jc.score(judges, gold, P.trait)
+
+# %%
+agree = jc.agreement(scored, {"trait": "optimism", "coherence": "coherence"}, ["logprob", "text"],
+                     n_boot=P.n_boot, seed=P.seed)
+display(agree)
+
+# %%
+fig = plots.judge_vs_gold(scored, ["logprob", "text"])
+
+# %% [markdown]
+# Where the judge goes wrong, by level: the mean gold label and mean judge score of each
+# (coherence level × optimism level) cell.
+
+# %%
+display(jc.by_level(scored, ["logprob", "text"]))
+
+# %% [markdown]
+# ## Logprob vs text parse on the same responses
+# The logprob mean is continuous and uses the judge's whole distribution; the text answer
+# is one integer (often a round one). How far apart are they?
+
+# %%
+modes_df = jc.mode_agreement(scored)
+display(modes_df)
+print(f"integer mass (logprob mode): trait median {scored.trait_mass.median():.2f}, "
+      f"coherence median {scored.coherence_mass.median():.2f}; below min_mass={P.min_mass}: "
+      f"{int((scored.trait_mass < P.min_mass).sum())} trait, "
+      f"{int((scored.coherence_mass < P.min_mass).sum())} coherence")
+fig = plots.mode_scatter(scored)
+
+# %% [markdown]
+# ## Baseline: the unsteered model's own answers
+# The responder answers the held-out test questions (`data/steering/optimism_questions.jsonl`,
+# greedy); the judge scores them. A steering effect is a change from this baseline.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+base = jc.baseline_responses(responder, questions, P.max_new_tokens)
+base_scored = jc.score(judges, base, P.trait)
+
+# %%
+display(base_scored[["domain", "question", "response", "trait_logprob", "trait_text",
+                     "coherence_logprob", "coherence_text"]].head(8))
+display(base_scored[["trait_logprob", "trait_text", "coherence_logprob", "coherence_text"]]
+        .describe().round(1))
+fig = plots.score_distributions(base_scored, ["logprob", "text"])
+
+# %% [markdown]
+# ## Conclusions
+
+# %%
+for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model):
+    print("•", line)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"judge requests this run: {sum(j.stats['requests'] for j in judges.values())}, "
+      f"replayed from cache: {sum(j.stats['cache_hits'] for j in judges.values())}")

@@ -1,0 +1,271 @@
+"""The judge: exact aggregation math, the digit-tree distribution, and real HTTP servers.
+
+The HTTP tests run against real servers on loopback: a scripted OpenAI-format server
+(429 then success, timeouts, 5xx, malformed bodies) and llama.cpp's own server serving an
+offline-zoo GGUF, which returns real logprobs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from openai_stub_server import StubServer
+
+from traitlab import judge as J
+from traitlab.models import load_model
+
+
+def test_logprob_score_is_probability_weighted_mean_over_integers():
+    top = {"80": math.log(0.2), " 80": math.log(0.2), "90": math.log(0.1), "Sure": math.log(0.5)}
+    score, mass = J.logprob_score(top)
+    assert mass == pytest.approx(0.5)
+    assert score == pytest.approx((80 * 0.4 + 90 * 0.1) / 0.5)
+
+
+def test_logprob_score_none_below_min_mass_and_ignores_non_integers():
+    top = {"I": math.log(0.8), "7": math.log(0.2), "101": math.log(0.5), "-3": math.log(0.1)}
+    assert J.logprob_score(top, min_mass=0.25) == (None, pytest.approx(0.2))
+    assert J.logprob_score(top, min_mass=0.2)[0] == pytest.approx(7.0)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("85", 85.0), (" 42\n", 42.0), ("Score: 75/100", 75.0), ("I'd say 100.", 100.0),
+    ("150 then 30", 30.0), ("no number", None), ("3.5", None), ("", None)])
+def test_parse_score(text, expected):
+    assert J.parse_score(text) == expected
+
+
+def test_digit_level_detection():
+    assert J.is_digit_level({"8": -0.1, "7": -2.0, "The": -3.0})
+    assert not J.is_digit_level({"85": -0.1, "8": -2.0})
+    assert not J.is_digit_level({"The": -0.1})
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="top_logprobs"):
+        J.JudgeConfig(top_logprobs=25)
+    with pytest.raises(ValueError, match="backend"):
+        J.JudgeConfig(backend="anthropic")
+    with pytest.raises(ValueError, match="min_mass"):
+        J.JudgeConfig(min_mass=1.5)
+
+
+def test_unknown_trait_needs_a_description():
+    with pytest.raises(ValueError, match="description"):
+        J.judge_messages("trait", "q", "a", trait="whimsy")
+    assert "whimsy" in J.judge_messages("trait", "q", "a", trait="whimsy", description="x")[0]["content"]
+
+
+# --- the exact integer distribution of an in-process judge ---------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_judge():
+    return J.LocalBackend(load_model("tiny-llama"), prune=1e-3)
+
+
+def _brute_force_p(model, prompt: list[int], n: int, digit_start: torch.Tensor) -> float:
+    """P(tokens of n, then a non-digit) by teacher forcing the whole sequence."""
+    num = model.tokenizer(str(n), add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + num])
+    with torch.no_grad():
+        logp = torch.log_softmax(model.hf(input_ids=ids).logits[0].float(), -1)
+    lp = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(num))
+    p_stop = 1 - float(logp[-1].exp()[digit_start].sum())
+    return math.exp(lp) * p_stop
+
+
+def test_integer_distribution_matches_teacher_forcing(tiny_judge):
+    model = tiny_judge.model
+    exact = J.LocalBackend(model, prune=0.0)
+    prompt = list(model.chat.encode("Rate it:").ids)
+    top, probs = exact.integer_distribution(torch.tensor([prompt]), top_k=5)
+    assert len(top) == 5 and sorted(probs) == list(range(101))  # prune=0: every integer
+    for n in (0, 7, 10, 42, 99, 100):
+        assert probs[n] == pytest.approx(_brute_force_p(model, prompt, n, tiny_judge._digit_start),
+                                         rel=1e-4)
+    assert 0 < sum(probs.values()) <= 1 + 1e-6
+
+
+def test_local_backend_leaves_no_cache_state_between_calls(tiny_judge):
+    msgs = J.judge_messages("trait", "Will it rain?", "Sunny days ahead!")
+    a = tiny_judge.complete(msgs, mode="logprob", top_logprobs=20, max_tokens=1)
+    b = tiny_judge.complete(msgs, mode="logprob", top_logprobs=20, max_tokens=1)
+    assert a == b
+
+
+def test_local_judge_scores_and_replays(tiny_judge, tmp_path):
+    cfg = J.JudgeConfig(backend="local", model="tiny-llama", min_mass=0.0)
+    j = J.Judge(cfg, backend=tiny_judge, cache=tmp_path)
+    s = j.score("trait", "Will it rain?", "Sunny days ahead!")
+    assert s.value is not None and 0 <= s.value <= 100 and not s.cached
+    again = J.Judge(cfg, backend=tiny_judge, cache=tmp_path).score("trait", "Will it rain?",
+                                                                   "Sunny days ahead!")
+    assert again.cached and again.value == s.value
+
+
+# --- a scripted OpenAI-format HTTP server on loopback ------------------------------------
+
+def _judge(server: StubServer, cache: Path, **kw) -> J.Judge:
+    cfg = J.JudgeConfig(backend="openai", model="stub-judge", base_url=server.base_url,
+                        backoff_s=0.0, timeout_s=kw.pop("timeout_s", 5.0), **kw)
+    return J.Judge(cfg, cache=cache)
+
+
+def _cached_files(cache: Path) -> list[Path]:
+    return sorted(cache.rglob("*.json")) if cache.exists() else []
+
+
+def test_http_judge_reads_top_logprobs(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-123")
+    with StubServer() as srv:
+        j = _judge(srv, tmp_path)
+        s = j.score("trait", "How will cities change?", "They will thrive.")
+    assert s.value == pytest.approx(82.0, abs=1e-6) and s.mass == pytest.approx(1.0, abs=1e-3)
+    req = srv.requests[0]
+    assert req["logprobs"] is True and req["top_logprobs"] == 20 and req["max_tokens"] == 1
+    assert req["temperature"] == 0 and req["model"] == "stub-judge"
+    assert srv.headers[0]["authorization"] == "Bearer sk-test-secret-123"
+    # the key is used, never stored or printed
+    assert "sk-test-secret" not in repr(j.backend) + repr(j.config) + repr(j.__dict__)
+    assert all("sk-test-secret" not in p.read_text() for p in _cached_files(tmp_path))
+
+
+def test_http_judge_survives_429_then_succeeds(tmp_path):
+    with StubServer(["429", "429"]) as srv:
+        j = _judge(srv, tmp_path, max_retries=3)
+        s = j.score("coherence", "q", "a")
+    assert s.value == pytest.approx(82.0, abs=1e-6)
+    assert len(srv.requests) == 3 and j.stats["retries"] == 2
+    assert len(_cached_files(tmp_path)) == 1
+
+
+def test_http_judge_gives_up_on_persistent_5xx_and_caches_nothing(tmp_path):
+    with StubServer(["500"] * 3) as srv:
+        j = _judge(srv, tmp_path, max_retries=2)
+        with pytest.raises(J.JudgeError, match="after 3 attempts.*server error 500"):
+            j.score("coherence", "q", "a")
+    assert _cached_files(tmp_path) == []
+
+
+def test_http_judge_timeout_is_retried_then_reported(tmp_path):
+    with StubServer(["slow", "slow"], slow_s=1.5) as srv:
+        j = _judge(srv, tmp_path, max_retries=1, timeout_s=0.3)
+        with pytest.raises(J.JudgeError, match="timed out"):
+            j.score("coherence", "q", "a")
+        assert _cached_files(tmp_path) == []
+        j2 = _judge(srv, tmp_path, max_retries=1, timeout_s=0.3)
+        time.sleep(1.5)  # let the stub finish its slow answers
+        assert j2.score("coherence", "q", "a").value == pytest.approx(82.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("what", ["malformed", "garbage"])
+def test_http_judge_reports_malformed_body_and_caches_nothing(tmp_path, what):
+    with StubServer([what]) as srv:
+        j = _judge(srv, tmp_path, max_retries=3)
+        with pytest.raises(J.JudgeError, match="malformed"):
+            j.score("trait", "q", "a")
+        assert len(srv.requests) == 1  # a malformed body is a bug, not retried
+    assert _cached_files(tmp_path) == []
+
+
+def test_replay_cache_reruns_offline_with_identical_scores(tmp_path):
+    items = [("q1", "a1"), ("q2", "a2"), ("q3", "a3")]
+    with StubServer() as srv:
+        online = _judge(srv, tmp_path, max_concurrency=3).score_many("trait", items, progress=False)
+    cfg = J.JudgeConfig(backend="openai", model="stub-judge", base_url="http://127.0.0.1:9/v1",
+                        offline=True)
+    replay = J.Judge(cfg, cache=tmp_path).score_many("trait", items, progress=False)
+    assert [s.value for s in replay] == [s.value for s in online]
+    assert all(s.cached for s in replay)
+    with pytest.raises(J.JudgeError, match="offline judge: no cached reply"):
+        J.Judge(cfg, cache=tmp_path).score("trait", "q4", "a4")
+
+
+def test_cache_key_depends_on_judge_model_and_settings(tmp_path):
+    with StubServer() as srv:
+        _judge(srv, tmp_path).score("trait", "q", "a")
+        cfg = J.JudgeConfig(backend="openai", model="other-judge", base_url=srv.base_url)
+        J.Judge(cfg, cache=tmp_path).score("trait", "q", "a")
+        cfg = J.JudgeConfig(backend="openai", model="stub-judge", base_url=srv.base_url, mode="text")
+        J.Judge(cfg, cache=tmp_path).score("trait", "q", "a")
+    assert len(srv.requests) == 3 and len(_cached_files(tmp_path)) == 3
+
+
+def test_official_endpoint_without_key_fails_before_any_request(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    j = J.Judge(J.JudgeConfig(backend="openai", model="gpt-4.1-mini"), cache=None)
+    with pytest.raises(J.JudgeError, match=r"\$OPENAI_API_KEY"):
+        j.score("trait", "q", "a")
+
+
+# --- llama.cpp's OpenAI-compatible server, serving a real GGUF ----------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is a dev dependency")
+    from traitlab import zoo
+
+    gguf = zoo.fetch("smollm2-135m-instruct", quiet=True)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--seed", "0", "--verbose", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    base = f"http://127.0.0.1:{port}/v1"
+    import urllib.request
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama.cpp server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{base}/models", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("llama.cpp server did not come up in 120 s")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_llama_cpp_server_returns_real_top_logprobs(llama_server, tmp_path):
+    cfg = J.JudgeConfig(backend="openai", model="smollm2", base_url=llama_server, min_mass=0.0)
+    j = J.Judge(cfg, cache=tmp_path)
+    s = j.score("coherence", "What is the capital of France?", "The capital of France is Paris.")
+    reply = json.loads(next(tmp_path.rglob("*.json")).read_text())
+    top = reply["top_logprobs"]
+    assert len(top) >= 10  # asked for 20; llama.cpp may merge tokens that decode alike
+    assert all(lp <= 0 for lp in top.values())
+    assert sum(math.exp(lp) for lp in top.values()) <= 1 + 1e-4
+    # SmolLM2 spells numbers digit by digit: the published first-token method cannot see "85"
+    if s.mass and s.mass > 0:
+        assert s.digit_level and 0 <= s.value <= 9
+    # the text mode goes through the same server and parses a number or reports none
+    t = J.Judge(J.JudgeConfig(backend="openai", model="smollm2", base_url=llama_server,
+                              mode="text"), cache=tmp_path).score("coherence", "Hi?", "Hello!")
+    assert t.value is None or 0 <= t.value <= 100
+
+
+def test_with_mode_shares_the_backend_and_cache(tiny_judge, tmp_path):
+    j = J.Judge(J.JudgeConfig(backend="local", model="tiny-llama"), backend=tiny_judge, cache=tmp_path)
+    t = j.with_mode("text")
+    assert t.backend is j.backend and t.cache_root == j.cache_root and t.config.mode == "text"
+    assert j._key(J.judge_messages("coherence", "q", "a")) != t._key(J.judge_messages("coherence", "q", "a"))

@@ -1,0 +1,85 @@
+"""Judge calibration and model-chain experiment code: data, agreement maths, parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from traitlab.experiments import judge_calibration as jc
+from traitlab.experiments import model_chain as mcn
+from traitlab.params import ParamError, validate
+
+
+def test_gold_set_design():
+    g = jc.load_gold()
+    assert len(g) == 72 and g.question.nunique() == 12 and g.id.is_unique
+    assert g.level.value_counts().to_dict() == {"coherent": 36, "degraded": 24, "word salad": 12}
+    assert g.optimism.between(0, 100).all() and g.coherence.between(0, 100).all()
+    coherent = g[g.level == "coherent"]
+    assert coherent.optimism.min() <= 15 and coherent.optimism.max() >= 85
+    small = jc.load_gold(12, seed=0)
+    assert len(small) == 12 and small.equals(jc.load_gold(12, seed=0))
+
+
+def test_questions_are_held_out():
+    q = jc.load_questions("test")
+    assert len(q) == 40 and q.domain.nunique() == 10
+    assert len(jc.load_questions("train")) == 20
+    assert len(jc.load_questions("test", 5)) == 5
+
+
+def _frame(trait_lp, trait_tx, gold_t, coh_lp, coh_tx, gold_c):
+    return pd.DataFrame({"trait_logprob": trait_lp, "trait_text": trait_tx, "optimism": gold_t,
+                         "coherence_logprob": coh_lp, "coherence_text": coh_tx, "coherence": gold_c})
+
+
+def test_agreement_is_exact():
+    rng = np.random.default_rng(0)
+    gold_t = rng.integers(0, 100, 30).astype(float)
+    gold_c = rng.integers(0, 100, 30).astype(float)
+    lp = gold_t + rng.normal(0, 10, 30)
+    tx = np.where(np.arange(30) < 5, np.nan, gold_t + 5)
+    df = _frame(lp, tx, gold_t, gold_c, gold_c, gold_c)
+    a = jc.agreement(df, {"trait": "optimism", "coherence": "coherence"}, ["logprob", "text"], n_boot=50)
+    assert a.loc[("trait", "logprob"), "pearson_r"] == pytest.approx(stats.pearsonr(lp, gold_t)[0], abs=1e-3)
+    assert a.loc[("trait", "logprob"), "mae"] == pytest.approx(np.abs(lp - gold_t).mean(), abs=1e-3)
+    assert a.loc[("trait", "text"), "scored"] == "25/30"
+    assert a.loc[("trait", "text"), "mae"] == pytest.approx(5.0)
+    assert a.loc[("coherence", "logprob"), "pearson_r"] == pytest.approx(1.0)
+    m = jc.mode_agreement(df)
+    assert m.loc["trait", "both_scored"] == 25
+    assert m.loc["trait", "mean_logprob_minus_text"] == pytest.approx((lp[5:] - gold_t[5:] - 5).mean(), abs=1e-3)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"trait": "whimsy"}, "no judge description"),
+    ({"top_logprobs": 40}, "top_logprobs"),
+    ({"max_gold": 1}, "max_gold"),
+    ({"judge_backend": "anthropic"}, "judge_backend"),
+])
+def test_calibration_params_fail_early(kw, msg):
+    with pytest.raises(ParamError, match=msg):
+        validate(jc.Params, kw)
+
+
+def test_judge_config_carries_every_knob():
+    p = jc.Params(judge_backend="openai", judge_model="m", judge_base_url="http://x/v1", min_mass=0.3)
+    c = p.judge_config("text")
+    assert (c.backend, c.model, c.base_url, c.mode, c.min_mass) == ("openai", "m", "http://x/v1", "text", 0.3)
+
+
+def test_instructions_split_and_stratified_sample():
+    train, held = mcn.load_instructions("train"), mcn.load_instructions("eval")
+    assert len(train) == 256 and len(held) == 64
+    assert not set(train.instruction) & set(held.instruction)
+    small = mcn.load_instructions("train", 16)
+    assert len(small) == 16 and small.category.nunique() == 16
+
+
+@pytest.mark.parametrize("kw, msg", [({"n_train": 1}, "n_train"), ({"dpo_beta": 0.0}, "dpo_beta"),
+                                     ({"warmup_frac": 1.0}, "warmup_frac")])
+def test_chain_params_fail_early(kw, msg):
+    with pytest.raises(ParamError, match=msg):
+        validate(mcn.Params, kw)

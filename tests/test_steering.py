@@ -1,0 +1,155 @@
+"""Multi-site steering during generation, perturbation ratios and the coefficient search.
+
+The nnsight steering is checked token for token against a reference written with plain
+PyTorch hooks on the same tiny model.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from traitlab.sites import Site, module_path, resolve
+from traitlab.steering import (
+    Steer,
+    activation_norms,
+    coef_for_ratio,
+    generate_steered,
+    per_site_vectors,
+    perturbation_ratio,
+    same_vector,
+    search_coefficient,
+)
+
+PROMPTS = ["Tell me about the sea.", "Hi", "What is two plus two, in words?"]
+
+
+@contextmanager
+def hooked(model, steers, positions):
+    """Reference steering with PyTorch hooks (what generate_steered must reproduce)."""
+    handles = []
+    for s in steers:
+        mod = resolve(model.hf, module_path(model.arch, s.site))
+        delta = s.delta
+
+        def add(x, delta=delta):
+            x = x.clone()
+            if positions == "all":
+                x += delta
+            else:
+                x[:, -1] += delta
+            return x
+
+        if s.site.name == "resid_pre":
+            def pre(_m, args, kwargs, add=add):
+                if args:
+                    return (add(args[0]), *args[1:]), kwargs
+                kwargs["hidden_states"] = add(kwargs["hidden_states"])
+                return args, kwargs
+            handles.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
+        else:
+            def post(_m, _args, out, add=add):
+                return (add(out[0]), *out[1:]) if isinstance(out, tuple) else add(out)
+            handles.append(mod.register_forward_hook(post))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _reference(model, examples, steers, positions, n):
+    tok = model.tokenizer
+    out = []
+    with hooked(model, steers, positions):
+        for e in examples:  # one at a time: no padding, so no ambiguity about positions
+            ids = torch.tensor([e.ids])
+            g = model.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                  max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+            out.append(tok.decode(g[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+@pytest.mark.parametrize("positions", ["response", "all"])
+def test_steered_generation_matches_hook_reference(tiny, positions):
+    g = torch.Generator().manual_seed(0)
+    examples = [tiny.chat.encode(p) for p in PROMPTS]
+    steers = [Steer(f"resid_pre@{tiny.n_layers - 1}", torch.randn(tiny.d_model, generator=g), 3.0),
+              Steer("mlp_out@0", torch.randn(tiny.d_model, generator=g), 2.0)]
+    ours = generate_steered(tiny, examples, steers, max_new_tokens=6, positions=positions,
+                            batch_size=2)
+    assert ours == _reference(tiny, examples, steers, positions, 6)
+    plain = generate_steered(tiny, examples, [], max_new_tokens=6)
+    assert ours != plain  # the steer changed something
+    # and nothing was left behind on the model
+    assert generate_steered(tiny, examples, [], max_new_tokens=6) == plain
+
+
+def test_multi_layer_helpers(tiny):
+    v = torch.ones(tiny.d_model)
+    steers = same_vector(v, ["resid_pre@0", "resid_pre@1"], 2.0)
+    assert [str(s.site) for s in steers] == ["resid_pre@0", "resid_pre@1"]
+    assert all(torch.equal(s.delta, 2 * v) for s in steers)
+    per = per_site_vectors({"resid_pre@0": v, Site("attn_out", 1): -v}, 0.5)
+    assert torch.equal(per[1].delta, -0.5 * v)
+
+
+def test_steer_validation(tiny):
+    v = torch.ones(tiny.d_model)
+    examples = [tiny.chat.encode("Hi")]
+    with pytest.raises(ValueError, match="out of range"):
+        generate_steered(tiny, examples, [Steer("resid_pre@99", v, 1.0)], max_new_tokens=2)
+    with pytest.raises(ValueError, match="dims"):
+        generate_steered(tiny, examples, [Steer("resid_pre@0", torch.ones(3), 1.0)], max_new_tokens=2)
+    with pytest.raises(ValueError, match="twice"):
+        generate_steered(tiny, examples, same_vector(v, ["resid_pre@0", "resid_pre@0"], 1.0),
+                         max_new_tokens=2)
+    with pytest.raises(ValueError, match="positions"):
+        generate_steered(tiny, examples, [], max_new_tokens=2, positions="prompt")
+    with pytest.raises(ValueError, match="'v'"):
+        Steer("v@0", v, 1.0)
+    with pytest.raises(ValueError, match="no prompts"):
+        generate_steered(tiny, [], [], max_new_tokens=2)
+
+
+def test_perturbation_ratio_round_trip():
+    c = coef_for_ratio(0.7, vector_norm=3.0, activation_norm=42.0)
+    assert c == pytest.approx(9.8)
+    assert perturbation_ratio(c, 3.0, 42.0) == pytest.approx(0.7)
+    with pytest.raises(ValueError):
+        coef_for_ratio(0.5, 0.0, 1.0)
+
+
+def test_activation_norms_match_hidden_states(tiny):
+    examples = [tiny.chat.encode(p, "Sure, here you go.") for p in PROMPTS]
+    table = activation_norms(tiny, examples, ["resid_pre@1"])
+    expected = []
+    for e in examples:
+        with torch.no_grad():
+            hs = tiny.hf(input_ids=torch.tensor([e.ids]), output_hidden_states=True).hidden_states[1][0]
+        expected.append(hs[e.prompt_len - 1:].norm(dim=-1).mean())
+    assert table["resid_pre@1"] == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+
+
+def test_coefficient_search_finds_best_coherent_coefficient():
+    calls = []
+
+    def evaluate(c):
+        calls.append(c)
+        return min(100.0, 20 * c), 100.0 - 10 * c  # coherence 50 at c = 5
+
+    r = search_coefficient(evaluate, start=1, floor=50)
+    assert [p.coef for p in r.points] == calls == [1, 2, 4, 8, 6, 5]
+    assert r.best.coef == 5 and r.best.trait == 100 and r.best.coherence == 50
+
+
+def test_coefficient_search_negative_direction_and_no_coherent_point():
+    r = search_coefficient(lambda c: (-c, 100 + 10 * c), start=-1, floor=60, refine=1)
+    assert [p.coef for p in r.points] == [-1, -2, -4, -8, -6]
+    assert r.best.coef == -4
+    r = search_coefficient(lambda c: (50, 10), start=1, floor=60)
+    assert r.best is None and len(r.points) == 1
+    r = search_coefficient(lambda c: (c, 90), start=1, floor=60, max_coef=10)
+    assert [p.coef for p in r.points] == [1, 2, 4, 8] and r.best.coef == 8
