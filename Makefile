@@ -28,7 +28,7 @@ reports: install
 
 test: install
 	$(BIN)/ruff check lib tests notebooks benchmarks
-	$(BIN)/python -m pytest -q tests --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env -p no:cacheprovider
+	$(BIN)/python -m pytest -q --durations=15 tests --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env -p no:cacheprovider
 
 # Slow tier (not in CI): re-execute the committed default-profile reports under nbval.
 test-slow: install

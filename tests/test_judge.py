@@ -269,3 +269,13 @@ def test_with_mode_shares_the_backend_and_cache(tiny_judge, tmp_path):
     t = j.with_mode("text")
     assert t.backend is j.backend and t.cache_root == j.cache_root and t.config.mode == "text"
     assert j._key(J.judge_messages("coherence", "q", "a")) != t._key(J.judge_messages("coherence", "q", "a"))
+
+
+def test_local_identity_is_known_before_loading_and_names_the_method(tmp_path):
+    cfg = J.JudgeConfig(backend="local", model="smollm2-135m-instruct")
+    j = J.Judge(cfg, cache=tmp_path)
+    before = j.identity()  # from the zoo's sha256, no weights loaded
+    assert J.INTEGER_METHOD in before and "prune=0.001" in before
+    assert j.backend.identity == before == j.identity()
+    other = J.Judge(J.JudgeConfig(backend="local", model="smollm2-135m-instruct", prune=0.0), cache=tmp_path)
+    assert other.identity() != before

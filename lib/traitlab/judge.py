@@ -96,6 +96,9 @@ TRAIT_DESCRIPTIONS = {
 
 _INT = re.compile(r"^\d{1,3}$")
 
+INTEGER_METHOD = "int-trie-v2"
+"""Version of the in-process integer-distribution algorithm; part of local judges' cache keys."""
+
 
 class JudgeError(RuntimeError):
     """A judge request that failed for good (after retries), or a reply with the wrong shape."""
@@ -266,7 +269,7 @@ class LocalBackend:
 
     def __init__(self, model: Any, *, prune: float = 1e-3) -> None:
         self.model, self.prune = model, prune
-        self.identity = f"local:{model.spec}:{model.fingerprint}"
+        self.identity = f"local:{model.spec}:{model.fingerprint}:{INTEGER_METHOD}:prune={prune:g}"
         tok = model.tokenizer
         self._trie = _number_trie(tok)
         size = max(len(tok), int(model.hf.get_output_embeddings().weight.shape[0]))
@@ -383,6 +386,7 @@ class JudgeConfig:
     backoff_s: float = 1.0
     timeout_s: float = 60.0
     offline: bool = False
+    prune: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.backend not in ("openai", "local"):
@@ -393,6 +397,8 @@ class JudgeConfig:
             raise ValueError(f"top_logprobs must be in 1..20 (the OpenAI limit), got {self.top_logprobs}")
         if not 0.0 <= self.min_mass <= 1.0:
             raise ValueError(f"min_mass must be in [0, 1], got {self.min_mass}")
+        if not 0.0 <= self.prune < 1.0:
+            raise ValueError(f"prune must be in [0, 1), got {self.prune}")
         if self.max_concurrency < 1 or self.max_retries < 0 or self.max_tokens < 1:
             raise ValueError("max_concurrency and max_tokens must be >= 1, max_retries >= 0")
 
@@ -462,7 +468,7 @@ class Judge:
             else:
                 from .models import load_model
 
-                self._shared["backend"] = LocalBackend(load_model(c.model, quiet=True))
+                self._shared["backend"] = LocalBackend(load_model(c.model, quiet=True), prune=c.prune)
         return self._shared["backend"]
 
     def with_mode(self, mode: Mode) -> Judge:
@@ -480,7 +486,7 @@ class Judge:
 
             sha = zoo.ZOO[self.config.model].sha256 if self.config.model in zoo.ZOO else None
             if sha:
-                return f"local:{self.config.model}:gguf:{sha}"
+                return f"local:{self.config.model}:gguf:{sha}:{INTEGER_METHOD}:prune={self.config.prune:g}"
             return self.backend.identity
         return f"openai:{self.config.model}"
 

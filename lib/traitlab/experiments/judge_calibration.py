@@ -11,6 +11,7 @@ bootstrap CIs over items) and mean absolute error.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,16 +118,28 @@ def score(judges: dict[str, Judge], df: pd.DataFrame, trait: str, progress: bool
 def _boot_r(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, fn) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(x), size=(n_boot, len(x)))
-    rs = [fn(x[i], y[i]) for i in idx]
+    rs = np.array([fn(x[i], y[i]) for i in idx], dtype=float)
+    if np.isnan(rs).all():  # e.g. a judge that always gives the same score
+        return (np.nan, np.nan)
     return tuple(np.nanpercentile(rs, [2.5, 97.5]))
+
+
+def _r(fn, a: np.ndarray, b: np.ndarray) -> float:
+    """A correlation, NaN (silently) when either side is constant."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(fn(a, b)[0])
 
 
 def agreement(df: pd.DataFrame, gold: dict[str, str], modes: list[str], n_boot: int = 1000,
               seed: int = 0) -> pd.DataFrame:
     """Pearson r, Spearman ρ (95% bootstrap CIs), MAE and coverage of each mode vs gold."""
     rows = []
-    pearson = lambda a, b: stats.pearsonr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else np.nan  # noqa: E731
-    spearman = lambda a, b: stats.spearmanr(a, b)[0] if np.std(a) > 0 and np.std(b) > 0 else np.nan  # noqa: E731
+    pearson = lambda a, b: _r(stats.pearsonr, a, b)  # noqa: E731
+    spearman = lambda a, b: _r(stats.spearmanr, a, b)  # noqa: E731
     for metric, gcol in gold.items():
         for mode in modes:
             col = f"{metric}_{mode}"
@@ -150,7 +163,7 @@ def mode_agreement(df: pd.DataFrame) -> pd.DataFrame:
         a, b = df[f"{metric}_logprob"], df[f"{metric}_text"]
         ok = a.notna() & b.notna()
         rows.append({"metric": metric, "both_scored": int(ok.sum()), "n": len(df),
-                     "pearson_r": stats.pearsonr(a[ok], b[ok])[0] if ok.sum() > 2 else np.nan,
+                     "pearson_r": _r(stats.pearsonr, a[ok], b[ok]),
                      "mean_logprob_minus_text": float((a[ok] - b[ok]).mean()) if ok.any() else np.nan,
                      "text_distinct_values": int(b[ok].nunique())})
     return pd.DataFrame(rows).set_index("metric").round(3)
