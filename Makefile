@@ -9,9 +9,10 @@ NOTEBOOKS ?= all
 # llama-cpp-python (a dev dependency: the judge's HTTP tests) builds llama.cpp from source.
 # A portable AVX2 build: -march=native also emits AMX/AVX-512 code that traps ("invalid
 # opcode") on VMs whose CPU advertises AMX without enabling it, and a cached native wheel
-# would not run on another CPU.
+# would not run on another CPU. LLAVA_BUILD=OFF skips the multimodal library (the judge
+# serves text only), which shortens the one-time build.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
 
 .PHONY: install reports test test-slow lint golden clean
 

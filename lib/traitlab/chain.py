@@ -133,6 +133,23 @@ def _optimizer(hf: torch.nn.Module, lr: float, cfg: ChainConfig) -> torch.optim.
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
+def _update(hf: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One optimiser step with gradient-norm clipping at 1; returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in hf.parameters() if p.requires_grad], 1.0)
+    opt.step()
+    return float(loss.detach())
+
+
+def _freeze(hf: torch.nn.Module, bar: tqdm) -> None:
+    """Back to inference: eval mode, no parameter requires grad, progress bar closed."""
+    bar.close()
+    hf.eval()
+    for p in hf.parameters():
+        p.requires_grad_(False)
+
+
 def sft(model: LoadedModel, pairs: Sequence[tuple[str, str]], cfg: ChainConfig, *,
         progress: bool = True) -> pd.DataFrame:
     """Fine-tune ``model`` in place on (instruction, response) pairs; returns the loss curve.
@@ -164,21 +181,14 @@ def sft(model: LoadedModel, pairs: Sequence[tuple[str, str]], cfg: ChainConfig, 
                 for g in opt.param_groups:
                     g["lr"] = cfg.sft_lr * _schedule(step, total, warmup)
                 lp, n = answer_logprobs(hf, ids, attn, ans)
-                loss = -lp.sum() / n.sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in hf.parameters() if p.requires_grad], 1.0)
-                opt.step()
-                rows.append({"stage": "sft", "step": step, "epoch": epoch, "loss": float(loss.detach()),
+                value = _update(hf, opt, -lp.sum() / n.sum())
+                rows.append({"stage": "sft", "step": step, "epoch": epoch, "loss": value,
                              "lr": opt.param_groups[0]["lr"]})
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                bar.set_postfix(loss=f"{value:.3f}")
     finally:
-        bar.close()
-        hf.eval()
-        for p in hf.parameters():
-            p.requires_grad_(False)
+        _freeze(hf, bar)
     return pd.DataFrame(rows)
 
 
@@ -223,23 +233,16 @@ def dpo(model: LoadedModel, triples: Sequence[tuple[str, str, str]], cfg: ChainC
                 pc, _ = answer_logprobs(hf, *_batch([chosen[i] for i in idx], pad))
                 pr, _ = answer_logprobs(hf, *_batch([rejected[i] for i in idx], pad))
                 margin = cfg.dpo_beta * ((pc - ref_c[idx]) - (pr - ref_r[idx]))
-                loss = -torch.nn.functional.logsigmoid(margin).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in hf.parameters() if p.requires_grad], 1.0)
-                opt.step()
-                rows.append({"stage": "dpo", "step": step, "epoch": epoch, "loss": float(loss.detach()),
+                value = _update(hf, opt, -torch.nn.functional.logsigmoid(margin).mean())
+                rows.append({"stage": "dpo", "step": step, "epoch": epoch, "loss": value,
                              "lr": opt.param_groups[0]["lr"],
                              "reward_margin": float(margin.detach().mean()),
                              "reward_accuracy": float((margin > 0).float().mean())})
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                bar.set_postfix(loss=f"{value:.3f}")
     finally:
-        bar.close()
-        hf.eval()
-        for p in hf.parameters():
-            p.requires_grad_(False)
+        _freeze(hf, bar)
     return pd.DataFrame(rows)
 
 
