@@ -190,13 +190,18 @@ def baseline_responses(model: LoadedModel, questions: pd.DataFrame, max_new_toke
 
 
 def conclusions(agree: pd.DataFrame, modes_df: pd.DataFrame, baseline: pd.DataFrame,
-                judge_model: str) -> list[str]:
-    """Plain-language findings, every number read from the tables above."""
+                judge_model: str, weak_r: float = 0.3) -> list[str]:
+    """Plain-language findings, every number read from the tables above.
+
+    ``weak_r``: below this Pearson r in both modes, the judge is called unusable for a metric.
+    """
     out = []
     for metric in ("trait", "coherence"):
         lp, tx = agree.loc[(metric, "logprob")], agree.loc[(metric, "text")]
         if np.isnan(lp.pearson_r) or np.isnan(tx.pearson_r):
             verdict = "too few scored answers in one mode to compare the two"
+        elif max(lp.pearson_r, tx.pearson_r) < weak_r:
+            verdict = f"neither mode tracks our labels (r < {weak_r}): do not use this judge for {metric}"
         elif lp.pearson_r >= tx.pearson_r:
             verdict = "logprob agrees better with our labels"
         else:
