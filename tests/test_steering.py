@@ -21,6 +21,7 @@ from traitlab.steering import (
     perturbation_ratio,
     same_vector,
     search_coefficient,
+    steered,
 )
 
 PROMPTS = ["Tell me about the sea.", "Hi", "What is two plus two, in words?"]
@@ -153,3 +154,18 @@ def test_coefficient_search_negative_direction_and_no_coherent_point():
     assert r.best is None and len(r.points) == 1
     r = search_coefficient(lambda c: (c, 90), start=1, floor=60, max_coef=10)
     assert [p.coef for p in r.points] == [1, 2, 4, 8] and r.best.coef == 8
+
+
+def test_steered_context_manager_matches_function_and_expires(tiny):
+    examples = [tiny.chat.encode(p) for p in PROMPTS[:2]]
+    st = [Steer("resid_pre@1", torch.ones(tiny.d_model), 3.0)]
+    plain = generate_steered(tiny, examples, [], max_new_tokens=4)
+    with steered(tiny, st, positions="all") as s:
+        inside = s.generate(examples, max_new_tokens=4)
+    assert inside == generate_steered(tiny, examples, st, max_new_tokens=4, positions="all")
+    with pytest.raises(RuntimeError, match="exited"):
+        s.generate(examples, max_new_tokens=4)
+    assert generate_steered(tiny, examples, [], max_new_tokens=4) == plain
+    with pytest.raises(ValueError, match="out of range"):
+        with steered(tiny, [Steer("resid_pre@99", torch.ones(tiny.d_model), 1.0)]):
+            pass

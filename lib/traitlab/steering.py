@@ -24,7 +24,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -191,6 +192,43 @@ def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Se
         for i, t in zip(idx, tok.batch_decode(new, skip_special_tokens=True), strict=True):
             texts[i] = t
     return texts
+
+
+class Steered:
+    """A model handle whose ``generate`` applies fixed ``Steer``s; see ``steered``."""
+
+    def __init__(self, model: LoadedModel, steers: Sequence[Steer], positions: Positions) -> None:
+        _check_steers(model, steers)
+        self.model, self.steers, self.positions = model, tuple(steers), positions
+        self.active = True
+
+    def generate(self, examples: Sequence[Encoded], *, max_new_tokens: int, batch_size: int = 16,
+                 progress: bool = False) -> list[str]:
+        if not self.active:
+            raise RuntimeError("this steering context has exited; open a new `steered(...)` block")
+        return generate_steered(self.model, examples, self.steers, max_new_tokens=max_new_tokens,
+                                positions=self.positions, batch_size=batch_size, progress=progress)
+
+
+@contextmanager
+def steered(model: LoadedModel, steers: Sequence[Steer], *,
+            positions: Positions = "response") -> Iterator[Steered]:
+    """Context-manager form of ``generate_steered``: steers are checked on entry, and the
+    handle stops working on exit. The model itself is never modified (each ``generate`` is
+    one nnsight trace), so nothing can be left behind, even after an error.
+
+    Example:
+        >>> import torch
+        >>> from traitlab.models import load_model
+        >>> m = load_model("tiny-llama")
+        >>> with steered(m, [Steer("resid_pre@1", torch.ones(m.d_model), 2.0)]) as s:
+        ...     out = s.generate([m.chat.encode("Hi")], max_new_tokens=2)
+    """
+    handle = Steered(model, steers, positions)
+    try:
+        yield handle
+    finally:
+        handle.active = False
 
 
 # ----------------------------------------------------------------------------------------
