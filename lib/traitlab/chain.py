@@ -253,12 +253,7 @@ def answers(model: LoadedModel, instructions: Sequence[str], *, max_new_tokens: 
     from .steering import generate_steered
 
     fmt = fmt or model.chat
-    saved = model.chat
-    object.__setattr__(model, "chat", fmt)
-    try:
-        examples = [fmt.encode(q) for q in instructions]
-    finally:
-        object.__setattr__(model, "chat", saved)
+    examples = [fmt.encode(q) for q in instructions]
     texts = generate_steered(model, examples, [], max_new_tokens=max_new_tokens,
                              batch_size=batch_size, progress=progress)
     return [t.split("\nUser:")[0].strip() for t in texts]

@@ -69,6 +69,17 @@ class TraitDataset:
 _FIELDS = {f for f in TraitPair.__dataclass_fields__}
 
 
+def read_project_jsonl(*parts: str) -> list[dict]:
+    """Rows of a JSONL file we ship under ``data/``; ``DataError`` if missing or empty."""
+    path = project_data(*parts)
+    if not path.exists():
+        raise DataError(f"{path} is missing; it ships with the repository (data/)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise DataError(f"{path} is empty")
+    return rows
+
+
 def available_traits(folder: Path | None = None) -> list[str]:
     folder = folder or project_data("traits")
     return sorted(p.stem for p in folder.glob("*.jsonl"))

@@ -100,6 +100,11 @@ INTEGER_METHOD = "int-trie-v2"
 """Version of the in-process integer-distribution algorithm; part of local judges' cache keys."""
 
 
+def local_identity(spec: str, fingerprint: str, prune: float) -> str:
+    """How an in-process judge is named in cache keys: model, exact weights, method, prune."""
+    return f"local:{spec}:{fingerprint}:{INTEGER_METHOD}:prune={prune:g}"
+
+
 class JudgeError(RuntimeError):
     """A judge request that failed for good (after retries), or a reply with the wrong shape."""
 
@@ -269,7 +274,7 @@ class LocalBackend:
 
     def __init__(self, model: Any, *, prune: float = 1e-3) -> None:
         self.model, self.prune = model, prune
-        self.identity = f"local:{model.spec}:{model.fingerprint}:{INTEGER_METHOD}:prune={prune:g}"
+        self.identity = local_identity(model.spec, model.fingerprint, prune)
         tok = model.tokenizer
         self._trie = _number_trie(tok)
         size = max(len(tok), int(model.hf.get_output_embeddings().weight.shape[0]))
@@ -486,7 +491,7 @@ class Judge:
 
             sha = zoo.ZOO[self.config.model].sha256 if self.config.model in zoo.ZOO else None
             if sha:
-                return f"local:{self.config.model}:gguf:{sha}:{INTEGER_METHOD}:prune={self.config.prune:g}"
+                return local_identity(self.config.model, f"gguf:{sha}", self.config.prune)
             return self.backend.identity
         return f"openai:{self.config.model}"
 

@@ -10,7 +10,6 @@ bootstrap CIs over items) and mean absolute error.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -19,11 +18,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..data import DataError
+from ..data import read_project_jsonl
 from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
 from ..models import LoadedModel, describe
 from ..params import ParamError
-from ..paths import project_data
 
 
 @dataclass(frozen=True)
@@ -73,18 +71,9 @@ class Params:
                            offline=self.judge_offline)
 
 
-def _read_jsonl(path) -> list[dict]:
-    if not path.exists():
-        raise DataError(f"{path} is missing; it ships with the repository (data/)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not rows:
-        raise DataError(f"{path} is empty")
-    return rows
-
-
 def load_gold(max_items: int | None = None, seed: int = 0) -> pd.DataFrame:
     """The labelled gold set; ``max_items`` takes a seeded sample stratified by question."""
-    df = pd.DataFrame(_read_jsonl(project_data("judge", "gold.jsonl")))
+    df = pd.DataFrame(read_project_jsonl("judge", "gold.jsonl"))
     df["level"] = np.select([df.coherence < 25, df.coherence < 70], ["word salad", "degraded"],
                             "coherent")
     if max_items is not None and max_items < len(df):
@@ -94,7 +83,7 @@ def load_gold(max_items: int | None = None, seed: int = 0) -> pd.DataFrame:
 
 def load_questions(split: str = "test", n: int | None = None) -> pd.DataFrame:
     """Held-out opinion questions (``data/steering/optimism_questions.jsonl``)."""
-    df = pd.DataFrame(_read_jsonl(project_data("steering", "optimism_questions.jsonl")))
+    df = pd.DataFrame(read_project_jsonl("steering", "optimism_questions.jsonl"))
     df = df[df.split == split].reset_index(drop=True)
     return df.head(n) if n is not None else df
 

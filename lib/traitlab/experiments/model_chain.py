@@ -19,10 +19,10 @@ import torch
 from .. import chain
 from ..atomic import stable_hash
 from ..chat import ChatFormat
-from ..data import DataError
+from ..data import DataError, read_project_jsonl
 from ..models import LoadedModel, describe, load_model
 from ..params import ParamError
-from ..paths import cache_dir, project_data
+from ..paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,10 @@ class Params:
 
 
 def load_instructions(split: str, n: int | None = None) -> pd.DataFrame:
-    path = project_data("sft", "instructions.jsonl")
-    if not path.exists():
-        raise DataError(f"{path} is missing; it ships with the repository (data/)")
-    df = pd.DataFrame([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
+    df = pd.DataFrame(read_project_jsonl("sft", "instructions.jsonl"))
     df = df[df.split == split].reset_index(drop=True)
     if df.empty:
-        raise DataError(f"{path} has no {split!r} instructions")
+        raise DataError(f"data/sft/instructions.jsonl has no {split!r} instructions")
     if n is not None:  # stratified: the first n in category round-robin order
         df = df.assign(_r=df.groupby("category").cumcount()).sort_values(["_r", "id"]).head(n)
         df = df.drop(columns="_r").sort_values("id").reset_index(drop=True)

@@ -155,10 +155,9 @@ def steer_all(P: Params, specs: dict[str, str], vectors: dict[int, torch.Tensor]
         examples = [fmt.encode(q) for q in questions.question]
         norms = activation_norms(m, examples, [Site(P.site, x) for x in layers],
                                  batch_size=P.batch_size)
+        act = {x: norms[str(Site(P.site, x))] for x in layers}
         rand = random_vector(m.d_model, P.random_seed)
-        conds = conditions(P)
-        for c in tqdm(conds, desc=f"steer {name}", disable=not progress):
-            act = {x: norms[str(Site(P.site, x))] for x in layers}
+        for c in tqdm(conditions(P), desc=f"steer {name}", disable=not progress):
             if c["kind"] == "baseline":
                 steers = []
             elif c["kind"] == "multi":
