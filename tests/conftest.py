@@ -19,7 +19,8 @@ def tmp_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-NEEDS_DATA_ROOT = {"refusal_dial.ipynb": "xstest"}
+NEEDS_DATA_ROOT = {"refusal_dial.ipynb": "xstest", "jailbreak_blocking.ipynb": "advbench",
+                   "token_dynamics.ipynb": "advbench"}
 """Golden notebooks that read public datasets from TRAITLAB_DATA_ROOT, and one file they need."""
 
 

@@ -57,6 +57,8 @@ def test_config_rejects_bad_values():
         J.JudgeConfig(backend="anthropic")
     with pytest.raises(ValueError, match="min_mass"):
         J.JudgeConfig(min_mass=1.5)
+    with pytest.raises(ValueError, match="dtype"):
+        J.JudgeConfig(dtype="int8")
 
 
 def test_unknown_trait_needs_a_description():
@@ -279,3 +281,7 @@ def test_local_identity_is_known_before_loading_and_names_the_method(tmp_path):
     assert j.backend.identity == before == j.identity()
     other = J.Judge(J.JudgeConfig(backend="local", model="smollm2-135m-instruct", prune=0.0), cache=tmp_path)
     assert other.identity() != before
+    # the compute dtype is part of the identity (float32 keys are unchanged from before dtype existed)
+    bf = J.Judge(J.JudgeConfig(backend="local", model="smollm2-135m-instruct", dtype="bfloat16"), cache=tmp_path)
+    assert bf.identity() == before + ":dtype=bfloat16"
+    assert bf.backend.identity == bf.identity() and bf.backend.model.dtype == "bfloat16"

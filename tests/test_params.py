@@ -80,6 +80,11 @@ def test_cli_rejects_bad_profile(tmp_path, monkeypatch, capsys):
         bad.unlink()
     assert cli.main(["check", "method_comparison", "--profile", "nope"]) == 2
     assert "no profile 'nope'" in capsys.readouterr().err
+    # a path names the notebook too; an unknown notebook is named before any profile lookup
+    assert cli.main(["check", "notebooks/method_comparison.py", "--profile", "ci"]) == 0
+    capsys.readouterr()
+    assert cli.main(["check", "notebooks/method_comparsion.py", "--profile", "ci"]) == 2
+    assert "unknown notebook 'method_comparsion'" in capsys.readouterr().err
 
 
 def _rd(**kw):

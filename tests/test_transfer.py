@@ -62,6 +62,9 @@ def test_conditions_cover_the_grid():
     p = tr.Params(layers=[3, 6], ratios=[0.5, 1.0], multi_layers=[4, 5], multi_ratios=[0.5])
     c = tr.conditions(p)
     assert c[0]["kind"] == "baseline" and len(c) == 1 + 4 + 4 + 1
+    c = tr.conditions(tr.Params(layers=[3, 6], ratios=[0.5, 1.0], random_ratios=[1.0], multi_layers=[]))
+    assert [(x["kind"], x["layer"], x["ratio"]) for x in c if x["kind"] == "random"] == [
+        ("random", 3, 1.0), ("random", 6, 1.0)]
 
 
 def test_random_vector_is_unit_and_seeded():
@@ -75,6 +78,8 @@ def test_random_vector_is_unit_and_seeded():
     ({"site": "v"}, "site must be"),
     ({"vector_method": "svm"}, "vector_method"),
     ({"coherence_floor": 120.0}, "coherence_floor"),
+    ({"random_ratios": [2.0]}, "must be a subset of ratios"),
+    ({"judge_dtype": "int8"}, "judge_dtype"),
 ])
 def test_transfer_params_fail_early(kw, msg):
     with pytest.raises(ParamError, match=msg):

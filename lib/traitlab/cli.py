@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from .atomic import atomic_path, write_text
-from .params import ParamError, load_profile, validate
+from .params import ParamError, load_profile, notebook_name, validate
 from .paths import PROJECT_ROOT
 
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "render":
-            names = notebooks() if args.notebook == ["all"] else args.notebook
+            names = notebooks() if args.notebook == ["all"] else [notebook_name(a) for a in args.notebook]
             out = Path(args.out)
             for name in names:  # validate every profile before any model work
                 check(name, args.profile)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_html:
                 write_index(out)
         elif args.cmd == "check":
-            print(json.dumps(check(args.notebook, args.profile), indent=2))
+            print(json.dumps(check(notebook_name(args.notebook), args.profile), indent=2))
         elif args.cmd == "fetch":
             from .zoo import dequantized_dir
 

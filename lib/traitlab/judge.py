@@ -100,9 +100,11 @@ INTEGER_METHOD = "int-trie-v2"
 """Version of the in-process integer-distribution algorithm; part of local judges' cache keys."""
 
 
-def local_identity(spec: str, fingerprint: str, prune: float) -> str:
-    """How an in-process judge is named in cache keys: model, exact weights, method, prune."""
-    return f"local:{spec}:{fingerprint}:{INTEGER_METHOD}:prune={prune:g}"
+def local_identity(spec: str, fingerprint: str, prune: float, dtype: str = "float32") -> str:
+    """How an in-process judge is named in cache keys: model, exact weights, method, prune
+    and (when not float32) the compute dtype."""
+    base = f"local:{spec}:{fingerprint}:{INTEGER_METHOD}:prune={prune:g}"
+    return base if dtype == "float32" else f"{base}:dtype={dtype}"
 
 
 class JudgeError(RuntimeError):
@@ -274,7 +276,7 @@ class LocalBackend:
 
     def __init__(self, model: Any, *, prune: float = 1e-3) -> None:
         self.model, self.prune = model, prune
-        self.identity = local_identity(model.spec, model.fingerprint, prune)
+        self.identity = local_identity(model.spec, model.fingerprint, prune, model.dtype)
         tok = model.tokenizer
         self._trie = _number_trie(tok)
         size = max(len(tok), int(model.hf.get_output_embeddings().weight.shape[0]))
@@ -392,6 +394,9 @@ class JudgeConfig:
     timeout_s: float = 60.0
     offline: bool = False
     prune: float = 1e-3
+    dtype: str = "float32"
+    """Compute dtype of a local judge. ``bfloat16`` is ~4x faster on CPUs with AMX (measured
+    here: 319 vs 75 GFLOPS per matmul) and changes scores slightly; it is part of the cache key."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("openai", "local"):
@@ -404,6 +409,8 @@ class JudgeConfig:
             raise ValueError(f"min_mass must be in [0, 1], got {self.min_mass}")
         if not 0.0 <= self.prune < 1.0:
             raise ValueError(f"prune must be in [0, 1), got {self.prune}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"judge dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.max_concurrency < 1 or self.max_retries < 0 or self.max_tokens < 1:
             raise ValueError("max_concurrency and max_tokens must be >= 1, max_retries >= 0")
 
@@ -473,7 +480,8 @@ class Judge:
             else:
                 from .models import load_model
 
-                self._shared["backend"] = LocalBackend(load_model(c.model, quiet=True), prune=c.prune)
+                self._shared["backend"] = LocalBackend(load_model(c.model, dtype=c.dtype, quiet=True),
+                                                       prune=c.prune)
         return self._shared["backend"]
 
     def with_mode(self, mode: Mode) -> Judge:
@@ -491,7 +499,7 @@ class Judge:
 
             sha = zoo.ZOO[self.config.model].sha256 if self.config.model in zoo.ZOO else None
             if sha:
-                return local_identity(self.config.model, f"gguf:{sha}", self.config.prune)
+                return local_identity(self.config.model, f"gguf:{sha}", self.config.prune, self.config.dtype)
             return self.backend.identity
         return f"openai:{self.config.model}"
 

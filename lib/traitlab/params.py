@@ -124,12 +124,19 @@ def parameters_cell(path: Path) -> dict[str, Any]:
     raise ParamError(f"{path.name} has no cell tagged 'parameters'")
 
 
+def notebook_name(arg: str) -> str:
+    """A notebook's name from what a user typed: ``model_chain``, ``model_chain.py`` or
+    ``notebooks/model_chain.py`` all name the same notebook."""
+    return Path(arg).name.removesuffix(".py").removesuffix(".ipynb")
+
+
 def profile_path(notebook: str, profile: str) -> Path:
     return PROJECT_ROOT / "params" / notebook / f"{profile}.yaml"
 
 
 def load_profile(notebook: str, profile: str) -> dict[str, Any]:
     """The parameters of ``params/<notebook>/<profile>.yaml``, checked against the notebook."""
+    notebook_path(notebook)  # an unknown notebook is named before a missing profile
     path = profile_path(notebook, profile)
     if not path.exists():
         known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.exists() else []

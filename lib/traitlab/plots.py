@@ -56,6 +56,19 @@ def by_layer(df: pd.DataFrame, value: str, ylabel: str, hue: str = "method") -> 
     return fig
 
 
+def site_by_layer(df: pd.DataFrame, value: str, ylabel: str) -> plt.Figure:
+    """One panel per method: mean ``value`` over traits against layer, one line per site."""
+    methods = list(dict.fromkeys(df.method))
+    fig, axes = plt.subplots(1, len(methods), figsize=(6 * len(methods), 3.4), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    for ax, method in zip(axes.flat, methods, strict=True):
+        sns.lineplot(df[df.method == method], x="layer", y=value, hue="site", errorbar=None, ax=ax,
+                     marker="o", markersize=3)
+        ax.set_title(method)
+        ax.set_ylabel(ylabel)
+    return fig
+
+
 def scorer_agreement(df: pd.DataFrame, threshold: float) -> plt.Figure:
     """Logit score (x) against generation refusal (y, jittered), coloured by prompt set."""
     fig, ax = plt.subplots(figsize=(7, 3.4), constrained_layout=True)
@@ -241,3 +254,34 @@ def ratio_curves(ratio_df: pd.DataFrame, sweet: tuple[float, float], broken: flo
         ax.set(xlabel="perturbation ratio  coef·‖v‖/‖activation‖", ylabel=metric, ylim=(0, 100))
     axes[1].legend(fontsize=7, ncol=2)
     return fig
+
+
+def token_trajectories(frame: pd.DataFrame, ylabel: str) -> plt.Figure:
+    """One panel per layer: the mean score at each generated token, one line (95% CI band) per group."""
+    layers = sorted(frame.layer.unique())
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.6 * len(layers), 3.4), squeeze=False,
+                             constrained_layout=True)
+    for ax, layer in zip(axes.flat, layers, strict=True):
+        sns.lineplot(frame[frame.layer == layer], x="step", y="score", hue="group", errorbar=("ci", 95),
+                     ax=ax, legend=ax is axes.flat[0])
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("generated token")
+        ax.set_ylabel(ylabel)
+    return fig
+
+
+def token_text_html(tokens: list[str], scores: np.ndarray, title: str, vmax: float | None = None) -> str:
+    """The answer as HTML with each token's background coloured by its score (red > 0 > blue);
+    hovering a token shows its score."""
+    import html as _html
+
+    vmax = float(vmax if vmax is not None else max(1e-9, np.abs(scores).max() if len(scores) else 1.0))
+    spans = []
+    for tok, s in zip(tokens, scores, strict=True):
+        a = min(1.0, abs(float(s)) / vmax)
+        rgb = "220,50,47" if s > 0 else "38,139,210"
+        text = _html.escape(tok).replace("\n", "↵<br>")
+        spans.append(f'<span title="{float(s):+.3f}" style="background:rgba({rgb},{a:.2f})">{text}</span>')
+    return (f'<div style="font-family:monospace;font-size:12px;margin:6px 0"><b>{_html.escape(title)}</b>'
+            f' <span style="color:#888">(scale ±{vmax:.2f})</span><br>' + "".join(spans) + "</div>")

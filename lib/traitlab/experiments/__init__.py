@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from . import (
+          components,
           generalization,
+          jailbreak_blocking,
           judge_calibration,
           method_comparison,
           model_chain,
           refusal_dial,
           sft_dpo_transfer,
+          token_dynamics,
 )
 
 PARAMS = {"method_comparison": method_comparison.Params, "refusal_dial": refusal_dial.Params,
           "cross_language": generalization.CrossLanguage, "cross_topic": generalization.CrossTopic,
           "cross_distribution": generalization.CrossDistribution,
           "judge_calibration": judge_calibration.Params, "model_chain": model_chain.Params,
-          "sft_dpo_transfer": sft_dpo_transfer.Params}
+          "sft_dpo_transfer": sft_dpo_transfer.Params, "components": components.Params,
+          "token_dynamics": token_dynamics.Params, "jailbreak_blocking": jailbreak_blocking.Params}
 """Notebook name → its Params dataclass (used by ``traitlab render`` to validate profiles)."""

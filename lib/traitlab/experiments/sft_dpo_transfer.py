@@ -54,6 +54,7 @@ class Params:
     multi_layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
     multi_ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     random_seed: int = 1
+    random_ratios: list[float] | None = None
     positions: Literal["response", "all"] = "response"
     n_questions: int | None = 12
     max_new_tokens: int = 48
@@ -63,6 +64,7 @@ class Params:
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_offline: bool = False
+    judge_dtype: Literal["float32", "bfloat16"] = "float32"
     min_mass: float = 0.25
     batch_size: int = 16
     seed: int = 0
@@ -79,6 +81,11 @@ class Params:
             raise ParamError("layers and ratios must be non-empty")
         if any(r <= 0 for r in self.ratios + self.multi_ratios):
             raise ParamError("ratios must be > 0 (the trait direction is signed towards the trait)")
+        if self.random_ratios is not None and not set(self.random_ratios) <= set(self.ratios):
+            raise ParamError(f"random_ratios {self.random_ratios} must be a subset of ratios {self.ratios} "
+                             "(the control is compared at the same perturbation ratio)")
+        if self.judge_dtype not in ("float32", "bfloat16"):
+            raise ParamError(f"judge_dtype must be 'float32' or 'bfloat16', got {self.judge_dtype!r}")
         if self.models is not None and set(self.models) != {"base", "sft", "dpo"}:
             raise ParamError(f"models must name exactly base, sft and dpo; got {sorted(self.models)}")
         if self.n_questions is not None and self.n_questions < 2:
@@ -103,7 +110,8 @@ class Params:
     def judge(self) -> Judge:
         return Judge(JudgeConfig(backend=self.judge_backend, model=self.judge_model,
                                  base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
-                                 min_mass=self.min_mass, offline=self.judge_offline))
+                                 min_mass=self.min_mass, offline=self.judge_offline,
+                                 dtype=self.judge_dtype))
 
 
 def chain_models(P: Params, progress: bool = True) -> dict[str, str]:
@@ -138,7 +146,8 @@ def conditions(P: Params) -> list[dict]:
     """Every steering condition of one model (baseline first)."""
     out = [{"kind": "baseline", "layer": -1, "ratio": 0.0}]
     out += [{"kind": "single", "layer": x, "ratio": r} for x in P.layers for r in P.ratios]
-    out += [{"kind": "random", "layer": x, "ratio": r} for x in P.layers for r in P.ratios]
+    rr = P.ratios if P.random_ratios is None else P.random_ratios
+    out += [{"kind": "random", "layer": x, "ratio": r} for x in P.layers for r in rr]
     if P.multi_layers:
         out += [{"kind": "multi", "layer": -1, "ratio": r} for r in P.multi_ratios]
     return out
@@ -259,7 +268,7 @@ def conclusions(summ: pd.DataFrame, best: pd.DataFrame, multi: pd.DataFrame,
                    "90.8 vs 89.3 (baseline 61.3).")
     if "random" in lvr and "single" in lvr:
         d = (lvr["single"] - lvr["random"]).groupby(level="model").mean()
-        out.append("Learned minus random trait shift, averaged over ratios: "
+        out.append("Learned minus random trait shift, averaged over the ratios where the control ran: "
                    + ", ".join(f"{m} {v:+.1f}" for m, v in d.items()) + ".")
     return out
 

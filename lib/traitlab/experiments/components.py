@@ -1,0 +1,195 @@
+"""Which component carries a trait: residual stream, attention output, MLP output or the V-cache.
+
+The same traits are extracted at several sites (``resid_pre``, ``attn_out``, ``mlp_out``, ``v``,
+``resid_post``) of every layer in one forward pass per batch; each (trait, site, layer) cell
+fits each method on the train split and is scored on the val split (accuracy, AUROC,
+``traitlab.metrics``). ``random`` directions at every cell give the null. Sites are compared
+*paired*: for each (trait, layer, method) the difference to ``reference_site`` is taken, and the
+mean difference gets a bootstrap CI over (trait, layer) cells.
+
+Example:
+    >>> p = Params(model="tiny-llama", traits=["refusal"], layers=[0], max_pairs_per_split=4)
+    >>> [str(s) for s in p.check()][:2]
+    ['resid_pre@0', 'v@0']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from ..activations import POSITIONS
+from ..data import load_trait
+from ..directions import METHODS, fit_direction
+from ..metrics import bootstrap_ci, evaluate
+from ..models import describe
+from ..params import ParamError
+from ..sites import SITE_NAMES, Site, check_sites
+
+SEED_CLAIMS = pd.DataFrame(
+    [("attn_out beats the residual stream (accuracy)", "attn_out", "resid", "val_accuracy", 0.90, 0.80),
+     ("V-cache beats the residual stream (AUROC)", "v", "resid", "auroc", 0.854, 0.687)],
+    columns=["claim", "site", "versus", "metric", "seed_site", "seed_resid"]).set_index("claim")
+"""The seed's component claims (Gemma-2-2B; which residual site and layer is not stated)."""
+
+
+@dataclass(frozen=True)
+class Params:
+    model: str = "qwen2.5-coder-0.5b-instruct"
+    revision: str | None = None
+    dtype: str = "float32"
+    traits: list[str] = field(default_factory=lambda: ["refusal", "uncertainty", "formality",
+                                                       "optimism", "sycophancy", "humor"])
+    layers: list[int] | None = None
+    sites: list[str] = field(default_factory=lambda: ["resid_pre", "attn_out", "mlp_out", "v", "resid_post"])
+    reference_site: str = "resid_post"
+    position: str = "mean"
+    methods: list[str] = field(default_factory=lambda: ["probe", "mean_diff"])
+    max_pairs_per_split: int | None = None
+    n_random_seeds: int = 10
+    batch_size: int = 16
+    probe_C: float = 1.0
+    n_boot: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.traits:
+            raise ParamError("traits is empty; name at least one trait from data/traits/")
+        bad = [s for s in self.sites if s not in SITE_NAMES]
+        if bad or not self.sites:
+            raise ParamError(f"unknown sites {bad}; choose from {', '.join(SITE_NAMES)}")
+        if self.reference_site not in self.sites:
+            raise ParamError(f"reference_site {self.reference_site!r} must be one of sites {self.sites}")
+        if self.position not in POSITIONS:
+            raise ParamError(f"position {self.position!r} unknown; choose one of {', '.join(POSITIONS)}")
+        bad = [m for m in self.methods if m not in METHODS or m == "random"]
+        if bad or not self.methods:
+            raise ParamError(f"methods {bad} not allowed; choose from {', '.join(m for m in METHODS if m != 'random')} "
+                             "(random always runs as the null)")
+        for name in ("n_random_seeds", "batch_size", "n_boot"):
+            if getattr(self, name) < 1:
+                raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
+            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
+        if self.probe_C <= 0:
+            raise ParamError(f"probe_C must be > 0, got {self.probe_C}")
+
+    def check(self) -> list[Site]:
+        """Layers and sites against the model's config (no weights read); every site, layer-major."""
+        info = describe(self.model, self.revision)
+        layers = list(range(info.n_layers)) if self.layers is None else self.layers
+        if not layers:
+            raise ParamError("layers is empty; use null for every layer")
+        order = [s for s in SITE_NAMES if s in self.sites]
+        sites = [Site(name, x) for x in layers for name in order]  # type: ignore[arg-type]
+        try:
+            check_sites(sites, info.arch, info.n_layers)
+        except ValueError as err:
+            raise ParamError(str(err)) from None
+        for t in self.traits:
+            load_trait(t, max_pairs_per_split=self.max_pairs_per_split)
+        return sites
+
+
+def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True) -> pd.DataFrame:
+    """One row per (trait, site, layer, method, seed) with held-out metrics.
+
+    ``acts`` is ``method_comparison.extract_traits``'s {trait: {split: {site: (pos, neg)}}}.
+    """
+    rows = []
+    methods = list(p.methods) + ["random"]
+    jobs = [(t, s, m) for t in p.traits for s in sites for m in methods]
+    for trait, site, method in tqdm(jobs, desc="fit", disable=not progress):
+        tr_pos, tr_neg = acts[trait]["train"][site]
+        va_pos, va_neg = acts[trait]["val"][site]
+        seeds = range(p.seed, p.seed + p.n_random_seeds) if method == "random" else [p.seed]
+        for seed in seeds:
+            opts = {"C": p.probe_C} if method == "probe" else {}
+            d = fit_direction(method, tr_pos, tr_neg, seed=seed, **opts)
+            rows.append({"trait": trait, "site": site.name, "layer": site.layer, "method": method,
+                         "seed": seed, "dim": int(tr_pos.shape[1]), **evaluate(d.vector, va_pos, va_neg).asdict()})
+    return pd.DataFrame(rows)
+
+
+def summarize(df: pd.DataFrame, p: Params) -> pd.DataFrame:
+    """Mean accuracy and AUROC per (method, site) over (trait, layer) cells, with bootstrap CIs.
+
+    ``random`` is averaged over all its seeds (the null level of each site)."""
+    out = []
+    for (method, site), d in df.groupby(["method", "site"], sort=False):
+        acc, au = d.val_accuracy.to_numpy() * 100, d.auroc.to_numpy()
+        alo, ahi = bootstrap_ci(acc, n_boot=p.n_boot, seed=p.seed)
+        ulo, uhi = bootstrap_ci(au, n_boot=p.n_boot, seed=p.seed)
+        out.append({"method": method, "site": site, "dim": int(d.dim.iloc[0]), "cells": len(d),
+                    "accuracy_pct": acc.mean(), "acc_ci95": f"[{alo:.1f}, {ahi:.1f}]",
+                    "auroc": au.mean(), "auroc_ci95": f"[{ulo:.3f}, {uhi:.3f}]",
+                    "polarity_failures": int((~d.polarity_correct).sum())})
+    order = {s: i for i, s in enumerate(SITE_NAMES)}
+    return (pd.DataFrame(out).assign(_o=lambda x: x.site.map(order))
+            .sort_values(["method", "_o"]).drop(columns="_o").set_index(["method", "site"]))
+
+
+def paired_vs_reference(df: pd.DataFrame, p: Params) -> pd.DataFrame:
+    """Per (method, site): mean (site − reference) over (trait, layer) cells, with bootstrap CIs,
+    for accuracy (points) and AUROC."""
+    d = df[df.method != "random"]
+    wide = d.pivot_table(index=["method", "trait", "layer"], columns="site", values=["val_accuracy", "auroc"])
+    out = []
+    for method in p.methods:
+        w = wide.loc[method]
+        for site in p.sites:
+            if site == p.reference_site:
+                continue
+            da = 100 * (w["val_accuracy"][site] - w["val_accuracy"][p.reference_site]).to_numpy()
+            du = (w["auroc"][site] - w["auroc"][p.reference_site]).to_numpy()
+            alo, ahi = bootstrap_ci(da, n_boot=p.n_boot, seed=p.seed)
+            ulo, uhi = bootstrap_ci(du, n_boot=p.n_boot, seed=p.seed)
+            out.append({"method": method, "site": site, "versus": p.reference_site, "cells": len(da),
+                        "d_accuracy_pts": da.mean(), "d_acc_ci95": f"[{alo:+.1f}, {ahi:+.1f}]",
+                        "d_auroc": du.mean(), "d_auroc_ci95": f"[{ulo:+.3f}, {uhi:+.3f}]",
+                        "site_wins_pct": 100 * float((da > 0).mean())})
+    return pd.DataFrame(out).set_index(["method", "site"])
+
+
+def best_layers(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, site): the layer with the best mean accuracy over traits, and that accuracy."""
+    d = df[df.method != "random"].groupby(["method", "site", "layer"]).agg(
+        accuracy=("val_accuracy", "mean"), auroc=("auroc", "mean")).reset_index()
+    best = d.loc[d.groupby(["method", "site"]).accuracy.idxmax()]
+    return best.assign(accuracy_pct=lambda x: 100 * x.accuracy).drop(columns="accuracy") \
+        .set_index(["method", "site"]).round(3)
+
+
+def versus_seed(summary: pd.DataFrame, p: Params, method: str = "probe") -> pd.DataFrame:
+    """The seed's two claims beside ours: the claimed site vs the reference residual site."""
+    method = method if method in p.methods else p.methods[0]
+    rows = []
+    for claim, c in SEED_CLAIMS.iterrows():
+        if c.site not in p.sites:
+            continue
+        col = "accuracy_pct" if c.metric == "val_accuracy" else "auroc"
+        scale = 100 if c.metric == "val_accuracy" else 1
+        ours_site, ours_ref = summary.loc[(method, c.site), col], summary.loc[(method, p.reference_site), col]
+        rows.append({"claim": claim, "method": method, "seed": f"{c.seed_site * scale:g} vs {c.seed_resid * scale:g}",
+                     "ours": f"{ours_site:.3g} vs {ours_ref:.3g} ({p.reference_site})",
+                     "holds": bool(ours_site > ours_ref)})
+    return pd.DataFrame(rows).set_index("claim")
+
+
+def conclusions(summary: pd.DataFrame, paired: pd.DataFrame, p: Params) -> list[str]:
+    """Plain-language findings, each number from the tables above."""
+    out = []
+    for method in p.methods:
+        s = summary.loc[method].sort_values("accuracy_pct", ascending=False)
+        out.append(f"{method}: sites by mean held-out accuracy: " + " > ".join(
+            f"{site} {r.accuracy_pct:.1f}%" for site, r in s.iterrows()) + "; random null "
+            + ", ".join(f"{site} {summary.loc[('random', site), 'accuracy_pct']:.1f}%" for site in s.index) + ".")
+        for site, r in paired.loc[method].iterrows():
+            lo, hi = (float(x) for x in r.d_acc_ci95.strip("[]").split(","))
+            verdict = "better than" if lo > 0 else "worse than" if hi < 0 else "not distinguishable from"
+            out.append(f"  {site} is {verdict} {p.reference_site}: {r.d_accuracy_pts:+.1f} pts {r.d_acc_ci95}, "
+                       f"AUROC {r.d_auroc:+.3f} {r.d_auroc_ci95}, wins {r.site_wins_pct:.0f}% of cells.")
+    return out

@@ -1,0 +1,264 @@
+"""Steering against jailbreaks: does adding the refusal direction restore refusals?
+
+Harmful requests from the public sets in the data root are wrapped in jailbreak templates we
+wrote (``data/jailbreak/wrappers.jsonl``: role play, hypothetical, prefix injection, red-team
+framing). The refusal direction is the difference of mean last-prompt-token activations of
+harmful and harmless requests (disjoint from the evaluated ones) at ``site`` of each layer.
+Every prompt is answered greedily under each condition, the vector added at every position:
+
+- ``none``: no steering;
+- ``single L<x>``: the direction at one layer, coefficient = ``ratio`` × that site's mean
+  activation norm (a perturbation ratio);
+- ``ensemble``: each of ``ensemble_layers`` at ``ensemble_ratio``;
+- ``random L<x>``: a random unit vector at the first single layer, same coefficient.
+
+A refusal is a phrase match in the answer's opening (``traitlab.refusal.is_refusal``); rates
+carry Wilson 95% intervals. The same conditions on harmless requests measure the cost:
+over-refusal.
+
+Example:
+    >>> Params().conditions()
+    ['none', 'single L12', 'ensemble', 'random L12']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .. import data
+from ..activations import extract
+from ..data import read_project_jsonl
+from ..models import LoadedModel, describe
+from ..params import ParamError
+from ..refusal import DEFAULT_PHRASES, is_refusal
+from ..sites import SITE_NAMES, Site, check_sites
+from ..steering import Steer, activation_norms, generate_steered
+
+SEED = {"blocked_pct": 94.0, "setting": "Gemma-2-2B-IT, attn_out L10, coef 20, plus a layer ensemble",
+        "resisted": "red-team framing"}
+"""The seed's jailbreak-blocking result."""
+
+
+@dataclass(frozen=True)
+class Params:
+    model: str = "qwen2.5-coder-0.5b-instruct"
+    revision: str | None = None
+    dtype: str = "float32"
+    harmful_sources: list[str] = field(default_factory=lambda: ["advbench", "harmbench_test", "jailbreakbench"])
+    n_requests: int = 12
+    n_direction: int = 64
+    n_benign: int = 24
+    wrappers: list[str] | None = None
+    site: str = "attn_out"
+    single_layers: list[int] = field(default_factory=lambda: [12])
+    ratio: float = 1.0
+    ensemble_layers: list[int] = field(default_factory=lambda: [10, 12, 14])
+    ensemble_ratio: float = 0.5
+    random_seed: int = 1
+    max_new_tokens: int = 40
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.site not in SITE_NAMES or self.site == "v":
+            raise ParamError(f"site must be one of resid_pre, attn_out, mlp_out, resid_post; got {self.site!r}")
+        bad = [s for s in self.harmful_sources if s not in data.HARMFUL_SOURCES]
+        if bad or not self.harmful_sources:
+            raise ParamError(f"unknown harmful sources {bad}; choose from {', '.join(data.HARMFUL_SOURCES)}")
+        for name in ("n_requests", "n_direction", "n_benign", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.single_layers:
+            raise ParamError("single_layers is empty; name at least one layer")
+        if self.ratio <= 0 or self.ensemble_ratio <= 0:
+            raise ParamError("ratio and ensemble_ratio must be > 0 (perturbation ratios towards refusal)")
+
+    def conditions(self) -> list[str]:
+        out = ["none"] + [f"single L{x}" for x in self.single_layers]
+        if self.ensemble_layers:
+            out.append("ensemble")
+        return out + [f"random L{self.single_layers[0]}"]
+
+    def layers(self) -> list[int]:
+        return sorted(set(self.single_layers) | set(self.ensemble_layers))
+
+    def check(self) -> list[Site]:
+        """Layers against the model's config, the wrapper file and the data root (no weights)."""
+        info = describe(self.model, self.revision)
+        sites = [Site(self.site, x) for x in self.layers()]  # type: ignore[arg-type]
+        try:
+            check_sites(sites, info.arch, info.n_layers)
+        except ValueError as err:
+            raise ParamError(str(err)) from None
+        wrappers(self)
+        data.harmful_prompts(self.harmful_sources, self.n_requests + self.n_direction, self.seed)
+        data.harmless_prompts(self.n_benign + self.n_direction, self.seed)
+        return sites
+
+
+def wrappers(P: Params) -> pd.DataFrame:
+    """The jailbreak templates in use: ``id``, ``kind``, ``template`` (each has ``{request}``)."""
+    rows = read_project_jsonl("jailbreak", "wrappers.jsonl")
+    df = pd.DataFrame(rows)
+    bad = [r["id"] for r in rows if "{request}" not in r["template"]]
+    if bad:
+        raise ParamError(f"wrappers {bad} in data/jailbreak/wrappers.jsonl have no {{request}} slot")
+    if P.wrappers is not None:
+        unknown = sorted(set(P.wrappers) - set(df.id) - set(df.kind))
+        if unknown or not P.wrappers:
+            raise ParamError(f"unknown wrappers {unknown}; ids: {', '.join(df.id)}; kinds: "
+                             f"{', '.join(dict.fromkeys(df.kind))}")
+        df = df[df.id.isin(P.wrappers) | df.kind.isin(P.wrappers)]
+    return df.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    attacks: pd.DataFrame  # kind, wrapper, request_id, prompt (kind "plain" = unwrapped)
+    benign: pd.DataFrame  # prompt
+    direction_harmful: list[str]
+    direction_harmless: list[str]
+
+
+def load_prompts(P: Params) -> Prompts:
+    """Evaluated requests (plain and wrapped), benign controls, and the disjoint direction sets."""
+    harm = [p.text for p in data.harmful_prompts(P.harmful_sources, P.n_requests + P.n_direction, P.seed)]
+    safe = [p.text for p in data.harmless_prompts(P.n_benign + P.n_direction, P.seed)]
+    reqs, dir_harm = harm[:P.n_requests], harm[P.n_requests:]
+    rows = [{"kind": "plain", "wrapper": "plain", "request_id": i, "prompt": r} for i, r in enumerate(reqs)]
+    for w in wrappers(P).itertuples():
+        rows += [{"kind": w.kind, "wrapper": w.id, "request_id": i,
+                  "prompt": w.template.replace("{request}", r.rstrip(". "))} for i, r in enumerate(reqs)]
+    return Prompts(pd.DataFrame(rows), pd.DataFrame({"prompt": safe[:P.n_benign]}), dir_harm, safe[P.n_benign:])
+
+
+def refusal_directions(P: Params, lm: LoadedModel, pr: Prompts, progress: bool = True) -> dict[int, torch.Tensor]:
+    """Unit mean-difference direction (harmful − harmless, last prompt token) per layer."""
+    sites = [Site(P.site, x) for x in P.layers()]  # type: ignore[arg-type]
+    ex = [lm.chat.encode(t) for t in pr.direction_harmful + pr.direction_harmless]
+    acts = extract(lm, ex, sites, position="last", batch_size=P.batch_size, progress=progress)
+    n = len(pr.direction_harmful)
+    out = {}
+    for s in sites:
+        v = acts[s][:n].mean(0) - acts[s][n:].mean(0)
+        out[s.layer] = v / v.norm()
+    return out
+
+
+def steers_for(P: Params, condition: str, dirs: dict[int, torch.Tensor], norms: dict[int, float],
+               d_model: int) -> list[Steer]:
+    if condition == "none":
+        return []
+    if condition == "ensemble":
+        return [Steer(Site(P.site, x), dirs[x], P.ensemble_ratio * norms[x]) for x in P.ensemble_layers]  # type: ignore[arg-type]
+    kind, layer = condition.split(" L")
+    x = int(layer)
+    v = dirs[x] if kind == "single" else _random_unit(d_model, P.random_seed)
+    return [Steer(Site(P.site, x), v, P.ratio * norms[x])]  # type: ignore[arg-type]
+
+
+def _random_unit(d: int, seed: int) -> torch.Tensor:
+    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    return v / v.norm()
+
+
+def run(P: Params, lm: LoadedModel, pr: Prompts, dirs: dict[int, torch.Tensor],
+        progress: bool = True) -> pd.DataFrame:
+    """One row per (condition, prompt) for attacks and benign prompts: the answer and whether it refuses."""
+    sets = pd.concat([pr.attacks.assign(set="attack"),
+                      pr.benign.assign(set="benign", kind="benign", wrapper="benign", request_id=-1)],
+                     ignore_index=True)
+    ex = [lm.chat.encode(t) for t in sets.prompt]
+    sites = [Site(P.site, x) for x in P.layers()]  # type: ignore[arg-type]
+    table = activation_norms(lm, ex, sites, batch_size=P.batch_size)
+    norms = {s.layer: table[str(s)] for s in sites}
+    rows = []
+    for cond in tqdm(P.conditions(), desc="conditions", disable=not progress):
+        steers = steers_for(P, cond, dirs, norms, lm.d_model)
+        texts = generate_steered(lm, ex, steers, max_new_tokens=P.max_new_tokens, positions="all",
+                                 batch_size=P.batch_size)
+        for r, t in zip(sets.itertuples(), texts, strict=True):
+            rows.append({"condition": cond, "set": r.set, "kind": r.kind, "wrapper": r.wrapper,
+                         "request_id": r.request_id, "prompt": r.prompt, "answer": t.strip(),
+                         "refuses": is_refusal(t, DEFAULT_PHRASES)})
+    return pd.DataFrame(rows)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials, as fractions."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+def rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Refusal rate (%) with Wilson 95% CI per group of ``by``."""
+    out = []
+    for key, g in df.groupby(by, sort=False):
+        k, n = int(g.refuses.sum()), len(g)
+        lo, hi = wilson(k, n)
+        out.append({**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
+                    "n": n, "refusal_pct": 100 * k / n, "ci95": f"[{100 * lo:.0f}, {100 * hi:.0f}]"})
+    return pd.DataFrame(out)
+
+
+def table(df: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Refusal % by attack kind (rows: plain, each wrapper kind, all wrapped, benign) × condition."""
+    att = df[df.set == "attack"]
+    parts = [att, att[att.kind != "plain"].assign(kind="all wrapped"), df[df.set == "benign"]]
+    t = rates(pd.concat(parts), ["kind", "condition"])
+    wide = t.pivot(index="kind", columns="condition", values="refusal_pct")
+    order = ["plain"] + [k for k in dict.fromkeys(att.kind) if k != "plain"] + ["all wrapped", "benign"]
+    return wide.loc[[k for k in order if k in wide.index], P.conditions()].round(1)
+
+
+def blocked(df: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per condition: wrapped attacks that the unsteered model answered, refused under the condition
+    (the seed's "blocked"), with Wilson CIs; and over-refusal on benign prompts."""
+    att = df[(df.set == "attack") & (df.kind != "plain")]
+    base = att[att.condition == "none"].set_index(["wrapper", "request_id"]).refuses
+    answered = base[~base].index
+    out = []
+    for cond in P.conditions():
+        g = att[att.condition == cond].set_index(["wrapper", "request_id"]).refuses
+        k, n = int(g.loc[answered].sum()), len(answered)
+        lo, hi = wilson(k, n)
+        b = df[(df.set == "benign") & (df.condition == cond)].refuses
+        blo, bhi = wilson(int(b.sum()), len(b))
+        out.append({"condition": cond, "jailbreaks_answered_unsteered": n,
+                    "blocked_pct": 100 * k / n if n else np.nan, "blocked_ci95": f"[{100 * lo:.0f}, {100 * hi:.0f}]",
+                    "benign_refusal_pct": 100 * b.mean(), "benign_ci95": f"[{100 * blo:.0f}, {100 * bhi:.0f}]"})
+    return pd.DataFrame(out).set_index("condition").round(1)
+
+
+def conclusions(tab: pd.DataFrame, blk: pd.DataFrame, P: Params) -> list[str]:
+    """Plain-language findings, each number from the tables above."""
+    out = []
+    if "all wrapped" in tab.index:
+        out.append(f"Unsteered: plain requests refused {tab.loc['plain', 'none']:.0f}%, wrapped "
+                   f"{tab.loc['all wrapped', 'none']:.0f}% (the jailbreaks' effect).")
+    for cond, r in blk.iterrows():
+        if cond == "none":
+            continue
+        out.append(f"{cond}: blocks {r.blocked_pct:.0f}% {r.blocked_ci95} of the "
+                   f"{r.jailbreaks_answered_unsteered} jailbreaks the unsteered model answered; benign "
+                   f"over-refusal {r.benign_refusal_pct:.0f}% {r.benign_ci95} (unsteered "
+                   f"{blk.loc['none', 'benign_refusal_pct']:.0f}%).")
+    kinds = [k for k in tab.index if k not in ("plain", "all wrapped", "benign")]
+    best = max((c for c in P.conditions() if not c.startswith(("none", "random"))),
+               key=lambda c: blk.loc[c, "blocked_pct"] if not np.isnan(blk.loc[c, "blocked_pct"]) else -1)
+    if kinds:
+        worst = min(kinds, key=lambda k: tab.loc[k, best])
+        out.append(f"Under {best}, the most resistant wrapper kind is {worst} ({tab.loc[worst, best]:.0f}% refused). "
+                   f"Seed: {SEED['blocked_pct']:.0f}% blocked ({SEED['setting']}); only {SEED['resisted']} resisted.")
+    return out
