@@ -20,7 +20,7 @@ def tmp_cache(tmp_path, monkeypatch):
 
 
 NEEDS_DATA_ROOT = {"refusal_dial.ipynb": "xstest", "jailbreak_blocking.ipynb": "advbench",
-                   "token_dynamics.ipynb": "advbench"}
+                   "token_dynamics.ipynb": "advbench", "base_to_instruct.ipynb": "advbench"}
 """Golden notebooks that read public datasets from TRAITLAB_DATA_ROOT, and one file they need."""
 
 

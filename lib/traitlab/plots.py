@@ -285,3 +285,23 @@ def token_text_html(tokens: list[str], scores: np.ndarray, title: str, vmax: flo
         spans.append(f'<span title="{float(s):+.3f}" style="background:rgba({rgb},{a:.2f})">{text}</span>')
     return (f'<div style="font-family:monospace;font-size:12px;margin:6px 0"><b>{_html.escape(title)}</b>'
             f' <span style="color:#888">(scale ±{vmax:.2f})</span><br>' + "".join(spans) + "</div>")
+
+
+def trajectory_grid(frame: pd.DataFrame, ylabel: str) -> plt.Figure:
+    """Rows = models, columns = layers: mean score per generated token, one line per group."""
+    models = list(dict.fromkeys(frame.model))
+    layers = sorted(frame.layer.unique())
+    fig, axes = plt.subplots(len(models), len(layers), figsize=(3.8 * len(layers), 2.6 * len(models)),
+                             squeeze=False, constrained_layout=True)
+    for i, model in enumerate(models):
+        for j, layer in enumerate(layers):
+            ax = axes[i, j]
+            d = frame[(frame.model == model) & (frame.layer == layer)]
+            if len(d):
+                sns.lineplot(d, x="step", y="score", hue="group", errorbar=("ci", 95), ax=ax,
+                             legend=(i, j) == (0, 0))
+            ax.axhline(0, color="0.6", lw=0.8)
+            ax.set_title(f"{model} · L{layer}", fontsize=9)
+            ax.set_xlabel("generated token" if i == len(models) - 1 else "")
+            ax.set_ylabel(ylabel if j == 0 else "")
+    return fig

@@ -1,0 +1,265 @@
+"""Natural vs instruction-based elicitation of a trait vector.
+
+- **Natural** vector: ``method`` on our contrastive scenario pairs (``data/traits/<trait>.jsonl``,
+  train split): written responses that show the trait or not, read by the model.
+- **Instruction** vector: the model answers neutral questions under a system prompt that asks for
+  the trait and under one that asks for its opposite (``data/elicitation/instructions.jsonl``);
+  ``method`` on the response-mean activations of its *own* answers (system prompt included in the
+  context), train questions only.
+
+Compared per layer: cosine similarity; cross-projection (each vector classifying the other
+source's held-out examples: natural val pairs, instruction answers to test questions); and
+steering: each vector added at ``steer_layers`` (response positions, coefficient = ``ratio`` ×
+the site's mean activation norm) on the test questions, *without* any system prompt, trait
+scored by the judge, delta vs unsteered.
+
+Example:
+    >>> sorted(instructions())
+    ['optimism', 'sycophancy']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ..activations import extract
+from ..chat import Encoded
+from ..data import load_trait, read_project_jsonl
+from ..directions import METHODS, fit_direction
+from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
+from ..metrics import evaluate
+from ..models import LoadedModel, describe
+from ..params import ParamError
+from ..sites import SITE_NAMES, Site, check_sites
+from ..steering import Steer, activation_norms, generate_steered
+from . import judge_calibration
+
+SEED = pd.DataFrame([("optimism", 0.63, np.nan, True, True), ("sycophancy", 0.20, 84.0, False, True)],
+                    columns=["trait", "cosine", "natural_detect_pct", "natural_steers", "instruction_steers"]
+                    ).set_index("trait")
+"""The seed's elicitation comparison (Gemma-2-2B): cosine natural vs instruction, whether each steers."""
+
+
+def instructions() -> dict[str, dict[str, str]]:
+    """trait → {positive, negative} system prompts (``data/elicitation/instructions.jsonl``)."""
+    return {r["trait"]: r for r in read_project_jsonl("elicitation", "instructions.jsonl")}
+
+
+def questions(trait: str, split: str, n: int | None) -> pd.DataFrame:
+    """Neutral questions for a trait: sycophancy has its own set; others use the opinion questions."""
+    if trait == "sycophancy":
+        df = pd.DataFrame(read_project_jsonl("elicitation", "sycophancy_questions.jsonl"))
+        df = df[df.split == split].reset_index(drop=True)
+    else:
+        df = judge_calibration.load_questions(split)
+    return df.head(n) if n is not None else df
+
+
+@dataclass(frozen=True)
+class Params:
+    model: str = "qwen2.5-coder-0.5b-instruct"
+    revision: str | None = None
+    dtype: str = "float32"
+    traits: list[str] = field(default_factory=lambda: ["optimism", "sycophancy"])
+    method: str = "mean_diff"
+    site: str = "resid_pre"
+    layers: list[int] = field(default_factory=lambda: [4, 8, 12, 16, 20])
+    steer_layers: list[int] = field(default_factory=lambda: [8, 12])
+    ratio: float = 0.75
+    n_instruction_questions: int = 10
+    n_test_questions: int = 6
+    max_new_tokens: int = 40
+    judge_backend: Literal["local", "openai"] = "local"
+    judge_model: str = "qwen2.5-coder-1.5b-instruct"
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_offline: bool = False
+    judge_dtype: Literal["float32", "bfloat16"] = "float32"
+    min_mass: float = 0.25
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.traits:
+            raise ParamError("traits is empty")
+        missing = [t for t in self.traits if t not in TRAIT_DESCRIPTIONS]
+        if missing:
+            raise ParamError(f"traits {missing} have no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}")
+        if self.method not in METHODS or self.method == "random":
+            raise ParamError(f"method {self.method!r} unknown; choose from {', '.join(m for m in METHODS if m != 'random')}")
+        if self.site not in SITE_NAMES or self.site == "v":
+            raise ParamError(f"site must be one of resid_pre, attn_out, mlp_out, resid_post; got {self.site!r}")
+        if not self.layers or not set(self.steer_layers) <= set(self.layers):
+            raise ParamError(f"steer_layers {self.steer_layers} must be a subset of layers {self.layers}")
+        if self.ratio <= 0:
+            raise ParamError(f"ratio must be > 0, got {self.ratio}")
+        for name in ("n_instruction_questions", "n_test_questions"):
+            if getattr(self, name) < 2:
+                raise ParamError(f"{name} must be >= 2, got {getattr(self, name)}")
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def check(self) -> list[Site]:
+        info = describe(self.model, self.revision)
+        sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
+        try:
+            check_sites(sites, info.arch, info.n_layers)
+        except ValueError as err:
+            raise ParamError(str(err)) from None
+        known = instructions()
+        for t in self.traits:
+            load_trait(t)
+            if t not in known:
+                raise ParamError(f"no system prompts for {t!r} in data/elicitation/instructions.jsonl "
+                                 f"(have {', '.join(known)})")
+            for split, n in (("train", self.n_instruction_questions), ("test", self.n_test_questions)):
+                if len(questions(t, split, n)) < n:
+                    raise ParamError(f"{t}: only {len(questions(t, split, None))} {split} questions, asked for {n}")
+        if self.judge_backend == "local":
+            describe(self.judge_model)
+        return sites
+
+    def judge(self) -> Judge:
+        return Judge(JudgeConfig(backend=self.judge_backend, model=self.judge_model,
+                                 base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
+                                 min_mass=self.min_mass, offline=self.judge_offline, dtype=self.judge_dtype))
+
+
+@dataclass(frozen=True)
+class TraitVectors:
+    natural: dict[int, torch.Tensor]
+    instruction: dict[int, torch.Tensor]
+    natural_val: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer → (pos, neg) val activations
+    instruction_val: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    instruction_answers: pd.DataFrame  # split, question, polarity, answer
+
+
+def _instructed_answers(P: Params, lm: LoadedModel, trait: str) -> pd.DataFrame:
+    sysp = instructions()[trait]
+    rows = []
+    for split, n in (("train", P.n_instruction_questions), ("test", P.n_test_questions)):
+        qs = list(questions(trait, split, n).question)
+        for pol in ("positive", "negative"):
+            ex = [lm.chat.encode(q, system=sysp[pol]) for q in qs]
+            texts = generate_steered(lm, ex, [], max_new_tokens=P.max_new_tokens, batch_size=P.batch_size)
+            rows += [{"split": split, "question": q, "polarity": pol, "answer": t.strip()} for q, t in zip(qs, texts, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def trait_vectors(P: Params, lm: LoadedModel, trait: str, sites: list[Site], progress: bool = True) -> TraitVectors:
+    """Both vectors per layer, and each source's held-out activations for cross-projection."""
+    ds = load_trait(trait)
+    pos, neg = ds.encode(lm.chat)
+    acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
+    split = np.array([p.split for p in ds.pairs])
+    n = len(ds.pairs)
+    tr, va = torch.from_numpy(np.flatnonzero(split == "train")), torch.from_numpy(np.flatnonzero(split == "val"))
+    ans = _instructed_answers(P, lm, trait)
+    sysp = instructions()[trait]
+    enc: list[Encoded] = [lm.chat.encode(r.question, r.answer or " ", system=sysp[r.polarity]) for r in ans.itertuples()]
+    iacts = extract(lm, enc, sites, position="mean", batch_size=P.batch_size, progress=progress)
+    itr = torch.tensor(np.flatnonzero(ans.split == "train"))
+    ite = torch.tensor(np.flatnonzero(ans.split == "test"))
+    ipos = torch.tensor((ans.polarity == "positive").to_numpy())
+    nat, ins, nval, ival = {}, {}, {}, {}
+    for s in sites:
+        nat[s.layer] = fit_direction(P.method, acts[s][tr], acts[s][n + tr], seed=P.seed).vector
+        a = iacts[s]
+        tp, tn = a[itr][ipos[itr]], a[itr][~ipos[itr]]
+        ins[s.layer] = fit_direction(P.method, tp, tn, seed=P.seed).vector
+        nval[s.layer] = (acts[s][va], acts[s][n + va])
+        ival[s.layer] = (a[ite][ipos[ite]], a[ite][~ipos[ite]])
+    return TraitVectors(nat, ins, nval, ival, ans)
+
+
+def compare(trait: str, tv: TraitVectors) -> pd.DataFrame:
+    """Per layer: cosine(natural, instruction) and the four detection accuracies (vector × held-out source)."""
+    rows = []
+    for layer in tv.natural:
+        n, i = tv.natural[layer], tv.instruction[layer]
+        row = {"trait": trait, "layer": layer, "cosine": float(torch.nn.functional.cosine_similarity(n, i, dim=0))}
+        for vname, v in (("natural", n), ("instruction", i)):
+            for dname, (p, q) in (("natural", tv.natural_val[layer]), ("instruction", tv.instruction_val[layer])):
+                m = evaluate(v, p, q)
+                row[f"{vname}_on_{dname}_acc"] = 100 * m.val_accuracy
+                row[f"{vname}_on_{dname}_auroc"] = m.auroc
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["trait", "layer"])
+
+
+def steer(P: Params, lm: LoadedModel, trait: str, tv: TraitVectors, progress: bool = True) -> pd.DataFrame:
+    """Unsteered and steered answers (no system prompt) to the trait's test questions."""
+    qs = list(questions(trait, "test", P.n_test_questions).question)
+    ex = [lm.chat.encode(q) for q in qs]
+    sites = [Site(P.site, x) for x in P.steer_layers]  # type: ignore[arg-type]
+    table = activation_norms(lm, ex, sites, batch_size=P.batch_size)
+    rows = [{"trait": trait, "vector": "none", "layer": -1, "question": q, "answer": t.strip()}
+            for q, t in zip(qs, generate_steered(lm, ex, [], max_new_tokens=P.max_new_tokens,
+                                                  batch_size=P.batch_size), strict=True)]
+    jobs = [(src, s) for s in sites for src in ("natural", "instruction")]
+    for src, s in tqdm(jobs, desc=f"steer {trait}", disable=not progress):
+        v = (tv.natural if src == "natural" else tv.instruction)[s.layer]
+        texts = generate_steered(lm, ex, [Steer(s, v, P.ratio * table[str(s)])],
+                                 max_new_tokens=P.max_new_tokens, batch_size=P.batch_size)
+        rows += [{"trait": trait, "vector": src, "layer": s.layer, "question": q, "answer": t.strip()}
+                 for q, t in zip(qs, texts, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def judge_steered(judge: Judge, answers: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    out = []
+    for trait, g in answers.groupby("trait", sort=False):
+        s = judge.score_many("trait", list(zip(g.question, g.answer, strict=True)), trait=trait, progress=progress)
+        out.append(g.assign(score=[np.nan if x.value is None else x.value for x in s]))
+    return pd.concat(out)
+
+
+def steering_effect(judged: pd.DataFrame) -> pd.DataFrame:
+    """Per (trait, vector, layer): mean trait score and delta vs unsteered (paired by question),
+    with a 95% t-interval over questions; ``steers`` when the interval is above 0."""
+    from scipy import stats
+
+    base = judged[judged.vector == "none"][["trait", "question", "score"]].rename(columns={"score": "base"})
+    m = judged[judged.vector != "none"].merge(base, on=["trait", "question"])
+    out = []
+    for (trait, vec, layer), g in m.groupby(["trait", "vector", "layer"], sort=False):
+        d = (g.score - g.base).dropna().to_numpy()
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
+        out.append({"trait": trait, "vector": vec, "layer": layer, "steered": g.score.mean(),
+                    "baseline": g.base.mean(), "delta": d.mean() if len(d) else np.nan,
+                    "delta_ci95": f"[{d.mean() - half:+.1f}, {d.mean() + half:+.1f}]" if len(d) > 1 else "n/a",
+                    "steers": bool(len(d) > 1 and d.mean() - half > 0)})
+    return pd.DataFrame(out).set_index(["trait", "vector", "layer"])
+
+
+def versus_seed(cmp: pd.DataFrame, eff: pd.DataFrame) -> pd.DataFrame:
+    """Per trait: our best-layer cosine, natural detection on natural val, which vectors steer; the seed's."""
+    rows = []
+    for trait, g in cmp.groupby(level="trait", sort=False):
+        e = eff.loc[trait] if trait in eff.index.get_level_values(0) else None
+        rows.append({"trait": trait, "cosine_max": g.cosine.max(), "cosine_mean": g.cosine.mean(),
+                     "natural_detect_pct": g.natural_on_natural_acc.max(),
+                     "natural_steers": bool(e is not None and e.loc["natural"].steers.any()),
+                     "instruction_steers": bool(e is not None and e.loc["instruction"].steers.any()),
+                     **{f"seed_{c}": SEED.loc[trait, c] if trait in SEED.index else np.nan for c in SEED.columns}})
+    return pd.DataFrame(rows).set_index("trait")
+
+
+def conclusions(vs: pd.DataFrame, eff: pd.DataFrame) -> list[str]:
+    out = []
+    for trait, r in vs.iterrows():
+        best = eff.loc[trait].delta.groupby(level="vector").max()
+        out.append(f"{trait}: cosine natural vs instruction {r.cosine_mean:.2f} (mean over layers; max {r.cosine_max:.2f}); "
+                   f"natural vector detects {r.natural_detect_pct:.0f}% of held-out pairs; best steering delta "
+                   f"natural {best.get('natural', np.nan):+.1f}, instruction {best.get('instruction', np.nan):+.1f} "
+                   f"(steers reliably: natural {r.natural_steers}, instruction {r.instruction_steers}). "
+                   f"Seed: cosine {r.seed_cosine}, natural steers {r.seed_natural_steers}, "
+                   f"instruction steers {r.seed_instruction_steers}.")
+    return out

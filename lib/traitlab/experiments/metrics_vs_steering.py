@@ -1,0 +1,227 @@
+"""Do extraction metrics predict steering success?
+
+For every (trait, layer, method) cell: the extraction metrics of the fitted direction on the
+held-out pairs (accuracy, Cohen's d effect size, AUROC; ``traitlab.metrics``), and the steering
+delta it causes: the judge's mean trait score over held-out questions when the unit direction
+is added at ``site`` (response positions, coefficient = ``ratio`` × the site's mean activation
+norm), minus the unsteered answers' mean trait score. Across cells we correlate each metric
+with the delta (Pearson and Spearman, bootstrap CIs over cells), and compare the best
+extraction layer with the best steering layer per trait.
+
+Example:
+    >>> len(Params(traits=["optimism"], layers=[4, 8], methods=["probe"]).cells())
+    2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from tqdm import tqdm
+
+from ..activations import extract
+from ..data import load_trait
+from ..directions import METHODS, fit_direction
+from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
+from ..metrics import evaluate
+from ..models import LoadedModel, describe
+from ..params import ParamError
+from ..sites import SITE_NAMES, Site, check_sites
+from ..steering import Steer, activation_norms, generate_steered
+from . import judge_calibration
+
+SEED = {"effect_size_r": 0.898, "accuracy_r": 0.705, "best_extraction_layer": 13, "best_steering_layer": 8,
+        "late_layer_note": "a late layer had 95% accuracy but a negative steering delta"}
+"""The seed's numbers (Gemma-2-2B, its traits and judge)."""
+
+METRICS = ("val_accuracy", "effect_size", "auroc")
+
+
+@dataclass(frozen=True)
+class Params:
+    model: str = "qwen2.5-coder-0.5b-instruct"
+    revision: str | None = None
+    dtype: str = "float32"
+    traits: list[str] = field(default_factory=lambda: ["optimism", "formality", "humor"])
+    layers: list[int] = field(default_factory=lambda: [4, 8, 12, 16, 20])
+    methods: list[str] = field(default_factory=lambda: ["probe", "mean_diff"])
+    site: str = "resid_pre"
+    ratio: float = 0.75
+    n_questions: int = 6
+    max_new_tokens: int = 40
+    judge_backend: Literal["local", "openai"] = "local"
+    judge_model: str = "qwen2.5-coder-1.5b-instruct"
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_offline: bool = False
+    judge_dtype: Literal["float32", "bfloat16"] = "float32"
+    min_mass: float = 0.25
+    batch_size: int = 16
+    n_boot: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        missing = [t for t in self.traits if t not in TRAIT_DESCRIPTIONS]
+        if missing or not self.traits:
+            raise ParamError(f"traits {missing} have no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ParamError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+        if self.site not in SITE_NAMES or self.site == "v":
+            raise ParamError(f"site must be one of resid_pre, attn_out, mlp_out, resid_post; got {self.site!r}")
+        if not self.layers:
+            raise ParamError("layers is empty")
+        if self.ratio <= 0:
+            raise ParamError(f"ratio must be > 0, got {self.ratio}")
+        if self.n_questions < 2:
+            raise ParamError(f"n_questions must be >= 2, got {self.n_questions}")
+        for name in ("max_new_tokens", "batch_size", "n_boot"):
+            if getattr(self, name) < 1:
+                raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.judge_dtype not in ("float32", "bfloat16"):
+            raise ParamError(f"judge_dtype must be 'float32' or 'bfloat16', got {self.judge_dtype!r}")
+
+    def cells(self) -> list[tuple[str, int, str]]:
+        return [(t, x, m) for t in self.traits for x in self.layers for m in self.methods]
+
+    def check(self) -> list[Site]:
+        info = describe(self.model, self.revision)
+        sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
+        try:
+            check_sites(sites, info.arch, info.n_layers)
+        except ValueError as err:
+            raise ParamError(str(err)) from None
+        for t in self.traits:
+            load_trait(t)
+        if self.judge_backend == "local":
+            describe(self.judge_model)
+        return sites
+
+    def judge(self) -> Judge:
+        return Judge(JudgeConfig(backend=self.judge_backend, model=self.judge_model,
+                                 base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
+                                 min_mass=self.min_mass, offline=self.judge_offline, dtype=self.judge_dtype))
+
+
+def fit_cells(P: Params, lm: LoadedModel, sites: list[Site], progress: bool = True
+              ) -> tuple[pd.DataFrame, dict[tuple[str, int, str], torch.Tensor]]:
+    """Extraction metrics per cell (fit on train pairs, scored on val pairs) and the unit vectors."""
+    rows, vectors = [], {}
+    for trait in P.traits:
+        ds = load_trait(trait)
+        pos, neg = ds.encode(lm.chat)
+        acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
+        split = np.array([p.split for p in ds.pairs])
+        n = len(ds.pairs)
+        tr, va = torch.from_numpy(np.flatnonzero(split == "train")), torch.from_numpy(np.flatnonzero(split == "val"))
+        for s in sites:
+            for method in P.methods:
+                d = fit_direction(method, acts[s][tr], acts[s][n + tr], seed=P.seed)
+                vectors[(trait, s.layer, method)] = d.vector
+                rows.append({"trait": trait, "layer": s.layer, "method": method,
+                             **evaluate(d.vector, acts[s][va], acts[s][n + va]).asdict()})
+    return pd.DataFrame(rows), vectors
+
+
+def steer_cells(P: Params, lm: LoadedModel, vectors: dict, questions: pd.DataFrame,
+                progress: bool = True) -> pd.DataFrame:
+    """Answers: unsteered once, then one steered set per cell; one row per (cell, question)."""
+    ex = [lm.chat.encode(q) for q in questions.question]
+    sites = [Site(P.site, x) for x in P.layers]  # type: ignore[arg-type]
+    table = activation_norms(lm, ex, sites, batch_size=P.batch_size)
+    rows = []
+    base = generate_steered(lm, ex, [], max_new_tokens=P.max_new_tokens, batch_size=P.batch_size)
+    for trait in P.traits:
+        rows += [{"trait": trait, "layer": -1, "method": "baseline", "question": q, "answer": a.strip()}
+                 for q, a in zip(questions.question, base, strict=True)]
+    for trait, layer, method in tqdm(P.cells(), desc="steer", disable=not progress):
+        s = Site(P.site, layer)  # type: ignore[arg-type]
+        steer = Steer(s, vectors[(trait, layer, method)], P.ratio * table[str(s)])
+        texts = generate_steered(lm, ex, [steer], max_new_tokens=P.max_new_tokens, batch_size=P.batch_size)
+        rows += [{"trait": trait, "layer": layer, "method": method, "question": q, "answer": a.strip()}
+                 for q, a in zip(questions.question, texts, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def judge_cells(judge: Judge, answers: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    """Add the judge's trait score (the cell's own trait) to every answer."""
+    out = []
+    for trait, g in answers.groupby("trait", sort=False):
+        s = judge.score_many("trait", list(zip(g.question, g.answer, strict=True)), trait=trait, progress=progress)
+        out.append(g.assign(score=[np.nan if x.value is None else x.value for x in s]))
+    return pd.concat(out).sort_index()
+
+
+def deltas(metrics: pd.DataFrame, judged: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: steered mean trait score, the trait's baseline, and the delta; joined to the metrics."""
+    base = judged[judged.method == "baseline"].groupby("trait").score.mean()
+    steered = judged[judged.method != "baseline"].groupby(["trait", "layer", "method"]).score.mean()
+    df = steered.rename("steered").reset_index()
+    df["baseline"] = df.trait.map(base)
+    df["delta"] = df.steered - df.baseline
+    return metrics.merge(df, on=["trait", "layer", "method"])
+
+
+def correlations(cells: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Pearson and Spearman r between each extraction metric and the steering delta, over cells
+    (bootstrap CI of Pearson r over cells)."""
+    d = cells.dropna(subset=["delta"])
+    rng = np.random.default_rng(P.seed)
+    out = []
+    for m in METRICS:
+        x, y = d[m].to_numpy(float), d.delta.to_numpy(float)
+        r = stats.pearsonr(x, y)[0] if np.std(x) > 0 and np.std(y) > 0 else np.nan
+        rho = stats.spearmanr(x, y)[0] if np.std(x) > 0 and np.std(y) > 0 else np.nan
+        boots = []
+        for _ in range(P.n_boot):
+            i = rng.integers(0, len(x), len(x))
+            if np.std(x[i]) > 0 and np.std(y[i]) > 0:
+                boots.append(np.corrcoef(x[i], y[i])[0, 1])
+        lo, hi = np.quantile(boots, [0.025, 0.975]) if boots else (np.nan, np.nan)
+        out.append({"metric": m, "cells": len(x), "pearson_r": r, "r_ci95": f"[{lo:.2f}, {hi:.2f}]",
+                    "spearman_rho": rho})
+    return pd.DataFrame(out).set_index("metric")
+
+
+def best_layers(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per (trait, method): the layer with the best val accuracy vs the layer with the largest delta."""
+    out = []
+    for (trait, method), g in cells.groupby(["trait", "method"], sort=False):
+        e, s = g.loc[g.val_accuracy.idxmax()], g.loc[g.delta.idxmax()] if g.delta.notna().any() else None
+        out.append({"trait": trait, "method": method, "best_extraction_layer": int(e.layer),
+                    "its_accuracy": e.val_accuracy, "its_delta": e.delta,
+                    "best_steering_layer": int(s.layer) if s is not None else -1,
+                    "best_delta": s.delta if s is not None else np.nan,
+                    "same": s is not None and int(e.layer) == int(s.layer)})
+    return pd.DataFrame(out).set_index(["trait", "method"])
+
+
+def conclusions(corr: pd.DataFrame, best: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
+    """Plain-language findings, each number from the tables above."""
+    out = []
+    ranked = corr.sort_values("pearson_r", ascending=False)
+    out.append("Predictors of the steering delta by Pearson r over cells: " + ", ".join(
+        f"{m} {r.pearson_r:+.2f} {r.r_ci95}" for m, r in ranked.iterrows())
+        + f" (seed: effect size {SEED['effect_size_r']}, accuracy {SEED['accuracy_r']}).")
+    if {"effect_size", "val_accuracy"} <= set(corr.index):
+        holds = corr.loc["effect_size", "pearson_r"] > corr.loc["val_accuracy", "pearson_r"]
+        out.append("The seed's 'effect size predicts steering better than accuracy' "
+                   + ("holds" if holds else "does not hold") + " here.")
+    diff = int((~best.same).sum())
+    out.append(f"Best extraction layer ≠ best steering layer in {diff}/{len(best)} (trait, method) pairs "
+               f"(seed: extraction L{SEED['best_extraction_layer']} vs steering L{SEED['best_steering_layer']}).")
+    bad = cells[(cells.val_accuracy >= 0.9) & (cells.delta < 0)]
+    out.append(f"Cells with ≥90% accuracy but a negative steering delta: {len(bad)}/{len(cells)}"
+               + (" (" + ", ".join(f"{r.trait} L{r.layer} {r.method} {100 * r.val_accuracy:.0f}% Δ{r.delta:+.1f}"
+                                   for r in bad.head(5).itertuples()) + ")" if len(bad) else "")
+               + f"; seed: {SEED['late_layer_note']}.")
+    return out
+
+
+def questions(P: Params) -> pd.DataFrame:
+    return judge_calibration.load_questions("test", P.n_questions)
