@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("fetch", help="download and verify an offline-zoo model")
     f.add_argument("name")
     sub.add_parser("list", help="list notebooks and their profiles")
+    sub.add_parser("claims", help="re-derive every README claim from its report (claims.yaml)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "render":
@@ -151,6 +152,19 @@ def main(argv: list[str] | None = None) -> int:
                 write_index(out)
         elif args.cmd == "check":
             print(json.dumps(check(notebook_name(args.notebook), args.profile), indent=2))
+        elif args.cmd == "claims":
+            from . import claims
+
+            ledger = claims.load()
+            for row in claims.table(ledger):
+                ok = row["derived"] is not None and abs(row["derived"] - row["value"]) <= next(
+                    c.tolerance for c in ledger if c.id == row["id"])
+                print(f"{'ok ' if ok else 'BAD'} {row['id']:<45} {row['value']:>8} (report: {row['derived']}) "
+                      f"{row['report']}  model={row['model']} commit={str(row['git_commit'])[:12]} {row['date']}")
+            problems = claims.check(ledger)
+            for p in problems:
+                print("problem:", p, file=sys.stderr)
+            return 1 if problems else 0
         elif args.cmd == "fetch":
             from .zoo import dequantized_dir
 
