@@ -27,9 +27,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 reports: install
 	$(BIN)/traitlab render $(NOTEBOOKS) --profile $(PROFILE)
 
+# Two pytest workers, one thread each: most tests run small models whose time is Python
+# overhead and kernel start-up, so two single-threaded workers beat one two-threaded one.
+# --dist loadscope keeps each notebook's cells (and each test module) on one worker, in order.
+TEST_WORKERS ?= 2
 test: install
 	$(BIN)/ruff check lib tests notebooks benchmarks
-	$(BIN)/python -m pytest -q --durations=15 tests --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env -p no:cacheprovider
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadscope \
+		tests --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env -p no:cacheprovider
 
 # Slow tier (not in CI): re-execute the committed default-profile reports under nbval.
 test-slow: install

@@ -39,6 +39,7 @@ judge_model = "qwen2.5-coder-1.5b-instruct"
 judge_base_url = None
 judge_api_key_env = "OPENAI_API_KEY"
 judge_offline = False
+judge_dtype = "float32"
 trait = "optimism"
 top_logprobs = 20
 min_mass = 0.25

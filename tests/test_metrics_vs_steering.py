@@ -35,7 +35,12 @@ def test_deltas_correlations_and_best_layers_are_exact():
     r = best.loc[("optimism", "probe")]
     assert r.best_extraction_layer == 12 and r.best_steering_layer == 4 and not r.same
     lines = mvs.conclusions(corr, best, cells)
-    assert "holds here" in lines[1] and "1/1" in lines[2]
+    assert "holds here (r +0.98 vs -1.00)" in lines[1] and "1/1" in lines[2]
+    # an effect-size r whose CI reaches 0 does not support the claim, whatever accuracy's r is
+    weak = corr.copy()
+    weak.loc["effect_size", ["pearson_r", "r_ci95"]] = [0.05, "[-0.77, 0.71]"]
+    weak.loc["val_accuracy", "pearson_r"] = -0.05
+    assert "is not supported" in mvs.conclusions(weak, best, cells)[1]
     assert "optimism L12 probe 95% Δ-15.0" in lines[3]
 
 

@@ -41,7 +41,7 @@ def test_per_prompt_and_group_summary_are_exact():
     cvt = td.code_vs_text(pp)
     assert cvt.loc[3, "code"] == pytest.approx(-0.5) and cvt.loc[3, "text"] == pytest.approx(0.0)
     lines = td.conclusions(s, sep, cvt, P)
-    assert lines[0].startswith("L3: harmful − benign mean projection +1.50") and "not testable" in lines[-1]
+    assert lines[0].startswith("L3: harmful − benign mean projection over the answer +1.50") and "not testable" in lines[-1]
     fr = td.tokens_frame(df, traces)
     assert len(fr) == 4 + 2 + 4 + 3 and set(fr.layer) == {3}
 

@@ -31,6 +31,7 @@ class Params:
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_offline: bool = False
+    judge_dtype: Literal["float32", "bfloat16"] = "float32"
     trait: str = "optimism"
     top_logprobs: int = 20
     min_mass: float = 0.25
@@ -47,6 +48,8 @@ class Params:
                              f"{', '.join(TRAIT_DESCRIPTIONS)}")
         if self.judge_backend not in ("local", "openai"):
             raise ParamError(f"judge_backend must be 'local' or 'openai', got {self.judge_backend!r}")
+        if self.judge_dtype not in ("float32", "bfloat16"):
+            raise ParamError(f"judge_dtype must be 'float32' or 'bfloat16', got {self.judge_dtype!r}")
         if not 1 <= self.top_logprobs <= 20:
             raise ParamError(f"top_logprobs must be in 1..20, got {self.top_logprobs}")
         if not 0 <= self.min_mass <= 1:
@@ -68,7 +71,7 @@ class Params:
         return JudgeConfig(backend=self.judge_backend, model=self.judge_model,
                            base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
                            mode=mode, top_logprobs=self.top_logprobs, min_mass=self.min_mass,
-                           offline=self.judge_offline)
+                           offline=self.judge_offline, dtype=self.judge_dtype)
 
 
 def load_gold(max_items: int | None = None, seed: int = 0) -> pd.DataFrame:

@@ -209,9 +209,13 @@ def conclusions(corr: pd.DataFrame, best: pd.DataFrame, cells: pd.DataFrame) -> 
         f"{m} {r.pearson_r:+.2f} {r.r_ci95}" for m, r in ranked.iterrows())
         + f" (seed: effect size {SEED['effect_size_r']}, accuracy {SEED['accuracy_r']}).")
     if {"effect_size", "val_accuracy"} <= set(corr.index):
-        holds = corr.loc["effect_size", "pearson_r"] > corr.loc["val_accuracy", "pearson_r"]
-        out.append("The seed's 'effect size predicts steering better than accuracy' "
-                   + ("holds" if holds else "does not hold") + " here.")
+        es, acc = corr.loc["effect_size"], corr.loc["val_accuracy"]
+        lo = float(es.r_ci95.strip("[]").split(",")[0])
+        verdict = ("holds" if es.pearson_r > acc.pearson_r and lo > 0 else
+                   "is not supported (effect size does not reliably predict the delta)" if lo <= 0 else
+                   "does not hold")
+        out.append(f"The seed's 'effect size predicts steering better than accuracy' {verdict} here "
+                   f"(r {es.pearson_r:+.2f} vs {acc.pearson_r:+.2f}).")
     diff = int((~best.same).sum())
     out.append(f"Best extraction layer ≠ best steering layer in {diff}/{len(best)} (trait, method) pairs "
                f"(seed: extraction L{SEED['best_extraction_layer']} vs steering L{SEED['best_steering_layer']}).")

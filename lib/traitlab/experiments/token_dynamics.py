@@ -215,8 +215,8 @@ def conclusions(summ: pd.DataFrame, sep: pd.DataFrame, code_vs_text: pd.DataFram
     """Plain-language findings, each number from the tables above."""
     out = []
     for layer, r in sep.iterrows():
-        out.append(f"L{layer}: {r.pair} mean {P.score} {r.difference:+.2f} {r.ci95}, AUROC {r.auroc:.2f} "
-                   "(seed, base→instruct refusal vector: ≈0.5 separation in response means).")
+        out.append(f"L{layer}: {r.pair} mean {P.score} over the answer {r.difference:+.2f} {r.ci95}, "
+                   f"AUROC {r.auroc:.2f}.")
     if len(code_vs_text):
         for layer, r in code_vs_text.iterrows():
             out.append(f"L{layer}: code answers vs text answers to benign-type prompts: mean {r.code:+.2f} vs "
