@@ -52,8 +52,8 @@ class Params:
     dtype: str = "float32"
     harmful_sources: list[str] = field(default_factory=lambda: ["advbench", "harmbench_test", "jailbreakbench"])
     n_requests: int = 12
-    n_direction: int = 64
-    n_benign: int = 24
+    n_direction: int = 32
+    n_benign: int = 16
     wrappers: list[str] | None = None
     site: str = "attn_out"
     single_layers: list[int] = field(default_factory=lambda: [12])
