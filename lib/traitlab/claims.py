@@ -60,7 +60,7 @@ class Claim:
     def derive(self, text: str) -> float | None:
         """The claim's number in ``text`` (first match), or None when absent."""
         m = re.search(self.pattern, text)
-        return float(m.group("value").replace("−", "-").replace("+", "")) if m else None
+        return float(m.group("value").replace("−", "-").replace("+", "").rstrip(".")) if m else None
 
 
 def _number_in(phrase: str, value: float) -> float | None:
