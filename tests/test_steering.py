@@ -169,3 +169,29 @@ def test_steered_context_manager_matches_function_and_expires(tiny):
     with pytest.raises(ValueError, match="out of range"):
         with steered(tiny, [Steer("resid_pre@99", torch.ones(tiny.d_model), 1.0)]):
             pass
+
+
+def test_generation_that_stops_early_still_returns_its_text():
+    """Every row hits EOS before max_new_tokens: the step loop is cut short, the text still comes back."""
+    import warnings
+
+    from traitlab.models import load_model
+    from traitlab.monitor import Watch, monitor
+    from traitlab.sites import Site
+    from traitlab.steering import Steer, generate_steered
+
+    m = load_model("tiny-llama")
+    ex = [m.chat.encode("Hi there")]
+    v = torch.zeros(m.d_model)
+    with torch.no_grad():
+        eos = int(m.hf(torch.tensor([ex[0].ids])).logits[0, -1].argmax())  # the first greedy token
+    old = m.hf.generation_config.eos_token_id
+    m.hf.generation_config.eos_token_id = eos  # the first greedy token now ends the answer
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = generate_steered(m, ex, [Steer(Site("resid_pre", 1), v, 1.0)], max_new_tokens=8)
+            [t] = monitor(m, ex, [Watch("w", Site("resid_pre", 1), torch.ones(m.d_model))], max_new_tokens=8)
+    finally:
+        m.hf.generation_config.eos_token_id = old
+    assert out == [""] and t.tokens == [] and t.text == ""

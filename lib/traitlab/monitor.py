@@ -126,24 +126,27 @@ def monitor(model: LoadedModel, examples: Sequence[Encoded], watches: Sequence[W
              [w for w in watches if w.site == s]) for s in sites]
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
     out: list[TokenTrace | None] = [None] * len(examples)
-    eos = {tok.eos_token_id, tok.pad_token_id} - {None}
+    cfg_eos = getattr(hf.generation_config, "eos_token_id", None)
+    cfg_eos = [cfg_eos] if isinstance(cfg_eos, int) else list(cfg_eos or [])
+    eos = ({tok.eos_token_id, tok.pad_token_id} | set(cfg_eos)) - {None}
     gen = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     for start in tqdm(range(0, len(order), batch_size), desc="monitor", disable=not progress):
         idx = order[start:start + batch_size]
         inp = _pad_batch([examples[i] for i in idx], "left", tok.pad_token_id)
-        with lm.generate({"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]},
-                         **gen) as tracer:
+        with lm.generate(**gen) as tracer:
             reads = list().save()
-            for _step in tracer.iter[:max_new_tokens]:
-                step = []
-                for site, envoy, delta, ws in plan:
-                    value = envoy_value(envoy, site)
-                    if delta is not None:
-                        _apply(value, delta, positions)
-                    if ws:
-                        step.append(value[:, -1, :].detach().float().clone())
-                reads.append(step)
-            ids = tracer.result.save()
+            with tracer.invoke({"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}):
+                for _step in tracer.iter[:max_new_tokens]:
+                    step = []
+                    for site, envoy, delta, ws in plan:
+                        value = envoy_value(envoy, site)
+                        if delta is not None:
+                            _apply(value, delta, positions)
+                        if ws:
+                            step.append(value[:, -1, :].detach().float().clone())
+                    reads.append(step)
+            with tracer.invoke():  # runs even when every row stops early and the loop is cut short
+                ids = tracer.result.save()
         new = ids[:, inp["input_ids"].shape[1]:]
         for row, i in enumerate(idx):
             n = new.shape[1]

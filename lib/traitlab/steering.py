@@ -183,11 +183,15 @@ def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Se
         if not plan:
             ids = hf.generate(**kwargs, **gen)
         else:
-            with lm.generate(kwargs, **gen) as tracer:
-                for _step in tracer.iter[:max_new_tokens]:
-                    for envoy, site, delta in zip(envoys, (s.site for s in plan), deltas, strict=True):
-                        _apply(envoy_value(envoy, site), delta, positions)
-                ids = tracer.result.save()
+            # Two invokes: when every row stops early (EOS), the step loop is cut short and
+            # nothing after it in the same invoke runs; the second invoke always does.
+            with lm.generate(**gen) as tracer:
+                with tracer.invoke(kwargs):
+                    for _step in tracer.iter[:max_new_tokens]:
+                        for envoy, site, delta in zip(envoys, (s.site for s in plan), deltas, strict=True):
+                            _apply(envoy_value(envoy, site), delta, positions)
+                with tracer.invoke():
+                    ids = tracer.result.save()
         new = ids[:, inp["input_ids"].shape[1]:]
         for i, t in zip(idx, tok.batch_decode(new, skip_special_tokens=True), strict=True):
             texts[i] = t
