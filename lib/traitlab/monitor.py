@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -133,7 +134,8 @@ def monitor(model: LoadedModel, examples: Sequence[Encoded], watches: Sequence[W
     for start in tqdm(range(0, len(order), batch_size), desc="monitor", disable=not progress):
         idx = order[start:start + batch_size]
         inp = _pad_batch([examples[i] for i in idx], "left", tok.pad_token_id)
-        with lm.generate(**gen) as tracer:
+        with warnings.catch_warnings(), lm.generate(**gen) as tracer:
+            warnings.filterwarnings("ignore", message=".*was never reached.*")  # early stop: expected
             reads = list().save()
             with tracer.invoke({"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}):
                 for _step in tracer.iter[:max_new_tokens]:

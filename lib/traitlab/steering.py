@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -185,7 +186,8 @@ def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Se
         else:
             # Two invokes: when every row stops early (EOS), the step loop is cut short and
             # nothing after it in the same invoke runs; the second invoke always does.
-            with lm.generate(**gen) as tracer:
+            with warnings.catch_warnings(), lm.generate(**gen) as tracer:
+                warnings.filterwarnings("ignore", message=".*was never reached.*")  # early stop: expected
                 with tracer.invoke(kwargs):
                     for _step in tracer.iter[:max_new_tokens]:
                         for envoy, site, delta in zip(envoys, (s.site for s in plan), deltas, strict=True):
