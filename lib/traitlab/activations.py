@@ -100,6 +100,19 @@ def _reducers(batch: Sequence[Encoded], side: PaddingSide, width: int, position:
     return weights
 
 
+def _remote(model: LoadedModel) -> dict:
+    """nnsight's ``remote=`` for a trace, only when set (NDIF, or ``"local"`` simulation).
+
+    A remote trace ships its code; traitlab is not installed on the server, so its functions
+    used inside traces (site lookups, steering adds) are registered to travel by value."""
+    if not getattr(model, "remote", False):
+        return {}
+    import nnsight
+
+    nnsight.register("traitlab")
+    return {"remote": model.remote}
+
+
 def _run_batch(model: LoadedModel, batch: Sequence[Encoded], sites: Sequence[Site],
                position: str, side: PaddingSide) -> dict[Site, torch.Tensor]:
     inputs = _pad_batch(batch, side, model.tokenizer.pad_token_id)
@@ -110,7 +123,7 @@ def _run_batch(model: LoadedModel, batch: Sequence[Encoded], sites: Sequence[Sit
     envoys = [resolve(lm, module_path(model.arch, s)) for s in ordered]
     saved: list[torch.Tensor] = []
     rows = torch.arange(len(batch))
-    with torch.no_grad(), lm.trace(inputs) as tracer:
+    with torch.no_grad(), lm.trace(inputs, **_remote(model)) as tracer:
         for site, envoy in zip(ordered, envoys, strict=True):
             h = envoy_value(envoy, site)  # [b, width, d]
             if position == "last":

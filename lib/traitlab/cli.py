@@ -14,13 +14,14 @@ import argparse
 import datetime as _dt
 import html
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .atomic import atomic_path, write_text
-from .params import ParamError, load_profile, notebook_name, validate
+from .params import ParamError, load_profile, load_runtime, notebook_name, validate
 from .paths import PROJECT_ROOT
 
 
@@ -56,6 +57,9 @@ def execute(notebook: str, profile: str, out_dir: Path, name: str) -> Path:
     target = out_dir / f"{name}.ipynb"
     with atomic_path(target) as tmp:
         tmp_nb = tmp.with_suffix(".ipynb")
+        runtime = load_runtime(notebook, profile)
+        saved = {k: os.environ.get(k) for k in runtime}
+        os.environ.update(runtime)  # the kernel inherits them; load_model reads them as defaults
         try:
             pm.execute_notebook(str(src), str(tmp_nb), parameters=load_profile(notebook, profile),
                                 kernel_name="python3", cwd=str(PROJECT_ROOT / "notebooks"),
@@ -63,6 +67,8 @@ def execute(notebook: str, profile: str, out_dir: Path, name: str) -> Path:
             tmp_nb.replace(tmp)
         finally:
             tmp_nb.unlink(missing_ok=True)
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     return target
 
 

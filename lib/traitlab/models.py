@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,8 @@ class LoadedModel:
     lm: Any = field(repr=False)
     tokenizer: Any = field(repr=False)
     chat: ChatFormat = field(repr=False)
+    remote: bool | str = False
+    device_map: str | None = None
 
     @property
     def hf(self) -> torch.nn.Module:
@@ -85,7 +88,8 @@ class LoadedModel:
         """The provenance a report prints."""
         return {"model": self.spec, "kind": self.kind, "arch": self.arch, "n_layers": self.n_layers,
                 "d_model": self.d_model, "dtype": self.dtype, "revision": self.revision,
-                "fingerprint": self.fingerprint, "chat_format": self.chat.name}
+                "fingerprint": self.fingerprint, "chat_format": self.chat.name,
+                "remote": self.remote, "device_map": self.device_map}
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -150,14 +154,81 @@ def _dir_fingerprint(path: Path) -> str:
                                 + [(path / "config.json").read_text()])
 
 
+REMOTE_ENV, DEVICE_MAP_ENV = "TRAITLAB_REMOTE", "TRAITLAB_DEVICE_MAP"
+"""Environment defaults for ``remote`` / ``device_map`` (set by a profile's ``runtime:`` block)."""
+
+
+def runtime_from_env() -> tuple[bool | str, str | None]:
+    """(remote, device_map) defaults: ``$TRAITLAB_REMOTE`` (true / false / local) and
+    ``$TRAITLAB_DEVICE_MAP`` (e.g. auto)."""
+    raw = os.environ.get(REMOTE_ENV, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        remote: bool | str = False
+    elif raw in ("1", "true", "yes"):
+        remote = True
+    elif raw == "local":
+        remote = "local"
+    else:
+        raise ModelError(f"${REMOTE_ENV}={raw!r}: use true, false or local")
+    return remote, os.environ.get(DEVICE_MAP_ENV) or None
+
+
+def check_remote(spec: str, revision: str | None = None, timeout_s: float = 5.0) -> ModelInfo:
+    """Everything remote execution needs, checked before any model work, cheapest first: an NDIF
+    key in ``$NDIF_API_KEY``, a hub model, a reachable NDIF host. Returns the model's info."""
+    if not os.environ.get("NDIF_API_KEY"):
+        raise ModelError("remote: true runs the model on NDIF and needs an API key in $NDIF_API_KEY "
+                         "(get one at https://login.ndif.us); or set remote: false to run locally")
+    info = describe(spec, revision)
+    if info.kind != "hub":
+        raise ModelError(f"remote execution runs Hugging Face hub models hosted on NDIF; {spec!r} is a "
+                         f"{info.kind} model: use its hub id or set remote: false")
+    from nnsight import CONFIG
+
+    host = os.environ.get("NDIF_HOST") or CONFIG.API.HOST
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(host, timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        pass  # the server answered
+    except (urllib.error.URLError, OSError) as err:
+        raise ModelError(f"cannot reach NDIF at {host} ({getattr(err, 'reason', err)}); check the network, "
+                         "$NDIF_HOST, or set remote: false to run locally") from None
+    return info
+
+
 def load_model(spec: str, *, revision: str | None = None, dtype: Dtype = "float32",
-               device_map: str | None = None, seed: int = 0, quiet: bool = False) -> LoadedModel:
+               device_map: str | None = None, remote: bool | str | None = None, seed: int = 0,
+               quiet: bool = False) -> LoadedModel:
     """Load ``spec`` (see the module docstring) and wrap it for nnsight.
 
-    ``device_map`` is passed to transformers (e.g. ``"auto"`` shards across GPUs);
-    ``seed`` only matters for the tiny random models.
+    ``device_map`` is passed to transformers (e.g. ``"auto"`` shards across GPUs). ``remote``:
+    ``True`` runs every trace on NDIF (hub models only, key in ``$NDIF_API_KEY``; no weights are
+    loaded here), ``"local"`` runs nnsight's serialize-and-execute simulation of that path on a
+    local model. Both default to ``$TRAITLAB_REMOTE`` / ``$TRAITLAB_DEVICE_MAP``. ``seed`` only
+    matters for the tiny random models.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    env_remote, env_map = runtime_from_env()
+    remote = env_remote if remote is None else remote
+    device_map = device_map or env_map
+    if remote not in (False, True, "local"):
+        raise ModelError(f"remote must be true, false or 'local', got {remote!r}")
+    if remote is True:
+        info = check_remote(spec, revision)
+        from nnsight import TransformersModel
+
+        lm = TransformersModel(spec, revision=revision)  # meta weights: the server holds the real ones
+        tok = lm.tokenizer
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return LoadedModel(spec=spec, kind=info.kind, arch=info.arch, n_layers=info.n_layers,
+                           d_model=info.d_model, dtype=dtype, fingerprint=f"hub:{spec}@{revision or 'main'}",
+                           revision=revision, lm=lm, tokenizer=tok, chat=ChatFormat.for_tokenizer(tok),
+                           remote=True, device_map=None)
 
     if dtype not in _DTYPES:
         raise ModelError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
@@ -197,4 +268,5 @@ def load_model(spec: str, *, revision: str | None = None, dtype: Dtype = "float3
     lm = TransformersModel(hf, tokenizer=tok, task="text-generation")
     return LoadedModel(spec=spec, kind=info.kind, arch=info.arch, n_layers=info.n_layers,
                        d_model=info.d_model, dtype=dtype, fingerprint=fingerprint,
-                       revision=revision, lm=lm, tokenizer=tok, chat=ChatFormat.for_tokenizer(tok))
+                       revision=revision, lm=lm, tokenizer=tok, chat=ChatFormat.for_tokenizer(tok),
+                       remote=remote, device_map=device_map)

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .activations import _pad_batch
+from .activations import _pad_batch, _remote
 from .chat import Encoded
 from .models import LoadedModel
 from .sites import Site, check_sites, envoy_value, module_path, resolve
@@ -134,7 +134,7 @@ def monitor(model: LoadedModel, examples: Sequence[Encoded], watches: Sequence[W
     for start in tqdm(range(0, len(order), batch_size), desc="monitor", disable=not progress):
         idx = order[start:start + batch_size]
         inp = _pad_batch([examples[i] for i in idx], "left", tok.pad_token_id)
-        with warnings.catch_warnings(), lm.generate(**gen) as tracer:
+        with warnings.catch_warnings(), lm.generate(**gen, **_remote(model)) as tracer:
             warnings.filterwarnings("ignore", message=".*was never reached.*")  # early stop: expected
             reads = list().save()
             with tracer.invoke({"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}):

@@ -134,6 +134,44 @@ def profile_path(notebook: str, profile: str) -> Path:
     return PROJECT_ROOT / "params" / notebook / f"{profile}.yaml"
 
 
+RUNTIME_KEYS = {"device_map": "TRAITLAB_DEVICE_MAP", "remote": "TRAITLAB_REMOTE"}
+"""A profile's optional ``runtime:`` block: where the model runs, not what the notebook computes.
+``traitlab render`` passes it to the kernel as these environment variables, which
+``traitlab.models.load_model`` reads as defaults (so any notebook runs sharded or on NDIF
+without code changes)."""
+
+
+def check_runtime(block: Any, where: str = "runtime") -> dict[str, Any]:
+    """Validate a ``runtime:`` block: ``device_map`` (null or a transformers device map string such
+    as ``auto``) and ``remote`` (false, true = NDIF, or ``local`` = nnsight's local simulation)."""
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise ParamError(f"{where}: runtime must be a mapping like {{device_map: auto, remote: false}}")
+    unknown = sorted(set(block) - set(RUNTIME_KEYS))
+    if unknown:
+        raise ParamError(f"{where}: unknown runtime keys {unknown}; known: {', '.join(RUNTIME_KEYS)}")
+    dm = block.get("device_map")
+    if dm is not None and not isinstance(dm, str):
+        raise ParamError(f"{where}: runtime.device_map must be a string such as 'auto' or null, got {dm!r}")
+    rm = block.get("remote", False)
+    if rm not in (True, False, "local"):
+        raise ParamError(f"{where}: runtime.remote must be true, false or 'local', got {rm!r}")
+    return {"device_map": dm, "remote": rm}
+
+
+def load_runtime(notebook: str, profile: str) -> dict[str, str]:
+    """The environment a profile's ``runtime:`` block asks for (empty when it has none)."""
+    values = yaml.safe_load(profile_path(notebook, profile).read_text()) or {}
+    rt = check_runtime(values.get("runtime") if isinstance(values, dict) else None)
+    env = {}
+    if rt.get("device_map"):
+        env[RUNTIME_KEYS["device_map"]] = rt["device_map"]
+    if rt.get("remote"):
+        env[RUNTIME_KEYS["remote"]] = "local" if rt["remote"] == "local" else "true"
+    return env
+
+
 def load_profile(notebook: str, profile: str) -> dict[str, Any]:
     """The parameters of ``params/<notebook>/<profile>.yaml``, checked against the notebook."""
     notebook_path(notebook)  # an unknown notebook is named before a missing profile
@@ -144,6 +182,8 @@ def load_profile(notebook: str, profile: str) -> dict[str, Any]:
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ParamError(f"{path}: expected a mapping of parameter names to values")
+    values = dict(values)
+    check_runtime(values.pop("runtime", None), where=str(path))
     declared = parameters_cell(notebook_path(notebook))
     for key in values:
         if key not in declared:

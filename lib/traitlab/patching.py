@@ -74,6 +74,9 @@ def patch_last_k(model: LoadedModel, targets: Sequence[Encoded], sources: Sequen
                  sites: Sequence[Site], k: int, reduce: Reduce, *, batch_size: int = 8,
                  progress: bool = False) -> PatchResult:
     """Patch each site's last-``k``-position activations from sources into targets."""
+    from .sweep import _local_only
+
+    _local_only(model, "activation patching")
     if len(targets) != len(sources) or not targets:
         raise ValueError(f"need equally many targets and sources, got {len(targets)} and {len(sources)}")
     min_len = min(len(e.ids) for e in list(targets) + list(sources))

@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
-from .activations import _pad_batch
+from .activations import _pad_batch, _remote
 from .chat import Encoded
 from .models import LoadedModel
 from .sites import Site, check_sites, envoy_value, layout, module_path, resolve
@@ -64,11 +64,14 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
         inp = _pad_batch([examples[i] for i, _ in chunk], "left", tok.pad_token_id)
         kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
         gen = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        if envoy is None:
+        if envoy is None and not model.remote:
             ids = model.hf.generate(**kwargs, **gen)
+        elif envoy is None:
+            with lm.generate(kwargs, **gen, **_remote(model)) as tracer:
+                ids = tracer.result.save()
         else:
             add = deltas[[c for _, c in chunk]].to(next(model.hf.parameters()).dtype)
-            with lm.generate(kwargs, **gen) as tracer:
+            with lm.generate(kwargs, **gen, **_remote(model)) as tracer:
                 envoy.input[:, -1] += add  # prefill pass only
                 ids = tracer.result.save()
         new = ids[:, inp["input_ids"].shape[1]:]
@@ -181,12 +184,12 @@ def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Se
         idx = order[start:start + batch_size]
         inp = _pad_batch([examples[i] for i in idx], "left", tok.pad_token_id)
         kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
-        if not plan:
+        if not plan and not model.remote:
             ids = hf.generate(**kwargs, **gen)
         else:
             # Two invokes: when every row stops early (EOS), the step loop is cut short and
             # nothing after it in the same invoke runs; the second invoke always does.
-            with warnings.catch_warnings(), lm.generate(**gen) as tracer:
+            with warnings.catch_warnings(), lm.generate(**gen, **_remote(model)) as tracer:
                 warnings.filterwarnings("ignore", message=".*was never reached.*")  # early stop: expected
                 with tracer.invoke(kwargs):
                     for _step in tracer.iter[:max_new_tokens]:

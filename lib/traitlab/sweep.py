@@ -57,7 +57,14 @@ def layers_from(model: LoadedModel, layer: int) -> Iterator[None]:
         setattr(parent, name, full)
 
 
+def _local_only(model: LoadedModel, what: str) -> None:
+    if getattr(model, "remote", False):
+        raise ValueError(f"{what} reuses a local KV cache and cannot run remotely; "
+                         "run this notebook with remote: false (device_map shards large models instead)")
+
+
 def _check(model: LoadedModel, examples: Sequence[Encoded], layer: int, deltas: torch.Tensor) -> None:
+    _local_only(model, "the prefix-reuse sweep")
     if not examples:
         raise ValueError("no prompts to sweep")
     if not 0 <= layer < model.n_layers:
