@@ -34,7 +34,8 @@ TEST_WORKERS ?= 2
 test: install
 	$(BIN)/ruff check lib tests notebooks benchmarks
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadscope \
-		tests --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-current-env -p no:cacheprovider
+		tests lib/traitlab --doctest-modules --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		--nbval-current-env -p no:cacheprovider
 
 # Slow tier (not in CI): re-execute the committed default-profile reports under nbval.
 test-slow: install

@@ -24,7 +24,8 @@ messages and the request settings, so a report re-runs offline with identical sc
 (``offline=True`` turns a cache miss into an error instead of a request).
 
 Example:
-    >>> logprob_score({"80": -0.2231, "90": -1.6094})    # p = 0.8, 0.2
+    >>> score, mass = logprob_score({"80": -0.2231, "90": -1.6094})    # p = 0.8, 0.2
+    >>> round(score, 2), round(mass, 3)
     (82.0, 1.0)
     >>> parse_score("Score: 75/100")
     75.0

@@ -6,7 +6,7 @@ template, so chat formatting, padding and every site can be tested without downl
 Example:
     >>> model, tok = build("tiny-gemma3", seed=0)
     >>> model.config.num_hidden_layers, tok("ab")["input_ids"]
-    (2, [68, 69])
+    (2, [16, 17])
 """
 
 from __future__ import annotations
