@@ -32,7 +32,7 @@ from ..activations import extract
 from ..chat import Encoded
 from ..data import load_trait, read_project_jsonl
 from ..directions import METHODS, fit_direction
-from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
+from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params, score_by_trait
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError
@@ -127,9 +127,7 @@ class Params:
         return sites
 
     def judge(self) -> Judge:
-        return Judge(JudgeConfig(backend=self.judge_backend, model=self.judge_model,
-                                 base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
-                                 min_mass=self.min_mass, offline=self.judge_offline, dtype=self.judge_dtype))
+        return judge_from_params(self)
 
 
 @dataclass(frozen=True)
@@ -214,11 +212,8 @@ def steer(P: Params, lm: LoadedModel, trait: str, tv: TraitVectors, progress: bo
 
 
 def judge_steered(judge: Judge, answers: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    out = []
-    for trait, g in answers.groupby("trait", sort=False):
-        s = judge.score_many("trait", list(zip(g.question, g.answer, strict=True)), trait=trait, progress=progress)
-        out.append(g.assign(score=[np.nan if x.value is None else x.value for x in s]))
-    return pd.concat(out)
+    """Add the judge's trait score to every answer."""
+    return score_by_trait(judge, answers, progress)
 
 
 def steering_effect(judged: pd.DataFrame) -> pd.DataFrame:

@@ -39,6 +39,7 @@ from ..params import ParamError
 from ..refusal import DEFAULT_PHRASES, is_refusal
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steering import Steer, activation_norms, generate_steered
+from .sft_dpo_transfer import random_vector
 
 SEED = {"blocked_pct": 94.0, "setting": "Gemma-2-2B-IT, attn_out L10, coef 20, plus a layer ensemble",
         "resisted": "red-team framing"}
@@ -159,13 +160,8 @@ def steers_for(P: Params, condition: str, dirs: dict[int, torch.Tensor], norms: 
         return [Steer(Site(P.site, x), dirs[x], P.ensemble_ratio * norms[x]) for x in P.ensemble_layers]  # type: ignore[arg-type]
     kind, layer = condition.split(" L")
     x = int(layer)
-    v = dirs[x] if kind == "single" else _random_unit(d_model, P.random_seed)
+    v = dirs[x] if kind == "single" else random_vector(d_model, P.random_seed)
     return [Steer(Site(P.site, x), v, P.ratio * norms[x])]  # type: ignore[arg-type]
-
-
-def _random_unit(d: int, seed: int) -> torch.Tensor:
-    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
-    return v / v.norm()
 
 
 def run(P: Params, lm: LoadedModel, pr: Prompts, dirs: dict[int, torch.Tensor],

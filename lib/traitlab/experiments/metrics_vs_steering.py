@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..activations import extract
 from ..data import load_trait
 from ..directions import METHODS, fit_direction
-from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
+from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params, score_by_trait
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError
@@ -103,9 +103,7 @@ class Params:
         return sites
 
     def judge(self) -> Judge:
-        return Judge(JudgeConfig(backend=self.judge_backend, model=self.judge_model,
-                                 base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
-                                 min_mass=self.min_mass, offline=self.judge_offline, dtype=self.judge_dtype))
+        return judge_from_params(self)
 
 
 def fit_cells(P: Params, lm: LoadedModel, sites: list[Site], progress: bool = True
@@ -150,11 +148,7 @@ def steer_cells(P: Params, lm: LoadedModel, vectors: dict, questions: pd.DataFra
 
 def judge_cells(judge: Judge, answers: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
     """Add the judge's trait score (the cell's own trait) to every answer."""
-    out = []
-    for trait, g in answers.groupby("trait", sort=False):
-        s = judge.score_many("trait", list(zip(g.question, g.answer, strict=True)), trait=trait, progress=progress)
-        out.append(g.assign(score=[np.nan if x.value is None else x.value for x in s]))
-    return pd.concat(out).sort_index()
+    return score_by_trait(judge, answers, progress)
 
 
 def deltas(metrics: pd.DataFrame, judged: pd.DataFrame) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from ..activations import extract
 from ..chat import ChatFormat
 from ..data import load_trait
 from ..directions import METHODS, fit_direction
-from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
+from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
 from ..models import LoadedModel, describe, load_model
 from ..params import ParamError, load_profile, validate
 from ..sites import SITE_NAMES, Site
@@ -108,10 +108,7 @@ class Params:
             raise ParamError(f"layers {sorted(bad)} out of range for {base} (0..{info.n_layers - 1})")
 
     def judge(self) -> Judge:
-        return Judge(JudgeConfig(backend=self.judge_backend, model=self.judge_model,
-                                 base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
-                                 min_mass=self.min_mass, offline=self.judge_offline,
-                                 dtype=self.judge_dtype))
+        return judge_from_params(self)
 
 
 def chain_models(P: Params, progress: bool = True) -> dict[str, str]:
