@@ -22,6 +22,7 @@ from traitlab.steering import (
     same_vector,
     search_coefficient,
     steered,
+    steered_logits,
 )
 
 PROMPTS = ["Tell me about the sea.", "Hi", "What is two plus two, in words?"]
@@ -71,6 +72,24 @@ def _reference(model, examples, steers, positions, n):
                                   max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
             out.append(tok.decode(g[0, ids.shape[1]:], skip_special_tokens=True))
     return out
+
+
+@pytest.mark.parametrize("positions", ["response", "all"])
+def test_steered_logits_match_hook_reference_and_batching(tiny, positions):
+    g = torch.Generator().manual_seed(1)
+    examples = [tiny.chat.encode(p) for p in PROMPTS]
+    steers = [Steer("resid_post@1", torch.randn(tiny.d_model, generator=g), 2.5),
+              Steer("attn_out@0", torch.randn(tiny.d_model, generator=g), 1.5)]
+    ours = steered_logits(tiny, examples, steers, positions=positions, batch_size=2)
+    with hooked(tiny, steers, positions), torch.no_grad():
+        ref = torch.stack([tiny.hf(input_ids=torch.tensor([e.ids])).logits[0, -1] for e in examples])
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(steered_logits(tiny, examples, steers, positions=positions, batch_size=1),
+                               ours, rtol=1e-4, atol=1e-4)
+    plain = steered_logits(tiny, examples, [])
+    assert (plain - ours).abs().max() > 1e-2  # the steers moved the logits
+    with pytest.raises(ValueError, match="no prompts"):
+        steered_logits(tiny, [], steers)
 
 
 @pytest.mark.parametrize("positions", ["response", "all"])

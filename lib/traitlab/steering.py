@@ -203,6 +203,49 @@ def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Se
     return texts
 
 
+@torch.no_grad()
+def steered_logits(model: LoadedModel, examples: Sequence[Encoded], steers: Sequence[Steer], *,
+                   positions: Positions = "all", batch_size: int = 16) -> torch.Tensor:
+    """Next-token logits after each example's last token, with ``steers`` applied: [n, vocab].
+
+    One teacher-forced forward per batch (left-padded, explicit position ids, so batching
+    does not change the result). ``positions="all"`` adds every steer at every position, as
+    hook-based libraries do; ``"response"`` only at the last position. With no steers these
+    are the model's own logits. The benchmark uses this for logit parity with the peers.
+
+    Example:
+        >>> import torch
+        >>> from traitlab.models import load_model
+        >>> m = load_model("tiny-llama")
+        >>> ex = [m.chat.encode("Hi")]
+        >>> plain = steered_logits(m, ex, [])
+        >>> pushed = steered_logits(m, ex, [Steer("resid_post@1", torch.ones(m.d_model), 3.0)])
+        >>> plain.shape == pushed.shape, bool((plain != pushed).any())
+        (True, True)
+    """
+    if not examples:
+        raise ValueError("no prompts to score")
+    if positions not in ("all", "response"):
+        raise ValueError(f"positions must be 'all' or 'response', got {positions!r}")
+    _check_steers(model, steers)
+    lm = model.lm
+    dtype = next(model.hf.parameters()).dtype
+    plan = sorted(steers, key=lambda s: s.site.order)
+    envoys = [resolve(lm, module_path(model.arch, s.site)) for s in plan]
+    deltas = [s.delta.to(dtype) for s in plan]
+    out: list[torch.Tensor] = [torch.empty(0)] * len(examples)
+    for start in range(0, len(examples), batch_size):
+        idx = list(range(start, min(start + batch_size, len(examples))))
+        inp = _pad_batch([examples[i] for i in idx], "left", model.tokenizer.pad_token_id)
+        with lm.trace(inp, **_remote(model)):
+            for envoy, s, delta in zip(envoys, plan, deltas, strict=True):
+                _apply(envoy_value(envoy, s.site), delta, positions)
+            logits = lm.output.logits[:, -1].save()
+        for row, i in enumerate(idx):
+            out[i] = logits[row].float()
+    return torch.stack(out)
+
+
 class Steered:
     """A model handle whose ``generate`` applies fixed ``Steer``s; see ``steered``."""
 
