@@ -14,7 +14,7 @@ NOTEBOOKS ?= all
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAVA_BUILD=OFF
 
-.PHONY: install reports test test-slow lint golden clean
+.PHONY: install reports test test-slow lint golden bench clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,18 @@ test-slow: install
 # Regenerate the ci-profile golden notebooks guarded by `make test`.
 golden: install
 	$(BIN)/traitlab render $(NOTEBOOKS) --profile ci --out tests/golden --no-html --suffix ''
+
+# Benchmarks (not in CI; about an hour on 2 cores): run alone on the machine, one after the
+# other, then render reports/performance.html from the results they write to reports/benchmarks/.
+# The peer benchmark creates build/peer-venv (transformers 4, numpy 1) on first use.
+BENCH_MODEL ?= smollm2-135m-instruct
+bench: install
+	$(BIN)/python benchmarks/extraction_throughput.py --model $(BENCH_MODEL)
+	$(BIN)/python benchmarks/peers.py --model $(BENCH_MODEL)
+	$(BIN)/python benchmarks/refusal_sweep.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/scaling.py
+	$(BIN)/traitlab render performance --profile default
 
 lint: install
 	$(BIN)/ruff check lib tests notebooks benchmarks

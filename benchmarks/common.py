@@ -50,9 +50,42 @@ def save(name: str, figures: dict[str, Any], *, out: Path | None = None) -> Path
 def target(value: float, goal: float, direction: str) -> dict[str, Any]:
     """A measured ratio next to its target; ``direction`` is '>=' or '<='."""
     ok = value >= goal if direction == ">=" else value <= goal
-    return {"value": round(float(value), 4), "target": f"{direction} {goal}", "met": bool(ok)}
+    return {"value": float(value), "target": f"{direction} {goal}", "met": bool(ok)}
+
+
+def current_rss_bytes() -> int:
+    """This process's resident set size now (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def peak_rss_bytes() -> int:
     """This process's peak resident set size so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def bench_examples(model: Any, n: int) -> list:
+    """``n`` chat-formatted prompt + response examples from the project's trait sets.
+
+    The trait sets hold about 2,500 distinct examples; beyond that, prompts repeat with a
+    numbered suffix so every example has its own token ids (and its own cache key)."""
+    from traitlab.data import available_traits, load_trait
+
+    pool = [(pr, rs) for t in available_traits() for p in load_trait(t).pairs
+            for pr, rs in ((p.pos_prompt, p.pos_response), (p.neg_prompt, p.neg_response))]
+    out = []
+    for i in range(n):
+        prompt, response = pool[i % len(pool)]
+        if i >= len(pool):
+            prompt = f"{prompt} (variant {i // len(pool)})"
+        out.append(model.chat.encode(prompt, response))
+    return out
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes of the model's parameters (shared tensors counted once)."""
+    seen, total = set(), 0
+    for p in model.hf.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total

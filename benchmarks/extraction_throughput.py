@@ -14,6 +14,7 @@ import statistics
 import time
 
 import torch
+from common import save, target
 
 from traitlab.activations import _pad_batch, extract
 from traitlab.data import load_trait
@@ -56,6 +57,7 @@ def main() -> None:
         return time.perf_counter() - t
 
     print(f"{'batch':>5} {'bare tok/s':>11} {'traitlab tok/s':>15} {'ratio':>7}")
+    rows = []
     for bs in args.batch_sizes:
         bare(bs), ours(bs)  # warm-up
         tb, to = [], []
@@ -64,6 +66,12 @@ def main() -> None:
             to.append(ours(bs))
         rb, ro = n_tokens / statistics.median(tb), n_tokens / statistics.median(to)
         print(f"{bs:>5} {rb:>11.0f} {ro:>15.0f} {ro / rb:>7.2f}")
+        rows.append({"batch_size": bs, "bare_tokens_per_s": round(rb, 1), "traitlab_tokens_per_s": round(ro, 1),
+                     "bare_seconds": [round(x, 3) for x in tb], "traitlab_seconds": [round(x, 3) for x in to],
+                     "ratio": target(ro / rb, 0.95, ">=")})
+    save("extraction_throughput", {"model": m.spec, "layers": m.n_layers, "site": "resid_post, every layer",
+                                   "position": args.position, "n_prompts": len(examples), "tokens": n_tokens,
+                                   "repeats": args.repeats, "runs": rows})
 
 
 if __name__ == "__main__":

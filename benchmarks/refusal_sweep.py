@@ -15,6 +15,7 @@ import os
 import time
 
 import torch
+from common import save, target
 
 from traitlab.data import harmful_prompts
 from traitlab.models import load_model
@@ -57,6 +58,11 @@ def main() -> None:
     print(f"naive (full forward per condition): {t_slow:8.1f} s")
     print(f"reuse (prefix + layers >= {layer}):   {t_fast:8.1f} s")
     print(f"speed ratio: {t_slow / t_fast:.1f}x (target >= 20x); max |score diff| {diff:.2e} (target <= 1e-4)")
+    save("refusal_sweep", {"model": m.spec, "layer": layer, "n_prompts": len(ex), "tokens": tokens,
+                           "conditions": len(deltas), "batch_size": args.batch_size,
+                           "naive_seconds": round(t_slow, 2), "reuse_seconds": round(t_fast, 2),
+                           "speedup": target(t_slow / t_fast, 20, ">="),
+                           "max_abs_score_diff": target(diff, 1e-4, "<=")})
 
 
 if __name__ == "__main__":

@@ -76,6 +76,47 @@ def test_cache_roundtrip_and_resume(tiny, tmp_cache, monkeypatch):
         assert torch.equal(resumed[s], fresh[s]) and torch.equal(cached[s], fresh[s])
 
 
+@pytest.mark.parametrize("position", ["last", "all"])
+def test_streamed_extraction_equals_in_memory_and_resumes(tiny, tmp_cache, monkeypatch, position):
+    ex, sites = _examples(tiny), [Site("resid_post", 1), Site("v", 0)]
+    fresh = extract(tiny, ex, sites, position=position, batch_size=3, cache=False, progress=False)
+
+    calls = {"n": 0}
+    real = A._run_batch
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(A, "_run_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        extract(tiny, ex, sites, position=position, batch_size=3, stream=True, progress=False)
+    calls["n"] = 10
+    disk = extract(tiny, ex, sites, position=position, batch_size=3, stream=True, progress=False)
+    assert isinstance(disk, A.DiskActivations)
+    assert calls["n"] == 10 + 7 - 3  # 7 batches, 3 reused from shards
+    folder = disk.folder
+    assert (folder / "manifest.json").exists() and not (folder / "acts.safetensors").exists()
+    assert len(list(folder.glob("shard_*.safetensors"))) == 7  # shards are the result: kept
+    for s in sites:
+        assert torch.equal(disk[s], fresh[s])
+    if position == "all":
+        for a, b in zip(disk.per_example(sites[0]), fresh.per_example(sites[0]), strict=True):
+            assert torch.equal(a, b)
+    monkeypatch.setattr(A, "_run_batch", lambda *a, **k: pytest.fail("stream not reused"))
+    again = extract(tiny, ex, sites, position=position, batch_size=3, stream=True, progress=False)
+    assert torch.equal(again[sites[1]], fresh[sites[1]])
+    with pytest.raises(KeyError, match="was not extracted"):
+        disk[Site("resid_post", 0)]
+
+
+def test_stream_needs_a_folder(tiny):
+    with pytest.raises(ExtractionError, match="stream=True writes each batch to disk"):
+        extract(tiny, _examples(tiny), [Site("resid_post", 0)], cache=False, stream=True)
+
+
 def test_cache_key_depends_on_inputs(tiny):
     ex = _examples(tiny)
     k = A.cache_key(tiny, ex, [Site("resid_pre", 0)], "last")

@@ -21,7 +21,7 @@ def test_each_claim_has_provenance():
         # every claim has a commit; single-model reports also name the exact weights (the chain
         # and transfer reports name their models in their parameters instead)
         assert row["derived"] is not None and row["git_commit"] and row["date"], row
-        assert row["fingerprint"] or row["report"].split("/")[-1].startswith(("model_chain", "sft_dpo")), row
+        assert row["fingerprint"] or row["report"].split("/")[-1].startswith(("model_chain", "sft_dpo", "performance")), row
 
 
 def _report(tmp_path, text):

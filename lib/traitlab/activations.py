@@ -17,6 +17,10 @@ token ids of every example, the sites and the position. Each batch is written
 atomically as a shard; an interrupted run resumes from the shards it finds, and a
 finished run consolidates them into one safetensors file.
 
+``stream=True`` keeps nothing in memory: each batch goes to its shard on disk and the
+result is a ``DiskActivations`` that reads one site at a time (every layer's per-token
+activations of thousands of prompts do not fit in RAM; one site's usually does).
+
 Example:
     >>> from traitlab.models import load_model
     >>> m = load_model("tiny-llama")
@@ -72,6 +76,62 @@ class ActivationSet:
         if self.lengths is None:
             raise ValueError("per_example is only for position 'all'")
         return list(torch.split(self[site], self.lengths.tolist()))
+
+
+@dataclass(frozen=True)
+class DiskActivations:
+    """Activations streamed to disk by ``extract(..., stream=True)``.
+
+    Same reading interface as ``ActivationSet``; ``acts[site]`` reads that site's rows from
+    every shard (memory holds one site, never all of them), in example order.
+    """
+
+    sites: tuple[Site, ...]
+    position: str
+    folder: Path
+    n_examples: int
+    lengths: torch.Tensor | None = field(default=None, repr=False)
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.folder.glob("shard_*.safetensors"))
+
+    def __getitem__(self, site: Site | str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        site = Site.parse(site) if isinstance(site, str) else site
+        if site not in self.sites:
+            raise KeyError(f"{site} was not extracted; have {', '.join(map(str, self.sites))}")
+        lengths = self.lengths
+        starts = None if lengths is None else torch.cumsum(lengths, 0) - lengths
+        out: torch.Tensor | None = None
+        for shard in self._shards():
+            with safe_open(str(shard), framework="pt") as f:
+                block, idx = f.get_tensor(str(site)), f.get_tensor("index").tolist()
+            if out is None:
+                rows = self.n_examples if lengths is None else int(lengths.sum())
+                out = torch.empty(rows, block.shape[-1], dtype=block.dtype)
+            _place_rows(out, block, idx, lengths, starts)
+        assert out is not None
+        return out
+
+    def per_example(self, site: Site | str) -> list[torch.Tensor]:
+        """For position 'all': one [len_i, d] tensor per example."""
+        if self.lengths is None:
+            raise ValueError("per_example is only for position 'all'")
+        return list(torch.split(self[site], self.lengths.tolist()))
+
+
+def _place_rows(out: torch.Tensor, block: torch.Tensor, idx: list[int], lengths: torch.Tensor | None,
+                starts: torch.Tensor | None) -> None:
+    """Write a shard's rows (examples ``idx``, in shard order) into ``out`` in example order."""
+    if lengths is None or starts is None:
+        out[idx] = block
+        return
+    offset = 0
+    for i in idx:
+        n = int(lengths[i])
+        out[int(starts[i]):int(starts[i]) + n] = block[offset:offset + n]
+        offset += n
 
 
 def _pad_batch(batch: Sequence[Encoded], side: PaddingSide, pad_id: int) -> dict[str, torch.Tensor]:
@@ -138,22 +198,38 @@ def _run_batch(model: LoadedModel, batch: Sequence[Encoded], sites: Sequence[Sit
 
 
 def cache_key(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Site],
-              position: str) -> str:
-    """The activation-cache key: model fingerprint, dtype, token ids, sites, position."""
-    return stable_hash({
+              position: str, stream: bool = False) -> str:
+    """The activation-cache key: model fingerprint, dtype, token ids, sites, position, layout."""
+    key = {
         "model": model.fingerprint, "dtype": model.dtype,
         "examples": stable_hash([(e.ids, e.prompt_len) for e in examples], 32),
         "sites": sorted(map(str, sites)), "position": position, "format": 1,
-    }, 24)
+    }
+    if stream:
+        key["layout"] = "stream"
+    return stable_hash(key, 24)
 
 
 def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Site], *,
             position: Position = "last", batch_size: int = 16, padding_side: PaddingSide = "left",
-            cache: bool | Path = True, progress: bool = True) -> ActivationSet:
+            cache: bool | Path = True, progress: bool = True,
+            stream: bool = False) -> ActivationSet | DiskActivations:
     """Activations of ``examples`` at every site in ``sites``, reduced to ``position``.
 
     ``cache``: True uses ``$TRAITLAB_CACHE/activations``, a path uses that folder, False
-    computes in memory only.
+    computes in memory only. ``stream``: write each batch to its shard and return a
+    ``DiskActivations`` (peak memory: the model plus one batch); needs a cache folder.
+
+    Example (streamed):
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from traitlab.models import load_model
+        >>> m = load_model("tiny-llama")
+        >>> ex = [m.chat.encode("Hello", "Hi there"), m.chat.encode("Bye", "See you")]
+        >>> acts = extract(m, ex, [Site("resid_post", 0)], position="all", cache=Path(tempfile.mkdtemp()),
+        ...                stream=True, progress=False)
+        >>> [tuple(a.shape) for a in acts.per_example("resid_post@0")] == [(len(e.ids), 64) for e in ex]
+        True
     """
     sites = tuple(dict.fromkeys(sites))
     if not examples:
@@ -166,6 +242,9 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
         raise ExtractionError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if batch_size < 1:
         raise ExtractionError(f"batch_size must be >= 1, got {batch_size}")
+    if stream and not cache:
+        raise ExtractionError("stream=True writes each batch to disk: pass cache=True (the cache folder) "
+                              "or cache=Path('some/folder'), not cache=False")
     if position == "mean" and any(e.prompt_len == len(e.ids) for e in examples):
         raise ExtractionError("position 'mean' averages response tokens, but some examples have no response")
     check_sites(list(sites), model.arch, model.n_layers)
@@ -175,10 +254,12 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
     folder: Path | None = None
     if cache:
         base = Path(cache) if isinstance(cache, Path) else cache_dir("activations")
-        folder = base / cache_key(model, examples, sites, position)
+        folder = base / cache_key(model, examples, sites, position, stream)
         final = folder / "acts.safetensors"
         if final.exists():
             return _assemble(load_tensors(final), sites, position, len(examples))
+        if stream and (folder / "manifest.json").exists():
+            return _on_disk(folder, sites, position, examples)
         folder.mkdir(parents=True, exist_ok=True)
         layout = folder / "layout.json"
         if layout.exists() and layout.read_text() != f"{batch_size}\n":
@@ -194,25 +275,21 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
     merged: dict[str, torch.Tensor] = {}
 
     def place(shard: dict[str, torch.Tensor]) -> None:
+        if stream:
+            return  # the shard on disk is the result
         idx = shard["index"].tolist()
         for site in sites:
             key = str(site)
             block = shard[key]
             if key not in merged:
                 merged[key] = torch.empty(rows_total, block.shape[-1], dtype=block.dtype)
-            if position != "all":
-                merged[key][idx] = block
-                continue
-            offset = 0
-            for i in idx:
-                n = int(lengths[i])
-                merged[key][int(starts[i]):int(starts[i]) + n] = block[offset:offset + n]
-                offset += n
+            _place_rows(merged[key], block, idx, lengths if position == "all" else None, starts)
 
     for b, idx in enumerate(tqdm(batches, desc="extract", unit="batch", disable=not progress)):
         shard_file = folder / f"shard_{b:05d}.safetensors" if folder else None
         if shard_file is not None and shard_file.exists():
-            place(load_tensors(shard_file))
+            if not stream:
+                place(load_tensors(shard_file))
             continue
         batch = [examples[i] for i in idx]
         out = _run_batch(model, batch, sites, position, padding_side)
@@ -222,6 +299,12 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
             save_tensors(shard_file, shard)
         place(shard)
 
+    if stream:
+        assert folder is not None
+        write_json(folder / "manifest.json", {"model": model.record(), "n_examples": len(examples),
+                                              "sites": [str(s) for s in sites], "position": position,
+                                              "layout": "stream", "n_shards": len(batches)})
+        return _on_disk(folder, sites, position, examples)
     if position == "all":
         merged["lengths"] = lengths
     if folder is not None:
@@ -231,6 +314,12 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
         for f in folder.glob("shard_*.safetensors"):
             f.unlink()
     return _assemble(merged, sites, position, len(examples))
+
+
+def _on_disk(folder: Path, sites: Sequence[Site], position: str,
+             examples: Sequence[Encoded]) -> DiskActivations:
+    lengths = torch.tensor([len(e.ids) for e in examples]) if position == "all" else None
+    return DiskActivations(tuple(sites), position, folder, len(examples), lengths)
 
 
 def _assemble(merged: dict[str, torch.Tensor], sites: Sequence[Site], position: str,

@@ -109,7 +109,7 @@ def provenance(path: Path) -> dict[str, Any]:
     nb = json.loads(path.read_text())
     meta = nb.get("metadata", {}).get("traitlab", {})
     text = report_text(path)
-    grab = {k: re.search(rf"^\s+{k}\s+(\S+)", text, re.M) for k in
+    grab = {k: re.search(rf"^  {k} +(\S+)\s*$", text, re.M) for k in  # run-record lines only
             ("model", "fingerprint", "git_commit", "torch", "transformers", "nnsight")}
     return {"profile": meta.get("profile"), "date": meta.get("date"), "params": meta.get("params"),
             **{k: m.group(1) if m else None for k, m in grab.items()}}

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg") if matplotlib.get_backend() == "" else None
 import matplotlib.pyplot as plt  # noqa: E402
@@ -304,4 +305,69 @@ def trajectory_grid(frame: pd.DataFrame, ylabel: str) -> plt.Figure:
             ax.set_title(f"{model} · L{layer}", fontsize=9)
             ax.set_xlabel("generated token" if i == len(models) - 1 else "")
             ax.set_ylabel(ylabel if j == 0 else "")
+    return fig
+
+
+def throughput_bars(df: pd.DataFrame, goal: float) -> plt.Figure:
+    """Bare forward vs traitlab extraction throughput per batch size, ratio on top."""
+    long = df.melt(id_vars=["batch_size"], value_vars=["bare tok/s", "traitlab tok/s"], var_name="",
+                   value_name="tokens / s")
+    fig, ax = plt.subplots(figsize=(6, 3.4), constrained_layout=True)
+    sns.barplot(long, x="batch_size", y="tokens / s", hue="", ax=ax)
+    for i, (_, r) in enumerate(df.iterrows()):
+        ax.annotate(f"{r['ratio']:.2f}x", (i, max(r["bare tok/s"], r["traitlab tok/s"])), ha="center",
+                    va="bottom", fontsize=9, color="green" if r["ratio"] >= goal else "red")
+    ax.set(xlabel="batch size", title=f"every layer's resid_post; target ≥ {goal}x the bare forward")
+    return fig
+
+
+def peer_times(df: pd.DataFrame) -> plt.Figure:
+    """Median seconds per task, one bar per library."""
+    fig, ax = plt.subplots(figsize=(8, 3.4), constrained_layout=True)
+    sns.barplot(df, x="task", y="median seconds", hue="library", ax=ax)
+    ax.set(xlabel="", ylabel="median seconds (lower is better)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def memory_bars(df: pd.DataFrame, limit: float) -> plt.Figure:
+    """Peak RSS per configuration against the weights and ``limit`` × weights."""
+    df = df.assign(config=df["position"] + " / " + df["mode"])
+    models = list(dict.fromkeys(df["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.4), constrained_layout=True,
+                             squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        g = df[df["model"] == model]
+        ax.bar(g["config"], g["interpreter GiB"], color="0.75", label="interpreter + libraries")
+        ax.bar(g["config"], g["peak RSS GiB"] - g["interpreter GiB"], bottom=g["interpreter GiB"],
+               color="C0", label="weights + work")
+        w = float(g["weights GiB"].iloc[0])
+        ax.axhline(w, color="k", ls=":", lw=1, label="weights")
+        ax.axhline(limit * w, color="red", ls="--", lw=1, label=f"{limit}x weights")
+        ax.set(title=model, ylabel="peak RSS (GiB)")
+        ax.tick_params(axis="x", labelsize=8)
+    axes[0][0].legend(fontsize=7)
+    return fig
+
+
+def scaling_curves(by_count: pd.DataFrame, by_size: pd.DataFrame, slopes: pd.DataFrame) -> plt.Figure:
+    """Time and peak memory vs prompt count and vs model size, log-log, slopes in the legend."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    for ax, df, x, axis in ((axes[0], by_count, "n_prompts", "prompt count"),
+                            (axes[1], by_size, "params (M)", "model size")):
+        for model, g in df.groupby("model") if axis == "prompt count" else [("", df)]:
+            s = slopes[(slopes.axis == axis) & (slopes.quantity == "seconds")]
+            if axis == "prompt count":
+                s = s[s.model == model]
+            a = float(s.slope.iloc[0])
+            ax.plot(g[x], g["seconds"], marker="o", label=f"{model} time (slope {a:.2f})".strip())
+            lx = np.log10(g[x].to_numpy(float))
+            fit = np.polyfit(lx, np.log10(g["seconds"].to_numpy(float)), 1)
+            ax.plot(g[x], 10 ** np.polyval(fit, lx), ls=":", color="k", lw=1)
+        ax2 = ax.twinx()
+        ax2.plot(df[x], df["peak RSS GiB"], marker="s", color="C3", ls="--", label="peak RSS")
+        ax2.set_ylabel("peak RSS (GiB)", color="C3")
+        ax.set(xscale="log", yscale="log", xlabel=x, ylabel="seconds", title=f"extraction vs {axis}")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.legend(fontsize=8, loc="upper left")
     return fig

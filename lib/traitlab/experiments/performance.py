@@ -1,0 +1,164 @@
+"""Performance report: reads the benchmark results under ``reports/benchmarks/``.
+
+The benchmarks (``benchmarks/*.py``, ``make bench``) run the compared things side by side
+and write one JSON file each: figures, every ratio next to its target, and the machine,
+versions and commit they ran on. This module turns them into tables and figures; it does
+no timing itself, so the report re-renders identically from the committed results.
+
+Example:
+    >>> from traitlab.experiments.performance import loglog_slope
+    >>> round(loglog_slope([100, 1000, 10000], [1.0, 10.0, 100.0])[0], 6)
+    1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import read_json
+from ..params import ParamError
+from ..paths import PROJECT_ROOT
+
+BENCHMARKS = ("extraction_throughput", "peers", "refusal_sweep", "memory", "scaling")
+COMMANDS = {
+    "extraction_throughput": "python benchmarks/extraction_throughput.py",
+    "peers": "python benchmarks/peers.py",
+    "refusal_sweep": "python benchmarks/refusal_sweep.py",
+    "memory": "python benchmarks/memory.py",
+    "scaling": "python benchmarks/scaling.py",
+}
+"""How to (re)produce each result file (all of them: ``make bench``)."""
+
+
+@dataclass(frozen=True)
+class Params:
+    results_dir: str = "reports/benchmarks"
+    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS))
+
+    def __post_init__(self) -> None:
+        bad = [b for b in self.benchmarks if b not in BENCHMARKS]
+        if bad or not self.benchmarks:
+            raise ParamError(f"unknown benchmarks {bad}; choose from {', '.join(BENCHMARKS)}")
+
+    @property
+    def folder(self) -> Path:
+        p = Path(self.results_dir)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+    def check(self) -> None:
+        """Every requested result file exists (else: which command makes it)."""
+        missing = [b for b in self.benchmarks if not (self.folder / f"{b}.json").exists()]
+        if missing:
+            how = "; ".join(f"{b}: `{COMMANDS[b]}`" for b in missing)
+            raise ParamError(f"no results for {', '.join(missing)} in {self.folder}. Run {how} "
+                             f"(or `make bench` for all), or point results_dir at a folder that has them")
+
+
+def load(p: Params) -> dict[str, dict[str, Any]]:
+    """The result files, by benchmark name."""
+    p.check()
+    return {b: read_json(p.folder / f"{b}.json") for b in p.benchmarks}
+
+
+def runs(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per result file: when, on what, at which commit."""
+    rows = [{"benchmark": b, "date": r["date"], "git_commit": r["git_commit"][:12],
+             "cpu": r["machine"]["cpu"], "torch_threads": r["machine"]["torch_threads"],
+             "torch": r["versions"].get("torch"), "transformers": r["versions"].get("transformers"),
+             "nnsight": r["versions"].get("nnsight")} for b, r in results.items()]
+    return pd.DataFrame(rows)
+
+
+def _targets(obj: Any, path: str) -> Iterator[dict[str, Any]]:
+    if isinstance(obj, dict):
+        if {"value", "target", "met"} <= obj.keys():
+            yield {"figure": path, "value": obj["value"], "target": obj["target"], "met": obj["met"]}
+            return
+        for k, v in obj.items():
+            yield from _targets(v, f"{path}.{k}" if path else k)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            label = None
+            if isinstance(v, dict):
+                keys = [k for k in ("model", "batch_size", "position", "stream") if k in v]
+                label = ",".join(f"{k}={v[k]}" for k in keys) or None
+            yield from _targets(v, f"{path}[{label or i}]")
+
+
+def targets(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Every measured ratio with a target: benchmark, figure, value, target, met."""
+    rows = [{"benchmark": b, **t} for b, r in results.items() for t in _targets(r["figures"], "")]
+    return pd.DataFrame(rows, columns=["benchmark", "figure", "value", "target", "met"])
+
+
+def loglog_slope(x: Any, y: Any) -> tuple[float, float]:
+    """Least-squares slope and intercept of log10(y) on log10(x): y ≈ 10^b · x^a."""
+    lx, ly = np.log10(np.asarray(x, float)), np.log10(np.asarray(y, float))
+    if len(lx) < 2 or np.ptp(lx) == 0:
+        raise ValueError("a slope needs at least two distinct x values")
+    a, b = np.polyfit(lx, ly, 1)
+    return float(a), float(b)
+
+
+def extraction_frame(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    rows = results["extraction_throughput"]["figures"]["runs"]
+    return pd.DataFrame([{"batch_size": r["batch_size"], "bare tok/s": r["bare_tokens_per_s"],
+                          "traitlab tok/s": r["traitlab_tokens_per_s"], "ratio": r["ratio"]["value"],
+                          "target": r["ratio"]["target"], "met": r["ratio"]["met"]} for r in rows])
+
+
+def peers_frame(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Median seconds per task and library."""
+    med = results["peers"]["figures"]["median_seconds"]
+    rows = [("train vector", "traitlab", "train_traitlab"),
+            ("train vector", "steering-vectors", "train_steering_vectors"),
+            ("train vector", "repeng", "train_repeng"),
+            ("generate, unsteered", "traitlab", "generate_plain_traitlab"),
+            ("generate, unsteered", "peers (transformers 4)", "generate_plain"),
+            ("generate, steered", "traitlab", "generate_traitlab"),
+            ("generate, steered", "steering-vectors", "generate_steering_vectors"),
+            ("generate, steered", "repeng", "generate_repeng")]
+    return pd.DataFrame([{"task": t, "library": lib, "median seconds": med[k]} for t, lib, k in rows])
+
+
+def memory_frame(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    gib = 2 ** 30
+    rows = results["memory"]["figures"]["runs"]
+    return pd.DataFrame([{
+        "model": r["model"], "position": r["position"], "mode": "stream" if r["stream"] else "memory",
+        "seconds": r["seconds"], "weights GiB": r["weight_bytes"] / gib,
+        "activations GiB": r["activation_bytes"] / gib, "peak RSS GiB": r["peak_rss_bytes"] / gib,
+        "interpreter GiB": r["baseline_rss_bytes"] / gib, "peak / weights": r["peak_over_weights"],
+        "(peak - interpreter) / weights": r["peak_above_baseline_over_weights"],
+        "met (<= 1.5x)": r["target"]["met"]} for r in rows])
+
+
+def scaling_frames(results: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(by prompt count, by model size, fitted slopes)."""
+    f = results["scaling"]["figures"]
+    gib = 2 ** 30
+
+    def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+        return pd.DataFrame([{"model": r["model"], "params (M)": r["params"] / 1e6, "n_prompts": r["n_prompts"],
+                              "tokens": r["tokens"], "seconds": r["seconds"], "tokens/s": r["tokens_per_s"],
+                              "peak RSS GiB": r["peak_rss_bytes"] / gib,
+                              "activations GiB": r["activation_bytes"] / gib} for r in rows])
+
+    by_count, by_size = frame(f["by_count"]), frame(f["by_size"])
+    slopes = []
+    for model, g in by_count.groupby("model"):
+        for y in ("seconds", "peak RSS GiB"):
+            a, _ = loglog_slope(g["n_prompts"], g[y])
+            slopes.append({"axis": "prompt count", "model": model, "quantity": y, "slope": a,
+                           "points": len(g)})
+    for y in ("seconds", "peak RSS GiB"):
+        a, _ = loglog_slope(by_size["params (M)"], by_size[y])
+        slopes.append({"axis": "model size", "model": f"n={f['size_n']}", "quantity": y, "slope": a,
+                       "points": len(by_size)})
+    return by_count, by_size, pd.DataFrame(slopes)

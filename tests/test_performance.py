@@ -1,0 +1,60 @@
+"""The performance report's reading of benchmark results: targets, frames, fitted slopes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from traitlab.experiments import performance as perf
+from traitlab.params import ParamError
+
+
+def _record(figures):
+    return {"benchmark": "x", "figures": figures, "date": "2026-12-01 00:00:00 UTC", "git_commit": "abc" * 14,
+            "machine": {"cpu": "test cpu", "torch_threads": 2}, "versions": {"torch": "2"}}
+
+
+def _cell(model, n, params, seconds, rss):
+    return {"model": model, "n_prompts": n, "tokens": 30 * n, "params": params, "seconds": seconds,
+            "tokens_per_s": 30 * n / seconds, "peak_rss_bytes": rss, "activation_bytes": n * 100,
+            "baseline_rss_bytes": 1, "layers": 2, "weight_bytes": params * 4}
+
+
+def test_loglog_slope_recovers_a_power_law():
+    xs = [100, 1000, 10000]
+    a, b = perf.loglog_slope(xs, [3 * x ** 1.5 for x in xs])
+    assert a == pytest.approx(1.5) and 10 ** b == pytest.approx(3)
+    with pytest.raises(ValueError, match="two distinct"):
+        perf.loglog_slope([5, 5], [1, 2])
+
+
+def test_targets_are_collected_with_labels():
+    results = {"extraction_throughput": _record({"runs": [
+        {"batch_size": 1, "ratio": {"value": 0.97, "target": ">= 0.95", "met": True}},
+        {"batch_size": 8, "ratio": {"value": 0.90, "target": ">= 0.95", "met": False}}]}),
+        "peers": _record({"train": {"value": 2.0, "target": ">= 1.5", "met": True}, "n_pairs": 3})}
+    t = perf.targets(results)
+    assert list(t.figure) == ["runs[batch_size=1].ratio", "runs[batch_size=8].ratio", "train"]
+    assert list(t.met) == [True, False, True] and list(t.benchmark) == ["extraction_throughput"] * 2 + ["peers"]
+
+
+def test_scaling_frames_fit_the_slopes(tmp_path):
+    ms = {"small": 100e6, "mid": 400e6, "big": 1600e6}
+    fig = {"size_n": 300, "by_count": [_cell("small", n, 100e6, 0.01 * n, 1e9 + n) for n in (100, 1000, 10000)],
+           "by_size": [_cell(m, 300, p, 2.0 * (p / 1e8) ** 0.8, 2 ** 30) for m, p in ms.items()]}
+    (tmp_path / "scaling.json").write_text(json.dumps(_record(fig)))
+    results = perf.load(perf.Params(results_dir=str(tmp_path), benchmarks=["scaling"]))
+    by_count, by_size, slopes = perf.scaling_frames(results)
+    assert len(by_count) == 3 and len(by_size) == 3
+    got = slopes.set_index(["axis", "quantity"]).slope
+    assert got[("prompt count", "seconds")] == pytest.approx(1.0)
+    assert got[("model size", "seconds")] == pytest.approx(0.8)
+    assert got[("model size", "peak RSS GiB")] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_missing_results_name_the_command(tmp_path):
+    with pytest.raises(ParamError, match=r"no results for peers.*python benchmarks/peers.py.*make bench"):
+        perf.load(perf.Params(results_dir=str(tmp_path), benchmarks=["peers"]))
+    with pytest.raises(ParamError, match="unknown benchmarks"):
+        perf.Params(benchmarks=["peer"])
