@@ -149,8 +149,10 @@ fig = plots.memory_bars(mem, 1.5)
 # %% [markdown]
 # ## 5. Scaling with prompt count and model size
 # Every layer's `resid_post` at the last prompt token, in memory, batch 16, each cell in a
-# fresh process. A slope of 1 on the log-log time axis means no per-prompt overhead growth;
-# on the model-size axis it means time proportional to parameters.
+# fresh process. The smallest model runs up to 10,000 prompts, the larger ones fewer (their
+# counts are in the table); the model-size axis takes the cells at one common prompt count. A
+# slope of 1 on the log-log time axis means no per-prompt overhead growth; on the model-size
+# axis it means time proportional to parameters.
 
 # %%
 by_count, by_size, slopes = perf.scaling_frames(results)

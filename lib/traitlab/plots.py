@@ -355,18 +355,19 @@ def scaling_curves(by_count: pd.DataFrame, by_size: pd.DataFrame, slopes: pd.Dat
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     for ax, df, x, axis in ((axes[0], by_count, "n_prompts", "prompt count"),
                             (axes[1], by_size, "params (M)", "model size")):
-        for model, g in df.groupby("model") if axis == "prompt count" else [("", df)]:
+        ax2 = ax.twinx()
+        groups = list(df.groupby("model", sort=False)) if axis == "prompt count" else [("", df)]
+        for i, (model, g) in enumerate(groups):
             s = slopes[(slopes.axis == axis) & (slopes.quantity == "seconds")]
             if axis == "prompt count":
                 s = s[s.model == model]
             a = float(s.slope.iloc[0])
-            ax.plot(g[x], g["seconds"], marker="o", label=f"{model} time (slope {a:.2f})".strip())
+            ax.plot(g[x], g["seconds"], marker="o", color=f"C{i}", label=f"{model} time (slope {a:.2f})".strip())
             lx = np.log10(g[x].to_numpy(float))
             fit = np.polyfit(lx, np.log10(g["seconds"].to_numpy(float)), 1)
             ax.plot(g[x], 10 ** np.polyval(fit, lx), ls=":", color="k", lw=1)
-        ax2 = ax.twinx()
-        ax2.plot(df[x], df["peak RSS GiB"], marker="s", color="C3", ls="--", label="peak RSS")
-        ax2.set_ylabel("peak RSS (GiB)", color="C3")
+            ax2.plot(g[x], g["peak RSS GiB"], marker="s", color=f"C{i}", ls="--", alpha=0.6)
+        ax2.set_ylabel("peak RSS (GiB), dashed")
         ax.set(xscale="log", yscale="log", xlabel=x, ylabel="seconds", title=f"extraction vs {axis}")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=8, loc="upper left")
