@@ -275,8 +275,6 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
     merged: dict[str, torch.Tensor] = {}
 
     def place(shard: dict[str, torch.Tensor]) -> None:
-        if stream:
-            return  # the shard on disk is the result
         idx = shard["index"].tolist()
         for site in sites:
             key = str(site)
@@ -297,7 +295,8 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
         shard["index"] = torch.tensor(idx)
         if shard_file is not None:
             save_tensors(shard_file, shard)
-        place(shard)
+        if not stream:  # streamed: the shard on disk is the result
+            place(shard)
 
     if stream:
         assert folder is not None

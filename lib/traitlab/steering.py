@@ -146,6 +146,22 @@ def _apply(value: torch.Tensor, delta: torch.Tensor, positions: Positions) -> No
         value[:, -1] += delta
 
 
+def _plan(model: LoadedModel, steers: Sequence[Steer], positions: Positions) -> list[tuple]:
+    """Checked steers in execution order as (site, envoy, delta in the model's dtype)."""
+    if positions not in ("all", "response"):
+        raise ValueError(f"positions must be 'all' or 'response', got {positions!r}")
+    _check_steers(model, steers)
+    dtype = next(model.hf.parameters()).dtype
+    return [(s.site, resolve(model.lm, module_path(model.arch, s.site)), s.delta.to(dtype))
+            for s in sorted(steers, key=lambda s: s.site.order)]
+
+
+def _apply_plan(plan: list[tuple], positions: Positions) -> None:
+    """Inside a trace: add every planned steer at its site."""
+    for site, envoy, delta in plan:
+        _apply(envoy_value(envoy, site), delta, positions)
+
+
 @torch.no_grad()
 def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Sequence[Steer], *,
                      max_new_tokens: int, positions: Positions = "response", batch_size: int = 16,
@@ -169,14 +185,8 @@ def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Se
         raise ValueError("no prompts to generate from")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if positions not in ("all", "response"):
-        raise ValueError(f"positions must be 'all' or 'response', got {positions!r}")
-    _check_steers(model, steers)
+    plan = _plan(model, steers, positions)
     lm, tok, hf = model.lm, model.tokenizer, model.hf
-    dtype = next(hf.parameters()).dtype
-    plan = sorted(steers, key=lambda s: s.site.order)
-    envoys = [resolve(lm, module_path(model.arch, s.site)) for s in plan]
-    deltas = [s.delta.to(dtype) for s in plan]
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
     texts = [""] * len(examples)
     gen = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
@@ -193,8 +203,7 @@ def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Se
                 warnings.filterwarnings("ignore", message=".*was never reached.*")  # early stop: expected
                 with tracer.invoke(kwargs):
                     for _step in tracer.iter[:max_new_tokens]:
-                        for envoy, site, delta in zip(envoys, (s.site for s in plan), deltas, strict=True):
-                            _apply(envoy_value(envoy, site), delta, positions)
+                        _apply_plan(plan, positions)
                 with tracer.invoke():
                     ids = tracer.result.save()
         new = ids[:, inp["input_ids"].shape[1]:]
@@ -225,25 +234,15 @@ def steered_logits(model: LoadedModel, examples: Sequence[Encoded], steers: Sequ
     """
     if not examples:
         raise ValueError("no prompts to score")
-    if positions not in ("all", "response"):
-        raise ValueError(f"positions must be 'all' or 'response', got {positions!r}")
-    _check_steers(model, steers)
-    lm = model.lm
-    dtype = next(model.hf.parameters()).dtype
-    plan = sorted(steers, key=lambda s: s.site.order)
-    envoys = [resolve(lm, module_path(model.arch, s.site)) for s in plan]
-    deltas = [s.delta.to(dtype) for s in plan]
-    out: list[torch.Tensor] = [torch.empty(0)] * len(examples)
+    plan = _plan(model, steers, positions)
+    out = []
     for start in range(0, len(examples), batch_size):
-        idx = list(range(start, min(start + batch_size, len(examples))))
-        inp = _pad_batch([examples[i] for i in idx], "left", model.tokenizer.pad_token_id)
-        with lm.trace(inp, **_remote(model)):
-            for envoy, s, delta in zip(envoys, plan, deltas, strict=True):
-                _apply(envoy_value(envoy, s.site), delta, positions)
-            logits = lm.output.logits[:, -1].save()
-        for row, i in enumerate(idx):
-            out[i] = logits[row].float()
-    return torch.stack(out)
+        inp = _pad_batch(examples[start:start + batch_size], "left", model.tokenizer.pad_token_id)
+        with model.lm.trace(inp, **_remote(model)):
+            _apply_plan(plan, positions)
+            logits = model.lm.output.logits[:, -1].save()
+        out.append(logits.float())
+    return torch.cat(out)
 
 
 class Steered:
