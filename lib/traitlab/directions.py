@@ -71,6 +71,9 @@ class Direction:
     trait: str | None = None
     seed: int = 0
     raw_norm: float = float("nan")  # norm before normalisation (method-dependent scale)
+    # Optional provenance for saved artifacts (``traitlab.vectors``); kept out of the repr.
+    fingerprint: str | None = field(default=None, repr=False, compare=False)  # LoadedModel.fingerprint
+    params: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # fit options
 
     def __mul__(self, k: float) -> torch.Tensor:
         return self.vector * k
@@ -194,4 +197,4 @@ def fit_direction(method: str, pos: torch.Tensor, neg: torch.Tensor, *, seed: in
     v = raw / norm
     if (pos @ v).mean() < (neg @ v).mean():
         v = -v
-    return Direction(v, method, site, model, trait, seed, norm)
+    return Direction(v, method, site, model, trait, seed, norm, params=dict(options))
