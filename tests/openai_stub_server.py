@@ -3,8 +3,11 @@
 Each request consumes the next scripted behaviour: ``"ok"`` (a well-formed reply with
 top logprobs), ``"429"``, ``"500"``, ``"slow"`` (sleeps past the client's timeout, then
 answers), ``"malformed"`` (200 with a body that lacks ``choices``) or ``"garbage"``
-(200 with a non-JSON body). When the script runs out, every request is ``"ok"``. Request
-bodies and headers are recorded for assertions.
+(200 with a non-JSON body). ``"429:<value>"`` and ``"503:<value>"`` answer with that status
+and a ``Retry-After: <value>`` header (seconds or an HTTP date). When the script runs out,
+every request is ``"ok"``. ``top`` sets the logprobs an ``"ok"`` reply carries (two servers
+can serve "different models" under one name). Request bodies and headers, and the time each
+request arrived, are recorded for assertions.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ def ok_body(content: str = "80", top=OK_TOP) -> dict:
 
 
 class StubServer:
-    def __init__(self, script: list[str] | None = None, slow_s: float = 2.0) -> None:
+    def __init__(self, script: list[str] | None = None, slow_s: float = 2.0, top=OK_TOP) -> None:
         self.script = list(script or [])
         self.slow_s = slow_s
+        self.top = list(top)
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.times: list[float] = []
         self._lock = threading.Lock()
         stub = self
 
@@ -45,22 +50,29 @@ class StubServer:
                 with stub._lock:
                     stub.requests.append(body)
                     stub.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    stub.times.append(time.monotonic())
                     what = stub.script.pop(0) if stub.script else "ok"
                 if what == "slow":
                     time.sleep(stub.slow_s)
                     what = "ok"
-                if what in ("429", "500"):
+                code, _, retry_after = what.partition(":")
+                if retry_after:
+                    self._send(int(code), json.dumps({"error": {"message": f"stub {code}"}}),
+                               {"Retry-After": retry_after})
+                elif what in ("429", "500"):
                     self._send(int(what), json.dumps({"error": {"message": f"stub {what}"}}))
                 elif what == "malformed":
                     self._send(200, json.dumps({"id": "x", "object": "chat.completion"}))
                 elif what == "garbage":
                     self._send(200, "<html>not json</html>")
                 else:
-                    self._send(200, json.dumps(ok_body()))
+                    self._send(200, json.dumps(ok_body(stub.top[0][0], stub.top)))
 
-            def _send(self, code: int, text: str) -> None:
+            def _send(self, code: int, text: str, headers: dict | None = None) -> None:
                 data = text.encode()
                 self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -183,8 +183,8 @@ def test_replay_cache_reruns_offline_with_identical_scores(tmp_path):
     items = [("q1", "a1"), ("q2", "a2"), ("q3", "a3")]
     with StubServer() as srv:
         online = _judge(srv, tmp_path, max_concurrency=3).score_many("trait", items, progress=False)
-    cfg = J.JudgeConfig(backend="openai", model="stub-judge", base_url="http://127.0.0.1:9/v1",
-                        offline=True)
+    # the server is gone; the replay names the same endpoint (it is part of the judge's identity)
+    cfg = J.JudgeConfig(backend="openai", model="stub-judge", base_url=srv.base_url, offline=True)
     replay = J.Judge(cfg, cache=tmp_path).score_many("trait", items, progress=False)
     assert [s.value for s in replay] == [s.value for s in online]
     assert all(s.cached for s in replay)
@@ -285,3 +285,94 @@ def test_local_identity_is_known_before_loading_and_names_the_method(tmp_path):
     bf = J.Judge(J.JudgeConfig(backend="local", model="smollm2-135m-instruct", dtype="bfloat16"), cache=tmp_path)
     assert bf.identity() == before + ":dtype=bfloat16"
     assert bf.backend.identity == bf.identity() and bf.backend.model.dtype == "bfloat16"
+
+
+# --- fault injection: judge identity, Retry-After, a damaged replay cache --------------------
+
+ALT_TOP = [("20", -0.2231435513), ("30", -1.6094379124), ("Sure", -6.0)]
+
+
+def test_two_servers_serving_one_model_name_never_share_replies(tmp_path):
+    with StubServer() as a, StubServer(top=ALT_TOP) as b:
+        sa = _judge(a, tmp_path).score("trait", "q", "a")
+        sb = _judge(b, tmp_path).score("trait", "q", "a")
+    assert len(a.requests) == len(b.requests) == 1  # the second server was asked, not the cache
+    assert sa.value == pytest.approx(82.0, abs=1e-6) and sb.value == pytest.approx(22.0, abs=1e-6)
+    assert not sb.cached and len(_cached_files(tmp_path)) == 2
+
+
+def test_one_endpoint_spelled_two_ways_shares_its_cache(tmp_path):
+    with StubServer() as srv:
+        _judge(srv, tmp_path).score("trait", "q", "a")
+        host_port = srv.base_url.split("//")[1].split("/")[0]
+        cfg = J.JudgeConfig(backend="openai", model="stub-judge", base_url=f"HTTP://{host_port.upper()}/v1/")
+        assert J.Judge(cfg, cache=tmp_path).score("trait", "q", "a").cached
+    assert len(srv.requests) == 1
+
+
+def test_base_url_normalization():
+    n = J.normalize_base_url
+    assert n("https://API.openai.com:443/v1/") == n(None) == "https://api.openai.com/v1"
+    assert n("http://h:8080/v1?x=1#f") == "http://h:8080/v1" and n("http://user:pw@h/v1") == "http://h/v1"
+    assert n("http://[::1]:8000/v1") == "http://[::1]:8000/v1"
+    assert n("http://h:80/v1") != n("http://h:8080/v1")
+    with pytest.raises(J.JudgeError, match="not an http"):
+        J.JudgeConfig(backend="openai", base_url="localhost:8080/v1")
+
+
+def test_local_judge_identities_are_unchanged():
+    assert J.local_identity("smollm2-135m-instruct", "gguf:abc", 1e-3) == \
+        "local:smollm2-135m-instruct:gguf:abc:int-trie-v2:prune=0.001"
+
+
+@pytest.mark.parametrize("header, cap, expect", [("2", 60.0, 2.0), ("1000", 5.0, 5.0), ("0", 60.0, 0.0)])
+def test_retry_after_seconds_is_honoured_and_capped(tmp_path, header, cap, expect):
+    waits: list[float] = []
+    with StubServer([f"429:{header}"]) as srv:
+        cfg = J.JudgeConfig(backend="openai", model="stub-judge", base_url=srv.base_url, backoff_s=0.5,
+                            max_retry_after_s=cap, timeout_s=5.0)
+        s = J.Judge(cfg, cache=tmp_path, sleep=waits.append).score("trait", "q", "a")
+    assert waits == [expect] and s.value == pytest.approx(82.0, abs=1e-6) and len(srv.requests) == 2
+
+
+def test_retry_after_http_date_on_503(tmp_path):
+    import email.utils
+
+    waits: list[float] = []
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    with StubServer([f"503:{when}", "429:soon"]) as srv:
+        cfg = J.JudgeConfig(backend="openai", model="stub-judge", base_url=srv.base_url, backoff_s=0.5,
+                            timeout_s=5.0)
+        J.Judge(cfg, cache=tmp_path, sleep=waits.append).score("trait", "q", "a")
+    assert 27.0 <= waits[0] <= 30.0  # the date, as seconds from now
+    assert waits[1] == 1.0  # an unparseable header: exponential backoff (0.5 * 2**1)
+
+
+def test_retry_after_really_waits(tmp_path):
+    with StubServer(["429:1"]) as srv:
+        _judge(srv, tmp_path, max_retries=2).score("trait", "q", "a")
+    assert srv.times[1] - srv.times[0] >= 0.95
+
+
+@pytest.mark.parametrize("damage", ['{"text": "80", "top_logprobs": {"80": -0.2', "[]", '{"top_logprobs": 1}',
+                                    '{"text": "80", "top_logprobs": {"80": "x"}}', ""])
+def test_a_damaged_cache_entry_is_recomputed_never_served(tmp_path, damage):
+    with StubServer() as srv:
+        first = _judge(srv, tmp_path).score("trait", "q", "a")
+        [entry] = _cached_files(tmp_path)
+        entry.write_text(damage)
+        with pytest.warns(UserWarning, match="unreadable.*asking the judge again"):
+            again = _judge(srv, tmp_path).score("trait", "q", "a")
+    assert len(srv.requests) == 2 and not again.cached and again.value == first.value
+    assert json.loads(entry.read_text())["top_logprobs"]  # rewritten whole
+    entry.write_text(damage)
+    cfg = J.JudgeConfig(backend="openai", model="stub-judge", base_url=srv.base_url, offline=True)
+    with pytest.raises(J.JudgeError) as err:
+        J.Judge(cfg, cache=tmp_path).score("trait", "q", "a")
+    assert "is unreadable" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_retry_after_parser():
+    assert J.retry_after_seconds(None) is None and J.retry_after_seconds("nan") is None
+    assert J.retry_after_seconds("-5") == 0.0 and J.retry_after_seconds(" 7 ") == 7.0
+    assert J.retry_after_seconds("Thu, 01 Jan 1970 00:00:00 GMT", now=100.0) == 0.0

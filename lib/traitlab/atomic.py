@@ -1,7 +1,8 @@
 """Atomic file writes and content hashing.
 
-Every artifact is written to a temporary file in the destination folder and then
-renamed over the target, so an interrupted run leaves either the old file or the
+Every artifact is written to a temporary file in the destination folder, flushed to disk
+(``fsync``), and then renamed over the target; the folder is synced after the rename where
+the platform allows. An interrupted run or a power cut leaves either the old file or the
 new one, never half of one.
 
 Example:
@@ -25,9 +26,34 @@ from typing import Any
 import torch
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's bytes to the disk (not just the page cache)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # e.g. Windows cannot open a folder
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; rename it onto ``target`` on success."""
+    """Yield a temporary path next to ``target``; fsync it and rename it onto ``target`` on
+    success (then fsync the folder). On an exception the temporary file is removed and
+    ``target`` is untouched."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -36,7 +62,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; artifacts are meant to be shared
+        fsync_file(tmp_path)
         os.replace(tmp_path, target)
+        fsync_dir(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

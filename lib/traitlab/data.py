@@ -6,8 +6,14 @@ A trait file ``data/traits/<trait>.jsonl`` holds one pair per line::
      "pos_prompt": "...", "pos_response": "...", "neg_prompt": "...", "neg_response": "..."}
 
 ``pos`` shows the trait, ``neg`` does not; ``split`` is fixed in the file (every fifth
-pair is ``val``). Public datasets are read from the data root (``TRAITLAB_DATA_ROOT``),
-never copied into the project.
+pair is ``val``). ``load_trait(..., folder=...)`` reads one's own prompt sets from any
+folder, with the same checks. Public datasets are read from the data root
+(``TRAITLAB_DATA_ROOT``), never copied into the project.
+
+Every malformed input fails in one line naming the file, the line (or row) and the field,
+and saying how to fix it: a line that is not JSON or not an object, a missing or unknown
+key, a null, empty or whitespace-only text, a duplicate id, the same example in both
+splits (it would leak), a CSV without the columns we read.
 
 Example:
     >>> ds = load_trait("optimism")
@@ -67,48 +73,127 @@ class TraitDataset:
 
 
 _FIELDS = {f for f in TraitPair.__dataclass_fields__}
+_TEXT_FIELDS = ("id", "group", "pos_prompt", "pos_response", "neg_prompt", "neg_response")
 
 
-def read_project_jsonl(*parts: str) -> list[dict]:
-    """Rows of a JSONL file we ship under ``data/``; ``DataError`` if missing or empty."""
-    path = project_data(*parts)
-    if not path.exists():
-        raise DataError(f"{path} is missing; it ships with the repository (data/)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not rows:
-        raise DataError(f"{path} is empty")
-    return rows
+def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of ``path``; a one-line ``DataError``
+    naming ``path:line`` for a line that is not JSON, not an object, or lacks a ``required``
+    key, or when the file is missing or empty.
 
-
-def available_traits(folder: Path | None = None) -> list[str]:
-    folder = folder or project_data("traits")
-    return sorted(p.stem for p in folder.glob("*.jsonl"))
-
-
-def load_trait(trait: str, *, max_pairs_per_split: int | None = None,
-               folder: Path | None = None) -> TraitDataset:
-    """Load ``data/traits/<trait>.jsonl`` (or from ``folder``), validating every line.
-
-    ``max_pairs_per_split`` keeps the first N train and first N val pairs (for quick runs).
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "x.jsonl"
+    >>> _ = f.write_text('{"a": 1}\\n\\n[2]\\n')
+    >>> read_jsonl(f)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    traitlab.data.DataError: ...x.jsonl:3: a JSON list, not an object; write one {...} object per line
     """
-    folder = folder or project_data("traits")
-    path = folder / f"{trait}.jsonl"
-    if not path.exists():
-        raise DataError(f"no prompt set for trait {trait!r} at {path}; available: "
-                        f"{', '.join(available_traits(folder)) or 'none'}")
-    pairs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    if not path.is_file():
+        raise DataError(f"{path} is missing")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
+                        ) from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{n}: not valid JSON ({err})") from None
-        if set(rec) != _FIELDS:
-            raise DataError(f"{path}:{n}: keys {sorted(rec)} differ from {sorted(_FIELDS)}")
-        if rec["split"] not in ("train", "val"):
-            raise DataError(f"{path}:{n}: split must be 'train' or 'val', got {rec['split']!r}")
-        pairs.append(TraitPair(**rec))
+            raise DataError(f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}); "
+                            "write one JSON object per line") from None
+        if not isinstance(rec, dict):
+            kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+                    type(None): "null"}.get(type(rec), type(rec).__name__)
+            raise DataError(f"{path}:{n}: a JSON {kind}, not an object; write one {{...}} object per line")
+        missing = [k for k in required if k not in rec]
+        if missing:
+            raise DataError(f"{path}:{n}: missing key(s) {', '.join(missing)}; each line needs "
+                            f"{', '.join(required)}")
+        rows.append((n, rec))
+    if not rows:
+        raise DataError(f"{path} is empty")
+    return rows
+
+
+def read_project_jsonl(*parts: str) -> list[dict]:
+    """Rows of a JSONL file we ship under ``data/``; ``DataError`` if missing, empty or malformed."""
+    path = project_data(*parts)
+    if not path.exists():
+        raise DataError(f"{path} is missing; it ships with the repository (data/)")
+    return [rec for _, rec in read_jsonl(path)]
+
+
+def _traits_folder(folder: str | Path | None) -> Path:
+    """The folder trait files are read from: ``folder`` (anywhere on disk) or ``data/traits``."""
+    if folder is None:
+        return project_data("traits")
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise DataError(f"traits folder {str(folder)!r} does not exist or is not a folder; point "
+                        "traits_dir at a folder of <trait>.jsonl files")
+    return path
+
+
+def available_traits(folder: str | Path | None = None) -> list[str]:
+    """The trait names (``<name>.jsonl``) in ``folder`` (default: the shipped ``data/traits``)."""
+    return sorted(p.stem for p in _traits_folder(folder).glob("*.jsonl"))
+
+
+def _check_pair(path: Path, n: int, rec: dict) -> TraitPair:
+    """One validated line of a trait file, or a one-line ``DataError`` naming ``path:n``."""
+    missing, extra = sorted(_FIELDS - set(rec)), sorted(set(rec) - _FIELDS)
+    if missing or extra:
+        what = "; ".join(x for x in (f"missing keys {missing}" if missing else "",
+                                     f"unknown keys {extra}" if extra else "") if x)
+        raise DataError(f"{path}:{n}: {what}; each line needs exactly {sorted(_FIELDS)}")
+    for k in _TEXT_FIELDS:
+        v = rec[k]
+        if not isinstance(v, str):
+            raise DataError(f"{path}:{n}: {k} is {json.dumps(v)}, not a string; write the text in quotes")
+        if not v.strip():
+            raise DataError(f"{path}:{n}: {k} is empty; every prompt and response needs text")
+    if rec["split"] not in ("train", "val"):
+        raise DataError(f"{path}:{n}: split must be 'train' or 'val', got {rec['split']!r}")
+    return TraitPair(**rec)
+
+
+def _check_leaks(path: Path, lines: list[int], pairs: list[TraitPair]) -> None:
+    """Duplicate ids, and one example (prompt + response) in both splits, are errors."""
+    first_id: dict[str, int] = {}
+    seen: dict[tuple[str, str, str], tuple[str, int]] = {}
+    for n, p in zip(lines, pairs, strict=True):
+        if p.id in first_id:
+            raise DataError(f"{path}:{n}: id {p.id!r} already used on line {first_id[p.id]}; ids must be unique")
+        first_id[p.id] = n
+        for side, ex in (("pos", (p.pos_prompt, p.pos_response)), ("neg", (p.neg_prompt, p.neg_response))):
+            key = (side, *ex)
+            if key in seen and seen[key][0] != p.split:
+                raise DataError(f"{path}:{n}: the same {side} prompt and response are on line {seen[key][1]} "
+                                f"({seen[key][0]}) and here ({p.split}): the split would leak; remove one")
+            seen.setdefault(key, (p.split, n))
+
+
+def load_trait(trait: str, *, max_pairs_per_split: int | None = None,
+               folder: str | Path | None = None) -> TraitDataset:
+    """Load ``data/traits/<trait>.jsonl`` (or ``<folder>/<trait>.jsonl``, any folder on disk),
+    validating every line (see the module docstring).
+
+    ``max_pairs_per_split`` keeps the first N train and first N val pairs (for quick runs).
+    """
+    if not isinstance(trait, str) or not trait.strip() or "/" in trait or "\\" in trait:
+        raise DataError(f"trait name {trait!r} must be a file stem such as 'optimism'; put your "
+                        "own files in a folder and pass folder= (traits_dir)")
+    folder = _traits_folder(folder)
+    path = folder / f"{trait}.jsonl"
+    if not path.exists():
+        raise DataError(f"no prompt set for trait {trait!r} at {path}; available: "
+                        f"{', '.join(available_traits(folder)) or 'none'}")
+    rows = read_jsonl(path)
+    pairs = [_check_pair(path, n, rec) for n, rec in rows]
+    _check_leaks(path, [n for n, _ in rows], pairs)
     return _limited(TraitDataset(trait, tuple(pairs)), max_pairs_per_split)
 
 
@@ -125,7 +210,7 @@ def _limited(ds: TraitDataset, max_pairs_per_split: int | None) -> TraitDataset:
 
 
 def load_group(spec: str, *, max_pairs_per_split: int | None = None,
-               folder: Path | None = None) -> TraitDataset:
+               folder: str | Path | None = None) -> TraitDataset:
     """The pairs named by ``"<trait>"`` or ``"<trait>:<group>,<group>,..."``.
 
     The second form keeps only pairs whose ``group`` field is listed; it is how a trait
@@ -176,11 +261,43 @@ def public_path(name: str) -> Path:
     return path
 
 
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "xstest": ("prompt", "type", "label"),
+    "advbench": ("goal",),
+    "harmbench_test": ("Behavior", "FunctionalCategory"),
+    "harmbench_val": ("Behavior", "FunctionalCategory"),
+    "jailbreakbench": ("Goal",),
+    "jbb_benign": ("goal",),
+    "strongreject": ("forbidden_prompt",),
+}
+"""The columns we read from each public CSV (a file without them is the wrong file)."""
+
+
 def read_csv(name: str) -> list[dict[str, str]]:
-    with open(public_path(name), newline="") as f:
-        rows = list(csv.DictReader(f))
+    """Rows of public CSV ``name``; a one-line ``DataError`` when it is empty, lacks a column
+    we read (``REQUIRED_COLUMNS``), or has a row whose value in one is missing or blank."""
+    path = public_path(name)
+    want = REQUIRED_COLUMNS.get(name, ())
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in want if c not in header]
+            if missing:
+                raise DataError(f"dataset {name!r} at {path}: missing column(s) {', '.join(missing)} "
+                                f"(found {', '.join(map(str, header)) or 'no header'}); is it the right "
+                                "file? Fetch it again with `traitlab datasets fetch`")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"dataset {name!r} at {path} is not a readable UTF-8 CSV ({err}); fetch it "
+                        "again with `traitlab datasets fetch`") from None
     if not rows:
-        raise DataError(f"dataset {name!r} at {public_path(name)} is empty")
+        raise DataError(f"dataset {name!r} at {path} is empty")
+    for i, row in enumerate(rows, 2):  # line 1 is the header
+        for c in want:
+            if not (row.get(c) or "").strip():
+                raise DataError(f"dataset {name!r} at {path}:{i}: column {c} is empty; the file is "
+                                "damaged or not the published one")
     return rows
 
 
@@ -238,19 +355,17 @@ def xstest_prompts() -> list[Prompt]:
 def edge_prompts() -> list[Prompt]:
     """The borderline-but-benign prompts we wrote (``data/refusal/edge.jsonl``)."""
     path = project_data("refusal", "edge.jsonl")
-    if not path.exists():
-        raise DataError(f"missing {path}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [Prompt(r["prompt"], "edge", r["category"], "safe") for r in rows]
+    return [Prompt(r["prompt"], "edge", r["category"], "safe")
+            for _, r in read_jsonl(path, required=("prompt", "category"))]
 
 
 def harmless_prompts(n: int, seed: int) -> list[Prompt]:
     """``n`` harmless instructions (Self-Instruct seed tasks without an input field)."""
     import random
 
-    rows = [json.loads(line) for line in public_path("alpaca_seed").read_text().splitlines() if line.strip()]
+    rows = [r for _, r in read_jsonl(public_path("alpaca_seed"), required=("instruction",))]
     pool = [Prompt(r["instruction"], "alpaca_seed") for r in rows
-            if not any(i.get("input") for i in r.get("instances", []))]
+            if not any(isinstance(i, dict) and i.get("input") for i in r.get("instances") or [])]
     if n > len(pool):
         raise DataError(f"asked for {n} harmless prompts but only {len(pool)} are available")
     return random.Random(seed).sample(pool, n)

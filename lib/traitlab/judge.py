@@ -18,10 +18,13 @@ first-token candidates are all single digits the score is flagged ``digit_level`
 Backends: any OpenAI-compatible chat endpoint (``OpenAIBackend``: ``base_url``, model, API
 key read from the environment variable named by ``api_key_env`` and never stored or
 printed) and an in-process model (``LocalBackend``). Requests are retried with exponential
-backoff on 429, 5xx, timeouts and dropped connections; malformed answers raise at once.
-Every raw reply is written atomically to a replay cache keyed by the judge's identity, the
+backoff on 429, 5xx, timeouts and dropped connections, waiting what a ``Retry-After``
+header asks (up to ``max_retry_after_s``); malformed answers raise at once.
+Every raw reply is written atomically to a replay cache keyed by the judge's identity (an
+HTTP judge: model name *and* normalised ``base_url``; a local judge: model and weights), the
 messages and the request settings, so a report re-runs offline with identical scores
-(``offline=True`` turns a cache miss into an error instead of a request).
+(``offline=True`` turns a cache miss into an error instead of a request). A cache entry that
+cannot be read (truncated, not a reply) is never served: it is recomputed, with a warning.
 
 Example:
     >>> score, mass = logprob_score({"80": -0.2231, "90": -1.6094})    # p = 0.8, 0.2
@@ -34,11 +37,13 @@ Example:
 from __future__ import annotations
 
 import copy
+import email.utils
 import math
 import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -116,12 +121,84 @@ def local_identity(spec: str, fingerprint: str, prune: float, dtype: str = "floa
     return base if dtype == "float32" else f"{base}:dtype={dtype}"
 
 
+OPENAI_URL = "https://api.openai.com/v1"
+"""The endpoint an HTTP judge talks to when ``base_url`` is None."""
+
+
+def normalize_base_url(url: str | None) -> str:
+    """The endpoint as named in cache keys: scheme, lower-cased host, port (default ports
+    dropped) and path without a trailing slash; query, fragment and credentials dropped.
+
+    >>> normalize_base_url("HTTP://LocalHost:8080/v1/")
+    'http://localhost:8080/v1'
+    >>> normalize_base_url(None) == normalize_base_url("https://api.openai.com:443/v1")
+    True
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url or OPENAI_URL)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise JudgeError(f"judge base_url {url!r} is not an http(s) URL; use e.g. "
+                         "http://127.0.0.1:8080/v1")
+    try:
+        port = parts.port
+    except ValueError:
+        raise JudgeError(f"judge base_url {url!r} has an invalid port") from None
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    netloc = host if port in (None, {"http": 80, "https": 443}[scheme]) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def http_identity(model: str, base_url: str | None) -> str:
+    """How an HTTP judge is named in cache keys: its model name at its normalised endpoint
+    (two servers serving different models under one name never share replies).
+
+    >>> http_identity("gpt-4.1-mini", None)
+    'openai:gpt-4.1-mini@https://api.openai.com/v1'
+    """
+    return f"openai:{model}@{normalize_base_url(base_url)}"
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date), else None.
+
+    >>> retry_after_seconds("3"), retry_after_seconds("soon")
+    (3.0, None)
+    >>> retry_after_seconds("Thu, 01 Jan 1970 00:00:10 GMT", now=4.0)
+    6.0
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        secs = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        secs = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(secs):
+        return None
+    return max(0.0, secs)
+
+
 class JudgeError(RuntimeError):
     """A judge request that failed for good (after retries), or a reply with the wrong shape."""
 
 
 class TransientError(JudgeError):
-    """A failure worth retrying: rate limit (429), server error (5xx), timeout, lost connection."""
+    """A failure worth retrying: rate limit (429), server error (5xx), timeout, lost connection.
+
+    ``retry_after`` is the wait the server asked for (``Retry-After``), if it asked."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 # ----------------------------------------------------------------------------------------
@@ -227,7 +304,7 @@ class OpenAIBackend:
                     "base_url at an OpenAI-compatible server (e.g. a local llama.cpp server)")
             key = "no-key"
         self.model, self.base_url = model, base_url
-        self.identity = f"openai:{model}"
+        self.identity = http_identity(model, base_url)
         self._openai = openai
         self._client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout_s,
                                      max_retries=0)
@@ -245,18 +322,26 @@ class OpenAIBackend:
         try:
             resp = self._client.chat.completions.create(**kwargs)
         except oa.RateLimitError as err:
-            raise TransientError(f"rate limited (429) by {self.base_url or 'api.openai.com'}") from err
+            raise TransientError(f"rate limited (429) by {self.base_url or 'api.openai.com'}",
+                                 _retry_after(err)) from err
         except oa.APITimeoutError as err:
             raise TransientError(f"request to {self.base_url or 'api.openai.com'} timed out") from err
         except oa.APIConnectionError as err:
             raise TransientError(f"cannot connect to {self.base_url or 'api.openai.com'}: {err}") from err
         except oa.APIStatusError as err:
             if err.status_code >= 500:
-                raise TransientError(f"server error {err.status_code}: {err.message}") from err
+                raise TransientError(f"server error {err.status_code}: {err.message}",
+                                     _retry_after(err)) from err
             raise JudgeError(f"judge request rejected ({err.status_code}): {err.message}") from err
         except (oa.APIResponseValidationError, ValueError) as err:
             raise JudgeError(f"malformed response from {self.base_url}: {err}") from err
         return _parse_chat_response(resp, mode, self.base_url)
+
+
+def _retry_after(err: Any) -> float | None:
+    """The ``Retry-After`` of an ``openai`` status error's HTTP response, in seconds."""
+    headers = getattr(getattr(err, "response", None), "headers", None)
+    return retry_after_seconds(headers.get("retry-after")) if headers is not None else None
 
 
 def _parse_chat_response(resp: Any, mode: Mode, where: str | None) -> Reply:
@@ -400,6 +485,8 @@ class JudgeConfig:
     max_concurrency: int = 8
     max_retries: int = 4
     backoff_s: float = 1.0
+    max_retry_after_s: float = 60.0
+    """The longest wait a server's ``Retry-After`` header may impose before a retry."""
     timeout_s: float = 60.0
     offline: bool = False
     prune: float = 1e-3
@@ -420,6 +507,11 @@ class JudgeConfig:
             raise ValueError(f"prune must be in [0, 1), got {self.prune}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"judge dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if not self.max_retry_after_s >= 0 or not self.backoff_s >= 0:
+            raise ValueError(f"max_retry_after_s and backoff_s must be >= 0, got "
+                             f"{self.max_retry_after_s} and {self.backoff_s}")
+        if self.backend == "openai":
+            normalize_base_url(self.base_url)  # a bad URL fails here, in one line
         if self.max_concurrency < 1 or self.max_retries < 0 or self.max_tokens < 1:
             raise ValueError("max_concurrency and max_tokens must be >= 1, max_retries >= 0")
 
@@ -500,7 +592,8 @@ class Judge:
         return j
 
     def identity(self) -> str:
-        """Names the judge in cache keys: the model (and weights hash for local judges)."""
+        """Names the judge in cache keys: the model and weights hash for local judges, the
+        model name and normalised ``base_url`` for HTTP judges."""
         if self.config.backend == "local":
             if self._shared["backend"] is not None:
                 return self._shared["backend"].identity
@@ -510,7 +603,7 @@ class Judge:
             if sha:
                 return local_identity(self.config.model, f"gguf:{sha}", self.config.prune, self.config.dtype)
             return self.backend.identity
-        return f"openai:{self.config.model}"
+        return http_identity(self.config.model, self.config.base_url)
 
     def _key(self, messages: list[dict[str, str]]) -> str:
         c = self.config
@@ -525,10 +618,17 @@ class Judge:
             key = self._key(messages)
             path = self.cache_root / key[:2] / f"{key}.json"
             if path.exists():
-                with self._stats_lock:
-                    self.stats["cache_hits"] += 1
-                return Reply.from_json(read_json(path)), True
-            if c.offline:
+                cached, problem = _read_cached(path)
+                if cached is not None:
+                    with self._stats_lock:
+                        self.stats["cache_hits"] += 1
+                    return cached, True
+                if c.offline:
+                    raise JudgeError(f"offline judge: cached reply {path} is unreadable ({problem}); "
+                                     "delete it and run once with offline=False to refill it")
+                warnings.warn(f"judge cache entry {path} is unreadable ({problem}); asking the "
+                              "judge again", stacklevel=2)
+            elif c.offline:
                 raise JudgeError(
                     f"offline judge: no cached reply {key} in {self.cache_root}. Run once with "
                     "offline=False (and a reachable judge) to fill the replay cache.")
@@ -544,7 +644,10 @@ class Judge:
                     raise JudgeError(f"judge failed after {attempt + 1} attempts: {err}") from err
                 with self._stats_lock:
                     self.stats["retries"] += 1
-                self._sleep(c.backoff_s * 2 ** attempt)
+                wait = c.backoff_s * 2 ** attempt
+                if err.retry_after is not None:  # the server said how long; cap it
+                    wait = min(err.retry_after, c.max_retry_after_s)
+                self._sleep(wait)
         if path is not None:
             write_json(path, reply.to_json())
         return reply, False
@@ -586,6 +689,25 @@ class Judge:
                 return list(pool.map(one, msgs))
         finally:
             bar.close()
+
+
+def _read_cached(path: Path) -> tuple[Reply | None, str]:
+    """(the reply stored at ``path``, "") or (None, why it cannot be used)."""
+    try:
+        d = read_json(path)
+    except (OSError, ValueError) as err:
+        return None, f"{type(err).__name__}: {err}"
+    if not isinstance(d, dict) or not isinstance(d.get("text"), str):
+        return None, "not a reply object"
+    for k in ("top_logprobs", "int_probs"):
+        v = d.get(k)
+        if v is not None and not (isinstance(v, dict) and all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in v.values())):
+            return None, f"{k} is not a mapping to numbers"
+    try:
+        return Reply.from_json(d), ""
+    except (TypeError, ValueError) as err:
+        return None, f"{type(err).__name__}: {err}"
 
 
 def judge_from_params(p: Any) -> Judge:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 
 from . import tiny, zoo
-from .atomic import sha256_file, stable_hash
+from .atomic import stable_hash
 from .chat import ChatFormat
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -43,6 +43,53 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 class ModelError(ValueError):
     """An unknown model spec, or one that cannot be reached from here."""
+
+
+def check_dtype(name: Any, where: str = "dtype") -> torch.dtype:
+    """The torch dtype called ``name``, or a one-line ``ModelError`` listing the valid names
+    (``traitlab check`` calls this before any weights load; ``where`` names the key).
+
+    >>> check_dtype("bfloat16")
+    torch.bfloat16
+    >>> check_dtype("bf16")
+    Traceback (most recent call last):
+    ...
+    traitlab.models.ModelError: dtype 'bf16' is not supported; use one of float32, bfloat16, float16
+    """
+    if not isinstance(name, str) or name not in _DTYPES:
+        raise ModelError(f"{where} {name!r} is not supported; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def check_device(device: Any, where: str = "device") -> str | None:
+    """``device`` as a torch device string if this machine has it (None passes through), else
+    a one-line ``ModelError`` saying what is available.
+
+    >>> check_device("cpu"), check_device(None)
+    ('cpu', None)
+    >>> check_device("cuda:7")                                  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    traitlab.models.ModelError: device 'cuda:7' is not available here (1 CUDA device(s)); ...
+    """
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"{where} {device!r} is not a torch device; use e.g. cpu, cuda, cuda:0 "
+                         "or mps") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise ModelError(f"{where} {device!r} is not available here ({n} CUDA device(s)); "
+                             "use cpu, or unset it (and $TRAITLAB_DEVICE)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelError(f"{where} {device!r} is not available here (no MPS); use cpu")
+    elif dev.type != "cpu":
+        raise ModelError(f"{where} {device!r}: only cpu, cuda[:N] and mps are supported")
+    return str(dev)
 
 
 @dataclass(frozen=True)
@@ -62,8 +109,10 @@ class LoadedModel:
     """An nnsight-wrapped model with what the rest of traitlab needs.
 
     ``lm`` is the nnsight ``TransformersModel``; ``hf`` the underlying transformers module;
-    ``fingerprint`` identifies the exact weights (zoo/GGUF sha256, hub commit, or a hash of
-    a local folder's config and weight files) and keys every cache.
+    ``fingerprint`` identifies the exact weights and keys every cache: the zoo GGUF's sha256
+    (once the dequantised files loaded have matched the digests recorded when they were built
+    from that GGUF), a GGUF file's sha256, a hub commit, or the sha256 of a local folder's
+    files. ``weights_sha256`` is the digest of the weight files actually loaded, where known.
     """
 
     spec: str
@@ -79,6 +128,8 @@ class LoadedModel:
     chat: ChatFormat = field(repr=False)
     remote: bool | str = False
     device_map: str | None = None
+    device: str | None = None
+    weights_sha256: str | None = None
 
     @property
     def hf(self) -> torch.nn.Module:
@@ -89,7 +140,8 @@ class LoadedModel:
         return {"model": self.spec, "kind": self.kind, "arch": self.arch, "n_layers": self.n_layers,
                 "d_model": self.d_model, "dtype": self.dtype, "revision": self.revision,
                 "fingerprint": self.fingerprint, "chat_format": self.chat.name,
-                "remote": self.remote, "device_map": self.device_map}
+                "remote": self.remote, "device_map": self.device_map, "device": self.device,
+                "weights_sha256": self.weights_sha256}
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -148,14 +200,50 @@ def describe(spec: str, revision: str | None = None) -> ModelInfo:
     return ModelInfo(spec, "hub", *_config_dims(cfg.to_dict()), revision=revision)
 
 
+_FOLDER_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".jinja", ".tiktoken")
+"""Files of a local model folder that the fingerprint covers (weights, config, tokenizer)."""
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of ``path``, hashed once: a digest recorded under the cache (``digests/``) is
+    reused while the file's size and mtime still match it, and recomputed when they differ."""
+    from .atomic import sha256_file, write_json
+    from .paths import cache_dir
+
+    path = path.resolve()
+    st = path.stat()
+    rec_path = cache_dir("digests") / f"{stable_hash(str(path), 32)}.json"
+    try:
+        rec = json.loads(rec_path.read_text())
+        if (isinstance(rec, dict) and rec.get("path") == str(path) and rec.get("size") == st.st_size
+                and rec.get("mtime_ns") == st.st_mtime_ns and isinstance(rec.get("sha256"), str)):
+            return rec["sha256"]
+    except (OSError, ValueError):
+        pass  # no record yet, or an unreadable one: hash again
+    digest = sha256_file(path)
+    write_json(rec_path, {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                          "sha256": digest})
+    return digest
+
+
+def _dir_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _FOLDER_SUFFIXES)
+
+
+def _dir_digest(path: Path) -> str:
+    """sha256 over the names and sha256 of every weight, config and tokenizer file in ``path``:
+    different bytes never share it (file digests are reused while size and mtime hold)."""
+    return stable_hash([(p.name, file_sha256(p)) for p in _dir_files(path)], 64)
+
+
 def _dir_fingerprint(path: Path) -> str:
-    files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".bin"))
-    return "dir:" + stable_hash([(p.name, p.stat().st_size) for p in files]
-                                + [(path / "config.json").read_text()])
+    """``dir:`` + the first 16 hex digits of ``_dir_digest``."""
+    return "dir:" + _dir_digest(path)[:16]
 
 
-REMOTE_ENV, DEVICE_MAP_ENV = "TRAITLAB_REMOTE", "TRAITLAB_DEVICE_MAP"
-"""Environment defaults for ``remote`` / ``device_map`` (set by a profile's ``runtime:`` block)."""
+REMOTE_ENV, DEVICE_MAP_ENV, DEVICE_ENV = "TRAITLAB_REMOTE", "TRAITLAB_DEVICE_MAP", "TRAITLAB_DEVICE"
+"""Environment defaults for ``remote`` / ``device_map`` / ``device`` (set by a profile's
+``runtime:`` block)."""
 
 
 def runtime_from_env() -> tuple[bool | str, str | None]:
@@ -171,6 +259,11 @@ def runtime_from_env() -> tuple[bool | str, str | None]:
     else:
         raise ModelError(f"${REMOTE_ENV}={raw!r}: use true, false or local")
     return remote, os.environ.get(DEVICE_MAP_ENV) or None
+
+
+def device_from_env() -> str | None:
+    """The ``device`` default: ``$TRAITLAB_DEVICE`` (e.g. cuda:0), None when unset or empty."""
+    return os.environ.get(DEVICE_ENV, "").strip() or None
 
 
 def check_remote(spec: str, revision: str | None = None, timeout_s: float = 5.0) -> ModelInfo:
@@ -201,14 +294,17 @@ def check_remote(spec: str, revision: str | None = None, timeout_s: float = 5.0)
 
 def load_model(spec: str, *, revision: str | None = None, dtype: Dtype = "float32",
                device_map: str | None = None, remote: bool | str | None = None, seed: int = 0,
-               quiet: bool = False) -> LoadedModel:
+               quiet: bool = False, device: str | None = None) -> LoadedModel:
     """Load ``spec`` (see the module docstring) and wrap it for nnsight.
 
-    ``device_map`` is passed to transformers (e.g. ``"auto"`` shards across GPUs). ``remote``:
-    ``True`` runs every trace on NDIF (hub models only, key in ``$NDIF_API_KEY``; no weights are
-    loaded here), ``"local"`` runs nnsight's serialize-and-execute simulation of that path on a
-    local model. Both default to ``$TRAITLAB_REMOTE`` / ``$TRAITLAB_DEVICE_MAP``. ``seed`` only
-    matters for the tiny random models.
+    ``device_map`` is passed to transformers (e.g. ``"auto"`` shards across GPUs); ``device``
+    moves the whole model to one device (e.g. ``"cuda:0"``; None keeps it where transformers
+    puts it, the CPU). ``remote``: ``True`` runs every trace on NDIF (hub models only, key in
+    ``$NDIF_API_KEY``; no weights are loaded here), ``"local"`` runs nnsight's
+    serialize-and-execute simulation of that path on a local model. They default to
+    ``$TRAITLAB_REMOTE`` / ``$TRAITLAB_DEVICE_MAP`` / ``$TRAITLAB_DEVICE``. ``seed`` only
+    matters for the tiny random models. Unknown dtypes and missing devices fail before any
+    weights load, in one line.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -230,10 +326,14 @@ def load_model(spec: str, *, revision: str | None = None, dtype: Dtype = "float3
                            revision=revision, lm=lm, tokenizer=tok, chat=ChatFormat.for_tokenizer(tok),
                            remote=True, device_map=None)
 
-    if dtype not in _DTYPES:
-        raise ModelError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    torch_dtype = check_dtype(dtype)
+    device = check_device(device if device is not None else device_from_env(),
+                          "device" if device is not None else f"${DEVICE_ENV}")
+    if device is not None and device_map:
+        raise ModelError(f"set either device ({device!r}) or device_map ({device_map!r}), not both: "
+                         "device puts the whole model on one device, device_map spreads it")
     info = describe(spec, revision)
-    torch_dtype = _DTYPES[dtype]
+    weights_sha256: str | None = None
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if device_map:
         kwargs["device_map"] = device_map
@@ -242,24 +342,31 @@ def load_model(spec: str, *, revision: str | None = None, dtype: Dtype = "float3
         hf = hf.to(torch_dtype)
         fingerprint = f"tiny:{spec}:seed{seed}"
     elif info.kind == "zoo":
-        folder = zoo.dequantized_dir(spec, quiet=quiet)
+        folder = zoo.dequantized_dir(spec, quiet=quiet)  # checked against its recorded digests
+        rec = zoo.dequantized_record(spec)
         hf = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         tok = AutoTokenizer.from_pretrained(folder)
-        fingerprint = f"gguf:{zoo.ZOO[spec].sha256}"
+        # the files just loaded match digests recorded when they were built from this GGUF
+        fingerprint = f"gguf:{rec['gguf_sha256']}"
+        weights_sha256 = rec["weights_sha256"]
     elif info.kind == "gguf":
         path = Path(spec).expanduser()
         hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        fingerprint = f"gguf:{sha256_file(path)}"
+        weights_sha256 = file_sha256(path)  # hashed once, re-hashed when size or mtime move
+        fingerprint = f"gguf:{weights_sha256}"
     elif info.kind == "dir":
         path = Path(spec).expanduser()
         hf = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tok = AutoTokenizer.from_pretrained(path)
-        fingerprint = _dir_fingerprint(path)
+        weights_sha256 = _dir_digest(path)
+        fingerprint = "dir:" + weights_sha256[:16]
     else:
         hf = AutoModelForCausalLM.from_pretrained(spec, revision=revision, **kwargs)
         tok = AutoTokenizer.from_pretrained(spec, revision=revision)
         fingerprint = f"hub:{spec}@{getattr(hf.config, '_commit_hash', None) or revision or 'unknown'}"
+    if device is not None:
+        hf = hf.to(device)
     hf.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -269,4 +376,5 @@ def load_model(spec: str, *, revision: str | None = None, dtype: Dtype = "float3
     return LoadedModel(spec=spec, kind=info.kind, arch=info.arch, n_layers=info.n_layers,
                        d_model=info.d_model, dtype=dtype, fingerprint=fingerprint,
                        revision=revision, lm=lm, tokenizer=tok, chat=ChatFormat.for_tokenizer(tok),
-                       remote=remote, device_map=device_map)
+                       remote=remote, device_map=device_map, device=device,
+                       weights_sha256=weights_sha256)
