@@ -39,6 +39,7 @@ max_new_tokens = 32
 batch_size = 8
 n_boot = 2000
 seed = 0
+traits_dir = None
 
 # %% [markdown]
 # ## Setup

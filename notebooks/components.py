@@ -41,6 +41,7 @@ batch_size = 16
 probe_C = 1.0
 n_boot = 2000
 seed = 0
+traits_dir = None
 
 # %% [markdown]
 # ## Setup

@@ -48,6 +48,7 @@ gradient_shrinkage = 0.1
 gradient_steps = 500
 ica_components = 10
 seed = 0
+traits_dir = None
 
 # %% [markdown]
 # ## Setup

@@ -46,6 +46,7 @@ judge_dtype = "float32"
 min_mass = 0.25
 batch_size = 16
 seed = 0
+traits_dir = None
 
 # %% [markdown]
 # ## Setup

@@ -42,6 +42,7 @@ ica_components = 10
 acc_threshold = 0.6
 n_boot = 2000
 seed = 0
+traits_dir = None
 
 # %% [markdown]
 # ## Setup

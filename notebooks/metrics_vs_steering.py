@@ -44,6 +44,7 @@ min_mass = 0.25
 batch_size = 16
 n_boot = 2000
 seed = 0
+traits_dir = None
 
 # %% [markdown]
 # ## Setup

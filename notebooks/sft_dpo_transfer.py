@@ -56,6 +56,7 @@ judge_dtype = "float32"
 min_mass = 0.25
 batch_size = 16
 seed = 0
+traits_dir = None
 
 # %% [markdown]
 # ## Setup

@@ -49,6 +49,7 @@ n_examples = 2
 batch_size = 8
 n_boot = 2000
 seed = 0
+traits_dir = None
 
 # %% [markdown]
 # ## Setup

@@ -3,14 +3,19 @@
     traitlab render method_comparison --profile default   # build → execute → HTML → index
     traitlab render all --profile ci --out tests/golden --no-html
     traitlab check method_comparison --profile default    # validate only, no model work
-    traitlab fetch smollm2-135m-instruct                  # download + verify a zoo model
+    traitlab render cross_topic --profile ci --set layers=[4,8] --params ~/my.yaml
+    traitlab fetch smollm2-135m-instruct [--verify]       # download + verify a zoo model
+    traitlab datasets fetch --dest ~/datasets             # the public datasets, sha256-pinned
 
-A profile is validated (keys, types, ranges, model and sites) before papermill starts.
+Parameters come from the profile, then a ``--params`` file (any path), then each ``--set
+key=value`` (read as YAML). They are validated (keys, types, dtypes, models, ranges, sites)
+before papermill starts; every error is one line naming the file or ``--set`` key.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import html
 import json
@@ -20,55 +25,153 @@ import sys
 import time
 from pathlib import Path
 
+from . import datasets
 from .atomic import atomic_path, write_text
-from .params import ParamError, load_profile, load_runtime, notebook_name, validate
-from .paths import PROJECT_ROOT
+from .params import (
+    ParamError,
+    Resolved,
+    check_dtypes,
+    check_models,
+    check_types,
+    notebook_name,
+    parse_set,
+    profile_path,
+    resolve,
+    traits_folder,
+    validate,
+)
+from .paths import PROJECT_ROOT, build_root, data_root, reports_root
 
 
 def notebooks() -> list[str]:
     return sorted(p.stem for p in (PROJECT_ROOT / "notebooks").glob("*.py"))
 
 
-def check(notebook: str, profile: str) -> dict:
-    """Validate a profile fully (no weights loaded); return its parameter values."""
+class RenderError(RuntimeError):
+    """A notebook whose execution failed (the partly executed notebook is kept)."""
+
+
+def check_resolved(r: Resolved) -> dict:
+    """Validate resolved parameters fully, without loading weights: keys (done by ``resolve``),
+    the runtime block, each key's type, dtype names, every model spec, then the notebook's own
+    checks (ranges, layers against the model's config, sites, prompt sets). Returns the values."""
     from .experiments import PARAMS
 
-    values = load_profile(notebook, profile)
-    if notebook in PARAMS:
-        p = validate(PARAMS[notebook], values, where=f"params/{notebook}/{profile}.yaml")
-        if hasattr(p, "check"):
+    r.env()
+    check_dtypes(r)
+    cls = PARAMS.get(r.notebook)
+    if cls is None:
+        return r.values
+    check_types(cls, r)
+    check_models(r, dataclasses.asdict(cls()))
+    if r.values.get("traits_dir") is not None:
+        try:
+            traits_folder(r.values["traits_dir"])
+        except ParamError as err:
+            raise ParamError(f"{r.where('traits_dir')}: {err}") from None
+    p = validate(cls, r.values, where=r.where())
+    if hasattr(p, "check"):
+        try:
             p.check()
-    return values
+        except ValueError as err:
+            msg = str(err)
+            raise ParamError(msg if msg.startswith(r.where()) else f"{r.where()}: {msg}") from None
+    return r.values
 
 
-def build_ipynb(notebook: str) -> Path:
+def check(notebook: str, profile: str | None = "default", *, params: str | Path | None = None,
+          sets: dict | None = None) -> dict:
+    """Validate a profile (and/or a ``--params`` file and ``--set`` overrides) fully, no weights
+    loaded; return the parameter values papermill will inject."""
+    return check_resolved(resolve(notebook, profile, params, sets))
+
+
+def build_ipynb(notebook: str, build_dir: Path | None = None) -> Path:
     """jupytext: notebooks/<nb>.py → build/<nb>.ipynb (with a python3 kernelspec)."""
-    out = PROJECT_ROOT / "build" / f"{notebook}.ipynb"
-    out.parent.mkdir(exist_ok=True)
+    out = (build_dir or build_root()) / f"{notebook}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--to", "ipynb", "--set-kernel", "python3",
                     "-o", str(out), str(PROJECT_ROOT / "notebooks" / f"{notebook}.py")], check=True)
     return out
 
 
-def execute(notebook: str, profile: str, out_dir: Path, name: str) -> Path:
+def _progress_engine(label: str, log=print) -> str:
+    """Register a papermill engine that prints ``[traitlab] <label> cell i/n (t s)`` as each code
+    cell starts, from this process (nothing of it reaches the executed notebook)."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class Progress(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            code = [i for i, c in enumerate(nb_man.nb.cells) if c.cell_type == "code"]
+            t0 = time.time()
+            start = nb_man.cell_start
+
+            def cell_start(cell, cell_index=None, **kw):
+                if cell_index in code:
+                    log(f"[traitlab] {label} cell {code.index(cell_index) + 1}/{len(code)} "
+                        f"({time.time() - t0:.0f} s)", flush=True)
+                return start(cell, cell_index, **kw)
+
+            nb_man.cell_start = cell_start
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register("traitlab-progress", Progress)
+    return "traitlab-progress"
+
+
+def clean_temps(out_dir: Path, name: str) -> list[Path]:
+    """Remove what a killed render of ``name`` left in ``out_dir`` (``.<name>.ipynb.*.tmp*``,
+    ``.<name>.html.*.tmp*``); return the removed paths."""
+    removed = []
+    for pattern in (f".{name}.ipynb.*.tmp*", f".{name}.html.*.tmp*"):
+        for p in out_dir.glob(pattern):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def failed_path(out_dir: Path, name: str) -> Path:
+    return out_dir / f"{name}.failed.ipynb"
+
+
+def execute(notebook: str, profile: str | Resolved, out_dir: Path, name: str, *,
+            progress: bool = True) -> Path:
+    """Run the notebook with papermill into ``out_dir/<name>.ipynb`` (atomically). A failing cell
+    keeps the partly executed notebook as ``<name>.failed.ipynb`` and raises ``RenderError``."""
     import papermill as pm
 
+    r = profile if isinstance(profile, Resolved) else resolve(notebook, profile)
     src = build_ipynb(notebook)
     target = out_dir / f"{name}.ipynb"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for p in clean_temps(out_dir, name):
+        print(f"[traitlab] removed {p.name}, left by an interrupted render", flush=True)
+    runtime = r.env()
+    engine = _progress_engine(notebook) if progress else None
     with atomic_path(target) as tmp:
-        tmp_nb = tmp.with_suffix(".ipynb")
-        runtime = load_runtime(notebook, profile)
+        tmp_nb = tmp.with_name(tmp.name + ".ipynb")  # .<name>.ipynb.XXXX.tmp.ipynb: never indexed
         saved = {k: os.environ.get(k) for k in runtime}
         os.environ.update(runtime)  # the kernel inherits them; load_model reads them as defaults
         try:
-            pm.execute_notebook(str(src), str(tmp_nb), parameters=load_profile(notebook, profile),
-                                kernel_name="python3", cwd=str(PROJECT_ROOT / "notebooks"),
-                                progress_bar=False, log_output=False)
+            pm.execute_notebook(str(src), str(tmp_nb), parameters=r.values, kernel_name="python3",
+                                cwd=str(PROJECT_ROOT / "notebooks"), progress_bar=False,
+                                log_output=False, engine_name=engine)
             tmp_nb.replace(tmp)
+        except pm.PapermillExecutionError as err:
+            kept = failed_path(out_dir, name)
+            if tmp_nb.exists():
+                os.replace(tmp_nb, kept)
+            where = f"kept at {kept}" if kept.exists() else "no partial notebook was written"
+            evalue = str(err.evalue).strip().splitlines()[-1] if str(err.evalue).strip() else ""
+            raise RenderError(f"{notebook} failed in cell {err.exec_count} ({err.ename}: {evalue}); "
+                              f"the partly executed notebook is {where}") from None
         finally:
             tmp_nb.unlink(missing_ok=True)
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    failed_path(out_dir, name).unlink(missing_ok=True)
     return target
 
 
@@ -83,11 +186,24 @@ def to_html(ipynb: Path) -> Path:
     return out
 
 
+def indexable(report_dir: Path) -> list[Path]:
+    """The reports ``index.html`` lists: ``*.ipynb`` that are not hidden, temporary or failed."""
+    return [p for p in sorted(report_dir.glob("*.ipynb"))
+            if not p.name.startswith(".") and ".tmp" not in p.name
+            and not p.name.endswith(".failed.ipynb")]
+
+
 def write_index(report_dir: Path) -> Path:
-    """reports/index.html: every report with its parameters, model and date."""
+    """reports/index.html: every report with its parameters, model and date (an unreadable
+    notebook is named on the terminal and left out)."""
     rows = []
-    for nb_path in sorted(report_dir.glob("*.ipynb")):
-        meta = json.loads(nb_path.read_text()).get("metadata", {}).get("traitlab", {})
+    for nb_path in indexable(report_dir):
+        try:
+            meta = json.loads(nb_path.read_text()).get("metadata", {}).get("traitlab", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            print(f"[traitlab] {nb_path} is not a readable notebook (truncated?); left out of the index",
+                  file=sys.stderr, flush=True)
+            continue
         params = meta.get("params", {})
         rows.append(
             f"<tr><td><a href='{nb_path.stem}.html'>{nb_path.stem}</a></td>"
@@ -107,24 +223,103 @@ def write_index(report_dir: Path) -> Path:
     return out
 
 
-def render(notebook: str, profile: str, out_dir: Path, html_too: bool = True,
-           suffix: str | None = None) -> Path:
+def render(notebook: str, profile: str | None = "default", out_dir: Path | None = None,
+           html_too: bool = True, suffix: str | None = None, *, params: str | Path | None = None,
+           sets: dict | None = None, progress: bool = True) -> Path:
     """Execute and render; the output is ``<notebook><suffix>.ipynb`` (default suffix: none for
-    the default profile, ``.<profile>`` otherwise, so profiles never overwrite each other)."""
-    values = check(notebook, profile)
+    the default profile, ``.<profile>`` otherwise (or ``.<params file stem>``), so profiles never
+    overwrite each other)."""
+    r = resolve(notebook, profile, params, sets)
+    values = check_resolved(r)
+    out_dir = Path(out_dir) if out_dir is not None else reports_root()
     t0 = time.time()
     if suffix is None:
-        suffix = "" if profile == "default" else f".{profile}"
-    print(f"[traitlab] {notebook} ({profile}) → {out_dir}/{notebook}{suffix}.ipynb", flush=True)
-    nb = execute(notebook, profile, out_dir, notebook + suffix)
+        suffix = "" if r.label == "default" else f".{r.label}"
+    print(f"[traitlab] {notebook} ({r.where()}) → {out_dir}/{notebook}{suffix}.ipynb", flush=True)
+    nb = execute(notebook, r, out_dir, notebook + suffix, progress=progress)
     data = json.loads(nb.read_text())
-    data["metadata"]["traitlab"] = {"profile": profile, "params": values, "seconds": round(time.time() - t0),
+    data["metadata"]["traitlab"] = {"profile": r.label, "params": values, "seconds": round(time.time() - t0),
                                     "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    if r.origin and any(o != str(profile_path(notebook, r.label)) for o in r.origin.values()):
+        data["metadata"]["traitlab"]["sources"] = r.where()
     write_text(nb, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     if html_too:
         to_html(nb)
     print(f"[traitlab] done in {time.time() - t0:.0f} s", flush=True)
     return nb
+
+
+def missing_inputs(notebook: str, values: dict) -> str | None:
+    """One line naming the public files a notebook needs and the data root lacks, and how to get
+    them; ``None`` when nothing is missing."""
+    gone = datasets.missing(datasets.needed(notebook, values))
+    if not gone:
+        return None
+    files = ", ".join(f"{n} ({datasets.MANIFEST[n].path})" for n in gone)
+    return f"{notebook} needs {files} under the data root {data_root()}; {datasets.how_to_get()}"
+
+
+def _add_sources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=None,
+                   help="params/<notebook>/<profile>.yaml (default: 'default' unless --params is given)")
+    p.add_argument("--params", default=None, metavar="PATH",
+                   help="a YAML parameter file anywhere on disk (over the profile, if one is given)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                   help="override one parameter, the value read as YAML (repeatable; applied last), "
+                        "e.g. --set layers=[8,12,16] --set runtime.device=cuda:0")
+
+
+def _render_cmd(args: argparse.Namespace) -> int:
+    everything = args.notebook == ["all"]
+    names = notebooks() if everything else [notebook_name(a) for a in args.notebook]
+    sets = parse_set(args.sets)
+    if args.params is not None and not Path(args.params).expanduser().is_file():
+        raise ParamError(f"--params {args.params}: no such file; give the path of a YAML parameter file")
+    out = Path(args.out) if args.out else reports_root()
+    todo, skipped = [], []
+    for name in names:  # validate every profile before any model work
+        r = resolve(name, args.profile, args.params, sets)
+        why = missing_inputs(name, r.values) if everything else None
+        if why:
+            print(f"[traitlab] skipping {why}", flush=True)
+            skipped.append((name, why))
+            continue
+        check_resolved(r)
+        todo.append(name)
+    failed = []
+    for name in todo:
+        try:
+            render(name, args.profile, out, html_too=not args.no_html, suffix=args.suffix,
+                   params=args.params, sets=sets)
+        except RenderError as err:
+            if not everything:
+                raise
+            print(f"traitlab: error: {err}", file=sys.stderr, flush=True)
+            failed.append(name)
+    if not args.no_html:
+        write_index(out)
+    if skipped:
+        print(f"[traitlab] rendered {len(todo) - len(failed)} of {len(names)}; skipped "
+              f"{len(skipped)} for missing inputs: {', '.join(n for n, _ in skipped)}", flush=True)
+    if failed:
+        print(f"traitlab: error: failed: {', '.join(failed)} (see the .failed.ipynb next to each)",
+              file=sys.stderr)
+        return 1
+    return 0 if todo else 1
+
+
+def _fetch_cmd(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    if args.verify:
+        verify = getattr(zoo, "verify", None)
+        if verify is None:
+            raise ParamError("this traitlab has no traitlab.zoo.verify yet; `traitlab fetch --verify` "
+                             "needs it (delete the model's folder under $TRAITLAB_CACHE/zoo to refetch)")
+        print(verify(args.name, full=True, repair=True))
+    else:
+        print(zoo.dequantized_dir(args.name))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,31 +328,38 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="execute notebook(s) with a profile and render HTML")
     r.add_argument("notebook", nargs="+", help="notebook name(s), or 'all'")
-    r.add_argument("--profile", default="default")
-    r.add_argument("--out", default=str(PROJECT_ROOT / "reports"))
+    _add_sources(r)
+    r.add_argument("--out", default=None, help="output folder (default: the repository's reports/)")
     r.add_argument("--no-html", action="store_true")
     r.add_argument("--suffix", default=None,
                    help="output name suffix (default: none for the default profile, else .<profile>)")
-    c = sub.add_parser("check", help="validate a params profile without running the model")
+    c = sub.add_parser("check", help="validate parameters without running the model")
     c.add_argument("notebook")
-    c.add_argument("--profile", default="default")
+    _add_sources(c)
     f = sub.add_parser("fetch", help="download and verify an offline-zoo model")
     f.add_argument("name")
+    f.add_argument("--verify", action="store_true",
+                   help="re-hash every cached file and repair what differs from its pin")
+    d = sub.add_parser("datasets", help="fetch or verify the public datasets in the data root")
+    d.add_argument("action", choices=["fetch", "verify"])
+    d.add_argument("names", nargs="*", help=f"files (default: all of {', '.join(datasets.MANIFEST)})")
+    d.add_argument("--dest", default=None, help="data root (default: $TRAITLAB_DATA_ROOT)")
+    d.add_argument("--mirror", default=None, metavar="URL", help="fetch URL/<path> instead of the sources")
     sub.add_parser("list", help="list notebooks and their profiles")
     sub.add_parser("claims", help="re-derive every README claim from its report (claims.yaml)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "render":
-            names = notebooks() if args.notebook == ["all"] else [notebook_name(a) for a in args.notebook]
-            out = Path(args.out)
-            for name in names:  # validate every profile before any model work
-                check(name, args.profile)
-            for name in names:
-                render(name, args.profile, out, html_too=not args.no_html, suffix=args.suffix)
-            if not args.no_html:
-                write_index(out)
+            return _render_cmd(args)
         elif args.cmd == "check":
-            print(json.dumps(check(notebook_name(args.notebook), args.profile), indent=2))
+            values = check(notebook_name(args.notebook), args.profile, params=args.params,
+                           sets=parse_set(args.sets))
+            print(json.dumps(values, indent=2))
+        elif args.cmd == "datasets":
+            unknown = [n for n in args.names if n not in datasets.MANIFEST]
+            if unknown:
+                raise ParamError(f"unknown dataset(s) {unknown}; known: {', '.join(datasets.MANIFEST)}")
+            return datasets.main(args)
         elif args.cmd == "claims":
             from . import claims
 
@@ -172,16 +374,18 @@ def main(argv: list[str] | None = None) -> int:
                 print("problem:", p, file=sys.stderr)
             return 1 if problems else 0
         elif args.cmd == "fetch":
-            from .zoo import dequantized_dir
-
-            print(dequantized_dir(args.name))
+            return _fetch_cmd(args)
         else:
             for name in notebooks():
                 profiles = sorted(p.stem for p in (PROJECT_ROOT / "params" / name).glob("*.yaml"))
                 print(f"{name}: {', '.join(profiles)}")
-    except (ParamError, ValueError) as err:
-        print(f"traitlab: error: {err}", file=sys.stderr)
+    except (ParamError, ValueError, RenderError, OSError) as err:
+        msg = " ".join(str(err).split("\n")[:1]) or type(err).__name__
+        print(f"traitlab: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("traitlab: interrupted; temporary files are removed on the next render", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -134,7 +135,7 @@ def profile_path(notebook: str, profile: str) -> Path:
     return PROJECT_ROOT / "params" / notebook / f"{profile}.yaml"
 
 
-RUNTIME_KEYS = {"device_map": "TRAITLAB_DEVICE_MAP", "remote": "TRAITLAB_REMOTE"}
+RUNTIME_KEYS = {"device_map": "TRAITLAB_DEVICE_MAP", "remote": "TRAITLAB_REMOTE", "device": "TRAITLAB_DEVICE"}
 """A profile's optional ``runtime:`` block: where the model runs, not what the notebook computes.
 ``traitlab render`` passes it to the kernel as these environment variables, which
 ``traitlab.models.load_model`` reads as defaults (so any notebook runs sharded or on NDIF
@@ -143,11 +144,18 @@ without code changes)."""
 
 def check_runtime(block: Any, where: str = "runtime") -> dict[str, Any]:
     """Validate a ``runtime:`` block: ``device_map`` (null or a transformers device map string such
-    as ``auto``) and ``remote`` (false, true = NDIF, or ``local`` = nnsight's local simulation)."""
+    as ``auto``), ``device`` (null or one torch device such as ``cuda:0``) and ``remote`` (false,
+    true = NDIF, or ``local`` = nnsight's local simulation).
+
+    Example:
+        >>> check_runtime({"device": "cuda:0"})
+        {'device_map': None, 'remote': False, 'device': 'cuda:0'}
+    """
     if block is None:
         return {}
     if not isinstance(block, dict):
-        raise ParamError(f"{where}: runtime must be a mapping like {{device_map: auto, remote: false}}")
+        raise ParamError(f"{where}: runtime must be a mapping like {{device_map: auto, remote: false}}, "
+                         f"got {block!r}")
     unknown = sorted(set(block) - set(RUNTIME_KEYS))
     if unknown:
         raise ParamError(f"{where}: unknown runtime keys {unknown}; known: {', '.join(RUNTIME_KEYS)}")
@@ -157,19 +165,45 @@ def check_runtime(block: Any, where: str = "runtime") -> dict[str, Any]:
     rm = block.get("remote", False)
     if rm not in (True, False, "local"):
         raise ParamError(f"{where}: runtime.remote must be true, false or 'local', got {rm!r}")
-    return {"device_map": dm, "remote": rm}
+    dev = block.get("device")
+    if dev is not None and (not isinstance(dev, str) or not _DEVICE.match(dev)):
+        raise ParamError(f"{where}: runtime.device must be a torch device such as 'cpu', 'cuda', "
+                         f"'cuda:0' or 'mps', or null, got {dev!r}")
+    if dev is not None and dm is not None:
+        raise ParamError(f"{where}: runtime.device and runtime.device_map both set; keep one "
+                         "(device: one GPU, device_map: sharded)")
+    out = {"device_map": dm, "remote": rm}
+    if dev is not None:  # only when set: older records compare equal
+        out["device"] = dev
+    return out
 
 
-def load_runtime(notebook: str, profile: str) -> dict[str, str]:
-    """The environment a profile's ``runtime:`` block asks for (empty when it has none)."""
-    values = yaml.safe_load(profile_path(notebook, profile).read_text()) or {}
-    rt = check_runtime(values.get("runtime") if isinstance(values, dict) else None)
+_DEVICE = re.compile(r"^(cpu|cuda|mps|xpu|meta)(:\d+)?$")
+
+
+def runtime_env(rt: dict[str, Any]) -> dict[str, str]:
+    """The environment variables a validated runtime block sets for the kernel.
+
+    Example:
+        >>> runtime_env({"device_map": None, "remote": "local", "device": "cuda:0"})
+        {'TRAITLAB_REMOTE': 'local', 'TRAITLAB_DEVICE': 'cuda:0'}
+    """
     env = {}
     if rt.get("device_map"):
         env[RUNTIME_KEYS["device_map"]] = rt["device_map"]
     if rt.get("remote"):
         env[RUNTIME_KEYS["remote"]] = "local" if rt["remote"] == "local" else "true"
+    if rt.get("device"):
+        env[RUNTIME_KEYS["device"]] = rt["device"]
     return env
+
+
+def load_runtime(notebook: str, profile: str) -> dict[str, str]:
+    """The environment a profile's ``runtime:`` block asks for (empty when it has none)."""
+    path = profile_path(notebook, profile)
+    values = read_yaml(path)
+    rt = check_runtime(values.get("runtime") if isinstance(values, dict) else None, where=str(path))
+    return runtime_env(rt)
 
 
 def load_profile(notebook: str, profile: str) -> dict[str, Any]:
@@ -179,10 +213,7 @@ def load_profile(notebook: str, profile: str) -> dict[str, Any]:
     if not path.exists():
         known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.exists() else []
         raise ParamError(f"no profile {profile!r} for {notebook}: {path} is missing; have {', '.join(known)}")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ParamError(f"{path}: expected a mapping of parameter names to values")
-    values = dict(values)
+    values = read_yaml(path)
     check_runtime(values.pop("runtime", None), where=str(path))
     declared = parameters_cell(notebook_path(notebook))
     for key in values:
@@ -192,3 +223,218 @@ def load_profile(notebook: str, profile: str) -> dict[str, Any]:
             raise ParamError(f"{path}: unknown parameter {key!r}{hint} "
                              f"(the notebook declares {', '.join(declared)})")
     return values
+
+
+# ---- parameter sources: profiles, --params files, --set overrides ------------------------
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; a syntax error or a non-mapping is one ``ParamError`` line
+    naming the file, line and column.
+
+    Example:
+        >>> import tempfile; f = Path(tempfile.mkdtemp()) / "p.yaml"
+        >>> _ = f.write_text("layers: [1, 2\\n")
+        >>> read_yaml(f)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        traitlab.params.ParamError: .../p.yaml:2:1: YAML syntax error (expected ',' or ']', but got '<stream end>' while parsing a flow sequence); fix the file
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"parameter file {path} does not exist; give an existing YAML file")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(x) for x in (err.problem, err.context) if x)
+        raise ParamError(f"{path}{pos}: YAML syntax error ({what}); fix the file") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ParamError(f"{path}: not readable as YAML ({str(err).splitlines()[0]}); fix the file") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ParamError(f"{path}: expected a mapping of parameter names to values "
+                         f"(`name: value` lines), got {type(values).__name__}")
+    return dict(values)
+
+
+def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``--set key=value`` overrides, each value parsed as YAML (``[8,12,16]`` is a list,
+    ``null`` is None, ``qwen`` a string). ``runtime.device=cuda:0`` sets a runtime key.
+
+    Example:
+        >>> parse_set(["layers=[8,12,16]", "model=qwen", "revision=null", "runtime.device=cuda:0"])
+        {'layers': [8, 12, 16], 'model': 'qwen', 'revision': None, 'runtime': {'device': 'cuda:0'}}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", key):
+            raise ParamError(f"--set {item!r}: expected key=value with a parameter name as key, "
+                             "e.g. --set layers=[8,12,16]")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ParamError(f"--set {key}: value {raw!r} is not valid YAML ({problem}); quote it, "
+                             f"e.g. --set '{key}=\"{raw}\"'") from None
+        if "." in key:
+            block, sub = key.split(".", 1)
+            if block != "runtime":
+                raise ParamError(f"--set {key}: only runtime.<key> may be dotted "
+                                 f"(e.g. runtime.device=cuda:0)")
+            out.setdefault("runtime", {})[sub] = value
+        else:
+            out[key] = value
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A notebook's parameters from all sources, with where each key came from.
+
+    ``values`` go to papermill; ``runtime`` is the merged ``runtime:`` block; ``origin`` maps
+    each key to the file (or ``--set``) that gave it last.
+    """
+
+    notebook: str
+    values: dict[str, Any]
+    runtime: dict[str, Any]
+    origin: dict[str, str]
+    label: str
+    """The output name's tag: the profile, the ``--params`` file's stem, or ``default``."""
+
+    def where(self, key: str | None = None) -> str:
+        if key is not None and key in self.origin:
+            return self.origin[key]
+        unique = sorted(dict.fromkeys(self.origin.values()), key=lambda w: w.startswith("--set"))
+        return " + ".join(unique) or f"notebooks/{self.notebook}.py"
+
+    def env(self) -> dict[str, str]:
+        return runtime_env(check_runtime(self.runtime or None, where=self.where("runtime")))
+
+
+def resolve(notebook: str, profile: str | None = None, params: str | Path | None = None,
+            sets: dict[str, Any] | None = None) -> Resolved:
+    """Merge ``params/<notebook>/<profile>.yaml`` (default ``default`` unless a ``params`` file
+    is given), then the ``params`` file (any path), then ``sets``; keys checked against the
+    notebook's parameters cell, each unknown one named with its source and the closest name.
+
+    Example:
+        >>> r = resolve("method_comparison", "ci", sets={"layers": [1, 2]})
+        >>> r.values["layers"], r.origin["layers"], r.label
+        ([1, 2], '--set layers', 'ci')
+    """
+    notebook_path(notebook)
+    declared = parameters_cell(notebook_path(notebook))
+    values: dict[str, Any] = {}
+    runtime: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    sources: list[tuple[str, dict[str, Any]]] = []
+    if profile is not None or params is None:
+        profile = profile or "default"
+        load_profile(notebook, profile)  # names a missing profile with the ones that exist
+        sources.append((str(profile_path(notebook, profile)), read_yaml(profile_path(notebook, profile))))
+    if params is not None:
+        sources.append((str(params), read_yaml(Path(params).expanduser())))
+    if sets:
+        sources.append(("--set", dict(sets)))
+    for where, src in sources:
+        rt = src.pop("runtime", None)
+        if rt is not None:
+            if not isinstance(rt, dict):
+                check_runtime(rt, where=where)
+            runtime.update(rt)
+            origin["runtime"] = where if where != "--set" else "--set runtime"
+            check_runtime(runtime, where=origin["runtime"])
+        for key, value in src.items():
+            key_where = f"--set {key}" if where == "--set" else where
+            if key not in declared:
+                close = difflib.get_close_matches(str(key), list(declared), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ParamError(f"{key_where}: unknown parameter {key!r}{hint} "
+                                 f"(the notebook declares {', '.join(declared)})")
+            if key == "traits_dir" and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                base = Path.cwd() if where == "--set" else Path(where).parent
+                value = str((base / value).resolve())  # the kernel runs in notebooks/
+            values[key] = value
+            origin[key] = key_where
+    label = profile if params is None else (profile if profile not in (None, "default") else
+                                            Path(params).stem)
+    return Resolved(notebook, values, runtime, origin, label or "default")
+
+
+def check_types(cls: type, resolved: Resolved) -> None:
+    """Each key's type against ``cls``'s hints, the error naming the key's own source."""
+    hints = get_type_hints(cls)
+    for key, value in resolved.values.items():
+        if key in hints and not _type_ok(value, hints[key]):
+            raise ParamError(f"{resolved.where(key)}: parameter {key!r} = {value!r} should be "
+                             f"{_describe_type(hints[key])}")
+
+
+DTYPE_KEYS = re.compile(r"^(\w+_)?dtype$")
+
+
+def check_dtypes(resolved: Resolved) -> None:
+    """Every ``dtype`` / ``*_dtype`` value is one ``load_model`` accepts (``bf16`` is not).
+
+    Example:
+        >>> check_dtypes(Resolved("x", {"dtype": "bf16"}, {}, {"dtype": "p.yaml"}, "p"))
+        Traceback (most recent call last):
+        ...
+        traitlab.params.ParamError: p.yaml: dtype 'bf16' is not a dtype load_model accepts; use one of float32, bfloat16, float16
+    """
+    from . import models
+
+    accepted = list(getattr(models, "_DTYPES", {"float32": 0, "bfloat16": 0, "float16": 0}))
+    for key, value in resolved.values.items():
+        if DTYPE_KEYS.match(key) and value is not None and value not in accepted:
+            raise ParamError(f"{resolved.where(key)}: {key} {value!r} is not a dtype load_model "
+                             f"accepts; use one of {', '.join(accepted)}")
+
+
+MODEL_KEYS = re.compile(r"^(\w+_)?model$")
+
+
+def check_models(resolved: Resolved, defaults: dict[str, Any]) -> None:
+    """Every model a notebook will load resolves without weights: a tiny or zoo name, an existing
+    folder or ``.gguf`` file, or a hub id (whose config is read by the notebook's own check).
+    An HTTP judge (``judge_backend: openai``) names a served model, which is not checked here."""
+    from . import models
+
+    merged = {**defaults, **resolved.values}
+    for key, spec in merged.items():
+        if not MODEL_KEYS.match(key) or spec is None:
+            continue
+        if key == "judge_model" and (merged.get("judge_base_url") or merged.get("judge_backend") == "openai"):
+            continue
+        if isinstance(spec, str) and models._HUB_ID.match(spec) and not Path(spec).expanduser().exists():
+            continue  # needs the hub; Params.check() reads its config
+        try:
+            models.describe(spec)
+        except ValueError as err:
+            raise ParamError(f"{resolved.where(key)}: {key}: {err}") from None
+
+
+def traits_folder(traits_dir: str | None) -> Path | None:
+    """The folder of ``<trait>.jsonl`` prompt sets a ``traits_dir`` parameter names (``None``:
+    the shipped ``data/traits``); a missing folder is a one-line ``ParamError``.
+
+    Example:
+        >>> traits_folder(None) is None
+        True
+        >>> traits_folder("/no/such/dir")
+        Traceback (most recent call last):
+        ...
+        traitlab.params.ParamError: traits_dir '/no/such/dir' is not a folder; give a folder of <trait>.jsonl files, or null for the shipped data/traits
+    """
+    if traits_dir is None:
+        return None
+    path = Path(traits_dir).expanduser()
+    if not path.is_dir():
+        raise ParamError(f"traits_dir {traits_dir!r} is not a folder; give a folder of "
+                         "<trait>.jsonl files, or null for the shipped data/traits")
+    return path

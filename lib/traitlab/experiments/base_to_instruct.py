@@ -33,7 +33,7 @@ from ..directions import METHODS, fit_direction
 from ..metrics import auroc, midpoint_accuracy
 from ..models import LoadedModel, describe
 from ..monitor import TokenTrace, Watch, monitor
-from ..params import ParamError, load_profile, validate
+from ..params import ParamError, load_profile, traits_folder, validate
 from ..refusal import is_refusal
 from ..sites import SITE_NAMES, Site, check_sites
 from . import model_chain
@@ -60,6 +60,8 @@ class Params:
     batch_size: int = 8
     n_boot: int = 2000
     seed: int = 0
+    traits_dir: str | None = None
+    """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS or self.method == "random":
@@ -95,7 +97,7 @@ class Params:
                 check_sites([Site(self.site, x) for x in layers], info.arch, info.n_layers)  # type: ignore[arg-type]
             except ValueError as err:
                 raise ParamError(f"{spec}: {err}") from None
-        load_trait(self.trait)
+        load_trait(self.trait, folder=traits_folder(self.traits_dir))
         requests(self)
 
 
@@ -117,7 +119,7 @@ def chain_models(P: Params, progress: bool = True) -> dict[str, str]:
 def base_vectors(P: Params, lm: LoadedModel, fmt: ChatFormat, layers: list[int],
                  progress: bool = True) -> dict[Site, torch.Tensor]:
     """One unit vector per layer from the trait's train pairs, read in format ``fmt``."""
-    ds = load_trait(P.trait)
+    ds = load_trait(P.trait, folder=traits_folder(P.traits_dir))
     pos, neg = ds.encode(fmt, "train")
     sites = [Site(P.site, x) for x in layers]  # type: ignore[arg-type]
     acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)

@@ -25,7 +25,7 @@ from ..data import load_trait
 from ..directions import METHODS, fit_direction
 from ..metrics import bootstrap_ci, evaluate
 from ..models import describe
-from ..params import ParamError
+from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
 
 SEED_CLAIMS = pd.DataFrame(
@@ -53,6 +53,8 @@ class Params:
     probe_C: float = 1.0
     n_boot: int = 2000
     seed: int = 0
+    traits_dir: str | None = None
+    """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
 
     def __post_init__(self) -> None:
         if not self.traits:
@@ -89,7 +91,7 @@ class Params:
         except ValueError as err:
             raise ParamError(str(err)) from None
         for t in self.traits:
-            load_trait(t, max_pairs_per_split=self.max_pairs_per_split)
+            load_trait(t, max_pairs_per_split=self.max_pairs_per_split, folder=traits_folder(self.traits_dir))
         return sites
 
 

@@ -35,7 +35,7 @@ from ..directions import METHODS, fit_direction
 from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params, score_by_trait
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
-from ..params import ParamError
+from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steering import Steer, activation_norms, generate_steered
 from . import judge_calibration
@@ -84,6 +84,8 @@ class Params:
     min_mass: float = 0.25
     batch_size: int = 16
     seed: int = 0
+    traits_dir: str | None = None
+    """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
 
     def __post_init__(self) -> None:
         if not self.traits:
@@ -115,7 +117,7 @@ class Params:
             raise ParamError(str(err)) from None
         known = instructions()
         for t in self.traits:
-            load_trait(t)
+            load_trait(t, folder=traits_folder(self.traits_dir))
             if t not in known:
                 raise ParamError(f"no system prompts for {t!r} in data/elicitation/instructions.jsonl "
                                  f"(have {', '.join(known)})")
@@ -153,7 +155,7 @@ def _instructed_answers(P: Params, lm: LoadedModel, trait: str) -> pd.DataFrame:
 
 def trait_vectors(P: Params, lm: LoadedModel, trait: str, sites: list[Site], progress: bool = True) -> TraitVectors:
     """Both vectors per layer, and each source's held-out activations for cross-projection."""
-    ds = load_trait(trait)
+    ds = load_trait(trait, folder=traits_folder(P.traits_dir))
     pos, neg = ds.encode(lm.chat)
     acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
     split = np.array([p.split for p in ds.pairs])

@@ -52,7 +52,7 @@ from ..data import TraitDataset, load_group
 from ..directions import METHODS, fit_direction
 from ..metrics import auroc, cosine_scores
 from ..models import LoadedModel, describe
-from ..params import ParamError
+from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
 
 Finding = Literal["cross_language", "cross_topic", "cross_distribution"]
@@ -110,6 +110,8 @@ class Params:
     gradient_steps: int = 500
     ica_components: int = 10
     seed: int = 0
+    traits_dir: str | None = None
+    """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
 
     def __post_init__(self) -> None:
         if len(self.groups) < 2:
@@ -150,7 +152,7 @@ class Params:
         return sites
 
     def datasets(self) -> dict[str, TraitDataset]:
-        return {name: load_group(spec, max_pairs_per_split=self.max_pairs_per_split)
+        return {name: load_group(spec, max_pairs_per_split=self.max_pairs_per_split, folder=traits_folder(self.traits_dir))
                 for name, spec in self.groups.items()}
 
     def method_options(self) -> dict[str, dict]:

@@ -22,7 +22,7 @@ from ..data import load_trait
 from ..directions import METHODS, fit_direction
 from ..metrics import bootstrap_ci, evaluate
 from ..models import LoadedModel, describe
-from ..params import ParamError
+from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
 
 SEED_TABLE = pd.DataFrame(
@@ -55,6 +55,8 @@ class Params:
     acc_threshold: float = 0.6
     n_boot: int = 2000
     seed: int = 0
+    traits_dir: str | None = None
+    """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
 
     def __post_init__(self) -> None:
         if not self.traits:
@@ -88,7 +90,7 @@ class Params:
         except ValueError as err:
             raise ParamError(str(err)) from None
         for t in self.traits:
-            load_trait(t, max_pairs_per_split=self.max_pairs_per_split)
+            load_trait(t, max_pairs_per_split=self.max_pairs_per_split, folder=traits_folder(self.traits_dir))
         return sites
 
     def method_options(self) -> dict[str, dict]:
@@ -101,7 +103,7 @@ def extract_traits(p: Params, model: LoadedModel, sites: list[Site]) -> dict:
     """{trait: {split: (pos ActivationSet, neg ActivationSet)}}, one extraction per trait."""
     out = {}
     for trait in p.traits:
-        ds = load_trait(trait, max_pairs_per_split=p.max_pairs_per_split)
+        ds = load_trait(trait, max_pairs_per_split=p.max_pairs_per_split, folder=traits_folder(p.traits_dir))
         out[trait] = {}
         pos, neg = ds.encode(model.chat)
         acts = extract(model, pos + neg, sites, position=p.position, batch_size=p.batch_size)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from ..directions import METHODS, fit_direction
 from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params, score_by_trait
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
-from ..params import ParamError
+from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steering import Steer, activation_norms, generate_steered
 from . import judge_calibration
@@ -64,6 +64,8 @@ class Params:
     batch_size: int = 16
     n_boot: int = 2000
     seed: int = 0
+    traits_dir: str | None = None
+    """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
 
     def __post_init__(self) -> None:
         missing = [t for t in self.traits if t not in TRAIT_DESCRIPTIONS]
@@ -97,7 +99,7 @@ class Params:
         except ValueError as err:
             raise ParamError(str(err)) from None
         for t in self.traits:
-            load_trait(t)
+            load_trait(t, folder=traits_folder(self.traits_dir))
         if self.judge_backend == "local":
             describe(self.judge_model)
         return sites
@@ -111,7 +113,7 @@ def fit_cells(P: Params, lm: LoadedModel, sites: list[Site], progress: bool = Tr
     """Extraction metrics per cell (fit on train pairs, scored on val pairs) and the unit vectors."""
     rows, vectors = [], {}
     for trait in P.traits:
-        ds = load_trait(trait)
+        ds = load_trait(trait, folder=traits_folder(P.traits_dir))
         pos, neg = ds.encode(lm.chat)
         acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
         split = np.array([p.split for p in ds.pairs])

@@ -26,7 +26,7 @@ from ..data import load_trait
 from ..directions import METHODS, fit_direction
 from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
 from ..models import LoadedModel, describe, load_model
-from ..params import ParamError, load_profile, validate
+from ..params import ParamError, load_profile, traits_folder, validate
 from ..sites import SITE_NAMES, Site
 from ..steering import Steer, activation_norms, generate_steered
 from . import judge_calibration, model_chain
@@ -68,6 +68,8 @@ class Params:
     min_mass: float = 0.25
     batch_size: int = 16
     seed: int = 0
+    traits_dir: str | None = None
+    """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
 
     def __post_init__(self) -> None:
         if self.trait not in TRAIT_DESCRIPTIONS:
@@ -124,7 +126,7 @@ def _fmt(P: Params, m: LoadedModel) -> ChatFormat:
 
 def base_vectors(P: Params, base: LoadedModel, progress: bool = True) -> dict[int, torch.Tensor]:
     """One unit trait vector per layer, from the base model's train-split pairs."""
-    ds = load_trait(P.trait)
+    ds = load_trait(P.trait, folder=traits_folder(P.traits_dir))
     pos, neg = ds.encode(_fmt(P, base), "train")
     layers = sorted(set(P.layers) | set(P.multi_layers))
     sites = [Site(P.site, x) for x in layers]

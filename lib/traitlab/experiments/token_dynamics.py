@@ -34,7 +34,7 @@ from ..directions import METHODS, fit_direction
 from ..metrics import auroc, bootstrap_ci
 from ..models import LoadedModel, describe
 from ..monitor import TokenTrace, Watch, monitor
-from ..params import ParamError
+from ..params import ParamError, traits_folder
 from ..refusal import is_refusal
 from ..sites import SITE_NAMES, Site, check_sites
 
@@ -66,6 +66,8 @@ class Params:
     batch_size: int = 8
     n_boot: int = 2000
     seed: int = 0
+    traits_dir: str | None = None
+    """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
 
     def __post_init__(self) -> None:
         bad = [g for g in self.groups if g not in GROUPS]
@@ -101,7 +103,7 @@ class Params:
             check_sites(sites, info.arch, info.n_layers)
         except ValueError as err:
             raise ParamError(str(err)) from None
-        load_trait(self.trait)
+        load_trait(self.trait, folder=traits_folder(self.traits_dir))
         for g, rows in prompts(self).groupby("group"):
             if not len(rows):
                 raise ParamError(f"prompt group {g!r} is empty")
@@ -130,7 +132,7 @@ def prompts(P: Params) -> pd.DataFrame:
 
 def trait_vectors(P: Params, lm: LoadedModel, sites: list[Site], progress: bool = True) -> dict[Site, torch.Tensor]:
     """One unit vector per monitored site, from the trait's train-split pairs."""
-    ds = load_trait(P.trait)
+    ds = load_trait(P.trait, folder=traits_folder(P.traits_dir))
     pos, neg = ds.encode(lm.chat, "train")
     acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
     n = len(pos)

@@ -1,0 +1,186 @@
+"""The command line: --set / --params sources, runtime device, renders with progress, kept failed
+notebooks, temp-file cleanup, the index, and `render all` skipping notebooks without their data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from traitlab import cli, params
+from traitlab.params import ParamError, parse_set, resolve
+
+TINY_NB = '''# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+x = 1
+fail = False
+
+# %%
+y = x * 2
+print("y =", y)
+
+# %%
+if fail:
+    raise ZeroDivisionError(f"boom at x={x}")
+print("done")
+'''
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A throwaway project root holding one tiny notebook (`tinynb`) and its `ci` profile."""
+    root = tmp_path / "proj"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "params" / "tinynb").mkdir(parents=True)
+    (root / "notebooks" / "tinynb.py").write_text(TINY_NB)
+    (root / "params" / "tinynb" / "ci.yaml").write_text("x: 3\nfail: false\n")
+    (root / "params" / "tinynb" / "default.yaml").write_text("x: 1\nfail: false\n")
+    monkeypatch.setattr(params, "PROJECT_ROOT", root)
+    monkeypatch.setattr(cli, "PROJECT_ROOT", root)
+    monkeypatch.setattr(cli, "build_root", lambda: tmp_path / "build")
+    return root
+
+
+def test_parse_set_reads_yaml_values():
+    assert parse_set(["layers=[8,12,16]", "model=qwen", "dtype=bfloat16", "n=3", "f=0.5",
+                      "revision=null", "flag=true", "s='1'"]) == {
+        "layers": [8, 12, 16], "model": "qwen", "dtype": "bfloat16", "n": 3, "f": 0.5,
+        "revision": None, "flag": True, "s": "1"}
+    assert parse_set(["runtime.device=cuda:0"]) == {"runtime": {"device": "cuda:0"}}
+
+
+def test_sources_apply_in_order(tmp_path):
+    mine = tmp_path / "elsewhere" / "mine.yaml"
+    mine.parent.mkdir()
+    mine.write_text("layers: [1, 2, 3]\nn_boot: 7\n")
+    r = resolve("method_comparison", "ci", mine, {"n_boot": 9})
+    assert r.values["layers"] == [1, 2, 3] and r.origin["layers"] == str(mine)
+    assert r.values["n_boot"] == 9 and r.origin["n_boot"] == "--set n_boot"
+    assert r.origin["model"].endswith("params/method_comparison/ci.yaml")
+    assert r.label == "ci"
+    only = resolve("method_comparison", None, mine)  # --params alone: over the notebook defaults
+    assert only.values == {"layers": [1, 2, 3], "n_boot": 7} and only.label == "mine"
+
+
+def test_check_with_set_and_params_outside_the_repository(tmp_path, capsys):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model: tiny-llama\nmax_pairs_per_split: 2\n")
+    assert cli.main(["check", "method_comparison", "--params", str(mine), "--set", "layers=[0,1]"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"model": "tiny-llama", "max_pairs_per_split": 2, "layers": [0, 1]}
+
+
+def test_runtime_device_reaches_the_kernel_env(tmp_path):
+    mine = tmp_path / "gpu.yaml"
+    mine.write_text("runtime: {device: 'cuda:0'}\n")
+    r = resolve("method_comparison", "ci", mine)
+    assert r.env() == {"TRAITLAB_DEVICE": "cuda:0"}
+    assert resolve("method_comparison", "ci", sets={"runtime": {"remote": "local"}}).env() == {
+        "TRAITLAB_REMOTE": "local"}
+    with pytest.raises(ParamError, match="runtime.device and runtime.device_map both set"):
+        resolve("method_comparison", "ci", mine, {"runtime": {"device_map": "auto"}})
+
+
+def test_traits_dir_reads_ones_own_prompt_sets(tmp_path, capsys):
+    src = Path(params.PROJECT_ROOT) / "data" / "traits" / "optimism.jsonl"
+    mine = tmp_path / "my_traits"
+    mine.mkdir()
+    (mine / "cheer.jsonl").write_text(src.read_text())
+    argv = ["check", "method_comparison", "--profile", "ci", "--set", "model=tiny-llama",
+            "--set", "layers=[0,1]", "--set", "traits=[cheer]", "--set", f"traits_dir={mine}"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["traits_dir"] == str(mine)
+    assert cli.main(argv[:-2]) == 2  # the shipped folder has no 'cheer'
+    assert "no prompt set for trait 'cheer'" in capsys.readouterr().err
+
+
+def test_traits_dir_relative_to_the_params_file(tmp_path):
+    (tmp_path / "t").mkdir()
+    mine = tmp_path / "p.yaml"
+    mine.write_text("traits_dir: t\n")
+    assert resolve("method_comparison", None, mine).values["traits_dir"] == str(tmp_path / "t")
+
+
+def test_render_shows_progress_and_keeps_it_out_of_the_report(project, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["render", "tinynb", "--profile", "ci", "--out", str(out), "--no-html",
+                     "--set", "x=5"]) == 0
+    printed = capsys.readouterr().out
+    assert "[traitlab] tinynb cell 1/" in printed and "cell 3/" in printed
+    nb = json.loads((out / "tinynb.ci.ipynb").read_text())
+    text = json.dumps(nb["cells"])
+    assert "y = 10" in text and "[traitlab]" not in text
+    assert nb["metadata"]["traitlab"]["params"] == {"x": 5, "fail": False}
+    assert "--set x" in nb["metadata"]["traitlab"]["sources"]
+    assert sorted(p.name for p in out.iterdir()) == ["tinynb.ci.ipynb"]
+
+
+def test_failed_render_keeps_the_partial_notebook(project, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["render", "tinynb", "--profile", "ci", "--out", str(out), "--set", "fail=true"])
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("traitlab")]
+    assert rc == 2 and len(ours) == 1 and "Traceback" not in err
+    kept = out / "tinynb.ci.failed.ipynb"
+    assert "ZeroDivisionError: boom at x=3" in err and str(kept) in err
+    cells = json.loads(kept.read_text())["cells"]
+    assert any("y = 6" in json.dumps(c.get("outputs", [])) for c in cells)  # ran up to the failure
+    assert not (out / "tinynb.ci.ipynb").exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    # a later success removes the stale .failed notebook; the index never lists it
+    assert cli.main(["render", "tinynb", "--profile", "ci", "--out", str(out)]) == 0
+    assert not kept.exists()
+    assert "tinynb.ci.html" in (out / "index.html").read_text()
+
+
+def test_index_lists_only_real_reports(tmp_path, capsys):
+    meta = {"metadata": {"traitlab": {"profile": "ci", "params": {"model": "m"}}}, "cells": []}
+    (tmp_path / "good.ipynb").write_text(json.dumps(meta))
+    (tmp_path / ".good.ipynb.abc123.tmp.ipynb").write_text(json.dumps(meta)[:20])
+    (tmp_path / ".old.ipynb.x.ipynb").write_text(json.dumps(meta))
+    (tmp_path / "good.failed.ipynb").write_text(json.dumps(meta))
+    (tmp_path / "broken.ipynb").write_text(json.dumps(meta)[:30])
+    page = cli.write_index(tmp_path).read_text()
+    assert "good.html" in page
+    for name in ("abc123", ".old", "failed", "broken.html"):
+        assert name not in page
+    assert "broken.ipynb is not a readable notebook" in capsys.readouterr().err
+
+
+def test_render_all_skips_notebooks_without_their_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRAITLAB_DATA_ROOT", str(tmp_path / "empty"))
+    done = []
+    monkeypatch.setattr(cli, "render", lambda name, *a, **k: done.append(name))
+    monkeypatch.setattr(cli, "notebooks", lambda: ["method_comparison", "refusal_dial", "token_dynamics"])
+    rc = cli.main(["render", "all", "--profile", "ci", "--no-html", "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert rc == 0 and done == ["method_comparison"]
+    lines = [line for line in out.splitlines() if line.startswith("[traitlab] skipping")]
+    assert len(lines) == 2
+    assert "refusal_dial needs" in lines[0] and "xstest (xstest/xstest_prompts.csv)" in lines[0]
+    assert "traitlab datasets fetch" in lines[0]
+    assert "skipped 2 for missing inputs: refusal_dial, token_dynamics" in out
+
+
+def test_render_all_with_nothing_renderable_fails(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRAITLAB_DATA_ROOT", str(tmp_path / "empty"))
+    monkeypatch.setattr(cli, "render", lambda name, *a, **k: pytest.fail("rendered"))
+    monkeypatch.setattr(cli, "notebooks", lambda: ["refusal_dial"])
+    assert cli.main(["render", "all", "--profile", "ci", "--no-html", "--out", str(tmp_path)]) == 1
+
+
+def test_fetch_verify_calls_the_zoo(monkeypatch, capsys):
+    from traitlab import zoo
+
+    calls = []
+    monkeypatch.setattr(zoo, "verify", lambda name, **kw: calls.append((name, kw)) or "ok", raising=False)
+    assert cli.main(["fetch", "smollm2-135m-instruct", "--verify"]) == 0
+    assert calls == [("smollm2-135m-instruct", {"full": True, "repair": True})]

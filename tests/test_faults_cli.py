@@ -1,0 +1,191 @@
+"""Fault injection at the command line: bad parameters, bad files, missing data, killed and failing
+renders. Every case ends in one line naming the file or key and the fix, or in a correct recovery."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from traitlab import cli, params
+
+TINY_NB = '''# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+x = 1
+fail = False
+
+# %%
+y = x * 2
+print("y =", y)
+
+# %%
+if fail:
+    raise ZeroDivisionError(f"boom at x={x}")
+print("done")
+'''
+
+
+def _fails(capsys, argv, *needles):
+    """Run the CLI; it must exit 2 with exactly one `traitlab: error:` line holding every needle."""
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("traitlab: error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def yaml_file(tmp_path):
+    def make(text, name="mine.yaml"):
+        p = tmp_path / name
+        p.write_text(text)
+        return str(p)
+    return make
+
+
+def test_yaml_syntax_error(capsys, yaml_file):
+    p = yaml_file("model: tiny-llama\nlayers: [0, 1\nsite: resid_post\n")
+    _fails(capsys, ["check", "method_comparison", "--params", p], p, "YAML syntax error", "fix the file")
+
+
+def test_yaml_not_a_mapping(capsys, yaml_file):
+    p = yaml_file("- model\n- layers\n")
+    _fails(capsys, ["check", "method_comparison", "--params", p], p, "expected a mapping")
+
+
+def test_unknown_key_in_a_params_file(capsys, yaml_file):
+    p = yaml_file("layrs: [0]\n")
+    _fails(capsys, ["check", "method_comparison", "--params", p], p, "'layrs'", "did you mean 'layers'")
+
+
+def test_unknown_key_in_set(capsys):
+    _fails(capsys, ["check", "method_comparison", "--profile", "ci", "--set", "n_bot=3"],
+           "--set n_bot", "did you mean 'n_boot'")
+
+
+def test_wrong_type_names_its_source(capsys, yaml_file):
+    p = yaml_file("n_boot: lots\n")
+    _fails(capsys, ["check", "method_comparison", "--profile", "ci", "--params", p],
+           p, "'n_boot'", "should be int")
+    _fails(capsys, ["check", "method_comparison", "--profile", "ci", "--set", "layers=all"],
+           "--set layers", "should be")
+
+
+def test_bad_dtype_fails_in_check_not_in_the_kernel(capsys, yaml_file):
+    p = yaml_file("dtype: bf16\n")
+    _fails(capsys, ["check", "method_comparison", "--profile", "ci", "--params", p],
+           p, "dtype 'bf16'", "bfloat16")
+    _fails(capsys, ["check", "judge_calibration", "--profile", "ci", "--set", "judge_dtype=fp32"],
+           "--set judge_dtype", "float32")
+
+
+def test_bad_layer(capsys):
+    _fails(capsys, ["check", "method_comparison", "--profile", "ci", "--set", "layers=[0,99]"],
+           "layer 99 out of range", "params/method_comparison/ci.yaml")
+
+
+def test_unresolvable_models(capsys, tmp_path):
+    _fails(capsys, ["check", "method_comparison", "--profile", "ci", "--set", "model=gpt5"],
+           "--set model", "unknown model 'gpt5'")
+    gguf = tmp_path / "missing.gguf"
+    _fails(capsys, ["check", "method_comparison", "--profile", "ci", "--set", f"model={gguf}"],
+           "--set model", "does not exist")
+    _fails(capsys, ["check", "model_chain", "--profile", "ci", "--set", "teacher_model=./nowhere/"],
+           "--set teacher_model")
+
+
+def test_nonexistent_params_path(capsys, tmp_path):
+    missing = tmp_path / "nope.yaml"
+    _fails(capsys, ["check", "method_comparison", "--params", str(missing)], str(missing), "does not exist")
+    _fails(capsys, ["render", "method_comparison", "--params", str(missing)], str(missing))
+
+
+@pytest.mark.parametrize("item, needle", [("layers", "expected key=value"),
+                                          ("=3", "expected key=value"),
+                                          ("layers=[1,2", "is not valid YAML"),
+                                          ("model.name=x", "only runtime.<key>")])
+def test_bad_set_syntax(capsys, item, needle):
+    _fails(capsys, ["check", "method_comparison", "--profile", "ci", "--set", item], needle)
+
+
+def test_bad_runtime_block(capsys, yaml_file):
+    p = yaml_file("runtime: {device: gpu0}\n")
+    _fails(capsys, ["check", "method_comparison", "--profile", "ci", "--params", p], p, "runtime.device")
+    _fails(capsys, ["check", "method_comparison", "--profile", "ci", "--set", "runtime.gpus=2"],
+           "--set runtime", "unknown runtime keys")
+
+
+def test_missing_traits_dir(capsys, tmp_path):
+    _fails(capsys, ["check", "cross_topic", "--profile", "ci", "--set", f"traits_dir={tmp_path}/none"],
+           "--set traits_dir", "is not a folder")
+
+
+def test_missing_profile_and_notebook(capsys):
+    _fails(capsys, ["check", "method_comparison", "--profile", "nope"], "no profile 'nope'", "have ")
+    _fails(capsys, ["render", "method_comparsion"], "unknown notebook 'method_comparsion'")
+
+
+def test_missing_dataset_for_one_notebook(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAITLAB_DATA_ROOT", str(tmp_path))
+    _fails(capsys, ["check", "refusal_dial", "--profile", "ci"], "TRAITLAB_DATA_ROOT")
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    root = tmp_path / "proj"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "params" / "tinynb").mkdir(parents=True)
+    (root / "notebooks" / "tinynb.py").write_text(TINY_NB)
+    (root / "params" / "tinynb" / "default.yaml").write_text("x: 1\nfail: false\n")
+    monkeypatch.setattr(params, "PROJECT_ROOT", root)
+    monkeypatch.setattr(cli, "PROJECT_ROOT", root)
+    monkeypatch.setattr(cli, "build_root", lambda: tmp_path / "build")
+    return root
+
+
+def test_killed_render_leftovers_are_cleaned_and_never_indexed(tiny_project, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    # what a render killed mid-run leaves: atomic temps of the notebook and of its HTML,
+    # one of them a truncated notebook
+    (out / ".tinynb.ipynb.k1ll3d.tmp").write_text("")
+    (out / ".tinynb.ipynb.k1ll3d.tmp.ipynb").write_text('{"cells": [{"cell_ty')
+    (out / ".tinynb.html.zz.tmp").write_text("<html")
+    cli.write_index(out)  # a truncated temp notebook does not break the index
+    assert "k1ll3d" not in (out / "index.html").read_text()
+    assert cli.main(["render", "tinynb", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "removed .tinynb.ipynb.k1ll3d.tmp.ipynb, left by an interrupted render" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "tinynb.html", "tinynb.ipynb"]
+
+
+def test_truncated_report_does_not_break_the_next_render(tiny_project, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "other.ipynb").write_text('{"metadata": {"traitl')
+    assert cli.main(["render", "tinynb", "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert "tinynb.html" in page and "other.html" not in page
+    assert "other.ipynb is not a readable notebook" in capsys.readouterr().err
+
+
+def test_failing_cell_keeps_failed_notebook(tiny_project, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["render", "tinynb", "--out", str(out), "--set", "fail=true"])
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("traitlab")]
+    assert rc == 2 and len(line) == 1 and "Traceback" not in err
+    assert "tinynb failed in cell 4 (ZeroDivisionError: boom at x=1)" in line[0]
+    assert (out / "tinynb.failed.ipynb").exists()
+    assert json.loads((out / "tinynb.failed.ipynb").read_text())["cells"]
