@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from traitlab.models import load_model
@@ -34,3 +38,13 @@ def pytest_collection_modifyitems(config, items):
                 public_path(NEEDS_DATA_ROOT[name])
             except DataError as err:
                 item.add_marker(pytest.mark.skip(reason=f"public datasets not found: {err}"))
+
+
+def pytest_configure(config):
+    """Golden notebooks check their result record against tests/golden/<name>.results.json.
+
+    The kernels nbval starts inherit this environment: ``records.publish`` compares the fresh
+    record with the golden one (tolerances declared per field) and writes it to a scratch folder.
+    """
+    os.environ.setdefault("TRAITLAB_GOLDEN_DIR", str(Path(__file__).parent / "golden"))
+    os.environ.setdefault("TRAITLAB_RECORD_DIR", tempfile.mkdtemp(prefix="traitlab-records-"))
