@@ -124,6 +124,17 @@ for line in bi.conclusions(det):
     print("•", line)
 
 # %% [markdown]
+# ## Result record
+# The headline numbers with their tolerances, and the seed's claim checked by one verdict rule.
+
+# %% tags=["record"]
+from traitlab import records  # noqa: E402
+
+record = bi.record(P, base, det, pp)
+records.publish(record.with_run(**runinfo.run_record(P, base)))
+display(records.verdict_table(record))
+
+# %% [markdown]
 # ## Caveats
 # - Our SFT/DPO models are a few hundred CPU training steps on a 270M base, not an alignment
 #   pipeline: they may not refuse at all, so "detecting refusal" here means separating harmful

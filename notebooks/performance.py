@@ -175,3 +175,14 @@ for _, r in t_slope.iterrows():
     print(f"time vs prompt count ({r.model}): slope {r.slope:.2f} over {r.points} points")
 s_slope = slopes[(slopes.axis == "model size") & (slopes.quantity == "seconds")].iloc[0]
 print(f"time vs model size ({s_slope.model}): slope {s_slope.slope:.2f} over {s_slope.points} models")
+
+# %% [markdown]
+# ## Result record
+# Every ratio with a target, its tolerance for a re-run benchmark, and whether the target holds.
+
+# %% tags=["record"]
+from traitlab import records  # noqa: E402
+
+record = perf.record(P, results)
+records.publish(record.with_run(**runinfo.run_record(P)))
+display(records.verdict_table(record))

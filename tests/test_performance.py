@@ -58,3 +58,35 @@ def test_missing_results_name_the_command(tmp_path):
         perf.load(perf.Params(results_dir=str(tmp_path), benchmarks=["peers"]))
     with pytest.raises(ParamError, match="unknown benchmarks"):
         perf.Params(benchmarks=["peer"])
+
+
+def test_record_tolerances_from_repeats_and_verdicts():
+    from traitlab import records
+
+    results = {
+        "extraction_throughput": _record({"runs": [
+            {"batch_size": 8, "bare_seconds": [10.0, 10.0, 11.0, 9.0, 10.0], "traitlab_seconds": [10.0] * 5,
+             "ratio": {"value": 1.0, "target": ">= 0.95", "met": True}}]}),
+        "peers": _record({"seconds": {"train_repeng": [30.0, 28.0, 32.0], "train_traitlab": [10.0, 10.0, 10.0]},
+                          "train_speedup_vs_repeng": {"value": 3.0, "target": ">= 1.5", "met": True},
+                          "logit_parity": {"value": 0.0, "target": "<= 0.001", "met": True}}),
+        "memory": _record({"runs": [{"model": "m-1", "position": "last", "stream": True,
+                                     "target": {"value": 2.0, "target": "<= 1.5", "met": False}}]})}
+    rec = perf.record(perf.Params(), results)
+    assert list(records.names(rec)) == ["extraction.ratio.bs8", "peers.train_speedup_vs_repeng", "peers.logit_parity",
+                                        "memory.m_1.last.stream"]
+    # bare seconds: median 10, MAD 0 → no spread; traitlab constant → SE 0
+    assert rec["extraction.ratio.bs8"].tolerance == 0
+    sp = rec["peers.train_speedup_vs_repeng"]  # median 30, MAD 2 → SE of log median 1.2533·2.9652/(√3·30)
+    assert sp.tolerance == pytest.approx(2 * 3.0 * 1.2533 * 1.4826 * 2 / (3 ** 0.5 * 30))
+    assert rec["peers.logit_parity"].tolerance == 0.001
+    mem = rec["memory.m_1.last.stream"]
+    assert mem.tolerance == pytest.approx(0.2) and "measured once" in mem.tolerance_rule
+    verdicts = {c.id: c.verdict for c in rec.claims}
+    assert verdicts["memory_m_1_last_stream"] == "not held"  # missed by 0.5, tolerance 0.2
+    assert verdicts["peers_train_speedup_vs_repeng"] == "holds"
+    moved = records.ResultRecord(rec.report, quantities=tuple(
+        records.Quantity(q.name, q.value * (0.8 if q.name == "peers.train_speedup_vs_repeng" else 1), q.unit, q.n,
+                         q.ci, q.tolerance, q.tolerance_rule) for q in rec.quantities), claims=rec.claims)
+    problems = records.compare(rec, moved)
+    assert len(problems) == 1 and problems[0].startswith("performance.peers.train_speedup_vs_repeng:"), problems

@@ -186,3 +186,94 @@ def conclusions(det: pd.DataFrame) -> list[str]:
     out.append(f"Seed: {SEED['setting']}: ≈{SEED['separation']} separation, ~{SEED['accuracy_pct']:.0f}% accuracy "
                "(its projection scale differs from ours; compare AUROC/accuracy, not raw separation).")
     return out
+
+
+# ---- result record --------------------------------------------------------------------------
+
+def auroc_se(a: float, n_pos: int, n_neg: int) -> float:
+    """Hanley–McNeil standard error of an AUROC ``a`` over ``n_pos`` × ``n_neg`` items, floored at one
+    pair flipping (``1 / (n_pos · n_neg)``) so that a perfect AUROC of a small sample never gets a
+    tolerance of 0.
+
+    >>> round(auroc_se(0.5, 16, 16), 4)
+    0.1036
+    >>> auroc_se(1.0, 3, 3) == 1 / 9
+    True
+    """
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return max(float(np.sqrt(max(var, 0.0))), 1 / (n_pos * n_neg))
+
+
+def _slug(model: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in model).strip("_")
+
+
+def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFrame):
+    """The report's result record: per model of the chain (and each template mode), the best AUROC
+    over layers, the midpoint accuracy and separation (pooled SDs) at that layer, and the refusal
+    rate of harmful requests; one claim per view against the seed.
+
+    Tolerances:
+
+    - ``auroc.<model>``: the maximum over layers of an AUROC; ``estimate`` with the Hanley–McNeil SE
+      at the prompt counts (floored at one pair flipping), k = 2. The max is continuous in the
+      inputs, so it does not jump when the best layer changes between CPUs.
+    - ``accuracy.<model>``: midpoint accuracy at the best-AUROC layer, a rate over the harmful +
+      benign prompts, 2 items flipping (the best layer may change under float noise; 2 items
+      cover a near-tie at tiny n).
+    - ``separation_sd.<model>``: harmful − benign in pooled SDs at that layer: ``estimate`` with the
+      SE of a standardised mean difference, sqrt(1/n_h + 1/n_b + d²/(2(n_h + n_b))), k = 2.
+    - ``harmful_refused.<model>``: a rate over the harmful prompts (phrase match on greedy
+      answers), 1 item flipping.
+    - ``n_harmful`` / ``n_benign``: exact.
+
+    Left out: the raw separation (the seed's ≈0.5 is on its own projection scale; kept in the
+    ``detection`` table, and the ``raw_separation`` claim is "not comparable").
+    """
+    from .. import records
+
+    first = pp.drop_duplicates(["model", "prompt", "group"])
+    n_h = int((first[first.model == first.model.iloc[0]].group == "harmful").sum())
+    n_b = int((first[first.model == first.model.iloc[0]].group == "benign").sum())
+    qs = [records.exact("n_harmful", n_h), records.exact("n_benign", n_b)]
+    best_rows = []
+    for model, d in det.groupby(level="model", sort=False):
+        key = d.auroc.idxmax()
+        r = d.loc[key]
+        s = _slug(model)
+        dsd = float(r.separation_sd) if np.isfinite(r.separation_sd) else 0.0
+        se_d = float(np.sqrt(1 / n_h + 1 / n_b + dsd * dsd / (2 * (n_h + n_b))))
+        qs += [records.estimate(f"auroc.{s}", r.auroc, se=auroc_se(r.auroc, n_h, n_b), n=n_h + n_b, k=2),
+               records.rate(f"accuracy.{s}", r.accuracy_pct, n=n_h + n_b, unit="%", items=2),
+               records.estimate(f"separation_sd.{s}", r.separation_sd, se=se_d, n=n_h + n_b, unit="SD", k=2),
+               records.rate(f"harmful_refused.{s}", r.harmful_refused_pct, n=n_h, unit="%")]
+        best_rows.append({"model": model, "best_layer": key[1], "auroc": r.auroc, "accuracy_pct": r.accuracy_pct,
+                          "separation_sd": r.separation_sd})
+    claims = []
+    se0 = auroc_se(0.5, n_h, n_b)
+    mde = 2.8 * se0  # AUROC above 0.5 detectable at 5% two-sided with 80% power
+    seed_effect = SEED["accuracy_pct"] / 100 - 0.5  # ~90% accuracy: 0.4 above chance
+    views = [("chain", [m for m in det.index.get_level_values("model").unique() if not m.startswith("instruct")]),
+             ("template", [m for m in det.index.get_level_values("model").unique() if m == "instruct, chat template"])]
+    for view, models in views:
+        if not models:
+            continue
+        m = models[-1]  # the most tuned model of the chain; the instruct model with its template
+        q = next(x for x in qs if x.name == f"auroc.{_slug(m)}")
+        lo = q.value - 1.96 * auroc_se(q.value, n_h, n_b)
+        verdict, why = records.decide(holds=lo > 0.5, seed_effect=seed_effect, mde=mde)
+        claims.append(records.Claim(
+            f"base_vector_detects_{view}",
+            f"a vector fitted on the base model separates harmful from benign requests in the tuned model ({m})",
+            f"~{SEED['accuracy_pct']:.0f}% accuracy ({SEED['setting']})",
+            f"AUROC {q.value:.2f} ± {1.96 * auroc_se(q.value, n_h, n_b):.2f}, midpoint accuracy "
+            f"{det.loc[m].accuracy_pct.max():.0f}% (n={n_h}+{n_b})", verdict,
+            f"{why} (holds: AUROC 95% lower bound > 0.5; effect scale: accuracy above chance)", quantity=q.name))
+    claims.append(records.Claim(
+        "raw_separation", "response-mean projection separation between harmful and benign requests",
+        f"≈{SEED['separation']}", "see the detection table", "not comparable",
+        "the seed's projection scale (its probe's norm, Gemma-2-2B) differs from ours; AUROC and accuracy compare"))
+    return records.ResultRecord("base_to_instruct", model=lm.spec if lm is not None else "",
+                                quantities=tuple(qs), claims=tuple(claims),
+                                tables={"detection": det.reset_index(), "best_layers": pd.DataFrame(best_rows)})

@@ -162,3 +162,89 @@ def scaling_frames(results: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, pd
         slopes.append({"axis": "model size", "model": f"n={f['size_n']}", "quantity": y, "slope": a,
                        "points": len(by_size)})
     return by_count, by_size, pd.DataFrame(slopes)
+
+
+# ---- result record --------------------------------------------------------------------------
+
+NO_REPEAT_REL = 0.10
+"""Relative tolerance of a ratio measured once (no repeats in its result file): 10%, the order of
+the run-to-run spread of the repeated timings in ``extraction_throughput`` and ``peers``."""
+
+_PEER_RATIOS = {"train_speedup_vs_repeng": ("train_repeng", "train_traitlab"),
+                "train_speedup_vs_steering_vectors": ("train_steering_vectors", "train_traitlab"),
+                "steered_over_unsteered_traitlab": ("generate_traitlab", "generate_plain_traitlab")}
+
+
+def _log_median_se(xs: list[float]) -> float:
+    """SE of log(median) of repeated timings: 1.2533 · (1.4826 · MAD) / (√n · median) (robust to one
+    slow outlier run)."""
+    x = np.asarray(xs, float)
+    med = float(np.median(x))
+    mad = 1.4826 * float(np.median(np.abs(x - med)))
+    return 1.2533 * mad / (np.sqrt(len(x)) * med)
+
+
+def _ratio_se(value: float, num: list[float], den: list[float]) -> float:
+    return float(value * np.hypot(_log_median_se(num), _log_median_se(den)))
+
+
+def _bound(target: str) -> float:
+    return float(target.split()[-1])
+
+
+def _name(benchmark: str, figure: str) -> str:
+    if benchmark == "extraction_throughput":
+        return "extraction.ratio.bs" + figure.split("batch_size=")[1].split("]")[0]
+    if benchmark == "memory":
+        kv = dict(x.split("=") for x in figure[figure.index("[") + 1:figure.index("]")].split(","))
+        model = "".join(c if c.isalnum() else "_" for c in kv["model"])
+        return f"memory.{model}.{kv['position']}.{'stream' if kv['stream'] == 'True' else 'in_memory'}"
+    return f"{benchmark}.{figure}"
+
+
+def record(P: Params, results: dict[str, dict[str, Any]]):
+    """The report's result record: every benchmark ratio with a target, and one claim per target.
+
+    The record is exact given the committed result files; its tolerances say how far a *re-run*
+    benchmark may move before the golden check calls it a change:
+
+    - timing ratios with repeats (``extraction.ratio.bs<b>``, ``peers.train_speedup_*``,
+      ``peers.steered_over_unsteered_traitlab``): a ratio of medians, SE from the repeats' spread
+      (robust SE of each log median, combined), k = 2 (``estimate``);
+    - ratios measured once (``refusal_sweep.speedup``, ``memory.*`` peak RSS / weights): no spread
+      recorded, so ``NO_REPEAT_REL`` (10%) of the value, stated as such;
+    - parity errors (``peers.logit_parity``, ``refusal_sweep.max_abs_score_diff``): float noise up
+      to the target itself (a change that stays under the target is not a regression).
+
+    A target met: "holds". Missed: "not held" when the miss is larger than the tolerance (the
+    benchmark could have seen a pass), else "inconclusive".
+    """
+    from .. import records
+
+    qs, claims = [], []
+    for t in targets(results).itertuples():
+        name = _name(t.benchmark, t.figure)
+        fig = results[t.benchmark]["figures"]
+        bound = _bound(t.target)
+        if t.benchmark == "extraction_throughput":
+            bs = int(name.rsplit("bs", 1)[1])
+            run = next(r for r in fig["runs"] if r["batch_size"] == bs)
+            # ratio = traitlab tok/s / bare tok/s = bare seconds / traitlab seconds
+            q = records.estimate(name, t.value, se=_ratio_se(t.value, run["bare_seconds"], run["traitlab_seconds"]),
+                                 n=len(run["bare_seconds"]), k=2)
+        elif t.benchmark == "peers" and t.figure in _PEER_RATIOS:
+            num, den = _PEER_RATIOS[t.figure]
+            q = records.estimate(name, t.value, se=_ratio_se(t.value, fig["seconds"][num], fig["seconds"][den]),
+                                 n=len(fig["seconds"][num]), k=2)
+        elif "parity" in t.figure or "diff" in t.figure:
+            q = records.Quantity(name, t.value, "max |Δ|", None, None, bound,
+                                 f"up to its target ({t.target}): float noise under the target is no change")
+        else:
+            q = records.Quantity(name, t.value, "ratio", 1, None, NO_REPEAT_REL * abs(t.value),
+                                 f"{NO_REPEAT_REL:.0%} of the value (measured once, no repeat spread recorded)")
+        qs.append(q)
+        verdict, why = records.decide(holds=bool(t.met), seed_effect=abs(t.value - bound), mde=q.tolerance)
+        claims.append(records.Claim(name.replace(".", "_"), f"{t.benchmark}: {t.figure} {t.target}", t.target,
+                                    "", verdict, why, quantity=name))
+    return records.ResultRecord("performance", quantities=tuple(qs), claims=tuple(claims),
+                                tables={"targets": targets(results)})
