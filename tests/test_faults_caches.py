@@ -170,6 +170,24 @@ def test_flips_hidden_from_the_cheap_check_are_found_and_repaired_by_verify(fake
     assert zoo.verify(FAKE).lines() == [f"{FAKE}: gguf ok", f"{FAKE}: dequantized ok"]
 
 
+def test_hidden_flips_that_make_nan_weights_are_caught_at_load(fake, clean_logits):
+    from safetensors.torch import load_file, save_file
+
+    load_model(FAKE)
+    w = fake.hf / "model.safetensors"
+    st = w.stat()
+    tensors = load_file(w)
+    name = sorted(tensors)[0]
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, w, metadata={"format": "pt"})  # same size: only one float changed
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert w.stat().st_size == st.st_size
+    with pytest.warns(UserWarning, match="different sha256"):
+        m = load_model(FAKE)
+    assert len(fake.builds) == 2
+    torch.testing.assert_close(_logits(m), clean_logits, rtol=0, atol=0)
+
+
 def test_a_truncated_gguf_is_downloaded_again_never_dequantized(fake):
     zoo.fetch(FAKE, quiet=True)
     fake.gguf.write_bytes(fake.good[: len(fake.good) // 2])

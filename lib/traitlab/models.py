@@ -241,6 +241,12 @@ def _dir_fingerprint(path: Path) -> str:
     return "dir:" + _dir_digest(path)[:16]
 
 
+@torch.no_grad()
+def _all_finite(module: torch.nn.Module) -> bool:
+    """True when no parameter holds a NaN or an infinity (a cheap guard on cached weights)."""
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
 REMOTE_ENV, DEVICE_MAP_ENV, DEVICE_ENV = "TRAITLAB_REMOTE", "TRAITLAB_DEVICE_MAP", "TRAITLAB_DEVICE"
 """Environment defaults for ``remote`` / ``device_map`` / ``device`` (set by a profile's
 ``runtime:`` block)."""
@@ -343,8 +349,14 @@ def load_model(spec: str, *, revision: str | None = None, dtype: Dtype = "float3
         fingerprint = f"tiny:{spec}:seed{seed}"
     elif info.kind == "zoo":
         folder = zoo.dequantized_dir(spec, quiet=quiet)  # checked against its recorded digests
-        rec = zoo.dequantized_record(spec)
         hf = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        if not _all_finite(hf):  # bytes changed with the mtime kept: check every byte, rebuild
+            folder = zoo.dequantized_dir(spec, quiet=quiet, full=True)
+            hf = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+            if not _all_finite(hf):
+                raise ModelError(f"zoo model {spec!r} has non-finite weights even after a full check; "
+                                 f"run `traitlab fetch {spec} --verify`")
+        rec = zoo.dequantized_record(spec)
         tok = AutoTokenizer.from_pretrained(folder)
         # the files just loaded match digests recorded when they were built from this GGUF
         fingerprint = f"gguf:{rec['gguf_sha256']}"
