@@ -126,6 +126,18 @@ for line in mc.conclusions(summary, null):
     print("•", line)
 
 # %% [markdown]
+# ## Result record
+# The headline numbers with the tolerance each allows, and the seed's claims with verdicts
+# (`traitlab.records`): written beside the report as `<report>.results.json` + CSV tables.
+
+# %% tags=["record"]
+from traitlab import records
+
+record = mc.record(P, lm, results, summary, null)
+records.publish(record.with_run(**runinfo.run_record(P, lm)))
+display(records.verdict_table(record))
+
+# %% [markdown]
 # ## Caveats
 # - Our model and prompt sets differ from the seed's (Gemma-2-2B-IT and its scenario files);
 #   the table compares the *pattern*, not the exact numbers.
