@@ -119,6 +119,17 @@ for line in jb.conclusions(tab, blk, P):
     print("•", line)
 
 # %% [markdown]
+# ## Result record
+# The headline numbers with their tolerances, and the seed's claims by one verdict rule.
+
+# %% tags=["record"]
+from traitlab import records  # noqa: E402
+
+record = jb.record(P, lm, answers, tab, blk)
+records.publish(record.with_run(**runinfo.run_record(P, lm)))
+display(records.verdict_table(record))
+
+# %% [markdown]
 # ## Caveats
 # - Our wrappers are simple, written by us, and tested on a 0.5B model that already refuses some
 #   plain requests; the seed's jailbreak set and model differ.

@@ -102,3 +102,32 @@ def test_prompts_are_disjoint_from_the_direction_set():
     assert len(plain) == 5 and not plain & set(pr.direction_harmful)
     assert not set(pr.benign.prompt) & set(pr.direction_harmless)
     assert len(pr.attacks) == 5 * (1 + len(jb.wrappers(jb.Params())))
+
+
+def test_record_names_tolerances_and_verdicts():
+    from traitlab import records
+
+    P = jb.Params(single_layers=[3], ensemble_layers=[])
+    df = _answers(P)
+    tab, blk = jb.table(df, P), jb.blocked(df, P)
+    rec = jb.record(P, None, df, tab, blk)
+    assert list(records.names(rec)) == [
+        "n_requests", "n_wrapped", "n_benign", "refused.plain", "refused.wrapped", "refused.benign",
+        "answered_unsteered", "blocked.single_L3", "benign_refused.single_L3", "blocked.random_L3",
+        "benign_refused.random_L3"]
+    assert rec["n_wrapped"].value == 4 and rec["n_wrapped"].tolerance == 0
+    b = rec["blocked.single_L3"]
+    assert b.value == pytest.approx(66.7) and b.n == 3 and b.tolerance == pytest.approx(100 / 3)
+    assert rec["refused.benign"].tolerance == pytest.approx(50.0)  # one of 2 benign prompts
+    assert rec["answered_unsteered"].value == pytest.approx(3 / 4)
+    claims = {c.id: c for c in rec.claims}
+    # 2 of 3 blocked: Wilson [21%, 94%) stays below the seed's 94%, and the interval (width 0.73)
+    # is narrower than the seed's effect, so the run had the power to see it
+    assert claims["blocks_jailbreaks"].verdict == "not held"
+    assert claims["blocks_jailbreaks"].quantity == "blocked.single_L3"
+    assert claims["red_team_resists"].verdict == "holds"
+    moved = records.ResultRecord(rec.report, quantities=tuple(
+        records.Quantity(q.name, q.value - (40.0 if q.name == "blocked.single_L3" else 0), q.unit, q.n, q.ci,
+                         q.tolerance, q.tolerance_rule) for q in rec.quantities), claims=rec.claims)
+    problems = records.compare(rec, moved)
+    assert len(problems) == 1 and problems[0].startswith("jailbreak_blocking.blocked.single_L3:"), problems
