@@ -82,8 +82,14 @@ def encode_pair(fmt: ChatFormat, instruction: str, response: str, max_len: int) 
     return Encoded(tuple(ids[:max_len]), e.prompt_len)
 
 
-def _batch(examples: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """Right-padded ids, attention mask, and the answer-token mask of the *targets*."""
+def _device(hf: torch.nn.Module) -> torch.device:
+    """Where the model's inputs go: its input embeddings' device."""
+    return hf.get_input_embeddings().weight.device
+
+
+def _batch(examples: Sequence[Encoded], pad_id: int,
+           device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """Right-padded ids, attention mask, and the answer-token mask of the *targets*, on ``device``."""
     width = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     attn = torch.zeros_like(ids)
@@ -92,7 +98,7 @@ def _batch(examples: Sequence[Encoded], pad_id: int) -> tuple[torch.Tensor, ...]
         ids[i, :len(e.ids)] = torch.tensor(e.ids)
         attn[i, :len(e.ids)] = 1
         answer[i, e.prompt_len:len(e.ids)] = True
-    return ids, attn, answer
+    return ids.to(device), attn.to(device), answer.to(device)
 
 
 def answer_logprobs(hf: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor,
@@ -100,8 +106,11 @@ def answer_logprobs(hf: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor,
     """(sum of answer-token log-probs per row, answer-token count per row).
 
     Only answer positions go through the LM head: for a 262k-token vocabulary (Gemma) that
-    head is most of the model's compute.
+    head is most of the model's compute. The inputs are moved to the model's device; the
+    results stay there.
     """
+    dev = _device(hf)
+    ids, attn, answer = ids.to(dev), attn.to(dev), answer.to(dev)
     body = hf.get_decoder() if hasattr(hf, "get_decoder") else hf.model
     hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state
     pos = answer[:, 1:]                                   # position t predicts token t + 1
@@ -111,7 +120,7 @@ def answer_logprobs(hf: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor,
     if cap:
         logits = torch.tanh(logits / cap) * cap
     lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[rows, cols + 1][:, None])[:, 0]
-    total = torch.zeros(ids.shape[0], dtype=lp.dtype).index_add(0, rows, lp)
+    total = torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
     return total, pos.sum(1)
 
 
@@ -177,7 +186,7 @@ def sft(model: LoadedModel, pairs: Sequence[tuple[str, str]], cfg: ChainConfig, 
             rng.shuffle(order)
             for b in range(0, len(order), cfg.batch_size):
                 ids, attn, ans = _batch([data[i] for i in order[b:b + cfg.batch_size]],
-                                        model.tokenizer.pad_token_id)
+                                        model.tokenizer.pad_token_id, _device(hf))
                 for g in opt.param_groups:
                     g["lr"] = cfg.sft_lr * _schedule(step, total, warmup)
                 lp, n = answer_logprobs(hf, ids, attn, ans)
@@ -206,12 +215,13 @@ def dpo(model: LoadedModel, triples: Sequence[tuple[str, str, str]], cfg: ChainC
     chosen = [encode_pair(fmt, q, c, cfg.max_len) for q, c, _ in triples]
     rejected = [encode_pair(fmt, q, r, cfg.max_len) for q, _, r in triples]
     hf, pad = model.hf, model.tokenizer.pad_token_id
+    dev = _device(hf)
     with torch.no_grad():
         ref = []
         for b in range(0, len(triples), cfg.batch_size):
             sl = slice(b, b + cfg.batch_size)
-            ref.append((answer_logprobs(hf, *_batch(chosen[sl], pad))[0],
-                        answer_logprobs(hf, *_batch(rejected[sl], pad))[0]))
+            ref.append((answer_logprobs(hf, *_batch(chosen[sl], pad, dev))[0],
+                        answer_logprobs(hf, *_batch(rejected[sl], pad, dev))[0]))
         ref_c = torch.cat([r[0] for r in ref])
         ref_r = torch.cat([r[1] for r in ref])
     opt = _optimizer(hf, cfg.dpo_lr, cfg)
@@ -230,8 +240,8 @@ def dpo(model: LoadedModel, triples: Sequence[tuple[str, str, str]], cfg: ChainC
                 idx = order[b:b + cfg.batch_size]
                 for g in opt.param_groups:
                     g["lr"] = cfg.dpo_lr * _schedule(step, total, warmup)
-                pc, _ = answer_logprobs(hf, *_batch([chosen[i] for i in idx], pad))
-                pr, _ = answer_logprobs(hf, *_batch([rejected[i] for i in idx], pad))
+                pc, _ = answer_logprobs(hf, *_batch([chosen[i] for i in idx], pad, dev))
+                pr, _ = answer_logprobs(hf, *_batch([rejected[i] for i in idx], pad, dev))
                 margin = cfg.dpo_beta * ((pc - ref_c[idx]) - (pr - ref_r[idx]))
                 value = _update(hf, opt, -torch.nn.functional.logsigmoid(margin).mean())
                 rows.append({"stage": "dpo", "step": step, "epoch": epoch, "loss": value,

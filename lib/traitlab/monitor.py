@@ -1,6 +1,7 @@
 """Token-by-token monitoring: project each generated token's activations onto trait vectors.
 
-``monitor`` generates greedily inside one nnsight ``generate`` trace per batch and, at every
+``monitor`` generates (greedily, or with a seeded ``Sampling``) inside one nnsight ``generate``
+trace per batch and, at every
 step, reads each watched site at the last position and projects it onto that watch's vector.
 Step ``t`` reads the position whose output *emits* generated token ``t`` (the model's state
 when it chose the token), so ``trace.scores[key][t]`` lines up with ``trace.tokens[t]``. The
@@ -33,11 +34,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .activations import _pad_batch, _remote
+from .activations import _pad_batch, _remote, to_model
 from .chat import Encoded
 from .models import LoadedModel
 from .sites import Site, check_sites, envoy_value, module_path, resolve
-from .steering import Positions, Steer, _apply, _check_steers
+from .steering import Positions, Sampling, Steer, _apply, _check_steers, _gen_kwargs
 
 Score = Literal["cosine", "projection"]
 
@@ -106,8 +107,13 @@ def _check_watches(model: LoadedModel, watches: Sequence[Watch]) -> None:
 def monitor(model: LoadedModel, examples: Sequence[Encoded], watches: Sequence[Watch], *,
             max_new_tokens: int, steers: Sequence[Steer] = (), positions: Positions = "response",
             score: Score = "cosine", batch_size: int = 8, stop_at_eos: bool = True,
-            progress: bool = False) -> list[TokenTrace]:
-    """Greedy generation with per-token scores for every watch (see the module docstring)."""
+            progress: bool = False, sampling: Sampling | None = None) -> list[TokenTrace]:
+    """Generation with per-token scores for every watch (see the module docstring).
+
+    Greedy unless ``sampling`` says otherwise; example ``i`` seeds its own stream (see
+    ``Sampling``), so a seed gives the same tokens and scores at any batch size.
+    """
+    sampling = Sampling.parse(sampling)
     if not examples:
         raise ValueError("no prompts to monitor: the prompt set is empty")
     if max_new_tokens < 1:
@@ -119,21 +125,22 @@ def monitor(model: LoadedModel, examples: Sequence[Encoded], watches: Sequence[W
     _check_watches(model, watches)
     _check_steers(model, steers)
     lm, tok, hf = model.lm, model.tokenizer, model.hf
-    dtype = next(hf.parameters()).dtype
-    # one entry per site, in execution order: (site, envoy, steer delta or None, watches there)
+    # one entry per site, in execution order: (site, envoy, steer delta or None, watches there);
+    # ``_apply`` casts a delta to its activation's device and dtype where it is added
     sites = sorted({w.site for w in watches} | {s.site for s in steers}, key=lambda s: s.order)
     plan = [(s, resolve(lm, module_path(model.arch, s)),
-             next((x.delta.to(dtype) for x in steers if x.site == s), None),
+             next((x.delta for x in steers if x.site == s), None),
              [w for w in watches if w.site == s]) for s in sites]
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
     out: list[TokenTrace | None] = [None] * len(examples)
     cfg_eos = getattr(hf.generation_config, "eos_token_id", None)
     cfg_eos = [cfg_eos] if isinstance(cfg_eos, int) else list(cfg_eos or [])
     eos = ({tok.eos_token_id, tok.pad_token_id} | set(cfg_eos)) - {None}
-    gen = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    base = sampling.base_seed()
     for start in tqdm(range(0, len(order), batch_size), desc="monitor", disable=not progress):
         idx = order[start:start + batch_size]
-        inp = _pad_batch([examples[i] for i in idx], "left", tok.pad_token_id)
+        inp = to_model(_pad_batch([examples[i] for i in idx], "left", tok.pad_token_id), model)
+        gen = _gen_kwargs(model, max_new_tokens, sampling, base, idx)
         with warnings.catch_warnings(), lm.generate(**gen, **_remote(model)) as tracer:
             warnings.filterwarnings("ignore", message=".*was never reached.*")  # early stop: expected
             reads = list().save()
@@ -149,7 +156,7 @@ def monitor(model: LoadedModel, examples: Sequence[Encoded], watches: Sequence[W
                     reads.append(step)
             with tracer.invoke():  # runs even when every row stops early and the loop is cut short
                 ids = tracer.result.save()
-        new = ids[:, inp["input_ids"].shape[1]:]
+        new = ids[:, inp["input_ids"].shape[1]:].cpu()
         for row, i in enumerate(idx):
             n = new.shape[1]
             if stop_at_eos:
@@ -161,7 +168,7 @@ def monitor(model: LoadedModel, examples: Sequence[Encoded], watches: Sequence[W
             for _, _, _, ws in plan:
                 if not ws:
                     continue
-                acts = torch.stack([reads[t][k][row] for t in range(n)]) if n else torch.zeros(0, 1)
+                acts = torch.stack([reads[t][k][row].cpu() for t in range(n)]) if n else torch.zeros(0, 1)
                 for w in ws:
                     proj = acts @ w.vector if n else torch.zeros(0)
                     if score == "cosine" and n:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from .activations import _pad_batch
+from .activations import _pad_batch, cast_like, to_model
 from .chat import Encoded
 from .models import LoadedModel
 from .sites import Site, check_sites, envoy_value, module_path, reads_input, resolve
@@ -94,13 +94,13 @@ def patch_last_k(model: LoadedModel, targets: Sequence[Encoded], sources: Sequen
     for start in tqdm(range(0, n, batch_size), desc="patch", disable=not progress):
         tb, sb = targets[start:start + batch_size], sources[start:start + batch_size]
         b = len(tb)
-        t_in, s_in = _pad_batch(tb, "left", pad), _pad_batch(sb, "left", pad)
+        t_in, s_in = to_model(_pad_batch(tb, "left", pad), model), to_model(_pad_batch(sb, "left", pad), model)
         src_vals: list = [None] * n_sites
         with lm.trace(s_in):
             for i in order:
                 src_vals[i] = envoy_value(envoys[i], sites[i])[:, -k:].save()
             s_logits = lm.output.logits[:, -1].save()
-        clean_s[start:start + b] = reduce(s_logits.float())
+        clean_s[start:start + b] = reduce(s_logits.float()).cpu()
         prefix = {key: v[:, :-k] for key, v in t_in.items()}
         cache = hf(**prefix, use_cache=True, logits_to_keep=1).past_key_values
         rows = b * (n_sites + 1)  # condition 0: clean target
@@ -108,14 +108,11 @@ def patch_last_k(model: LoadedModel, targets: Sequence[Encoded], sources: Sequen
             for i in order:  # condition i + 1 patches site i
                 site, envoy = sites[i], envoys[i]
                 sl = slice((i + 1) * b, (i + 2) * b)
-                if reads_input(site):
-                    envoy.input[sl] = src_vals[i]
-                elif isinstance(envoy.output, tuple):
-                    envoy.output[0][sl] = src_vals[i]
-                else:
-                    envoy.output[sl] = src_vals[i]
+                value = envoy.input if reads_input(site) else envoy.output
+                value = value[0] if isinstance(value, tuple) else value
+                value[sl] = cast_like(src_vals[i], value)
             logits = lm.output.logits[:, -1].save()
-        scores = reduce(logits.float()).view(n_sites + 1, b)
+        scores = reduce(logits.float()).view(n_sites + 1, b).cpu()
         clean_t[start:start + b] = scores[0]
         patched[start:start + b] = scores[1:].T
     return PatchResult(sites, patched, clean_t, clean_s)

@@ -3,13 +3,19 @@
 - ``generate``: add one vector per condition to ``resid_pre@L`` at the last prompt token
   during the prefill pass only (the refusal-dial protocol; later tokens see the effect
   through the KV cache). Prompts × conditions are generated together as one batch
-  (row = prompt × n_cond + condition), greedy, left-padded.
+  (row = prompt × n_cond + condition), left-padded.
 - ``generate_steered``: add ``Steer``s (a vector × coefficient at a site) at one or several
   sites at every generation step, at all positions or only response-producing ones. The
   additions live inside one nnsight trace per batch, so nothing stays on the model.
 - ``coef_for_ratio`` / ``perturbation_ratio`` / ``activation_norms``: convert between raw
   coefficients and the perturbation ratio ``coef × ‖v‖ / ‖activation‖``.
 - ``search_coefficient``: adaptive per-layer coefficient search under a coherence floor.
+- ``Sampling``: how every generator here picks tokens: greedy (the default) or seeded
+  temperature / top-p sampling, reproducible per row whatever the batch size.
+
+Every addition is cast to the activation's device and dtype where it is made
+(``activations.cast_like``), so float32 vectors on the CPU steer a half-precision model
+on a GPU.
 
 Example:
     >>> import torch
@@ -23,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,17 +40,148 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
-from .activations import _pad_batch, _remote
+from .activations import _pad_batch, _remote, cast_like, to_model
 from .chat import Encoded
 from .models import LoadedModel
 from .sites import Site, check_sites, envoy_value, layout, module_path, resolve
+
+# ----------------------------------------------------------------------------------------
+# Sampling: greedy by default; seeded temperature / top-p, reproducible per row
+# ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sampling:
+    """How generated tokens are picked.
+
+    ``temperature == 0`` (the default) is greedy decoding, exactly as before sampling existed.
+    Otherwise each token is drawn from ``softmax(logits / temperature)`` restricted to the
+    smallest set of most likely tokens whose probability reaches ``top_p`` (nucleus sampling).
+
+    Reproducibility: every row (the r-th prompt; prompt × condition in ``generate``) draws
+    from its own random stream seeded from ``(seed, r)``, so one seed gives the same tokens
+    whatever the batch size or order of the prompts (up to float noise in the logits between
+    batch shapes, which moves a token only when a draw lands within that noise of a
+    boundary). Repeat a prompt n times to draw n samples. ``seed=None`` takes one seed from
+    torch's global generator per call (reproducible only under ``torch.manual_seed``).
+
+    The logits sampled from are the ones greedy decoding sees (after the model's own
+    generation-config processors, e.g. a repetition penalty); sampling settings in the
+    model's generation config (its ``top_k``, ``temperature``) are not used.
+
+    >>> Sampling().greedy, Sampling(temperature=0.7, top_p=0.9, seed=1).greedy
+    (True, False)
+    >>> Sampling(temperature=-1)
+    Traceback (most recent call last):
+    ValueError: Sampling: temperature must be a finite number >= 0 (0 = greedy), got -1
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        t, p = self.temperature, self.top_p
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"Sampling: temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
+            raise ValueError(f"Sampling: top_p must be in (0, 1] (1 = no cut), got {p!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or self.seed < 0):
+            raise ValueError(f"Sampling: seed must be a non-negative int or None, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @classmethod
+    def parse(cls, spec: Sampling | Mapping | None) -> Sampling:
+        """A ``Sampling`` from itself, None (greedy) or a mapping such as a profile's
+        ``{temperature: 0.7, top_p: 0.9, seed: 0}``; unknown keys are a one-line error.
+
+        >>> Sampling.parse({"temperature": 0.5, "seed": 3})
+        Sampling(temperature=0.5, top_p=1.0, seed=3)
+        """
+        if spec is None:
+            return cls()
+        if isinstance(spec, cls):
+            return spec
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"sampling must be a mapping of temperature, top_p, seed; got {spec!r}")
+        unknown = sorted(set(spec) - {"temperature", "top_p", "seed"})
+        if unknown:
+            raise ValueError(f"sampling: unknown key(s) {', '.join(map(str, unknown))}; "
+                             "use temperature, top_p, seed")
+        return cls(**spec)
+
+    def base_seed(self) -> int:
+        """The seed rows are derived from: ``seed``, or one draw from torch's global generator."""
+        return self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)))
+
+
+def row_seed(base: int, row: int) -> int:
+    """The seed of row ``row``'s own random stream (a hash of both, so neighbours are unrelated).
+
+    >>> row_seed(0, 1) != row_seed(0, 2) != row_seed(1, 1)
+    True
+    """
+    return int.from_bytes(hashlib.sha256(f"traitlab-sampling:{base}:{row}".encode()).digest()[:8], "big") >> 1
+
+
+def sample_tokens(scores: torch.Tensor, uniforms: torch.Tensor, temperature: float,
+                  top_p: float) -> torch.Tensor:
+    """One token per row of ``scores`` [b, vocab] by inverse-CDF sampling with ``uniforms`` [b]
+    in [0, 1): tokens sorted by probability (ties keep vocabulary order), cut to the smallest
+    prefix whose mass reaches ``top_p``, renormalised. In float64 on the CPU, so the pick does
+    not depend on the device. A tiny ``top_p`` keeps only the most likely token (greedy).
+
+    >>> s = torch.tensor([[0.0, 2.0, 1.0]])
+    >>> sample_tokens(s, torch.tensor([0.99]), 1.0, 1e-9).tolist(), sample_tokens(s, torch.tensor([0.0]), 1.0, 1.0).tolist()
+    ([1], [1])
+    """
+    probs = torch.softmax(scores.detach().to("cpu", torch.float64) / temperature, dim=-1)
+    sp, si = torch.sort(probs, dim=-1, descending=True, stable=True)
+    keep = (sp.cumsum(-1) - sp) < top_p  # every token whose predecessors hold < top_p; the first always
+    cdf = (sp * keep).cumsum(-1)
+    target = uniforms.to(torch.float64)[:, None] * cdf[:, -1:]
+    j = torch.searchsorted(cdf, target, right=True).clamp(max=probs.shape[-1] - 1)
+    return si.gather(1, j)[:, 0]
+
+
+class RowSampler:
+    """A transformers logits processor that samples each row's token with ``sample_tokens`` and
+    its own seeded stream, then leaves only that token finite, so greedy decoding (which
+    ``generate`` keeps: ``do_sample=False``) emits it. One uniform per row per step."""
+
+    def __init__(self, sampling: Sampling, base_seed: int, rows: Sequence[int]) -> None:
+        self.sampling = sampling
+        self.streams = [torch.Generator().manual_seed(row_seed(base_seed, r)) for r in rows]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.streams])
+        pick = sample_tokens(scores, u, self.sampling.temperature, self.sampling.top_p).to(scores.device)
+        out = torch.full_like(scores, -math.inf)
+        out.scatter_(1, pick[:, None], 0.0)
+        return out
+
+
+def _gen_kwargs(model: LoadedModel, max_new_tokens: int, sampling: Sampling, base_seed: int,
+                rows: Sequence[int]) -> dict:
+    """``generate`` keyword arguments: greedy, plus a ``RowSampler`` when sampling."""
+    from transformers import LogitsProcessorList
+
+    gen: dict = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+    if not sampling.greedy:
+        gen["logits_processor"] = LogitsProcessorList([RowSampler(sampling, base_seed, rows)])
+    return gen
 
 
 @torch.no_grad()
 def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens: int,
              layer: int | None = None, deltas: torch.Tensor | None = None, batch_size: int = 32,
-             progress: bool = False) -> list[list[str]]:
-    """Greedy continuations, ``out[prompt][condition]``; no steering when ``deltas`` is None."""
+             progress: bool = False, sampling: Sampling | None = None) -> list[list[str]]:
+    """Continuations ``out[prompt][condition]`` (greedy unless ``sampling`` says otherwise;
+    row ``prompt × n_cond + condition`` seeds its own stream); no steering when ``deltas`` is None."""
+    sampling = Sampling.parse(sampling)
     if not examples:
         raise ValueError("no prompts to generate from")
     if max_new_tokens < 1:
@@ -59,20 +197,22 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
     texts: list[list[str]] = [[""] * n_cond for _ in examples]
     lm, tok = model.lm, model.tokenizer
     envoy = resolve(lm, f"{layout(model.arch).layers}.{layer}") if deltas is not None else None
+    base = sampling.base_seed()
     for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
         chunk = [rows[r] for r in order[start:start + batch_size]]
-        inp = _pad_batch([examples[i] for i, _ in chunk], "left", tok.pad_token_id)
+        inp = to_model(_pad_batch([examples[i] for i, _ in chunk], "left", tok.pad_token_id), model)
         kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
-        gen = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        gen = _gen_kwargs(model, max_new_tokens, sampling, base, [i * n_cond + c for i, c in chunk])
         if envoy is None and not model.remote:
             ids = model.hf.generate(**kwargs, **gen)
         elif envoy is None:
             with lm.generate(kwargs, **gen, **_remote(model)) as tracer:
                 ids = tracer.result.save()
         else:
-            add = deltas[[c for _, c in chunk]].to(next(model.hf.parameters()).dtype)
+            add = deltas[[c for _, c in chunk]]
             with lm.generate(kwargs, **gen, **_remote(model)) as tracer:
-                envoy.input[:, -1] += add  # prefill pass only
+                h = envoy.input
+                h[:, -1] += cast_like(add, h)  # prefill pass only
                 ids = tracer.result.save()
         new = ids[:, inp["input_ids"].shape[1]:]
         for (i, c), t in zip(chunk, tok.batch_decode(new, skip_special_tokens=True), strict=True):
@@ -140,6 +280,8 @@ def _check_steers(model: LoadedModel, steers: Sequence[Steer]) -> None:
 
 
 def _apply(value: torch.Tensor, delta: torch.Tensor, positions: Positions) -> None:
+    """Inside a trace: add ``delta`` (cast to the value's device and dtype) in place."""
+    delta = cast_like(delta, value)
     if positions == "all":
         value[:] += delta
     else:
@@ -147,12 +289,12 @@ def _apply(value: torch.Tensor, delta: torch.Tensor, positions: Positions) -> No
 
 
 def _plan(model: LoadedModel, steers: Sequence[Steer], positions: Positions) -> list[tuple]:
-    """Checked steers in execution order as (site, envoy, delta in the model's dtype)."""
+    """Checked steers in execution order as (site, envoy, delta); ``_apply`` casts each delta
+    to its activation's device and dtype where it is added."""
     if positions not in ("all", "response"):
         raise ValueError(f"positions must be 'all' or 'response', got {positions!r}")
     _check_steers(model, steers)
-    dtype = next(model.hf.parameters()).dtype
-    return [(s.site, resolve(model.lm, module_path(model.arch, s.site)), s.delta.to(dtype))
+    return [(s.site, resolve(model.lm, module_path(model.arch, s.site)), s.delta)
             for s in sorted(steers, key=lambda s: s.site.order)]
 
 
@@ -165,11 +307,13 @@ def _apply_plan(plan: list[tuple], positions: Positions) -> None:
 @torch.no_grad()
 def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Sequence[Steer], *,
                      max_new_tokens: int, positions: Positions = "response", batch_size: int = 16,
-                     progress: bool = False) -> list[str]:
-    """Greedy continuations with every ``Steer`` applied at every generation step.
+                     progress: bool = False, sampling: Sampling | None = None) -> list[str]:
+    """Continuations with every ``Steer`` applied at every generation step.
 
     One nnsight ``generate`` trace per batch; the additions live inside the trace, so
-    nothing is left on the model afterwards. With no steers this is plain greedy decoding.
+    nothing is left on the model afterwards. With no steers this is plain decoding.
+    Greedy unless ``sampling`` (see ``Sampling``) says otherwise; example ``i`` seeds its
+    own stream, so a seed gives the same texts at any batch size.
 
     Example:
         >>> import torch
@@ -185,14 +329,16 @@ def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Se
         raise ValueError("no prompts to generate from")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    sampling = Sampling.parse(sampling)
     plan = _plan(model, steers, positions)
     lm, tok, hf = model.lm, model.tokenizer, model.hf
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
     texts = [""] * len(examples)
-    gen = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    base = sampling.base_seed()
     for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
         idx = order[start:start + batch_size]
-        inp = _pad_batch([examples[i] for i in idx], "left", tok.pad_token_id)
+        inp = to_model(_pad_batch([examples[i] for i in idx], "left", tok.pad_token_id), model)
+        gen = _gen_kwargs(model, max_new_tokens, sampling, base, idx)
         kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
         if not plan and not model.remote:
             ids = hf.generate(**kwargs, **gen)
@@ -237,11 +383,12 @@ def steered_logits(model: LoadedModel, examples: Sequence[Encoded], steers: Sequ
     plan = _plan(model, steers, positions)
     out = []
     for start in range(0, len(examples), batch_size):
-        inp = _pad_batch(examples[start:start + batch_size], "left", model.tokenizer.pad_token_id)
+        inp = to_model(_pad_batch(examples[start:start + batch_size], "left", model.tokenizer.pad_token_id),
+                       model)
         with model.lm.trace(inp, **_remote(model)):
             _apply_plan(plan, positions)
             logits = model.lm.output.logits[:, -1].save()
-        out.append(logits.float())
+        out.append(logits.float().cpu())
     return torch.cat(out)
 
 
@@ -254,11 +401,12 @@ class Steered:
         self.active = True
 
     def generate(self, examples: Sequence[Encoded], *, max_new_tokens: int, batch_size: int = 16,
-                 progress: bool = False) -> list[str]:
+                 progress: bool = False, sampling: Sampling | None = None) -> list[str]:
         if not self.active:
             raise RuntimeError("this steering context has exited; open a new `steered(...)` block")
         return generate_steered(self.model, examples, self.steers, max_new_tokens=max_new_tokens,
-                                positions=self.positions, batch_size=batch_size, progress=progress)
+                                positions=self.positions, batch_size=batch_size, progress=progress,
+                                sampling=sampling)
 
 
 @contextmanager

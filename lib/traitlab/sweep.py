@@ -34,7 +34,7 @@ from contextlib import contextmanager
 import torch
 from tqdm import tqdm
 
-from .activations import _pad_batch
+from .activations import _pad_batch, cast_like, to_model
 from .chat import Encoded
 from .models import LoadedModel
 from .sites import layout, resolve
@@ -99,7 +99,6 @@ def multi_layer_sweep(model: LoadedModel, examples: Sequence[Encoded], deltas: M
     for layer, d in deltas.items():
         _check(model, examples, layer, d)
     hf, lm = model.hf, model.lm
-    dtype = next(hf.parameters()).dtype
     layers = sorted(deltas)
     out = {layer: torch.empty(len(examples), len(deltas[layer])) for layer in layers}
     envoys = {layer: resolve(lm, f"{layout(model.arch).layers}.{layer}") for layer in layers}
@@ -108,7 +107,7 @@ def multi_layer_sweep(model: LoadedModel, examples: Sequence[Encoded], deltas: M
     skip_lower = "sliding_attention" not in (getattr(hf.config, "layer_types", None) or [])
     for start in tqdm(range(0, len(examples), batch_size), desc="sweep", disable=not progress):
         batch = examples[start:start + batch_size]
-        inp = _pad_batch(batch, "left", model.tokenizer.pad_token_id)
+        inp = to_model(_pad_batch(batch, "left", model.tokenizer.pad_token_id), model)
         b = inp["input_ids"].shape[0]
         prefix = {k: v[:, :-1] for k, v in inp.items()}
         cache = hf(**prefix, use_cache=True, logits_to_keep=1).past_key_values
@@ -120,7 +119,7 @@ def multi_layer_sweep(model: LoadedModel, examples: Sequence[Encoded], deltas: M
                 hs.append(envoys[layer].input[:, -1].save())  # [b, d]
             tracer.stop()
         for layer, h in zip(layers, hs, strict=True):
-            dl = deltas[layer].to(dtype)
+            dl = cast_like(deltas[layer], h)  # the activation's device and dtype
             per_chunk = max(1, max_rows // b)
             for c0 in range(0, len(dl), per_chunk):
                 d = dl[c0:c0 + per_chunk]  # [k, d]
@@ -155,10 +154,11 @@ def naive_sweep(model: LoadedModel, examples: Sequence[Encoded], layer: int, del
     out = torch.empty(len(examples), len(deltas))
     for start in tqdm(range(0, len(examples), batch_size), desc="naive", disable=not progress):
         batch = examples[start:start + batch_size]
-        inp = _pad_batch(batch, "left", model.tokenizer.pad_token_id)
+        inp = to_model(_pad_batch(batch, "left", model.tokenizer.pad_token_id), model)
         for c, d in enumerate(deltas):
             with lm.trace({**inp, "logits_to_keep": 1}):
-                envoy.input[:, -1] += d
+                h = envoy.input
+                h[:, -1] += cast_like(d, h)
                 logits = lm.output.logits[:, -1].save()
             out[start:start + len(batch), c] = reduce(logits.float()).cpu()
     return out
