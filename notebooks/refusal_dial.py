@@ -249,6 +249,17 @@ display(rd.verdicts(cur, sep, main))
 print(f"report time: {(time.time() - T0) / 60:.1f} min")
 
 # %% [markdown]
+# ## Result record
+# The headline numbers with their tolerances, and the seed's four conclusions by one verdict rule.
+
+# %% tags=["record"]
+from traitlab import records  # noqa: E402
+
+record = rd.record(P, lm, sets, peak, main, sw, sep, xgen)
+records.publish(record.with_run(**runinfo.run_record(P, lm)))
+display(records.verdict_table(record))
+
+# %% [markdown]
 # ## Caveats
 # - Our model is Qwen2.5-**Coder**-0.5B-Instruct from a 4-bit GGUF (dequantised), not the seed's
 #   Qwen2.5-0.5B-Instruct; its refusal behaviour is weaker (see section 1).

@@ -142,6 +142,17 @@ for line in td.conclusions(summ, sep, cvt, P):
     print("•", line)
 
 # %% [markdown]
+# ## Result record
+# The headline numbers with their tolerances; the seed's claims and why they are not testable here.
+
+# %% tags=["record"]
+from traitlab import records  # noqa: E402
+
+record = td.record(P, lm, pp, summ, sep, cvt)
+records.publish(record.with_run(**runinfo.run_record(P, lm)))
+display(records.verdict_table(record))
+
+# %% [markdown]
 # ## Caveats
 # - Our model is not misaligned, so the seed's two modes cannot appear; the code-vs-text split
 #   here compares a normal model's code and prose answers.

@@ -82,3 +82,28 @@ def test_written_prompts_and_groups():
     assert set(df.group) == {"code", "open"} and df.id.is_unique and len(df) == 24
     with pytest.raises(ParamError, match="no prompts for groups"):
         td.prompts(td.Params(groups=["harmful", "code"], n_harmful=0))
+
+
+def test_record_names_tolerances_and_verdicts():
+    from traitlab import records
+    from traitlab.experiments.base_to_instruct import auroc_se
+
+    P = td.Params(n_boot=100, first_k=3, max_new_tokens=8, groups=["harmful", "benign"])
+    df, traces = _traces()
+    pp = td.per_prompt(df, traces, P)
+    sep = td.separation(pp, P)
+    rec = td.record(P, None, pp, td.group_summary(pp, P), sep, td.code_vs_text(pp))
+    assert list(records.names(rec)) == ["n_prompts.harmful", "n_prompts.benign", "difference.L3", "auroc.L3"]
+    assert rec["n_prompts.harmful"].value == 2 and rec["n_prompts.harmful"].tolerance == 0
+    d = rec["difference.L3"]  # harmful means 1.5, 1.0; benign -0.5, 0.0
+    assert d.value == pytest.approx(1.5)
+    assert d.tolerance == pytest.approx(2 * np.sqrt(0.125 / 2 + 0.125 / 2))
+    assert rec["auroc.L3"].value == 1.0 and rec["auroc.L3"].tolerance == pytest.approx(2 * auroc_se(1.0, 2, 2))
+    assert rec["auroc.L3"].tolerance > 0
+    assert {c.id: c.verdict for c in rec.claims} == {"code_mode_drop": "not comparable",
+                                                     "misaligned_text_spikes": "not comparable"}
+    moved = records.ResultRecord(rec.report, quantities=tuple(
+        records.Quantity(q.name, q.value + (1.1 * q.tolerance if q.name == "difference.L3" else 0), q.unit,
+                         q.n, q.ci, q.tolerance, q.tolerance_rule) for q in rec.quantities), claims=rec.claims)
+    problems = records.compare(rec, moved)
+    assert len(problems) == 1 and problems[0].startswith("token_dynamics.difference.L3:"), problems

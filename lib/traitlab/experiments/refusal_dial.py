@@ -353,3 +353,87 @@ def verdicts(c: pd.DataFrame, sep: pd.DataFrame, main_layer: int) -> pd.DataFram
     rows.append((SEED_CONCLUSIONS[3], ok4, "HARMFUL slopes by layer: " + ", ".join(
         f"L{k}: {v:.2f}" for k, v in sl.items())))
     return pd.DataFrame(rows, columns=["seed conclusion", "holds here", "our numbers"])
+
+
+# ---- result record --------------------------------------------------------------------------
+
+def _alpha_tag(a: float) -> str:
+    """``alpha_m2`` for -2, ``alpha_0p5`` for 0.5: a quantity-name-safe alpha."""
+    return "alpha_" + f"{a:g}".replace("-", "m").replace(".", "p")
+
+
+def _slope_se(sw: pd.DataFrame, set_name: str, layer: int, direction: str) -> tuple[float, int]:
+    """SE over prompts of the score-vs-alpha slope (the slope of the mean is the mean of per-prompt
+    slopes, every prompt having every alpha)."""
+    g = sw[(sw["set"] == set_name) & (sw.layer == layer) & (sw.direction == direction)]
+    slopes = [np.polyfit(d.alpha, d.score, 1)[0] for _, d in g.groupby("prompt")]
+    n = len(slopes)
+    return (float(np.std(slopes, ddof=1) / np.sqrt(n)) if n > 1 else float("inf")), n
+
+
+def record(P: Params, lm: LoadedModel | None, sets: Sets, peak: int, main: int, sw: pd.DataFrame,
+           sep: pd.DataFrame, xgen: pd.DataFrame):
+    """The report's result record: the logit refusal rates along the learned direction's alpha
+    sweep, slopes and their z against random directions, XSTest over-refusal; one claim per seed
+    conclusion, with the verdicts of ``verdicts`` passed through ``records.decide``.
+
+    Tolerances:
+
+    - ``peak_layer``, ``main_layer``, ``n_*``: exact (indices and counts given the inputs; the peak
+      layer is a threshold on patching recovery, so a cross-CPU flip would show here by name).
+    - ``rate.<set>.a<alpha>``: logit refusal rate (score > threshold) over the set's prompts, one
+      item flipping (a prompt whose score sits at the threshold).
+    - ``slope.<set>.<direction>``: mean-score slope per unit alpha, SE over prompts of per-prompt
+      slopes, k = 2.
+    - ``z.<set>.<direction>``: (slope − mean random slope) / SD of random slopes; SE of a z over
+      ``n_random`` random directions, sqrt(1/n_r + z²/(2(n_r − 1))), k = 2 (wide: it is a ratio of
+      small-sample statistics).
+    - ``xstest_safe_full_refusal``: a rate over the safe XSTest prompts (phrase match on greedy
+      answers at alpha = 0), one item flipping.
+    """
+    from .. import records
+
+    cur = curves(sw)
+    learned = cur[cur.kind == "learned"]
+    lo, hi = float(learned.alpha.min()), float(learned.alpha.max())
+    n_h, n_e = len(sets.harmful), len(sets.edge_holdout)
+    qs = [records.exact("n_harmful", n_h), records.exact("n_edge_holdout", n_e),
+          records.exact("n_xstest", len(sets.xstest)), records.exact("peak_layer", peak),
+          records.exact("main_layer", main)]
+
+    def rate_at(set_name: str, alpha: float) -> float:
+        g = learned[(learned["set"] == set_name) & (learned.layer == main) & (learned.alpha == alpha)]
+        return float(g.rate.iloc[0])
+
+    for set_name, slug, n in (("HARMFUL", "harmful", n_h), ("EDGE-holdout", "edge_holdout", n_e)):
+        for a in dict.fromkeys((lo, 0.0, hi)):
+            qs.append(records.rate(f"rate.{slug}.{_alpha_tag(a)}", rate_at(set_name, a), n=n))
+    n_r = P.n_random
+    for set_name, slug in (("HARMFUL", "harmful"), ("EDGE-holdout", "edge_holdout")):
+        for direction in ("learned", "holdout"):
+            r = sep[(sep["set"] == set_name) & (sep.layer == main) & (sep.direction == direction)].iloc[0]
+            se, n = _slope_se(sw, set_name, main, direction)
+            qs.append(records.estimate(f"slope.{slug}.{direction}", r.slope, se=se if np.isfinite(se) else abs(r.slope),
+                                       n=n, unit="logit score per alpha", k=2))
+            if np.isfinite(r.z_vs_random) and n_r > 1:
+                se_z = float(np.sqrt(1 / n_r + r.z_vs_random ** 2 / (2 * (n_r - 1))))
+                qs.append(records.estimate(f"z.{slug}.{direction}", r.z_vs_random, se=se_z, n=n_r, unit="SD", k=2))
+    safe0 = xgen[(xgen.label == "safe") & (xgen.alpha == 0.0)]
+    if len(safe0):
+        qs.append(records.rate("xstest_safe_full_refusal", float(safe0.kind.eq("full").mean()), n=len(safe0)))
+
+    v = verdicts(cur, sep, main)
+    n_layers = sep[sep.direction == "learned"].layer.nunique()
+    ids = ("steering_works", "not_any_vector", "global_dial", "layers_differ")
+    quantity = (f"rate.harmful.{_alpha_tag(hi)}", "z.edge_holdout.holdout", f"rate.edge_holdout.{_alpha_tag(hi)}", None)
+    names = {q.name for q in qs}
+    claims = []
+    for cid, qname, (_, row) in zip(ids, quantity, v.iterrows(), strict=True):
+        comparable = not (cid == "layers_differ" and n_layers < 2)
+        verdict, why = records.decide(holds=bool(row["holds here"]), comparable=comparable,
+                                      comparable_reason="one steering layer in this profile: layers cannot be compared")
+        claims.append(records.Claim(cid, row["seed conclusion"], "qualitative (no number in the seed)",
+                                    row["our numbers"], verdict, why, quantity=qname if qname in names else None))
+    return records.ResultRecord("refusal_dial", model=lm.spec if lm is not None else "", quantities=tuple(qs),
+                                claims=tuple(claims),
+                                tables={"curves": cur, "separation": sep, "verdicts": v})

@@ -242,3 +242,54 @@ def code_vs_text(pp: pd.DataFrame) -> pd.DataFrame:
                     "text": t["mean"].mean(), "code_first_k": c.first_k.mean(), "code_rest": c.rest.mean(),
                     "text_first_k": t.first_k.mean(), "text_rest": t.rest.mean()})
     return pd.DataFrame(out).set_index("layer")
+
+
+# ---- result record --------------------------------------------------------------------------
+
+def record(P: Params, lm: LoadedModel | None, pp: pd.DataFrame, summ: pd.DataFrame, sep: pd.DataFrame,
+           code_vs_text: pd.DataFrame):
+    """The report's result record: per monitored layer, harmful − benign separation of the
+    per-prompt mean score and its AUROC; prompt counts per group; the seed's code-mode claim.
+
+    Tolerances:
+
+    - ``difference.L<x>``: a difference of group means with the analytic SE
+      sqrt(s_a²/n_a + s_b²/n_b) over prompts, k = 2 (``estimate``).
+    - ``auroc.L<x>``: Hanley–McNeil SE at the group sizes, floored at one pair flipping, k = 2.
+    - ``n_prompts.<group>``: exact.
+
+    Left out: group means on the raw projection scale (in the ``groups`` table; their scale
+    grows with the layer's residual norm, the differences carry the finding) and the code-vs-text
+    split (which answers are code depends on greedy text that a float flip can change at ci size;
+    kept as the ``code_vs_text`` table). The seed's emergent-misalignment claims need its 32B
+    insecure-code fine-tune: "not comparable".
+    """
+    from .. import records
+    from .base_to_instruct import auroc_se
+
+    counts = pp.drop_duplicates("id").group.value_counts()
+    qs = [records.exact(f"n_prompts.{g}", int(counts.get(g, 0))) for g in P.groups]
+    for layer, r in sep.iterrows():
+        d = pp[pp.layer == layer]
+        x, y = d[d.group == "harmful"]["mean"].to_numpy(), d[d.group == "benign"]["mean"].to_numpy()
+        # one prompt in a group: no SE; the difference itself is the honest scale of its noise
+        se = (float(np.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y))) if min(len(x), len(y)) > 1
+              else abs(float(r.difference)))
+        qs += [records.estimate(f"difference.L{layer}", r.difference, se=se,
+                                n=len(x) + len(y), unit=P.score, k=2),
+               records.estimate(f"auroc.L{layer}", r.auroc, se=auroc_se(r.auroc, len(x), len(y)),
+                                n=len(x) + len(y), k=2)]
+    claims = (
+        records.Claim("code_mode_drop", "in code mode the refusal projection drops at once (token 0 → token 2)",
+                      f"{SEED_CODE_MODE['token_0']:+.2f} → {SEED_CODE_MODE['token_2']:+.2f}", "not run",
+                      "not comparable", "needs the seed's 32B insecure-code fine-tune (the em-32b profile); "
+                      "our model is not misaligned"),
+        records.Claim("misaligned_text_spikes", "misaligned text answers show positive refusal spikes",
+                      "positive spikes (qualitative)", "not run", "not comparable",
+                      "needs an emergently misaligned model; ours is not"),
+    )
+    tables = {"groups": summ.reset_index(), "separation": sep.reset_index()}
+    if len(code_vs_text):
+        tables["code_vs_text"] = code_vs_text.reset_index()
+    return records.ResultRecord("token_dynamics", model=lm.spec if lm is not None else "",
+                                quantities=tuple(qs), claims=claims, tables=tables)
