@@ -181,6 +181,13 @@ def test_fetch_verify_calls_the_zoo(monkeypatch, capsys):
     from traitlab import zoo
 
     calls = []
-    monkeypatch.setattr(zoo, "verify", lambda name, **kw: calls.append((name, kw)) or "ok", raising=False)
+
+    def fake(name, **kw):
+        calls.append((name, kw))
+        return zoo.VerifyReport(name, "repaired" if len(calls) == 1 else "bad", "ok")
+
+    monkeypatch.setattr(zoo, "verify", fake)
     assert cli.main(["fetch", "smollm2-135m-instruct", "--verify"]) == 0
     assert calls == [("smollm2-135m-instruct", {"full": True, "repair": True})]
+    assert "smollm2-135m-instruct: gguf repaired" in capsys.readouterr().out
+    assert cli.main(["fetch", "smollm2-135m-instruct", "--verify"]) == 1  # could not repair

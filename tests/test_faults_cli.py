@@ -20,6 +20,7 @@ TINY_NB = '''# ---
 # %% tags=["parameters"]
 x = 1
 fail = False
+die = False
 
 # %%
 y = x * 2
@@ -28,6 +29,9 @@ print("y =", y)
 # %%
 if fail:
     raise ZeroDivisionError(f"boom at x={x}")
+if die:
+    import os
+    os._exit(3)
 print("done")
 '''
 
@@ -147,7 +151,7 @@ def tiny_project(tmp_path, monkeypatch):
     (root / "notebooks").mkdir(parents=True)
     (root / "params" / "tinynb").mkdir(parents=True)
     (root / "notebooks" / "tinynb.py").write_text(TINY_NB)
-    (root / "params" / "tinynb" / "default.yaml").write_text("x: 1\nfail: false\n")
+    (root / "params" / "tinynb" / "default.yaml").write_text("x: 1\nfail: false\ndie: false\n")
     monkeypatch.setattr(params, "PROJECT_ROOT", root)
     monkeypatch.setattr(cli, "PROJECT_ROOT", root)
     monkeypatch.setattr(cli, "build_root", lambda: tmp_path / "build")
@@ -164,18 +168,18 @@ def test_killed_render_leftovers_are_cleaned_and_never_indexed(tiny_project, tmp
     (out / ".tinynb.html.zz.tmp").write_text("<html")
     cli.write_index(out)  # a truncated temp notebook does not break the index
     assert "k1ll3d" not in (out / "index.html").read_text()
-    assert cli.main(["render", "tinynb", "--out", str(out)]) == 0
+    assert cli.main(["render", "tinynb", "--out", str(out), "--no-html"]) == 0
     printed = capsys.readouterr().out
     assert "removed .tinynb.ipynb.k1ll3d.tmp.ipynb, left by an interrupted render" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["index.html", "tinynb.html", "tinynb.ipynb"]
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "tinynb.ipynb"]
 
 
 def test_truncated_report_does_not_break_the_next_render(tiny_project, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "other.ipynb").write_text('{"metadata": {"traitl')
-    assert cli.main(["render", "tinynb", "--out", str(out)]) == 0
-    page = (out / "index.html").read_text()
+    assert cli.main(["render", "tinynb", "--out", str(out), "--no-html"]) == 0
+    page = cli.write_index(out).read_text()
     assert "tinynb.html" in page and "other.html" not in page
     assert "other.ipynb is not a readable notebook" in capsys.readouterr().err
 
@@ -189,3 +193,13 @@ def test_failing_cell_keeps_failed_notebook(tiny_project, tmp_path, capsys):
     assert "tinynb failed in cell 4 (ZeroDivisionError: boom at x=1)" in line[0]
     assert (out / "tinynb.failed.ipynb").exists()
     assert json.loads((out / "tinynb.failed.ipynb").read_text())["cells"]
+
+
+def test_dead_kernel_is_one_line_and_keeps_what_ran(tiny_project, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["render", "tinynb", "--out", str(out), "--no-html", "--set", "die=true"])
+    err = capsys.readouterr().err
+    line = [x for x in err.splitlines() if x.startswith("traitlab")]
+    assert rc == 2 and len(line) == 1 and "Traceback" not in err, err
+    assert "tinynb stopped (DeadKernelError" in line[0] and "tinynb.failed.ipynb" in line[0]
+    assert [p.name for p in out.iterdir()] == ["tinynb.failed.ipynb"]

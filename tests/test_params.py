@@ -110,3 +110,15 @@ def test_refusal_dial_model_checks(monkeypatch, tmp_path):
     monkeypatch.setenv("TRAITLAB_DATA_ROOT", str(tmp_path))
     with pytest.raises(ValueError, match="TRAITLAB_DATA_ROOT"):
         _rd(model="tiny-llama").check()
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_profile_dtypes_and_models_resolve_offline(path):
+    """Every shipped profile names dtypes load_model accepts and models that resolve (hub ids are
+    left to the notebook's own check, which reads their config)."""
+    from traitlab.params import check_dtypes, check_models, resolve
+
+    r = resolve(path.parent.name, path.stem)
+    check_dtypes(r)
+    check_models(r, dataclasses.asdict(PARAMS[path.parent.name]()))
+    assert r.values.get("traits_dir") is None  # shipped profiles use data/traits

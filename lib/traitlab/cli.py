@@ -56,8 +56,14 @@ def check_resolved(r: Resolved) -> dict:
     the runtime block, each key's type, dtype names, every model spec, then the notebook's own
     checks (ranges, layers against the model's config, sites, prompt sets). Returns the values."""
     from .experiments import PARAMS
+    from .models import check_device
 
-    r.env()
+    env = r.env()
+    if "TRAITLAB_DEVICE" in env:
+        try:
+            check_device(env["TRAITLAB_DEVICE"], where="runtime.device")
+        except ValueError as err:
+            raise ParamError(f"{r.where('runtime')}: {err}") from None
     check_dtypes(r)
     cls = PARAMS.get(r.notebook)
     if cls is None:
@@ -148,7 +154,10 @@ def execute(notebook: str, profile: str | Resolved, out_dir: Path, name: str, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     for p in clean_temps(out_dir, name):
         print(f"[traitlab] removed {p.name}, left by an interrupted render", flush=True)
-    runtime = r.env()
+    # the kernel inherits these: load_model reads the runtime block, records.publish writes the
+    # result record beside the report as <name>.results.json
+    runtime = {**r.env(), "TRAITLAB_RECORD_DIR": str(out_dir.resolve()), "TRAITLAB_RECORD_NAME": name,
+               "TRAITLAB_GOLDEN_DIR": ""}  # a render writes its record; only tests compare it
     engine = _progress_engine(notebook) if progress else None
     with atomic_path(target) as tmp:
         tmp_nb = tmp.with_name(tmp.name + ".ipynb")  # .<name>.ipynb.XXXX.tmp.ipynb: never indexed
@@ -167,6 +176,14 @@ def execute(notebook: str, profile: str | Resolved, out_dir: Path, name: str, *,
             evalue = str(err.evalue).strip().splitlines()[-1] if str(err.evalue).strip() else ""
             raise RenderError(f"{notebook} failed in cell {err.exec_count} ({err.ename}: {evalue}); "
                               f"the partly executed notebook is {where}") from None
+        except Exception as err:  # the kernel died, a timeout, ...: keep what ran, one line
+            kept = failed_path(out_dir, name)
+            if tmp_nb.exists():
+                os.replace(tmp_nb, kept)
+            where = f"kept at {kept}" if kept.exists() else "no partial notebook was written"
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise RenderError(f"{notebook} stopped ({type(err).__name__}: {first}); the partly "
+                              f"executed notebook is {where}") from None
         finally:
             tmp_nb.unlink(missing_ok=True)
             for k, v in saved.items():
@@ -312,11 +329,10 @@ def _fetch_cmd(args: argparse.Namespace) -> int:
     from . import zoo
 
     if args.verify:
-        verify = getattr(zoo, "verify", None)
-        if verify is None:
-            raise ParamError("this traitlab has no traitlab.zoo.verify yet; `traitlab fetch --verify` "
-                             "needs it (delete the model's folder under $TRAITLAB_CACHE/zoo to refetch)")
-        print(verify(args.name, full=True, repair=True))
+        report = zoo.verify(args.name, full=True, repair=True)
+        for line in getattr(report, "lines", lambda: [str(report)])():
+            print(line)
+        return 0 if getattr(report, "ok", True) else 1
     else:
         print(zoo.dequantized_dir(args.name))
     return 0

@@ -385,15 +385,16 @@ def check_dtypes(resolved: Resolved) -> None:
         >>> check_dtypes(Resolved("x", {"dtype": "bf16"}, {}, {"dtype": "p.yaml"}, "p"))
         Traceback (most recent call last):
         ...
-        traitlab.params.ParamError: p.yaml: dtype 'bf16' is not a dtype load_model accepts; use one of float32, bfloat16, float16
+        traitlab.params.ParamError: p.yaml: dtype 'bf16' is not supported; use one of float32, bfloat16, float16
     """
     from . import models
 
-    accepted = list(getattr(models, "_DTYPES", {"float32": 0, "bfloat16": 0, "float16": 0}))
     for key, value in resolved.values.items():
-        if DTYPE_KEYS.match(key) and value is not None and value not in accepted:
-            raise ParamError(f"{resolved.where(key)}: {key} {value!r} is not a dtype load_model "
-                             f"accepts; use one of {', '.join(accepted)}")
+        if DTYPE_KEYS.match(key) and value is not None:
+            try:
+                models.check_dtype(value, where=key)
+            except ValueError as err:
+                raise ParamError(f"{resolved.where(key)}: {err}") from None
 
 
 MODEL_KEYS = re.compile(r"^(\w+_)?model$")
