@@ -164,10 +164,25 @@ def test_render_all_skips_notebooks_without_their_data(tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert rc == 0 and done == ["method_comparison"]
     lines = [line for line in out.splitlines() if line.startswith("[traitlab] skipping")]
+    assert out.count("refusal_dial needs") == 2  # when skipped, and again in the closing list
     assert len(lines) == 2
     assert "refusal_dial needs" in lines[0] and "xstest (xstest/xstest_prompts.csv)" in lines[0]
     assert "traitlab datasets fetch" in lines[0]
     assert "skipped 2 for missing inputs: refusal_dial, token_dynamics" in out
+
+
+def test_render_all_skips_a_notebook_that_cannot_run(tmp_path, monkeypatch, capsys):
+    done = []
+    monkeypatch.setattr(cli, "render", lambda name, *a, **k: done.append(name))
+    monkeypatch.setattr(cli, "notebooks", lambda: ["performance", "method_comparison"])
+    mine = tmp_path / "p.yaml"
+    mine.write_text(f"results_dir: {tmp_path / 'none'}\n")
+    monkeypatch.setattr(cli, "resolve", lambda name, prof, par, sets: params.resolve(
+        name, prof, mine if name == "performance" else None, sets))
+    assert cli.main(["render", "all", "--profile", "ci", "--no-html", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert done == ["method_comparison"] and "skipping performance cannot run: " in out
+    assert "make bench" in out
 
 
 def test_render_all_with_nothing_renderable_fails(tmp_path, monkeypatch, capsys):

@@ -297,11 +297,17 @@ def _render_cmd(args: argparse.Namespace) -> int:
     for name in names:  # validate every profile before any model work
         r = resolve(name, args.profile, args.params, sets)
         why = missing_inputs(name, r.values) if everything else None
+        if why is None:
+            try:
+                check_resolved(r)
+            except ValueError as err:  # in `all`, a notebook that cannot run is skipped, named
+                if not everything:
+                    raise
+                why = f"{name} cannot run: {err}"
         if why:
             print(f"[traitlab] skipping {why}", flush=True)
             skipped.append((name, why))
             continue
-        check_resolved(r)
         todo.append(name)
     failed = []
     for name in todo:
@@ -318,6 +324,8 @@ def _render_cmd(args: argparse.Namespace) -> int:
     if skipped:
         print(f"[traitlab] rendered {len(todo) - len(failed)} of {len(names)}; skipped "
               f"{len(skipped)} for missing inputs: {', '.join(n for n, _ in skipped)}", flush=True)
+        for _, why in skipped:
+            print(f"[traitlab]   {why}", flush=True)
     if failed:
         print(f"traitlab: error: failed: {', '.join(failed)} (see the .failed.ipynb next to each)",
               file=sys.stderr)
