@@ -151,6 +151,16 @@ fig = plots.score_distributions(base_scored, ["logprob", "text"])
 for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model):
     print("•", line)
 
+# %% [markdown]
+# ## Result record
+
+# %% tags=["record"]
+from traitlab import records  # noqa: E402
+
+record = jc.record(P, scored, base_scored, agree, modes_df)
+records.publish(record.with_run(**runinfo.run_record(P, responder)))
+display(records.verdict_table(record))
+
 # %%
 # NBVAL_IGNORE_OUTPUT
 print(f"judge requests this run: {sum(j.stats['requests'] for j in judges.values())}, "

@@ -83,3 +83,49 @@ def test_instructions_split_and_stratified_sample():
 def test_chain_params_fail_early(kw, msg):
     with pytest.raises(ParamError, match=msg):
         validate(mcn.Params, kw)
+
+
+def _calibration_frames(n_gold=20, n_base=10, harsh=-8.0):
+    rng = np.random.default_rng(1)
+    gold_t, gold_c = rng.uniform(0, 100, n_gold), rng.uniform(0, 100, n_gold)
+    scored = pd.DataFrame({"optimism": gold_t, "coherence": gold_c,
+                           "trait_logprob": gold_t + rng.normal(0, 5, n_gold),
+                           "trait_text": np.round(gold_t + rng.normal(0, 25, n_gold), -1),
+                           "coherence_logprob": gold_c + rng.normal(0, 5, n_gold),
+                           "coherence_text": gold_c})
+    text = rng.uniform(20, 40, n_base)
+    base = pd.DataFrame({"trait_logprob": text + harsh + rng.normal(0, 1, n_base), "trait_text": text,
+                         "coherence_logprob": np.full(n_base, 80.0), "coherence_text": np.full(n_base, 80.0)})
+    return scored, base
+
+
+def test_record_quantities_tolerances_and_verdicts():
+    from traitlab import records
+
+    P = jc.Params(n_boot=200)
+    scored, base = _calibration_frames()
+    agree = jc.agreement(scored, {"trait": "optimism", "coherence": "coherence"}, ["logprob", "text"], n_boot=20)
+    rec = jc.record(P, scored, base, agree, jc.mode_agreement(scored))
+    assert rec["n_gold"].value == 20 and rec["n_gold"].tolerance == 0
+    assert rec["trait_text_scored"].tolerance == pytest.approx(1 / 20)
+    r = rec["trait_logprob_r"]
+    assert r.value == pytest.approx(stats.pearsonr(scored.trait_logprob, scored.optimism)[0])
+    assert r.tolerance == pytest.approx(2 * (1 - r.value ** 2) / np.sqrt(17))  # k = 2: fixed text
+    assert rec["trait_text_r"].tolerance_rule.startswith("3 standard errors")  # generated integer
+    assert rec["baseline_coherence_logprob"].tolerance > 0  # constant scores: the SE floor, never 0
+    # logprob 8 points harsher, SE ≈ 0.3: detectable and seen, as the seed's 6.1 vs 10.0
+    verdicts = {c.id: c.verdict for c in rec.claims}
+    assert verdicts == {"logprob_harsher_baseline": "holds", "logprob_agrees_better": "holds"}
+    # no gap at all, with power to see the seed's 3.9 points: not held
+    scored2, base2 = _calibration_frames(harsh=0.0)
+    rec2 = jc.record(P, scored2, base2, agree, jc.mode_agreement(scored2))
+    assert {c.id: c.verdict for c in rec2.claims}["logprob_harsher_baseline"] == "not held"
+    # two baseline answers: no power, inconclusive
+    rec3 = jc.record(P, scored, base.head(2).assign(trait_logprob=[30.0, 31.0], trait_text=[30.0, 29.0]),
+                     agree, jc.mode_agreement(scored))
+    assert {c.id: c.verdict for c in rec3.claims}["logprob_harsher_baseline"] == "inconclusive"
+    assert records.compare(rec, rec) == []
+    moved = base.assign(trait_text=base.trait_text + 20)  # tolerance: 3 SEs ≈ 5.5 points
+    problems = records.compare(rec, jc.record(P, scored, moved, agree, jc.mode_agreement(scored)))
+    assert any(p.startswith("judge_calibration.baseline_trait_text:") for p in problems)
+    assert not any("trait_logprob_r" in p for p in problems)

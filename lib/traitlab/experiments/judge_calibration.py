@@ -11,17 +11,19 @@ bootstrap CIs over items) and mean absolute error.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .. import records
 from ..data import read_project_jsonl
 from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
 from ..models import LoadedModel, describe
 from ..params import ParamError
+from . import _evidence as _ev
 
 
 @dataclass(frozen=True)
@@ -213,3 +215,101 @@ def conclusions(agree: pd.DataFrame, modes_df: pd.DataFrame, baseline: pd.DataFr
     out.append(f"Judge: {judge_model}. The seed used gpt-4.1-mini; a small local judge is a "
                "stand-in, and these agreement figures say how far to trust it.")
     return out
+
+
+SEED_BASELINE = {"text": 10.0, "logprob": 6.1}
+"""The seed's baseline (unsteered) trait score with gpt-4.1-mini, by judge mode."""
+
+
+def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd.DataFrame,
+           modes_df: pd.DataFrame) -> records.ResultRecord:
+    """The report's result record: agreement with gold, mode agreement, baseline, seed claims.
+
+    ``scored``/``base_scored``: ``score`` of the gold set and of the baseline answers;
+    ``agree``/``modes_df``: the ``agreement`` and ``mode_agreement`` tables (kept as tables).
+
+    Tolerance rules (the noise of each quantity across CPUs):
+
+    - counts of gold items and baseline questions: exact;
+    - share of items a mode scored: a rate over items, one item flipping;
+    - Pearson r with the gold labels: ``k`` × (1 − r²)/√(n − 3) over gold items; the responses are
+      fixed text, so a logprob score moves only by float noise (k = 2), while a text-parse score is
+      a greedy generation that can flip to another integer (k = 3);
+    - MAE, baseline means and mode differences: ``k`` SEs over items (k = 3 wherever the judge
+      generates text or scores the responder's generated answers, k = 2 otherwise);
+    - the r difference logprob − text: k = 3 bootstrap SEs over gold items (``P.n_boot``).
+    """
+    gold = {"trait": "optimism", "coherence": "coherence"}
+    qs: list[records.Quantity] = [records.exact("n_gold", len(scored), unit="items"),
+                                  records.exact("n_baseline", len(base_scored), unit="questions")]
+    for metric, gcol in gold.items():
+        for mode in ("logprob", "text"):
+            k = 2 if mode == "logprob" else 3
+            col = f"{metric}_{mode}"
+            ok = scored[col].notna()
+            x, y = scored.loc[ok, col].to_numpy(float), scored.loc[ok, gcol].to_numpy(float)
+            qs.append(records.rate(f"{col}_scored", ok.mean(), n=len(scored)))
+            qs.append(_ev.correlation(f"{col}_r", _r(stats.pearsonr, x, y), len(x), k=k))
+            qs.append(_ev.score_mean(f"{col}_mae", np.abs(x - y), k=k))
+        a, b = scored[f"{metric}_logprob"], scored[f"{metric}_text"]
+        both = a.notna() & b.notna()
+        qs.append(_ev.correlation(f"{metric}_modes_r", _r(stats.pearsonr, a[both], b[both]),
+                                  int(both.sum()), k=3))
+    diff, diff_se, diff_ci = _r_difference(scored, "trait", "optimism", P.n_boot, P.seed)
+    qs.append(records.estimate("trait_r_logprob_minus_text", diff, se=diff_se, n=len(scored), k=3,
+                               ci=diff_ci if np.isfinite(diff_ci).all() else None))
+    for metric in ("trait", "coherence"):
+        for mode in ("logprob", "text"):
+            qs.append(_ev.score_mean(f"baseline_{metric}_{mode}", base_scored[f"{metric}_{mode}"], k=3))
+    paired = base_scored.trait_logprob - base_scored.trait_text
+    qs.append(_ev.score_mean("baseline_trait_logprob_minus_text", paired, k=3))
+    rec = records.ResultRecord("judge_calibration", model=P.judge_model, quantities=tuple(qs),
+                               params=asdict(P))
+    by_name = {q.name: q for q in qs}
+
+    harsh = by_name["baseline_trait_logprob_minus_text"]
+    lo, hi = harsh.ci if harsh.ci else (np.nan, np.nan)
+    _, se, n_paired = _ev.mean_se(paired)
+    seed_gap = SEED_BASELINE["logprob"] - SEED_BASELINE["text"]
+    v1, why1 = records.decide(holds=bool(hi < 0), seed_effect=seed_gap, mde=_ev.mde(se, n_paired))
+    better = by_name["trait_r_logprob_minus_text"]
+    v2, why2 = records.decide(holds=bool(better.ci is not None and better.ci[0] > 0))
+    if v2 == "inconclusive":
+        why2 = "the seed gives no agreement number for its judge, so no detectable effect to compare: " + why2
+    claims = (
+        records.Claim("logprob_harsher_baseline",
+                      "The logprob judge scores unsteered answers lower than the text-parse judge "
+                      "(baseline trait, logprob − text)",
+                      seed=f"{SEED_BASELINE['logprob']} vs {SEED_BASELINE['text']} (gpt-4.1-mini)",
+                      ours="", verdict=v1, reason=why1, quantity=harsh.name),
+        records.Claim("logprob_agrees_better",
+                      "Logprob scoring tracks hand labels better than text parsing (trait Pearson r, "
+                      "logprob − text)",
+                      seed="'better calibrated' (no number)", ours="", verdict=v2, reason=why2,
+                      quantity=better.name),
+    )
+    tables = {"agreement": agree, "modes": modes_df,
+              "baseline": base_scored[["trait_logprob", "trait_text", "coherence_logprob",
+                                       "coherence_text"]].describe().round(2)}
+    return replace(rec, claims=claims, tables=tables)
+
+
+def _r_difference(df: pd.DataFrame, metric: str, gcol: str, n_boot: int, seed: int
+                  ) -> tuple[float, float, tuple[float, float]]:
+    """Pearson r (logprob) − r (text) with the gold labels, bootstrap SE and 95% CI over items
+    (items either mode failed to score are dropped from both, so the two r share their items)."""
+    ok = df[f"{metric}_logprob"].notna() & df[f"{metric}_text"].notna()
+    a, b = df.loc[ok, f"{metric}_logprob"].to_numpy(float), df.loc[ok, f"{metric}_text"].to_numpy(float)
+    g = df.loc[ok, gcol].to_numpy(float)
+
+    def d(i: np.ndarray) -> float:
+        return _r(stats.pearsonr, a[i], g[i]) - _r(stats.pearsonr, b[i], g[i])
+
+    value = d(np.arange(len(g)))
+    rng = np.random.default_rng(seed)
+    draws = np.array([d(rng.integers(0, len(g), len(g))) for _ in range(n_boot)]) if len(g) > 2 else np.array([])
+    draws = draws[np.isfinite(draws)]
+    if len(draws) < 2:  # no spread to measure: the widest possible difference of two r
+        return value, 1.0, (np.nan, np.nan)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return value, max(float(draws.std(ddof=1)), 1e-3), (float(lo), float(hi))
