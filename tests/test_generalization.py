@@ -157,3 +157,49 @@ def test_topic_sets_do_not_repeat_the_english_set():
     english = {p.pos_prompt.lower() for p in load_trait("uncertainty").pairs}
     for topic in ("science", "coding", "history", "creative"):
         assert not english & {p.pos_prompt.lower() for p in load_trait(f"uncertainty_{topic}").pairs}
+
+
+def _record_inputs():
+    """A 3-group toy: probe and mean_diff fitted for real on synthetic activations."""
+    v = torch.zeros(6)
+    v[0] = 1.0
+    acts = {2: {"a": _group(v, seed=1), "b": _group(v, seed=2), "c": _group(v, seed=3)}}
+    p = gen.CrossDistribution(groups={"a": "x", "b": "y", "c": "z"}, layers=[2], matrix_layers=[2],
+                              methods=["probe", "mean_diff"], n_shuffle=3, n_boot=200)
+    cells, scores = gen.transfer(acts, p.methods, keep_scores=[2])
+    null = gen.shuffled_null(p, acts, progress=False)
+    boots = gen.bootstrap(p, scores)
+    summary = gen.summarize(p, cells, boots, null)
+    return p, cells, summary, boots, gen.null_exceedance(p, cells, null)
+
+
+def test_record_names_rules_and_verdicts():
+    from traitlab import records
+
+    p, cells, summary, boots, exceed = _record_inputs()
+    rec = gen.record(p, None, "cross_distribution", cells, summary, boots, exceed, compare_layer=2)
+    names = set(records.names(rec))
+    assert {"probe.L2.same_pct", "probe.L2.cross_pct", "mean_diff.L2.cross_pct", "probe.L2.beats_null_rate",
+            "probe_minus_mean_diff.L2_pts", "n_groups", "cross_cells", "compare_layer"} <= names
+    assert rec["cross_cells"].value == 6 and rec["cross_cells"].tolerance == 0
+    cross = rec["probe.L2.cross_pct"]
+    assert cross.tolerance_rule.startswith("2 standard errors") and cross.tolerance >= 100 / 40 / 6  # >= one item
+    assert rec["probe.L2.beats_null_rate"].tolerance == pytest.approx(1 / 6)  # one of 6 cells (fewer than 8)
+    verdicts = {c.id: c.verdict for c in rec.claims}
+    # separable toy: probe ≈ 100% everywhere (seed 100 / 97.5 hold); probe − mean_diff ≈ 0 with a
+    # tight CI, so the seed's +25 pts would have been seen: not held
+    assert verdicts == {"probe_same_group": "holds", "probe_cross_group": "holds", "probe_beats_mean_diff": "not held"}
+
+
+def test_record_moved_field_is_named():
+    from traitlab import records
+
+    p, cells, summary, boots, exceed = _record_inputs()
+    rec = gen.record(p, None, "cross_distribution", cells, summary, boots, exceed, compare_layer=2)
+    moved = cells.assign(acc=np.where((cells.method == "mean_diff") & ~cells.same, cells.acc - 0.2, cells.acc))
+    summary2 = summary.copy()
+    summary2.loc[("mean_diff", 2), "cross_pct"] -= 20
+    rec2 = gen.record(p, None, "cross_distribution", moved, summary2, boots, exceed, compare_layer=2)
+    problems = records.compare(rec, rec2)
+    assert any(x.startswith("cross_distribution.mean_diff.L2.cross_pct:") for x in problems), problems
+    assert not any(x.startswith("cross_distribution.probe.L2.cross_pct:") for x in problems)

@@ -39,7 +39,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -47,6 +47,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from .. import records
 from ..activations import POSITIONS, extract
 from ..data import TraitDataset, load_group
 from ..directions import METHODS, fit_direction
@@ -438,4 +439,128 @@ def conclusions(p: Params, finding: Finding, summary: pd.DataFrame, diff: pd.Dat
         if len(e):
             out.append(f"{m}: {int(e.exceeds_null.sum())}/{len(e)} cross-group cells beat every "
                        f"shuffled-label fit ({p.n_shuffle} seeds).")
+    return out
+
+
+# ---- result record ----------------------------------------------------------------------
+
+POWER_Z = 2.8
+"""z for a minimum detectable difference at 80% power and two-sided 5% (1.96 + 0.84)."""
+
+_CHAOTIC = ("gradient", "pca_diff", "ica")
+"""Methods whose fit is chaotic across CPUs (iterative optimisation, near-tied eigenvalues,
+FastICA): their means get k=3 standard errors instead of 2."""
+
+
+def _one_item(cells: pd.DataFrame) -> float:
+    """Accuracy points one evaluated item moves a mean over ``cells`` (the smallest cell sets it)."""
+    return 100 / (2 * int(cells.n_eval.min())) / len(cells)
+
+
+def _mean_boot(boots: dict[tuple, np.ndarray], keys: list[tuple]) -> np.ndarray:
+    return 100 * np.mean([boots[k] for k in keys], axis=0)
+
+
+def record(p: Params, lm: LoadedModel | None, finding: Finding, cells: pd.DataFrame, summary: pd.DataFrame,
+           boots: dict[tuple, np.ndarray], exceed: pd.DataFrame, compare_layer: int) -> records.ResultRecord:
+    """The report as data: same/cross-group accuracies per method and matrix layer, the
+    probe − mean_diff difference, the seed's claims at ``compare_layer`` with verdicts, tables.
+
+    Quantities (tolerance rule in brackets):
+
+    - ``<method>.L<layer>.same_pct`` / ``.cross_pct``: mean accuracy over the diagonal /
+      off-diagonal cells [estimate: k SEs of the joint pair bootstrap (k=2; 3 for the methods in
+      ``_CHAOTIC``), the SE floored so that k SEs are at least one evaluated item flipping].
+    - ``<method>.L<layer>.beats_null_rate``: share of cross cells above every label-shuffled fit
+      [rate over cross cells, 2 cells flipping (1 when there are fewer than 8): a cell tied with
+      the null's maximum, e.g. both at 100%, can flip on float noise].
+    - ``probe_minus_mean_diff.L<layer>_pts``: paired cross-group difference [estimate: 2 SEs of
+      the paired bootstrap, floored at one item].
+    - ``n_groups``, ``cross_cells``, ``compare_layer``: exact.
+
+    The shuffled-label null's own means are left out of the quantities (they are in the
+    ``summary`` table): with ``n_shuffle`` of 5 at ci they are noise around chance.
+    """
+    groups = list(p.groups)
+    g = len(groups)
+    same_keys = [(gr, gr) for gr in groups]
+    cross_keys = [(a, b) for a in groups for b in groups if a != b]
+    qs: list[records.Quantity] = [records.exact("n_groups", g), records.exact("cross_cells", len(cross_keys)),
+                                  records.exact("compare_layer", compare_layer)]
+    stats: dict[tuple, tuple[float, float, tuple[float, float]]] = {}
+    for method in p.methods:
+        k = 3 if method in _CHAOTIC else 2
+        for layer in p.matrix_layers:
+            d = cells[(cells.method == method) & (cells.layer == layer)]
+            for kind, keys, sel in (("same", same_keys, d.same), ("cross", cross_keys, ~d.same)):
+                draws = _mean_boot(boots, [(layer, method, a, b) for a, b in keys])
+                value = float(summary.loc[(method, layer), f"{kind}_pct"])
+                se = max(float(draws.std(ddof=1)), _one_item(d[sel]) / k)
+                ci = _ci(draws)
+                stats[(method, layer, kind)] = (value, se, ci)
+                qs.append(records.estimate(f"{method}.L{layer}.{kind}_pct", value, se=se, n=int(d[sel].n_eval.sum()),
+                                           unit="%", k=k, ci=ci))
+            ex = exceed.reset_index()
+            ex = ex[(ex.method == method) & (ex.layer == layer) & (ex.train != ex.test)]
+            if len(ex):
+                qs.append(records.rate(f"{method}.L{layer}.beats_null_rate", float(ex.exceeds_null.mean()),
+                                       n=len(ex), items=2 if len(ex) >= 8 else 1))
+    diffs: dict[int, tuple[float, float, tuple[float, float]]] = {}
+    if {"probe", "mean_diff"} <= set(p.methods):
+        for layer in p.matrix_layers:
+            dd = (_mean_boot(boots, [(layer, "probe", a, b) for a, b in cross_keys])
+                  - _mean_boot(boots, [(layer, "mean_diff", a, b) for a, b in cross_keys]))
+            x = cells[(cells.layer == layer) & ~cells.same]
+            value = 100 * float(x[x.method == "probe"].acc.mean() - x[x.method == "mean_diff"].acc.mean())
+            se = max(float(dd.std(ddof=1)), _one_item(x[x.method == "probe"]) / 2)
+            diffs[layer] = (value, se, _ci(dd))
+            qs.append(records.estimate(f"probe_minus_mean_diff.L{layer}_pts", value, se=se,
+                                       n=len(cross_keys), unit="pts", k=2, ci=diffs[layer][2]))
+    claims = _claims(finding, compare_layer, stats, diffs)
+    tables = {"summary": summary, "versus_seed": versus_seed(finding, cells, compare_layer),
+              "null_exceedance": exceed}
+    return records.ResultRecord(finding, model=getattr(lm, "spec", None) or p.model, quantities=tuple(qs),
+                                claims=tuple(claims), tables=tables, params=asdict(p))
+
+
+def _not_below(seed: float, ours: float, se: float, ci: tuple[float, float],
+               unit: str = "%") -> tuple[records.Verdict, str]:
+    """The seed's number holds here unless ours is detectably below it: it holds while our 95% CI
+    reaches the seed's value; below it, "not held" needs the gap to exceed the minimum detectable
+    difference (``POWER_Z`` SEs), else "inconclusive"."""
+    if ci[1] >= seed:
+        return records.decide(holds=True)[0], f"the seed's {seed:g}{unit} is within or below our 95% CI"
+    gap, mde = seed - ours, POWER_Z * se
+    verdict, _ = records.decide(holds=False, seed_effect=gap, mde=mde)
+    word = "more" if verdict == "not held" else "not more"
+    return verdict, (f"ours {ours:.1f}{unit} is {gap:.1f} pts below the seed's {seed:g}{unit}, {word} than the minimum "
+                     f"detectable difference {mde:.1f} pts")
+
+
+def _claims(finding: Finding, layer: int, stats: dict[tuple, tuple[float, float, tuple[float, float]]],
+            diffs: dict[int, tuple[float, float, tuple[float, float]]]) -> list[records.Claim]:
+    """The seed's claims at the layer closest to its depth (only for methods that ran)."""
+    ref = SEED[finding]["summary"]
+    what = {"cross_language": "language", "cross_topic": "topic", "cross_distribution": "domain group"}[finding]
+    out = []
+    if "probe" in ref and ("probe", layer, "same") in stats:
+        seed_same, seed_cross = ref["probe"]
+        for kind, seed_value, text in (("same", seed_same, f"a probe classifies held-out pairs of its own {what}"),
+                                       ("cross", seed_cross, f"a probe trained on one {what} classifies the others")):
+            if seed_value is None:
+                continue
+            ours, se, ci = stats[("probe", layer, kind)]
+            v, why = _not_below(seed_value, ours, se, ci)
+            out.append(records.Claim(f"probe_{kind}_group", text, f"{seed_value:g}%", "", v, f"layer {layer}: {why}",
+                                     quantity=f"probe.L{layer}.{kind}_pct"))
+    if "probe" in ref and "mean_diff" in ref and layer in diffs:
+        seed_gap = ref["probe"][1] - ref["mean_diff"][1]
+        value, se, ci = diffs[layer]
+        # The seed's claim is a large gap (mean_diff near chance), so it is tested like the
+        # accuracies: held unless our difference is detectably below the seed's.
+        v, why = _not_below(seed_gap, value, se, ci, unit=" pts")
+        out.append(records.Claim("probe_beats_mean_diff", f"probe transfers across {what}s better than mean_diff",
+                                 f"{ref['probe'][1]:g}% vs {ref['mean_diff'][1]:g}% (+{seed_gap:.1f} pts)", "", v,
+                                 f"layer {layer}, paired bootstrap CI [{ci[0]:+.1f}, {ci[1]:+.1f}] pts: {why}",
+                                 quantity=f"probe_minus_mean_diff.L{layer}_pts"))
     return out
