@@ -66,7 +66,8 @@ def test_installed_wheel_finds_its_project_files(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
                     str(wheel)], check=True, capture_output=True)
-    code = ("import traitlab.paths as P, traitlab.params as Q, traitlab.data as D;"
+    code = ("import traitlab.paths as P, traitlab.params as Q, traitlab.data as D, traitlab.runinfo as R;"
+            "assert R.git_commit().startswith('installed traitlab'), R.git_commit();"
             "print(P.IS_CHECKOUT, P.PROJECT_ROOT, sep='|');"
             "print(Q.notebook_path('method_comparison').is_file(), len(D.load_trait('optimism').pairs),"
             " sorted(Q.load_profile('method_comparison', 'ci'))[:2], P.reports_root(), sep='|')")

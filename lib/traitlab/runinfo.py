@@ -15,7 +15,7 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
-from .paths import PROJECT_ROOT
+from .paths import IS_CHECKOUT, PROJECT_ROOT
 
 PACKAGES = ("traitlab", "torch", "transformers", "nnsight", "numpy", "pandas", "scikit-learn",
             "papermill", "jupytext", "nbval")
@@ -32,6 +32,11 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 
 def git_commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes); in a normal (non-editable)
+    install there is no checkout, so the installed version is named instead of whatever git
+    repository happens to hold site-packages."""
+    if not IS_CHECKOUT:
+        return f"installed traitlab {package_versions(('traitlab',))['traitlab']} (no checkout)"
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
