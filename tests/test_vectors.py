@@ -340,3 +340,44 @@ def test_fault_gguf_direction_zero_or_misnamed(tmp_path):
         with pytest.raises(V.VectorError, match="llama.cpp would reject") as err:
             V.from_llama_gguf(path)
         assert str(path) in _one_line(err)
+
+
+# ---- a report's vectors: the fitted-direction log, bundles and publish_vectors ----
+
+def test_fitted_log_bundle_round_trip_and_publish(tmp_path, monkeypatch):
+    from traitlab import directions as D
+    from traitlab.vectors import VectorError, load_bundle, publish_vectors, save_bundle
+
+    D.fitted(clear=True)
+    g = torch.Generator().manual_seed(1)
+    pos, neg = torch.randn(6, 5, generator=g) + 1, torch.randn(6, 5, generator=g)
+    a = D.fit_direction("mean_diff", pos, neg, site="resid_post@1", trait="t")
+    b = D.fit_direction("probe", pos, neg, site="resid_post@2", trait="t")
+    D.fit_direction("random", pos, neg, site="resid_post@2", trait="t", seed=7)  # not logged
+    logged = D.fitted(clear=True)
+    assert [(d.method, d.site) for d in logged] == [("mean_diff", "resid_post@1"), ("probe", "resid_post@2")]
+    assert D.fitted() == []
+
+    path = save_bundle(logged, tmp_path / "r.vectors")
+    back = load_bundle(path)
+    assert torch.equal(back["t/mean_diff/resid_post@1/seed0"].vector, a.vector)
+    assert back["t/probe/resid_post@2/seed0"].raw_norm == pytest.approx(b.raw_norm)
+
+    monkeypatch.delenv("TRAITLAB_RECORD_DIR", raising=False)
+    assert publish_vectors(logged) is None  # a notebook run by hand writes nothing
+    monkeypatch.setenv("TRAITLAB_RECORD_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("TRAITLAB_RECORD_NAME", "demo")
+    written = publish_vectors(logged)
+    assert written == tmp_path / "out" / "demo.vectors.safetensors" and len(load_bundle(written)) == 2
+    assert publish_vectors([]) is None
+
+    # fault injection: flipped bytes and a missing sidecar are one-line errors, never served
+    data = bytearray(written.read_bytes())
+    data[-3] ^= 0xFF
+    written.write_bytes(bytes(data))
+    with pytest.raises(VectorError, match="sha256 does not match") as err:
+        load_bundle(written)
+    assert "\n" not in str(err.value)
+    written.with_suffix(".json").unlink()
+    with pytest.raises(VectorError, match="missing"):
+        load_bundle(written)

@@ -197,4 +197,30 @@ def fit_direction(method: str, pos: torch.Tensor, neg: torch.Tensor, *, seed: in
     v = raw / norm
     if (pos @ v).mean() < (neg @ v).mean():
         v = -v
-    return Direction(v, method, site, model, trait, seed, norm, params=dict(options))
+    d = Direction(v, method, site, model, trait, seed, norm, params=dict(options))
+    if method not in UNLOGGED_METHODS:
+        _FITTED[(trait, method, site, seed)] = d
+    return d
+
+
+UNLOGGED_METHODS = frozenset({"random"})
+"""Methods whose directions ``fitted()`` does not keep: a seeded random direction is its seed."""
+_FITTED: dict[tuple, Direction] = {}
+
+
+def fitted(*, clear: bool = False) -> list[Direction]:
+    """Every direction ``fit_direction`` returned in this process (newest per trait, method, site
+    and seed; ``random`` excluded), in fitting order: what a report hands to
+    ``traitlab.vectors.publish_vectors`` so that it writes the vectors it used.
+
+    >>> _ = fitted(clear=True)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> _ = fit_direction("mean_diff", torch.randn(4, 3, generator=g) + 1, torch.randn(4, 3, generator=g),
+    ...                   site="resid_post@1", trait="demo")
+    >>> [(d.trait, d.method, d.site) for d in fitted(clear=True)]
+    [('demo', 'mean_diff', 'resid_post@1')]
+    """
+    out = list(_FITTED.values())
+    if clear:
+        _FITTED.clear()
+    return out

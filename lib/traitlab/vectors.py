@@ -361,6 +361,82 @@ def save_directions(directions: Iterable[Direction], folder: str | os.PathLike, 
     return out
 
 
+def _bundle_key(d: Direction, i: int) -> str:
+    return f"{d.trait or 'trait'}/{d.method}/{d.site or 'nosite'}/seed{d.seed}" if d.site else f"vector{i}"
+
+
+def save_bundle(directions: Iterable[Direction], path: str | os.PathLike, *, model: Any = None,
+                params: Any = None) -> Path | None:
+    """Save many directions (traits × methods × sites) as one safetensors file plus a JSON
+    sidecar listing each key's provenance (``<trait>/<method>/<site>/seed<k>``) and the file's
+    sha256. Returns the safetensors path, or None when there is nothing to save.
+
+    >>> import tempfile
+    >>> d = Direction(torch.tensor([0.6, 0.8]), "probe", "resid_post@1", None, "optimism")
+    >>> p = save_bundle([d], tempfile.mkdtemp() + "/run.vectors")
+    >>> sorted(load_bundle(p))
+    ['optimism/probe/resid_post@1/seed0']
+    """
+    dirs = list(directions)
+    if not dirs:
+        return None
+    from safetensors.torch import save
+
+    tensors_path = Path(str(path).removesuffix(".safetensors") + ".safetensors")
+    sidecar = tensors_path.with_suffix(".json")
+    tensors = {_bundle_key(d, i): d.vector.detach().cpu().float().contiguous() for i, d in enumerate(dirs)}
+    blob = save(tensors, metadata={"format": "traitlab.vector_bundle/1", "sidecar": sidecar.name})
+    write_bytes(tensors_path, blob)
+    info = {"format": "traitlab.vector_bundle/1", "sha256": hashlib.sha256(blob).hexdigest(),
+            "model": getattr(model, "spec", None), "fingerprint": getattr(model, "fingerprint", None),
+            "params": _jsonable(dataclasses.asdict(params) if dataclasses.is_dataclass(params) else params),
+            **_versions(),
+            "vectors": {_bundle_key(d, i): {"trait": d.trait, "method": d.method, "site": d.site,
+                                            "seed": d.seed, "raw_norm": _num(d.raw_norm),
+                                            "fit": _jsonable(d.params or {})}
+                        for i, d in enumerate(dirs)}}
+    write_json(sidecar, info)
+    return tensors_path
+
+
+def load_bundle(path: str | os.PathLike) -> dict[str, Direction]:
+    """Read a bundle written by ``save_bundle``: key → ``Direction`` (checksum verified)."""
+    tensors_path = Path(str(path).removesuffix(".safetensors") + ".safetensors")
+    sidecar = tensors_path.with_suffix(".json")
+    try:
+        info = json.loads(sidecar.read_text())
+        blob = tensors_path.read_bytes()
+    except FileNotFoundError as err:
+        raise VectorError(f"{err.filename}: missing; re-render the report that wrote the bundle") from None
+    except json.JSONDecodeError:
+        raise VectorError(f"{sidecar}: not valid JSON; re-render the report that wrote the bundle") from None
+    if hashlib.sha256(blob).hexdigest() != info.get("sha256"):
+        raise VectorError(f"{tensors_path}: sha256 does not match {sidecar.name}; the file is truncated or "
+                          "corrupted: re-render the report that wrote it")
+    from safetensors.torch import load as _load
+
+    tensors = _load(blob)
+    out = {}
+    for key, meta in info["vectors"].items():
+        out[key] = Direction(tensors[key], meta["method"], meta["site"], info.get("model"), meta["trait"],
+                             meta["seed"], meta["raw_norm"] if meta["raw_norm"] is not None else float("nan"),
+                             fingerprint=info.get("fingerprint"), params=meta.get("fit"))
+    return out
+
+
+def publish_vectors(directions: Iterable[Direction], *, model: Any = None, params: Any = None) -> Path | None:
+    """Write a report's vectors beside it as ``<report>.vectors.safetensors`` (+ ``.json``).
+
+    ``traitlab render`` sets ``$TRAITLAB_RECORD_DIR`` and ``$TRAITLAB_RECORD_NAME``; without them
+    (a notebook run by hand) nothing is written. Typical call, in a report's last cell:
+    ``vectors.publish_vectors(directions.fitted(), model=lm, params=P)``.
+    """
+    folder, name = os.environ.get("TRAITLAB_RECORD_DIR"), os.environ.get("TRAITLAB_RECORD_NAME")
+    if not folder or not name:
+        return None
+    return save_bundle(directions, Path(folder) / f"{name}.vectors", model=model, params=params)
+
+
 # ----------------------------------------------------------------------------------------
 # llama.cpp control vectors
 # ----------------------------------------------------------------------------------------
