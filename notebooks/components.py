@@ -124,6 +124,18 @@ for line in comp.conclusions(summary, paired, P):
     print("•", line)
 
 # %% [markdown]
+# ## Result record
+# The headline numbers with the tolerance each allows, and the seed's claims with verdicts
+# (`traitlab.records`): written beside the report as `<report>.results.json` + CSV tables.
+
+# %% tags=["record"]
+from traitlab import records
+
+record = comp.record(P, lm, results, summary)
+records.publish(record.with_run(**runinfo.run_record(P, lm)))
+display(records.verdict_table(record))
+
+# %% [markdown]
 # ## Caveats
 # - The seed does not say which residual site, layer or trait its 90% vs 80% and 0.854 vs 0.687
 #   came from; we compare averages over every layer and trait and, separately, the best layer.

@@ -73,3 +73,54 @@ def test_components_params_fail_early(kw, msg):
 def test_layers_checked_before_weights():
     with pytest.raises(ParamError, match="layer"):
         comp.Params(model="smollm2-135m-instruct", layers=[99]).check()
+
+
+def _toy_results(p: comp.Params, attn_shift: float = 0.0) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    level = {"resid_pre": 0.9, "attn_out": 0.85, "mlp_out": 0.9, "v": 0.96, "resid_post": 0.9}
+    rows = []
+    for t in p.traits:
+        for layer in (3, 6, 9):
+            for site in p.sites:
+                for m in [*p.methods, "random"]:
+                    for seed in (range(p.n_random_seeds) if m == "random" else [0]):
+                        base = 0.55 if m == "random" else level[site] + (attn_shift if site == "attn_out" else 0)
+                        acc = float(np.clip(base + rng.normal(0, 0.02), 0, 1))
+                        rows.append({"trait": t, "site": site, "layer": layer, "method": m, "seed": seed,
+                                     "dim": 8, "val_accuracy": acc, "polarity_correct": True,
+                                     "effect_size": 3 * (acc - 0.5), "auroc": acc - 0.02})
+    return pd.DataFrame(rows)
+
+
+def _toy_record(attn_shift: float = 0.0):
+    p = comp.Params(traits=["refusal", "humor", "optimism"], n_random_seeds=2, n_boot=100)
+    df = _toy_results(p, attn_shift)
+    return comp.record(p, None, df, comp.summarize(df, p))
+
+
+def test_record_names_rules_and_verdicts():
+    from traitlab import records
+
+    rec = _toy_record()
+    names = set(records.names(rec))
+    assert {"probe.attn_out.accuracy_pct", "probe.v.auroc", "random.v.accuracy_pct",
+            "probe.attn_out_minus_resid_post.accuracy_pts", "mean_diff.v_minus_resid_post.auroc",
+            "n_traits", "n_layers", "n_sites"} <= names
+    assert rec["n_sites"].value == 5 and rec["n_sites"].tolerance == 0
+    q = rec["probe.attn_out_minus_resid_post.accuracy_pts"]
+    assert q.tolerance_rule.startswith("2 standard errors") and q.tolerance > 0 and q.n == 9
+    c = {c.id: c for c in rec.claims}
+    # attn_out 5 pts below resid_post with an SE of ~1 pt: the seed's +10 pts would have been seen
+    assert c["attn_out_beats_resid"].verdict == "not held"
+    # v +6 pts, AUROC +0.06 with a tight CI: the seed's direction holds
+    assert c["v_beats_resid"].verdict == "holds"
+    assert rec["probe.attn_out_minus_resid_post.accuracy_pts"].value < 0
+
+
+def test_record_moved_field_is_named():
+    from traitlab import records
+
+    problems = records.compare(_toy_record(), _toy_record(attn_shift=0.1))
+    assert any(x.startswith("components.probe.attn_out.accuracy_pct:") for x in problems), problems
+    assert any(x.startswith("components.claim attn_out_beats_resid: verdict") for x in problems), problems
+    assert not any(x.startswith("components.probe.v.") for x in problems)

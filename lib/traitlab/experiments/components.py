@@ -15,17 +15,19 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from .. import records
 from ..activations import POSITIONS
 from ..data import load_trait
 from ..directions import METHODS, fit_direction
 from ..metrics import bootstrap_ci, evaluate
 from ..models import describe
 from ..params import ParamError, traits_folder
+from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
 
 SEED_CLAIMS = pd.DataFrame(
@@ -193,4 +195,96 @@ def conclusions(summary: pd.DataFrame, paired: pd.DataFrame, p: Params) -> list[
             verdict = "better than" if lo > 0 else "worse than" if hi < 0 else "not distinguishable from"
             out.append(f"  {site} is {verdict} {p.reference_site}: {r.d_accuracy_pts:+.1f} pts {r.d_acc_ci95}, "
                        f"AUROC {r.d_auroc:+.3f} {r.d_auroc_ci95}, wins {r.site_wins_pct:.0f}% of cells.")
+    return out
+
+
+# ---- result record ----------------------------------------------------------------------
+
+POWER_Z = 2.8
+"""z for a minimum detectable difference at 80% power and two-sided 5% (1.96 + 0.84)."""
+
+SE_FLOOR = {"pct": 0.05, "auroc": 0.0005}
+"""Smallest SE used for a tolerance (accuracy points, AUROC), so that cells all at 100% (SE 0)
+still allow float noise."""
+
+_CLAIM_IDS = {"attn_out": "attn_out_beats_resid", "v": "v_beats_resid"}
+
+
+def _se(x: np.ndarray, floor: float) -> float:
+    se = float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+    return max(se, floor)
+
+
+def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.DataFrame) -> records.ResultRecord:
+    """The report as data: accuracy and AUROC per (method, site), paired differences with the
+    reference site, the seed's two component claims with verdicts, tables.
+
+    Quantities (tolerance rule in brackets; cells are (trait, layer), and share traits, so
+    SEs over cells are optimistic and the tolerances strict):
+
+    - ``<method>.<site>.accuracy_pct`` / ``.auroc``: mean over cells [estimate: 2 SEs over cells,
+      floored at ``SE_FLOOR``]; ``random`` rows average every seed, SE over all its rows.
+    - ``<method>.<site>_minus_<reference>.accuracy_pts`` / ``.auroc``: paired mean difference
+      over cells [estimate: 2 SEs of the paired differences, floored].
+    - ``n_traits``, ``n_layers``, ``n_sites``: exact.
+    """
+    qs: list[records.Quantity] = [records.exact("n_traits", len(p.traits)),
+                                  records.exact("n_layers", int(results.layer.nunique())),
+                                  records.exact("n_sites", len(p.sites))]
+    for (method, site), row in summary.iterrows():
+        d = results[(results.method == method) & (results.site == site)]
+        acc, au = 100 * d.val_accuracy.to_numpy(), d.auroc.to_numpy()
+        qs.append(records.estimate(f"{method}.{site}.accuracy_pct", row.accuracy_pct, se=_se(acc, SE_FLOOR["pct"]),
+                                   n=len(d), unit="%", k=2, ci=_parse_ci(row.acc_ci95)))
+        qs.append(records.estimate(f"{method}.{site}.auroc", row.auroc, se=_se(au, SE_FLOOR["auroc"]), n=len(d),
+                                   k=2, ci=_parse_ci(row.auroc_ci95)))
+    d = results[results.method != "random"]
+    wide = d.pivot_table(index=["method", "trait", "layer"], columns="site", values=["val_accuracy", "auroc"])
+    paired: dict[tuple[str, str, str], tuple[float, float]] = {}
+    for method in p.methods:
+        w = wide.loc[method]
+        for site in p.sites:
+            if site == p.reference_site:
+                continue
+            for metric, col, scale, unit, floor in (("accuracy_pts", "val_accuracy", 100, "pts", SE_FLOOR["pct"]),
+                                                    ("auroc", "auroc", 1, "", SE_FLOOR["auroc"])):
+                dx = scale * (w[col][site] - w[col][p.reference_site]).to_numpy()
+                se = _se(dx, floor)
+                paired[(method, site, col)] = (float(dx.mean()), se)
+                qs.append(records.estimate(f"{method}.{site}_minus_{p.reference_site}.{metric}", dx.mean(), se=se,
+                                           n=len(dx), unit=unit, k=2))
+    claims = _claims(p, paired)
+    tables = {"summary": summary, "paired": paired_vs_reference(results, p), "best_layers": best_layers(results)}
+    return records.ResultRecord("components", model=getattr(lm, "spec", None) or p.model, quantities=tuple(qs),
+                                claims=tuple(claims), tables=tables, params=asdict(p))
+
+
+def _parse_ci(text: str) -> tuple[float, float]:
+    lo, hi = (float(x) for x in text.strip("[]").split(","))
+    return lo, hi
+
+
+def _claims(p: Params, paired: dict[tuple[str, str, str], tuple[float, float]]) -> list[records.Claim]:
+    """The seed's claims (``SEED_CLAIMS``) for the probe (else the first method), paired with the
+    reference site: holds when the paired 95% CI lies above 0; not held when it does not and the
+    minimum detectable difference is below the seed's."""
+    method = "probe" if "probe" in p.methods else p.methods[0]
+    out = []
+    for claim, c in SEED_CLAIMS.iterrows():
+        if c.site not in p.sites or c.site == p.reference_site:
+            continue
+        value, se = paired[(method, c.site, c.metric)]
+        scale = 100 if c.metric == "val_accuracy" else 1
+        seed_effect = scale * (c.seed_site - c.seed_resid)
+        lo = value - 1.96 * se
+        if lo > 0:
+            v, why = records.decide(holds=True)
+        else:
+            v, why = records.decide(holds=False, seed_effect=seed_effect, mde=POWER_Z * se)
+        metric = "accuracy_pts" if c.metric == "val_accuracy" else "auroc"
+        out.append(records.Claim(
+            _CLAIM_IDS.get(c.site, f"{c.site}_beats_resid"), claim,
+            f"{c.seed_site * scale:g} vs {c.seed_resid * scale:g}", "", v,
+            f"{method}, {c.site} − {p.reference_site} paired over cells: {value:+.3g} (95% CI lower end {lo:+.3g}); "
+            f"{why}", quantity=f"{method}.{c.site}_minus_{p.reference_site}.{metric}"))
     return out
