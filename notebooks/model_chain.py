@@ -135,3 +135,14 @@ for row in answers.head(4).itertuples():
 # %%
 for line in mcn.conclusions(built, scores):
     print("•", line)
+
+# %% [markdown]
+# ## Result record
+
+# %% tags=["record"]
+from traitlab import records  # noqa: E402
+
+record = mcn.record(P, built, scores)
+records.publish(record.with_run(**runinfo.run_record(P)))
+print(f"{len(record.quantities)} quantities; no seed claims (this report builds the chain the "
+      "transfer report tests)")
