@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm import tqdm
 
 from .atomic import (
     load_tensors,
@@ -63,6 +62,7 @@ from .atomic import (
 from .chat import Encoded
 from .models import LoadedModel
 from .paths import cache_dir
+from .progress import tqdm
 from .sites import Site, check_sites, envoy_value, module_path, resolve
 
 Position = Literal["last", "mean", "all"]

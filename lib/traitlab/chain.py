@@ -37,12 +37,12 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .atomic import stable_hash, write_json, write_text
 from .chat import ChatFormat, Encoded
 from .models import LoadedModel
 from .paths import cache_dir
+from .progress import tqdm
 
 
 @dataclass(frozen=True)

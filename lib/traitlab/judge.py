@@ -51,10 +51,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm import tqdm
 
 from .atomic import read_json, stable_hash, write_json
 from .paths import cache_dir
+from .progress import tqdm
 
 Metric = Literal["trait", "coherence"]
 Mode = Literal["logprob", "text"]

@@ -32,11 +32,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .activations import _pad_batch, _remote, to_model
 from .chat import Encoded
 from .models import LoadedModel
+from .progress import tqdm
 from .sites import Site, check_sites, envoy_value, module_path, resolve
 from .steering import Positions, Sampling, Steer, _apply, _check_steers, _gen_kwargs
 

@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from .activations import _pad_batch, cast_like, to_model
 from .chat import Encoded
 from .models import LoadedModel
+from .progress import tqdm
 from .sites import Site, check_sites, envoy_value, module_path, reads_input, resolve
 from .sweep import Reduce
 

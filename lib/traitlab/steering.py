@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from tqdm import tqdm
 
 from .activations import _pad_batch, _remote, cast_like, to_model
 from .chat import Encoded
 from .models import LoadedModel
+from .progress import tqdm
 from .sites import Site, check_sites, envoy_value, layout, module_path, resolve
 
 # ----------------------------------------------------------------------------------------

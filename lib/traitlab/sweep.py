@@ -32,11 +32,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
-from tqdm import tqdm
 
 from .activations import _pad_batch, cast_like, to_model
 from .chat import Encoded
 from .models import LoadedModel
+from .progress import tqdm
 from .sites import layout, resolve
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]

@@ -41,10 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tqdm import tqdm
-
 from .atomic import atomic_path, fsync_dir, fsync_file, sha256_file, stable_hash, write_json
 from .paths import cache_dir
+from .progress import tqdm
 
 
 @dataclass(frozen=True)
