@@ -122,6 +122,16 @@ for line in mvs.conclusions(corr, best, cells):
     print("•", line)
 
 # %% [markdown]
+# ## Result record
+
+# %% tags=["record"]
+from traitlab import records  # noqa: E402
+
+record = mvs.record(P, cells, corr, best)
+records.publish(record.with_run(**runinfo.run_record(P, lm)))
+display(records.verdict_table(record))
+
+# %% [markdown]
 # ## Caveats
 # - One perturbation ratio for every cell; a per-cell coefficient search could change the ranking.
 # - The judge scores only the trait, not coherence: a delta can come from degraded text the judge

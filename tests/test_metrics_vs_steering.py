@@ -59,3 +59,39 @@ def test_cells_grid():
 def test_metrics_vs_steering_params_fail_early(kw, msg):
     with pytest.raises(ParamError, match=msg):
         validate(mvs.Params, kw)
+
+
+def _cells(n_layers=6, noise=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for trait in ("optimism", "formality"):
+        for layer in range(n_layers):
+            es = 0.5 + layer / 2
+            rows.append({"trait": trait, "layer": layer, "method": "probe", "val_accuracy": 0.95 - 0.01 * layer,
+                         "effect_size": es, "auroc": 0.9, "delta": 10 * es + noise * rng.normal()})
+    return pd.DataFrame(rows)
+
+
+def test_record_quantities_claims_and_golden_check():
+    from traitlab import records
+
+    P = mvs.Params(traits=["optimism", "formality"], layers=list(range(6)), methods=["probe"], n_boot=200)
+    cells = _cells()
+    corr, best = mvs.correlations(cells, P), mvs.best_layers(cells)
+    rec = mvs.record(P, cells, corr, best)
+    assert rec["n_cells"].value == 12 and rec["n_cells"].tolerance == 0
+    r = rec["effect_size_r"]
+    assert r.value == pytest.approx(corr.loc["effect_size", "pearson_r"])
+    assert r.tolerance == pytest.approx(max(3 * (1 - r.value ** 2) / 3, 3e-3))  # 3 × (1 − r²)/√(12 − 3)
+    assert rec["best_layer_differs"].value == 1.0 and rec["best_layer_differs"].tolerance == pytest.approx(0.5)
+    v = {c.id: c.verdict for c in rec.claims}
+    assert v == {"effect_size_predicts": "holds", "effect_size_beats_accuracy": "holds",
+                 "best_layers_differ": "holds", "late_layer_trap": "inconclusive"}
+    # the delta unrelated to any metric, 12 cells: power for the seed's r = 0.898, so not held
+    flat = _cells(noise=0.0).assign(delta=lambda d: np.where(d.layer % 2 == 0, 1.0, -1.0) * (1 + d.layer % 3))
+    rec2 = mvs.record(P, flat, mvs.correlations(flat, P), mvs.best_layers(flat))
+    assert {c.id: c.verdict for c in rec2.claims}["effect_size_predicts"] == "not held"
+    assert records.compare(rec, rec) == []
+    problems = records.compare(rec, rec2)
+    assert any(p.startswith("metrics_vs_steering.effect_size_r:") for p in problems)
+    assert not any(p.startswith("metrics_vs_steering.mean_val_accuracy:") for p in problems)
