@@ -157,3 +157,13 @@ for r in ex[ex.kind.isin(["baseline", "single"])].head(8).itertuples():
 # %%
 for line in tr.conclusions(summ, best, multi, lvr, P.coherence_floor):
     print("•", line)
+
+# %% [markdown]
+# ## Result record
+
+# %% tags=["record"]
+from traitlab import records  # noqa: E402
+
+record = tr.record(P, scored, summ, best, multi, lvr)
+records.publish(record.with_run(**runinfo.run_record(P), chain=specs))
+display(records.verdict_table(record))

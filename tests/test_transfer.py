@@ -90,3 +90,39 @@ def test_layers_checked_against_the_base_model():
     with pytest.raises(ParamError, match="out of range"):
         tr.Params(layers=[40], chain_profile="default").check()  # gemma-3-270m has 18 layers
     tr.Params(chain_profile="ci", layers=[10], multi_layers=[9]).check()
+
+
+def _record(scored, **kw):
+    P = tr.Params(layers=[3, 6], ratios=[0.5, 1.0], multi_layers=[4, 5], multi_ratios=[0.5],
+                  coherence_floor=50.0, **kw)
+    summ = tr.summary(scored)
+    best = tr.best_per_layer(summ, P.coherence_floor)
+    return tr.record(P, scored, summ, best, tr.multi_vs_single(summ, P.coherence_floor), tr.learned_vs_random(summ))
+
+
+def test_record_quantities_claims_and_golden_check():
+    from traitlab import records
+
+    scored = _scored()
+    rec = _record(scored)
+    assert (rec["n_questions"].value, rec["n_conditions"].value, rec["n_questions"].tolerance) == (2, 10, 0)
+    # dpo at L6 r=0.5: trait 61.5 vs baseline 50.5, the same +11 on both questions
+    assert rec["dpo_best_delta"].value == pytest.approx(11.0)
+    assert rec["dpo_best_delta"].tolerance_rule.startswith("3 standard errors")
+    assert rec["sft_minus_dpo_early"].value == pytest.approx(15.0)  # L3: 73.5 vs 58.5
+    assert rec["dpo_multi_minus_single"].value == pytest.approx(75.0 - 61.5)
+    assert rec["base_learned_minus_random"].value == pytest.approx(np.mean([10 + 3, 20 + 3, 10 + 6, 20 + 6]))
+    assert all(q.tolerance > 0 for q in rec.quantities if q.tolerance_rule != "exact")
+    verdicts = {c.id: c.verdict for c in rec.claims}
+    assert verdicts == {"transfer_works": "holds", "dpo_resists_early": "holds", "optimal_layer_preserved": "holds",
+                        "multi_beats_single": "holds", "dpo_cliff": "not comparable"}  # ratios stop at 1.0
+    # no SFT − DPO gap on average, ±10 by question: two questions have no power to call it not held
+    same = scored.assign(trait=np.where(scored.model == "dpo", scored.trait + 15 + 20 * (scored.question_id - 0.5),
+                                        scored.trait))
+    assert {c.id: c.verdict for c in _record(same).claims}["dpo_resists_early"] == "inconclusive"
+    assert records.compare(rec, rec) == []
+    moved = scored.assign(trait=np.where((scored.model == "dpo") & (scored.kind == "baseline"),
+                                         scored.trait + 40, scored.trait))
+    problems = records.compare(rec, _record(moved))
+    assert any(p.startswith("sft_dpo_transfer.dpo_baseline_trait:") for p in problems)
+    assert not any(p.startswith("sft_dpo_transfer.sft_baseline_trait:") for p in problems)

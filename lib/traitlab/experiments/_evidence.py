@@ -103,3 +103,11 @@ def parse_ci(text: str) -> tuple[float, float]:
     except ValueError:
         return math.nan, math.nan
     return lo, hi
+
+
+def score_mde(values: Sequence[float] | np.ndarray) -> float:
+    """Minimum detectable effect of a mean judge score (or paired difference) over items, from the
+    same cautious SE as its tolerance (floored, inflated for few items) with t quantiles: two
+    questions whose differences happen to agree do not show power."""
+    _, se, n = mean_se(values)
+    return mde(_score_se(se, n), n)

@@ -269,9 +269,8 @@ def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd
 
     harsh = by_name["baseline_trait_logprob_minus_text"]
     lo, hi = harsh.ci if harsh.ci else (np.nan, np.nan)
-    _, se, n_paired = _ev.mean_se(paired)
     seed_gap = SEED_BASELINE["logprob"] - SEED_BASELINE["text"]
-    v1, why1 = records.decide(holds=bool(hi < 0), seed_effect=seed_gap, mde=_ev.mde(se, n_paired))
+    v1, why1 = records.decide(holds=bool(hi < 0), seed_effect=seed_gap, mde=_ev.score_mde(paired))
     better = by_name["trait_r_logprob_minus_text"]
     v2, why2 = records.decide(holds=bool(better.ci is not None and better.ci[0] > 0))
     if v2 == "inconclusive":
