@@ -296,7 +296,8 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
     v3, why3 = records.decide(holds=by["best_layer_differs"].value > 0.5, comparable=len(P.layers) > 1,
                               comparable_reason="one layer: no best layer to compare")
     if v3 == "inconclusive":
-        why3 = "best layers agree in most (trait, method) pairs, but an argmax over noisy cells has no test"
+        why3 = ("best layers differ in at most half the (trait, method) pairs, and an argmax over noisy cells "
+                "has no test")
     v4, why4 = records.decide(holds=len(trap) > 0)
     if v4 == "inconclusive":
         why4 = "no cell with ≥90% accuracy and a negative delta; the seed's trap is one cell, so its absence here has no power"
