@@ -147,3 +147,20 @@ def test_every_recording_notebook_has_a_golden_record():
     for nb in sorted((PROJECT_ROOT / "notebooks").glob("*.py")):
         if 'tags=["record"]' in nb.read_text():
             assert (GOLDEN / f"{nb.stem}.results.json").exists(), f"{nb.stem}: no golden record; run `make golden`"
+
+
+def test_publish_fails_on_moved_fields_and_warns_on_verdicts(tmp_path, monkeypatch):
+    from traitlab.records import GoldenMismatch, publish
+
+    rec = _record()
+    rec.write(tmp_path / "golden")
+    monkeypatch.setenv("TRAITLAB_GOLDEN_DIR", str(tmp_path / "golden"))
+    monkeypatch.setenv("TRAITLAB_RECORD_DIR", str(tmp_path / "out"))
+    monkeypatch.delenv("TRAITLAB_RECORD_NAME", raising=False)
+    assert publish(rec) == tmp_path / "out" / "demo.results.json"
+    flipped = _record(claims=(Claim("acc_high", "x", "85.9%", "", "not held", "why", quantity="accuracy"),))
+    with pytest.warns(UserWarning, match="verdict 'not held'"):
+        publish(flipped)
+    moved = _record(quantities=(rate("accuracy", 0.5, n=50),) + rec.quantities[1:])
+    with pytest.raises(GoldenMismatch, match=r"demo\.accuracy: 0\.5 vs golden 0\.9"):
+        publish(moved)
