@@ -132,6 +132,9 @@ from traitlab import records  # noqa: E402
 
 record = bi.record(P, base, det, pp)
 records.publish(record.with_run(**runinfo.run_record(P, base)))
+from traitlab import directions, vectors  # noqa: E402
+
+vectors.publish_vectors(directions.fitted(), model=base, params=P)  # the vectors this report used
 display(records.verdict_table(record))
 
 # %% [markdown]

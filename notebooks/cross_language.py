@@ -164,6 +164,9 @@ from traitlab import records
 
 record = gen.record(P, lm, FINDING, cells, summary, boots, exceed, compare_layer)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
+from traitlab import directions, vectors  # noqa: E402
+
+vectors.publish_vectors(directions.fitted(), model=lm, params=P)  # the vectors this report used
 display(records.verdict_table(record))
 
 # %% [markdown]

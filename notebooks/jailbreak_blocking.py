@@ -127,6 +127,11 @@ from traitlab import records  # noqa: E402
 
 record = jb.record(P, lm, answers, tab, blk)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
+from traitlab import vectors  # noqa: E402
+from traitlab.directions import Direction  # noqa: E402
+
+vectors.publish_vectors([Direction(v / v.norm(), "mean_diff", f"{P.site}@{L}", lm.spec, "refusal", P.seed,
+                                   float(v.norm())) for L, v in dirs.items()], model=lm, params=P)
 display(records.verdict_table(record))
 
 # %% [markdown]

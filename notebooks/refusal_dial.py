@@ -257,6 +257,12 @@ from traitlab import records  # noqa: E402
 
 record = rd.record(P, lm, sets, peak, main, sw, sep, xgen)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
+from traitlab import vectors  # noqa: E402
+from traitlab.directions import Direction  # noqa: E402
+
+vectors.publish_vectors([Direction(v / v.norm(), f"refusal_{kind}", f"resid_pre@{L}", lm.spec, "refusal", P.seed,
+                                   float(v.norm())) for L, d in dirs.items() for kind, v in d.items()
+                         if not kind.startswith("random")], model=lm, params=P)
 display(records.verdict_table(record))
 
 # %% [markdown]

@@ -150,6 +150,9 @@ from traitlab import records  # noqa: E402
 
 record = td.record(P, lm, pp, summ, sep, cvt)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
+from traitlab import directions, vectors  # noqa: E402
+
+vectors.publish_vectors(directions.fitted(), model=lm, params=P)  # the vectors this report used
 display(records.verdict_table(record))
 
 # %% [markdown]

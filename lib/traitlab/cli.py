@@ -157,6 +157,7 @@ def execute(notebook: str, profile: str | Resolved, out_dir: Path, name: str, *,
     # the kernel inherits these: load_model reads the runtime block, records.publish writes the
     # result record beside the report as <name>.results.json
     runtime = {**r.env(), "TRAITLAB_RECORD_DIR": str(out_dir.resolve()), "TRAITLAB_RECORD_NAME": name,
+               "TRAITLAB_PROFILE": r.label,
                "TRAITLAB_GOLDEN_DIR": "",  # a render writes its record; only tests compare it
                "TRAITLAB_PROGRESS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # no bars in reports
     engine = _progress_engine(notebook) if progress else None

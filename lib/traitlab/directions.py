@@ -180,10 +180,11 @@ def random(pos: torch.Tensor, neg: torch.Tensor, *, seed: int = 0, **_: Any) -> 
 
 def fit_direction(method: str, pos: torch.Tensor, neg: torch.Tensor, *, seed: int = 0,
                   site: str | None = None, model: str | None = None, trait: str | None = None,
-                  **options: Any) -> Direction:
+                  log: bool = True, **options: Any) -> Direction:
     """Fit ``method`` on training activations and return a signed unit ``Direction``.
 
-    ``options`` go to the method (e.g. ``C`` for probe, ``shrinkage`` for gradient).
+    ``options`` go to the method (e.g. ``C`` for probe, ``shrinkage`` for gradient). ``log=False``
+    keeps a throwaway fit (a shuffled-label null) out of ``fitted()``.
     """
     if method not in METHODS:
         raise MethodError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -198,7 +199,7 @@ def fit_direction(method: str, pos: torch.Tensor, neg: torch.Tensor, *, seed: in
     if (pos @ v).mean() < (neg @ v).mean():
         v = -v
     d = Direction(v, method, site, model, trait, seed, norm, params=dict(options))
-    if method not in UNLOGGED_METHODS:
+    if log and method not in UNLOGGED_METHODS:
         _FITTED[(trait, method, site, seed)] = d
     return d
 

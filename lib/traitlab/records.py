@@ -329,12 +329,14 @@ def publish(record: ResultRecord) -> Path | None:
     """Write ``record`` where the render asked for it, and check it against a golden if asked.
 
     ``traitlab render`` sets ``$TRAITLAB_RECORD_DIR`` (the report folder) and
-    ``$TRAITLAB_RECORD_NAME`` (the report's file stem); without them (a notebook run by hand)
+    ``$TRAITLAB_RECORD_NAME`` (the report's file stem) and ``$TRAITLAB_PROFILE``; without them (a notebook run by hand)
     nothing is written. When ``$TRAITLAB_GOLDEN_DIR`` is set (the test suite sets it to
     ``tests/golden``), the record is compared with ``<golden dir>/<name>.results.json`` and a
     ``GoldenMismatch`` lists every field that moved beyond its tolerance.
     """
     name = os.environ.get(RECORD_NAME_ENV) or record.report
+    if not record.profile and os.environ.get("TRAITLAB_PROFILE"):
+        record = replace(record, profile=os.environ["TRAITLAB_PROFILE"])
     out = None
     if os.environ.get(RECORD_DIR_ENV):
         out = record.write(os.environ[RECORD_DIR_ENV], name)

@@ -124,7 +124,8 @@ def base_vectors(P: Params, lm: LoadedModel, fmt: ChatFormat, layers: list[int],
     sites = [Site(P.site, x) for x in layers]  # type: ignore[arg-type]
     acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
     n = len(pos)
-    return {s: fit_direction(P.method, acts[s][:n], acts[s][n:], seed=P.seed).vector for s in sites}
+    return {s: fit_direction(P.method, acts[s][:n], acts[s][n:], seed=P.seed, site=str(s),
+                           model=lm.spec, trait=P.trait).vector for s in sites}
 
 
 def read(P: Params, lm: LoadedModel, fmt: ChatFormat, vectors: dict[Site, torch.Tensor], req: pd.DataFrame,

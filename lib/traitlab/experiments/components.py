@@ -111,7 +111,7 @@ def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True) -> p
         seeds = range(p.seed, p.seed + p.n_random_seeds) if method == "random" else [p.seed]
         for seed in seeds:
             opts = {"C": p.probe_C} if method == "probe" else {}
-            d = fit_direction(method, tr_pos, tr_neg, seed=seed, **opts)
+            d = fit_direction(method, tr_pos, tr_neg, seed=seed, site=str(site), trait=trait, **opts)
             rows.append({"trait": trait, "site": site.name, "layer": site.layer, "method": method,
                          "seed": seed, "dim": int(tr_pos.shape[1]), **evaluate(d.vector, va_pos, va_neg).asdict()})
     return pd.DataFrame(rows)

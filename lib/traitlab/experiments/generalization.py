@@ -45,7 +45,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .. import records
 from ..activations import POSITIONS, extract
@@ -54,6 +53,7 @@ from ..directions import METHODS, fit_direction
 from ..metrics import auroc, cosine_scores
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
+from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
 
 Finding = Literal["cross_language", "cross_topic", "cross_distribution"]
@@ -229,7 +229,7 @@ def _accuracy(ps: np.ndarray, ns: np.ndarray, thr: float) -> float:
 
 def transfer(acts: dict[int, dict[str, GroupActs]], methods: Sequence[str], *, seed: int = 0,
              options: dict[str, dict] | None = None, shuffle_seed: int | None = None,
-             keep_scores: Sequence[int] = (), progress: bool = False,
+             keep_scores: Sequence[int] = (), progress: bool = False, site: str = "resid_post",
              ) -> tuple[pd.DataFrame, dict[tuple, tuple[np.ndarray, np.ndarray]]]:
     """Fit on each group's train split, evaluate on every group; one row per cell.
 
@@ -247,7 +247,8 @@ def transfer(acts: dict[int, dict[str, GroupActs]], methods: Sequence[str], *, s
             rng = np.random.default_rng([shuffle_seed, layer, len(x)])
             perm = torch.from_numpy(rng.permutation(len(x)))
             tr_pos, tr_neg = x[perm[:len(tr_pos)]], x[perm[len(tr_pos):]]
-        d = fit_direction(method, tr_pos, tr_neg, seed=seed, **options.get(method, {}))
+        d = fit_direction(method, tr_pos, tr_neg, seed=seed, site=f"{site}@{layer}", trait=g,
+                          log=shuffle_seed is None, **options.get(method, {}))
         thr = _midpoint(cosine_scores(tr_pos, d.vector).numpy(), cosine_scores(tr_neg, d.vector).numpy())
         for h, group in acts[layer].items():
             pos, neg = group.evaluation(same_group=h == g)
@@ -263,7 +264,7 @@ def transfer(acts: dict[int, dict[str, GroupActs]], methods: Sequence[str], *, s
 def run(p: Params, acts: dict[int, dict[str, GroupActs]], *, progress: bool = True,
         ) -> tuple[pd.DataFrame, dict[tuple, tuple[np.ndarray, np.ndarray]]]:
     """Every layer × method × train × test cell, plus the matrix layers' per-pair scores."""
-    return transfer(acts, p.methods, seed=p.seed, options=p.method_options(),
+    return transfer(acts, p.methods, seed=p.seed, options=p.method_options(), site=p.site,
                     keep_scores=p.matrix_layers, progress=progress)
 
 
@@ -288,8 +289,8 @@ def direction_cosines(p: Params, acts: dict[int, dict[str, GroupActs]], a: str =
         rows[layer] = {}
         for g, group in acts[layer].items():
             tr = group.train()
-            va = fit_direction(a, *tr, seed=p.seed, **opts.get(a, {})).vector
-            vb = fit_direction(b, *tr, seed=p.seed, **opts.get(b, {})).vector
+            va = fit_direction(a, *tr, seed=p.seed, log=False, **opts.get(a, {})).vector
+            vb = fit_direction(b, *tr, seed=p.seed, log=False, **opts.get(b, {})).vector
             rows[layer][g] = float(va.double() @ vb.double())
     return pd.DataFrame(rows).T.rename_axis("layer")
 

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .. import data
 from ..activations import extract
 from ..data import read_project_jsonl
 from ..models import LoadedModel, describe
 from ..params import ParamError
+from ..progress import tqdm
 from ..refusal import DEFAULT_PHRASES, is_refusal
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steering import Steer, activation_norms, generate_steered

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from .. import records
 from ..activations import POSITIONS, extract
@@ -24,6 +23,7 @@ from ..directions import METHODS, fit_direction
 from ..metrics import bootstrap_ci, evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
+from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
 
 SEED_TABLE = pd.DataFrame(
@@ -126,7 +126,8 @@ def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True) -> p
         va_pos, va_neg = acts[trait]["val"][site]
         seeds = range(p.seed, p.seed + p.n_random_seeds) if method == "random" else [p.seed]
         for seed in seeds:
-            d = fit_direction(method, tr_pos, tr_neg, seed=seed, **opts.get(method, {}))
+            d = fit_direction(method, tr_pos, tr_neg, seed=seed, site=str(site), trait=trait,
+                              **opts.get(method, {}))
             m = evaluate(d.vector, va_pos, va_neg)
             rows.append({"trait": trait, "layer": site.layer, "method": method, "seed": seed,
                          **m.asdict(), "raw_norm": d.raw_norm})

@@ -136,7 +136,8 @@ def trait_vectors(P: Params, lm: LoadedModel, sites: list[Site], progress: bool 
     pos, neg = ds.encode(lm.chat, "train")
     acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
     n = len(pos)
-    return {s: fit_direction(P.vector_method, acts[s][:n], acts[s][n:], seed=P.seed).vector for s in sites}
+    return {s: fit_direction(P.vector_method, acts[s][:n], acts[s][n:], seed=P.seed, site=str(s),
+                           model=lm.spec, trait=P.trait).vector for s in sites}
 
 
 def run(P: Params, lm: LoadedModel, vectors: dict[Site, torch.Tensor], df: pd.DataFrame,
