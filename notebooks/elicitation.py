@@ -135,6 +135,19 @@ for line in el.conclusions(vs, eff):
     print("•", line)
 
 # %% [markdown]
+# ## Result record
+
+# %% tags=["record"]
+from traitlab import records  # noqa: E402
+
+record = el.record(P, vecs, cmp, judged, eff, vs)
+records.publish(record.with_run(**runinfo.run_record(P, lm)))
+from traitlab import directions, vectors  # noqa: E402
+
+vectors.publish_vectors(directions.fitted(), model=lm, params=P)  # the vectors this report used
+display(records.verdict_table(record))
+
+# %% [markdown]
 # ## Caveats
 # - A handful of test questions per trait: steering intervals are wide.
 # - The judge's trait calibration was measured for optimism only (judge_calibration); sycophancy

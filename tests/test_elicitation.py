@@ -62,3 +62,53 @@ def test_elicitation_params_fail_early(kw, msg):
 def test_missing_system_prompts_are_named():
     with pytest.raises(ParamError, match="no system prompts for 'humor'"):
         el.Params(model="smollm2-135m-instruct", traits=["humor"], layers=[1], steer_layers=[1]).check()
+
+
+def _tv(cos_noise=0.0):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    nat = torch.randn(8, generator=g)
+    ins = nat + cos_noise * torch.randn(8, generator=g)
+    pos, neg = torch.randn(4, 8, generator=g) + nat, torch.randn(4, 8, generator=g) - nat
+    return el.TraitVectors({1: nat}, {1: ins}, {1: (pos, neg)}, {1: (pos, neg)}, pd.DataFrame())
+
+
+def _judged(deltas):
+    rows = []
+    for trait, by_src in deltas.items():
+        rows += [{"trait": trait, "vector": "none", "layer": -1, "question": f"q{k}", "answer": "", "score": 50.0}
+                 for k in range(4)]
+        for src, d in by_src.items():
+            rows += [{"trait": trait, "vector": src, "layer": 1, "question": f"q{k}", "answer": "", "score": 50.0 + x}
+                     for k, x in enumerate(d)]
+    return pd.DataFrame(rows)
+
+
+def test_record_quantities_claims_and_golden_check():
+    from traitlab import records
+
+    P = el.Params(model="smollm2-135m-instruct", layers=[1], steer_layers=[1])
+    vecs = {"optimism": _tv(0.1), "sycophancy": _tv(3.0)}
+    judged = _judged({"optimism": {"natural": [20, 22, 18, 21], "instruction": [10, 12, 9, 11]},
+                      "sycophancy": {"natural": [1, -2, 0, 1], "instruction": [15, 14, 16, 13]}})
+    cmp = pd.concat([el.compare(t, vecs[t]) for t in P.traits])
+    eff = el.steering_effect(judged)
+    vs = el.versus_seed(cmp, eff)
+    rec = el.record(P, vecs, cmp, judged, eff, vs)
+    assert rec["optimism_cosine_mean"].value == pytest.approx(cmp.loc[("optimism", 1), "cosine"])
+    assert rec["optimism_cosine_mean"].tolerance >= 0.03  # 3 × split-sample SE, at least 0.01
+    assert rec["optimism_natural_detect"].tolerance == pytest.approx(100 / 8)  # one of 8 held-out examples, in %
+    assert rec["optimism_natural_best_delta"].value == pytest.approx(20.25)
+    v = {c.id: c.verdict for c in rec.claims}
+    assert v["optimism_natural_steers"] == v["optimism_instruction_steers"] == "holds"
+    assert v["sycophancy_instruction_steers"] == "holds"
+    assert v["sycophancy_natural_no_steer"] == "holds"  # the instruction vector is the positive control
+    assert records.compare(rec, rec) == []
+    moved = _judged({"optimism": {"natural": [0, 2, -2, 1], "instruction": [10, 12, 9, 11]},
+                     "sycophancy": {"natural": [1, -2, 0, 1], "instruction": [15, 14, 16, 13]}})
+    eff2 = el.steering_effect(moved)
+    rec2 = el.record(P, vecs, cmp, moved, eff2, el.versus_seed(cmp, eff2))
+    problems = records.compare(rec, rec2)
+    assert any(p.startswith("elicitation.optimism_natural_best_delta:") for p in problems)
+    assert any("claim optimism_natural_steers: verdict 'not held'" in p for p in problems)  # positive control

@@ -20,14 +20,14 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
+from .. import records
 from ..activations import extract
 from ..chat import Encoded
 from ..data import load_trait, read_project_jsonl
@@ -36,8 +36,10 @@ from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params, score_by_trait
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
+from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steering import Steer, activation_norms, generate_steered
+from . import _evidence as _ev
 from . import judge_calibration
 
 SEED = pd.DataFrame([("optimism", 0.63, np.nan, True, True), ("sycophancy", 0.20, 84.0, False, True)],
@@ -170,10 +172,11 @@ def trait_vectors(P: Params, lm: LoadedModel, trait: str, sites: list[Site], pro
     ipos = torch.tensor((ans.polarity == "positive").to_numpy())
     nat, ins, nval, ival = {}, {}, {}, {}
     for s in sites:
-        nat[s.layer] = fit_direction(P.method, acts[s][tr], acts[s][n + tr], seed=P.seed).vector
+        nat[s.layer] = fit_direction(P.method, acts[s][tr], acts[s][n + tr], seed=P.seed, site=str(s),
+                                     trait=f"{trait}/natural").vector
         a = iacts[s]
         tp, tn = a[itr][ipos[itr]], a[itr][~ipos[itr]]
-        ins[s.layer] = fit_direction(P.method, tp, tn, seed=P.seed).vector
+        ins[s.layer] = fit_direction(P.method, tp, tn, seed=P.seed, site=str(s), trait=f"{trait}/instructed").vector
         nval[s.layer] = (acts[s][va], acts[s][n + va])
         ival[s.layer] = (a[ite][ipos[ite]], a[ite][~ipos[ite]])
     return TraitVectors(nat, ins, nval, ival, ans)
@@ -260,3 +263,106 @@ def conclusions(vs: pd.DataFrame, eff: pd.DataFrame) -> list[str]:
                    f"Seed: cosine {r.seed_cosine}, natural steers {r.seed_natural_steers}, "
                    f"instruction steers {r.seed_instruction_steers}.")
     return out
+
+
+def _cosine_se(P: Params, tv: TraitVectors, layer: int) -> float:
+    """Split-sample SE of cosine(natural, instruction) at ``layer``: the instruction vector refitted
+    on the test-question answers is a second, independent draw of the same vector, so
+    |cos(train fit) − cos(test fit)| / √2 estimates the SD of one cosine (over the instructed
+    answers, which are generated text)."""
+    tp, tn = tv.instruction_val[layer]
+    if len(tp) < 1 or len(tn) < 1:
+        return 1.0
+    again = fit_direction(P.method, tp, tn, seed=P.seed).vector
+    cos = torch.nn.functional.cosine_similarity
+    a = float(cos(tv.natural[layer], tv.instruction[layer], dim=0))
+    b = float(cos(tv.natural[layer], again, dim=0))
+    return abs(a - b) / np.sqrt(2)
+
+
+def record(P: Params, vecs: dict[str, TraitVectors], cmp: pd.DataFrame, judged: pd.DataFrame,
+           eff: pd.DataFrame, vs: pd.DataFrame) -> records.ResultRecord:
+    """The report's result record: per trait, cosine natural vs instruction, natural detection on
+    held-out pairs, each vector's best steering delta, and the seed's elicitation claims.
+
+    Tolerance rules: counts exact; cosines 3 × a split-sample SE (the instruction vector comes from
+    generated answers; ``_cosine_se``, mean over layers of the per-layer SE, at least 0.01);
+    natural detection accuracy a rate over held-out examples, one flipping (fixed text through a
+    forward pass); steering deltas 3 SEs over questions, paired (judge reading generated text).
+    """
+    qs: list[records.Quantity] = [records.exact("n_layers", len(P.layers), unit="layers"),
+                                  records.exact("n_test_questions", P.n_test_questions, unit="questions")]
+    deltas: dict[tuple[str, str], np.ndarray] = {}
+    base = judged[judged.vector == "none"][["trait", "question", "score"]].rename(columns={"score": "base"})
+    paired = judged[judged.vector != "none"].merge(base, on=["trait", "question"])
+    for trait in P.traits:
+        tv = vecs[trait]
+        se = max(float(np.mean([_cosine_se(P, tv, x) for x in tv.natural])), 0.01)
+        qs.append(records.estimate(f"{trait}_cosine_mean", float(vs.loc[trait, "cosine_mean"]), se=se,
+                                   n=len(tv.natural), k=3))
+        vp, vn = next(iter(tv.natural_val.values()))
+        n_val = len(vp) + len(vn)
+        qs.append(records.rate(f"{trait}_natural_detect", float(vs.loc[trait, "natural_detect_pct"]), n=n_val,
+                               unit="%"))
+        for src in ("natural", "instruction"):
+            e = eff.loc[(trait, src)]
+            layer = int(e.delta.idxmax()) if e.delta.notna().any() else int(e.index[0])
+            g = paired[(paired.trait == trait) & (paired.vector == src) & (paired.layer == layer)]
+            deltas[(trait, src)] = (g.score - g.base).to_numpy(float)
+            qs.append(_ev.score_mean(f"{trait}_{src}_best_delta", deltas[(trait, src)], k=3))
+    by = {q.name: q for q in qs}
+
+    def steers(trait: str, src: str) -> bool:
+        return bool(trait in vs.index and vs.loc[trait, f"{src}_steers"])
+
+    claims = []
+    if {"optimism", "sycophancy"} <= set(P.traits):
+        a, b = by["optimism_cosine_mean"], by["sycophancy_cosine_mean"]
+        gap = a.value - b.value
+        gse = float(np.hypot(a.tolerance / 3, b.tolerance / 3))
+        # each SE rests on one train-vs-test difference: one degree of freedom, so t quantiles with n = 2
+        v, why = records.decide(holds=gap - 1.96 * gse > 0, seed_effect=0.63 - 0.20, mde=_ev.mde(gse, 2))
+    else:
+        v, why = records.decide(holds=False, comparable=False,
+                                comparable_reason="needs both optimism and sycophancy in traits")
+    claims.append(records.Claim(
+        "cosine_cognitive_vs_behavioural", "Natural and instruction vectors agree more for optimism than for "
+        "sycophancy (cosine, mean over layers)", seed="0.63 vs 0.20",
+        ours=(f"{by['optimism_cosine_mean'].value:.2f} vs {by['sycophancy_cosine_mean'].value:.2f}"
+              if {"optimism", "sycophancy"} <= set(P.traits) else "not run"), verdict=v, reason=why))
+    for trait, cid, src, statement, seed in (
+            ("optimism", "optimism_natural_steers", "natural", "The natural optimism vector steers", "steers"),
+            ("optimism", "optimism_instruction_steers", "instruction", "The instruction optimism vector steers",
+             "steers"),
+            ("sycophancy", "sycophancy_instruction_steers", "instruction",
+             "The instruction sycophancy vector steers", "steers")):
+        if trait not in P.traits:
+            v, why = records.decide(holds=False, comparable=False, comparable_reason=f"{trait} not in traits")
+            quantity = None
+        else:
+            other = "instruction" if src == "natural" else "natural"
+            v, why = records.decide(holds=steers(trait, src), positive_control=steers(trait, other) or None)
+            if v == "not held":
+                why = f"the {other} {trait} vector steered in this run (positive control), this one did not"
+            quantity = f"{trait}_{src}_best_delta"
+        claims.append(records.Claim(cid, statement, seed=seed, ours="", verdict=v, reason=why, quantity=quantity))
+    # the seed's negative claim: the natural sycophancy vector detects but does not steer
+    if "sycophancy" in P.traits:
+        if steers("sycophancy", "natural"):
+            v, why = "not held", "the natural sycophancy vector steered (95% interval above 0)"
+        elif steers("sycophancy", "instruction"):
+            v, why = records.decide(holds=True)
+            why = "it did not steer, while the instruction vector did (positive control)"
+        else:
+            v, why = records.decide(holds=False)
+            why = "neither sycophancy vector steered: no positive control that this run could see steering"
+        quantity = "sycophancy_natural_best_delta"
+    else:
+        v, why = records.decide(holds=False, comparable=False, comparable_reason="sycophancy not in traits")
+        quantity = None
+    claims.append(records.Claim("sycophancy_natural_no_steer", "The natural sycophancy vector does not steer",
+                                seed="detects 84%, does not steer", ours="", verdict=v, reason=why,
+                                quantity=quantity))
+    return records.ResultRecord("elicitation", model=P.model, quantities=tuple(qs), claims=tuple(claims),
+                                tables={"comparison": cmp, "steering": eff, "versus_seed": vs},
+                                params=asdict(P))
