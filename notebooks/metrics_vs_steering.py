@@ -129,6 +129,9 @@ from traitlab import records  # noqa: E402
 
 record = mvs.record(P, cells, corr, best)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
+from traitlab import directions, vectors  # noqa: E402
+
+vectors.publish_vectors(directions.fitted(), model=lm, params=P)  # the vectors this report used
 display(records.verdict_table(record))
 
 # %% [markdown]

@@ -166,4 +166,7 @@ from traitlab import records  # noqa: E402
 
 record = tr.record(P, scored, summ, best, multi, lvr)
 records.publish(record.with_run(**runinfo.run_record(P), chain=specs))
+from traitlab import directions, vectors  # noqa: E402
+
+vectors.publish_vectors(directions.fitted(), params=P)  # the base-model vectors this report steered with
 display(records.verdict_table(record))

@@ -123,7 +123,7 @@ def fit_cells(P: Params, lm: LoadedModel, sites: list[Site], progress: bool = Tr
         tr, va = torch.from_numpy(np.flatnonzero(split == "train")), torch.from_numpy(np.flatnonzero(split == "val"))
         for s in sites:
             for method in P.methods:
-                d = fit_direction(method, acts[s][tr], acts[s][n + tr], seed=P.seed)
+                d = fit_direction(method, acts[s][tr], acts[s][n + tr], seed=P.seed, site=str(s), trait=trait)
                 vectors[(trait, s.layer, method)] = d.vector
                 rows.append({"trait": trait, "layer": s.layer, "method": method,
                              **evaluate(d.vector, acts[s][va], acts[s][n + va]).asdict()})

@@ -134,7 +134,8 @@ def base_vectors(P: Params, base: LoadedModel, progress: bool = True) -> dict[in
     sites = [Site(P.site, x) for x in layers]
     acts = extract(base, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
     n = len(pos)
-    return {s.layer: fit_direction(P.vector_method, acts[s][:n], acts[s][n:], seed=P.seed).vector
+    return {s.layer: fit_direction(P.vector_method, acts[s][:n], acts[s][n:], seed=P.seed, site=str(s),
+                                  model=base.spec, trait=P.trait).vector
             for s in sites}
 
 
