@@ -305,7 +305,7 @@ def record(P: Params, vecs: dict[str, TraitVectors], cmp: pd.DataFrame, judged: 
         qs.append(records.rate(f"{trait}_natural_detect", float(vs.loc[trait, "natural_detect_pct"]), n=n_val,
                                unit="%"))
         for src in ("natural", "instruction"):
-            e = eff.loc[(trait, src)]
+            e = eff.sort_index().loc[(trait, src)]  # a sorted MultiIndex: no lexsort warning
             layer = int(e.delta.idxmax()) if e.delta.notna().any() else int(e.index[0])
             g = paired[(paired.trait == trait) & (paired.vector == src) & (paired.layer == layer)]
             deltas[(trait, src)] = (g.score - g.base).to_numpy(float)
