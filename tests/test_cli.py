@@ -206,3 +206,27 @@ def test_fetch_verify_calls_the_zoo(monkeypatch, capsys):
     assert calls == [("smollm2-135m-instruct", {"full": True, "repair": True})]
     assert "smollm2-135m-instruct: gguf repaired" in capsys.readouterr().out
     assert cli.main(["fetch", "smollm2-135m-instruct", "--verify"]) == 1  # could not repair
+
+
+def test_render_into_reports_refuses_a_dirty_tree(monkeypatch, capsys):
+    from traitlab import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "dirty_files", lambda: ["lib/traitlab/steering.py"])
+    monkeypatch.setattr(cli, "render", lambda *a, **k: calls.append(a) or Path("x.ipynb"))
+    monkeypatch.setattr(cli, "write_index", lambda *a, **k: None)
+    assert cli.main(["render", "method_comparison", "--profile", "ci", "--no-html"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "uncommitted change" in err and "--allow-dirty" in err and "\n" not in err
+    assert calls == []
+    assert cli.main(["render", "method_comparison", "--profile", "ci", "--no-html", "--allow-dirty"]) == 0
+    assert len(calls) == 1
+
+
+def test_dirty_run_record_is_flagged(capsys):
+    from traitlab import runinfo
+
+    rec = {"params": {}, "model": None, "packages": {}, "python": "3", "platform": "p",
+           "git_commit": "abc+dirty", "date": "d"}
+    runinfo.show(rec)
+    assert "\x1b[31m" in capsys.readouterr().out

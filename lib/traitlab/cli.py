@@ -195,14 +195,10 @@ def execute(notebook: str, profile: str | Resolved, out_dir: Path, name: str, *,
 
 
 def to_html(ipynb: Path) -> Path:
-    out = ipynb.with_suffix(".html")
-    with atomic_path(out) as tmp:
-        subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--log-level", "WARN",
-                        "--output", tmp.name, "--output-dir", str(tmp.parent), str(ipynb)], check=True)
-        produced = tmp.parent / (tmp.name + ".html")
-        if produced.exists():
-            produced.replace(tmp)
-    return out
+    """The reader's HTML (``traitlab.reportview``): verdicts first, offline, no test markers."""
+    from .reportview import render_html
+
+    return render_html(ipynb)
 
 
 def indexable(report_dir: Path) -> list[Path]:
@@ -288,6 +284,16 @@ def _add_sources(p: argparse.ArgumentParser) -> None:
                         "e.g. --set layers=[8,12,16] --set runtime.device=cuda:0")
 
 
+def dirty_files() -> list[str]:
+    """Tracked files with uncommitted changes in the checkout (empty outside a checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line[3:] for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
 def _render_cmd(args: argparse.Namespace) -> int:
     everything = args.notebook == ["all"]
     names = notebooks() if everything else [notebook_name(a) for a in args.notebook]
@@ -311,6 +317,11 @@ def _render_cmd(args: argparse.Namespace) -> int:
             skipped.append((name, why))
             continue
         todo.append(name)
+    dirty = dirty_files()
+    if dirty and out.resolve() == (PROJECT_ROOT / "reports").resolve() and not args.allow_dirty:
+        raise RenderError(f"the working tree has {len(dirty)} uncommitted change(s) (e.g. {dirty[0]}): a committed "
+                          "report must name a real commit; commit first, or pass --allow-dirty (the run "
+                          "record then says +dirty)")
     failed = []
     for name in todo:
         try:
@@ -357,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_sources(r)
     r.add_argument("--out", default=None, help="output folder (default: the repository's reports/)")
     r.add_argument("--no-html", action="store_true")
+    r.add_argument("--allow-dirty", action="store_true",
+                   help="render into reports/ from a tree with uncommitted changes (recorded as +dirty)")
     r.add_argument("--suffix", default=None,
                    help="output name suffix (default: none for the default profile, else .<profile>)")
     c = sub.add_parser("check", help="validate parameters without running the model")

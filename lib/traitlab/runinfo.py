@@ -73,3 +73,6 @@ def show(record: dict[str, Any]) -> None:
         print(f"  {k:<22} {v}")
     for k in ("python", "platform", "git_commit", "date"):
         print(f"  {k:<22} {record[k]}")
+    if str(record.get("git_commit", "")).endswith("+dirty"):  # red in a notebook or a terminal
+        print("\x1b[31m  rendered from a working tree with uncommitted changes: this report does not "
+              "match any commit\x1b[0m")
