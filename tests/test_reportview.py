@@ -48,3 +48,24 @@ def test_renders_offline_in_headless_chromium(tmp_path):
                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", html.as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert "Verdicts" in dom.stdout and "<table" in dom.stdout
+
+
+def test_index_is_the_replication_matrix(tmp_path):
+    from traitlab.cli import write_index
+    from traitlab.records import read
+
+    for name in ("cross_language.ipynb", "cross_language.results.json", "model_chain.ipynb"):
+        shutil.copy(GOLDEN / name, tmp_path / name)
+    page = write_index(tmp_path).read_text()
+    claims = read(GOLDEN / "cross_language.results.json").claims
+    matrix = page.split("<h2>Reports</h2>")[0]
+    assert matrix.count("<tr>") == 1 + len(claims)  # header + one row per seed claim
+    assert all(html_escape(c.statement) in matrix for c in claims)
+    row = next(r for r in page.split("<h2>Reports</h2>")[1].split("<tr>") if "model_chain.html" in r)
+    assert "<td>smollm2-135m-instruct</td>" in row  # its base_model, not '?'
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)

@@ -208,10 +208,41 @@ def indexable(report_dir: Path) -> list[Path]:
             and not p.name.endswith(".failed.ipynb")]
 
 
-def write_index(report_dir: Path) -> Path:
-    """reports/index.html: every report with its parameters, model and date (an unreadable
-    notebook is named on the terminal and left out)."""
+def _model_of(params: dict) -> str:
+    """The model a report ran on: ``model``, else the first ``*_model`` parameter."""
+    if params.get("model"):
+        return str(params["model"])
+    return str(next((v for k, v in params.items() if k.endswith("model") and v), "?"))
+
+
+_VERDICT_COLOUR = {"holds": "#1b7837", "not held": "#b2182b", "inconclusive": "#8c6d00",
+                   "not comparable": "#666"}
+
+
+def _matrix_rows(stem: str, record_path: Path, fallback_model: str) -> list[str]:
+    from .records import RecordError, format_quantity, read
+
+    try:
+        rec = read(record_path)
+    except RecordError as err:
+        print(f"[traitlab] {err}; its claims are left out of the index", file=sys.stderr, flush=True)
+        return []
     rows = []
+    for c in rec.claims:
+        ours = c.ours or (format_quantity(rec[c.quantity]) if c.quantity else "")
+        colour = _VERDICT_COLOUR.get(c.verdict, "#000")
+        rows.append(f"<tr><td>{html.escape(c.statement)}</td><td>{html.escape(rec.model or fallback_model)}</td>"
+                    f"<td>{html.escape(c.seed)}</td><td>{html.escape(ours)}</td>"
+                    f"<td style='color:{colour};font-weight:bold'>{html.escape(c.verdict)}</td>"
+                    f"<td>{html.escape(c.reason)}</td><td><a href='{stem}.html'>{stem}</a></td></tr>")
+    return rows
+
+
+def write_index(report_dir: Path) -> Path:
+    """reports/index.html: the replication matrix (one row per seed claim × model, from each
+    report's result record: seed's value, ours, verdict, reason, link), then every report with its
+    model, commit, date and parameters (an unreadable notebook is named and left out)."""
+    rows, matrix = [], []
     for nb_path in indexable(report_dir):
         try:
             meta = json.loads(nb_path.read_text()).get("metadata", {}).get("traitlab", {})
@@ -220,19 +251,37 @@ def write_index(report_dir: Path) -> Path:
                   file=sys.stderr, flush=True)
             continue
         params = meta.get("params", {})
+        model = _model_of(params)
+        record_path = report_dir / f"{nb_path.stem}.results.json"
+        commit = "?"
+        if record_path.exists():
+            matrix += _matrix_rows(nb_path.stem, record_path, model)
+            try:
+                commit = str(json.loads(record_path.read_text()).get("run", {}).get("git_commit", "?"))[:12]
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                pass
         rows.append(
             f"<tr><td><a href='{nb_path.stem}.html'>{nb_path.stem}</a></td>"
             f"<td>{html.escape(str(meta.get('profile', '?')))}</td>"
-            f"<td>{html.escape(str(params.get('model', '?')))}</td>"
+            f"<td>{html.escape(model)}</td><td><code>{html.escape(commit)}</code></td>"
             f"<td>{html.escape(str(meta.get('date', '?')))}</td>"
             f"<td>{html.escape(str(meta.get('seconds', '?')))}</td>"
             f"<td><code>{html.escape(json.dumps(params, sort_keys=True))}</code></td></tr>")
+    no_matrix = ("<p>No report here has a result record yet: re-render them "
+                 "(<code>make reports</code>) to fill the matrix.</p>")
     page = ("<!doctype html><meta charset='utf-8'><title>traitlab reports</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px;"
             "vertical-align:top}table{border-collapse:collapse}code{font-size:11px}</style>"
-            "<h1>traitlab reports</h1><p>Rendered with <code>make reports</code> (default profiles).</p>"
-            "<table><tr><th>report</th><th>profile</th><th>model</th><th>date</th><th>seconds</th>"
-            "<th>parameters</th></tr>" + "".join(rows) + "</table>")
+            "<h1>traitlab: replication matrix</h1>"
+            "<p>One row per seed claim and model, from each report's result record "
+            "(<code>&lt;report&gt;.results.json</code>). A claim is <b>not held</b> only where the report "
+            "shows it could have seen the effect (a positive control, or a minimum detectable effect below "
+            "the seed's); otherwise it is <b>inconclusive</b>.</p>"
+            + ("<table><tr><th>seed claim</th><th>model</th><th>seed</th><th>ours</th><th>verdict</th>"
+               "<th>why</th><th>report</th></tr>" + "".join(matrix) + "</table>" if matrix else no_matrix)
+            + "<h2>Reports</h2><p>Rendered with <code>make reports</code> (default profiles).</p>"
+            "<table><tr><th>report</th><th>profile</th><th>model</th><th>commit</th><th>date</th>"
+            "<th>seconds</th><th>parameters</th></tr>" + "".join(rows) + "</table>")
     out = report_dir / "index.html"
     write_text(out, page)
     return out
