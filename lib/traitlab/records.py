@@ -353,6 +353,26 @@ def publish(record: ResultRecord) -> Path | None:
     return out
 
 
+POWER_Z = 2.8
+"""A minimum detectable effect is ``POWER_Z`` standard errors: 80% power for a two-sided 5% test
+(1.96 + 0.84)."""
+
+
+def se_of_mean(values: Any, floor: float = 0.0) -> float:
+    """Standard error of a mean over independent units (std, ddof=1, / sqrt n), at least ``floor``.
+
+    The floor keeps a tolerance above zero when every unit agrees (all cells at 100%).
+
+    >>> se_of_mean([1.0, 1.0, 1.0], floor=0.05), round(se_of_mean([0.0, 2.0]), 3)
+    (0.05, 1.0)
+    """
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    se = float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else 0.0
+    return max(se if np.isfinite(se) else 0.0, floor)
+
+
 def quantities_from(rows: Iterable[Mapping[str, Any]]) -> tuple[Quantity, ...]:
     """Build quantities from dict rows (``name``, ``value`` and the optional fields)."""
     return tuple(Quantity(**dict(r)) for r in rows)

@@ -30,8 +30,7 @@ SCORE_SE_FLOOR = 0.5
 """Smallest SE used for a judge-score mean: half a point, far above the float noise of a
 logprob-weighted mean (~1e-4) yet far below any effect a report discusses. It keeps the
 tolerance above 0 when every answer got the same score."""
-POWER_Z = 1.96 + 0.84
-"""A minimum detectable effect is ``POWER_Z`` SEs: 80% power for a two-sided 5% test."""
+POWER_Z = records.POWER_Z
 
 
 def mean_se(values: Sequence[float] | np.ndarray) -> tuple[float, float, int]:

@@ -30,7 +30,7 @@ from ..activations import extract
 from ..chat import ChatFormat
 from ..data import load_trait
 from ..directions import METHODS, fit_direction
-from ..metrics import auroc, midpoint_accuracy
+from ..metrics import auroc, auroc_se, midpoint_accuracy
 from ..models import LoadedModel, describe
 from ..monitor import TokenTrace, Watch, monitor
 from ..params import ParamError, load_profile, traits_folder, validate
@@ -190,21 +190,6 @@ def conclusions(det: pd.DataFrame) -> list[str]:
 
 
 # ---- result record --------------------------------------------------------------------------
-
-def auroc_se(a: float, n_pos: int, n_neg: int) -> float:
-    """Hanley–McNeil standard error of an AUROC ``a`` over ``n_pos`` × ``n_neg`` items, floored at one
-    pair flipping (``1 / (n_pos · n_neg)``) so that a perfect AUROC of a small sample never gets a
-    tolerance of 0.
-
-    >>> round(auroc_se(0.5, 16, 16), 4)
-    0.1036
-    >>> auroc_se(1.0, 3, 3) == 1 / 9
-    True
-    """
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
-    return max(float(np.sqrt(max(var, 0.0))), 1 / (n_pos * n_neg))
-
 
 def _slug(model: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in model).strip("_")

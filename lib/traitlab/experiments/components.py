@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from .. import records
@@ -200,19 +199,11 @@ def conclusions(summary: pd.DataFrame, paired: pd.DataFrame, p: Params) -> list[
 
 # ---- result record ----------------------------------------------------------------------
 
-POWER_Z = 2.8
-"""z for a minimum detectable difference at 80% power and two-sided 5% (1.96 + 0.84)."""
-
 SE_FLOOR = {"pct": 0.05, "auroc": 0.0005}
 """Smallest SE used for a tolerance (accuracy points, AUROC), so that cells all at 100% (SE 0)
 still allow float noise."""
 
 _CLAIM_IDS = {"attn_out": "attn_out_beats_resid", "v": "v_beats_resid"}
-
-
-def _se(x: np.ndarray, floor: float) -> float:
-    se = float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
-    return max(se, floor)
 
 
 def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.DataFrame) -> records.ResultRecord:
@@ -234,9 +225,9 @@ def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.Data
     for (method, site), row in summary.iterrows():
         d = results[(results.method == method) & (results.site == site)]
         acc, au = 100 * d.val_accuracy.to_numpy(), d.auroc.to_numpy()
-        qs.append(records.estimate(f"{method}.{site}.accuracy_pct", row.accuracy_pct, se=_se(acc, SE_FLOOR["pct"]),
+        qs.append(records.estimate(f"{method}.{site}.accuracy_pct", row.accuracy_pct, se=records.se_of_mean(acc, SE_FLOOR["pct"]),
                                    n=len(d), unit="%", k=2, ci=_parse_ci(row.acc_ci95)))
-        qs.append(records.estimate(f"{method}.{site}.auroc", row.auroc, se=_se(au, SE_FLOOR["auroc"]), n=len(d),
+        qs.append(records.estimate(f"{method}.{site}.auroc", row.auroc, se=records.se_of_mean(au, SE_FLOOR["auroc"]), n=len(d),
                                    k=2, ci=_parse_ci(row.auroc_ci95)))
     d = results[results.method != "random"]
     wide = d.pivot_table(index=["method", "trait", "layer"], columns="site", values=["val_accuracy", "auroc"])
@@ -249,7 +240,7 @@ def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.Data
             for metric, col, scale, unit, floor in (("accuracy_pts", "val_accuracy", 100, "pts", SE_FLOOR["pct"]),
                                                     ("auroc", "auroc", 1, "", SE_FLOOR["auroc"])):
                 dx = scale * (w[col][site] - w[col][p.reference_site]).to_numpy()
-                se = _se(dx, floor)
+                se = records.se_of_mean(dx, floor)
                 paired[(method, site, col)] = (float(dx.mean()), se)
                 qs.append(records.estimate(f"{method}.{site}_minus_{p.reference_site}.{metric}", dx.mean(), se=se,
                                            n=len(dx), unit=unit, k=2))
@@ -280,7 +271,7 @@ def _claims(p: Params, paired: dict[tuple[str, str, str], tuple[float, float]]) 
         if lo > 0:
             v, why = records.decide(holds=True)
         else:
-            v, why = records.decide(holds=False, seed_effect=seed_effect, mde=POWER_Z * se)
+            v, why = records.decide(holds=False, seed_effect=seed_effect, mde=records.POWER_Z * se)
         metric = "accuracy_pts" if c.metric == "val_accuracy" else "auroc"
         out.append(records.Claim(
             _CLAIM_IDS.get(c.site, f"{c.site}_beats_resid"), claim,

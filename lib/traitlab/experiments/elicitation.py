@@ -295,6 +295,7 @@ def record(P: Params, vecs: dict[str, TraitVectors], cmp: pd.DataFrame, judged: 
     deltas: dict[tuple[str, str], np.ndarray] = {}
     base = judged[judged.vector == "none"][["trait", "question", "score"]].rename(columns={"score": "base"})
     paired = judged[judged.vector != "none"].merge(base, on=["trait", "question"])
+    eff_sorted = eff.sort_index()  # a sorted MultiIndex: no lexsort warning on lookups
     for trait in P.traits:
         tv = vecs[trait]
         se = max(float(np.mean([_cosine_se(P, tv, x) for x in tv.natural])), 0.01)
@@ -305,7 +306,7 @@ def record(P: Params, vecs: dict[str, TraitVectors], cmp: pd.DataFrame, judged: 
         qs.append(records.rate(f"{trait}_natural_detect", float(vs.loc[trait, "natural_detect_pct"]), n=n_val,
                                unit="%"))
         for src in ("natural", "instruction"):
-            e = eff.sort_index().loc[(trait, src)]  # a sorted MultiIndex: no lexsort warning
+            e = eff_sorted.loc[(trait, src)]
             layer = int(e.delta.idxmax()) if e.delta.notna().any() else int(e.index[0])
             g = paired[(paired.trait == trait) & (paired.vector == src) & (paired.layer == layer)]
             deltas[(trait, src)] = (g.score - g.base).to_numpy(float)

@@ -445,9 +445,6 @@ def conclusions(p: Params, finding: Finding, summary: pd.DataFrame, diff: pd.Dat
 
 # ---- result record ----------------------------------------------------------------------
 
-POWER_Z = 2.8
-"""z for a minimum detectable difference at 80% power and two-sided 5% (1.96 + 0.84)."""
-
 _CHAOTIC = ("gradient", "pca_diff", "ica")
 """Methods whose fit is chaotic across CPUs (iterative optimisation, near-tied eigenvalues,
 FastICA): their means get k=3 standard errors instead of 2."""
@@ -528,10 +525,10 @@ def _not_below(seed: float, ours: float, se: float, ci: tuple[float, float],
                unit: str = "%") -> tuple[records.Verdict, str]:
     """The seed's number holds here unless ours is detectably below it: it holds while our 95% CI
     reaches the seed's value; below it, "not held" needs the gap to exceed the minimum detectable
-    difference (``POWER_Z`` SEs), else "inconclusive"."""
+    difference (``records.POWER_Z`` SEs), else "inconclusive"."""
     if ci[1] >= seed:
         return records.decide(holds=True)[0], f"the seed's {seed:g}{unit} is within or below our 95% CI"
-    gap, mde = seed - ours, POWER_Z * se
+    gap, mde = seed - ours, records.POWER_Z * se
     verdict, _ = records.decide(holds=False, seed_effect=gap, mde=mde)
     word = "more" if verdict == "not held" else "not more"
     return verdict, (f"ours {ours:.1f}{unit} is {gap:.1f} pts below the seed's {seed:g}{unit}, {word} than the minimum "

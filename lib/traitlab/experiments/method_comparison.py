@@ -201,19 +201,6 @@ def conclusions(summary: pd.DataFrame, null: pd.DataFrame) -> list[str]:
 
 # ---- result record ------------------------------------------------------------------------
 
-POWER_Z = 2.8
-"""z for a minimum detectable effect at 80% power and two-sided 5% (1.96 + 0.84)."""
-
-
-def mean_se(values: np.ndarray, floor: float = 0.0) -> float:
-    """Standard error of a mean over independent-ish units (std, ddof=1, / sqrt n), at least ``floor``.
-
-    The floor keeps a tolerance above zero when every unit agrees (all cells at 100%)."""
-    x = np.asarray(values, dtype=float)
-    se = float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else 0.0
-    return max(se if np.isfinite(se) else 0.0, floor)
-
-
 SE_FLOOR_PTS = 0.05
 """Smallest SE (accuracy points) used for a tolerance, so that cells all at 100% (SE 0) still
 allow float noise; 2 SEs = 0.1 pts, about one val item flipping in one of 25 cells of 40 items."""
@@ -255,10 +242,10 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
         acc_floor[method] = floor
         acc = 100 * d.val_accuracy.to_numpy()
         lo, hi = bootstrap_ci(acc, n_boot=p.n_boot, seed=p.seed)
-        qs.append(records.estimate(f"{method}.mean_accuracy_pct", acc.mean(), se=mean_se(acc, floor),
+        qs.append(records.estimate(f"{method}.mean_accuracy_pct", acc.mean(), se=records.se_of_mean(acc, floor),
                                    n=len(d), unit="%", k=k, ci=(lo, hi)))
         es = d.effect_size.to_numpy()
-        qs.append(records.estimate(f"{method}.mean_effect_size", es.mean(), se=mean_se(es, 1e-3), n=len(d),
+        qs.append(records.estimate(f"{method}.mean_effect_size", es.mean(), se=records.se_of_mean(es, 1e-3), n=len(d),
                                    unit="Cohen's d", k=k))
         qs.append(records.rate(f"{method}.polarity_fail_rate", float((~d.polarity_correct).mean()),
                                n=len(d), items=2))
@@ -266,7 +253,7 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
     if len(null):
         p95 = float(np.quantile(null.mean_accuracy_pct, 0.95))
         qs.append(records.estimate("random_null.p95_accuracy_pct", p95,
-                                   se=mean_se(null.mean_accuracy_pct.to_numpy(), 0.1),
+                                   se=records.se_of_mean(null.mean_accuracy_pct.to_numpy(), 0.1),
                                    n=len(null), unit="%", k=2))
     diffs = {}
     for a, b in (("probe", "gradient"), ("gradient", "mean_diff")):
@@ -274,7 +261,7 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
             wide = main[main.method.isin([a, b])].pivot_table(index=["trait", "layer"], columns="method",
                                                              values="val_accuracy")
             dd = 100 * (wide[a] - wide[b]).to_numpy()
-            se = mean_se(dd, acc_floor[a])
+            se = records.se_of_mean(dd, acc_floor[a])
             diffs[(a, b)] = (float(dd.mean()), se)
             qs.append(records.estimate(f"ordering.{a}_minus_{b}_pts", dd.mean(), se=se, n=len(dd),
                                        unit="pts", k=2))
@@ -330,7 +317,7 @@ def _claims(summary: pd.DataFrame, p95: float | None, our_null_mean: float | Non
         else:
             # The first pair out of order decides: could we have seen the seed's gap for it?
             pair, d, se = failing[0]
-            v, why = records.decide(holds=False, seed_effect=gaps[pair], mde=POWER_Z * se)
+            v, why = records.decide(holds=False, seed_effect=gaps[pair], mde=records.POWER_Z * se)
             why = f"{pair[0]} − {pair[1]} is {d:+.1f} pts (SE {se:.2f}); {why}"
         out.append(records.Claim("ordering", "mean held-out accuracy orders probe ≥ gradient ≥ mean_diff",
                                  "85.9% ≥ 81.0% ≥ 65.7%",

@@ -31,7 +31,7 @@ from .. import data
 from ..activations import extract
 from ..data import load_trait, read_project_jsonl
 from ..directions import METHODS, fit_direction
-from ..metrics import auroc, bootstrap_ci
+from ..metrics import auroc, auroc_se, bootstrap_ci
 from ..models import LoadedModel, describe
 from ..monitor import TokenTrace, Watch, monitor
 from ..params import ParamError, traits_folder
@@ -266,7 +266,6 @@ def record(P: Params, lm: LoadedModel | None, pp: pd.DataFrame, summ: pd.DataFra
     insecure-code fine-tune: "not comparable".
     """
     from .. import records
-    from .base_to_instruct import auroc_se
 
     counts = pp.drop_duplicates("id").group.value_counts()
     qs = [records.exact(f"n_prompts.{g}", int(counts.get(g, 0))) for g in P.groups]
