@@ -73,7 +73,8 @@ runinfo.show(runinfo.run_record(P, lm))
 # %%
 # NBVAL_IGNORE_OUTPUT
 acts = mc.extract_traits(P, lm, all_sites)
-results = comp.run(P, acts, all_sites)
+results, scores = comp.run(P, acts, all_sites)
+boot = comp.draws(P, scores)  # bootstrap over held-out pairs, within trait
 
 # %%
 print(f"model {lm.spec} ({lm.arch}, {lm.n_layers} layers, d_model {lm.d_model}); "
@@ -86,7 +87,7 @@ print("width per site:", results.groupby("site").dim.first().to_dict())
 # are the null level of each site (all seeds).
 
 # %%
-summary = comp.summarize(results, P)
+summary = comp.summarize(results, P, boot)
 display(summary.round(3))
 
 # %%
@@ -101,7 +102,7 @@ fig = plots.site_by_layer(results[results.method != "random"], "auroc", "held-ou
 # reliable difference; "wins" is the share of cells where the site is more accurate.
 
 # %%
-paired = comp.paired_vs_reference(results, P)
+paired = comp.paired_vs_reference(results, P, boot)
 display(paired.round(3))
 
 # %% [markdown]
@@ -131,7 +132,7 @@ for line in comp.conclusions(summary, paired, P):
 # %% tags=["record"]
 from traitlab import records
 
-record = comp.record(P, lm, results, summary)
+record = comp.record(P, lm, results, summary, boot)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
 from traitlab import directions, vectors  # noqa: E402
 

@@ -62,6 +62,7 @@ from dataclasses import asdict
 
 from IPython.display import display
 from traitlab import plots, runinfo
+from traitlab.data import opinion_questions
 from traitlab.experiments import judge_calibration as jc
 from traitlab.judge import Judge
 from traitlab.models import load_model
@@ -70,7 +71,7 @@ from traitlab.params import from_namespace
 P = from_namespace(jc.Params, globals())
 P.check()
 gold = jc.load_gold(P.max_gold, P.seed)
-questions = jc.load_questions("test", P.n_baseline)
+questions = opinion_questions("test", P.n_baseline)
 responder = load_model(P.responder_model, quiet=True)
 judge = Judge(P.judge_config("logprob"))
 judges = {"logprob": judge, "text": judge.with_mode("text")}  # one model, two ways to read it

@@ -73,7 +73,8 @@ runinfo.show(runinfo.run_record(P, lm))
 # %%
 # NBVAL_IGNORE_OUTPUT
 acts = mc.extract_traits(P, lm, sites)
-results = mc.run(P, acts, sites)
+results, scores = mc.run(P, acts, sites)
+boot = mc.draws(P, scores)  # bootstrap over held-out pairs, within trait
 
 # %%
 print(f"model {lm.spec} ({lm.arch}, {lm.n_layers} layers, chat format: {lm.chat.name}); "
@@ -88,7 +89,7 @@ print({t: len(acts[t]["train"][sites[0]][0]) for t in P.traits}, "train pairs;",
 # intervals are optimistic).
 
 # %%
-summary = mc.summarize(results, P)
+summary = mc.summarize(results, P, boot)
 display(summary.round(3))
 
 # %% [markdown]
@@ -133,7 +134,7 @@ for line in mc.conclusions(summary, null):
 # %% tags=["record"]
 from traitlab import records
 
-record = mc.record(P, lm, results, summary, null)
+record = mc.record(P, lm, results, summary, null, boot)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
 from traitlab import directions, vectors  # noqa: E402
 

@@ -87,7 +87,7 @@ display(cells.round(3))
 # ## Which metric predicts the steering delta?
 
 # %%
-corr = mvs.correlations(cells, P)
+corr = mvs.correlations(cells, judged, P)
 display(corr.round(3))
 
 # %%
@@ -127,7 +127,7 @@ for line in mvs.conclusions(corr, best, cells):
 # %% tags=["record"]
 from traitlab import records  # noqa: E402
 
-record = mvs.record(P, cells, corr, best)
+record = mvs.record(P, cells, corr, best, judged)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
 from traitlab import directions, vectors  # noqa: E402
 

@@ -55,7 +55,7 @@ seed = 0
 # %%
 # NBVAL_IGNORE_OUTPUT
 from IPython.display import display
-from traitlab import runinfo
+from traitlab import chain, runinfo
 from traitlab.experiments import model_chain as mcn
 from traitlab.params import from_namespace
 
@@ -68,7 +68,7 @@ runinfo.show(runinfo.run_record(P))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-built = mcn.build(P)
+built = chain.build(P)
 for stage, s in built.seconds.items():
     print(f"{stage:<16} {s / 60:6.1f} min")
 print("stages:", built.paths)

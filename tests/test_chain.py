@@ -110,7 +110,7 @@ def test_chain_record_tolerances_and_golden_check():
     curves = pd.DataFrame({"stage": ["sft"] * 8 + ["dpo"] * 2, "step": list(range(8)) + [0, 1],
                            "loss": sft_loss + [math.log(2), 0.6], "reward_accuracy": [np.nan] * 8 + [0.0, 1.0]})
     train = pd.DataFrame({"teacher": ["a", "b", "c", "d"], "base": ["a", "x", "y", "z"]})
-    built = mcn.Chain({"base": "tiny-llama"}, curves, {"sft": 1.0}, train, {})
+    built = chain.BuiltChain({"base": "tiny-llama"}, curves, {"sft": 1.0}, train, {})
     rec = mcn.record(P, built, scores)
     assert rec.claims == ()  # the chain is infrastructure: the transfer report checks the seed
     assert (rec["sft_steps"].value, rec["sft_steps"].tolerance) == (8, 0)
@@ -124,5 +124,5 @@ def test_chain_record_tolerances_and_golden_check():
     assert nll.tolerance == pytest.approx(3 * scores.loc["base", "teacher_nll_se"], rel=1e-6)
     assert records.compare(rec, rec) == []
     moved = curves.assign(loss=curves.loss.where(curves.stage != "sft", curves.loss - 0.5))
-    problems = records.compare(rec, mcn.record(P, mcn.Chain({}, moved, {}, train, {}), scores))
+    problems = records.compare(rec, mcn.record(P, chain.BuiltChain({}, moved, {}, train, {}), scores))
     assert [p.split(":")[0] for p in problems] == ["model_chain.sft_loss_first5", "model_chain.sft_loss_last5"]

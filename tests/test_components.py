@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from toys import pair_scores
 
 from traitlab.experiments import components as comp
 from traitlab.experiments import method_comparison as mc
@@ -19,13 +20,14 @@ def test_every_site_of_a_tiny_model_is_extracted_and_scored():
     assert [str(s) for s in sites[:5]] == ["resid_pre@0", "v@0", "attn_out@0", "mlp_out@0", "resid_post@0"]
     lm = load_model("tiny-qwen2")
     acts = mc.extract_traits(p, lm, sites)
-    df = comp.run(p, acts, sites, progress=False)
+    df, scores = comp.run(p, acts, sites, progress=False)
+    assert set(scores) == {(r.trait, r.site, r.layer, r.method, r.seed) for r in df.itertuples()}
     # 10 cells × (probe + mean_diff + 2 random seeds)
     assert len(df) == 10 * 4 and set(df.site) == set(p.sites)
     kv = lm.hf.config.num_key_value_heads * (lm.hf.config.hidden_size // lm.hf.config.num_attention_heads)
     assert df[df.site == "v"].dim.unique().tolist() == [kv]
     assert df[df.site == "attn_out"].dim.unique().tolist() == [lm.d_model]
-    s = comp.summarize(df, p)
+    s = comp.summarize(df, p, comp.draws(p, scores))
     assert s.loc[("random", "v"), "cells"] == 2 * 2  # two layers × two seeds
     assert comp.versus_seed(s, p).shape[0] == 2
 
@@ -42,17 +44,33 @@ def _cells() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _exact_scores(cells: pd.DataFrame) -> dict:
+    """Pair scores whose midpoint accuracy is exactly the row's (20 pairs: accuracy in 1/40 steps)."""
+    out = {}
+    for r in cells.itertuples():
+        n_wrong = round((1 - r.val_accuracy) * 40)  # misclassified examples of 40
+        ps, ns = np.ones(20), -np.ones(20)
+        ps[:n_wrong // 2], ns[:n_wrong - n_wrong // 2] = -0.5, 0.5
+        out[(r.trait, r.site, r.layer, r.method, r.seed)] = (ps, ns)
+    return out
+
+
 def test_paired_differences_are_exact():
     p = comp.Params(sites=["resid_post", "attn_out", "v"], methods=["probe"], n_boot=100)
-    paired = comp.paired_vs_reference(_cells(), p)
+    cells = _cells()
+    paired = comp.paired_vs_reference(cells, p, comp.draws(p, _exact_scores(cells)))
     assert paired.loc[("probe", "attn_out"), "d_accuracy_pts"] == pytest.approx(10.0)
-    assert paired.loc[("probe", "attn_out"), "d_acc_ci95"] == "[+10.0, +10.0]"
+    # the CI resamples each trait's held-out pairs (not the four cells, whose differences all equal 10)
+    lo, hi = (float(x) for x in paired.loc[("probe", "attn_out"), "d_acc_ci95"].strip("[]").split(","))
+    assert lo < 10.0 < hi
+    same = comp.draws(p, {k: v for k, v in _exact_scores(cells.assign(val_accuracy=0.8)).items()})
+    assert comp.paired_vs_reference(cells, p, same).loc[("probe", "attn_out"), "d_acc_ci95"] == "[+0.0, +0.0]"
     assert paired.loc[("probe", "v"), "d_accuracy_pts"] == pytest.approx(np.mean([-10, -10, -10, -5]))
     assert paired.loc[("probe", "v"), "d_auroc"] == pytest.approx(0.02)
     assert paired.loc[("probe", "attn_out"), "site_wins_pct"] == 100.0
     best = comp.best_layers(_cells())
     assert best.loc[("probe", "v"), "layer"] == 1
-    lines = comp.conclusions(comp.summarize(_cells().assign(method="probe"), p).rename(index={"probe": "probe"})
+    lines = comp.conclusions(comp.summarize(cells, p, comp.draws(p, _exact_scores(cells))).rename(index={"probe": "probe"})
                              .pipe(lambda s: pd.concat([s, s.rename(index={"probe": "random"}, level=0)])),
                              paired, p)
     assert any("attn_out is better than resid_post: +10.0 pts" in x for x in lines)
@@ -95,7 +113,8 @@ def _toy_results(p: comp.Params, attn_shift: float = 0.0) -> pd.DataFrame:
 def _toy_record(attn_shift: float = 0.0):
     p = comp.Params(traits=["refusal", "humor", "optimism"], n_random_seeds=2, n_boot=100)
     df = _toy_results(p, attn_shift)
-    return comp.record(p, None, df, comp.summarize(df, p))
+    boot = comp.draws(p, pair_scores(df, ["trait", "site", "layer", "method", "seed"]))
+    return comp.record(p, None, df, comp.summarize(df, p, boot), boot)
 
 
 def test_record_names_rules_and_verdicts():

@@ -12,16 +12,17 @@ import torch
 from traitlab.data import DataError, public_path
 from traitlab.experiments import jailbreak_blocking as jb
 from traitlab.params import ParamError, validate
+from traitlab.uncertainty import wilson
 
 
 def test_wilson_matches_the_formula():
-    lo, hi = jb.wilson(8, 10)
+    lo, hi = wilson(8, 10)
     z = 1.96
     p, n = 0.8, 10
     mid = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert (lo, hi) == pytest.approx((mid - half, mid + half))
-    assert jb.wilson(0, 5)[0] == 0.0 and jb.wilson(5, 5)[1] == 1.0
+    assert wilson(0, 5)[0] == 0.0 and wilson(5, 5)[1] == 1.0
 
 
 def _answers(P):
@@ -64,7 +65,7 @@ def test_table_and_blocked_are_exact():
 def test_steers_use_perturbation_ratios():
     P = jb.Params(single_layers=[2], ensemble_layers=[1, 2], ratio=2.0, ensemble_ratio=0.5)
     dirs = {1: torch.tensor([1.0, 0.0]), 2: torch.tensor([0.0, 1.0])}
-    norms = {1: 10.0, 2: 4.0}
+    norms = {f"{P.site}@1": 10.0, f"{P.site}@2": 4.0}
     [s] = jb.steers_for(P, "single L2", dirs, norms, 2)
     assert torch.equal(s.delta, torch.tensor([0.0, 8.0]))
     ens = jb.steers_for(P, "ensemble", dirs, norms, 2)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from traitlab import chain
 from traitlab.experiments import judge_calibration as jc
 from traitlab.experiments import model_chain as mcn
 from traitlab.params import ParamError, validate
@@ -24,10 +25,13 @@ def test_gold_set_design():
 
 
 def test_questions_are_held_out():
-    q = jc.load_questions("test")
+    from traitlab.data import opinion_questions
+
+    q = opinion_questions("test")
     assert len(q) == 40 and q.domain.nunique() == 10
-    assert len(jc.load_questions("train")) == 20
-    assert len(jc.load_questions("test", 5)) == 5
+    assert len(opinion_questions("train")) == 20
+    assert len(opinion_questions("test", 5)) == 5
+    assert not set(q.id) & set(opinion_questions("train").id)
 
 
 def _frame(trait_lp, trait_tx, gold_t, coh_lp, coh_tx, gold_c):
@@ -71,10 +75,10 @@ def test_judge_config_carries_every_knob():
 
 
 def test_instructions_split_and_stratified_sample():
-    train, held = mcn.load_instructions("train"), mcn.load_instructions("eval")
+    train, held = chain.load_instructions("train"), chain.load_instructions("eval")
     assert len(train) == 256 and len(held) == 64
     assert not set(train.instruction) & set(held.instruction)
-    small = mcn.load_instructions("train", 16)
+    small = chain.load_instructions("train", 16)
     assert len(small) == 16 and small.category.nunique() == 16
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from toys import pair_scores
 
 from traitlab import records
 from traitlab.experiments import method_comparison as mc
@@ -29,7 +30,8 @@ def _results(p: mc.Params, level: dict[str, float] = LEVEL) -> pd.DataFrame:
 def _record(level: dict[str, float] = LEVEL) -> records.ResultRecord:
     p = mc.Params(traits=["refusal", "humor", "optimism"], n_random_seeds=10, n_boot=50)
     df = _results(p, level)
-    return mc.record(p, None, df, mc.summarize(df, p), mc.random_null(df))
+    boot = mc.draws(p, pair_scores(df, ["trait", "layer", "method", "seed"]))
+    return mc.record(p, None, df, mc.summarize(df, p, boot), mc.random_null(df), boot)
 
 
 def test_record_names_rules_and_verdicts():

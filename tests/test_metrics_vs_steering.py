@@ -27,15 +27,16 @@ def _metrics():
 
 def test_deltas_correlations_and_best_layers_are_exact():
     cells = mvs.deltas(_metrics(), _judged())
-    assert cells.set_index("layer").delta.to_dict() == {4: 25.0, 8: 0.0, 12: -15.0}  # NaN score skipped
-    corr = mvs.correlations(cells, mvs.Params(n_boot=50))
-    assert corr.loc["effect_size", "pearson_r"] == pytest.approx(np.corrcoef([3, 1, 0.5], [25, 0, -15])[0, 1])
+    # paired by question: layer 8 scored only q0 (50 vs its baseline 40), so its delta is +10
+    assert cells.set_index("layer").delta.to_dict() == {4: 25.0, 8: 10.0, 12: -15.0}
+    corr = mvs.correlations(cells, _judged(), mvs.Params(n_boot=50))
+    assert corr.loc["effect_size", "pearson_r"] == pytest.approx(np.corrcoef([3, 1, 0.5], [25, 10, -15])[0, 1])
     assert corr.loc["val_accuracy", "spearman_rho"] == pytest.approx(-1.0)
     best = mvs.best_layers(cells)
     r = best.loc[("optimism", "probe")]
     assert r.best_extraction_layer == 12 and r.best_steering_layer == 4 and not r.same
     lines = mvs.conclusions(corr, best, cells)
-    assert "holds here (r +0.98 vs -1.00)" in lines[1] and "1/1" in lines[2]
+    assert "holds here (r +0.89 vs -0.94)" in lines[1] and "1/1" in lines[2]
     # an effect-size r whose CI reaches 0 does not support the claim, whatever accuracy's r is
     weak = corr.copy()
     weak.loc["effect_size", ["pearson_r", "r_ci95"]] = [0.05, "[-0.77, 0.71]"]
@@ -72,13 +73,49 @@ def _cells(n_layers=6, noise=1.0, seed=0):
     return pd.DataFrame(rows)
 
 
+def _judged_for(cells, n_q=8, spread=3.0, seed=1):
+    """Per-question scores whose paired mean per cell is exactly the cell's delta."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for trait in cells.trait.unique():
+        base = 50 + 5 * rng.normal(size=n_q)
+        rows += [{"trait": trait, "layer": -1, "method": "baseline", "question": f"{trait}{i}", "score": b}
+                 for i, b in enumerate(base)]
+        for c in cells[cells.trait == trait].itertuples():
+            e = spread * rng.normal(size=n_q)
+            rows += [{"trait": trait, "layer": c.layer, "method": c.method, "question": f"{trait}{i}",
+                      "score": b + c.delta + x} for i, (b, x) in enumerate(zip(base, e - e.mean(), strict=True))]
+    return pd.DataFrame(rows)
+
+
+def test_deltas_are_paired_by_question_within_trait():
+    cells = _cells()
+    judged = _judged_for(cells)
+    got = mvs.deltas(cells.drop(columns="delta"), judged)
+    assert np.allclose(got.delta, cells.delta) and np.allclose(got.steered - got.baseline, got.delta)
+    assert (got.delta_se > 0).all()
+
+
+def test_correlation_ci_resamples_questions_not_cells():
+    """Cells measured on many questions with little per-question noise: a tight CI, although only
+    12 cells; the same cells on noisy questions: a wider CI around the same r."""
+    cells = _cells()
+    P = mvs.Params(traits=["optimism", "formality"], layers=list(range(6)), methods=["probe"], n_boot=300)
+    tight = mvs.correlations(cells, _judged_for(cells, spread=0.5), P).loc["effect_size"]
+    wide = mvs.correlations(cells, _judged_for(cells, spread=30.0), P).loc["effect_size"]
+    assert tight.pearson_r == pytest.approx(wide.pearson_r)
+    (tl, th), (wl, wh) = (tuple(map(float, x.strip("[]").split(","))) for x in (tight.r_ci95, wide.r_ci95))
+    assert th - tl < 0.01 < wh - wl
+
+
 def test_record_quantities_claims_and_golden_check():
     from traitlab import records
 
     P = mvs.Params(traits=["optimism", "formality"], layers=list(range(6)), methods=["probe"], n_boot=200)
     cells = _cells()
-    corr, best = mvs.correlations(cells, P), mvs.best_layers(cells)
-    rec = mvs.record(P, cells, corr, best)
+    judged = _judged_for(cells)
+    corr, best = mvs.correlations(cells, judged, P), mvs.best_layers(cells)
+    rec = mvs.record(P, cells, corr, best, judged)
     assert rec["n_cells"].value == 12 and rec["n_cells"].tolerance == 0
     r = rec["effect_size_r"]
     assert r.value == pytest.approx(corr.loc["effect_size", "pearson_r"])
@@ -89,7 +126,8 @@ def test_record_quantities_claims_and_golden_check():
                  "best_layers_differ": "holds", "late_layer_trap": "inconclusive"}
     # the delta unrelated to any metric, 12 cells: power for the seed's r = 0.898, so not held
     flat = _cells(noise=0.0).assign(delta=lambda d: np.where(d.layer % 2 == 0, 1.0, -1.0) * (1 + d.layer % 3))
-    rec2 = mvs.record(P, flat, mvs.correlations(flat, P), mvs.best_layers(flat))
+    jflat = _judged_for(flat)
+    rec2 = mvs.record(P, flat, mvs.correlations(flat, jflat, P), mvs.best_layers(flat), jflat)
     assert {c.id: c.verdict for c in rec2.claims}["effect_size_predicts"] == "not held"
     assert records.compare(rec, rec) == []
     problems = records.compare(rec, rec2)

@@ -67,9 +67,14 @@ def test_conditions_cover_the_grid():
         ("random", 3, 1.0), ("random", 6, 1.0)]
 
 
-def test_random_vector_is_unit_and_seeded():
-    a, b = tr.random_vector(64, 1), tr.random_vector(64, 1)
+def test_random_control_is_unit_seeded_and_the_random_method():
+    from traitlab.directions import fit_direction, random_unit
+
+    a, b = random_unit(64, 1), random_unit(64, 1)
     assert torch.equal(a, b) and float(a.norm()) == pytest.approx(1.0)
+    assert not torch.equal(a, random_unit(64, 2))
+    x = torch.zeros(2, 64)
+    assert torch.allclose(fit_direction("random", x, x, seed=1, log=False).vector, a)
 
 
 @pytest.mark.parametrize("kw, msg", [

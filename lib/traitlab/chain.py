@@ -30,8 +30,9 @@ import math
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ import torch
 
 from .atomic import stable_hash, write_json, write_text
 from .chat import ChatFormat, Encoded
-from .models import LoadedModel
+from .data import DataError, read_project_jsonl
+from .models import LoadedModel, describe, load_model
+from .params import ParamError
 from .paths import cache_dir
 from .progress import tqdm
 
@@ -306,3 +309,146 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def config_record(cfg: ChainConfig) -> dict[str, Any]:
     return asdict(cfg)
+
+
+# ---- the chain a profile names: teacher answers → SFT → DPO, each stage cached ---------------
+
+@dataclass(frozen=True)
+class ChainParams:
+    base_model: str = "gemma-3-270m"
+    teacher_model: str = "qwen2.5-coder-1.5b-instruct"
+    n_train: int | None = None
+    n_eval: int | None = None
+    teacher_max_new_tokens: int = 96
+    eval_max_new_tokens: int = 64
+    max_len: int = 256
+    batch_size: int = 8
+    sft_epochs: int = 2
+    sft_lr: float = 5e-5
+    dpo_epochs: int = 1
+    dpo_lr: float = 5e-6
+    dpo_beta: float = 0.1
+    warmup_frac: float = 0.1
+    train_embeddings: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_eval"):
+            v = getattr(self, name)
+            if v is not None and v < 2:
+                raise ParamError(f"{name} must be >= 2 or null, got {v}")
+        if self.teacher_max_new_tokens < 1 or self.eval_max_new_tokens < 1:
+            raise ParamError("teacher_max_new_tokens and eval_max_new_tokens must be >= 1")
+        try:
+            self.config()
+        except ValueError as err:
+            raise ParamError(str(err)) from None
+
+    def check(self) -> None:
+        describe(self.base_model)
+        describe(self.teacher_model)
+
+    def config(self) -> ChainConfig:
+        names = {f.name for f in fields(ChainConfig)}
+        return ChainConfig(**{k: v for k, v in asdict(self).items() if k in names})
+
+
+def load_instructions(split: str, n: int | None = None) -> pd.DataFrame:
+    df = pd.DataFrame(read_project_jsonl("sft", "instructions.jsonl"))
+    df = df[df.split == split].reset_index(drop=True)
+    if df.empty:
+        raise DataError(f"data/sft/instructions.jsonl has no {split!r} instructions")
+    if n is not None:  # stratified: the first n in category round-robin order
+        df = df.assign(_r=df.groupby("category").cumcount()).sort_values(["_r", "id"]).head(n)
+        df = df.drop(columns="_r").sort_values("id").reset_index(drop=True)
+    return df
+
+
+def cached_answers(model: LoadedModel, fmt: ChatFormat, df: pd.DataFrame, max_new_tokens: int,
+                    tag: str, progress: bool) -> list[str]:
+    key = {"tag": tag, "model": model.fingerprint, "format": fmt.name, "ids": list(df.id),
+           "instructions": stable_hash(list(df.instruction)), "max_new_tokens": max_new_tokens}
+    path = cache_dir("chain", "answers") / f"{tag}-{stable_hash(key, 16)}.jsonl"
+    if path.exists():
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        return [r["answer"] for r in rows]
+    out = answers(model, list(df.instruction), max_new_tokens=max_new_tokens, fmt=fmt,
+                        progress=progress)
+    write_jsonl(path, [{"id": i, "answer": a} for i, a in zip(df.id, out, strict=True)])
+    return out
+
+
+@dataclass
+class BuiltChain:
+    """What the notebook shows: where each stage lives, its curve, how long it took."""
+
+    paths: dict[str, str]
+    curves: pd.DataFrame
+    seconds: dict[str, float]
+    train: pd.DataFrame
+    records: dict[str, Any]
+
+
+def build(P: ChainParams, progress: bool = True) -> BuiltChain:
+    """Teacher answers → SFT → DPO, each stage reused from the cache when it exists."""
+    cfg = P.config()
+    train = load_instructions("train", P.n_train)
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    teacher = load_model(P.teacher_model, quiet=True)
+    train["teacher"] = cached_answers(teacher, teacher.chat, train, P.teacher_max_new_tokens,
+                                       "teacher", progress)
+    teacher_fp = teacher.fingerprint
+    del teacher
+    seconds["teacher answers"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    base = load_model(P.base_model, quiet=True)
+    plain = ChatFormat.plain(base.tokenizer)
+    train["base"] = cached_answers(base, plain, train, P.teacher_max_new_tokens, "base", progress)
+    seconds["base answers"] = time.perf_counter() - t0
+
+    sft_key = {"stage": "sft", "base": base.fingerprint, "teacher": teacher_fp,
+               "ids": list(train.id), "teacher_max_new_tokens": P.teacher_max_new_tokens,
+               "config": {k: v for k, v in asdict(cfg).items() if not k.startswith("dpo")}}
+    sft_dir = stage_dir(sft_key)
+    t0 = time.perf_counter()
+    done = load_stage(sft_dir)
+    if done is None:
+        curve = sft(base, list(zip(train.instruction, train.teacher, strict=True)), cfg,
+                          progress=progress)
+        save_stage(base, sft_dir, sft_key, curve)
+        done = load_stage(sft_dir)
+    seconds["sft"] = time.perf_counter() - t0
+    sft_record, sft_curve = done
+    del base
+
+    dpo_key = {"stage": "dpo", "sft": sft_dir.name, "rejected": "base answers",
+               "config": {k: v for k, v in asdict(cfg).items() if k.startswith("dpo")
+                          or k in ("max_len", "batch_size", "warmup_frac", "seed", "train_embeddings")}}
+    dpo_dir = stage_dir(dpo_key)
+    t0 = time.perf_counter()
+    done = load_stage(dpo_dir)
+    if done is None:
+        sft_model = load_model(str(sft_dir), quiet=True)
+        triples = [(q, c, r) for q, c, r in zip(train.instruction, train.teacher, train.base, strict=True)
+                   if c.strip() and c.strip() != r.strip()]
+        curve = dpo(sft_model, triples, cfg, progress=progress)
+        save_stage(sft_model, dpo_dir, dpo_key, curve)
+        done = load_stage(dpo_dir)
+        del sft_model
+    seconds["dpo"] = time.perf_counter() - t0
+    dpo_record, dpo_curve = done
+    paths = {"base": P.base_model, "sft": str(sft_dir), "dpo": str(dpo_dir)}
+    return BuiltChain(paths, pd.concat([sft_curve, dpo_curve], ignore_index=True), seconds, train,
+                 {"sft": sft_record, "dpo": dpo_record})
+
+
+def profile_params(profile: str) -> ChainParams:
+    """The chain of ``params/model_chain/<profile>.yaml`` (reports that steer the chain's models
+    name it by profile)."""
+    from .params import load_profile, validate
+
+    return validate(ChainParams, load_profile("model_chain", profile),
+                    where=f"params/model_chain/{profile}.yaml")

@@ -28,10 +28,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .chat import ChatFormat, Encoded
 from .paths import data_root, project_data
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Split = Literal["train", "val"]
 
@@ -306,6 +309,24 @@ def nonempty(items: Sequence, what: str) -> Sequence:
     if len(items) == 0:
         raise DataError(f"{what} is empty")
     return items
+
+
+def opinion_questions(split: str = "test", n: int | None = None) -> pd.DataFrame:
+    """Open opinion questions the steering reports generate answers to
+    (``data/steering/optimism_questions.jsonl``: ``id``, ``question``, ``split``), the first ``n``
+    of ``split``.
+
+    >>> q = opinion_questions("test", 3)
+    >>> len(q), {"id", "question"} <= set(q.columns)
+    (3, True)
+    """
+    import pandas as pd
+
+    df = pd.DataFrame(read_project_jsonl("steering", "optimism_questions.jsonl"))
+    df = df[df.split == split].reset_index(drop=True)
+    if df.empty:
+        raise DataError(f"data/steering/optimism_questions.jsonl has no {split!r} questions")
+    return df.head(n) if n is not None else df
 
 
 # ---- prompt sets for the refusal findings ----------------------------------------------

@@ -172,6 +172,18 @@ def ica(pos: torch.Tensor, neg: torch.Tensor, *, seed: int = 0, n_components: in
     return w[int(d.argmax())]
 
 
+def random_unit(d: int, seed: int) -> torch.Tensor:
+    """A seeded random unit vector of width ``d``: the random-direction control of the steering
+    reports (the same draw as ``fit_direction("random", ..., seed=seed)``, without activations).
+
+    >>> v = random_unit(8, 0)
+    >>> round(float(v.norm()), 6), bool((v == random_unit(8, 0)).all())
+    (1.0, True)
+    """
+    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    return v / v.norm()
+
+
 @register("random")
 def random(pos: torch.Tensor, neg: torch.Tensor, *, seed: int = 0, **_: Any) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

@@ -716,14 +716,3 @@ def judge_from_params(p: Any) -> Judge:
     return Judge(JudgeConfig(backend=p.judge_backend, model=p.judge_model, base_url=p.judge_base_url,
                              api_key_env=p.judge_api_key_env, min_mass=p.min_mass,
                              offline=p.judge_offline, dtype=p.judge_dtype))
-
-
-def score_by_trait(judge: Judge, answers: Any, progress: bool = True) -> Any:
-    """Add a ``score`` column: each answer judged for its own row's ``trait`` (rows keep their order)."""
-    import pandas as pd
-
-    out = []
-    for trait, g in answers.groupby("trait", sort=False):
-        s = judge.score_many("trait", list(zip(g.question, g.answer, strict=True)), trait=trait, progress=progress)
-        out.append(g.assign(score=[float("nan") if x.value is None else x.value for x in s]))
-    return pd.concat(out).sort_index()

@@ -1,4 +1,4 @@
-"""Held-out metrics of a direction, and bootstrap confidence intervals.
+"""Held-out metrics of a direction, and their bootstrap draws over held-out pairs.
 
 Given held-out positive and negative activations and a unit direction v:
 
@@ -20,8 +20,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,16 +78,72 @@ def evaluate(v: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> Metrics:
     )
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = 2000, level: float = 0.95,
-                 seed: int = 0, stat: Callable[[np.ndarray], float] = np.mean) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``stat`` over ``values`` (resampled with replacement)."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
-    rng = np.random.default_rng(seed)
-    draws = np.array([stat(x[rng.integers(0, x.size, x.size)]) for _ in range(n_boot)])
-    lo, hi = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+def heldout_scores(v: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine scores of held-out ``pos`` and ``neg`` with ``v`` (row i of each: pair i), the data
+    ``evaluate`` summarises and ``cell_draws`` resamples."""
+    return cosine_scores(pos, v).numpy(), cosine_scores(neg, v).numpy()
+
+
+RESAMPLED = ("accuracy", "effect_size", "auroc")
+
+
+def resampled_metrics(ps: np.ndarray, ns: np.ndarray, idx: np.ndarray,
+                      which: Sequence[str] = RESAMPLED) -> dict[str, np.ndarray]:
+    """Midpoint accuracy, Cohen's d and AUROC (those named in ``which``) of paired held-out scores
+    on each row of pair indices ``idx`` [n_boot, n] (``np.arange(n)[None]`` gives ``evaluate``'s
+    values).
+
+    >>> ps, ns = np.array([0.9, 0.8, 0.1]), np.array([0.2, 0.3, 0.4])
+    >>> m = resampled_metrics(ps, ns, np.arange(3)[None])
+    >>> float(m["accuracy"][0]) == midpoint_accuracy(ps, ns), float(m["auroc"][0]) == auroc(ps, ns)
+    (True, True)
+    """
+    unknown = set(which) - set(RESAMPLED)
+    if unknown:
+        raise ValueError(f"unknown resampled metric(s) {sorted(unknown)}; choose from {RESAMPLED}")
+    bp, bn = ps[idx], ns[idx]
+    mp, mn = bp.mean(1), bn.mean(1)
+    n = idx.shape[1]
+    out = {}
+    if "accuracy" in which:
+        thr = (mp + mn) / 2
+        out["accuracy"] = ((bp > thr[:, None]).sum(1) + (bn <= thr[:, None]).sum(1)) / (bp.shape[1] + bn.shape[1])
+    if "effect_size" in which:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pooled = np.sqrt((bp.var(1, ddof=1) + bn.var(1, ddof=1)) / 2) if n > 1 else np.zeros(len(idx))
+            out["effect_size"] = np.where(pooled > 0, (mp - mn) / np.where(pooled > 0, pooled, 1), 0.0)
+    if "auroc" in which:  # Mann–Whitney U from mid-ranks (ties count half), O(n log n) per draw
+        from scipy.stats import rankdata
+
+        ranks = rankdata(np.concatenate([bp, bn], axis=1), axis=1)
+        out["auroc"] = (ranks[:, :n].sum(1) - n * (n + 1) / 2) / (n * bn.shape[1])
+    return out
+
+
+def cell_draws(scores: Mapping[Hashable, tuple[np.ndarray, np.ndarray]], stratum: Callable[[Any], Hashable], *,
+               n_boot: int = 2000, seed: int = 0, which: Sequence[str] = RESAMPLED
+               ) -> dict[Hashable, dict[str, np.ndarray]]:
+    """Bootstrap draws of every cell's held-out metrics, resampling held-out **pairs** within each
+    stratum (``stratum(cell key)``, usually the trait): every cell of a trait is scored on the
+    same resampled pairs, so means over cells and differences between methods, sites or layers
+    carry the pair-level noise they share (``uncertainty.bootstrap``'s rule).
+
+    >>> sc = {("t", 0): (np.array([1., .9, .2]), np.array([0., .1, .3]))}
+    >>> d = cell_draws(sc, lambda k: k[0], n_boot=5)
+    >>> sorted(d[("t", 0)]), d[("t", 0)]["accuracy"].shape
+    (['accuracy', 'auroc', 'effect_size'], (5,))
+    """
+    from .uncertainty import unit_draws
+
+    sizes: dict[Hashable, int] = {}
+    for k, (ps, ns) in scores.items():
+        if len(ps) != len(ns):
+            raise ValueError(f"cell {k}: {len(ps)} positive vs {len(ns)} negative scores; pairs must align")
+        n = sizes.setdefault(stratum(k), len(ps))
+        if n != len(ps):
+            raise ValueError(f"cell {k}: {len(ps)} pairs, other cells of {stratum(k)!r} have {n}")
+    draws = unit_draws(sizes, n_boot, seed)
+    return {k: resampled_metrics(ps, ns, draws[stratum(k)], which) for k, (ps, ns) in scores.items()}
 
 
 def auroc_se(a: float, n_pos: int, n_neg: int) -> float:

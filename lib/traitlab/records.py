@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from . import uncertainty
 from .atomic import write_json, write_text
 
 Verdict = Literal["holds", "not held", "not comparable", "inconclusive"]
@@ -353,24 +354,30 @@ def publish(record: ResultRecord) -> Path | None:
     return out
 
 
-POWER_Z = 2.8
-"""A minimum detectable effect is ``POWER_Z`` standard errors: 80% power for a two-sided 5% test
-(1.96 + 0.84)."""
+def score_mean(name: str, values: Any, *, k: float, unit: str = "points") -> Quantity:
+    """Mean judge score (or paired score difference) over items, with its t-interval; tolerance
+    ``k`` cautious SEs over items (``uncertainty.score_se``).
 
-
-def se_of_mean(values: Any, floor: float = 0.0) -> float:
-    """Standard error of a mean over independent units (std, ddof=1, / sqrt n), at least ``floor``.
-
-    The floor keeps a tolerance above zero when every unit agrees (all cells at 100%).
-
-    >>> se_of_mean([1.0, 1.0, 1.0], floor=0.05), round(se_of_mean([0.0, 2.0]), 3)
-    (0.05, 1.0)
+    >>> q = score_mean("baseline_trait", [40.0, 60.0], k=3)
+    >>> round(q.value, 1), round(q.tolerance, 1)   # 3 × SE 10 × t(0.975, 1)/1.96
+    (50.0, 194.5)
     """
-    import numpy as np
+    m, se, n = uncertainty.mean_se(values)
+    lo, hi = uncertainty.t_interval(m, se, n)
+    return estimate(name, m, se=uncertainty.score_se(se, n), n=n, unit=unit, k=k,
+                    ci=None if math.isnan(lo) else (lo, hi))
 
-    x = np.asarray(values, dtype=float)
-    se = float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else 0.0
-    return max(se if np.isfinite(se) else 0.0, floor)
+
+def correlation(name: str, r: float, n: int, *, k: float, ci: tuple[float, float] | None = None) -> Quantity:
+    """A Pearson r over ``n`` pairs; tolerance ``k`` × (1 − r²)/√(n − 3).
+
+    >>> round(correlation("r", 0.5, 28, k=3).tolerance, 2)
+    0.45
+    """
+    se = max(uncertainty.correlation_se(r, n), 1e-3)  # r = ±1 exactly: keep a float-noise margin
+    if ci is not None and not all(math.isfinite(c) for c in ci):
+        ci = None
+    return estimate(name, r, se=se, n=n, k=k, ci=ci)
 
 
 def quantities_from(rows: Iterable[Mapping[str, Any]]) -> tuple[Quantity, ...]:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import data
+from .. import chain, data
 from ..activations import extract
 from ..chat import ChatFormat
 from ..data import load_trait
@@ -33,10 +33,10 @@ from ..directions import METHODS, fit_direction
 from ..metrics import auroc, auroc_se, midpoint_accuracy
 from ..models import LoadedModel, describe
 from ..monitor import TokenTrace, Watch, monitor
-from ..params import ParamError, load_profile, traits_folder, validate
+from ..params import ParamError, traits_folder
 from ..refusal import is_refusal
 from ..sites import SITE_NAMES, Site, check_sites
-from . import model_chain
+from ..uncertainty import bootstrap_difference
 
 SEED = {"setting": "Gemma-2-2B base → Gemma-2-2B-IT, refusal probe at attn_out L8",
         "separation": 0.5, "accuracy_pct": 90.0}
@@ -83,9 +83,8 @@ class Params:
     def views(self) -> list[str]:
         return ["chain"] + (["template"] if self.template_model else [])
 
-    def chain_params(self) -> model_chain.Params:
-        values = load_profile("model_chain", self.chain_profile)
-        return validate(model_chain.Params, values, where=f"params/model_chain/{self.chain_profile}.yaml")
+    def chain_params(self) -> chain.ChainParams:
+        return chain.profile_params(self.chain_profile)
 
     def check(self) -> None:
         """Layers against each model's config, the trait file and the data root (no weights)."""
@@ -113,7 +112,7 @@ def chain_models(P: Params, progress: bool = True) -> dict[str, str]:
     """Specs of base/SFT/DPO: given, or built/reused from the chain profile."""
     if P.models is not None:
         return dict(P.models)
-    return model_chain.build(P.chain_params(), progress=progress).paths
+    return chain.build(P.chain_params(), progress=progress).paths
 
 
 def base_vectors(P: Params, lm: LoadedModel, fmt: ChatFormat, layers: list[int],
@@ -161,11 +160,9 @@ def detection(pp: pd.DataFrame, P: Params) -> pd.DataFrame:
     """Per (model, layer): harmful − benign mean projection (bootstrap CI), AUROC, midpoint accuracy,
     and the separation in units of the pooled standard deviation; plus refusal rates."""
     out = []
-    rng = np.random.default_rng(P.seed)
     for (model, layer), d in pp.groupby(["model", "layer"], sort=False):
         x, y = d[d.group == "harmful"]["mean"].to_numpy(), d[d.group == "benign"]["mean"].to_numpy()
-        draws = [rng.choice(x, len(x)).mean() - rng.choice(y, len(y)).mean() for _ in range(P.n_boot)]
-        lo, hi = np.quantile(draws, [0.025, 0.975])
+        lo, hi = bootstrap_difference(x, y, n_boot=P.n_boot, seed=P.seed).ci
         sd = np.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2) if len(x) > 1 and len(y) > 1 else np.nan
         out.append({"model": model, "layer": layer, "separation": x.mean() - y.mean(), "ci95": f"[{lo:.2f}, {hi:.2f}]",
                     "separation_sd": (x.mean() - y.mean()) / sd if sd else np.nan, "auroc": auroc(x, y),

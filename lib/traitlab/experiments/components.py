@@ -5,7 +5,8 @@ The same traits are extracted at several sites (``resid_pre``, ``attn_out``, ``m
 fits each method on the train split and is scored on the val split (accuracy, AUROC,
 ``traitlab.metrics``). ``random`` directions at every cell give the null. Sites are compared
 *paired*: for each (trait, layer, method) the difference to ``reference_site`` is taken, and the
-mean difference gets a bootstrap CI over (trait, layer) cells.
+mean difference over (trait, layer) cells gets a bootstrap CI that resamples the held-out
+pairs within each trait (cells of a trait share its pairs, so they are not independent).
 
 Example:
     >>> p = Params(model="tiny-llama", traits=["refusal"], layers=[0], max_pairs_per_split=4)
@@ -17,13 +18,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from .. import records
+from .. import uncertainty as unc
 from ..activations import POSITIONS
 from ..data import load_trait
 from ..directions import METHODS, fit_direction
-from ..metrics import bootstrap_ci, evaluate
+from ..metrics import cell_draws, evaluate, heldout_scores
 from ..models import describe
 from ..params import ParamError, traits_folder
 from ..progress import tqdm
@@ -96,12 +99,14 @@ class Params:
         return sites
 
 
-def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True) -> pd.DataFrame:
-    """One row per (trait, site, layer, method, seed) with held-out metrics.
+def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True
+        ) -> tuple[pd.DataFrame, dict[tuple, tuple[np.ndarray, np.ndarray]]]:
+    """One row per (trait, site, layer, method, seed) with held-out metrics, and each cell's
+    held-out pair scores keyed (trait, site, layer, method, seed) for the bootstrap over pairs.
 
     ``acts`` is ``method_comparison.extract_traits``'s {trait: {split: {site: (pos, neg)}}}.
     """
-    rows = []
+    rows, scores = [], {}
     methods = list(p.methods) + ["random"]
     jobs = [(t, s, m) for t in p.traits for s in sites for m in methods]
     for trait, site, method in tqdm(jobs, desc="fit", disable=not progress):
@@ -113,32 +118,74 @@ def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True) -> p
             d = fit_direction(method, tr_pos, tr_neg, seed=seed, site=str(site), trait=trait, **opts)
             rows.append({"trait": trait, "site": site.name, "layer": site.layer, "method": method,
                          "seed": seed, "dim": int(tr_pos.shape[1]), **evaluate(d.vector, va_pos, va_neg).asdict()})
-    return pd.DataFrame(rows)
+            scores[(trait, site.name, site.layer, method, seed)] = heldout_scores(d.vector, va_pos, va_neg)
+    return pd.DataFrame(rows), scores
 
 
-def summarize(df: pd.DataFrame, p: Params) -> pd.DataFrame:
-    """Mean accuracy and AUROC per (method, site) over (trait, layer) cells, with bootstrap CIs.
+def draws(p: Params, scores: dict) -> dict[tuple, dict[str, np.ndarray]]:
+    """Bootstrap draws per cell, keyed like ``scores``: held-out pairs resampled within trait and
+    shared by every site, layer and method of that trait, so site differences are paired.
+    Accuracy for every cell; AUROC for the learned methods only (rank-based AUROC draws cost
+    ~10 ms a cell, and the random null's AUROC level needs no interval)."""
+    trait = lambda k: k[0]  # noqa: E731
+    out = cell_draws(scores, trait, n_boot=p.n_boot, seed=p.seed, which=("accuracy",))
+    auc = cell_draws({k: v for k, v in scores.items() if k[3] != "random"}, trait, n_boot=p.n_boot,
+                     seed=p.seed, which=("auroc",))
+    return {k: {**v, **auc.get(k, {})} for k, v in out.items()}
 
-    ``random`` is averaged over all its seeds (the null level of each site)."""
+
+def _mean_draws(cells: dict, keep) -> dict[str, np.ndarray]:
+    mine = [v for k, v in cells.items() if keep(k)]
+    return {m: np.mean([c[m] for c in mine], axis=0) for m in ("accuracy", "auroc") if all(m in c for c in mine)}
+
+
+def _ci_text(x: np.ndarray | None, fmt: str) -> str:
+    if x is None:
+        return "n/a"
+    lo, hi = np.quantile(x, [0.025, 0.975])
+    return f"[{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def summarize(df: pd.DataFrame, p: Params, boot: dict) -> pd.DataFrame:
+    """Mean accuracy and AUROC per (method, site) over (trait, layer) cells, with 95% CIs from
+    resampling held-out pairs within trait (``boot``: ``draws``). ``random`` is averaged over all
+    its seeds (the null level of each site)."""
     out = []
     for (method, site), d in df.groupby(["method", "site"], sort=False):
-        acc, au = d.val_accuracy.to_numpy() * 100, d.auroc.to_numpy()
-        alo, ahi = bootstrap_ci(acc, n_boot=p.n_boot, seed=p.seed)
-        ulo, uhi = bootstrap_ci(au, n_boot=p.n_boot, seed=p.seed)
+        b = _mean_draws(boot, lambda k, m=method, s=site: k[3] == m and k[1] == s)
         out.append({"method": method, "site": site, "dim": int(d.dim.iloc[0]), "cells": len(d),
-                    "accuracy_pct": acc.mean(), "acc_ci95": f"[{alo:.1f}, {ahi:.1f}]",
-                    "auroc": au.mean(), "auroc_ci95": f"[{ulo:.3f}, {uhi:.3f}]",
+                    "accuracy_pct": 100 * d.val_accuracy.mean(), "acc_ci95": _ci_text(100 * b["accuracy"], ".1f"),
+                    "auroc": d.auroc.mean(), "auroc_ci95": _ci_text(b.get("auroc"), ".3f"),
                     "polarity_failures": int((~d.polarity_correct).sum())})
     order = {s: i for i, s in enumerate(SITE_NAMES)}
     return (pd.DataFrame(out).assign(_o=lambda x: x.site.map(order))
             .sort_values(["method", "_o"]).drop(columns="_o").set_index(["method", "site"]))
 
 
-def paired_vs_reference(df: pd.DataFrame, p: Params) -> pd.DataFrame:
-    """Per (method, site): mean (site − reference) over (trait, layer) cells, with bootstrap CIs,
-    for accuracy (points) and AUROC."""
+def site_differences(p: Params, boot: dict) -> dict[tuple[str, str, str], unc.Bootstrap]:
+    """Per (method, site ≠ reference): bootstrap of the mean paired difference (site − reference)
+    over (trait, layer) cells, for accuracy (points, key ``(method, site, "val_accuracy")``) and
+    AUROC (``"auroc"``); held-out pairs resampled within trait (``boot``: ``draws``). The value
+    is the draws' mean (the observed difference lives in the results table)."""
+    out = {}
+    for method in p.methods:
+        for site in p.sites:
+            if site == p.reference_site:
+                continue
+            pairs = [(k, (k[0], p.reference_site, *k[2:])) for k in boot
+                     if k[3] == method and k[1] == site and (k[0], p.reference_site, *k[2:]) in boot]
+            for col, metric, scale in (("val_accuracy", "accuracy", 100), ("auroc", "auroc", 1)):
+                dd = np.mean([scale * (boot[a][metric] - boot[b][metric]) for a, b in pairs], axis=0)
+                out[(method, site, col)] = unc.Bootstrap(float(dd.mean()), dd)
+    return out
+
+
+def paired_vs_reference(df: pd.DataFrame, p: Params, boot: dict) -> pd.DataFrame:
+    """Per (method, site): mean (site − reference) over (trait, layer) cells, with 95% CIs from
+    resampling held-out pairs within trait, for accuracy (points) and AUROC."""
     d = df[df.method != "random"]
     wide = d.pivot_table(index=["method", "trait", "layer"], columns="site", values=["val_accuracy", "auroc"])
+    diffs = site_differences(p, boot)
     out = []
     for method in p.methods:
         w = wide.loc[method]
@@ -147,11 +194,10 @@ def paired_vs_reference(df: pd.DataFrame, p: Params) -> pd.DataFrame:
                 continue
             da = 100 * (w["val_accuracy"][site] - w["val_accuracy"][p.reference_site]).to_numpy()
             du = (w["auroc"][site] - w["auroc"][p.reference_site]).to_numpy()
-            alo, ahi = bootstrap_ci(da, n_boot=p.n_boot, seed=p.seed)
-            ulo, uhi = bootstrap_ci(du, n_boot=p.n_boot, seed=p.seed)
+            ba, bu = diffs[(method, site, "val_accuracy")], diffs[(method, site, "auroc")]
             out.append({"method": method, "site": site, "versus": p.reference_site, "cells": len(da),
-                        "d_accuracy_pts": da.mean(), "d_acc_ci95": f"[{alo:+.1f}, {ahi:+.1f}]",
-                        "d_auroc": du.mean(), "d_auroc_ci95": f"[{ulo:+.3f}, {uhi:+.3f}]",
+                        "d_accuracy_pts": da.mean(), "d_acc_ci95": ba.text("+.1f"),
+                        "d_auroc": du.mean(), "d_auroc_ci95": bu.text("+.3f"),
                         "site_wins_pct": 100 * float((da > 0).mean())})
     return pd.DataFrame(out).set_index(["method", "site"])
 
@@ -206,7 +252,8 @@ still allow float noise."""
 _CLAIM_IDS = {"attn_out": "attn_out_beats_resid", "v": "v_beats_resid"}
 
 
-def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.DataFrame) -> records.ResultRecord:
+def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.DataFrame,
+           boot: dict) -> records.ResultRecord:
     """The report as data: accuracy and AUROC per (method, site), paired differences with the
     reference site, the seed's two component claims with verdicts, tables.
 
@@ -216,7 +263,8 @@ def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.Data
     - ``<method>.<site>.accuracy_pct`` / ``.auroc``: mean over cells [estimate: 2 SEs over cells,
       floored at ``SE_FLOOR``]; ``random`` rows average every seed, SE over all its rows.
     - ``<method>.<site>_minus_<reference>.accuracy_pts`` / ``.auroc``: paired mean difference
-      over cells [estimate: 2 SEs of the paired differences, floored].
+      over cells [estimate: 2 bootstrap SEs, held-out pairs resampled within trait, floored; the
+      verdict uses the same SE].
     - ``n_traits``, ``n_layers``, ``n_sites``: exact.
     """
     qs: list[records.Quantity] = [records.exact("n_traits", len(p.traits)),
@@ -225,13 +273,14 @@ def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.Data
     for (method, site), row in summary.iterrows():
         d = results[(results.method == method) & (results.site == site)]
         acc, au = 100 * d.val_accuracy.to_numpy(), d.auroc.to_numpy()
-        qs.append(records.estimate(f"{method}.{site}.accuracy_pct", row.accuracy_pct, se=records.se_of_mean(acc, SE_FLOOR["pct"]),
+        qs.append(records.estimate(f"{method}.{site}.accuracy_pct", row.accuracy_pct, se=unc.se_of_mean(acc, SE_FLOOR["pct"]),
                                    n=len(d), unit="%", k=2, ci=_parse_ci(row.acc_ci95)))
-        qs.append(records.estimate(f"{method}.{site}.auroc", row.auroc, se=records.se_of_mean(au, SE_FLOOR["auroc"]), n=len(d),
+        qs.append(records.estimate(f"{method}.{site}.auroc", row.auroc, se=unc.se_of_mean(au, SE_FLOOR["auroc"]), n=len(d),
                                    k=2, ci=_parse_ci(row.auroc_ci95)))
     d = results[results.method != "random"]
     wide = d.pivot_table(index=["method", "trait", "layer"], columns="site", values=["val_accuracy", "auroc"])
     paired: dict[tuple[str, str, str], tuple[float, float]] = {}
+    diffs = site_differences(p, boot)
     for method in p.methods:
         w = wide.loc[method]
         for site in p.sites:
@@ -240,19 +289,19 @@ def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.Data
             for metric, col, scale, unit, floor in (("accuracy_pts", "val_accuracy", 100, "pts", SE_FLOOR["pct"]),
                                                     ("auroc", "auroc", 1, "", SE_FLOOR["auroc"])):
                 dx = scale * (w[col][site] - w[col][p.reference_site]).to_numpy()
-                se = records.se_of_mean(dx, floor)
+                se = max(diffs[(method, site, col)].se, floor)
                 paired[(method, site, col)] = (float(dx.mean()), se)
                 qs.append(records.estimate(f"{method}.{site}_minus_{p.reference_site}.{metric}", dx.mean(), se=se,
                                            n=len(dx), unit=unit, k=2))
     claims = _claims(p, paired)
-    tables = {"summary": summary, "paired": paired_vs_reference(results, p), "best_layers": best_layers(results)}
+    tables = {"summary": summary, "paired": paired_vs_reference(results, p, boot), "best_layers": best_layers(results)}
     return records.ResultRecord("components", model=getattr(lm, "spec", None) or p.model, quantities=tuple(qs),
                                 claims=tuple(claims), tables=tables, params=asdict(p))
 
 
-def _parse_ci(text: str) -> tuple[float, float]:
-    lo, hi = (float(x) for x in text.strip("[]").split(","))
-    return lo, hi
+def _parse_ci(text: str) -> tuple[float, float] | None:
+    ci = unc.parse_ci(text)
+    return ci if np.isfinite(ci).all() else None
 
 
 def _claims(p: Params, paired: dict[tuple[str, str, str], tuple[float, float]]) -> list[records.Claim]:
@@ -271,7 +320,7 @@ def _claims(p: Params, paired: dict[tuple[str, str, str], tuple[float, float]]) 
         if lo > 0:
             v, why = records.decide(holds=True)
         else:
-            v, why = records.decide(holds=False, seed_effect=seed_effect, mde=records.POWER_Z * se)
+            v, why = records.decide(holds=False, seed_effect=seed_effect, mde=unc.POWER_Z * se)
         metric = "accuracy_pts" if c.metric == "val_accuracy" else "auroc"
         out.append(records.Claim(
             _CLAIM_IDS.get(c.site, f"{c.site}_beats_resid"), claim,

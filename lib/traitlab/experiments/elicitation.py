@@ -28,19 +28,18 @@ import pandas as pd
 import torch
 
 from .. import records
+from .. import uncertainty as unc
 from ..activations import extract
 from ..chat import Encoded
-from ..data import load_trait, read_project_jsonl
+from ..data import load_trait, opinion_questions, read_project_jsonl
 from ..directions import METHODS, fit_direction
-from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params, score_by_trait
+from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
-from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
-from ..steering import Steer, activation_norms, generate_steered
-from . import _evidence as _ev
-from . import judge_calibration
+from ..steered_eval import Condition, at_ratio, generate_answers, judge_answers, paired_effects
+from ..steering import activation_norms, generate_steered
 
 SEED = pd.DataFrame([("optimism", 0.63, np.nan, True, True), ("sycophancy", 0.20, 84.0, False, True)],
                     columns=["trait", "cosine", "natural_detect_pct", "natural_steers", "instruction_steers"]
@@ -59,7 +58,7 @@ def questions(trait: str, split: str, n: int | None) -> pd.DataFrame:
         df = pd.DataFrame(read_project_jsonl("elicitation", "sycophancy_questions.jsonl"))
         df = df[df.split == split].reset_index(drop=True)
     else:
-        df = judge_calibration.load_questions(split)
+        df = opinion_questions(split)
     return df.head(n) if n is not None else df
 
 
@@ -199,44 +198,29 @@ def compare(trait: str, tv: TraitVectors) -> pd.DataFrame:
 
 def steer(P: Params, lm: LoadedModel, trait: str, tv: TraitVectors, progress: bool = True) -> pd.DataFrame:
     """Unsteered and steered answers (no system prompt) to the trait's test questions."""
-    qs = list(questions(trait, "test", P.n_test_questions).question)
-    ex = [lm.chat.encode(q) for q in qs]
+    qs = questions(trait, "test", P.n_test_questions)[["question"]]
     sites = [Site(P.site, x) for x in P.steer_layers]  # type: ignore[arg-type]
-    table = activation_norms(lm, ex, sites, batch_size=P.batch_size)
-    rows = [{"trait": trait, "vector": "none", "layer": -1, "question": q, "answer": t.strip()}
-            for q, t in zip(qs, generate_steered(lm, ex, [], max_new_tokens=P.max_new_tokens,
-                                                  batch_size=P.batch_size), strict=True)]
-    jobs = [(src, s) for s in sites for src in ("natural", "instruction")]
-    for src, s in tqdm(jobs, desc=f"steer {trait}", disable=not progress):
-        v = (tv.natural if src == "natural" else tv.instruction)[s.layer]
-        texts = generate_steered(lm, ex, [Steer(s, v, P.ratio * table[str(s)])],
-                                 max_new_tokens=P.max_new_tokens, batch_size=P.batch_size)
-        rows += [{"trait": trait, "vector": src, "layer": s.layer, "question": q, "answer": t.strip()}
-                 for q, t in zip(qs, texts, strict=True)]
-    return pd.DataFrame(rows)
+    norms = activation_norms(lm, [lm.chat.encode(q) for q in qs.question], sites, batch_size=P.batch_size)
+    conds = [Condition.unsteered(trait=trait, vector="none", layer=-1)]
+    conds += [Condition((at_ratio(s, (tv.natural if src == "natural" else tv.instruction)[s.layer], P.ratio, norms),),
+                        trait=trait, vector=src, layer=s.layer)
+              for s in sites for src in ("natural", "instruction")]
+    return generate_answers(lm, qs, conds, max_new_tokens=P.max_new_tokens, batch_size=P.batch_size,
+                            progress=progress, desc=f"steer {trait}")
 
 
 def judge_steered(judge: Judge, answers: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    """Add the judge's trait score to every answer."""
-    return score_by_trait(judge, answers, progress)
+    """Add the judge's trait score to every answer as ``score``."""
+    return judge_answers(judge, answers, {"trait": "score"}, progress=progress)
 
 
 def steering_effect(judged: pd.DataFrame) -> pd.DataFrame:
     """Per (trait, vector, layer): mean trait score and delta vs unsteered (paired by question),
     with a 95% t-interval over questions; ``steers`` when the interval is above 0."""
-    from scipy import stats
-
-    base = judged[judged.vector == "none"][["trait", "question", "score"]].rename(columns={"score": "base"})
-    m = judged[judged.vector != "none"].merge(base, on=["trait", "question"])
-    out = []
-    for (trait, vec, layer), g in m.groupby(["trait", "vector", "layer"], sort=False):
-        d = (g.score - g.base).dropna().to_numpy()
-        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
-        out.append({"trait": trait, "vector": vec, "layer": layer, "steered": g.score.mean(),
-                    "baseline": g.base.mean(), "delta": d.mean() if len(d) else np.nan,
-                    "delta_ci95": f"[{d.mean() - half:+.1f}, {d.mean() + half:+.1f}]" if len(d) > 1 else "n/a",
-                    "steers": bool(len(d) > 1 and d.mean() - half > 0)})
-    return pd.DataFrame(out).set_index(["trait", "vector", "layer"])
+    e = paired_effects(judged, by=["trait", "vector", "layer"], baseline=judged.vector == "none", within=["trait"])
+    ci = [f"[{lo:+.1f}, {hi:+.1f}]" if n > 1 else "n/a" for lo, hi, n in zip(e.ci_lo, e.ci_hi, e.n, strict=True)]
+    return pd.DataFrame({"steered": e.steered, "baseline": e.baseline, "delta": e.delta, "delta_ci95": ci,
+                         "steers": (e.n > 1) & (e.ci_lo > 0)}, index=e.index)
 
 
 def versus_seed(cmp: pd.DataFrame, eff: pd.DataFrame) -> pd.DataFrame:
@@ -310,7 +294,7 @@ def record(P: Params, vecs: dict[str, TraitVectors], cmp: pd.DataFrame, judged: 
             layer = int(e.delta.idxmax()) if e.delta.notna().any() else int(e.index[0])
             g = paired[(paired.trait == trait) & (paired.vector == src) & (paired.layer == layer)]
             deltas[(trait, src)] = (g.score - g.base).to_numpy(float)
-            qs.append(_ev.score_mean(f"{trait}_{src}_best_delta", deltas[(trait, src)], k=3))
+            qs.append(records.score_mean(f"{trait}_{src}_best_delta", deltas[(trait, src)], k=3))
     by = {q.name: q for q in qs}
 
     def steers(trait: str, src: str) -> bool:
@@ -322,7 +306,7 @@ def record(P: Params, vecs: dict[str, TraitVectors], cmp: pd.DataFrame, judged: 
         gap = a.value - b.value
         gse = float(np.hypot(a.tolerance / 3, b.tolerance / 3))
         # each SE rests on one train-vs-test difference: one degree of freedom, so t quantiles with n = 2
-        v, why = records.decide(holds=gap - 1.96 * gse > 0, seed_effect=0.63 - 0.20, mde=_ev.mde(gse, 2))
+        v, why = records.decide(holds=gap - 1.96 * gse > 0, seed_effect=0.63 - 0.20, mde=unc.mde(gse, 2))
     else:
         v, why = records.decide(holds=False, comparable=False,
                                 comparable_reason="needs both optimism and sycophancy in traits")

@@ -47,10 +47,11 @@ import pandas as pd
 import torch
 
 from .. import records
+from .. import uncertainty as unc
 from ..activations import POSITIONS, extract
 from ..data import TraitDataset, load_group
 from ..directions import METHODS, fit_direction
-from ..metrics import auroc, cosine_scores
+from ..metrics import auroc, cosine_scores, resampled_metrics
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..progress import tqdm
@@ -297,16 +298,6 @@ def direction_cosines(p: Params, acts: dict[int, dict[str, GroupActs]], a: str =
 
 # ---- uncertainty ----------------------------------------------------------------------
 
-def _draws(n: int, n_boot: int, key: Sequence[int]) -> np.ndarray:
-    return np.random.default_rng(list(key)).integers(0, n, size=(n_boot, n))
-
-
-def _boot_acc(ps: np.ndarray, ns: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    bp, bn = ps[idx], ns[idx]
-    thr = (bp.mean(1) + bn.mean(1)) / 2
-    return ((bp > thr[:, None]).sum(1) + (bn <= thr[:, None]).sum(1)) / (2 * idx.shape[1])
-
-
 def bootstrap(p: Params, scores: dict[tuple, tuple[np.ndarray, np.ndarray]]) -> dict[tuple, np.ndarray]:
     """Bootstrap accuracies [n_boot] per kept cell; draws shared across methods and layers."""
     names = list(p.groups)
@@ -315,8 +306,8 @@ def bootstrap(p: Params, scores: dict[tuple, tuple[np.ndarray, np.ndarray]]) -> 
     for (layer, method, g, h), (ps, ns) in scores.items():
         key = (h, g == h, len(ps))
         if key not in draws:
-            draws[key] = _draws(len(ps), p.n_boot, (p.seed, names.index(h), int(g == h)))
-        out[(layer, method, g, h)] = _boot_acc(ps, ns, draws[key])
+            draws[key] = unc.unit_draws(len(ps), p.n_boot, (p.seed, names.index(h), int(g == h)))[None]
+        out[(layer, method, g, h)] = resampled_metrics(ps, ns, draws[key], ("accuracy",))["accuracy"]
     return out
 
 
@@ -525,10 +516,10 @@ def _not_below(seed: float, ours: float, se: float, ci: tuple[float, float],
                unit: str = "%") -> tuple[records.Verdict, str]:
     """The seed's number holds here unless ours is detectably below it: it holds while our 95% CI
     reaches the seed's value; below it, "not held" needs the gap to exceed the minimum detectable
-    difference (``records.POWER_Z`` SEs), else "inconclusive"."""
+    difference (``unc.POWER_Z`` SEs), else "inconclusive"."""
     if ci[1] >= seed:
         return records.decide(holds=True)[0], f"the seed's {seed:g}{unit} is within or below our 95% CI"
-    gap, mde = seed - ours, records.POWER_Z * se
+    gap, mde = seed - ours, unc.POWER_Z * se
     verdict, _ = records.decide(holds=False, seed_effect=gap, mde=mde)
     word = "more" if verdict == "not held" else "not more"
     return verdict, (f"ours {ours:.1f}{unit} is {gap:.1f} pts below the seed's {seed:g}{unit}, {word} than the minimum "

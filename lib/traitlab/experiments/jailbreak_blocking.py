@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,13 +32,14 @@ import torch
 from .. import data
 from ..activations import extract
 from ..data import read_project_jsonl
+from ..directions import random_unit
 from ..models import LoadedModel, describe
 from ..params import ParamError
-from ..progress import tqdm
 from ..refusal import DEFAULT_PHRASES, is_refusal
 from ..sites import SITE_NAMES, Site, check_sites
-from ..steering import Steer, activation_norms, generate_steered
-from .sft_dpo_transfer import random_vector
+from ..steered_eval import Condition, at_ratio, generate_answers
+from ..steering import Steer, activation_norms
+from ..uncertainty import wilson
 
 SEED = {"blocked_pct": 94.0, "setting": "Gemma-2-2B-IT, attn_out L10, coef 20, plus a layer ensemble",
         "resisted": "red-team framing"}
@@ -152,16 +152,16 @@ def refusal_directions(P: Params, lm: LoadedModel, pr: Prompts, progress: bool =
     return out
 
 
-def steers_for(P: Params, condition: str, dirs: dict[int, torch.Tensor], norms: dict[int, float],
+def steers_for(P: Params, condition: str, dirs: dict[int, torch.Tensor], norms: dict[str, float],
                d_model: int) -> list[Steer]:
     if condition == "none":
         return []
     if condition == "ensemble":
-        return [Steer(Site(P.site, x), dirs[x], P.ensemble_ratio * norms[x]) for x in P.ensemble_layers]  # type: ignore[arg-type]
+        return [at_ratio(Site(P.site, x), dirs[x], P.ensemble_ratio, norms) for x in P.ensemble_layers]  # type: ignore[arg-type]
     kind, layer = condition.split(" L")
     x = int(layer)
-    v = dirs[x] if kind == "single" else random_vector(d_model, P.random_seed)
-    return [Steer(Site(P.site, x), v, P.ratio * norms[x])]  # type: ignore[arg-type]
+    v = dirs[x] if kind == "single" else random_unit(d_model, P.random_seed)
+    return [at_ratio(Site(P.site, x), v, P.ratio, norms)]  # type: ignore[arg-type]
 
 
 def run(P: Params, lm: LoadedModel, pr: Prompts, dirs: dict[int, torch.Tensor],
@@ -169,32 +169,13 @@ def run(P: Params, lm: LoadedModel, pr: Prompts, dirs: dict[int, torch.Tensor],
     """One row per (condition, prompt) for attacks and benign prompts: the answer and whether it refuses."""
     sets = pd.concat([pr.attacks.assign(set="attack"),
                       pr.benign.assign(set="benign", kind="benign", wrapper="benign", request_id=-1)],
-                     ignore_index=True)
-    ex = [lm.chat.encode(t) for t in sets.prompt]
+                     ignore_index=True)[["set", "kind", "wrapper", "request_id", "prompt"]]
     sites = [Site(P.site, x) for x in P.layers()]  # type: ignore[arg-type]
-    table = activation_norms(lm, ex, sites, batch_size=P.batch_size)
-    norms = {s.layer: table[str(s)] for s in sites}
-    rows = []
-    for cond in tqdm(P.conditions(), desc="conditions", disable=not progress):
-        steers = steers_for(P, cond, dirs, norms, lm.d_model)
-        texts = generate_steered(lm, ex, steers, max_new_tokens=P.max_new_tokens, positions="all",
-                                 batch_size=P.batch_size)
-        for r, t in zip(sets.itertuples(), texts, strict=True):
-            rows.append({"condition": cond, "set": r.set, "kind": r.kind, "wrapper": r.wrapper,
-                         "request_id": r.request_id, "prompt": r.prompt, "answer": t.strip(),
-                         "refuses": is_refusal(t, DEFAULT_PHRASES)})
-    return pd.DataFrame(rows)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials, as fractions."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
+    norms = activation_norms(lm, [lm.chat.encode(t) for t in sets.prompt], sites, batch_size=P.batch_size)
+    conds = [Condition(steers_for(P, c, dirs, norms, lm.d_model), condition=c) for c in P.conditions()]
+    df = generate_answers(lm, sets, conds, text="prompt", max_new_tokens=P.max_new_tokens, positions="all",
+                          batch_size=P.batch_size, progress=progress, desc="conditions")
+    return df.assign(refuses=[is_refusal(t, DEFAULT_PHRASES) for t in df.answer])
 
 
 def rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:

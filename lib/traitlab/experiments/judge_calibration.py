@@ -19,11 +19,11 @@ import pandas as pd
 from scipy import stats
 
 from .. import records
+from .. import uncertainty as unc
 from ..data import read_project_jsonl
 from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
 from ..models import LoadedModel, describe
 from ..params import ParamError
-from . import _evidence as _ev
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,6 @@ def load_gold(max_items: int | None = None, seed: int = 0) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def load_questions(split: str = "test", n: int | None = None) -> pd.DataFrame:
-    """Held-out opinion questions (``data/steering/optimism_questions.jsonl``)."""
-    df = pd.DataFrame(read_project_jsonl("steering", "optimism_questions.jsonl"))
-    df = df[df.split == split].reset_index(drop=True)
-    return df.head(n) if n is not None else df
-
-
 def score(judges: dict[str, Judge], df: pd.DataFrame, trait: str, progress: bool = True
           ) -> pd.DataFrame:
     """Add ``<metric>_<mode>`` columns (and the logprob mass) for every judge mode."""
@@ -110,12 +103,9 @@ def score(judges: dict[str, Judge], df: pd.DataFrame, trait: str, progress: bool
 
 
 def _boot_r(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int, fn) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
-    rs = np.array([fn(x[i], y[i]) for i in idx], dtype=float)
-    if np.isnan(rs).all():  # e.g. a judge that always gives the same score
-        return (np.nan, np.nan)
-    return tuple(np.nanpercentile(rs, [2.5, 97.5]))
+    """95% CI of a correlation over gold items (NaN when every draw is undefined, e.g. a judge
+    that always gives the same score)."""
+    return unc.bootstrap(lambda i: fn(x[i[None]], y[i[None]]), len(x), n_boot=n_boot, seed=seed).ci
 
 
 def _r(fn, a: np.ndarray, b: np.ndarray) -> float:
@@ -249,20 +239,20 @@ def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd
             ok = scored[col].notna()
             x, y = scored.loc[ok, col].to_numpy(float), scored.loc[ok, gcol].to_numpy(float)
             qs.append(records.rate(f"{col}_scored", ok.mean(), n=len(scored)))
-            qs.append(_ev.correlation(f"{col}_r", _r(stats.pearsonr, x, y), len(x), k=k))
-            qs.append(_ev.score_mean(f"{col}_mae", np.abs(x - y), k=k))
+            qs.append(records.correlation(f"{col}_r", _r(stats.pearsonr, x, y), len(x), k=k))
+            qs.append(records.score_mean(f"{col}_mae", np.abs(x - y), k=k))
         a, b = scored[f"{metric}_logprob"], scored[f"{metric}_text"]
         both = a.notna() & b.notna()
-        qs.append(_ev.correlation(f"{metric}_modes_r", _r(stats.pearsonr, a[both], b[both]),
+        qs.append(records.correlation(f"{metric}_modes_r", _r(stats.pearsonr, a[both], b[both]),
                                   int(both.sum()), k=3))
     diff, diff_se, diff_ci = _r_difference(scored, "trait", "optimism", P.n_boot, P.seed)
     qs.append(records.estimate("trait_r_logprob_minus_text", diff, se=diff_se, n=len(scored), k=3,
                                ci=diff_ci if np.isfinite(diff_ci).all() else None))
     for metric in ("trait", "coherence"):
         for mode in ("logprob", "text"):
-            qs.append(_ev.score_mean(f"baseline_{metric}_{mode}", base_scored[f"{metric}_{mode}"], k=3))
+            qs.append(records.score_mean(f"baseline_{metric}_{mode}", base_scored[f"{metric}_{mode}"], k=3))
     paired = base_scored.trait_logprob - base_scored.trait_text
-    qs.append(_ev.score_mean("baseline_trait_logprob_minus_text", paired, k=3))
+    qs.append(records.score_mean("baseline_trait_logprob_minus_text", paired, k=3))
     rec = records.ResultRecord("judge_calibration", model=P.judge_model, quantities=tuple(qs),
                                params=asdict(P))
     by_name = {q.name: q for q in qs}
@@ -270,7 +260,7 @@ def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd
     harsh = by_name["baseline_trait_logprob_minus_text"]
     lo, hi = harsh.ci if harsh.ci else (np.nan, np.nan)
     seed_gap = SEED_BASELINE["logprob"] - SEED_BASELINE["text"]
-    v1, why1 = records.decide(holds=bool(hi < 0), seed_effect=seed_gap, mde=_ev.score_mde(paired))
+    v1, why1 = records.decide(holds=bool(hi < 0), seed_effect=seed_gap, mde=unc.score_mde(paired))
     better = by_name["trait_r_logprob_minus_text"]
     v2, why2 = records.decide(holds=bool(better.ci is not None and better.ci[0] > 0))
     if v2 == "inconclusive":
@@ -304,10 +294,10 @@ def _r_difference(df: pd.DataFrame, metric: str, gcol: str, n_boot: int, seed: i
     def d(i: np.ndarray) -> float:
         return _r(stats.pearsonr, a[i], g[i]) - _r(stats.pearsonr, b[i], g[i])
 
-    value = d(np.arange(len(g)))
-    rng = np.random.default_rng(seed)
-    draws = np.array([d(rng.integers(0, len(g), len(g))) for _ in range(n_boot)]) if len(g) > 2 else np.array([])
-    draws = draws[np.isfinite(draws)]
+    if len(g) < 3:
+        return d(np.arange(len(g))), 1.0, (np.nan, np.nan)
+    boot = unc.bootstrap(lambda i: d(i[None]), len(g), n_boot=n_boot, seed=seed)
+    value, draws = boot.value, boot.draws
     if len(draws) < 2:  # no spread to measure: the widest possible difference of two r
         return value, 1.0, (np.nan, np.nan)
     lo, hi = np.percentile(draws, [2.5, 97.5])

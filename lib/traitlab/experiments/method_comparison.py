@@ -17,10 +17,11 @@ import pandas as pd
 import torch
 
 from .. import records
+from .. import uncertainty as unc
 from ..activations import POSITIONS, extract
 from ..data import load_trait
 from ..directions import METHODS, fit_direction
-from ..metrics import bootstrap_ci, evaluate
+from ..metrics import cell_draws, evaluate, heldout_scores
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..progress import tqdm
@@ -116,9 +117,11 @@ def extract_traits(p: Params, model: LoadedModel, sites: list[Site]) -> dict:
     return out
 
 
-def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True) -> pd.DataFrame:
-    """One row per (trait, layer, method, seed) with the held-out metrics."""
-    rows = []
+def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True
+        ) -> tuple[pd.DataFrame, dict[tuple, tuple[np.ndarray, np.ndarray]]]:
+    """One row per (trait, layer, method, seed) with the held-out metrics, and each cell's
+    held-out pair scores keyed the same way (for the bootstrap over pairs)."""
+    rows, scores = [], {}
     opts = p.method_options()
     jobs = [(t, s, m) for t in p.traits for s in sites for m in p.methods]
     for trait, site, method in tqdm(jobs, desc="fit", disable=not progress):
@@ -131,21 +134,36 @@ def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True) -> p
             m = evaluate(d.vector, va_pos, va_neg)
             rows.append({"trait": trait, "layer": site.layer, "method": method, "seed": seed,
                          **m.asdict(), "raw_norm": d.raw_norm})
-    return pd.DataFrame(rows)
+            scores[(trait, site.layer, method, seed)] = heldout_scores(d.vector, va_pos, va_neg)
+    return pd.DataFrame(rows), scores
 
 
-def summarize(df: pd.DataFrame, p: Params) -> pd.DataFrame:
-    """The seed's table for our run: one row per method (random: its first seed)."""
+def draws(p: Params, scores: dict) -> dict[str, dict[str, np.ndarray]]:
+    """Per method (random: its first seed): bootstrap draws of the mean held-out accuracy (%) and
+    effect size over cells, resampling val pairs within trait (paired across methods and layers).
+    Computed once and passed to ``summarize`` and ``record``."""
+    cells = cell_draws({k: v for k, v in scores.items() if k[2] != "random" or k[3] == p.seed},
+                       lambda k: k[0], n_boot=p.n_boot, seed=p.seed, which=("accuracy", "effect_size"))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for method in p.methods:
+        mine = [v for k, v in cells.items() if k[2] == method]
+        out[method] = {"accuracy_pct": 100 * np.mean([c["accuracy"] for c in mine], axis=0),
+                       "effect_size": np.mean([c["effect_size"] for c in mine], axis=0)}
+    return out
+
+
+def summarize(df: pd.DataFrame, p: Params, boot: dict) -> pd.DataFrame:
+    """The seed's table for our run: one row per method (random: its first seed); 95% CIs from
+    resampling held-out pairs within trait (``boot``: ``draws``)."""
     main = df[(df.method != "random") | (df.seed == p.seed)]
     out = []
     for method in p.methods:
         d = main[main.method == method]
-        acc = d.val_accuracy.to_numpy() * 100
-        lo, hi = bootstrap_ci(acc, n_boot=p.n_boot, seed=p.seed)
-        elo, ehi = bootstrap_ci(d.effect_size.to_numpy(), n_boot=p.n_boot, seed=p.seed)
+        lo, hi = np.quantile(boot[method]["accuracy_pct"], [0.025, 0.975])
+        elo, ehi = np.quantile(boot[method]["effect_size"], [0.025, 0.975])
         out.append({"method": method, "cells": len(d),
                     "polarity_failures": int((~d.polarity_correct).sum()),
-                    "mean_accuracy_pct": acc.mean(), "acc_ci95": f"[{lo:.1f}, {hi:.1f}]",
+                    "mean_accuracy_pct": 100 * d.val_accuracy.mean(), "acc_ci95": f"[{lo:.1f}, {hi:.1f}]",
                     "mean_effect_size": d.effect_size.mean(), "d_ci95": f"[{elo:.2f}, {ehi:.2f}]",
                     "mean_auroc": d.auroc.mean(),
                     "acc_below_threshold": int((d.val_accuracy < p.acc_threshold).sum())})
@@ -211,21 +229,23 @@ component when eigenvalues are close): their means get k=3 standard errors inste
 
 
 def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd.DataFrame,
-           null: pd.DataFrame) -> records.ResultRecord:
+           null: pd.DataFrame, boot: dict) -> records.ResultRecord:
     """The report as data: per-method headline numbers, the seed's claims with verdicts, tables.
 
     Quantities (tolerance rule in brackets):
 
     - ``<method>.mean_accuracy_pct``: mean held-out accuracy over cells [estimate: 2 SEs over
-      cells, 3 for ``ica``/``pca_diff``; the SE is floored at ``SE_FLOOR_PTS`` so it is never 0]. Cells share traits, so the SE is optimistic, which makes the tolerance strict.
+      cells, 3 for ``ica``/``pca_diff``; the SE is floored at ``SE_FLOOR_PTS`` so it is never 0].
+      Cells share traits, so the SE is optimistic, which makes the tolerance strict. Its CI
+      resamples held-out pairs within trait (``draws``).
     - ``<method>.mean_effect_size``: mean Cohen's d over cells [estimate, same k].
     - ``<method>.polarity_fail_rate``: share of cells whose direction has the wrong sign on
       val [rate over cells, 2 cells flipping: a cell's polarity can flip when its val
       projection difference sits near 0].
     - ``random_null.p95_accuracy_pct``: 95th percentile over random seeds of the mean
       accuracy [estimate: 2 SEs of the null's mean over seeds].
-    - ``ordering.<a>_minus_<b>_pts``: paired mean accuracy difference over cells [estimate, 2 SEs
-      of the paired differences].
+    - ``ordering.<a>_minus_<b>_pts``: paired mean accuracy difference over cells [estimate, 2
+      bootstrap SEs, resampling held-out pairs within trait; the verdict uses the same SE].
     - ``cells_per_method``, ``n_traits``, ``n_layers``: exact.
 
     ``lm`` gives the model id (``None``: ``p.model``).
@@ -241,11 +261,11 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
         floor = SE_FLOOR_PTS
         acc_floor[method] = floor
         acc = 100 * d.val_accuracy.to_numpy()
-        lo, hi = bootstrap_ci(acc, n_boot=p.n_boot, seed=p.seed)
-        qs.append(records.estimate(f"{method}.mean_accuracy_pct", acc.mean(), se=records.se_of_mean(acc, floor),
+        lo, hi = unc.parse_ci(summary.loc[method, "acc_ci95"])
+        qs.append(records.estimate(f"{method}.mean_accuracy_pct", acc.mean(), se=unc.se_of_mean(acc, floor),
                                    n=len(d), unit="%", k=k, ci=(lo, hi)))
         es = d.effect_size.to_numpy()
-        qs.append(records.estimate(f"{method}.mean_effect_size", es.mean(), se=records.se_of_mean(es, 1e-3), n=len(d),
+        qs.append(records.estimate(f"{method}.mean_effect_size", es.mean(), se=unc.se_of_mean(es, 1e-3), n=len(d),
                                    unit="Cohen's d", k=k))
         qs.append(records.rate(f"{method}.polarity_fail_rate", float((~d.polarity_correct).mean()),
                                n=len(d), items=2))
@@ -253,7 +273,7 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
     if len(null):
         p95 = float(np.quantile(null.mean_accuracy_pct, 0.95))
         qs.append(records.estimate("random_null.p95_accuracy_pct", p95,
-                                   se=records.se_of_mean(null.mean_accuracy_pct.to_numpy(), 0.1),
+                                   se=unc.se_of_mean(null.mean_accuracy_pct.to_numpy(), 0.1),
                                    n=len(null), unit="%", k=2))
     diffs = {}
     for a, b in (("probe", "gradient"), ("gradient", "mean_diff")):
@@ -261,10 +281,11 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
             wide = main[main.method.isin([a, b])].pivot_table(index=["trait", "layer"], columns="method",
                                                              values="val_accuracy")
             dd = 100 * (wide[a] - wide[b]).to_numpy()
-            se = records.se_of_mean(dd, acc_floor[a])
+            diff = unc.Bootstrap(float(dd.mean()), boot[a]["accuracy_pct"] - boot[b]["accuracy_pct"])
+            se = max(diff.se, acc_floor[a])
             diffs[(a, b)] = (float(dd.mean()), se)
             qs.append(records.estimate(f"ordering.{a}_minus_{b}_pts", dd.mean(), se=se, n=len(dd),
-                                       unit="pts", k=2))
+                                       unit="pts", k=2, ci=diff.ci))
     claims = _claims(summary, p95, float(null.mean_accuracy_pct.mean()) if len(null) else None, diffs)
     tables = {"summary": summary, "versus_seed": versus_seed(summary), "random_null": null}
     return records.ResultRecord("method_comparison", model=getattr(lm, "spec", None) or p.model,
@@ -317,7 +338,7 @@ def _claims(summary: pd.DataFrame, p95: float | None, our_null_mean: float | Non
         else:
             # The first pair out of order decides: could we have seen the seed's gap for it?
             pair, d, se = failing[0]
-            v, why = records.decide(holds=False, seed_effect=gaps[pair], mde=records.POWER_Z * se)
+            v, why = records.decide(holds=False, seed_effect=gaps[pair], mde=unc.POWER_Z * se)
             why = f"{pair[0]} − {pair[1]} is {d:+.1f} pts (SE {se:.2f}); {why}"
         out.append(records.Claim("ordering", "mean held-out accuracy orders probe ≥ gradient ≥ mean_diff",
                                  "85.9% ≥ 81.0% ≥ 65.7%",

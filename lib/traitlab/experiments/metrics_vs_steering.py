@@ -5,7 +5,8 @@ held-out pairs (accuracy, Cohen's d effect size, AUROC; ``traitlab.metrics``), a
 delta it causes: the judge's mean trait score over held-out questions when the unit direction
 is added at ``site`` (response positions, coefficient = ``ratio`` × the site's mean activation
 norm), minus the unsteered answers' mean trait score. Across cells we correlate each metric
-with the delta (Pearson and Spearman, bootstrap CIs over cells), and compare the best
+with the delta (Pearson and Spearman over cells; bootstrap CIs over questions, resampled within
+trait, which is what the deltas are measured on), and compare the best
 extraction layer with the best steering layer per trait.
 
 Example:
@@ -15,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -24,18 +27,24 @@ import torch
 from scipy import stats
 
 from .. import records
+from .. import uncertainty as unc
 from ..activations import extract
-from ..data import load_trait
+from ..data import load_trait, opinion_questions
 from ..directions import METHODS, fit_direction
-from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params, score_by_trait
+from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
-from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
-from ..steering import Steer, activation_norms, generate_steered
-from . import _evidence as _ev
-from . import judge_calibration
+from ..steered_eval import (
+    Condition,
+    at_ratio,
+    generate_answers,
+    judge_answers,
+    paired_effects,
+    unit_matrix,
+)
+from ..steering import activation_norms
 
 SEED = {"effect_size_r": 0.898, "accuracy_r": 0.705, "best_extraction_layer": 13, "best_steering_layer": 8,
         "late_layer_note": "a late layer had 95% accuracy but a negative steering delta"}
@@ -132,57 +141,64 @@ def fit_cells(P: Params, lm: LoadedModel, sites: list[Site], progress: bool = Tr
 
 def steer_cells(P: Params, lm: LoadedModel, vectors: dict, questions: pd.DataFrame,
                 progress: bool = True) -> pd.DataFrame:
-    """Answers: unsteered once, then one steered set per cell; one row per (cell, question)."""
+    """Answers: unsteered (generated once, labelled per trait as method ``baseline``, layer −1),
+    then one steered set per cell; one row per (cell, question)."""
     ex = [lm.chat.encode(q) for q in questions.question]
     sites = [Site(P.site, x) for x in P.layers]  # type: ignore[arg-type]
-    table = activation_norms(lm, ex, sites, batch_size=P.batch_size)
-    rows = []
-    base = generate_steered(lm, ex, [], max_new_tokens=P.max_new_tokens, batch_size=P.batch_size)
-    for trait in P.traits:
-        rows += [{"trait": trait, "layer": -1, "method": "baseline", "question": q, "answer": a.strip()}
-                 for q, a in zip(questions.question, base, strict=True)]
-    for trait, layer, method in tqdm(P.cells(), desc="steer", disable=not progress):
-        s = Site(P.site, layer)  # type: ignore[arg-type]
-        steer = Steer(s, vectors[(trait, layer, method)], P.ratio * table[str(s)])
-        texts = generate_steered(lm, ex, [steer], max_new_tokens=P.max_new_tokens, batch_size=P.batch_size)
-        rows += [{"trait": trait, "layer": layer, "method": method, "question": q, "answer": a.strip()}
-                 for q, a in zip(questions.question, texts, strict=True)]
-    return pd.DataFrame(rows)
+    norms = activation_norms(lm, ex, sites, batch_size=P.batch_size)
+    conds = [Condition.unsteered(trait=t, layer=-1, method="baseline") for t in P.traits]
+    conds += [Condition((at_ratio(Site(P.site, layer), vectors[(trait, layer, method)], P.ratio, norms),),  # type: ignore[arg-type]
+                        trait=trait, layer=layer, method=method)
+              for trait, layer, method in P.cells()]
+    return generate_answers(lm, questions[["question"]], conds, max_new_tokens=P.max_new_tokens,
+                            batch_size=P.batch_size, progress=progress)
 
 
 def judge_cells(judge: Judge, answers: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    """Add the judge's trait score (the cell's own trait) to every answer."""
-    return score_by_trait(judge, answers, progress)
+    """Add the judge's trait score (the cell's own trait) to every answer as ``score``."""
+    return judge_answers(judge, answers, {"trait": "score"}, progress=progress)
 
 
 def deltas(metrics: pd.DataFrame, judged: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: steered mean trait score, the trait's baseline, and the delta; joined to the metrics."""
-    base = judged[judged.method == "baseline"].groupby("trait").score.mean()
-    steered = judged[judged.method != "baseline"].groupby(["trait", "layer", "method"]).score.mean()
-    df = steered.rename("steered").reset_index()
-    df["baseline"] = df.trait.map(base)
-    df["delta"] = df.steered - df.baseline
+    """Per cell: steered mean trait score, the trait's unsteered mean over the same questions, and
+    the paired delta (with its SE over questions); joined to the metrics."""
+    eff = paired_effects(judged, by=["trait", "layer", "method"], baseline=judged.method == "baseline",
+                         within=["trait"])
+    df = eff[["steered", "baseline", "delta", "se"]].rename(columns={"se": "delta_se"}).reset_index()
     return metrics.merge(df, on=["trait", "layer", "method"])
 
 
-def correlations(cells: pd.DataFrame, P: Params) -> pd.DataFrame:
-    """Pearson and Spearman r between each extraction metric and the steering delta, over cells
-    (bootstrap CI of Pearson r over cells)."""
+def _question_bootstrap(cells: pd.DataFrame, judged: pd.DataFrame, P: Params,
+                        stat: Callable[[pd.DataFrame, np.ndarray], float]) -> unc.Bootstrap:
+    """Bootstrap of ``stat(cells, deltas)`` over questions, resampled within trait: each draw
+    recomputes every cell's paired delta from the resampled questions (cells of one trait share
+    its questions, so they move together), while the extraction metrics stay as measured."""
     d = cells.dropna(subset=["delta"])
-    rng = np.random.default_rng(P.seed)
+    wide, strata = unit_matrix(judged, by=["trait", "layer", "method"], baseline=judged.method == "baseline",
+                               within=["trait"])
+    D = wide.loc[pd.MultiIndex.from_frame(d[["trait", "layer", "method"]])].to_numpy(float)
+
+    def one(sel: Mapping) -> float:
+        cols = np.concatenate([strata[t][i] for t, i in sel.items()])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a cell whose resampled questions all lack a score
+            delta = np.nanmean(D[:, cols], axis=1)
+        return stat(d, delta)
+
+    return unc.bootstrap(one, {t: len(c) for t, c in strata.items()}, n_boot=P.n_boot, seed=P.seed)
+
+
+def correlations(cells: pd.DataFrame, judged: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Pearson and Spearman r between each extraction metric and the steering delta over cells,
+    with a 95% bootstrap CI of Pearson r over questions (resampled within trait)."""
+    d = cells.dropna(subset=["delta"])
     out = []
     for m in METRICS:
         x, y = d[m].to_numpy(float), d.delta.to_numpy(float)
-        r = stats.pearsonr(x, y)[0] if np.std(x) > 0 and np.std(y) > 0 else np.nan
-        rho = stats.spearmanr(x, y)[0] if np.std(x) > 0 and np.std(y) > 0 else np.nan
-        boots = []
-        for _ in range(P.n_boot):
-            i = rng.integers(0, len(x), len(x))
-            if np.std(x[i]) > 0 and np.std(y[i]) > 0:
-                boots.append(np.corrcoef(x[i], y[i])[0, 1])
-        lo, hi = np.quantile(boots, [0.025, 0.975]) if boots else (np.nan, np.nan)
-        out.append({"metric": m, "cells": len(x), "pearson_r": r, "r_ci95": f"[{lo:.2f}, {hi:.2f}]",
-                    "spearman_rho": rho})
+        ok = np.std(x) > 0 and np.std(y) > 0
+        b = _question_bootstrap(cells, judged, P, lambda c, delta, m=m: unc.pearson(c[m].to_numpy(float), delta))
+        out.append({"metric": m, "cells": len(x), "pearson_r": unc.pearson(x, y), "r_ci95": b.text(),
+                    "spearman_rho": stats.spearmanr(x, y)[0] if ok else np.nan})
     return pd.DataFrame(out).set_index("metric")
 
 
@@ -226,44 +242,28 @@ def conclusions(corr: pd.DataFrame, best: pd.DataFrame, cells: pd.DataFrame) -> 
 
 
 def questions(P: Params) -> pd.DataFrame:
-    return judge_calibration.load_questions("test", P.n_questions)
+    return opinion_questions("test", P.n_questions)
 
 
-def _r_mde(n: int) -> float:
-    """Smallest |r| detectable at 80% power (two-sided 5%) over ``n`` cells, Fisher z with t
-    quantiles on n − 3 degrees of freedom (conservative for a handful of cells)."""
-    if n < 5:
-        return np.inf
-    z = (stats.t.ppf(0.975, n - 3) + stats.t.ppf(0.8, n - 3)) / np.sqrt(n - 3)
-    return float(np.tanh(z))
+def _r_gap(cells: pd.DataFrame, judged: pd.DataFrame, P: Params) -> tuple[float, float, tuple[float, float]]:
+    """r(effect size, Δ) − r(accuracy, Δ) over cells, with its bootstrap SE and 95% CI over
+    questions (resampled within trait)."""
+    def gap(c: pd.DataFrame, delta: np.ndarray) -> float:
+        return (unc.pearson(c.effect_size.to_numpy(float), delta)
+                - unc.pearson(c.val_accuracy.to_numpy(float), delta))
+
+    b = _question_bootstrap(cells, judged, P, gap)
+    if b.draws.size < 2:
+        return b.value, 1.0, (np.nan, np.nan)
+    return b.value, max(b.se, 1e-3), b.ci
 
 
-def _r_gap(cells: pd.DataFrame, P: Params) -> tuple[float, float, tuple[float, float]]:
-    """r(effect size, Δ) − r(accuracy, Δ) over cells, with bootstrap SE and 95% CI over cells."""
-    d = cells.dropna(subset=["delta"])
-    e, a, y = (d[c].to_numpy(float) for c in ("effect_size", "val_accuracy", "delta"))
-
-    def r(x: np.ndarray, yy: np.ndarray) -> float:
-        return float(np.corrcoef(x, yy)[0, 1]) if np.std(x) > 0 and np.std(yy) > 0 else np.nan
-
-    value = r(e, y) - r(a, y)
-    rng = np.random.default_rng(P.seed)
-    draws = []
-    for _ in range(P.n_boot if len(y) > 2 else 0):
-        i = rng.integers(0, len(y), len(y))
-        draws.append(r(e[i], y[i]) - r(a[i], y[i]))
-    draws = np.array([x for x in draws if np.isfinite(x)])
-    if len(draws) < 2:
-        return value, 1.0, (np.nan, np.nan)
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return value, max(float(draws.std(ddof=1)), 1e-3), (float(lo), float(hi))
-
-
-def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFrame) -> records.ResultRecord:
+def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFrame,
+           judged: pd.DataFrame) -> records.ResultRecord:
     """The report's result record: metric–delta correlations, best layers, the late-layer trap.
 
     Tolerance rules: cell and question counts exact; each Pearson r over cells
-    ``3 × (1 − r²)/√(cells − 3)`` and the r difference 3 bootstrap SEs over cells (the delta is a
+    ``3 × (1 − r²)/√(cells − 3)`` and the r difference 3 bootstrap SEs over questions (the delta is a
     judge's reading of generated text, chaotic across CPUs); the mean steering delta 3 SEs over
     cells; the mean extraction accuracy 2 SEs over cells (fixed text through a forward pass);
     shares of (trait, method) pairs or cells: one pair flipping, two cells flipping.
@@ -273,13 +273,13 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
     qs: list[records.Quantity] = [records.exact("n_cells", len(P.cells()), unit="cells"),
                                   records.exact("n_questions", P.n_questions, unit="questions")]
     for m in METRICS:
-        qs.append(_ev.correlation(f"{m}_r", float(corr.loc[m, "pearson_r"]), n, k=3,
-                                  ci=_ev.parse_ci(corr.loc[m, "r_ci95"])))
-    gap, gap_se, gap_ci = _r_gap(cells, P)
+        qs.append(records.correlation(f"{m}_r", float(corr.loc[m, "pearson_r"]), n, k=3,
+                                  ci=unc.parse_ci(corr.loc[m, "r_ci95"])))
+    gap, gap_se, gap_ci = _r_gap(cells, judged, P)
     qs.append(records.estimate("effect_size_minus_accuracy_r", gap, se=gap_se, n=n, k=3,
                                ci=gap_ci if np.isfinite(gap_ci).all() else None))
-    qs.append(_ev.score_mean("mean_delta", scored.delta, k=3))
-    _, acc_se, _ = _ev.mean_se(cells.val_accuracy)
+    qs.append(records.score_mean("mean_delta", scored.delta, k=3))
+    _, acc_se, _ = unc.mean_se(cells.val_accuracy)
     qs.append(records.estimate("mean_val_accuracy", float(cells.val_accuracy.mean()),
                                se=max(acc_se if np.isfinite(acc_se) else 0.0, 1e-3), n=len(cells), k=2))
     qs.append(records.rate("best_layer_differs", float((~best.same).mean()), n=len(best)))
@@ -289,10 +289,10 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
 
     es = by["effect_size_r"]
     v1, why1 = records.decide(holds=bool(es.ci is not None and es.ci[0] > 0), seed_effect=SEED["effect_size_r"],
-                              mde=_r_mde(n))
+                              mde=unc.r_mde(n))
     g = by["effect_size_minus_accuracy_r"]
     v2, why2 = records.decide(holds=bool(g.ci is not None and g.ci[0] > 0),
-                              seed_effect=SEED["effect_size_r"] - SEED["accuracy_r"], mde=_ev.mde(gap_se))
+                              seed_effect=SEED["effect_size_r"] - SEED["accuracy_r"], mde=unc.mde(gap_se))
     v3, why3 = records.decide(holds=by["best_layer_differs"].value > 0.5, comparable=len(P.layers) > 1,
                               comparable_reason="one layer: no best layer to compare")
     if v3 == "inconclusive":

@@ -19,19 +19,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import records
+from .. import chain, records, steered_eval
+from .. import uncertainty as unc
 from ..activations import extract
 from ..chat import ChatFormat
-from ..data import load_trait
-from ..directions import METHODS, fit_direction
+from ..data import load_trait, opinion_questions
+from ..directions import METHODS, fit_direction, random_unit
 from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
 from ..models import LoadedModel, describe, load_model
-from ..params import ParamError, load_profile, traits_folder, validate
-from ..progress import tqdm
+from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site
-from ..steering import Steer, activation_norms, generate_steered
-from . import _evidence as _ev
-from . import judge_calibration, model_chain
+from ..steered_eval import Condition, at_ratio, generate_answers
+from ..steering import Steer, activation_norms
 
 SEED = pd.DataFrame(
     [("SFT", 12, 84.0, 76.0), ("DPO", 12, 83.0, 82.0), ("SFT", 8, 82.5, np.nan),
@@ -99,9 +98,8 @@ class Params:
         if not 0 <= self.coherence_floor <= 100:
             raise ParamError(f"coherence_floor must be in [0, 100], got {self.coherence_floor}")
 
-    def chain_params(self) -> model_chain.Params:
-        values = load_profile("model_chain", self.chain_profile)
-        return validate(model_chain.Params, values, where=f"params/model_chain/{self.chain_profile}.yaml")
+    def chain_params(self) -> chain.ChainParams:
+        return chain.profile_params(self.chain_profile)
 
     def check(self) -> None:
         """Layer ranges against the base model's config (no weights read)."""
@@ -119,7 +117,7 @@ def chain_models(P: Params, progress: bool = True) -> dict[str, str]:
     """Model specs of base, SFT and DPO: given, or built/reused from the chain profile."""
     if P.models is not None:
         return dict(P.models)
-    return model_chain.build(P.chain_params(), progress=progress).paths
+    return chain.build(P.chain_params(), progress=progress).paths
 
 
 def _fmt(P: Params, m: LoadedModel) -> ChatFormat:
@@ -139,11 +137,6 @@ def base_vectors(P: Params, base: LoadedModel, progress: bool = True) -> dict[in
             for s in sites}
 
 
-def random_vector(d: int, seed: int) -> torch.Tensor:
-    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
-    return v / v.norm()
-
-
 def conditions(P: Params) -> list[dict]:
     """Every steering condition of one model (baseline first)."""
     out = [{"kind": "baseline", "layer": -1, "ratio": 0.0}]
@@ -155,45 +148,45 @@ def conditions(P: Params) -> list[dict]:
     return out
 
 
+def _steers(P: Params, c: dict, vectors: dict[int, torch.Tensor], rand: torch.Tensor,
+            norms: dict[str, float]) -> list[Steer]:
+    if c["kind"] == "baseline":
+        return []
+    if c["kind"] == "multi":
+        return [at_ratio(Site(P.site, x), vectors[x], c["ratio"], norms) for x in P.multi_layers]
+    v = vectors[c["layer"]] if c["kind"] == "single" else rand
+    return [at_ratio(Site(P.site, c["layer"]), v, c["ratio"], norms)]
+
+
 def steer_all(P: Params, specs: dict[str, str], vectors: dict[int, torch.Tensor],
               questions: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    """Generate every model × condition × question; one row per answer."""
-    rows = []
+    """Generate every model × condition × question; one row per answer (``coef``: the raw
+    coefficient of single and random conditions)."""
+    frames = []
     layers = sorted(set(P.layers) | set(P.multi_layers))
+    prompts = questions[["id", "question"]].rename(columns={"id": "question_id"})
     for name, spec in specs.items():
         m = load_model(spec, quiet=True)
         fmt = _fmt(P, m)
-        examples = [fmt.encode(q) for q in questions.question]
-        norms = activation_norms(m, examples, [Site(P.site, x) for x in layers],
-                                 batch_size=P.batch_size)
-        act = {x: norms[str(Site(P.site, x))] for x in layers}
-        rand = random_vector(m.d_model, P.random_seed)
-        for c in tqdm(conditions(P), desc=f"steer {name}", disable=not progress):
-            if c["kind"] == "baseline":
-                steers = []
-            elif c["kind"] == "multi":
-                steers = [Steer(Site(P.site, x), vectors[x], c["ratio"] * act[x]) for x in P.multi_layers]
-            else:
-                v = vectors[c["layer"]] if c["kind"] == "single" else rand
-                steers = [Steer(Site(P.site, c["layer"]), v, c["ratio"] * act[c["layer"]])]
-            texts = generate_steered(m, examples, steers, max_new_tokens=P.max_new_tokens,
-                                     positions=P.positions, batch_size=P.batch_size)
-            coef = c["ratio"] * act[c["layer"]] if c["kind"] in ("single", "random") else np.nan
-            for q, t in zip(questions.itertuples(), texts, strict=True):
-                rows.append({"model": name, **c, "coef": coef, "question_id": q.id,
-                             "question": q.question, "answer": t.strip()})
+        norms = activation_norms(m, [fmt.encode(q) for q in questions.question],
+                                 [Site(P.site, x) for x in layers], batch_size=P.batch_size)
+        rand = random_unit(m.d_model, P.random_seed)
+        conds = []
+        for c in conditions(P):
+            steers = _steers(P, c, vectors, rand, norms)
+            coef = steers[0].coef if c["kind"] in ("single", "random") else np.nan
+            conds.append(Condition(steers, model=name, **c, coef=coef))
+        frames.append(generate_answers(m, prompts, conds, encode=fmt.encode, max_new_tokens=P.max_new_tokens,
+                                       positions=P.positions, batch_size=P.batch_size, progress=progress,
+                                       desc=f"steer {name}"))
         del m
-    return pd.DataFrame(rows)
+    return pd.concat(frames, ignore_index=True)
 
 
 def judge_answers(judge: Judge, answers: pd.DataFrame, trait: str, progress: bool = True
                   ) -> pd.DataFrame:
-    items = list(zip(answers.question, answers.answer, strict=True))
-    out = answers.copy()
-    for metric in ("trait", "coherence"):
-        s = judge.score_many(metric, items, trait=trait, progress=progress)
-        out[metric] = np.array([np.nan if x.value is None else x.value for x in s], dtype=float)
-    return out
+    """Add the judge's ``trait`` and ``coherence`` scores (columns of those names)."""
+    return steered_eval.judge_answers(judge, answers, ("trait", "coherence"), trait=trait, progress=progress)
 
 
 def summary(scored: pd.DataFrame) -> pd.DataFrame:
@@ -276,7 +269,7 @@ def conclusions(summ: pd.DataFrame, best: pd.DataFrame, multi: pd.DataFrame,
 
 
 def questions(P: Params) -> pd.DataFrame:
-    return judge_calibration.load_questions("test", P.n_questions)
+    return opinion_questions("test", P.n_questions)
 
 
 def _cell(scored: pd.DataFrame, model: str, kind: str, layer: int | None = None,
@@ -326,31 +319,31 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     deltas: dict[str, np.ndarray] = {}
     for m in models:
         base = _cell(scored, m, "baseline")
-        qs.append(_ev.score_mean(f"{m}_baseline_trait", base, k=3))
-        qs.append(_ev.score_mean(f"{m}_baseline_coherence", _cell(scored, m, "baseline", col="coherence"), k=3))
+        qs.append(records.score_mean(f"{m}_baseline_trait", base, k=3))
+        qs.append(records.score_mean(f"{m}_baseline_coherence", _cell(scored, m, "baseline", col="coherence"), k=3))
         top = _top(best, m)
         steered = (_cell(scored, m, "single", top.layer, top.ratio) if top is not None
                    else pd.Series(dtype=float))
-        qs.append(_ev.score_mean(f"{m}_best_trait", steered, k=3))
+        qs.append(records.score_mean(f"{m}_best_trait", steered, k=3))
         deltas[m] = _paired(steered, base)
-        qs.append(_ev.score_mean(f"{m}_best_delta", deltas[m], k=3))
+        qs.append(records.score_mean(f"{m}_best_delta", deltas[m], k=3))
         # per question: learned − random at every (layer, ratio) where the control ran, averaged
         parts = [_cell(scored, m, "single", x, r) - _cell(scored, m, "random", x, r)
                  for x in P.layers for r in (P.ratios if P.random_ratios is None else P.random_ratios)]
         per_q = pd.concat(parts, axis=1).mean(axis=1)
-        qs.append(_ev.score_mean(f"{m}_learned_minus_random", per_q, k=3))
+        qs.append(records.score_mean(f"{m}_learned_minus_random", per_q, k=3))
     early = min(P.layers)
     s_top, d_top = _top(best, "sft", early), _top(best, "dpo", early)
     gap = (_paired(_cell(scored, "sft", "single", early, s_top.ratio),
                    _cell(scored, "dpo", "single", early, d_top.ratio))
            if s_top is not None and d_top is not None else np.array([]))
-    qs.append(_ev.score_mean("sft_minus_dpo_early", gap, k=3))
+    qs.append(records.score_mean("sft_minus_dpo_early", gap, k=3))
     bm, bs = _best_coherent(summ, "dpo", "multi", floor), _best_coherent(summ, "dpo", "single", floor)
     mvs = (_paired(_cell(scored, "dpo", "multi", ratio=bm.ratio), _cell(scored, "dpo", "single", bs.layer, bs.ratio))
            if bm is not None and bs is not None else np.array([]))
-    qs.append(_ev.score_mean("dpo_multi_minus_single", mvs, k=3))
+    qs.append(records.score_mean("dpo_multi_minus_single", mvs, k=3))
     push = _cell(scored, "dpo", "single", max(P.layers), max(P.ratios), col="coherence")
-    qs.append(_ev.score_mean("dpo_coherence_max_push", push, k=3))
+    qs.append(records.score_mean("dpo_coherence_max_push", push, k=3))
     by = {q.name: q for q in qs}
 
     def steers(name: str) -> bool:
@@ -368,7 +361,7 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
         seed="trait 84.3 (SFT), 83.2 (DPO) at L12", ours=f"Δ SFT {fmt(by['sft_best_delta'])}; "
         f"Δ DPO {fmt(by['dpo_best_delta'])}", verdict=v, reason=why, quantity="dpo_best_delta"))
     v, why = records.decide(holds=steers("sft_minus_dpo_early"), seed_effect=82.5 - 65.8,
-                            mde=_ev.score_mde(gap))
+                            mde=unc.score_mde(gap))
     claims.append(records.Claim(
         "dpo_resists_early", f"At an early layer (ours: L{early}, the earliest steered) DPO reaches a lower "
         "best coherent trait than SFT", seed="L8 of 32: SFT 82.5 vs DPO 65.8", ours="", verdict=v,
@@ -386,7 +379,7 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
                                 seed="L12 for both", ours=where, verdict=v, reason=why))
     v, why = records.decide(holds=steers("dpo_multi_minus_single"),
                             seed_effect=SEED_MULTI["multi (layers 6–10)"] - SEED_MULTI["best single layer"],
-                            mde=_ev.score_mde(mvs),
+                            mde=unc.score_mde(mvs),
                             comparable=bool(P.multi_layers and P.multi_ratios),
                             comparable_reason="no multi-layer condition in this run")
     claims.append(records.Claim(

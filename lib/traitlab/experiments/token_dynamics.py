@@ -31,12 +31,13 @@ from .. import data
 from ..activations import extract
 from ..data import load_trait, read_project_jsonl
 from ..directions import METHODS, fit_direction
-from ..metrics import auroc, auroc_se, bootstrap_ci
+from ..metrics import auroc, auroc_se
 from ..models import LoadedModel, describe
 from ..monitor import TokenTrace, Watch, monitor
 from ..params import ParamError, traits_folder
 from ..refusal import is_refusal
 from ..sites import SITE_NAMES, Site, check_sites
+from ..uncertainty import bootstrap_difference, bootstrap_mean
 
 GROUPS = ("harmful", "benign", "code", "open")
 SEED_CODE_MODE = {"model": "Qwen2.5-Coder-32B-Instruct fine-tuned on insecure code (emergent misalignment)",
@@ -190,9 +191,9 @@ def group_summary(pp: pd.DataFrame, P: Params) -> pd.DataFrame:
     share of answers that refuse / are code."""
     out = []
     for (g, layer), d in pp.groupby(["group", "layer"], sort=False):
-        lo, hi = bootstrap_ci(d["mean"].to_numpy(), n_boot=P.n_boot, seed=P.seed)
+        b = bootstrap_mean(d["mean"].to_numpy(), n_boot=P.n_boot, seed=P.seed)
         out.append({"group": g, "layer": layer, "prompts": len(d), "mean": d["mean"].mean(),
-                    "ci95": f"[{lo:.2f}, {hi:.2f}]", "first_k": d.first_k.mean(), "rest": d.rest.mean(),
+                    "ci95": b.text(), "first_k": d.first_k.mean(), "rest": d.rest.mean(),
                     "refuses_pct": 100 * d.refuses.mean(), "code_pct": 100 * d.code.mean()})
     order = {g: i for i, g in enumerate(P.groups)}
     return (pd.DataFrame(out).assign(_o=lambda x: x.group.map(order)).sort_values(["layer", "_o"])
@@ -202,15 +203,13 @@ def group_summary(pp: pd.DataFrame, P: Params) -> pd.DataFrame:
 def separation(pp: pd.DataFrame, P: Params, a: str = "harmful", b: str = "benign") -> pd.DataFrame:
     """Per layer: group ``a`` vs ``b`` by per-prompt mean score: difference with a bootstrap CI and AUROC."""
     out = []
-    rng = np.random.default_rng(P.seed)
     for layer, d in pp.groupby("layer"):
         x, y = d[d.group == a]["mean"].to_numpy(), d[d.group == b]["mean"].to_numpy()
         if not len(x) or not len(y):
             continue
-        draws = [rng.choice(x, len(x)).mean() - rng.choice(y, len(y)).mean() for _ in range(P.n_boot)]
-        lo, hi = np.quantile(draws, [0.025, 0.975])
+        diff = bootstrap_difference(x, y, n_boot=P.n_boot, seed=P.seed)
         out.append({"layer": layer, "pair": f"{a} − {b}", "difference": x.mean() - y.mean(),
-                    "ci95": f"[{lo:.2f}, {hi:.2f}]", "auroc": auroc(x, y)})
+                    "ci95": diff.text(), "auroc": auroc(x, y)})
     return pd.DataFrame(out).set_index("layer")
 
 

@@ -1,0 +1,206 @@
+"""The steered-evaluation loop: vector → ratio → steer → generate → judge → paired effect.
+
+Every report that steers and reads the answers (metrics vs steering, elicitation, the
+base → SFT → DPO transfer, jailbreak blocking) runs this loop through these four calls, so a
+fix to one step reaches all of them:
+
+- ``at_ratio``: the ``Steer`` that adds a direction at a perturbation ratio of the site's mean
+  activation norm (``steering.activation_norms``);
+- ``generate_answers``: one row per (condition, prompt) — the condition's labels, the prompt's
+  columns and the stripped ``answer``. Conditions with the same steers (every unsteered
+  baseline, say) are generated once and shared;
+- ``judge_answers``: the judge's scores as columns, each answer judged for its row's trait;
+- ``paired_effects``: per condition, the mean score against the unsteered answer *to the same
+  prompt*, with a t-interval over prompts (the independent unit).
+
+Example (a tiny random model; real reports pass an offline model and a judge):
+    >>> import pandas as pd, torch
+    >>> from traitlab.models import load_model
+    >>> m = load_model("tiny-llama")
+    >>> qs = pd.DataFrame({"question": ["Hi", "How are you?"]})
+    >>> v = torch.ones(m.d_model)
+    >>> conds = [Condition.unsteered(kind="baseline"),
+    ...          Condition((at_ratio("resid_pre@1", v, 0.5, {"resid_pre@1": 3.0}),), kind="steered")]
+    >>> df = generate_answers(m, qs, conds, max_new_tokens=2)
+    >>> list(df.columns), len(df)
+    (['kind', 'question', 'answer'], 4)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import uncertainty
+from .chat import Encoded
+from .judge import Judge
+from .models import LoadedModel
+from .progress import tqdm
+from .sites import Site
+from .steering import Positions, Sampling, Steer, generate_steered
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One steering condition: the ``Steer``s it applies (none: unsteered) and the labels that
+    name it in the answers table (``trait``, ``layer``, ``ratio``, …, one column each)."""
+
+    steers: tuple[Steer, ...]
+    labels: tuple[tuple[str, Any], ...]
+
+    def __init__(self, steers: Iterable[Steer] = (), **labels: Any) -> None:
+        object.__setattr__(self, "steers", tuple(steers))
+        object.__setattr__(self, "labels", tuple(labels.items()))
+
+    @classmethod
+    def unsteered(cls, **labels: Any) -> Condition:
+        return cls((), **labels)
+
+    def key(self) -> str:
+        """What the generation depends on: each steer's site, coefficient and vector bytes."""
+        h = hashlib.sha256()
+        for s in sorted(self.steers, key=lambda s: s.site.order):
+            h.update(f"{s.site}|{s.coef!r}|".encode())
+            h.update(s.vector.detach().to("cpu", torch.float64).numpy().tobytes())
+        return h.hexdigest()
+
+
+def at_ratio(site: Site | str, vector: torch.Tensor, ratio: float, norms: Mapping[str, float]) -> Steer:
+    """Add ``vector``'s direction at ``site`` with norm ``ratio × norms[site]`` (the perturbation
+    ratio of ``steering.activation_norms``). A unit vector is used as given; any other is
+    normalised first.
+
+    >>> s = at_ratio("resid_pre@1", torch.tensor([3.0, 4.0]), 0.5, {"resid_pre@1": 10.0})
+    >>> s.coef, s.vector.tolist()
+    (5.0, [0.6000000238418579, 0.800000011920929])
+    """
+    site = Site.parse(site) if isinstance(site, str) else site
+    if str(site) not in norms:
+        raise KeyError(f"no activation norm for {site}; measure it with activation_norms(..., [{str(site)!r}])")
+    norm = float(vector.norm())
+    if not norm > 0:
+        raise ValueError(f"{site}: cannot steer with a zero vector")
+    unit = vector if abs(norm - 1) < 1e-5 else vector / norm
+    return Steer(site, unit, ratio * norms[str(site)])
+
+
+def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequence[Condition], *,
+                     text: str = "question", encode: Callable[[str], Encoded] | None = None,
+                     max_new_tokens: int, positions: Positions = "response", batch_size: int = 16,
+                     sampling: Sampling | None = None, progress: bool = False,
+                     desc: str = "steer") -> pd.DataFrame:
+    """Every condition's answers to every prompt: one row per (condition, prompt), in condition
+    order then prompt order, with the condition's labels, the prompt's columns and ``answer``
+    (stripped). ``encode`` turns a prompt into model input (default: the model's chat format);
+    conditions with the same steers are generated once.
+    """
+    if text not in prompts.columns:
+        raise KeyError(f"prompts have no {text!r} column (columns: {', '.join(map(str, prompts.columns))})")
+    encode = encode or model.chat.encode
+    examples = [encode(t) for t in prompts[text]]
+    done: dict[str, list[str]] = {}
+    rows = []
+    records = prompts.to_dict("records")
+    for c in tqdm(conditions, desc=desc, disable=not progress):
+        k = c.key()
+        if k not in done:
+            done[k] = [t.strip() for t in generate_steered(
+                model, examples, list(c.steers), max_new_tokens=max_new_tokens, positions=positions,
+                batch_size=batch_size, sampling=sampling)]
+        labels = dict(c.labels)
+        rows += [{**labels, **r, "answer": a} for r, a in zip(records, done[k], strict=True)]
+    return pd.DataFrame(rows)
+
+
+def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str] | Sequence[str] = ("trait",),
+                  *, trait: str | None = None, progress: bool = False) -> pd.DataFrame:
+    """``answers`` with one score column per judge metric (NaN where the judge gave none).
+
+    ``metrics`` names the judge metrics (``"trait"``, ``"coherence"``), each written to a column
+    of its name, or maps metric → column. Each answer is judged for ``trait``, or, when that is
+    None, for its own row's ``trait`` column. Rows keep their order.
+    """
+    cols = dict(metrics) if isinstance(metrics, Mapping) else {m: m for m in metrics}
+    if trait is None and "trait" not in answers.columns:
+        raise KeyError("answers have no 'trait' column: pass trait=")
+    out = answers.copy()
+    groups = [(trait, answers)] if trait is not None else list(answers.groupby("trait", sort=False))
+    for metric, col in cols.items():
+        vals = pd.Series(np.nan, index=answers.index, dtype=float)
+        for t, g in groups:
+            s = judge.score_many(metric, list(zip(g.question, g.answer, strict=True)), trait=t,
+                                 progress=progress)
+            vals.loc[g.index] = [math.nan if x.value is None else x.value for x in s]
+        out[col] = vals
+    return out
+
+
+def paired_effects(judged: pd.DataFrame, *, by: Sequence[str], baseline: pd.Series,
+                   unit: str = "question", within: Sequence[str] = (), value: str = "score",
+                   level: float = 0.95) -> pd.DataFrame:
+    """Per group of ``by`` (the steered rows): mean ``value``, the unsteered mean over the same
+    units, and the paired difference with its SE and t-interval over units.
+
+    ``baseline`` marks the unsteered rows; each steered row is paired with the baseline row of the
+    same ``unit`` (the prompt) and the same ``within`` labels (e.g. the trait). Units where either
+    score is missing are left out of that group's difference.
+
+    >>> df = pd.DataFrame({"kind": ["none", "none", "up", "up"], "question": ["a", "b", "a", "b"],
+    ...                    "score": [50.0, 60.0, 70.0, 90.0]})
+    >>> e = paired_effects(df, by=["kind"], baseline=df.kind == "none")
+    >>> e.loc["up", ["steered", "baseline", "delta"]].tolist(), int(e.loc["up", "n"])
+    ([80.0, 55.0, 25.0], 2)
+    """
+    keys = [*within, unit]
+    base = judged[baseline][keys + [value]].rename(columns={value: "_base"})
+    if base.duplicated(keys).any():
+        raise ValueError(f"baseline has several rows per {keys}: say which labels separate them (within=)")
+    m = judged[~baseline].merge(base, on=keys, how="left")
+    out = []
+    for key, g in m.groupby(list(by), sort=False):
+        d = (g[value] - g._base).to_numpy(float)
+        ok = np.isfinite(d)
+        mean, se, n = uncertainty.mean_se(d[ok])
+        lo, hi = uncertainty.t_interval(mean, se, n, level)
+        out.append({**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
+                    "steered": float(g[value][ok].mean()) if ok.any() else math.nan,
+                    "baseline": float(g._base[ok].mean()) if ok.any() else math.nan,
+                    "delta": mean, "se": se, "ci_lo": lo, "ci_hi": hi, "n": n})
+    cols = ["steered", "baseline", "delta", "se", "ci_lo", "ci_hi", "n"]
+    return pd.DataFrame(out, columns=[*by, *cols]).astype({"n": int}).set_index(list(by))
+
+
+def unit_matrix(judged: pd.DataFrame, *, by: Sequence[str], baseline: pd.Series, unit: str = "question",
+                within: Sequence[str] = (), value: str = "score") -> tuple[pd.DataFrame, dict]:
+    """Per-unit paired differences for a bootstrap over units: a frame with one row per steered
+    condition (index ``by``) and one column per unit (NaN where missing), and the column positions
+    of each ``within`` stratum (``{stratum: array of column indices}``; one stratum ``None``
+    without ``within``). Resample columns within strata (``uncertainty.bootstrap``) and
+    recompute any statistic of the per-condition means.
+
+    >>> df = pd.DataFrame({"kind": ["none", "none", "up", "up"], "question": ["a", "b", "a", "b"],
+    ...                    "score": [50.0, 60.0, 70.0, 90.0]})
+    >>> d, strata = unit_matrix(df, by=["kind"], baseline=df.kind == "none")
+    >>> d.loc["up"].tolist(), strata[None].tolist()
+    ([20.0, 30.0], [0, 1])
+    """
+    keys = [*within, unit]
+    base = judged[baseline][keys + [value]].rename(columns={value: "_base"})
+    m = judged[~baseline].merge(base, on=keys, how="left")
+    m["_d"] = m[value] - m._base
+    m["_unit"] = list(zip(*(m[k] for k in keys), strict=True)) if within else m[unit]
+    wide = m.pivot_table(index=list(by), columns="_unit", values="_d", aggfunc="mean", dropna=False, sort=False)
+    cols = list(wide.columns)
+    if within:
+        strata: dict[Any, list[int]] = {}
+        for i, c in enumerate(cols):
+            strata.setdefault(c[:-1] if len(within) > 1 else c[0], []).append(i)
+        return wide, {k: np.array(v) for k, v in strata.items()}
+    return wide, {None: np.arange(len(cols))}

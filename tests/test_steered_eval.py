@@ -1,0 +1,95 @@
+"""The shared steered-evaluation loop: conditions, ratios, generation, judging, paired effects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from traitlab import steered_eval as se
+from traitlab import steering
+from traitlab.judge import Score
+from traitlab.models import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-llama")
+
+
+def test_generate_answers_equals_per_condition_generation_and_shares_duplicates(tiny, monkeypatch):
+    qs = pd.DataFrame({"question_id": ["a", "b"], "question": ["Hello there", "What is up?"]})
+    v = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(0))
+    steer = se.at_ratio("resid_pre@1", v, 2.0, {"resid_pre@1": 5.0})
+    conds = [se.Condition.unsteered(trait="x", layer=-1), se.Condition.unsteered(trait="y", layer=-1),
+             se.Condition((steer,), trait="x", layer=1)]
+    calls = []
+    real = steering.generate_steered
+
+    def counting(*a, **k):
+        calls.append(len(a[2]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(se, "generate_steered", counting)
+    df = se.generate_answers(tiny, qs, conds, max_new_tokens=4)
+    assert calls == [0, 1]  # the two unsteered conditions share one generation
+    assert list(df.columns) == ["trait", "layer", "question_id", "question", "answer"]
+    assert df.trait.tolist() == ["x", "x", "y", "y", "x", "x"] and df.question_id.tolist() == ["a", "b"] * 3
+    ex = [tiny.chat.encode(q) for q in qs.question]
+    assert df.answer.tolist()[4:] == [t.strip() for t in real(tiny, ex, [steer], max_new_tokens=4)]
+    assert df.answer.tolist()[:2] == df.answer.tolist()[2:4] == [t.strip() for t in real(tiny, ex, [], max_new_tokens=4)]
+    with pytest.raises(KeyError, match="no 'prompt' column"):
+        se.generate_answers(tiny, qs, conds, text="prompt", max_new_tokens=1)
+
+
+def test_at_ratio_scales_a_unit_direction_by_the_activation_norm():
+    s = se.at_ratio("resid_pre@3", torch.tensor([0.0, 2.0]), 0.5, {"resid_pre@3": 8.0})
+    assert torch.equal(s.delta, torch.tensor([0.0, 4.0]))  # norm 0.5 × 8, direction kept
+    unit = torch.tensor([0.6, 0.8])
+    assert se.at_ratio("resid_pre@3", unit, 1.0, {"resid_pre@3": 2.0}).vector is unit
+    with pytest.raises(KeyError, match="no activation norm for resid_pre@4"):
+        se.at_ratio("resid_pre@4", unit, 1.0, {"resid_pre@3": 2.0})
+    with pytest.raises(ValueError, match="zero vector"):
+        se.at_ratio("resid_pre@3", torch.zeros(2), 1.0, {"resid_pre@3": 2.0})
+
+
+class _Judge:
+    """Scores an answer by its length, so each (trait, answer) has a known score."""
+
+    def __init__(self):
+        self.calls = []
+
+    def score_many(self, metric, items, trait="optimism", progress=False):
+        self.calls.append((metric, trait, len(items)))
+        return [Score(None if a == "" else float(len(a)) + (100 if metric == "coherence" else 0), None,
+                      "logprob", "") for _, a in items]
+
+
+def test_judge_answers_judges_each_row_for_its_own_trait_and_keeps_order():
+    df = pd.DataFrame({"trait": ["b", "a", "b"], "question": ["q1", "q2", "q3"], "answer": ["xx", "yyy", ""]})
+    j = _Judge()
+    out = se.judge_answers(j, df, {"trait": "score"})
+    assert out.score.tolist()[:2] == [2.0, 3.0] and np.isnan(out.score.iloc[2])
+    assert sorted(j.calls) == [("trait", "a", 1), ("trait", "b", 2)]
+    both = se.judge_answers(_Judge(), df.drop(columns="trait"), ("trait", "coherence"), trait="optimism")
+    assert both.coherence.tolist()[:2] == [102.0, 103.0]
+    with pytest.raises(KeyError, match="pass trait="):
+        se.judge_answers(j, df.drop(columns="trait"))
+
+
+def test_paired_effects_pair_by_question_within_trait():
+    rows = []
+    for trait, base in (("a", [10.0, 20.0, 30.0]), ("b", [50.0, 50.0, 50.0])):
+        rows += [{"trait": trait, "cond": "none", "question": i, "score": s} for i, s in enumerate(base)]
+        rows += [{"trait": trait, "cond": "up", "question": i, "score": s + d}
+                 for i, (s, d) in enumerate(zip(base, [5.0, 7.0, np.nan], strict=True))]
+    df = pd.DataFrame(rows)
+    e = se.paired_effects(df, by=["trait", "cond"], baseline=df.cond == "none", within=["trait"])
+    a = e.loc[("a", "up")]
+    assert a.delta == 6.0 and a.n == 2 and a.baseline == 15.0 and a.steered == 21.0  # question 2 unscored
+    assert a.se == pytest.approx(1.0) and a.ci_lo < 6.0 < a.ci_hi
+    with pytest.raises(ValueError, match="several rows per"):
+        se.paired_effects(df, by=["cond"], baseline=df.cond == "none")  # trait forgotten: ambiguous baseline
+    wide, strata = se.unit_matrix(df, by=["trait", "cond"], baseline=df.cond == "none", within=["trait"])
+    assert wide.shape == (2, 6) and sorted(strata) == ["a", "b"] and len(strata["a"]) == 3
