@@ -283,7 +283,7 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
             dd = 100 * (wide[a] - wide[b]).to_numpy()
             diff = unc.Bootstrap(float(dd.mean()), boot[a]["accuracy_pct"] - boot[b]["accuracy_pct"])
             se = max(diff.se, acc_floor[a])
-            diffs[(a, b)] = (float(dd.mean()), se)
+            diffs[(a, b)] = (float(dd.mean()), se, diff.ci)
             qs.append(records.estimate(f"ordering.{a}_minus_{b}_pts", dd.mean(), se=se, n=len(dd),
                                        unit="pts", k=2, ci=diff.ci))
     claims = _claims(summary, p95, float(null.mean_accuracy_pct.mean()) if len(null) else None, diffs)
@@ -294,7 +294,7 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
 
 
 def _claims(summary: pd.DataFrame, p95: float | None, our_null_mean: float | None,
-            diffs: dict[tuple[str, str], tuple[float, float]]) -> list[records.Claim]:
+            diffs: dict[tuple[str, str], tuple[float, float, tuple[float, float]]]) -> list[records.Claim]:
     """The seed's claims this report can check (only those whose methods ran)."""
     s, seed = summary, SEED_TABLE
     out = []
@@ -331,15 +331,17 @@ def _claims(summary: pd.DataFrame, p95: float | None, our_null_mean: float | Non
         d1, d2 = diffs[("probe", "gradient")][0], diffs[("gradient", "mean_diff")][0]
         gaps = {("probe", "gradient"): seed.loc["probe", "mean_accuracy_pct"] - seed.loc["gradient", "mean_accuracy_pct"],
                 ("gradient", "mean_diff"): seed.loc["gradient", "mean_accuracy_pct"] - seed.loc["mean_diff", "mean_accuracy_pct"]}
-        # Out of order: the paired 95% CI of the difference lies below 0.
-        failing = [(pair, d, se) for pair, (d, se) in diffs.items() if d + 1.96 * se < 0]
+        # Each step of the order holds when its paired 95% CI (held-out pairs resampled within
+        # trait) lies above 0. The first step that does not decides: not held when the seed's gap
+        # for it would have been detected (MDE below it), else inconclusive.
+        failing = [(pair, d, se, ci) for pair, (d, se, ci) in diffs.items() if not ci[0] > 0]
         if not failing:
             v, why = records.decide(holds=True)
         else:
-            # The first pair out of order decides: could we have seen the seed's gap for it?
-            pair, d, se = failing[0]
+            pair, d, se, ci = failing[0]
             v, why = records.decide(holds=False, seed_effect=gaps[pair], mde=unc.POWER_Z * se)
-            why = f"{pair[0]} − {pair[1]} is {d:+.1f} pts (SE {se:.2f}); {why}"
+            why = (f"{pair[0]} − {pair[1]} is {d:+.1f} pts [{ci[0]:+.1f}, {ci[1]:+.1f}] against the seed's "
+                   f"{gaps[pair]:+.1f}; {why}")
         out.append(records.Claim("ordering", "mean held-out accuracy orders probe ≥ gradient ≥ mean_diff",
                                  "85.9% ≥ 81.0% ≥ 65.7%",
                                  f"{s.loc['probe', 'mean_accuracy_pct']:.1f}% / {s.loc['gradient', 'mean_accuracy_pct']:.1f}% / "
