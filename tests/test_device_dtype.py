@@ -155,3 +155,32 @@ def test_cpu_vectors_steer_a_cuda_model(dtype):
         a = extract(gpu, ex_r, [Site("resid_post", 1)], position=pos, cache=False, progress=False)
         b = extract(cpu, ex_r, [Site("resid_post", 1)], position=pos, cache=False, progress=False)
         torch.testing.assert_close(a[Site("resid_post", 1)], b[Site("resid_post", 1)], **tol)
+
+
+def test_dtype_auto_picks_bf16_only_where_native_and_faster(monkeypatch):
+    """No native-bf16 flag: float32 without timing anything; native and 3× faster: bfloat16;
+    native but barely faster: float32; every decision is named in the run record."""
+    from traitlab import models, runinfo
+
+    monkeypatch.setattr(models, "_RESOLVED", {})
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(models, "_matmul_seconds", lambda *a, **k: pytest.fail("timed without native bf16"))
+    d, why = models.resolve_dtype("auto")
+    assert d == "float32" and "no native bf16" in why
+    assert models.resolve_dtype("bfloat16") == ("bfloat16", "asked for bfloat16")
+
+    monkeypatch.setattr(models, "_RESOLVED", {})
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    times = {torch.float32: 3.0, torch.bfloat16: 1.0}
+    monkeypatch.setattr(models, "_matmul_seconds", lambda dtype, device, reps=5: times[dtype])
+    d, why = models.resolve_dtype("auto")
+    assert d == "bfloat16" and "amx_bf16" in why and "3.0×" in why
+    assert runinfo.run_record({})["dtype_auto"] == {"cpu": f"bfloat16 ({why})"}
+
+    monkeypatch.setattr(models, "_RESOLVED", {})
+    times[torch.bfloat16] = 2.5
+    assert models.resolve_dtype("auto")[0] == "float32"
+    # a tiny model loads in the resolved dtype and says so
+    monkeypatch.setattr(models, "_RESOLVED", {"cpu": ("float32", "auto: test")})
+    m = models.load_model("tiny-llama", dtype="auto")
+    assert m.dtype == "float32" and next(m.hf.parameters()).dtype == torch.float32

@@ -490,9 +490,11 @@ class JudgeConfig:
     timeout_s: float = 60.0
     offline: bool = False
     prune: float = 1e-3
-    dtype: str = "float32"
-    """Compute dtype of a local judge. ``bfloat16`` is ~4x faster on CPUs with AMX (measured
-    here: 319 vs 75 GFLOPS per matmul) and changes scores slightly; it is part of the cache key."""
+    dtype: str = "auto"
+    """Compute dtype of a local judge: ``auto`` (bfloat16 where this machine computes it natively
+    and faster, else float32; ``models.resolve_dtype``), ``float32``, ``bfloat16`` or
+    ``float16``. bf16 is ~4× faster on CPUs with AMX and 5–60× *slower* on CPUs without native
+    bf16; it changes scores slightly. The resolved dtype is part of the cache key."""
 
     def __post_init__(self) -> None:
         if self.backend not in ("openai", "local"):
@@ -505,8 +507,8 @@ class JudgeConfig:
             raise ValueError(f"min_mass must be in [0, 1], got {self.min_mass}")
         if not 0.0 <= self.prune < 1.0:
             raise ValueError(f"prune must be in [0, 1), got {self.prune}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"judge dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"judge dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if not self.max_retry_after_s >= 0 or not self.backoff_s >= 0:
             raise ValueError(f"max_retry_after_s and backoff_s must be >= 0, got "
                              f"{self.max_retry_after_s} and {self.backoff_s}")
@@ -598,10 +600,12 @@ class Judge:
             if self._shared["backend"] is not None:
                 return self._shared["backend"].identity
             from . import zoo
+            from .models import resolve_dtype
 
             sha = zoo.ZOO[self.config.model].sha256 if self.config.model in zoo.ZOO else None
             if sha:
-                return local_identity(self.config.model, f"gguf:{sha}", self.config.prune, self.config.dtype)
+                return local_identity(self.config.model, f"gguf:{sha}", self.config.prune,
+                                      resolve_dtype(self.config.dtype)[0])
             return self.backend.identity
         return http_identity(self.config.model, self.config.base_url)
 

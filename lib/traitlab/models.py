@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -37,8 +38,86 @@ from . import tiny, zoo
 from .atomic import stable_hash
 from .chat import ChatFormat
 
-Dtype = Literal["float32", "bfloat16", "float16"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("auto", *_DTYPES)
+
+_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+"""CPU flags (``/proc/cpuinfo``) of native bf16 matmuls; without one, torch emulates bf16 and
+is 5–60× slower than float32 (measured: 60× on an AVX2-only EPYC for a 64×1536×1536 matmul)."""
+_RESOLVED: dict[str, tuple[str, str]] = {}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def _matmul_seconds(dtype: torch.dtype, device: str, reps: int = 5) -> float:
+    import time
+
+    a = torch.randn(64, 512, device=device).to(dtype)
+    w = torch.randn(512, 512, device=device).to(dtype)
+    a @ w  # warm-up
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ w
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def resolve_dtype(name: str, device: str | None = None) -> tuple[str, str]:
+    """The dtype a model loads in, and why: ``name`` itself unless it is ``"auto"``.
+
+    ``auto`` picks bfloat16 only where it is computed natively and measured faster: on a CUDA
+    device that supports bf16; on a CPU whose flags include AMX-BF16 or AVX512-BF16 *and* where a
+    64×512×512 bf16 matmul beats float32 by 1.5× (best of 5, alternating). Everywhere else
+    float32. The decision is made once per process and device, and ``dtype_decisions()`` lists
+    it for the run record.
+
+    >>> resolve_dtype("float32")
+    ('float32', 'asked for float32')
+    >>> resolve_dtype("auto")[0] in ("float32", "bfloat16")
+    True
+    """
+    check_dtype(name)
+    if name != "auto":
+        return name, f"asked for {name}"
+    dev = device or "cpu"
+    if dev in _RESOLVED:
+        return _RESOLVED[dev]
+    if dev.startswith("cuda"):
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        out = ("bfloat16", f"auto: {dev} computes bf16 natively") if ok else \
+              ("float32", f"auto: {dev} has no native bf16")
+    else:
+        native = sorted(_cpu_flags() & set(_BF16_FLAGS))
+        if not native:
+            cap = torch.backends.cpu.get_cpu_capability()
+            out = ("float32", f"auto: the CPU has no native bf16 ({cap}; no {' or '.join(_BF16_FLAGS)} flag), "
+                              "where bf16 is emulated and several times slower")
+        else:
+            f32, b16 = _matmul_seconds(torch.float32, dev), _matmul_seconds(torch.bfloat16, dev)
+            f32 = min(f32, _matmul_seconds(torch.float32, dev))
+            speed = f32 / b16
+            out = (("bfloat16", f"auto: native bf16 ({', '.join(native)}), {speed:.1f}× float32 in a test matmul")
+                   if speed >= 1.5 else
+                   ("float32", f"auto: native bf16 ({', '.join(native)}) but only {speed:.1f}× float32 in a test "
+                               "matmul (< 1.5×)"))
+    _RESOLVED[dev] = out
+    return out
+
+
+def dtype_decisions() -> dict[str, str]:
+    """``{device: "dtype (why)"}`` for every ``auto`` resolved in this process."""
+    return {dev: f"{d} ({why})" for dev, (d, why) in _RESOLVED.items()}
 
 
 class ModelError(ValueError):
@@ -54,11 +133,11 @@ def check_dtype(name: Any, where: str = "dtype") -> torch.dtype:
     >>> check_dtype("bf16")
     Traceback (most recent call last):
     ...
-    traitlab.models.ModelError: dtype 'bf16' is not supported; use one of float32, bfloat16, float16
+    traitlab.models.ModelError: dtype 'bf16' is not supported; use one of auto, float32, bfloat16, float16
     """
-    if not isinstance(name, str) or name not in _DTYPES:
-        raise ModelError(f"{where} {name!r} is not supported; use one of {', '.join(_DTYPES)}")
-    return _DTYPES[name]
+    if not isinstance(name, str) or name not in DTYPE_NAMES:
+        raise ModelError(f"{where} {name!r} is not supported; use one of {', '.join(DTYPE_NAMES)}")
+    return _DTYPES.get(name, torch.float32)
 
 
 def check_device(device: Any, where: str = "device") -> str | None:
@@ -332,9 +411,11 @@ def load_model(spec: str, *, revision: str | None = None, dtype: Dtype = "float3
                            revision=revision, lm=lm, tokenizer=tok, chat=ChatFormat.for_tokenizer(tok),
                            remote=True, device_map=None)
 
-    torch_dtype = check_dtype(dtype)
+    check_dtype(dtype)
     device = check_device(device if device is not None else device_from_env(),
                           "device" if device is not None else f"${DEVICE_ENV}")
+    dtype, _why = resolve_dtype(dtype, device)  # "auto" → what this machine computes fast
+    torch_dtype = _DTYPES[dtype]
     if device is not None and device_map:
         raise ModelError(f"set either device ({device!r}) or device_map ({device_map!r}), not both: "
                          "device puts the whole model on one device, device_map spreads it")

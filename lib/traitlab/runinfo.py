@@ -57,8 +57,15 @@ def run_record(params: Any, model: Any = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_commit": git_commit(),
+        "dtype_auto": _dtype_decisions(),
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _dtype_decisions() -> dict[str, str]:
+    from .models import dtype_decisions
+
+    return dtype_decisions()
 
 
 def show(record: dict[str, Any]) -> None:
@@ -73,6 +80,8 @@ def show(record: dict[str, Any]) -> None:
         print(f"  {k:<22} {v}")
     for k in ("python", "platform", "git_commit", "date"):
         print(f"  {k:<22} {record[k]}")
+    for dev, what in (record.get("dtype_auto") or {}).items():
+        print(f"  {'dtype auto (' + dev + ')':<22} {what}")
     if str(record.get("git_commit", "")).endswith("+dirty"):  # red in a notebook or a terminal
         print("\x1b[31m  rendered from a working tree with uncommitted changes: this report does not "
               "match any commit\x1b[0m")

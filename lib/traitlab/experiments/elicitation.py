@@ -81,7 +81,7 @@ class Params:
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_offline: bool = False
-    judge_dtype: Literal["float32", "bfloat16"] = "float32"
+    judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     min_mass: float = 0.25
     batch_size: int = 16
     seed: int = 0

@@ -33,7 +33,7 @@ class Params:
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_offline: bool = False
-    judge_dtype: Literal["float32", "bfloat16"] = "float32"
+    judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     trait: str = "optimism"
     top_logprobs: int = 20
     min_mass: float = 0.25
@@ -50,8 +50,8 @@ class Params:
                              f"{', '.join(TRAIT_DESCRIPTIONS)}")
         if self.judge_backend not in ("local", "openai"):
             raise ParamError(f"judge_backend must be 'local' or 'openai', got {self.judge_backend!r}")
-        if self.judge_dtype not in ("float32", "bfloat16"):
-            raise ParamError(f"judge_dtype must be 'float32' or 'bfloat16', got {self.judge_dtype!r}")
+        if self.judge_dtype not in ("auto", "float32", "bfloat16"):
+            raise ParamError(f"judge_dtype must be 'auto', 'float32' or 'bfloat16', got {self.judge_dtype!r}")
         if not 1 <= self.top_logprobs <= 20:
             raise ParamError(f"top_logprobs must be in 1..20, got {self.top_logprobs}")
         if not 0 <= self.min_mass <= 1:

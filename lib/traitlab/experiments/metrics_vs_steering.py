@@ -70,7 +70,7 @@ class Params:
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_offline: bool = False
-    judge_dtype: Literal["float32", "bfloat16"] = "float32"
+    judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     min_mass: float = 0.25
     batch_size: int = 16
     n_boot: int = 2000
@@ -96,8 +96,8 @@ class Params:
         for name in ("max_new_tokens", "batch_size", "n_boot"):
             if getattr(self, name) < 1:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.judge_dtype not in ("float32", "bfloat16"):
-            raise ParamError(f"judge_dtype must be 'float32' or 'bfloat16', got {self.judge_dtype!r}")
+        if self.judge_dtype not in ("auto", "float32", "bfloat16"):
+            raise ParamError(f"judge_dtype must be 'auto', 'float32' or 'bfloat16', got {self.judge_dtype!r}")
 
     def cells(self) -> list[tuple[str, int, str]]:
         return [(t, x, m) for t in self.traits for x in self.layers for m in self.methods]

@@ -65,7 +65,7 @@ class Params:
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_offline: bool = False
-    judge_dtype: Literal["float32", "bfloat16"] = "float32"
+    judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     min_mass: float = 0.25
     batch_size: int = 16
     seed: int = 0
@@ -87,8 +87,8 @@ class Params:
         if self.random_ratios is not None and not set(self.random_ratios) <= set(self.ratios):
             raise ParamError(f"random_ratios {self.random_ratios} must be a subset of ratios {self.ratios} "
                              "(the control is compared at the same perturbation ratio)")
-        if self.judge_dtype not in ("float32", "bfloat16"):
-            raise ParamError(f"judge_dtype must be 'float32' or 'bfloat16', got {self.judge_dtype!r}")
+        if self.judge_dtype not in ("auto", "float32", "bfloat16"):
+            raise ParamError(f"judge_dtype must be 'auto', 'float32' or 'bfloat16', got {self.judge_dtype!r}")
         if self.models is not None and set(self.models) != {"base", "sft", "dpo"}:
             raise ParamError(f"models must name exactly base, sft and dpo; got {sorted(self.models)}")
         if self.n_questions is not None and self.n_questions < 2:
