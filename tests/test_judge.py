@@ -104,6 +104,35 @@ def test_local_backend_leaves_no_cache_state_between_calls(tiny_judge):
     assert a == b
 
 
+def test_batched_prefix_shared_scoring_equals_one_prompt_at_a_time(tiny_judge, tmp_path):
+    """Answers to one question share the rubric+question prefill and run as one padded batch with
+    one trie forward per depth: every integer probability and top logprob equals scoring each
+    prompt alone, within float rounding; the cache stores the same replies; a padded batch of
+    different-length answers is not contaminated by its padding."""
+    qs = ["Will it rain tomorrow in the city?", "How will schools change?"]
+    answers = ["Sunny days ahead!", "No.", "It will rain heavily and then clear up, with wind from the west.", ""]
+    items = [(q, a) for q in qs for a in answers]
+    msgs = [J.judge_messages("trait", q, a) for q, a in items]
+    alone = [tiny_judge.complete(m, mode="logprob", top_logprobs=20, max_tokens=1) for m in msgs]
+    batch = tiny_judge.complete_many(msgs, mode="logprob", top_logprobs=20, max_tokens=1,
+                                     groups=[q for q, _ in items])
+    for a, b in zip(alone, batch, strict=True):
+        assert set(a.int_probs) == set(b.int_probs) and a.text == b.text
+        assert max(abs(a.int_probs[k] - b.int_probs[k]) for k in a.int_probs) < 1e-6
+        assert max(abs(a.top_logprobs[k] - b.top_logprobs[k]) for k in a.top_logprobs) < 1e-4
+        sa, sb = J.weighted_score(a.int_probs, 0.0)[0], J.weighted_score(b.int_probs, 0.0)[0]
+        assert abs(sa - sb) < 1e-4
+    assert J._common_prefix([tiny_judge._prompt_ids(m) for m in msgs[:4]]) >= tiny_judge.MIN_SHARED
+    # through the Judge: misses scored in batches, replies cached one by one, replayed exactly
+    cfg = J.JudgeConfig(backend="local", model="tiny-llama", min_mass=0.0)
+    j = J.Judge(cfg, backend=tiny_judge, cache=tmp_path)
+    first = j.score_many("trait", items, progress=False)
+    again = J.Judge(cfg, backend=tiny_judge, cache=tmp_path).score_many("trait", items, progress=False)
+    assert [s.value for s in first] == [s.value for s in again] and all(s.cached for s in again)
+    one = J.Judge(cfg, backend=tiny_judge, cache=None).score("trait", *items[2])
+    assert one.value == pytest.approx(first[2].value, abs=1e-4)
+
+
 def test_local_judge_scores_and_replays(tiny_judge, tmp_path):
     cfg = J.JudgeConfig(backend="local", model="tiny-llama", min_mass=0.0)
     j = J.Judge(cfg, backend=tiny_judge, cache=tmp_path)

@@ -36,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import email.utils
 import math
 import os
@@ -405,6 +404,103 @@ class LocalBackend:
             top, int_probs = self.integer_distribution(ids, top_logprobs)
             return Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=int_probs)
 
+    MIN_SHARED = 16
+    """Shortest shared token prefix worth a prefill of its own."""
+    MAX_GROUP = 16
+    """Most prompts scored in one batch (bounds the trie's rows: ~60 per prompt at depth 2)."""
+
+    @torch.no_grad()
+    def complete_many(self, batch: Sequence[list[dict[str, str]]], *, mode: Mode, top_logprobs: int,
+                      max_tokens: int, groups: Sequence[Any] | None = None) -> list[Reply]:
+        """Replies to many prompts, in order. In ``logprob`` mode the prompts of one group (the
+        judge passes (metric, trait, question): rubric and question come before the answer) are
+        scored as one batch: their longest common token prefix is prefilled once, each prompt's
+        own tokens run on copies of that KV cache (right-padded, masked), and the integer trie
+        is expanded for all of them in one forward per depth, so the weights are read once per
+        step for the whole batch. The numbers equal ``complete``'s up to float rounding."""
+        if mode != "logprob" or groups is None:
+            return [self.complete(m, mode=mode, top_logprobs=top_logprobs, max_tokens=max_tokens) for m in batch]
+        out: list[Reply | None] = [None] * len(batch)
+        members: dict[Any, list[int]] = {}
+        for i, g in enumerate(groups):
+            members.setdefault(g, []).append(i)
+        with self._lock:
+            for idx in members.values():
+                for start in range(0, len(idx), self.MAX_GROUP):
+                    part = idx[start:start + self.MAX_GROUP]
+                    ids = [self._prompt_ids(batch[i]) for i in part]
+                    for i, (top, ip) in zip(part, self._score_batch(ids, top_logprobs), strict=True):
+                        out[i] = Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=ip)
+        return out  # type: ignore[return-value]
+
+    def _score_batch(self, ids: list[list[int]], top_k: int) -> list[tuple[dict[str, float], dict[int, float]]]:
+        """First-token logprobs and integer distributions of several prompts in one batch."""
+        hf = self.model.hf
+        shared = _common_prefix(ids) if len(ids) > 1 else 0
+        if shared < self.MIN_SHARED:
+            shared = 0
+        rest = [x[shared:] for x in ids]
+        width = max(len(r) for r in rest)
+        pad = self.model.tokenizer.pad_token_id or 0
+        tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rest])
+        mask = torch.tensor([[1] * (shared + len(r)) + [0] * (width - len(r)) for r in rest])
+        past = None
+        if shared:
+            past = hf(input_ids=torch.tensor([ids[0][:shared]]), use_cache=True).past_key_values
+            past.batch_repeat_interleave(len(ids))
+        # Right padding: every real token keeps its position. Logits only where some prompt ends
+        # (through the model's own head, so e.g. Gemma's logit soft-capping applies).
+        last = [len(r) - 1 for r in rest]
+        keep = sorted(set(last))
+        o = hf(input_ids=tokens, attention_mask=mask, past_key_values=past, use_cache=True,
+               logits_to_keep=torch.tensor(keep))
+        at = torch.tensor([keep.index(x) for x in last])
+        logp0 = torch.log_softmax(o.logits[torch.arange(len(ids)), at].float(), -1)
+        return self._expand(logp0, o.past_key_values, mask, [len(x) for x in ids], top_k)
+
+    def _expand(self, logp0: torch.Tensor, cache: Any, mask: torch.Tensor, lengths: list[int], top_k: int
+                ) -> list[tuple[dict[str, float], dict[int, float]]]:
+        """The trie expansion of ``integer_distribution`` for a batch of prompts: ``logp0`` [b, V]
+        their next-token logprobs, ``cache`` their KV cache (batch b, padded as ``mask`` says),
+        ``lengths`` their true lengths (the position of the first answer token)."""
+        hf, tok = self.model.hf, self.model.tokenizer
+        tops: list[dict[str, float]] = []
+        for row in range(len(lengths)):
+            vals, idx = logp0[row].topk(top_k)
+            top: dict[str, float] = {}
+            for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
+                t = tok.decode([i])
+                top[t] = max(top.get(t, -math.inf), v)
+            tops.append(top)
+        ints: list[dict[int, float]] = [{} for _ in lengths]
+        # Breadth-first over the trie, one batched forward per depth for every prompt: each
+        # expanded node's row reuses its parent's cache row (``batch_select_indices``, in place:
+        # the cache is this call's own); positions and the padding mask follow each prompt.
+        frontier = [(self._trie, 1.0, b) for b in range(len(lengths))]  # (node, p(path), prompt)
+        logps, rows_mask = logp0, mask
+        for depth in range(1, 8):
+            grow = [(child, t, p_path * float(logps[row, t].exp()), row, b)
+                    for row, (node, p_path, b) in enumerate(frontier)
+                    for t, child in node["children"].items()]
+            grow = [g for g in grow if g[2] >= self.prune and g[2] > 0]
+            if not grow:
+                break
+            sel = torch.tensor([g[3] for g in grow])
+            cache.batch_select_indices(sel)
+            rows_mask = torch.cat([rows_mask[sel], torch.ones(len(grow), 1, dtype=rows_mask.dtype)], 1)
+            pos = torch.tensor([[lengths[g[4]] + depth - 1] for g in grow])
+            o = hf(input_ids=torch.tensor([[g[1]] for g in grow]), past_key_values=cache, use_cache=True,
+                   attention_mask=rows_mask, position_ids=pos)
+            cache = o.past_key_values
+            logps = torch.log_softmax(o.logits[:, -1].float(), -1)
+            p_more = logps.exp()[:, self._digit_start].sum(-1)
+            for i, (child, _t, p, _row, b) in enumerate(grow):
+                if child["value"] is not None:
+                    v = child["value"]
+                    ints[b][v] = ints[b].get(v, 0.0) + p * (1.0 - float(p_more[i]))
+            frontier = [(g[0], g[2], g[4]) for g in grow]
+        return list(zip(tops, ints, strict=True))
+
     @torch.no_grad()
     def integer_distribution(self, ids: torch.Tensor, top_k: int = 20
                              ) -> tuple[dict[str, float], dict[int, float]]:
@@ -417,42 +513,27 @@ class LocalBackend:
         as a lower integer mass).
         """
         hf = self.model.hf
-        n_prompt = ids.shape[1]
-        out = hf(input_ids=ids, use_cache=True)
-        cache = out.past_key_values
-        logp0 = torch.log_softmax(out.logits[0, -1].float(), -1)
-        vals, idx = logp0.topk(top_k)
-        tok = self.model.tokenizer
-        top: dict[str, float] = {}
-        for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
-            s = tok.decode([i])
-            top[s] = max(top.get(s, -math.inf), v)
-        int_probs: dict[int, float] = {}
-        # Breadth-first over the trie, one batched forward per depth: every expanded node's
-        # row reuses its parent's cache row (``batch_select_indices`` on a copy).
-        frontier = [(self._trie, 1.0)]
-        logps = logp0[None]
-        for depth in range(1, 8):
-            grow = [(child, t, p_path * float(logps[row, t].exp()), row)
-                    for row, (node, p_path) in enumerate(frontier)
-                    for t, child in node["children"].items()]
-            grow = [g for g in grow if g[2] >= self.prune and g[2] > 0]
-            if not grow:
-                break
-            cache = copy.deepcopy(cache)
-            cache.batch_select_indices(torch.tensor([g[3] for g in grow]))
-            o = hf(input_ids=torch.tensor([[g[1]] for g in grow]), past_key_values=cache,
-                   use_cache=True, attention_mask=torch.ones(len(grow), n_prompt + depth,
-                                                             dtype=torch.long))
-            cache = o.past_key_values
-            logps = torch.log_softmax(o.logits[:, -1].float(), -1)
-            p_more = logps.exp()[:, self._digit_start].sum(-1)
-            for i, (child, _t, p, _row) in enumerate(grow):
-                if child["value"] is not None:
-                    v = child["value"]
-                    int_probs[v] = int_probs.get(v, 0.0) + p * (1.0 - float(p_more[i]))
-            frontier = [(g[0], g[2]) for g in grow]
-        return top, int_probs
+        out = hf(input_ids=ids, use_cache=True, logits_to_keep=1)  # the LM head over the whole
+        logp0 = torch.log_softmax(out.logits[:, -1].float(), -1)  # prompt would be a quarter of the work
+        mask = torch.ones_like(ids)
+        return self._expand(logp0, out.past_key_values, mask, [ids.shape[1]], top_k)[0]
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token lists, leaving every list at least one token
+    of its own (the position whose logits are read).
+
+    >>> _common_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]])
+    2
+    >>> _common_prefix([[1, 2], [1, 2]])
+    1
+    """
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for i in range(max(n, 0)):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return max(n, 0)
 
 
 def _number_trie(tok: Any) -> dict:
@@ -615,27 +696,44 @@ class Judge:
                     "max_tokens": c.max_tokens if c.mode == "text" else 1, "temperature": 0}
         return stable_hash({"judge": self.identity(), "messages": messages, "settings": settings}, 32)
 
+    def _path(self, messages: list[dict[str, str]]) -> Path | None:
+        if self.cache_root is None:
+            return None
+        key = self._key(messages)
+        return self.cache_root / key[:2] / f"{key}.json"
+
+    def _cached(self, messages: list[dict[str, str]]) -> Reply | None:
+        """The replayed reply, or None when the judge must be asked (an error when offline)."""
+        path = self._path(messages)
+        if path is None:
+            return None
+        if path.exists():
+            cached, problem = _read_cached(path)
+            if cached is not None:
+                with self._stats_lock:
+                    self.stats["cache_hits"] += 1
+                return cached
+            if self.config.offline:
+                raise JudgeError(f"offline judge: cached reply {path} is unreadable ({problem}); "
+                                 "delete it and run once with offline=False to refill it")
+            warnings.warn(f"judge cache entry {path} is unreadable ({problem}); asking the "
+                          "judge again", stacklevel=3)
+        elif self.config.offline:
+            raise JudgeError(
+                f"offline judge: no cached reply {path.stem} in {self.cache_root}. Run once with "
+                "offline=False (and a reachable judge) to fill the replay cache.")
+        return None
+
+    def _store(self, messages: list[dict[str, str]], reply: Reply) -> None:
+        path = self._path(messages)
+        if path is not None:
+            write_json(path, reply.to_json())
+
     def _request(self, messages: list[dict[str, str]]) -> tuple[Reply, bool]:
         c = self.config
-        path = None
-        if self.cache_root is not None:
-            key = self._key(messages)
-            path = self.cache_root / key[:2] / f"{key}.json"
-            if path.exists():
-                cached, problem = _read_cached(path)
-                if cached is not None:
-                    with self._stats_lock:
-                        self.stats["cache_hits"] += 1
-                    return cached, True
-                if c.offline:
-                    raise JudgeError(f"offline judge: cached reply {path} is unreadable ({problem}); "
-                                     "delete it and run once with offline=False to refill it")
-                warnings.warn(f"judge cache entry {path} is unreadable ({problem}); asking the "
-                              "judge again", stacklevel=2)
-            elif c.offline:
-                raise JudgeError(
-                    f"offline judge: no cached reply {key} in {self.cache_root}. Run once with "
-                    "offline=False (and a reachable judge) to fill the replay cache.")
+        hit = self._cached(messages)
+        if hit is not None:
+            return hit, True
         for attempt in range(c.max_retries + 1):
             try:
                 with self._stats_lock:
@@ -652,8 +750,7 @@ class Judge:
                 if err.retry_after is not None:  # the server said how long; cap it
                     wait = min(err.retry_after, c.max_retry_after_s)
                 self._sleep(wait)
-        if path is not None:
-            write_json(path, reply.to_json())
+        self._store(messages, reply)
         return reply, False
 
     def _score(self, reply: Reply, cached: bool) -> Score:
@@ -676,9 +773,16 @@ class Judge:
     def score_many(self, metric: Metric, items: Sequence[tuple[str, str]], *,
                    trait: str = "optimism", description: str | None = None,
                    progress: bool = True) -> list[Score]:
-        """Judge many (question, answer) pairs, up to ``max_concurrency`` in flight; order kept."""
+        """Judge many (question, answer) pairs, up to ``max_concurrency`` in flight; order kept.
+
+        A local judge scores the answers to one question together: their shared prompt prefix
+        (rubric and question) is computed once (``LocalBackend.complete_many``); every reply
+        still goes through the replay cache one by one."""
         msgs = [judge_messages(metric, q, a, trait, description) for q, a in items]
-        workers = 1 if self.config.backend == "local" else self.config.max_concurrency
+        if self.config.backend == "local":
+            return self._score_local(msgs, [(metric, trait, description, q) for q, _ in items], progress,
+                                     desc=f"judge {metric}")
+        workers = self.config.max_concurrency
         bar = tqdm(total=len(msgs), desc=f"judge {metric}", disable=not progress)
 
         def one(m: list[dict[str, str]]) -> Score:
@@ -693,6 +797,42 @@ class Judge:
                 return list(pool.map(one, msgs))
         finally:
             bar.close()
+
+    def _score_local(self, msgs: list[list[dict[str, str]]], groups: list[Any], progress: bool,
+                     desc: str = "judge") -> list[Score]:
+        """Replay-cache hits first (no model is loaded when all hit), then the misses of each
+        question in one ``complete_many`` call."""
+        c = self.config
+        out: list[Score | None] = [None] * len(msgs)
+        misses = []
+        for i, m in enumerate(msgs):
+            hit = self._cached(m)
+            if hit is not None:
+                out[i] = self._score(hit, True)
+            else:
+                misses.append(i)
+        by_group: dict[Any, list[int]] = {}
+        for i in misses:
+            by_group.setdefault(groups[i], []).append(i)
+        bar = tqdm(total=len(misses), desc=desc, disable=not progress or not misses)
+        try:
+            for idx in by_group.values():
+                with self._stats_lock:
+                    self.stats["requests"] += len(idx)
+                batch = [msgs[i] for i in idx]
+                if hasattr(self.backend, "complete_many"):
+                    replies = self.backend.complete_many(batch, mode=c.mode, top_logprobs=c.top_logprobs,
+                                                         max_tokens=c.max_tokens, groups=[groups[i] for i in idx])
+                else:
+                    replies = [self.backend.complete(m, mode=c.mode, top_logprobs=c.top_logprobs,
+                                                     max_tokens=c.max_tokens) for m in batch]
+                for i, r in zip(idx, replies, strict=True):
+                    self._store(msgs[i], r)
+                    out[i] = self._score(r, False)
+                bar.update(len(idx))
+        finally:
+            bar.close()
+        return out  # type: ignore[return-value]
 
 
 def _read_cached(path: Path) -> tuple[Reply | None, str]:
