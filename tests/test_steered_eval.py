@@ -27,13 +27,13 @@ def test_generate_answers_equals_per_condition_generation_and_shares_duplicates(
     calls = []
     real = steering.generate_steered
 
-    def counting(*a, **k):
-        calls.append(len(a[2]))
-        return real(*a, **k)
+    def counting(model, examples, conditions, **k):
+        calls.append([len(c) for c in conditions])
+        return steering.generate_steered_grid(model, examples, conditions, **k)
 
-    monkeypatch.setattr(se, "generate_steered", counting)
+    monkeypatch.setattr(se, "generate_steered_grid", counting)
     df = se.generate_answers(tiny, qs, conds, max_new_tokens=4)
-    assert calls == [0, 1]  # the two unsteered conditions share one generation
+    assert calls == [[0, 1]]  # the two unsteered conditions share one generation
     assert list(df.columns) == ["trait", "layer", "question_id", "question", "answer"]
     assert df.trait.tolist() == ["x", "x", "y", "y", "x", "x"] and df.question_id.tolist() == ["a", "b"] * 3
     ex = [tiny.chat.encode(q) for q in qs.question]
@@ -41,6 +41,24 @@ def test_generate_answers_equals_per_condition_generation_and_shares_duplicates(
     assert df.answer.tolist()[:2] == df.answer.tolist()[2:4] == [t.strip() for t in real(tiny, ex, [], max_new_tokens=4)]
     with pytest.raises(KeyError, match="no 'prompt' column"):
         se.generate_answers(tiny, qs, conds, text="prompt", max_new_tokens=1)
+
+
+def test_grid_generation_equals_per_condition_generation(tiny):
+    """Conditions decoded together (rows of one batch, per-row additions at one or two sites, all
+    or response positions, greedy or sampled) give each condition's own generate_steered texts."""
+    ex = [tiny.chat.encode(t) for t in ("Hello there", "What is up?", "A much longer prompt than the others here")]
+    g = torch.Generator().manual_seed(1)
+    v, w = torch.randn(tiny.d_model, generator=g), torch.randn(tiny.d_model, generator=g)
+    conds = [[], [steering.Steer("resid_pre@1", v, 3.0)], [steering.Steer("resid_pre@1", v, -3.0)],
+             [steering.Steer("resid_post@0", w, 2.0), steering.Steer("resid_pre@1", v, 1.0)]]
+    for positions, sampling in (("response", None), ("all", None),
+                                ("response", steering.Sampling(temperature=1.0, seed=3))):
+        grid = steering.generate_steered_grid(tiny, ex, conds, max_new_tokens=5, positions=positions,
+                                              batch_size=2, max_rows=4, sampling=sampling)
+        each = [steering.generate_steered(tiny, ex, c, max_new_tokens=5, positions=positions, batch_size=2,
+                                          sampling=sampling) for c in conds]
+        assert grid == each, (positions, sampling)
+    assert len({tuple(t) for t in grid}) > 1  # the conditions do differ
 
 
 def test_at_ratio_scales_a_unit_direction_by_the_activation_norm():

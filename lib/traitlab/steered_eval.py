@@ -8,7 +8,8 @@ fix to one step reaches all of them:
   activation norm (``steering.activation_norms``);
 - ``generate_answers``: one row per (condition, prompt) — the condition's labels, the prompt's
   columns and the stripped ``answer``. Conditions with the same steers (every unsteered
-  baseline, say) are generated once and shared;
+  baseline, say) are generated once and shared, and all conditions are decoded together
+  (``steering.generate_steered_grid``);
 - ``judge_answers``: the judge's scores as columns, each answer judged for its row's trait;
 - ``paired_effects``: per condition, the mean score against the unsteered answer *to the same
   prompt*, with a t-interval over prompts (the independent unit).
@@ -42,9 +43,8 @@ from . import uncertainty
 from .chat import Encoded
 from .judge import Judge
 from .models import LoadedModel
-from .progress import tqdm
 from .sites import Site
-from .steering import Positions, Sampling, Steer, generate_steered
+from .steering import Positions, Sampling, Steer, generate_steered_grid
 
 
 @dataclass(frozen=True)
@@ -99,23 +99,22 @@ def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequ
     """Every condition's answers to every prompt: one row per (condition, prompt), in condition
     order then prompt order, with the condition's labels, the prompt's columns and ``answer``
     (stripped). ``encode`` turns a prompt into model input (default: the model's chat format);
-    conditions with the same steers are generated once.
+    conditions with the same steers are generated once; ``desc`` names the progress bar.
     """
     if text not in prompts.columns:
         raise KeyError(f"prompts have no {text!r} column (columns: {', '.join(map(str, prompts.columns))})")
     encode = encode or model.chat.encode
     examples = [encode(t) for t in prompts[text]]
-    done: dict[str, list[str]] = {}
+    keys = [c.key() for c in conditions]
+    unique = {k: c for k, c in zip(keys, conditions, strict=True)}
+    texts = generate_steered_grid(model, examples, [list(c.steers) for c in unique.values()],
+                                  max_new_tokens=max_new_tokens, positions=positions, batch_size=batch_size,
+                                  sampling=sampling, progress=progress, desc=desc)
+    done = {k: [t.strip() for t in ts] for k, ts in zip(unique, texts, strict=True)}
     rows = []
     records = prompts.to_dict("records")
-    for c in tqdm(conditions, desc=desc, disable=not progress):
-        k = c.key()
-        if k not in done:
-            done[k] = [t.strip() for t in generate_steered(
-                model, examples, list(c.steers), max_new_tokens=max_new_tokens, positions=positions,
-                batch_size=batch_size, sampling=sampling)]
-        labels = dict(c.labels)
-        rows += [{**labels, **r, "answer": a} for r, a in zip(records, done[k], strict=True)]
+    for c, k in zip(conditions, keys, strict=True):
+        rows += [{**dict(c.labels), **r, "answer": a} for r, a in zip(records, done[k], strict=True)]
     return pd.DataFrame(rows)
 
 
