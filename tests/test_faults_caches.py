@@ -343,7 +343,7 @@ def test_atomic_writes_fsync_before_the_rename(tmp_path, monkeypatch):
 def test_an_unknown_dtype_is_one_line_listing_the_valid_ones():
     with pytest.raises(ModelError) as err:
         load_model("tiny-llama", dtype="bf16")
-    assert _one_line(err.value) == "dtype 'bf16' is not supported; use one of float32, bfloat16, float16"
+    assert _one_line(err.value) == "dtype 'bf16' is not supported; use one of auto, float32, bfloat16, float16"
     assert check_dtype("float16") is torch.float16
     with pytest.raises(ModelError, match="judge_dtype 3"):
         check_dtype(3, "judge_dtype")

@@ -385,7 +385,7 @@ def check_dtypes(resolved: Resolved) -> None:
         >>> check_dtypes(Resolved("x", {"dtype": "bf16"}, {}, {"dtype": "p.yaml"}, "p"))
         Traceback (most recent call last):
         ...
-        traitlab.params.ParamError: p.yaml: dtype 'bf16' is not supported; use one of float32, bfloat16, float16
+        traitlab.params.ParamError: p.yaml: dtype 'bf16' is not supported; use one of auto, float32, bfloat16, float16
     """
     from . import models
 

@@ -3,7 +3,7 @@
 Example:
     >>> rec = run_record({"seed": 0})
     >>> sorted(rec)[:3]
-    ['date', 'git_commit', 'model']
+    ['date', 'dtype_auto', 'git_commit']
 """
 
 from __future__ import annotations

@@ -1,0 +1,152 @@
+"""The two costs of every steering report, old path vs new, same inputs, alternating A/B rounds.
+
+1. **Judge**: the local judge's integer-distribution scores of answers to a few questions.
+   Old: one full prompt forward per answer (LM head at every position) and a deep-copied KV
+   cache per trie depth — the code before batching, kept here as ``old_scores``. New:
+   ``Judge.score_many`` → ``LocalBackend.complete_many`` (shared prefill per question, padded
+   batch, one trie forward per depth for the batch). Target: ≥ 3× answers per second; scores
+   equal within 1e-4.
+2. **Steered generation** over a grid of conditions. Old: one ``generate_steered`` call per
+   condition. New: ``generate_steered_grid`` (conditions decoded together). Target ≥ 2×;
+   identical greedy texts.
+
+Each side runs ``--rounds`` times in A/B/A/B order; the ratio is of the medians.
+
+    python benchmarks/steered_eval.py --judge qwen2.5-coder-0.5b-instruct --model qwen2.5-coder-0.5b-instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import time
+
+import torch
+from common import save, target
+
+from traitlab.data import opinion_questions
+from traitlab.judge import Judge, JudgeConfig, LocalBackend, judge_messages, weighted_score
+from traitlab.models import load_model
+from traitlab.steering import Steer, activation_norms, generate_steered, generate_steered_grid
+
+ANSWERS = ("I think it will be great and full of opportunities for everyone.",
+           "It's hard to say; there are many risks and some of them are serious.",
+           "Yes.",
+           "The future looks bleak and worrying for most people involved in this.",
+           "Absolutely wonderful things are coming, and I am very hopeful about all of it!",
+           "word word word word word word word word",
+           "Prices will rise, then fall; experts disagree about the details, and so do I.",
+           "Nothing will change at all.")
+
+
+@torch.no_grad()
+def old_scores(be: LocalBackend, prompts: list[list[int]], top_k: int = 20) -> list[dict[int, float]]:
+    """The integer distributions as computed before batching: one full forward per prompt (logits
+    at every position) and a deep copy of the KV cache at every trie depth."""
+    hf = be.model.hf
+    out_all = []
+    for p in prompts:
+        ids = torch.tensor([p])
+        n_prompt = ids.shape[1]
+        out = hf(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        logp0 = torch.log_softmax(out.logits[0, -1].float(), -1)
+        logp0.topk(top_k)
+        ints: dict[int, float] = {}
+        frontier, logps = [(be._trie, 1.0)], logp0[None]
+        for depth in range(1, 8):
+            grow = [(child, t, pp * float(logps[row, t].exp()), row)
+                    for row, (node, pp) in enumerate(frontier) for t, child in node["children"].items()]
+            grow = [g for g in grow if g[2] >= be.prune and g[2] > 0]
+            if not grow:
+                break
+            cache = copy.deepcopy(cache)
+            cache.batch_select_indices(torch.tensor([g[3] for g in grow]))
+            o = hf(input_ids=torch.tensor([[g[1]] for g in grow]), past_key_values=cache, use_cache=True,
+                   attention_mask=torch.ones(len(grow), n_prompt + depth, dtype=torch.long))
+            cache = o.past_key_values
+            logps = torch.log_softmax(o.logits[:, -1].float(), -1)
+            p_more = logps.exp()[:, be._digit_start].sum(-1)
+            for i, (child, _t, pp, _row) in enumerate(grow):
+                if child["value"] is not None:
+                    ints[child["value"]] = ints.get(child["value"], 0.0) + pp * (1.0 - float(p_more[i]))
+            frontier = [(g[0], g[2]) for g in grow]
+        out_all.append(ints)
+    return out_all
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def judge_bench(spec: str, n_questions: int, rounds: int) -> dict:
+    be = LocalBackend(load_model(spec, dtype="float32", quiet=True))
+    items = [(q, a) for q in opinion_questions("test", n_questions).question for a in ANSWERS]
+    prompts = [be._prompt_ids(judge_messages("trait", q, a)) for q, a in items]
+    judge = Judge(JudgeConfig(backend="local", model=spec, dtype="float32", min_mass=0.0), backend=be, cache=None)
+    old_s, new_s = [], []
+    for _ in range(rounds):
+        t, old = _timed(lambda: old_scores(be, prompts))
+        old_s.append(t)
+        t, new = _timed(lambda: judge.score_many("trait", items, progress=False))
+        new_s.append(t)
+    diff = max(abs(weighted_score(o, 0.0)[0] - n.value) for o, n in zip(old, new, strict=True))
+    ratio = statistics.median(old_s) / statistics.median(new_s)
+    print(f"judge {spec}: {len(items)} answers to {n_questions} questions: old {statistics.median(old_s):.1f} s, "
+          f"new {statistics.median(new_s):.1f} s, {ratio:.2f}x; max |score diff| {diff:.1e}")
+    return {"judge": spec, "answers": len(items), "questions": n_questions, "seconds": {"old": old_s, "new": new_s},
+            "answers_per_second": {"old": len(items) / statistics.median(old_s),
+                                   "new": len(items) / statistics.median(new_s)},
+            "speedup": target(ratio, 3.0, ">="), "max_abs_score_diff": target(diff, 1e-4, "<=")}
+
+
+def grid_bench(spec: str, n_prompts: int, n_new: int, rounds: int) -> dict:
+    m = load_model(spec, dtype="float32", quiet=True)
+    ex = [m.chat.encode(q) for q in opinion_questions("test", n_prompts).question]
+    layer = max(m.n_layers // 2, 1)
+    site = f"resid_pre@{layer}"
+    norm = activation_norms(m, ex, [site])[site]
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm()
+    conds = [[]] + [[Steer(site, v, r * norm)] for r in (-0.5, -0.25, 0.25, 0.5, 0.75, 1.0)]
+    conds.append([Steer(f"resid_pre@{max(layer - 2, 0)}", v, 0.4 * norm), Steer(site, v, 0.4 * norm)]
+                 if layer >= 2 else [Steer(site, -v, norm)])
+    old_s, new_s = [], []
+    for _ in range(rounds):
+        t, old = _timed(lambda: [generate_steered(m, ex, c, max_new_tokens=n_new, batch_size=16) for c in conds])
+        old_s.append(t)
+        t, new = _timed(lambda: generate_steered_grid(m, ex, conds, max_new_tokens=n_new, batch_size=16))
+        new_s.append(t)
+    same = sum(a == b for x, y in zip(old, new, strict=True) for a, b in zip(x, y, strict=True))
+    ratio = statistics.median(old_s) / statistics.median(new_s)
+    tokens = len(conds) * len(ex) * n_new
+    print(f"grid {spec}: {len(conds)} conditions x {len(ex)} prompts x {n_new} tokens: old "
+          f"{statistics.median(old_s):.1f} s, new {statistics.median(new_s):.1f} s, {ratio:.2f}x; identical {same}/{len(conds) * len(ex)}")
+    return {"model": spec, "conditions": len(conds), "prompts": len(ex), "new_tokens": n_new,
+            "seconds": {"old": old_s, "new": new_s},
+            "steered_tokens_per_second": {"old": tokens / statistics.median(old_s), "new": tokens / statistics.median(new_s)},
+            "speedup": target(ratio, 2.0, ">="), "identical_share": target(same / (len(conds) * len(ex)), 1.0, ">=")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--judge", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--questions", type=int, default=2, help="judge: questions (8 answers each)")
+    ap.add_argument("--prompts", type=int, default=8, help="generation: prompts")
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    figures = {"judge": judge_bench(args.judge, args.questions, args.rounds),
+               "grid": grid_bench(args.model, args.prompts, args.new_tokens, args.rounds),
+               "threads": torch.get_num_threads(), "rounds": args.rounds}
+    assert math.isfinite(figures["judge"]["max_abs_score_diff"]["value"])
+    save("steered_eval", figures)
+
+
+if __name__ == "__main__":
+    main()
