@@ -70,6 +70,7 @@ bench: install
 	$(BIN)/python benchmarks/refusal_sweep.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/scaling.py
+	$(BIN)/python benchmarks/steered_eval.py
 	$(BIN)/traitlab render performance --profile default
 
 lint: install

@@ -23,6 +23,7 @@
 # | `refusal_sweep.py` | the refusal dial's last-token sweep: a full forward per condition vs prefix + lower-layer reuse | ≥ 20× faster, scores within 1e-4 |
 # | `memory.py` | peak RSS extracting 1,000 prompts × every layer, in memory and streamed to disk | ≤ 1.5× the weights |
 # | `scaling.py` | time and peak memory against prompt count and model size | curves and fitted log-log slopes |
+# | `steered_eval.py` | the two costs of every steering report: the local judge (one prompt per answer vs answers to a question batched on a shared prefill) and steered generation (one call per condition vs conditions decoded together) | judge ≥ 3×, scores within 1e-4; generation ≥ 2×, identical greedy texts |
 #
 # Runs alternate between the compared sides on the same inputs, and the figures that matter
 # are ratios: on a shared 2-core machine absolute seconds move by ±20 % from run to run.
@@ -31,7 +32,7 @@
 
 # %% tags=["parameters"]
 results_dir = "reports/benchmarks"
-benchmarks = ["extraction_throughput", "peers", "refusal_sweep", "memory", "scaling"]
+benchmarks = ["extraction_throughput", "peers", "refusal_sweep", "memory", "scaling", "steered_eval"]
 
 # %% [markdown]
 # ## Setup
@@ -128,6 +129,26 @@ print(f"{sw['model']}, layer {sw['layer']}, {sw['n_prompts']} prompts ({sw['toke
 print(f"naive {sw['naive_seconds']:.1f} s, reuse {sw['reuse_seconds']:.1f} s: "
       f"{sw['speedup']['value']:.1f}x (target {sw['speedup']['target']}); "
       f"max |score diff| {sw['max_abs_score_diff']['value']:.1e} (target {sw['max_abs_score_diff']['target']})")
+
+# %% [markdown]
+# ## 3b. The steering reports' two costs: the judge and steered generation
+# The judge scores many answers to the same question: the rubric and the question are a shared
+# prefix (computed once), and the integer-score trie is expanded for all answers in one
+# forward per depth, so the weights are read once per step for the whole batch. Steered
+# generation decodes every condition (coefficients, layers, random directions) of a prompt
+# batch together, each row with its own additions.
+
+# %%
+se_ = results["steered_eval"]["figures"]
+j, g = se_["judge"], se_["grid"]
+print(f"judge {j['judge']}: {j['answers']} answers to {j['questions']} questions: "
+      f"{j['answers_per_second']['old']:.2f} -> {j['answers_per_second']['new']:.2f} answers/s, "
+      f"{j['speedup']['value']:.2f}x (target {j['speedup']['target']}); max |score diff| "
+      f"{j['max_abs_score_diff']['value']:.1e} (target {j['max_abs_score_diff']['target']})")
+print(f"generation {g['model']}: {g['conditions']} conditions x {g['prompts']} prompts x {g['new_tokens']} tokens: "
+      f"{g['steered_tokens_per_second']['old']:.1f} -> {g['steered_tokens_per_second']['new']:.1f} steered tokens/s, "
+      f"{g['speedup']['value']:.2f}x (target {g['speedup']['target']}); identical texts "
+      f"{g['identical_share']['value']:.0%}")
 
 # %% [markdown]
 # ## 4. Memory: 1,000 prompts × every layer

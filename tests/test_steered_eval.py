@@ -111,3 +111,32 @@ def test_paired_effects_pair_by_question_within_trait():
         se.paired_effects(df, by=["cond"], baseline=df.cond == "none")  # trait forgotten: ambiguous baseline
     wide, strata = se.unit_matrix(df, by=["trait", "cond"], baseline=df.cond == "none", within=["trait"])
     assert wide.shape == (2, 6) and sorted(strata) == ["a", "b"] and len(strata["a"]) == 3
+
+
+def test_generations_are_cached_by_every_input(tiny, tmp_cache, monkeypatch):
+    qs = pd.DataFrame({"question": ["Hello there", "What is up?"]})
+    v = torch.ones(tiny.d_model)
+    conds = [se.Condition.unsteered(kind="base"), se.Condition((steering.Steer("resid_pre@1", v, 2.0),), kind="up")]
+    first = se.generate_answers(tiny, qs, conds, max_new_tokens=3)
+    files = sorted(tmp_cache.rglob("*.json"))
+    assert len(files) == 2  # one entry per condition
+
+    def boom(*a, **k):
+        raise AssertionError("generated although cached")
+
+    monkeypatch.setattr(se, "generate_steered_grid", boom)
+    assert se.generate_answers(tiny, qs, conds, max_new_tokens=3).equals(first)  # replayed
+    for changed in ({"max_new_tokens": 4}, {"positions": "all"}, {"batch_size": 1}):
+        with pytest.raises(AssertionError, match="generated although cached"):
+            se.generate_answers(tiny, qs, conds, **{"max_new_tokens": 3, **changed})
+    other = [se.Condition((steering.Steer("resid_pre@1", v, 2.5),), kind="up")]
+    with pytest.raises(AssertionError, match="generated although cached"):
+        se.generate_answers(tiny, qs, other, max_new_tokens=3)  # another coefficient
+    # a damaged entry is never served: it is regenerated, with a warning
+    monkeypatch.undo()
+    monkeypatch.setenv("TRAITLAB_CACHE", str(tmp_cache))
+    files[0].write_text('{"key": "x", "texts": ["forged", "forged"]}')
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = se.generate_answers(tiny, qs, conds, max_new_tokens=3)
+    assert again.equals(first)
+    assert not se.generate_answers(tiny, qs, conds, max_new_tokens=3, cache=False).empty

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,9 +42,11 @@ import pandas as pd
 import torch
 
 from . import uncertainty
+from .atomic import read_json, stable_hash, write_json
 from .chat import Encoded
 from .judge import Judge
 from .models import LoadedModel
+from .paths import cache_dir
 from .sites import Site
 from .steering import Positions, Sampling, Steer, generate_steered_grid
 
@@ -95,11 +99,18 @@ def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequ
                      text: str = "question", encode: Callable[[str], Encoded] | None = None,
                      max_new_tokens: int, positions: Positions = "response", batch_size: int = 16,
                      sampling: Sampling | None = None, progress: bool = False,
-                     desc: str = "steer") -> pd.DataFrame:
+                     desc: str = "steer", cache: bool = True) -> pd.DataFrame:
     """Every condition's answers to every prompt: one row per (condition, prompt), in condition
     order then prompt order, with the condition's labels, the prompt's columns and ``answer``
     (stripped). ``encode`` turns a prompt into model input (default: the model's chat format);
     conditions with the same steers are generated once; ``desc`` names the progress bar.
+
+    Each condition's answers are cached (``$TRAITLAB_CACHE/generations``, written atomically,
+    checked when read) under a key of everything they depend on: the generation method, the
+    model's weights fingerprint, dtype and device, the prompts' token ids, the condition's steers
+    (sites, coefficients, vector bytes), ``max_new_tokens``, ``positions``, ``batch_size`` and a
+    seeded ``sampling``; so a re-render, or another report asking for the same answers, reuses
+    them, and a changed input can never be served an old answer. ``cache=False`` skips it.
     """
     if text not in prompts.columns:
         raise KeyError(f"prompts have no {text!r} column (columns: {', '.join(map(str, prompts.columns))})")
@@ -107,15 +118,59 @@ def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequ
     examples = [encode(t) for t in prompts[text]]
     keys = [c.key() for c in conditions]
     unique = {k: c for k, c in zip(keys, conditions, strict=True)}
-    texts = generate_steered_grid(model, examples, [list(c.steers) for c in unique.values()],
-                                  max_new_tokens=max_new_tokens, positions=positions, batch_size=batch_size,
-                                  sampling=sampling, progress=progress, desc=desc)
-    done = {k: [t.strip() for t in ts] for k, ts in zip(unique, texts, strict=True)}
+    sampling = Sampling.parse(sampling)
+    store = cache and (sampling.greedy or sampling.seed is not None)  # an unseeded draw is not a result
+    paths = {k: _cache_path(model, examples, k, max_new_tokens=max_new_tokens, positions=positions,
+                            batch_size=batch_size, sampling=sampling) for k in unique} if store else {}
+    done = {}
+    for k, path in paths.items():
+        hit = _read_cached(path, len(examples))
+        if hit is not None:
+            done[k] = hit
+    todo = [k for k in unique if k not in done]
+    if todo:
+        texts = generate_steered_grid(model, examples, [list(unique[k].steers) for k in todo],
+                                      max_new_tokens=max_new_tokens, positions=positions, batch_size=batch_size,
+                                      sampling=sampling, progress=progress, desc=desc)
+        for k, ts in zip(todo, texts, strict=True):
+            done[k] = [t.strip() for t in ts]
+            if store:
+                write_json(paths[k], {"key": paths[k].stem, "texts": done[k]})
     rows = []
     records = prompts.to_dict("records")
     for c, k in zip(conditions, keys, strict=True):
         rows += [{**dict(c.labels), **r, "answer": a} for r, a in zip(records, done[k], strict=True)]
     return pd.DataFrame(rows)
+
+
+GENERATION_METHOD = "grid-v1"
+"""Version of the generation code; part of every cached generation's key."""
+
+
+def _cache_path(model: LoadedModel, examples: Sequence[Encoded], condition: str, **settings: Any) -> Path:
+    sampling = settings.pop("sampling")
+    key = stable_hash({"method": GENERATION_METHOD, "model": model.fingerprint, "dtype": model.dtype,
+                       "device": str(getattr(model, "device", None)), "prompts": [list(e.ids) for e in examples],
+                       "condition": condition, "sampling": None if sampling.greedy else asdict(sampling),
+                       **settings}, 32)
+    return cache_dir("generations") / key[:2] / f"{key}.json"
+
+
+def _read_cached(path: Path, n: int) -> list[str] | None:
+    """The cached answers at ``path``, or None (missing, or unreadable: then recomputed, with a
+    warning, never served)."""
+    if not path.exists():
+        return None
+    try:
+        d = read_json(path)
+        if (isinstance(d, dict) and d.get("key") == path.stem and isinstance(d.get("texts"), list)
+                and len(d["texts"]) == n and all(isinstance(t, str) for t in d["texts"])):
+            return d["texts"]
+        problem = "not a cached generation of these prompts"
+    except (OSError, ValueError) as err:
+        problem = f"{type(err).__name__}: {err}"
+    warnings.warn(f"generation cache entry {path} is unreadable ({problem}); generating again", stacklevel=3)
+    return None
 
 
 def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str] | Sequence[str] = ("trait",),

@@ -25,7 +25,7 @@ from ..atomic import read_json
 from ..params import ParamError
 from ..paths import PROJECT_ROOT
 
-BENCHMARKS = ("extraction_throughput", "peers", "refusal_sweep", "memory", "scaling")
+BENCHMARKS = ("extraction_throughput", "peers", "refusal_sweep", "memory", "scaling", "steered_eval")
 COMMANDS = {
     "extraction_throughput": "python benchmarks/extraction_throughput.py",
     "peers": "python benchmarks/peers.py",
@@ -209,7 +209,8 @@ def record(P: Params, results: dict[str, dict[str, Any]]):
     benchmark may move before the golden check calls it a change:
 
     - timing ratios with repeats (``extraction.ratio.bs<b>``, ``peers.train_speedup_*``,
-      ``peers.steered_over_unsteered_traitlab``): a ratio of medians, SE from the repeats' spread
+      ``peers.steered_over_unsteered_traitlab``, ``steered_eval.judge.speedup``,
+      ``steered_eval.grid.speedup``): a ratio of medians, SE from the repeats' spread
       (robust SE of each log median, combined), k = 2 (``estimate``);
     - ratios measured once (``refusal_sweep.speedup``, ``memory.*`` peak RSS / weights): no spread
       recorded, so ``NO_REPEAT_REL`` (10%) of the value, stated as such;
@@ -236,6 +237,9 @@ def record(P: Params, results: dict[str, dict[str, Any]]):
             num, den = _PEER_RATIOS[t.figure]
             q = records.estimate(name, t.value, se=_ratio_se(t.value, fig["seconds"][num], fig["seconds"][den]),
                                  n=len(fig["seconds"][num]), k=2)
+        elif t.benchmark == "steered_eval" and t.figure.endswith(".speedup"):
+            sec = fig[t.figure.split(".")[0]]["seconds"]  # judge / grid: old and new, alternating rounds
+            q = records.estimate(name, t.value, se=_ratio_se(t.value, sec["old"], sec["new"]), n=len(sec["old"]), k=2)
         elif "parity" in t.figure or "diff" in t.figure:
             q = records.Quantity(name, t.value, "max |Δ|", None, None, bound,
                                  f"up to its target ({t.target}): float noise under the target is no change")
