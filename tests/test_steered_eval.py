@@ -18,7 +18,7 @@ def tiny():
     return load_model("tiny-llama")
 
 
-def test_generate_answers_equals_per_condition_generation_and_shares_duplicates(tiny, monkeypatch):
+def test_generate_answers_equals_per_condition_generation_and_shares_duplicates(tiny, tmp_cache, monkeypatch):
     qs = pd.DataFrame({"question_id": ["a", "b"], "question": ["Hello there", "What is up?"]})
     v = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(0))
     steer = se.at_ratio("resid_pre@1", v, 2.0, {"resid_pre@1": 5.0})

@@ -25,15 +25,16 @@ from ..atomic import read_json
 from ..params import ParamError
 from ..paths import PROJECT_ROOT
 
-BENCHMARKS = ("extraction_throughput", "peers", "refusal_sweep", "memory", "scaling", "steered_eval")
 COMMANDS = {
     "extraction_throughput": "python benchmarks/extraction_throughput.py",
     "peers": "python benchmarks/peers.py",
     "refusal_sweep": "python benchmarks/refusal_sweep.py",
     "memory": "python benchmarks/memory.py",
     "scaling": "python benchmarks/scaling.py",
+    "steered_eval": "python benchmarks/steered_eval.py",
 }
 """How to (re)produce each result file (all of them: ``make bench``)."""
+BENCHMARKS = tuple(COMMANDS)
 
 
 @dataclass(frozen=True)
