@@ -212,7 +212,7 @@ def test_render_into_reports_refuses_a_dirty_tree(monkeypatch, capsys):
     from traitlab import cli
 
     calls = []
-    monkeypatch.setattr(cli, "dirty_files", lambda: ["lib/traitlab/steering.py"])
+    monkeypatch.setattr(cli.runinfo, "dirty_files", lambda: ["lib/traitlab/steering.py"])
     monkeypatch.setattr(cli, "render", lambda *a, **k: calls.append(a) or Path("x.ipynb"))
     monkeypatch.setattr(cli, "write_index", lambda *a, **k: None)
     assert cli.main(["render", "method_comparison", "--profile", "ci", "--no-html"]) == 2
@@ -230,3 +230,27 @@ def test_dirty_run_record_is_flagged(capsys):
            "git_commit": "abc+dirty", "date": "d"}
     runinfo.show(rec)
     assert "\x1b[31m" in capsys.readouterr().out
+
+
+def test_rendered_outputs_do_not_make_the_tree_dirty(tmp_path, monkeypatch):
+    """A changed report or golden file is an output, not code: rendering report after report
+    from one commit keeps naming that commit; a changed source file still counts."""
+    import subprocess
+
+    from traitlab import runinfo
+
+    repo = tmp_path / "repo"
+    for d in ("reports", "tests/golden", "lib"):
+        (repo / d).mkdir(parents=True)
+        (repo / d / "f.txt").write_text("a")
+    run = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True)  # noqa: E731
+    run("init", "-q")
+    run("add", ".")
+    run("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    monkeypatch.setattr(runinfo, "PROJECT_ROOT", repo)
+    monkeypatch.setattr(runinfo, "IS_CHECKOUT", True)
+    (repo / "reports" / "f.txt").write_text("b")
+    (repo / "tests" / "golden" / "f.txt").write_text("b")
+    assert runinfo.dirty_files() == [] and not runinfo.git_commit().endswith("+dirty")
+    (repo / "lib" / "f.txt").write_text("b")
+    assert runinfo.dirty_files() == ["lib/f.txt"] and runinfo.git_commit().endswith("+dirty")

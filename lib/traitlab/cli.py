@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import datasets
+from . import datasets, runinfo
 from .atomic import atomic_path, write_text
 from .params import (
     ParamError,
@@ -333,16 +333,6 @@ def _add_sources(p: argparse.ArgumentParser) -> None:
                         "e.g. --set layers=[8,12,16] --set runtime.device=cuda:0")
 
 
-def dirty_files() -> list[str]:
-    """Tracked files with uncommitted changes in the checkout (empty outside a checkout)."""
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line[3:] for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
-
-
 def _render_cmd(args: argparse.Namespace) -> int:
     everything = args.notebook == ["all"]
     names = notebooks() if everything else [notebook_name(a) for a in args.notebook]
@@ -366,7 +356,7 @@ def _render_cmd(args: argparse.Namespace) -> int:
             skipped.append((name, why))
             continue
         todo.append(name)
-    dirty = dirty_files()
+    dirty = runinfo.dirty_files()
     if dirty and out.resolve() == (PROJECT_ROOT / "reports").resolve() and not args.allow_dirty:
         raise RenderError(f"the working tree has {len(dirty)} uncommitted change(s) (e.g. {dirty[0]}): a committed "
                           "report must name a real commit; commit first, or pass --allow-dirty (the run "

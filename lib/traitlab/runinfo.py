@@ -40,11 +40,26 @@ def git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
+        return sha + ("+dirty" if dirty_files() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+OUTPUTS = ("reports", "tests/golden")
+"""Folders of rendered outputs: rendering writes them, nothing computed reads them, so their
+changes do not make a run's code differ from its commit (rendering report after report from
+one commit would otherwise call every report after the first ``+dirty``)."""
+
+
+def dirty_files() -> list[str]:
+    """Tracked files with uncommitted changes outside ``OUTPUTS`` (empty outside a checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                              *(f":(exclude){d}" for d in OUTPUTS)],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line[3:] for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
 def run_record(params: Any, model: Any = None) -> dict[str, Any]:
