@@ -196,6 +196,14 @@ def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str
     return out
 
 
+def _with_baseline(judged: pd.DataFrame, baseline: pd.Series, keys: list[str], value: str) -> pd.DataFrame:
+    """The steered rows, each with its baseline row's ``value`` (same ``keys``) as ``_base``."""
+    base = judged[baseline][keys + [value]].rename(columns={value: "_base"})
+    if base.duplicated(keys).any():
+        raise ValueError(f"baseline has several rows per {keys}: say which labels separate them (within=)")
+    return judged[~baseline].merge(base, on=keys, how="left")
+
+
 def paired_effects(judged: pd.DataFrame, *, by: Sequence[str], baseline: pd.Series,
                    unit: str = "question", within: Sequence[str] = (), value: str = "score",
                    level: float = 0.95) -> pd.DataFrame:
@@ -212,11 +220,7 @@ def paired_effects(judged: pd.DataFrame, *, by: Sequence[str], baseline: pd.Seri
     >>> e.loc["up", ["steered", "baseline", "delta"]].tolist(), int(e.loc["up", "n"])
     ([80.0, 55.0, 25.0], 2)
     """
-    keys = [*within, unit]
-    base = judged[baseline][keys + [value]].rename(columns={value: "_base"})
-    if base.duplicated(keys).any():
-        raise ValueError(f"baseline has several rows per {keys}: say which labels separate them (within=)")
-    m = judged[~baseline].merge(base, on=keys, how="left")
+    m = _with_baseline(judged, baseline, [*within, unit], value)
     out = []
     for key, g in m.groupby(list(by), sort=False):
         d = (g[value] - g._base).to_numpy(float)
@@ -246,8 +250,7 @@ def unit_matrix(judged: pd.DataFrame, *, by: Sequence[str], baseline: pd.Series,
     ([20.0, 30.0], [0, 1])
     """
     keys = [*within, unit]
-    base = judged[baseline][keys + [value]].rename(columns={value: "_base"})
-    m = judged[~baseline].merge(base, on=keys, how="left")
+    m = _with_baseline(judged, baseline, keys, value)
     m["_d"] = m[value] - m._base
     m["_unit"] = list(zip(*(m[k] for k in keys), strict=True)) if within else m[unit]
     wide = m.pivot_table(index=list(by), columns="_unit", values="_d", aggfunc="mean", dropna=False, sort=False)

@@ -325,37 +325,8 @@ def generate_steered(model: LoadedModel, examples: Sequence[Encoded], steers: Se
         >>> len(out)
         1
     """
-    if not examples:
-        raise ValueError("no prompts to generate from")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    sampling = Sampling.parse(sampling)
-    plan = _plan(model, steers, positions)
-    lm, tok, hf = model.lm, model.tokenizer, model.hf
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
-    texts = [""] * len(examples)
-    base = sampling.base_seed()
-    for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
-        idx = order[start:start + batch_size]
-        inp = to_model(_pad_batch([examples[i] for i in idx], "left", tok.pad_token_id), model)
-        gen = _gen_kwargs(model, max_new_tokens, sampling, base, idx)
-        kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
-        if not plan and not model.remote:
-            ids = hf.generate(**kwargs, **gen)
-        else:
-            # Two invokes: when every row stops early (EOS), the step loop is cut short and
-            # nothing after it in the same invoke runs; the second invoke always does.
-            with warnings.catch_warnings(), lm.generate(**gen, **_remote(model)) as tracer:
-                warnings.filterwarnings("ignore", message=".*was never reached.*")  # early stop: expected
-                with tracer.invoke(kwargs):
-                    for _step in tracer.iter[:max_new_tokens]:
-                        _apply_plan(plan, positions)
-                with tracer.invoke():
-                    ids = tracer.result.save()
-        new = ids[:, inp["input_ids"].shape[1]:]
-        for i, t in zip(idx, tok.batch_decode(new, skip_special_tokens=True), strict=True):
-            texts[i] = t
-    return texts
+    return generate_steered_grid(model, examples, [steers], max_new_tokens=max_new_tokens, positions=positions,
+                                 batch_size=batch_size, progress=progress, sampling=sampling)[0]
 
 
 def _apply_rows(value: torch.Tensor, deltas: torch.Tensor, positions: Positions) -> None:
