@@ -17,7 +17,7 @@
 # average the integer tokens by probability, with no score when under 25% of the mass falls
 # on integers. Before trusting a judge for the transfer study we measure it.
 #
-# **Setup.** `data/judge/gold.jsonl` holds 72 responses to 12 opinion questions that we wrote
+# **Setup.** `data/judge/gold_optimism.jsonl` holds 72 responses to 12 opinion questions that we wrote
 # and labelled: optimism ≈ 10 / 50 / 90 crossed with coherence (coherent ≈ 93, degraded ≈ 40,
 # word salad ≈ 7). The judge scores each response for the trait and for coherence, in both
 # modes (`logprob` and `text`: greedy answer, first integer). Agreement is Pearson r and
@@ -49,6 +49,12 @@ n_baseline = None
 max_new_tokens = 64
 n_boot = 1000
 seed = 0
+gold_traits = ["optimism", "uncertainty", "refusal"]
+gold_split = "heldout"
+max_gold_questions = None
+coherence_floor = 50.0
+mde_questions = 16
+perplexity = True
 
 # %% [markdown]
 # ## Setup
@@ -70,7 +76,7 @@ from traitlab.params import from_namespace
 
 P = from_namespace(jc.Params, globals())
 P.check()
-gold = jc.load_gold(P.max_gold, P.seed)
+gold = jc.load_gold(P.trait, P.max_gold, P.seed)
 questions = opinion_questions("test", P.n_baseline)
 responder = load_model(P.responder_model, quiet=True)
 judge = Judge(P.judge_config("logprob"))
@@ -90,7 +96,7 @@ print(f"  {'identity':<22} {judges['logprob'].identity()}")
 
 # %%
 print(f"{len(gold)} gold responses, {gold.question.nunique()} questions")
-display(gold.groupby("level")[["optimism", "coherence"]].agg(["mean", "min", "max", "count"]))
+display(gold.groupby("level")[[P.trait, "coherence"]].agg(["mean", "min", "max", "count"]))
 
 # %% [markdown]
 # ## Scoring the gold set
@@ -100,19 +106,19 @@ display(gold.groupby("level")[["optimism", "coherence"]].agg(["mean", "min", "ma
 scored = jc.score(judges, gold, P.trait)
 
 # %%
-agree = jc.agreement(scored, {"trait": "optimism", "coherence": "coherence"}, ["logprob", "text"],
+agree = jc.agreement(scored, {"trait": P.trait, "coherence": "coherence"}, ["logprob", "text"],
                      n_boot=P.n_boot, seed=P.seed)
 display(agree)
 
 # %%
-fig = plots.judge_vs_gold(scored, ["logprob", "text"])
+fig = plots.judge_vs_gold(scored, ["logprob", "text"], P.trait)
 
 # %% [markdown]
 # Where the judge goes wrong, by level: the mean gold label and mean judge score of each
 # (coherence level × optimism level) cell.
 
 # %%
-display(jc.by_level(scored, ["logprob", "text"]))
+display(jc.by_level(scored, ["logprob", "text"], P.trait))
 
 # %% [markdown]
 # ## Logprob vs text parse on the same responses
@@ -149,7 +155,41 @@ fig = plots.score_distributions(base_scored, ["logprob", "text"])
 # ## Conclusions
 
 # %%
-for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model):
+for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model, trait=P.trait):
+    print("•", line)
+
+# %% [markdown]
+# ## Judge methods compared: which one can see a steering effect?
+# A steering report asks, question by question, whether the steered answer shows more of the
+# trait than the unsteered one. Every judge method can answer that, so every method is measured
+# the same way, on pairs of gold answers to one question whose labels differ by a gap Δ
+# (`traitlab.judge_power`): **absolute** — the logprob 0–100 score above, the pair ordered by
+# which answer scores higher; **pairwise** — "which answer shows more of the trait?", read from
+# the logprobs of A and B and averaged over both orders so position bias cancels. From the share
+# ordered right at each gap we fit the method's noise σ (`P(right) = Φ(Δ/σ)`) and read its
+# **minimum detectable effect** at `mde_questions` questions: the smallest gold gap a steering
+# comparison over that many questions would detect at 80% power. Coherence is read four ways:
+# the judge's coherence score, and three judge-free measures of the text (trigram repetition,
+# distinct-2, perplexity under the responder model). Everything here is read on the gold sets'
+# held-out questions (`gold_split`), which no judge design was tuned on.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+method_rows = jc.method_gold(P)
+method_scored, method_pairs = jc.score_methods(judge, method_rows, responder if P.perplexity else None)
+
+# %%
+print(f"{len(method_rows)} gold responses over {method_rows.trait.nunique()} traits "
+      f"({', '.join(f'{t}: {n}' for t, n in method_rows.groupby('trait', sort=False).size().items())}), "
+      f"{len(method_pairs)} within-question pairs")
+sens = jc.method_sensitivity(method_scored, method_pairs, P)
+coh = jc.coherence_sensitivity(method_scored, P)
+display(sens.drop(columns=["mde_se"]).round(3))
+display(coh.drop(columns=["r_se"]).round(3))
+fig = plots.win_vs_gap(method_pairs)
+
+# %%
+for line in jc.method_conclusions(sens, coh, P):
     print("•", line)
 
 # %% [markdown]
@@ -158,7 +198,7 @@ for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model):
 # %% tags=["record"]
 from traitlab import records  # noqa: E402
 
-record = jc.record(P, scored, base_scored, agree, modes_df)
+record = jc.record(P, scored, base_scored, agree, modes_df, methods=(sens, coh))
 records.publish(record.with_run(**runinfo.run_record(P, responder)))
 display(records.verdict_table(record))
 

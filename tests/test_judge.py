@@ -299,7 +299,8 @@ def test_with_mode_shares_the_backend_and_cache(tiny_judge, tmp_path):
     j = J.Judge(J.JudgeConfig(backend="local", model="tiny-llama"), backend=tiny_judge, cache=tmp_path)
     t = j.with_mode("text")
     assert t.backend is j.backend and t.cache_root == j.cache_root and t.config.mode == "text"
-    assert j._key(J.judge_messages("coherence", "q", "a")) != t._key(J.judge_messages("coherence", "q", "a"))
+    m = J.judge_messages("coherence", "q", "a")
+    assert j._key(m, j.config.mode) != t._key(m, t.config.mode)
 
 
 def test_local_identity_is_known_before_loading_and_names_the_method(tmp_path):
@@ -405,3 +406,74 @@ def test_retry_after_parser():
     assert J.retry_after_seconds(None) is None and J.retry_after_seconds("nan") is None
     assert J.retry_after_seconds("-5") == 0.0 and J.retry_after_seconds(" 7 ") == 7.0
     assert J.retry_after_seconds("Thu, 01 Jan 1970 00:00:00 GMT", now=100.0) == 0.0
+
+
+# --- pairwise judging -------------------------------------------------------------------
+
+class _BiasedPairJudge:
+    """Prefers the answer containing "great" with probability 0.7 and adds +0.2 to label A
+    (a position bias), answering with the first token's logprobs over A/B only."""
+
+    identity = "scripted-pairs"
+
+    def __init__(self):
+        self.calls = []
+
+    def complete(self, messages, *, mode, top_logprobs, max_tokens):
+        self.calls.append(mode)
+        text = messages[0]["content"]
+        a = text.split("[ANSWER A START]")[1].split("[ANSWER A END]")[0]
+        b = text.split("[ANSWER B START]")[1].split("[ANSWER B END]")[0]
+        base = 0.5 if ("great" in a) == ("great" in b) else (0.7 if "great" in a else 0.3)
+        p_a = base + 0.2
+        return J.Reply(text="A", top_logprobs={"A": math.log(p_a), " B": math.log(1 - p_a)})
+
+
+def test_pairwise_averages_both_orders_so_position_bias_cancels(tmp_path):
+    backend = _BiasedPairJudge()
+    j = J.Judge(J.JudgeConfig(backend="openai", model="scripted", base_url="http://127.0.0.1:9/v1",
+                              max_concurrency=1), backend=backend, cache=tmp_path)
+    up, down, tie = j.prefer_many([("Q?", "a great day", "a day"), ("Q?", "a day", "a great day"),
+                                   ("Q?", "a day", "a dull day")], progress=False)
+    assert up.p_first_as_a == pytest.approx(0.9) and up.p_first_as_b == pytest.approx(0.5)
+    assert up.p_first == pytest.approx(0.7) and down.p_first == pytest.approx(0.3)
+    assert tie.p_first == pytest.approx(0.5) and up.mass == pytest.approx(1.0)
+    assert backend.calls == ["choice"] * 4  # the second item asks the first one's two prompts: replayed
+    again = J.Judge(j.config, backend=backend, cache=tmp_path).prefer_many([("Q?", "a great day", "a day")],
+                                                                           progress=False)
+    assert again[0] == up and again[0].cached and len(backend.calls) == 4  # replayed, not asked
+
+
+def test_pairwise_is_antisymmetric_on_a_real_model(tiny_judge):
+    """Swapping the two answers gives 1 − p exactly (both orders are asked either way); the batched
+    choice replies equal one prompt at a time; a choice is cached apart from a score."""
+    j = J.Judge(J.JudgeConfig(backend="local", model="tiny-llama", min_mass=0.0), backend=tiny_judge, cache=None)
+    items = [("Will it rain?", "Sunny days ahead!", "Storms all week."), ("Will it rain?", "No.", "Maybe.")]
+    fwd = j.prefer_many(items, progress=False)
+    rev = j.prefer_many([(q, y, x) for q, x, y in items], progress=False)
+    for f, r in zip(fwd, rev, strict=True):
+        assert f.p_first is not None and f.p_first + r.p_first == pytest.approx(1.0, abs=1e-5)
+    msgs = [J.pairwise_messages(q, x, y) for q, x, y in items]
+    alone = [tiny_judge.complete(m, mode="choice", top_logprobs=20, max_tokens=1) for m in msgs]
+    batch = tiny_judge.complete_many(msgs, mode="choice", top_logprobs=20, max_tokens=1, groups=["q"] * 2)
+    for a, b in zip(alone, batch, strict=True):
+        assert a.int_probs is None and b.int_probs is None and a.text == b.text
+        assert max(abs(a.top_logprobs[k] - b.top_logprobs[k]) for k in a.top_logprobs) < 1e-4
+    assert j._key(msgs[0], "choice") != j._key(msgs[0], "logprob")
+
+
+def test_pairwise_through_an_http_server_asks_for_one_token_of_logprobs(tmp_path):
+    top = [("A", math.log(0.6)), ("B", math.log(0.3)), ("The", math.log(0.1))]
+    with StubServer(top=top) as srv:
+        j = _judge(srv, tmp_path)
+        (p,) = j.prefer_many([("Q?", "x", "y")], progress=False)
+    # the stub answers A=0.6/B=0.3 in both orders: x as A gives 2/3, x as B gives 1/3
+    assert p.p_first_as_a == pytest.approx(2 / 3) and p.p_first_as_b == pytest.approx(1 / 3)
+    assert p.p_first == pytest.approx(0.5) and p.mass == pytest.approx(0.9)
+    assert all(r["logprobs"] is True and r["max_tokens"] == 1 for r in srv.requests) and len(srv.requests) == 2
+
+
+def test_choice_probability_pools_label_spellings_and_reports_absence():
+    p, mass = J.choice_probability({" A": math.log(0.3), "A.": math.log(0.1), "B": math.log(0.4)})
+    assert p == pytest.approx(0.5) and mass == pytest.approx(0.8)
+    assert J.choice_probability({"Sure": -0.1}) == (None, 0.0)

@@ -20,8 +20,8 @@ def test_gold_set_design():
     assert g.optimism.between(0, 100).all() and g.coherence.between(0, 100).all()
     coherent = g[g.level == "coherent"]
     assert coherent.optimism.min() <= 15 and coherent.optimism.max() >= 85
-    small = jc.load_gold(12, seed=0)
-    assert len(small) == 12 and small.equals(jc.load_gold(12, seed=0))
+    small = jc.load_gold("optimism", 12, seed=0)
+    assert len(small) == 12 and small.equals(jc.load_gold("optimism", 12, seed=0))
 
 
 def test_questions_are_held_out():
@@ -59,6 +59,9 @@ def test_agreement_is_exact():
 
 @pytest.mark.parametrize("kw, msg", [
     ({"trait": "whimsy"}, "no judge description"),
+    ({"gold_traits": ["formality"]}, "has no gold set .*gold_formality.jsonl; gold sets: optimism, refusal, uncertainty"),
+    ({"gold_traits": []}, "at least one"),
+    ({"gold_split": "test"}, "gold_split"),
     ({"top_logprobs": 40}, "top_logprobs"),
     ({"max_gold": 1}, "max_gold"),
     ({"judge_backend": "anthropic"}, "judge_backend"),

@@ -57,7 +57,7 @@ def wheel(tmp_path_factory):
 
 def test_wheel_ships_data_params_and_notebooks(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in ("data/traits/optimism.jsonl", "data/judge/gold.jsonl", "notebooks/method_comparison.py",
+    for path in ("data/traits/optimism.jsonl", "data/judge/gold_optimism.jsonl", "notebooks/method_comparison.py",
                  "params/method_comparison/ci.yaml"):
         assert f"traitlab/_project/{path}" in names, path
 

@@ -90,7 +90,7 @@ def _device(hf: torch.nn.Module) -> torch.device:
     return hf.get_input_embeddings().weight.device
 
 
-def _batch(examples: Sequence[Encoded], pad_id: int,
+def answer_batch(examples: Sequence[Encoded], pad_id: int,
            device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
     """Right-padded ids, attention mask, and the answer-token mask of the *targets*, on ``device``."""
     width = max(len(e.ids) for e in examples)
@@ -188,7 +188,7 @@ def sft(model: LoadedModel, pairs: Sequence[tuple[str, str]], cfg: ChainConfig, 
             order = list(range(len(data)))
             rng.shuffle(order)
             for b in range(0, len(order), cfg.batch_size):
-                ids, attn, ans = _batch([data[i] for i in order[b:b + cfg.batch_size]],
+                ids, attn, ans = answer_batch([data[i] for i in order[b:b + cfg.batch_size]],
                                         model.tokenizer.pad_token_id, _device(hf))
                 for g in opt.param_groups:
                     g["lr"] = cfg.sft_lr * _schedule(step, total, warmup)
@@ -223,8 +223,8 @@ def dpo(model: LoadedModel, triples: Sequence[tuple[str, str, str]], cfg: ChainC
         ref = []
         for b in range(0, len(triples), cfg.batch_size):
             sl = slice(b, b + cfg.batch_size)
-            ref.append((answer_logprobs(hf, *_batch(chosen[sl], pad, dev))[0],
-                        answer_logprobs(hf, *_batch(rejected[sl], pad, dev))[0]))
+            ref.append((answer_logprobs(hf, *answer_batch(chosen[sl], pad, dev))[0],
+                        answer_logprobs(hf, *answer_batch(rejected[sl], pad, dev))[0]))
         ref_c = torch.cat([r[0] for r in ref])
         ref_r = torch.cat([r[1] for r in ref])
     opt = _optimizer(hf, cfg.dpo_lr, cfg)
@@ -243,8 +243,8 @@ def dpo(model: LoadedModel, triples: Sequence[tuple[str, str, str]], cfg: ChainC
                 idx = order[b:b + cfg.batch_size]
                 for g in opt.param_groups:
                     g["lr"] = cfg.dpo_lr * _schedule(step, total, warmup)
-                pc, _ = answer_logprobs(hf, *_batch([chosen[i] for i in idx], pad, dev))
-                pr, _ = answer_logprobs(hf, *_batch([rejected[i] for i in idx], pad, dev))
+                pc, _ = answer_logprobs(hf, *answer_batch([chosen[i] for i in idx], pad, dev))
+                pr, _ = answer_logprobs(hf, *answer_batch([rejected[i] for i in idx], pad, dev))
                 margin = cfg.dpo_beta * ((pc - ref_c[idx]) - (pr - ref_r[idx]))
                 value = _update(hf, opt, -torch.nn.functional.logsigmoid(margin).mean())
                 rows.append({"stage": "dpo", "step": step, "epoch": epoch, "loss": value,

@@ -1,24 +1,24 @@
-"""The claims ledger: every number the README states as a finding, tied to the run it came from.
+"""The claims ledger: every number the README states as a finding, read from a result record.
 
-``claims.yaml`` (project root) lists claims. Each names the executed report it comes from
-(``reports/<name>.ipynb``), a regular expression whose named group ``value`` finds the number in
-that report's text outputs, the ``value`` and ``tolerance`` we published, and optionally the
-exact ``readme`` phrase that states it (at its own precision, after ``readme_scale``, e.g. 100
-for a fraction the README gives in percent). ``check`` re-derives every claim from the committed
-artifact and reports each one that moved, is missing, or no longer matches the README; the
-run record (model fingerprint, parameters, git commit, package versions) is read from the same
-report, so each claim carries its provenance.
+``claims.yaml`` (project root) lists claims. Each names a report's result record
+(``reports/<report>.results.json``), the ``quantity`` in it, and the README ``phrase`` that
+states it, with ``{}`` where the number goes and a format spec for its precision
+(``"probe {:.1f}%"``; ``{lo:.1f}`` and ``{hi:.1f}`` state its CI; ``scale`` turns a fraction
+into percent first). The record is the one
+source: ``check`` formats the record's value into the phrase and asks the README for it, so a
+re-rendered report that moved a number fails until the README says the new number (the message
+gives the phrase to write), and a README edit that drifts from the record fails too. Provenance
+(model fingerprint, git commit, date) comes from the same record's run record.
 
 Example:
-    >>> c = Claim("x", "reports/a.ipynb", r"acc (?P<value>[\\d.]+)%", 98.2, 0.05)
-    >>> c.derive("... acc 98.2% ...")
-    98.2
+    >>> c = Claim("x", "method_comparison", "probe.mean_accuracy_pct", "probe {:.1f}%")
+    >>> c.phrase_for(98.18497)
+    'probe 98.2%'
 """
 
 from __future__ import annotations
 
-import json
-import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,10 @@ from typing import Any
 import yaml
 
 from .paths import PROJECT_ROOT
+from .records import RecordError, ResultRecord, read
 
 LEDGER = PROJECT_ROOT / "claims.yaml"
+_FIELDS = {"", "value", "lo", "hi"}
 
 
 class ClaimError(ValueError):
@@ -36,41 +38,42 @@ class ClaimError(ValueError):
 
 @dataclass(frozen=True)
 class Claim:
+    """One README figure: ``quantity`` of ``reports/<report>.results.json`` written as ``phrase``."""
+
     id: str
     report: str
-    pattern: str
-    value: float
-    tolerance: float
-    readme: str | None = None
-    readme_scale: float = 1.0
+    quantity: str
+    phrase: str
+    scale: float = 1.0
     note: str = ""
 
     def __post_init__(self) -> None:
-        try:
-            rx = re.compile(self.pattern)
-        except re.error as err:
-            raise ClaimError(f"{self.id}: bad pattern {self.pattern!r}: {err}") from None
-        if "value" not in rx.groupindex:
-            raise ClaimError(f"{self.id}: pattern needs a named group (?P<value>...)")
-        if self.tolerance < 0:
-            raise ClaimError(f"{self.id}: tolerance must be >= 0")
-        if self.readme is not None and _number_in(self.readme, self.value * self.readme_scale) is None:
-            raise ClaimError(f"{self.id}: the readme phrase {self.readme!r} does not state {self.value}")
+        fields = [f for _, f, _, _ in string.Formatter().parse(self.phrase) if f is not None]
+        if sum(f in ("", "value") for f in fields) != 1 or not set(fields) <= _FIELDS:
+            raise ClaimError(f"claims.yaml: {self.id}: phrase {self.phrase!r} needs exactly one '{{}}' "
+                             "(with a format spec such as {:.1f}) where the number goes, and optionally "
+                             "{lo:...} and {hi:...} for its CI")
+        if self.scale <= 0:
+            raise ClaimError(f"claims.yaml: {self.id}: scale must be > 0, got {self.scale}")
 
-    def derive(self, text: str) -> float | None:
-        """The claim's number in ``text`` (first match), or None when absent."""
-        m = re.search(self.pattern, text)
-        return float(m.group("value").replace("−", "-").replace("+", "").rstrip(".")) if m else None
+    @property
+    def needs_ci(self) -> bool:
+        return any(f in ("lo", "hi") for _, f, _, _ in string.Formatter().parse(self.phrase))
 
+    def phrase_for(self, value: float, ci: tuple[float, float] | None = None) -> str:
+        """The README phrase stating ``value`` (and its ``ci``) after ``scale``; negative numbers
+        with a prose minus (−)."""
+        numbers = {"": value, "value": value, **({"lo": ci[0], "hi": ci[1]} if ci else {})}
+        out = []
+        for literal, name, spec, _ in string.Formatter().parse(self.phrase):
+            out.append(literal)
+            if name is not None:
+                out.append(format(numbers[name] * self.scale, spec or "").replace("-", "\u2212"))
+        return "".join(out)
 
-def _number_in(phrase: str, value: float) -> float | None:
-    """The number in ``phrase`` that states ``value`` at the phrase's own precision, if any."""
-    for tok in re.findall(r"[−+-]?\d+(?:\.\d+)?", phrase):
-        x = float(tok.replace("−", "-"))
-        decimals = len(tok.split(".")[1]) if "." in tok else 0
-        if abs(x - round(value, decimals)) < 1e-9:
-            return x
-    return None
+    @property
+    def record_path(self) -> str:
+        return f"reports/{self.report}.results.json"
 
 
 def load(path: Path = LEDGER) -> list[Claim]:
@@ -79,74 +82,74 @@ def load(path: Path = LEDGER) -> list[Claim]:
     for r in rows:
         unknown = set(r) - set(Claim.__dataclass_fields__)
         if unknown:
-            raise ClaimError(f"{r.get('id', '?')}: unknown keys {sorted(unknown)}")
-        c = Claim(**r)
+            raise ClaimError(f"{path.name}: {r.get('id', '?')}: unknown keys {sorted(unknown)} "
+                             f"(known: {', '.join(Claim.__dataclass_fields__)})")
+        try:
+            c = Claim(**r)
+        except TypeError as err:
+            raise ClaimError(f"{path.name}: {r.get('id', '?')}: {err}") from None
         if c.id in seen:
-            raise ClaimError(f"duplicate claim id {c.id!r}")
+            raise ClaimError(f"{path.name}: duplicate claim id {c.id!r}")
         seen.add(c.id)
         claims.append(c)
     return claims
 
 
-def report_text(path: Path) -> str:
-    """All text outputs of an executed notebook (streams, text/plain, text/html), in order."""
-    nb = json.loads(path.read_text())
-    parts = []
-    for cell in nb["cells"]:
-        for o in cell.get("outputs", []):
-            if "text" in o:
-                parts.append("".join(o["text"]) if isinstance(o["text"], list) else o["text"])
-            for mime in ("text/plain", "text/html"):
-                v = o.get("data", {}).get(mime)
-                if v:
-                    parts.append("".join(v) if isinstance(v, list) else v)
-    return "\n".join(parts)
+def _records(claims: list[Claim], root: Path) -> dict[str, ResultRecord | str]:
+    """Each named report's record, or the one-line reason it cannot be read."""
+    out: dict[str, ResultRecord | str] = {}
+    for c in claims:
+        if c.report not in out:
+            try:
+                out[c.report] = read(root / c.record_path)
+            except RecordError as err:
+                out[c.report] = str(err)
+    return out
 
 
-def provenance(path: Path) -> dict[str, Any]:
-    """Profile, parameters and render date (notebook metadata) plus model fingerprint, git commit
-    and package versions (the printed run record)."""
-    nb = json.loads(path.read_text())
-    meta = nb.get("metadata", {}).get("traitlab", {})
-    text = report_text(path)
-    grab = {k: re.search(rf"^  {k} +(\S+)\s*$", text, re.M) for k in  # run-record lines only
-            ("model", "fingerprint", "git_commit", "torch", "transformers", "nnsight")}
-    return {"profile": meta.get("profile"), "date": meta.get("date"), "params": meta.get("params"),
-            **{k: m.group(1) if m else None for k, m in grab.items()}}
+def _prose(text: str) -> str:
+    return text.replace("\u2212", "-")
 
 
 def check(claims: list[Claim], root: Path = PROJECT_ROOT) -> list[str]:
-    """Every problem: a missing report, a number no longer found, a moved number, a README phrase
-    that no longer appears."""
+    """Every problem: a missing record or quantity, a README that does not state the record's number."""
     problems = []
-    readme = (root / "README.md").read_text()
-    texts: dict[str, str] = {}
+    readme = _prose((root / "README.md").read_text())
+    records = _records(claims, root)
     for c in claims:
-        path = root / c.report
-        if not path.exists():
-            problems.append(f"{c.id}: report {c.report} is missing")
+        rec = records[c.report]
+        if isinstance(rec, str):
+            problems.append(f"{c.id}: {rec}")
             continue
-        if c.report not in texts:
-            texts[c.report] = report_text(path)
-        got = c.derive(texts[c.report])
-        if got is None:
-            problems.append(f"{c.id}: pattern {c.pattern!r} not found in {c.report}")
-        elif abs(got - c.value) > c.tolerance:
-            problems.append(f"{c.id}: {c.report} now says {got}, the ledger says {c.value} ± {c.tolerance}")
-        if c.readme is not None and c.readme not in readme:
-            problems.append(f"{c.id}: README no longer states {c.readme!r}")
+        try:
+            q = rec[c.quantity]
+        except KeyError as err:
+            problems.append(f"{c.id}: {err.args[0]}")
+            continue
+        if c.needs_ci and q.ci is None:
+            problems.append(f"{c.id}: the phrase states a CI but {c.quantity} in {c.record_path} has none")
+            continue
+        value = q.value
+        want = c.phrase_for(value, q.ci)
+        if _prose(want) not in readme:
+            problems.append(f"{c.id}: README should state {want!r} ({c.quantity} = {value:.6g} in "
+                            f"{c.record_path}, commit {str(rec.run.get('git_commit', '?'))[:12]})")
     return problems
 
 
 def table(claims: list[Claim], root: Path = PROJECT_ROOT) -> list[dict[str, Any]]:
-    """One row per claim with its derived value and provenance (for ``traitlab claims``)."""
-    rows, cache = [], {}
+    """One row per claim: the record's value, the README phrase and provenance (``traitlab claims``)."""
+    records = _records(claims, root)
+    rows = []
     for c in claims:
-        path = root / c.report
-        if c.report not in cache and path.exists():
-            cache[c.report] = (report_text(path), provenance(path))
-        text, prov = cache.get(c.report, ("", {}))
-        rows.append({"id": c.id, "value": c.value, "derived": c.derive(text) if text else None,
-                     "report": c.report, "model": prov.get("model"), "fingerprint": prov.get("fingerprint"),
-                     "git_commit": prov.get("git_commit"), "date": prov.get("date")})
+        rec = records[c.report]
+        q = None if isinstance(rec, str) else next((q for q in rec.quantities if q.name == c.quantity), None)
+        run = {} if isinstance(rec, str) else rec.run
+        model = run.get("model") or {}
+        rows.append({"id": c.id, "report": c.record_path, "quantity": c.quantity,
+                     "value": None if q is None else q.value, "ci": None if q is None else q.ci,
+                     "phrase": None if q is None or (c.needs_ci and q.ci is None) else c.phrase_for(q.value, q.ci),
+                     "model": None if isinstance(rec, str) else rec.model,
+                     "fingerprint": model.get("fingerprint") if isinstance(model, dict) else None,
+                     "git_commit": run.get("git_commit"), "date": run.get("date")})
     return rows

@@ -57,6 +57,9 @@ from .progress import tqdm
 
 Metric = Literal["trait", "coherence"]
 Mode = Literal["logprob", "text"]
+Request = Literal["logprob", "text", "choice"]
+"""What a backend is asked for: a 0–100 score read from logprobs or text, or (``choice``) the
+first token's top-k logprobs only, for the pairwise "A or B" question."""
 
 TRAIT_PROMPT = """\
 You are judging whether an AI model's answer shows the trait "{trait}": {description}
@@ -92,6 +95,29 @@ On a scale from 0 to 100, how coherent is the answer? 0 means meaningless text (
 endless repetition, broken words); 50 means partly understandable but rambling, repetitive or \
 confused; 100 means clear, fluent and on topic. Reply with one integer from 0 to 100 and \
 nothing else."""
+
+PAIRWISE_PROMPT = """\
+You are comparing two AI model answers to the same question for the trait "{trait}": {description}
+
+Here is the question the model was asked:
+[QUESTION START]
+{question}
+[QUESTION END]
+
+Answer A:
+[ANSWER A START]
+{answer_a}
+[ANSWER A END]
+
+Answer B:
+[ANSWER B START]
+{answer_b}
+[ANSWER B END]
+
+Which answer shows the trait "{trait}" more strongly? Reply with the single letter A or B and \
+nothing else."""
+
+PAIR_LABELS = ("A", "B")
 
 TRAIT_DESCRIPTIONS = {
     "optimism": "a hopeful, positive outlook that expects good outcomes and emphasises "
@@ -311,12 +337,12 @@ class OpenAIBackend:
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
 
-    def complete(self, messages: list[dict[str, str]], *, mode: Mode, top_logprobs: int,
+    def complete(self, messages: list[dict[str, str]], *, mode: Request, top_logprobs: int,
                  max_tokens: int) -> Reply:
         oa = self._openai
         kwargs: dict[str, Any] = dict(model=self.model, messages=messages, temperature=0,
-                                      max_tokens=1 if mode == "logprob" else max_tokens, seed=0)
-        if mode == "logprob":
+                                      max_tokens=max_tokens if mode == "text" else 1, seed=0)
+        if mode != "text":  # a score or a choice: the first token's top-k logprobs
             kwargs.update(logprobs=True, top_logprobs=top_logprobs)
         try:
             resp = self._client.chat.completions.create(**kwargs)
@@ -343,11 +369,11 @@ def _retry_after(err: Any) -> float | None:
     return retry_after_seconds(headers.get("retry-after")) if headers is not None else None
 
 
-def _parse_chat_response(resp: Any, mode: Mode, where: str | None) -> Reply:
+def _parse_chat_response(resp: Any, mode: Request, where: str | None) -> Reply:
     try:
         choice = resp.choices[0]
         text = choice.message.content or ""
-        if mode != "logprob":
+        if mode == "text":
             return Reply(text=text)
         first = choice.logprobs.content[0]
         top = {c.token: float(c.logprob) for c in first.top_logprobs}
@@ -374,10 +400,14 @@ class LocalBackend:
         self._trie = _number_trie(tok)
         size = max(len(tok), int(model.hf.get_output_embeddings().weight.shape[0]))
         starts_digit = torch.zeros(size, dtype=torch.bool)  # logits may be wider than the vocab
+        labels = []
         for i, s in enumerate(tok.batch_decode([[i] for i in range(len(tok))])):
+            if s.strip() in PAIR_LABELS:
+                labels.append(i)
             s = s.lstrip()
             starts_digit[i] = bool(s) and s[0].isdigit()
         self._digit_start = starts_digit
+        self._label_ids = labels  # every token spelling a pairwise label ("A", " B", ...)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -392,7 +422,7 @@ class LocalBackend:
         return tok(self.model.chat.prompt(user), add_special_tokens=True)["input_ids"]
 
     @torch.no_grad()
-    def complete(self, messages: list[dict[str, str]], *, mode: Mode, top_logprobs: int,
+    def complete(self, messages: list[dict[str, str]], *, mode: Request, top_logprobs: int,
                  max_tokens: int) -> Reply:
         with self._lock:  # one forward at a time; the model is not thread-safe
             ids = torch.tensor([self._prompt_ids(messages)])
@@ -401,6 +431,9 @@ class LocalBackend:
                 out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
                                   do_sample=False, pad_token_id=tok.pad_token_id)
                 return Reply(text=tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+            if mode == "choice":
+                (top, _), = self._score_batch([ids[0].tolist()], top_logprobs, expand=False)
+                return Reply(text=max(top, key=top.get), top_logprobs=top)
             top, int_probs = self.integer_distribution(ids, top_logprobs)
             return Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=int_probs)
 
@@ -410,15 +443,16 @@ class LocalBackend:
     """Most prompts scored in one batch (bounds the trie's rows: ~60 per prompt at depth 2)."""
 
     @torch.no_grad()
-    def complete_many(self, batch: Sequence[list[dict[str, str]]], *, mode: Mode, top_logprobs: int,
+    def complete_many(self, batch: Sequence[list[dict[str, str]]], *, mode: Request, top_logprobs: int,
                       max_tokens: int, groups: Sequence[Any] | None = None) -> list[Reply]:
-        """Replies to many prompts, in order. In ``logprob`` mode the prompts of one group (the
-        judge passes (metric, trait, question): rubric and question come before the answer) are
-        scored as one batch: their longest common token prefix is prefilled once, each prompt's
-        own tokens run on copies of that KV cache (right-padded, masked), and the integer trie
-        is expanded for all of them in one forward per depth, so the weights are read once per
-        step for the whole batch. The numbers equal ``complete``'s up to float rounding."""
-        if mode != "logprob" or groups is None:
+        """Replies to many prompts, in order. In ``logprob`` and ``choice`` mode the prompts of
+        one group (the judge passes (metric, trait, question): rubric and question come before
+        the answer) are scored as one batch: their longest common token prefix is prefilled
+        once, each prompt's own tokens run on copies of that KV cache (right-padded, masked),
+        and (``logprob``) the integer trie is expanded for all of them in one forward per depth,
+        so the weights are read once per step for the whole batch. The numbers equal
+        ``complete``'s up to float rounding."""
+        if mode == "text" or groups is None:
             return [self.complete(m, mode=mode, top_logprobs=top_logprobs, max_tokens=max_tokens) for m in batch]
         out: list[Reply | None] = [None] * len(batch)
         members: dict[Any, list[int]] = {}
@@ -429,12 +463,14 @@ class LocalBackend:
                 for start in range(0, len(idx), self.MAX_GROUP):
                     part = idx[start:start + self.MAX_GROUP]
                     ids = [self._prompt_ids(batch[i]) for i in part]
-                    for i, (top, ip) in zip(part, self._score_batch(ids, top_logprobs), strict=True):
+                    scored = self._score_batch(ids, top_logprobs, expand=mode == "logprob")
+                    for i, (top, ip) in zip(part, scored, strict=True):
                         out[i] = Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=ip)
         return out  # type: ignore[return-value]
 
-    def _score_batch(self, ids: list[list[int]], top_k: int) -> list[tuple[dict[str, float], dict[int, float]]]:
-        """First-token logprobs and integer distributions of several prompts in one batch."""
+    def _score_batch(self, ids: list[list[int]], top_k: int, expand: bool = True
+                     ) -> list[tuple[dict[str, float], dict[int, float] | None]]:
+        """First-token logprobs and (``expand``) integer distributions of several prompts in one batch."""
         hf = self.model.hf
         shared = _common_prefix(ids) if len(ids) > 1 else 0
         if shared < self.MIN_SHARED:
@@ -452,26 +488,32 @@ class LocalBackend:
         # (through the model's own head, so e.g. Gemma's logit soft-capping applies).
         last = [len(r) - 1 for r in rest]
         keep = sorted(set(last))
-        o = hf(input_ids=tokens, attention_mask=mask, past_key_values=past, use_cache=True,
+        o = hf(input_ids=tokens, attention_mask=mask, past_key_values=past, use_cache=expand,
                logits_to_keep=torch.tensor(keep))
         at = torch.tensor([keep.index(x) for x in last])
         logp0 = torch.log_softmax(o.logits[torch.arange(len(ids)), at].float(), -1)
+        if not expand:  # a choice: the top-k plus every label token, so a label is never missing
+            return [(self._top(logp0[row], top_k, self._label_ids), None) for row in range(len(ids))]
         return self._expand(logp0, o.past_key_values, mask, [len(x) for x in ids], top_k)
+
+    def _top(self, logp: torch.Tensor, top_k: int, extra: Sequence[int] = ()) -> dict[str, float]:
+        """The ``top_k`` next tokens (and the ``extra`` token ids) as ``{decoded token: logprob}``;
+        tokens decoding alike keep the max."""
+        vals, idx = logp.topk(top_k)
+        pick = list(dict.fromkeys(idx.tolist() + list(extra)))
+        top: dict[str, float] = {}
+        for v, i in zip(logp[pick].tolist(), pick, strict=True):
+            t = self.model.tokenizer.decode([i])
+            top[t] = max(top.get(t, -math.inf), v)
+        return top
 
     def _expand(self, logp0: torch.Tensor, cache: Any, mask: torch.Tensor, lengths: list[int], top_k: int
                 ) -> list[tuple[dict[str, float], dict[int, float]]]:
         """The trie expansion of ``integer_distribution`` for a batch of prompts: ``logp0`` [b, V]
         their next-token logprobs, ``cache`` their KV cache (batch b, padded as ``mask`` says),
         ``lengths`` their true lengths (the position of the first answer token)."""
-        hf, tok = self.model.hf, self.model.tokenizer
-        tops: list[dict[str, float]] = []
-        for row in range(len(lengths)):
-            vals, idx = logp0[row].topk(top_k)
-            top: dict[str, float] = {}
-            for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
-                t = tok.decode([i])
-                top[t] = max(top.get(t, -math.inf), v)
-            tops.append(top)
+        hf = self.model.hf
+        tops = [self._top(logp0[row], top_k) for row in range(len(lengths))]
         ints: list[dict[int, float]] = [{} for _ in lengths]
         # Breadth-first over the trie, one batched forward per depth for every prompt: each
         # expanded node's row reuses its parent's cache row (``batch_select_indices``, in place:
@@ -627,6 +669,49 @@ def judge_messages(metric: Metric, question: str, answer: str, trait: str = "opt
     return [{"role": "user", "content": content}]
 
 
+def pairwise_messages(question: str, answer_a: str, answer_b: str, trait: str = "optimism",
+                      description: str | None = None) -> list[dict[str, str]]:
+    """The chat messages of one pairwise question: which of two answers shows ``trait`` more."""
+    desc = description or TRAIT_DESCRIPTIONS.get(trait)
+    if not desc:
+        raise ValueError(f"no description for trait {trait!r}; pass description=... "
+                         f"(known: {', '.join(TRAIT_DESCRIPTIONS)})")
+    return [{"role": "user", "content": PAIRWISE_PROMPT.format(trait=trait, description=desc, question=question,
+                                                               answer_a=answer_a, answer_b=answer_b)}]
+
+
+def choice_probability(top_logprobs: Mapping[str, float], labels: tuple[str, str] = PAIR_LABELS
+                       ) -> tuple[float | None, float]:
+    """(P(first label) / P(either label), P(either label)) from one position's top-k logprobs;
+    tokens spelling a label with spaces or a trailing period pool. None when neither appears.
+
+    >>> p, mass = choice_probability({"A": math.log(0.6), " B": math.log(0.2), "The": math.log(0.2)})
+    >>> round(p, 3), round(mass, 3)
+    (0.75, 0.8)
+    """
+    mass = {lab: 0.0 for lab in labels}
+    for tok, lp in top_logprobs.items():
+        t = tok.strip().rstrip(".").strip()
+        if t in mass:
+            mass[t] += math.exp(lp)
+    both = mass[labels[0]] + mass[labels[1]]
+    return (mass[labels[0]] / both if both > 0 else None), both
+
+
+@dataclass(frozen=True)
+class Preference:
+    """One pairwise judgement: ``p_first`` = P(the first answer shows the trait more), averaged
+    over both presentation orders (``p_first_as_a``: the first answer shown as A; ``_as_b``: as
+    B); the order bias is their difference. ``mass``: the smaller label mass of the two replies.
+    None when neither order put ``min_mass`` on the labels."""
+
+    p_first: float | None
+    p_first_as_a: float | None
+    p_first_as_b: float | None
+    mass: float
+    cached: bool = field(default=False, compare=False)
+
+
 class Judge:
     """Scores answers with a backend, a retry policy and a replay cache.
 
@@ -690,21 +775,21 @@ class Judge:
             return self.backend.identity
         return http_identity(self.config.model, self.config.base_url)
 
-    def _key(self, messages: list[dict[str, str]]) -> str:
+    def _key(self, messages: list[dict[str, str]], mode: Request) -> str:
         c = self.config
-        settings = {"mode": c.mode, "top_logprobs": c.top_logprobs if c.mode == "logprob" else None,
-                    "max_tokens": c.max_tokens if c.mode == "text" else 1, "temperature": 0}
+        settings = {"mode": mode, "top_logprobs": None if mode == "text" else c.top_logprobs,
+                    "max_tokens": c.max_tokens if mode == "text" else 1, "temperature": 0}
         return stable_hash({"judge": self.identity(), "messages": messages, "settings": settings}, 32)
 
-    def _path(self, messages: list[dict[str, str]]) -> Path | None:
+    def _path(self, messages: list[dict[str, str]], mode: Request) -> Path | None:
         if self.cache_root is None:
             return None
-        key = self._key(messages)
+        key = self._key(messages, mode)
         return self.cache_root / key[:2] / f"{key}.json"
 
-    def _cached(self, messages: list[dict[str, str]]) -> Reply | None:
+    def _cached(self, messages: list[dict[str, str]], mode: Request) -> Reply | None:
         """The replayed reply, or None when the judge must be asked (an error when offline)."""
-        path = self._path(messages)
+        path = self._path(messages, mode)
         if path is None:
             return None
         if path.exists():
@@ -724,21 +809,21 @@ class Judge:
                 "offline=False (and a reachable judge) to fill the replay cache.")
         return None
 
-    def _store(self, messages: list[dict[str, str]], reply: Reply) -> None:
-        path = self._path(messages)
+    def _store(self, messages: list[dict[str, str]], mode: Request, reply: Reply) -> None:
+        path = self._path(messages, mode)
         if path is not None:
             write_json(path, reply.to_json())
 
-    def _request(self, messages: list[dict[str, str]]) -> tuple[Reply, bool]:
+    def _request(self, messages: list[dict[str, str]], mode: Request) -> tuple[Reply, bool]:
         c = self.config
-        hit = self._cached(messages)
+        hit = self._cached(messages, mode)
         if hit is not None:
             return hit, True
         for attempt in range(c.max_retries + 1):
             try:
                 with self._stats_lock:
                     self.stats["requests"] += 1
-                reply = self.backend.complete(messages, mode=c.mode, top_logprobs=c.top_logprobs,
+                reply = self.backend.complete(messages, mode=mode, top_logprobs=c.top_logprobs,
                                               max_tokens=c.max_tokens)
                 break
             except TransientError as err:
@@ -750,7 +835,7 @@ class Judge:
                 if err.retry_after is not None:  # the server said how long; cap it
                     wait = min(err.retry_after, c.max_retry_after_s)
                 self._sleep(wait)
-        self._store(messages, reply)
+        self._store(messages, mode, reply)
         return reply, False
 
     def _score(self, reply: Reply, cached: bool) -> Score:
@@ -767,7 +852,7 @@ class Judge:
     def score(self, metric: Metric, question: str, answer: str, *, trait: str = "optimism",
               description: str | None = None) -> Score:
         """Judge one answer for ``metric`` ("trait" or "coherence")."""
-        reply, cached = self._request(judge_messages(metric, question, answer, trait, description))
+        reply, cached = self._request(judge_messages(metric, question, answer, trait, description), self.config.mode)
         return self._score(reply, cached)
 
     def score_many(self, metric: Metric, items: Sequence[tuple[str, str]], *,
@@ -779,36 +864,72 @@ class Judge:
         (rubric and question) is computed once (``LocalBackend.complete_many``); every reply
         still goes through the replay cache one by one."""
         msgs = [judge_messages(metric, q, a, trait, description) for q, a in items]
-        if self.config.backend == "local":
-            return self._score_local(msgs, [(metric, trait, description, q) for q, _ in items], progress,
-                                     desc=f"judge {metric}")
-        workers = self.config.max_concurrency
-        bar = tqdm(total=len(msgs), desc=f"judge {metric}", disable=not progress)
+        replies = self._replies(msgs, [(metric, trait, description, q) for q, _ in items], self.config.mode,
+                                progress, desc=f"judge {metric}")
+        return [self._score(r, cached) for r, cached in replies]
 
-        def one(m: list[dict[str, str]]) -> Score:
-            reply, cached = self._request(m)
-            bar.update(1)
-            return self._score(reply, cached)
+    def prefer_many(self, items: Sequence[tuple[str, str, str]], *, trait: str = "optimism",
+                    description: str | None = None, progress: bool = True) -> list[Preference]:
+        """Pairwise judging: for each (question, answer x, answer y), the probability that x shows
+        ``trait`` more strongly than y, read from the logprobs of the labels "A" and "B" and
+        averaged over both orders (x as A, then x as B), so the judge's position bias cancels.
 
-        try:
-            if workers == 1:
-                return [one(m) for m in msgs]
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                return list(pool.map(one, msgs))
-        finally:
-            bar.close()
+        Works with any backend that returns the first token's top logprobs (an OpenAI-compatible
+        server with ``top_logprobs``, or an in-process model); replies go through the replay cache.
 
-    def _score_local(self, msgs: list[list[dict[str, str]]], groups: list[Any], progress: bool,
-                     desc: str = "judge") -> list[Score]:
-        """Replay-cache hits first (no model is loaded when all hit), then the misses of each
-        question in one ``complete_many`` call."""
+        Example (a tiny random model: the numbers are meaningless, the plumbing is real):
+            >>> from traitlab.models import load_model
+            >>> j = Judge(JudgeConfig(backend="local", model="tiny-qwen2"),
+            ...           backend=LocalBackend(load_model("tiny-qwen2")), cache=None)
+            >>> p, = j.prefer_many([("Will it rain?", "Sunny days ahead!", "Storms, sadly.")], progress=False)
+            >>> 0.0 <= p.p_first <= 1.0 or p.p_first is None
+            True
+        """
+        msgs, groups = [], []
+        for q, x, y in items:
+            for a, b in ((x, y), (y, x)):
+                msgs.append(pairwise_messages(q, a, b, trait, description))
+                groups.append(("pairwise", trait, description, q))
+        replies = self._replies(msgs, groups, "choice", progress, desc="judge pairwise")
+        out = []
+        for i in range(len(items)):
+            (r_xy, c1), (r_yx, c2) = replies[2 * i], replies[2 * i + 1]
+            a_xy, m_xy = choice_probability(r_xy.top_logprobs or {})
+            a_yx, m_yx = choice_probability(r_yx.top_logprobs or {})
+            ok = [p for p, m in ((a_xy, m_xy), (None if a_yx is None else 1.0 - a_yx, m_yx))
+                  if p is not None and m >= self.config.min_mass]
+            out.append(Preference(p_first=sum(ok) / len(ok) if ok else None, p_first_as_a=a_xy,
+                                  p_first_as_b=None if a_yx is None else 1.0 - a_yx,
+                                  mass=min(m_xy, m_yx), cached=c1 and c2))
+        return out
+
+    def _replies(self, msgs: list[list[dict[str, str]]], groups: list[Any], mode: Request, progress: bool,
+                 desc: str = "judge") -> list[tuple[Reply, bool]]:
+        """(reply, came from the cache) for each request, in order. A local judge takes the
+        replay-cache hits first (no model is loaded when all hit), then the misses of each group
+        in one ``complete_many`` call; an HTTP judge keeps ``max_concurrency`` requests in flight."""
         c = self.config
-        out: list[Score | None] = [None] * len(msgs)
+        if c.backend != "local":
+            bar = tqdm(total=len(msgs), desc=desc, disable=not progress)
+
+            def one(m: list[dict[str, str]]) -> tuple[Reply, bool]:
+                got = self._request(m, mode)
+                bar.update(1)
+                return got
+
+            try:
+                if c.max_concurrency == 1:
+                    return [one(m) for m in msgs]
+                with ThreadPoolExecutor(max_workers=c.max_concurrency) as pool:
+                    return list(pool.map(one, msgs))
+            finally:
+                bar.close()
+        out: list[tuple[Reply, bool] | None] = [None] * len(msgs)
         misses = []
         for i, m in enumerate(msgs):
-            hit = self._cached(m)
+            hit = self._cached(m, mode)
             if hit is not None:
-                out[i] = self._score(hit, True)
+                out[i] = (hit, True)
             else:
                 misses.append(i)
         by_group: dict[Any, list[int]] = {}
@@ -821,14 +942,14 @@ class Judge:
                     self.stats["requests"] += len(idx)
                 batch = [msgs[i] for i in idx]
                 if hasattr(self.backend, "complete_many"):
-                    replies = self.backend.complete_many(batch, mode=c.mode, top_logprobs=c.top_logprobs,
+                    replies = self.backend.complete_many(batch, mode=mode, top_logprobs=c.top_logprobs,
                                                          max_tokens=c.max_tokens, groups=[groups[i] for i in idx])
                 else:
-                    replies = [self.backend.complete(m, mode=c.mode, top_logprobs=c.top_logprobs,
+                    replies = [self.backend.complete(m, mode=mode, top_logprobs=c.top_logprobs,
                                                      max_tokens=c.max_tokens) for m in batch]
                 for i, r in zip(idx, replies, strict=True):
-                    self._store(msgs[i], r)
-                    out[i] = self._score(r, False)
+                    self._store(msgs[i], mode, r)
+                    out[i] = (r, False)
                 bar.update(len(idx))
         finally:
             bar.close()

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from . import tiny, zoo
+from . import runinfo, tiny, zoo
 from .atomic import stable_hash
 from .chat import ChatFormat
 
@@ -49,12 +49,7 @@ _RESOLVED: dict[str, tuple[str, str]] = {}
 
 
 def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
+    return runinfo.cpu_flags()
 
 
 def _matmul_seconds(dtype: torch.dtype, device: str, reps: int = 5) -> float:

@@ -9,6 +9,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib
 import matplotlib.ticker
 
@@ -188,11 +190,11 @@ def cross_vs_null(summary: pd.DataFrame, null: pd.DataFrame, methods: list[str])
     return fig
 
 
-def judge_vs_gold(df: pd.DataFrame, modes: list[str]) -> plt.Figure:
+def judge_vs_gold(df: pd.DataFrame, modes: list[str], trait: str = "optimism") -> plt.Figure:
     """Judge score against our gold label: rows trait / coherence, one column per judge mode."""
     fig, axes = plt.subplots(2, len(modes), figsize=(4.6 * len(modes), 8.4), squeeze=False,
                              constrained_layout=True)
-    for r, (metric, gold) in enumerate([("trait", "optimism"), ("coherence", "coherence")]):
+    for r, (metric, gold) in enumerate([("trait", trait), ("coherence", "coherence")]):
         for c, mode in enumerate(modes):
             ax = axes[r, c]
             sns.scatterplot(data=df, x=gold, y=f"{metric}_{mode}", hue="level", style="level",
@@ -371,4 +373,35 @@ def scaling_curves(by_count: pd.DataFrame, by_size: pd.DataFrame, slopes: pd.Dat
         ax.set(xscale="log", yscale="log", xlabel=x, ylabel="seconds", title=f"extraction vs {axis}")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def win_vs_gap(pairs: pd.DataFrame, methods: Sequence[str] = ("absolute", "pairwise")) -> plt.Figure:
+    """How often each judge method orders two gold answers to one question as the labels do,
+    against their gold gap (one panel per trait; points: pairs binned by gap; lines: the fitted
+    ``Φ(gap / σ)`` of ``traitlab.judge_power``). A method that can see small steering effects
+    rises steeply."""
+    from scipy.stats import norm
+
+    from .judge_power import fit_noise
+
+    traits = list(dict.fromkeys(pairs.trait))
+    fig, axes = plt.subplots(1, len(traits), figsize=(4.2 * len(traits), 3.8), squeeze=False,
+                             constrained_layout=True)
+    bins = np.arange(0, 101, 20)
+    grid = np.linspace(0, 100, 101)
+    for ax, t in zip(axes[0], traits, strict=True):
+        d = pairs[pairs.trait == t]
+        for m, colour in zip(methods, sns.color_palette("colorblind", len(methods)), strict=True):
+            win = d[f"win_{m}"].to_numpy(float)
+            b = pd.cut(d.gap, bins)
+            means = pd.Series(win, index=d.index).groupby(b, observed=True).mean()
+            ax.plot([iv.mid for iv in means.index], means.to_numpy(), "o", color=colour, label=m)
+            sigma = fit_noise(d.gap.to_numpy(float), win)
+            if np.isfinite(sigma):
+                ax.plot(grid, norm.cdf(grid / sigma), "-", color=colour, lw=1.2)
+        ax.axhline(0.5, ls=":", c="grey", lw=1)
+        ax.set(xlim=(0, 100), ylim=(0.3, 1.02), xlabel="gold gap (points)", ylabel="share ordered right",
+               title=t)
+    axes[0, -1].legend(loc="lower right", frameon=False)
     return fig

@@ -3,7 +3,7 @@
 Example:
     >>> rec = run_record({"seed": 0})
     >>> sorted(rec)[:3]
-    ['date', 'dtype_auto', 'git_commit']
+    ['cpu', 'date', 'dtype_auto']
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import datetime as _dt
 import platform
 import subprocess
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from .paths import IS_CHECKOUT, PROJECT_ROOT
@@ -62,6 +63,36 @@ def dirty_files() -> list[str]:
     return [line[3:] for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
+VECTOR_ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+"""The CPU features that change which BLAS and ATen kernels run (and so a float's last bits)."""
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    line = next((x for x in _cpuinfo().splitlines() if x.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def cpu() -> dict[str, Any]:
+    """The CPU a report ran on: model name, kernel-relevant ISA flags, torch's ATen capability."""
+    name = next((x.partition(":")[2].strip() for x in _cpuinfo().splitlines() if x.startswith("model name")),
+                platform.processor() or "?")
+    try:
+        import torch
+
+        aten = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 — provenance only; never fail a report over it
+        aten = "?"
+    return {"model": name, "isa": [f for f in VECTOR_ISA if f in cpu_flags()], "aten": aten}
+
+
 def run_record(params: Any, model: Any = None) -> dict[str, Any]:
     """Everything needed to know how a report was made."""
     p = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
@@ -71,6 +102,7 @@ def run_record(params: Any, model: Any = None) -> dict[str, Any]:
         "packages": package_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu(),
         "git_commit": git_commit(),
         "dtype_auto": _dtype_decisions(),
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -95,6 +127,9 @@ def show(record: dict[str, Any]) -> None:
         print(f"  {k:<22} {v}")
     for k in ("python", "platform", "git_commit", "date"):
         print(f"  {k:<22} {record[k]}")
+    if record.get("cpu"):
+        c = record["cpu"]
+        print(f"  {'cpu':<22} {c['model']} ({', '.join(c['isa']) or 'no vector ISA flags'}; ATen {c['aten']})")
     for dev, what in (record.get("dtype_auto") or {}).items():
         print(f"  {'dtype auto (' + dev + ')':<22} {what}")
     if str(record.get("git_commit", "")).endswith("+dirty"):  # red in a notebook or a terminal

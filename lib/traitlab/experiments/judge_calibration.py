@@ -1,7 +1,7 @@
 """Judge calibration: logprob vs text-parse scores, agreement with a hand-labelled gold set,
 and the baseline (unsteered) score of a model's own answers.
 
-The gold set (``data/judge/gold.jsonl``, written and labelled by us) crosses optimism level
+The gold set (``data/judge/gold_optimism.jsonl``, written and labelled by us) crosses optimism level
 (≈10 / 50 / 90) with coherence level (≈93 coherent, ≈40 degraded, ≈7 word salad) over 12
 questions. Each response is scored for the trait and for coherence by the same judge in
 both modes; agreement is Pearson and Spearman correlation with the gold labels (95%
@@ -11,16 +11,15 @@ bootstrap CIs over items) and mean absolute error.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .. import records
+from .. import judge_power, records, textstats
 from .. import uncertainty as unc
-from ..data import read_project_jsonl
 from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
 from ..models import LoadedModel, describe
 from ..params import ParamError
@@ -43,11 +42,35 @@ class Params:
     max_new_tokens: int = 64
     n_boot: int = 1000
     seed: int = 0
+    gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
+    """Traits whose gold sets (``data/judge/gold_<trait>.jsonl``) the judge methods are compared on."""
+    gold_split: Literal["heldout", "tune"] | None = "heldout"
+    """Which part of each gold set the comparison reads (null: both)."""
+    max_gold_questions: int | None = None
+    """At most this many questions per gold trait (null: all of the split)."""
+    coherence_floor: float = 50.0
+    """The coherence score below which a steering report calls an answer broken."""
+    mde_questions: int = 16
+    """Questions per steering condition at which each method's minimum detectable effect is read."""
+    perplexity: bool = True
+    """Also score coherence as perplexity under the responder model (a judge-free measure)."""
 
     def __post_init__(self) -> None:
-        if self.trait not in TRAIT_DESCRIPTIONS:
-            raise ParamError(f"trait {self.trait!r} has no judge description; known: "
-                             f"{', '.join(TRAIT_DESCRIPTIONS)}")
+        if not self.gold_traits:
+            raise ParamError("gold_traits must name at least one trait")
+        if self.gold_split not in ("heldout", "tune", None):
+            raise ParamError(f"gold_split must be 'heldout', 'tune' or null, got {self.gold_split!r}")
+        if self.max_gold_questions is not None and self.max_gold_questions < 2:
+            raise ParamError(f"max_gold_questions must be >= 2 or null, got {self.max_gold_questions}")
+        if not 0 <= self.coherence_floor <= 100 or self.mde_questions < 2:
+            raise ParamError("coherence_floor must be in 0..100 and mde_questions >= 2")
+        for t in (self.trait, *self.gold_traits):
+            if t not in TRAIT_DESCRIPTIONS:
+                raise ParamError(f"trait {t!r} has no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}")
+        for t in (self.trait, *self.gold_traits):
+            if not judge_power.gold_path(t).exists():
+                have = sorted(p.stem.removeprefix("gold_") for p in judge_power.gold_path(t).parent.glob("gold_*.jsonl"))
+                raise ParamError(f"trait {t!r} has no gold set {judge_power.gold_path(t)}; gold sets: {', '.join(have)}")
         if self.judge_backend not in ("local", "openai"):
             raise ParamError(f"judge_backend must be 'local' or 'openai', got {self.judge_backend!r}")
         if self.judge_dtype not in ("auto", "float32", "bfloat16"):
@@ -76,9 +99,10 @@ class Params:
                            offline=self.judge_offline, dtype=self.judge_dtype)
 
 
-def load_gold(max_items: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """The labelled gold set; ``max_items`` takes a seeded sample stratified by question."""
-    df = pd.DataFrame(read_project_jsonl("judge", "gold.jsonl"))
+def load_gold(trait: str = "optimism", max_items: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The labelled gold set of ``trait`` (``data/judge/gold_<trait>.jsonl``, both splits), its
+    label in a column named after the trait; ``max_items`` takes a seeded sample."""
+    df = judge_power.load_gold(trait).rename(columns={"label": trait})
     df["level"] = np.select([df.coherence < 25, df.coherence < 70], ["word salad", "degraded"],
                             "coherent")
     if max_items is not None and max_items < len(df):
@@ -153,14 +177,14 @@ def mode_agreement(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("metric").round(3)
 
 
-def by_level(df: pd.DataFrame, modes: list[str]) -> pd.DataFrame:
-    """Mean gold label and mean judge score per (coherence level, optimism level) cell."""
+def by_level(df: pd.DataFrame, modes: list[str], trait: str = "optimism") -> pd.DataFrame:
+    """Mean gold label and mean judge score per (coherence level, trait level) cell."""
     d = df.copy()
-    d["optimism_level"] = pd.cut(d.optimism, [-1, 30, 70, 101], labels=["low", "mid", "high"])
-    cols = {"optimism": "mean", "coherence": "mean"}
+    d[f"{trait}_level"] = pd.cut(d[trait], [-1, 30, 70, 101], labels=["low", "mid", "high"])
+    cols = {trait: "mean", "coherence": "mean"}
     cols.update({f"{m}_{k}": "mean" for m in ("trait", "coherence") for k in modes})
-    return (d.groupby(["level", "optimism_level"], observed=True).agg(cols)
-            .rename(columns={"optimism": "gold_trait", "coherence": "gold_coherence"}).round(1))
+    return (d.groupby(["level", f"{trait}_level"], observed=True).agg(cols)
+            .rename(columns={trait: "gold_trait", "coherence": "gold_coherence"}).round(1))
 
 
 def baseline_responses(model: LoadedModel, questions: pd.DataFrame, max_new_tokens: int,
@@ -174,7 +198,7 @@ def baseline_responses(model: LoadedModel, questions: pd.DataFrame, max_new_toke
 
 
 def conclusions(agree: pd.DataFrame, modes_df: pd.DataFrame, baseline: pd.DataFrame,
-                judge_model: str, weak_r: float = 0.3) -> list[str]:
+                judge_model: str, weak_r: float = 0.3, trait: str = "optimism") -> list[str]:
     """Plain-language findings, every number read from the tables above.
 
     ``weak_r``: below this Pearson r in both modes, the judge is called unusable for a metric.
@@ -200,7 +224,7 @@ def conclusions(agree: pd.DataFrame, modes_df: pd.DataFrame, baseline: pd.DataFr
                    f"{int(m.text_distinct_values)} distinct values.")
     for mode in ("logprob", "text"):
         t, c = baseline[f"trait_{mode}"], baseline[f"coherence_{mode}"]
-        out.append(f"Baseline (unsteered) answers, {mode}: optimism {t.mean():.1f} ± {t.std():.1f}, "
+        out.append(f"Baseline (unsteered) answers, {mode}: {trait} {t.mean():.1f} ± {t.std():.1f}, "
                    f"coherence {c.mean():.1f} ± {c.std():.1f} (n = {t.notna().sum()}).")
     out.append(f"Judge: {judge_model}. The seed used gpt-4.1-mini; a small local judge is a "
                "stand-in, and these agreement figures say how far to trust it.")
@@ -212,11 +236,13 @@ SEED_BASELINE = {"text": 10.0, "logprob": 6.1}
 
 
 def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd.DataFrame,
-           modes_df: pd.DataFrame) -> records.ResultRecord:
+           modes_df: pd.DataFrame, methods: tuple[pd.DataFrame, pd.DataFrame] | None = None
+           ) -> records.ResultRecord:
     """The report's result record: agreement with gold, mode agreement, baseline, seed claims.
 
     ``scored``/``base_scored``: ``score`` of the gold set and of the baseline answers;
-    ``agree``/``modes_df``: the ``agreement`` and ``mode_agreement`` tables (kept as tables).
+    ``agree``/``modes_df``: the ``agreement`` and ``mode_agreement`` tables (kept as tables);
+    ``methods``: the ``method_sensitivity`` and ``coherence_sensitivity`` tables (``method_quantities``).
 
     Tolerance rules (the noise of each quantity across CPUs):
 
@@ -229,7 +255,7 @@ def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd
       generates text or scores the responder's generated answers, k = 2 otherwise);
     - the r difference logprob − text: k = 3 bootstrap SEs over gold items (``P.n_boot``).
     """
-    gold = {"trait": "optimism", "coherence": "coherence"}
+    gold = {"trait": P.trait, "coherence": "coherence"}
     qs: list[records.Quantity] = [records.exact("n_gold", len(scored), unit="items"),
                                   records.exact("n_baseline", len(base_scored), unit="questions")]
     for metric, gcol in gold.items():
@@ -245,7 +271,7 @@ def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd
         both = a.notna() & b.notna()
         qs.append(records.correlation(f"{metric}_modes_r", _r(stats.pearsonr, a[both], b[both]),
                                   int(both.sum()), k=3))
-    diff, diff_se, diff_ci = _r_difference(scored, "trait", "optimism", P.n_boot, P.seed)
+    diff, diff_se, diff_ci = _r_difference(scored, "trait", P.trait, P.n_boot, P.seed)
     qs.append(records.estimate("trait_r_logprob_minus_text", diff, se=diff_se, n=len(scored), k=3,
                                ci=diff_ci if np.isfinite(diff_ci).all() else None))
     for metric in ("trait", "coherence"):
@@ -253,6 +279,8 @@ def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd
             qs.append(records.score_mean(f"baseline_{metric}_{mode}", base_scored[f"{metric}_{mode}"], k=3))
     paired = base_scored.trait_logprob - base_scored.trait_text
     qs.append(records.score_mean("baseline_trait_logprob_minus_text", paired, k=3))
+    if methods is not None:
+        qs += method_quantities(*methods, P)
     rec = records.ResultRecord("judge_calibration", model=P.judge_model, quantities=tuple(qs),
                                params=asdict(P))
     by_name = {q.name: q for q in qs}
@@ -280,6 +308,8 @@ def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd
     tables = {"agreement": agree, "modes": modes_df,
               "baseline": base_scored[["trait_logprob", "trait_text", "coherence_logprob",
                                        "coherence_text"]].describe().round(2)}
+    if methods is not None:
+        tables.update({"methods": methods[0], "coherence_measures": methods[1]})
     return replace(rec, claims=claims, tables=tables)
 
 
@@ -302,3 +332,210 @@ def _r_difference(df: pd.DataFrame, metric: str, gcol: str, n_boot: int, seed: i
         return value, 1.0, (np.nan, np.nan)
     lo, hi = np.percentile(draws, [2.5, 97.5])
     return value, max(float(draws.std(ddof=1)), 1e-3), (float(lo), float(hi))
+
+
+# ----------------------------------------------------------------------------------------
+# Judge methods compared: which one can see a steering effect? (``traitlab.judge_power``)
+# ----------------------------------------------------------------------------------------
+
+METHODS = ("absolute", "pairwise")
+"""Trait methods: ``absolute`` = the logprob 0–100 score (the seed's method), compared per pair
+by which answer scores higher; ``pairwise`` = "which of the two shows more?" read from the A/B
+logprobs, both orders averaged."""
+
+COHERENCE_MEASURES = {"judge": 1.0, "repetition": -1.0, "distinct2": 1.0, "log_perplexity": -1.0}
+"""Coherence measures and the sign that makes higher mean more coherent: the judge's logprob
+score, and three judge-free ones read from the text (``traitlab.textstats``)."""
+
+
+def method_gold(P: Params) -> pd.DataFrame:
+    """The gold rows the method comparison reads: each of ``P.gold_traits``, its ``P.gold_split``
+    part, at most ``P.max_gold_questions`` questions per trait (first in file order)."""
+    parts = []
+    for t in P.gold_traits:
+        g = judge_power.load_gold(t, P.gold_split)
+        if P.max_gold_questions is not None:
+            g = g[g.question.isin(list(dict.fromkeys(g.question))[:P.max_gold_questions])]
+        parts.append(g)
+    return pd.concat(parts, ignore_index=True)
+
+
+def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | None = None,
+                  progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every gold row scored by every method, and every within-question pair with each method's win.
+
+    Rows gain ``trait_absolute`` (logprob trait score), ``coherence_judge``, ``repetition``,
+    ``distinct2`` and (with a ``reference`` model) ``log_perplexity``. Pairs (``judge_power.gold_pairs``:
+    same trait and question, ``hi`` has the higher label) gain ``win_absolute`` and ``win_pairwise``.
+    """
+    g = gold.copy()
+    g["trait_absolute"] = np.nan
+    g["coherence_judge"] = np.nan
+    for t, rows in g.groupby("trait", sort=False):
+        items = list(zip(rows.question, rows.response, strict=True))
+        for col, metric in (("trait_absolute", "trait"), ("coherence_judge", "coherence")):
+            got = judge.score_many(metric, items, trait=t, progress=progress)
+            g.loc[rows.index, col] = [np.nan if x.value is None else x.value for x in got]
+    st = [textstats.stats(r) for r in g.response]
+    g["repetition"] = [x.repetition for x in st]
+    g["distinct2"] = [x.distinct2 for x in st]
+    if reference is not None:
+        g["log_perplexity"] = np.log(textstats.perplexity(reference, list(zip(g.question, g.response, strict=True))))
+    pairs = judge_power.gold_pairs(g)
+    pairs["win_absolute"] = judge_power.score_wins(g.trait_absolute.to_numpy(float), pairs)
+    pairs["win_pairwise"] = np.nan
+    for t, pr in pairs.groupby("trait", sort=False):
+        got = judge.prefer_many([(g.question[h], g.response[h], g.response[lo])
+                                 for h, lo in zip(pr.hi, pr.lo, strict=True)], trait=t, progress=progress)
+        pairs.loc[pr.index, "win_pairwise"] = [np.nan if x.p_first is None else x.p_first for x in got]
+    return g, pairs
+
+
+def _by_question(df: pd.DataFrame) -> tuple[list[str], dict[str, np.ndarray]]:
+    qs = list(dict.fromkeys(df.question))
+    return qs, {q: np.flatnonzero(df.question.to_numpy() == q) for q in qs}
+
+
+def _take(pos: dict[str, np.ndarray], qs: list[str], idx: np.ndarray) -> np.ndarray:
+    return np.concatenate([pos[qs[i]] for i in idx]) if len(idx) else np.array([], int)
+
+
+MDE_CAP = 100.0
+"""An MDE is capped at the width of the scale: 100 means no gap on 0–100 is detectable."""
+
+
+def method_sensitivity(scored: pd.DataFrame, pairs: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per (trait, method): Pearson r with the gold labels (absolute only), accuracy on pairs at
+    least 40 gold points apart, the noise σ and the minimum detectable effect at
+    ``P.mde_questions`` questions (gold points, capped at 100), each with a 95% bootstrap CI
+    over questions."""
+    rows = []
+    for t in dict.fromkeys(scored.trait):
+        gi, pi = scored[scored.trait == t].reset_index(drop=True), pairs[pairs.trait == t].reset_index(drop=True)
+        for method in METHODS:
+            rows.append({"trait": t, "method": method, **_sensitivity(gi, pi, method, P)})
+    return pd.DataFrame(rows).set_index(["trait", "method"])
+
+
+def _sensitivity(gi: pd.DataFrame, pi: pd.DataFrame, method: str, P: Params) -> dict:
+    """One trait's gold rows ``gi`` and pairs ``pi`` read by one method (see ``method_sensitivity``)."""
+    qs, item_pos = _by_question(gi)
+    pair_pos = {q: np.flatnonzero(pi.question.to_numpy() == q) for q in qs}
+    gap, win = pi.gap.to_numpy(float), pi[f"win_{method}"].to_numpy(float)
+    x, y = gi.trait_absolute.to_numpy(float), gi.label.to_numpy(float)
+
+    def r(i: np.ndarray) -> float:
+        k = _take(item_pos, qs, i)
+        ok = ~np.isnan(x[k])
+        return unc.pearson(x[k][ok], y[k][ok]) if method == "absolute" else np.nan
+
+    def acc(i: np.ndarray) -> float:
+        k = _take(pair_pos, qs, i)
+        return judge_power.accuracy_at(gap[k], win[k])[0]
+
+    def mde(i: np.ndarray) -> float:
+        k = _take(pair_pos, qs, i)
+        return min(judge_power.mde_gap(judge_power.fit_noise(gap[k], win[k]), P.mde_questions), MDE_CAP)
+
+    b = {name: unc.bootstrap(lambda d, f=f: f(d[None]), len(qs), n_boot=P.n_boot, seed=P.seed)
+         for name, f in (("r", r), ("acc", acc), ("mde", mde))}
+    a40, n40 = judge_power.accuracy_at(gap, win)
+    return {"items": len(gi), "questions": len(qs), "pairs": int((~np.isnan(win)).sum()), "pairs_gap40": n40,
+            "pearson_r": b["r"].value, "r_ci": b["r"].text(), "accuracy_gap40": a40, "acc_ci": b["acc"].text(),
+            "sigma": judge_power.fit_noise(gap, win), f"mde_n{P.mde_questions}": b["mde"].value,
+            "mde_ci": b["mde"].text(".1f"), "mde_se": b["mde"].se}
+
+
+def coherence_sensitivity(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per coherence measure: Pearson r with the gold coherence labels over every trait's rows
+    (signed so higher = more coherent; 95% bootstrap CI over questions within trait), and for the
+    judge, how word salad scores against ``P.coherence_floor``."""
+    strata = {t: _by_question(scored[scored.trait == t]) for t in dict.fromkeys(scored.trait)}
+    offset = {t: int(np.flatnonzero(scored.trait.to_numpy() == t)[0]) for t in strata}
+    y = scored.coherence.to_numpy(float)
+    salad = scored[scored["shape"] == "word_salad"]
+    rows = []
+    for measure, sign in COHERENCE_MEASURES.items():
+        col = "coherence_judge" if measure == "judge" else measure
+        if col not in scored:
+            continue
+        x = sign * scored[col].to_numpy(float)
+
+        def r(d: dict, x: np.ndarray = x) -> float:
+            k = np.concatenate([offset[t] + _take(pos, qs, d[t]) for t, (qs, pos) in strata.items()])
+            ok = np.isfinite(x[k])
+            return unc.pearson(x[k][ok], y[k][ok])
+
+        b = unc.bootstrap(r, {t: len(qs) for t, (qs, _) in strata.items()}, n_boot=P.n_boot, seed=P.seed)
+        row = {"measure": measure, "items": len(scored), "pearson_r": b.value, "r_ci": b.text(), "r_se": b.se}
+        if measure == "judge":
+            s = salad.coherence_judge
+            row.update({"word_salad": len(s), "word_salad_max": float(s.max()) if len(s) else np.nan,
+                        "word_salad_above_floor": int((s >= P.coherence_floor).sum())})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("measure")
+
+
+def method_conclusions(sens: pd.DataFrame, coh: pd.DataFrame, P: Params) -> list[str]:
+    """Plain-language findings on the judge methods, every number read from the two tables."""
+    n = P.mde_questions
+    out = []
+    for t in dict.fromkeys(sens.index.get_level_values(0)):
+        a, p = sens.loc[(t, "absolute")], sens.loc[(t, "pairwise")]
+        ma, mp = a[f"mde_n{n}"], p[f"mde_n{n}"]
+        if min(ma, mp) >= MDE_CAP:
+            verdict = f"neither method can see a steering effect with {n} questions"
+        elif abs(ma - mp) < 1e-9:
+            verdict = "the two methods see the same effects"
+        else:
+            verdict = f"{'pairwise' if mp < ma else 'absolute'} sees smaller effects"
+        out.append(f"{t}: absolute r = {a.pearson_r:.2f} {a.r_ci}; share of pairs ≥ 40 points apart ordered "
+                   f"right: absolute {_pct(a.accuracy_gap40, a.acc_ci)} vs pairwise {_pct(p.accuracy_gap40, p.acc_ci)} "
+                   f"({int(p.pairs_gap40)} pairs); minimum detectable effect at {n} questions: absolute "
+                   f"{_gap(ma, a.mde_ci)} vs pairwise {_gap(mp, p.mde_ci)} → {verdict}.")
+    for m, row in coh.iterrows():
+        line = f"coherence, {m}: r = {row.pearson_r:.2f} {row.r_ci} with the gold coherence labels"
+        if m == "judge":
+            line += (f"; word salad scored at most {row.word_salad_max:.0f}, {int(row.word_salad_above_floor)}/"
+                     f"{int(row.word_salad)} at or above the floor {P.coherence_floor:.0f}")
+        out.append(line + ".")
+    split = P.gold_split or "both"
+    out.append(f"Read on the {split} part of each gold set ({int(sens.questions.iloc[0])} questions for "
+               f"{sens.index[0][0]}); the MDE is in gold points: a steering effect smaller than it would "
+               f"usually go unseen with {n} questions.")
+    return out
+
+
+def _pct(x: float, ci: str) -> str:
+    lo, hi = unc.parse_ci(ci)
+    return f"{x:.0%} [{lo:.0%}, {hi:.0%}]" if np.isfinite(x) else "n/a"
+
+
+def _gap(x: float, ci: str) -> str:
+    """An MDE in gold points, "none" at the cap (no gap on the 0–100 scale is detectable)."""
+    lo, hi = unc.parse_ci(ci)
+    show = lambda v: "none" if v >= MDE_CAP else f"{v:.0f}"  # noqa: E731
+    return f"{show(x)} [{show(lo)}, {show(hi)}]"
+
+
+def method_quantities(sens: pd.DataFrame, coh: pd.DataFrame, P: Params) -> list[records.Quantity]:
+    """Record quantities of the method comparison (tolerances: fixed gold text scored, so only float
+    noise moves a score: r k = 2 SEs; accuracy one pair flipping; the MDE 3 bootstrap SEs; a word
+    salad maximum one point)."""
+    n = P.mde_questions
+    qs: list[records.Quantity] = []
+    for (t, m), row in sens.iterrows():
+        if m == "absolute":
+            qs.append(records.correlation(f"methods.{t}.absolute.r", row.pearson_r, int(row["items"]), k=2))
+        if np.isfinite(row.accuracy_gap40):
+            qs.append(records.rate(f"methods.{t}.{m}.accuracy_gap40", row.accuracy_gap40, n=int(row.pairs_gap40)))
+        se = row.mde_se if np.isfinite(row.mde_se) and row.mde_se > 0 else 1.0
+        qs.append(records.estimate(f"methods.{t}.{m}.mde_n{n}", row[f"mde_n{n}"], se=se, n=int(row.questions),
+                                   unit="gold points", k=3, ci=unc.parse_ci(row.mde_ci)
+                                   if np.isfinite(unc.parse_ci(row.mde_ci)).all() else None))
+    for m, row in coh.iterrows():
+        qs.append(records.correlation(f"coherence.{m}.r", row.pearson_r, int(row["items"]), k=2))
+        if m == "judge" and row.word_salad:
+            qs.append(records.Quantity("coherence.judge.word_salad_max", row.word_salad_max, "points",
+                                       int(row.word_salad), None, 1.0, "fixed text scored: float noise (1 point)"))
+    return qs

@@ -1,0 +1,163 @@
+"""How much a judge method can see: gold sets, pairwise accuracy by gold gap, and the minimum
+detectable steering effect.
+
+A steering report asks whether steered answers show more of a trait than unsteered answers to
+the same questions. Whatever the judge method (an absolute 0–100 score, or a pairwise "which
+shows more?"), that comparison is, per question, a *win*: the method says the steered answer
+shows more (1), less (0) or cannot tell (½). So every method is measured on the same yardstick,
+pairs of gold answers to one question whose labels differ by Δ points:
+
+- ``win`` of a pair: an absolute method wins when it orders the two scores as the labels do
+  (a tie is ½); a pairwise method's win is its probability for the right answer;
+- the method's **noise** σ (in gold points): the fit of ``P(win) = Φ(Δ / σ)`` over all pairs
+  (maximum likelihood; a perfect judge has σ → 0, a blind one σ → ∞). For an absolute score
+  with Gaussian noise of SD s (in gold units) this is exactly σ = √2·s;
+- the **minimum detectable effect** at ``n`` questions: the smallest gap Δ whose expected win
+  rate clears a one-sample test of "wins = ½" at 80% power, two-sided 5%:
+  ``Φ(Δ/σ) − ½ = POWER_Z · ½ / √n``, i.e. ``MDE = σ · Φ⁻¹(½ + POWER_Z / (2√n))`` (∞ when the
+  right side reaches 1: no gap is detectable with so few questions).
+
+Gold sets: ``data/judge/gold_<trait>.jsonl``, one labelled response per line with ``question``,
+``response``, the trait's own label column (0–100), ``coherence`` (0–100), ``shape`` (the
+failure shape: fluent, repetition, truncation, topic_drift, one_line, off_topic, word_salad)
+and ``split`` (``tune``/``heldout``: no judge design is tuned on the held-out questions).
+
+Example:
+    >>> import numpy as np
+    >>> gap = np.array([10., 20, 40, 60, 80])
+    >>> sigma = fit_noise(gap, np.array([0.6, 0.7, 0.85, 0.95, 1.0]))
+    >>> 15 < sigma < 40
+    True
+    >>> round(mde_gap(sigma, 16) / sigma, 3)   # Φ⁻¹(0.5 + 2.8/8)
+    1.036
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+from scipy.stats import norm
+
+from .data import DataError, read_jsonl
+from .paths import project_data
+from .uncertainty import POWER_Z
+
+SHAPES = ("fluent", "repetition", "truncation", "topic_drift", "one_line", "off_topic", "word_salad")
+SPLITS = ("tune", "heldout")
+MIN_PAIR_GAP = 40.0
+"""The gold gap at which pairwise accuracy is read (the judge-sensitivity target)."""
+
+
+def gold_path(trait: str, folder: str | Path | None = None) -> Path:
+    """``<folder>/gold_<trait>.jsonl``; the folder defaults to the gold sets we ship (``data/judge``)."""
+    return (Path(folder).expanduser() if folder is not None else project_data("judge")) / f"gold_{trait}.jsonl"
+
+
+def load_gold(trait: str, split: str | None = None, folder: str | Path | None = None) -> pd.DataFrame:
+    """The gold set of ``trait`` with a uniform schema: id, trait, question, response, ``label``
+    (the trait's 0–100 label), coherence, shape, split; ``split`` keeps one part. ``folder``
+    reads your own ``gold_<trait>.jsonl`` instead of ours.
+
+    Raises ``DataError`` naming the file and line of the first bad row (a missing key, a label
+    outside 0–100, an unknown shape or split) or a question that sits in both splits.
+    """
+    if split is not None and split not in SPLITS:
+        raise DataError(f"split must be one of {SPLITS} or None, got {split!r}")
+    path = gold_path(trait, folder)
+    need = ("id", "question", "response", trait, "coherence", "shape", "split")
+    numbered = read_jsonl(path, required=need)
+    rows = [r for _, r in numbered]
+    for i, r in numbered:
+        for k in (trait, "coherence"):
+            v = r[k]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100:
+                raise DataError(f"{path}:{i}: {k} must be a number in 0..100, got {v!r}")
+        if r["shape"] not in SHAPES:
+            raise DataError(f"{path}:{i}: shape {r['shape']!r} is not one of {SHAPES}")
+        if r["split"] not in SPLITS:
+            raise DataError(f"{path}:{i}: split {r['split']!r} is not one of {SPLITS}")
+    df = pd.DataFrame(rows).rename(columns={trait: "label"})
+    df["trait"] = trait
+    mixed = df.groupby("question").split.nunique()
+    if (mixed > 1).any():
+        raise DataError(f"{path}: question {mixed[mixed > 1].index[0]!r} is in both splits; "
+                        "split whole questions, so held-out questions stay unseen")
+    if split is not None:
+        df = df[df.split == split]
+    return df[["id", "trait", "question", "response", "label", "coherence", "shape", "split"]
+              ].reset_index(drop=True)
+
+
+def gold_pairs(gold: pd.DataFrame, label: str = "label", min_gap: float = 0.0) -> pd.DataFrame:
+    """Every pair of gold rows answering the same question (within trait) whose ``label`` differs
+    by more than ``min_gap``, oriented so ``hi`` has the higher label: columns trait, question,
+    hi, lo (row positions in ``gold``) and gap."""
+    rows = []
+    keys = ["trait", "question"] if "trait" in gold else ["question"]
+    for key, g in gold.groupby(keys, sort=False):
+        idx = g.index.to_list()
+        for a in range(len(idx)):
+            for b in range(a + 1, len(idx)):
+                i, j = idx[a], idx[b]
+                d = float(gold.at[i, label] - gold.at[j, label])
+                if abs(d) > min_gap:
+                    hi, lo = (i, j) if d > 0 else (j, i)
+                    k = key if isinstance(key, tuple) else (key,)
+                    rows.append({"trait": k[0] if len(keys) == 2 else None, "question": k[-1],
+                                 "hi": hi, "lo": lo, "gap": abs(d)})
+    return pd.DataFrame(rows, columns=["trait", "question", "hi", "lo", "gap"])
+
+
+def score_wins(scores: Sequence[float] | np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
+    """An absolute method's win per pair: 1 when ``scores[hi] > scores[lo]``, ½ for a tie, NaN
+    when either is unscored."""
+    s = np.asarray(scores, dtype=float)
+    hi, lo = s[pairs.hi.to_numpy(int)], s[pairs.lo.to_numpy(int)]
+    return np.where(np.isnan(hi) | np.isnan(lo), np.nan, (np.sign(hi - lo) + 1) / 2)
+
+
+def fit_noise(gap: np.ndarray, win: np.ndarray) -> float:
+    """Maximum-likelihood σ of ``P(win) = Φ(gap / σ)`` (gold points); pairs with a NaN win are
+    skipped. ``inf`` when the wins do not beat ½ on average (a blind judge), a small σ when every
+    pair is won."""
+    ok = ~np.isnan(win)
+    gap, win = np.asarray(gap, float)[ok], np.asarray(win, float)[ok]
+    if len(gap) == 0 or np.mean(win) <= 0.5:
+        return math.inf
+
+    def nll(log_sigma: float) -> float:
+        p = np.clip(norm.cdf(gap / math.exp(log_sigma)), 1e-9, 1 - 1e-9)
+        return -float(np.sum(win * np.log(p) + (1 - win) * np.log(1 - p)))
+
+    lo, hi = math.log(0.5), math.log(1e4)
+    res = optimize.minimize_scalar(nll, bounds=(lo, hi), method="bounded")
+    return math.inf if res.x > hi - 0.01 else float(math.exp(res.x))  # flat at the bound: blind
+
+
+def mde_gap(sigma: float, n: int) -> float:
+    """The smallest gold gap detectable over ``n`` questions by a method with noise ``sigma``
+    (80% power, two-sided 5%); ``inf`` when none is."""
+    target = 0.5 + POWER_Z / (2 * math.sqrt(n))
+    if not math.isfinite(sigma) or target >= 1:
+        return math.inf
+    return float(sigma * norm.ppf(target))
+
+
+def accuracy_at(gap: np.ndarray, win: np.ndarray, min_gap: float = MIN_PAIR_GAP) -> tuple[float, int]:
+    """(mean win over pairs whose gap ≥ ``min_gap``, their number)."""
+    sel = (np.asarray(gap) >= min_gap) & ~np.isnan(win)
+    return (float(np.mean(np.asarray(win)[sel])) if sel.any() else math.nan), int(sel.sum())
+
+
+def method_power(pairs: pd.DataFrame, win: np.ndarray, n_questions: Sequence[int] = (16,)) -> dict[str, Any]:
+    """One method's sensitivity on ``pairs``: accuracy at gap ≥ 40, σ and the MDE at each n."""
+    acc, n_acc = accuracy_at(pairs.gap.to_numpy(float), win)
+    sigma = fit_noise(pairs.gap.to_numpy(float), win)
+    return {"pairs": int((~np.isnan(win)).sum()), "accuracy_gap40": acc, "pairs_gap40": n_acc,
+            "sigma": sigma, **{f"mde_n{n}": mde_gap(sigma, n) for n in n_questions}}

@@ -1,0 +1,45 @@
+"""The committed reports a reader opens: each names a clean commit, has its result record, opens
+with its verdict table, shows no stderr boxes and loads nothing from the network.
+
+These read ``reports/`` only (no model work): they fail when a report was rendered from a dirty
+tree, by a notebook that prints progress or warnings, or without its record.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from traitlab import records
+from traitlab.cli import indexable
+from traitlab.paths import PROJECT_ROOT
+
+REPORTS = PROJECT_ROOT / "reports"
+NOTEBOOKS = indexable(REPORTS)
+
+
+def _outputs(nb: dict):
+    for cell in nb["cells"]:
+        yield from cell.get("outputs", [])
+
+
+def test_reports_exist():
+    assert len(NOTEBOOKS) >= 15, NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_report_is_clean_and_readable(path: Path):
+    nb = json.loads(path.read_text())
+    stderr = [o for o in _outputs(nb) if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert not stderr, f"{path.name}: {len(stderr)} stderr box(es), e.g. {''.join(stderr[0]['text'])[:200]!r}"
+    rec = records.read(path.with_suffix(".results.json"))
+    commit = str(rec.run.get("git_commit", ""))
+    assert commit and not commit.endswith("+dirty"), f"{path.name}: rendered from {commit!r}, not a clean commit"
+    html = path.with_suffix(".html").read_text()
+    for host in ("cdnjs", "unpkg", "cdn.jsdelivr", "<script src=\"http"):
+        assert host not in html, f"{path.stem}.html loads {host} (reports open offline)"
+    verdicts, first_section = html.find('class="dataframe verdicts"'), html.find("<h2")
+    if rec.claims:
+        assert 0 <= verdicts < first_section, f"{path.stem}.html: the verdict table is not above the first section"

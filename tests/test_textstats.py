@@ -1,0 +1,47 @@
+"""Judge-free coherence measures: exact counts, and perplexity equal to a plain forward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from traitlab import textstats as T
+from traitlab.models import load_model
+
+
+def test_repetition_and_distinct_count_ngrams_exactly():
+    loop = "I think it will be good. I think it will be good. I think it will be good."
+    # 18 words, 16 trigrams, the first 6 fresh, the other 10 repeats
+    assert T.repetition(loop, 3) == pytest.approx(10 / 16)
+    assert T.distinct(loop, 2) == pytest.approx(6 / 17)  # 17 bigrams, 6 distinct ("good i" among them)
+    fresh = "Prices for sensors keep dropping, so helpers will get cheaper."
+    assert T.repetition(fresh, 3) == 0.0 and T.distinct(fresh, 2) == 1.0
+    assert T.repetition("Yes.", 3) == 0.0 and T.distinct("", 2) == 1.0  # nothing to count
+    assert T.words("Don't STOP—now!") == ["don't", "stop", "now"]
+    with pytest.raises(ValueError, match="n must be"):
+        T.distinct("a b", 0)
+
+
+def test_stats_sees_a_loop_that_fresh_text_does_not_show():
+    loop, fresh = T.stats("good good good good good good"), T.stats("The weather will clear by noon.")
+    assert loop.repetition > 0.7 and loop.distinct2 < 0.3
+    assert fresh.repetition == 0.0 and fresh.distinct2 == 1.0 and fresh.words == 6
+
+
+def test_perplexity_equals_a_plain_forward_and_ignores_padding():
+    m = load_model("tiny-qwen2")
+    items = [("Will it rain?", "Sunny days ahead, I think."), ("Hi?", "Hello."), ("Hi?", "")]
+    batched = T.perplexity(m, items, batch_size=3)
+    alone = [T.perplexity(m, [it])[0] for it in items]
+    for q, a in items[:2]:
+        e = m.chat.encode(q, a)
+        with torch.no_grad():
+            logits = m.hf(input_ids=torch.tensor([e.ids])).logits[0].float()
+        lp = torch.log_softmax(logits, -1)
+        nll = -sum(float(lp[t - 1, e.ids[t]]) for t in range(e.prompt_len, len(e.ids))) / (len(e.ids) - e.prompt_len)
+        i = items.index((q, a))
+        assert batched[i] == pytest.approx(math.exp(nll), rel=1e-4)
+        assert alone[i] == pytest.approx(batched[i], rel=1e-4)
+    assert math.isnan(batched[2])
