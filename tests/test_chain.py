@@ -23,7 +23,7 @@ def fresh():
 def test_answer_logprobs_equal_full_forward(tiny):
     fmt = ChatFormat.plain(tiny.tokenizer)
     ex = [chain.encode_pair(fmt, q, a, 64) for q, a in PAIRS]
-    ids, attn, ans = chain._batch(ex, tiny.tokenizer.pad_token_id)
+    ids, attn, ans = chain.answer_batch(ex, tiny.tokenizer.pad_token_id)
     with torch.no_grad():
         lp, n = chain.answer_logprobs(tiny.hf, ids, attn, ans)
     for i, e in enumerate(ex):

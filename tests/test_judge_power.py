@@ -95,4 +95,5 @@ def test_a_blind_judge_has_infinite_noise_and_a_perfect_one_small():
     assert JP.fit_noise(gap, np.full(5, 0.5)) == math.inf
     assert JP.fit_noise(gap, np.full(5, 0.3)) == math.inf
     assert JP.fit_noise(gap, np.ones(5)) < 2.0
+    assert JP.fit_noise([10.0, 40.0, 60.0], [1.0, None, 1.0]) < 2.0  # a list with a missing judgement
     assert JP.accuracy_at(gap, np.array([1, 0, 1, np.nan, 0.5])) == (0.5, 3)  # gaps 40, 80, 60

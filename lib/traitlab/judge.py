@@ -882,7 +882,7 @@ class Judge:
             >>> j = Judge(JudgeConfig(backend="local", model="tiny-qwen2"),
             ...           backend=LocalBackend(load_model("tiny-qwen2")), cache=None)
             >>> p, = j.prefer_many([("Will it rain?", "Sunny days ahead!", "Storms, sadly.")], progress=False)
-            >>> 0.0 <= p.p_first <= 1.0 or p.p_first is None
+            >>> p.p_first is None or 0.0 <= p.p_first <= 1.0
             True
         """
         msgs, groups = [], []

@@ -122,12 +122,13 @@ def score_wins(scores: Sequence[float] | np.ndarray, pairs: pd.DataFrame) -> np.
     return np.where(np.isnan(hi) | np.isnan(lo), np.nan, (np.sign(hi - lo) + 1) / 2)
 
 
-def fit_noise(gap: np.ndarray, win: np.ndarray) -> float:
+def fit_noise(gap: Sequence[float] | np.ndarray, win: Sequence[float | None] | np.ndarray) -> float:
     """Maximum-likelihood σ of ``P(win) = Φ(gap / σ)`` (gold points); pairs with a NaN win are
     skipped. ``inf`` when the wins do not beat ½ on average (a blind judge), a small σ when every
     pair is won."""
+    gap, win = np.asarray(gap, float), np.asarray(win, float)  # None (no judgement) → NaN
     ok = ~np.isnan(win)
-    gap, win = np.asarray(gap, float)[ok], np.asarray(win, float)[ok]
+    gap, win = gap[ok], win[ok]
     if len(gap) == 0 or np.mean(win) <= 0.5:
         return math.inf
 

@@ -14,8 +14,8 @@ Words are lower-cased runs of letters, digits and apostrophes, so punctuation an
 count as novelty.
 
 Example:
-    >>> repetition("it will be good. it will be good. it will be good.", n=3)
-    0.7142857142857143
+    >>> repetition("it will be good. it will be good. it will be good.", n=3)   # 6 of 10 trigrams repeat
+    0.6
     >>> distinct("the cat sat on the mat", n=1)
     0.8333333333333334
     >>> stats("Fine.").words

@@ -48,8 +48,8 @@ def heldout(paths: dict[str, str], df: pd.DataFrame, cfg: chain.ChainConfig) -> 
         nll, pref = [], []
         for q, t, b in zip(df.instruction, df.teacher, df.base, strict=True):
             et, eb = (chain.encode_pair(fmt, q, x, cfg.max_len) for x in (t, b))
-            lt, nt = chain.answer_logprobs(m.hf, *chain._batch([et], m.tokenizer.pad_token_id))
-            lb, nb = chain.answer_logprobs(m.hf, *chain._batch([eb], m.tokenizer.pad_token_id))
+            lt, nt = chain.answer_logprobs(m.hf, *chain.answer_batch([et], m.tokenizer.pad_token_id))
+            lb, nb = chain.answer_logprobs(m.hf, *chain.answer_batch([eb], m.tokenizer.pad_token_id))
             nll.append(float(-lt[0] / nt[0]))
             pref.append(float(lt[0] / nt[0] - lb[0] / nb[0]))
         rows.append({"model": name, "teacher_nll_per_token": sum(nll) / len(nll),
