@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -154,11 +153,3 @@ def accuracy_at(gap: np.ndarray, win: np.ndarray, min_gap: float = MIN_PAIR_GAP)
     """(mean win over pairs whose gap ≥ ``min_gap``, their number)."""
     sel = (np.asarray(gap) >= min_gap) & ~np.isnan(win)
     return (float(np.mean(np.asarray(win)[sel])) if sel.any() else math.nan), int(sel.sum())
-
-
-def method_power(pairs: pd.DataFrame, win: np.ndarray, n_questions: Sequence[int] = (16,)) -> dict[str, Any]:
-    """One method's sensitivity on ``pairs``: accuracy at gap ≥ 40, σ and the MDE at each n."""
-    acc, n_acc = accuracy_at(pairs.gap.to_numpy(float), win)
-    sigma = fit_noise(pairs.gap.to_numpy(float), win)
-    return {"pairs": int((~np.isnan(win)).sum()), "accuracy_gap40": acc, "pairs_gap40": n_acc,
-            "sigma": sigma, **{f"mde_n{n}": mde_gap(sigma, n) for n in n_questions}}

@@ -368,14 +368,8 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
     ``distinct2`` and (with a ``reference`` model) ``log_perplexity``. Pairs (``judge_power.gold_pairs``:
     same trait and question, ``hi`` has the higher label) gain ``win_absolute`` and ``win_pairwise``.
     """
-    g = gold.copy()
-    g["trait_absolute"] = np.nan
-    g["coherence_judge"] = np.nan
-    for t, rows in g.groupby("trait", sort=False):
-        items = list(zip(rows.question, rows.response, strict=True))
-        for col, metric in (("trait_absolute", "trait"), ("coherence_judge", "coherence")):
-            got = judge.score_many(metric, items, trait=t, progress=progress)
-            g.loc[rows.index, col] = [np.nan if x.value is None else x.value for x in got]
+    g = (pd.concat([score({"absolute": judge}, rows, t, progress) for t, rows in gold.groupby("trait", sort=False)])
+         .loc[gold.index].rename(columns={"coherence_absolute": "coherence_judge"}))
     st = [textstats.stats(r) for r in g.response]
     g["repetition"] = [x.repetition for x in st]
     g["distinct2"] = [x.distinct2 for x in st]
