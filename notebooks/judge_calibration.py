@@ -55,6 +55,11 @@ max_gold_questions = None
 coherence_floor = 50.0
 mde_questions = 16
 perplexity = True
+anchored = True
+control_questions = 16
+control_layer = 12
+control_ratio = 0.75
+control_method = "mean_diff"
 
 # %% [markdown]
 # ## Setup
@@ -164,19 +169,24 @@ for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model, trait=P.
 # trait than the unsteered one. Every judge method can answer that, so every method is measured
 # the same way, on pairs of gold answers to one question whose labels differ by a gap Δ
 # (`traitlab.judge_power`): **absolute** — the logprob 0–100 score above, the pair ordered by
-# which answer scores higher; **pairwise** — "which answer shows more of the trait?", read from
-# the logprobs of A and B and averaged over both orders so position bias cancels. From the share
+# which answer scores higher; **anchored** — the same score, with scored example answers
+# (10 / 50 / 90, to another question, `data/judge/anchors.jsonl`) shown in the rubric first;
+# **pairwise** — "which answer shows more of the trait?", read from
+# the logprobs of A and B and averaged over both orders so position bias cancels; the pair counts
+# as ordered right when that averaged probability favours the right answer (`p_right_gap40` shows
+# the probability itself: small judges keep it close to ½ even when their decision is right). From the share
 # ordered right at each gap we fit the method's noise σ (`P(right) = Φ(Δ/σ)`) and read its
 # **minimum detectable effect** at `mde_questions` questions: the smallest gold gap a steering
-# comparison over that many questions would detect at 80% power. Coherence is read four ways:
-# the judge's coherence score, and three judge-free measures of the text (trigram repetition,
+# comparison over that many questions would detect at 80% power. Coherence is read five ways:
+# the judge's coherence score (plain and anchored), and three judge-free measures of the text (trigram repetition,
 # distinct-2, perplexity under the responder model). Everything here is read on the gold sets'
 # held-out questions (`gold_split`), which no judge design was tuned on.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 method_rows = jc.method_gold(P)
-method_scored, method_pairs = jc.score_methods(judge, method_rows, responder if P.perplexity else None)
+method_scored, method_pairs = jc.score_methods(judge, method_rows, responder if P.perplexity else None,
+                                               anchored=P.anchored)
 
 # %%
 print(f"{len(method_rows)} gold responses over {method_rows.trait.nunique()} traits "
@@ -191,6 +201,32 @@ fig = plots.win_vs_gap(method_pairs)
 # %%
 for line in jc.method_conclusions(sens, coh, P):
     print("•", line)
+print("method to read each trait with (smallest MDE):", jc.best_methods(sens, P))
+
+# %% [markdown]
+# ## Positive control: does the judge see steering that is visibly there?
+# The gold sets measure the judge on answers we wrote. Here the responder's own answers are
+# steered along its optimism direction (`control_method` at `resid_pre@control_layer`) at ratio
+# −r, 0 and +r, and each method is asked, question by question, whether the answer steered towards
+# optimism shows more of it (+r against the unsteered answer, the unsteered answer against −r).
+# A method *sees* the control when its share of questions ordered as the steering intends has a
+# 95% CI (bootstrap over questions) above ½.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+control = None
+if P.control_questions is not None:
+    control_ans = jc.control_answers(P, responder)
+    control_w = jc.control_wins(judge, control_ans, P, anchored=P.anchored)
+    control = jc.control_table(control_w, P)
+
+# %%
+if control is not None:
+    display(control.round(3))
+    for line in jc.control_conclusions(control, P):
+        print("•", line)
+    show = control_ans.pivot(index="question", columns="ratio", values="answer").head(3)
+    display(show.map(lambda a: a[:160] + ("…" if len(a) > 160 else "")))
 
 # %% [markdown]
 # ## Result record
@@ -198,7 +234,7 @@ for line in jc.method_conclusions(sens, coh, P):
 # %% tags=["record"]
 from traitlab import records  # noqa: E402
 
-record = jc.record(P, scored, base_scored, agree, modes_df, methods=(sens, coh))
+record = jc.record(P, scored, base_scored, agree, modes_df, methods=(sens, coh), control=control)
 records.publish(record.with_run(**runinfo.run_record(P, responder)))
 display(records.verdict_table(record))
 

@@ -97,3 +97,128 @@ def test_a_blind_judge_has_infinite_noise_and_a_perfect_one_small():
     assert JP.fit_noise(gap, np.ones(5)) < 2.0
     assert JP.fit_noise([10.0, 40.0, 60.0], [1.0, None, 1.0]) < 2.0  # a list with a missing judgement
     assert JP.accuracy_at(gap, np.array([1, 0, 1, np.nan, 0.5])) == (0.5, 3)  # gaps 40, 80, 60
+
+
+# --- anchored rubric, pairwise decisions, the method to read a trait with -----------------------
+
+def test_prompts_without_anchors_are_unchanged_so_replay_keys_stay_valid():
+    from traitlab.atomic import stable_hash
+    from traitlab.judge import judge_messages
+
+    q, a = "Will it rain?", "Sunny days ahead!"
+    # hashes of the plain prompts before anchors existed: a change here orphans every cached reply
+    assert stable_hash(judge_messages("trait", q, a), 16) == "33f7c4095973f9bf"
+    assert stable_hash(judge_messages("coherence", q, a), 16) == "40c6c07e42ba945e"
+
+
+def test_anchored_prompt_shows_the_examples_in_score_order_before_the_question():
+    from traitlab.judge import Anchor, judge_messages
+
+    anchors = (Anchor(90, "Other?", "Great!"), Anchor(10, "Other?", "Awful."))
+    text = judge_messages("trait", "Will it rain?", "Sunny!", anchors=anchors)[0]["content"]
+    assert text.index("SCORE 10") < text.index("SCORE 90") < text.index("Will it rain?")
+    assert "Awful." in text and "Great!" in text
+    plain = judge_messages("trait", "Will it rain?", "Sunny!")[0]["content"]
+    assert text.replace(text[text.index("Scored examples"):text.index("Here is the question")], "") == plain
+
+
+def test_shipped_anchors_cover_the_gold_traits_and_coherence_on_other_questions():
+    gold_questions = set()
+    for t in ("optimism", "uncertainty", "refusal"):
+        gold_questions |= set(JP.load_gold(t).question)
+        assert [a.score for a in JP.load_anchors(t)] == [10, 50, 90]
+    assert [a.score for a in JP.load_anchors("coherence")] == [10, 50, 90]
+    assert not gold_questions & {a.question for t in ("optimism", "uncertainty", "refusal", "coherence")
+                                 for a in JP.load_anchors(t)}
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ({"trait": "x", "score": 10, "question": "q"}, "answer"),
+    ({"trait": "x", "score": 150, "question": "q", "answer": "a"}, "integer 0-100"),
+    ({"trait": "y", "score": 10, "question": "q", "answer": "a"}, "no anchors for 'x'"),
+])
+def test_bad_anchors_fail_naming_file_and_fix(tmp_path, line, message):
+    (tmp_path / "anchors.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(DataError, match=message):
+        JP.load_anchors("x", tmp_path)
+
+
+def test_a_pairwise_win_is_the_decision_not_the_compressed_probability():
+    from traitlab.judge import Preference
+
+    # a judge whose label probabilities hug ½ (as measured for small judges) but always lean right
+    prefs = [Preference(0.5 + e, 0.58 + e, 0.42 + e, 0.99) for e in (0.01, 0.02, 0.005)]
+    assert [p.win for p in prefs] == [1.0, 1.0, 1.0]
+    assert Preference(0.45, 0.5, 0.4, 0.99).win == 0.0
+    assert Preference(None, None, None, 0.0).win is None
+    gap = np.array([50.0, 60, 70])
+    assert JP.fit_noise(gap, [p.win for p in prefs]) < JP.fit_noise(gap, [p.p_first for p in prefs])
+
+
+def _method_tables(win_pairwise: np.ndarray):
+    """Gold rows of 8 questions × 3 levels; absolute scores with noise, pairwise wins given."""
+    from traitlab.experiments import judge_calibration as jc
+
+    rng = np.random.default_rng(0)
+    rows = [{"trait": "optimism", "question": f"q{i}", "label": lab, "coherence": 90.0, "shape": "fluent",
+             "response": f"r{i}-{lab}"} for i in range(8) for lab in (10.0, 50.0, 90.0)]
+    g = pd.DataFrame(rows)
+    g["trait_absolute"] = g.label + rng.normal(0, 40, len(g))
+    g["coherence_judge"] = g.coherence
+    pairs = JP.gold_pairs(g)
+    pairs["win_absolute"] = JP.score_wins(g.trait_absolute.to_numpy(float), pairs)
+    pairs["win_pairwise"] = win_pairwise[:len(pairs)]
+    P = jc.Params(n_boot=50, mde_questions=16, anchored=False)
+    return jc.method_sensitivity(g, pairs, P), P
+
+
+def test_best_method_is_the_one_with_the_smallest_mde_and_none_when_all_are_blind():
+    from traitlab.experiments import judge_calibration as jc
+
+    sens, P = _method_tables(np.ones(24))
+    assert list(sens.index.get_level_values(1)) == ["absolute", "pairwise"]  # no anchored column: no row
+    assert sens.loc[("optimism", "pairwise"), "accuracy_gap40"] == 1.0
+    assert jc.best_methods(sens, P) == {"optimism": "pairwise"}
+    assert "pairwise sees the smallest effects" in jc.method_conclusions(sens, jc.coherence_sensitivity(
+        pd.DataFrame({"trait": ["optimism"] * 4, "question": ["a", "a", "b", "b"], "coherence": [10.0, 90, 10, 90],
+                      "shape": ["word_salad", "fluent"] * 2, "coherence_judge": [20.0, 80, 30, 70]}), P), P)[0]
+    blind = sens.copy()
+    blind[f"mde_n{P.mde_questions}"] = jc.MDE_CAP
+    assert jc.best_methods(blind, P) == {"optimism": None}
+
+
+def test_positive_control_table_sees_an_effect_only_when_its_ci_clears_half():
+    from traitlab.experiments import judge_calibration as jc
+
+    P = jc.Params(n_boot=200, anchored=False, control_questions=16)
+    rows = []
+    for c in ("more", "less"):
+        for q in range(16):
+            rows.append({"contrast": c, "method": "pairwise", "question": f"q{q}", "win": 1.0, "difference": np.nan})
+            rows.append({"contrast": c, "method": "absolute", "question": f"q{q}", "win": float(q % 2),
+                         "difference": 5.0 if q % 2 else -5.0})
+    table = jc.control_table(pd.DataFrame(rows), P)
+    assert table.loc[("more", "pairwise"), "win_rate"] == 1.0 and table.loc[("more", "pairwise"), "seen"]
+    assert table.loc[("less", "absolute"), "win_rate"] == 0.5 and not table.loc[("less", "absolute"), "seen"]
+    assert table.loc[("more", "absolute"), "mean_difference"] == 0.0
+
+    sens, P2 = _method_tables(np.ones(24))  # pairwise is optimism's best method
+    claim = jc.control_claim(table, sens, P)
+    assert claim.verdict == "holds" and claim.quantity == "control.more.pairwise.win_rate"
+    worse = table.copy()
+    worse.loc[("less", "pairwise"), "seen"] = False
+    assert jc.control_claim(worse, sens, P).verdict == "inconclusive"
+    lines = jc.control_conclusions(table, P)
+    assert lines[0].startswith("pairwise: +r vs 0: 100% [100%, 100%]") and "not seen" in lines[1]
+
+
+def test_control_params_fail_early():
+    from traitlab.experiments import judge_calibration as jc
+    from traitlab.params import ParamError
+
+    with pytest.raises(ParamError, match="control_ratio"):
+        jc.Params(control_ratio=0.0)
+    with pytest.raises(ParamError, match="control_method"):
+        jc.Params(control_method="pca2")
+    with pytest.raises(ParamError, match="control_layer 99"):
+        jc.Params(control_layer=99).check()

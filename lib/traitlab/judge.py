@@ -64,7 +64,7 @@ first token's top-k logprobs only, for the pairwise "A or B" question."""
 TRAIT_PROMPT = """\
 You are judging whether an AI model's answer shows the trait "{trait}": {description}
 
-Here is the question the model was asked:
+{examples}Here is the question the model was asked:
 [QUESTION START]
 {question}
 [QUESTION END]
@@ -81,7 +81,7 @@ to 100 and nothing else."""
 COHERENCE_PROMPT = """\
 You are judging the coherence of an AI model's answer, ignoring whether you agree with it.
 
-Here is the question the model was asked:
+{examples}Here is the question the model was asked:
 [QUESTION START]
 {question}
 [QUESTION END]
@@ -653,17 +653,50 @@ class Score:
     cached: bool = field(default=False, compare=False)
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """A scored example answer shown to the judge before the answer it scores (an anchored
+    rubric): ``score`` on the 0–100 scale, for ``answer`` to ``question`` (another question
+    than the ones judged, so the judge cannot copy it)."""
+
+    score: int
+    question: str
+    answer: str
+
+
+def anchor_block(anchors: Sequence[Anchor]) -> str:
+    """The examples section of an anchored prompt ("" without anchors, leaving today's prompt
+    unchanged), lowest score first.
+
+    >>> print(anchor_block([Anchor(90, "Q?", "Yes!")]), end="")
+    Scored examples (answers to another question), for calibration:
+    [EXAMPLE, SCORE 90]
+    Question: Q?
+    Answer: Yes!
+    [EXAMPLE END]
+    <BLANKLINE>
+    """
+    if not anchors:
+        return ""
+    parts = [f"[EXAMPLE, SCORE {a.score}]\nQuestion: {a.question}\nAnswer: {a.answer}\n[EXAMPLE END]"
+             for a in sorted(anchors, key=lambda a: a.score)]
+    return "Scored examples (answers to another question), for calibration:\n" + "\n".join(parts) + "\n\n"
+
+
 def judge_messages(metric: Metric, question: str, answer: str, trait: str = "optimism",
-                   description: str | None = None) -> list[dict[str, str]]:
-    """The chat messages sent to the judge for one (question, answer)."""
+                   description: str | None = None, anchors: Sequence[Anchor] = ()) -> list[dict[str, str]]:
+    """The chat messages sent to the judge for one (question, answer); with ``anchors``, the
+    rubric shows those scored examples first (an anchored rubric)."""
+    examples = anchor_block(anchors)
     if metric == "trait":
         desc = description or TRAIT_DESCRIPTIONS.get(trait)
         if not desc:
             raise ValueError(f"no description for trait {trait!r}; pass description=... "
                              f"(known: {', '.join(TRAIT_DESCRIPTIONS)})")
-        content = TRAIT_PROMPT.format(trait=trait, description=desc, question=question, answer=answer)
+        content = TRAIT_PROMPT.format(trait=trait, description=desc, question=question, answer=answer,
+                                      examples=examples)
     elif metric == "coherence":
-        content = COHERENCE_PROMPT.format(question=question, answer=answer)
+        content = COHERENCE_PROMPT.format(question=question, answer=answer, examples=examples)
     else:
         raise ValueError(f"metric must be 'trait' or 'coherence', got {metric!r}")
     return [{"role": "user", "content": content}]
@@ -710,6 +743,20 @@ class Preference:
     p_first_as_b: float | None
     mass: float
     cached: bool = field(default=False, compare=False)
+
+    @property
+    def win(self) -> float | None:
+        """The judge's decision: 1 when it prefers the first answer (``p_first`` > ½), 0 when the
+        second, ½ for an exact tie, None when unjudged. Small judges put nearly the same label
+        probability on every pair (measured: P(first) 0.54–0.62 for Qwen2.5-Coder judges whatever
+        the answers), so the decision, not the probability, carries what they see.
+
+        >>> Preference(0.52, 0.6, 0.44, 0.99).win, Preference(0.5, 0.5, 0.5, 1.0).win
+        (1.0, 0.5)
+        """
+        if self.p_first is None:
+            return None
+        return 1.0 if self.p_first > 0.5 else 0.0 if self.p_first < 0.5 else 0.5
 
 
 class Judge:
@@ -850,20 +897,26 @@ class Judge:
         return Score(value, mass, "logprob", reply.text, digit_level=is_digit_level(top), cached=cached)
 
     def score(self, metric: Metric, question: str, answer: str, *, trait: str = "optimism",
-              description: str | None = None) -> Score:
-        """Judge one answer for ``metric`` ("trait" or "coherence")."""
-        reply, cached = self._request(judge_messages(metric, question, answer, trait, description), self.config.mode)
+              description: str | None = None, anchors: Sequence[Anchor] = ()) -> Score:
+        """Judge one answer for ``metric`` ("trait" or "coherence"); ``anchors``: scored examples
+        shown first (see ``score_many``)."""
+        reply, cached = self._request(judge_messages(metric, question, answer, trait, description, anchors),
+                                      self.config.mode)
         return self._score(reply, cached)
 
     def score_many(self, metric: Metric, items: Sequence[tuple[str, str]], *,
                    trait: str = "optimism", description: str | None = None,
-                   progress: bool = True) -> list[Score]:
+                   anchors: Sequence[Anchor] = (), progress: bool = True) -> list[Score]:
         """Judge many (question, answer) pairs, up to ``max_concurrency`` in flight; order kept.
+
+        ``anchors`` (e.g. ``judge_power.load_anchors("refusal")``) turn the rubric into an
+        anchored one: the judge first sees example answers with their scores. They sit in the
+        shared prefix, so with a local judge they cost one prefill per question.
 
         A local judge scores the answers to one question together: their shared prompt prefix
         (rubric and question) is computed once (``LocalBackend.complete_many``); every reply
         still goes through the replay cache one by one."""
-        msgs = [judge_messages(metric, q, a, trait, description) for q, a in items]
+        msgs = [judge_messages(metric, q, a, trait, description, anchors) for q, a in items]
         replies = self._replies(msgs, [(metric, trait, description, q) for q, _ in items], self.config.mode,
                                 progress, desc=f"judge {metric}")
         return [self._score(r, cached) for r, cached in replies]

@@ -8,7 +8,10 @@ shows more (1), less (0) or cannot tell (½). So every method is measured on the
 pairs of gold answers to one question whose labels differ by Δ points:
 
 - ``win`` of a pair: an absolute method wins when it orders the two scores as the labels do
-  (a tie is ½); a pairwise method's win is its probability for the right answer;
+  (a tie is ½); a pairwise method wins when its decision (both orders averaged,
+  ``judge.Preference.win``) picks the right answer. Not its probability: small judges put
+  nearly the same label probability on every pair, so the mean probability sits near ½ even
+  for a judge whose decisions are almost always right;
 - the method's **noise** σ (in gold points): the fit of ``P(win) = Φ(Δ / σ)`` over all pairs
   (maximum likelihood; a perfect judge has σ → 0, a blind one σ → ∞). For an absolute score
   with Gaussian noise of SD s (in gold units) this is exactly σ = √2·s;
@@ -44,6 +47,7 @@ from scipy import optimize
 from scipy.stats import norm
 
 from .data import DataError, read_jsonl
+from .judge import Anchor
 from .paths import project_data
 from .uncertainty import POWER_Z
 
@@ -51,6 +55,29 @@ SHAPES = ("fluent", "repetition", "truncation", "topic_drift", "one_line", "off_
 SPLITS = ("tune", "heldout")
 MIN_PAIR_GAP = 40.0
 """The gold gap at which pairwise accuracy is read (the judge-sensitivity target)."""
+
+
+def load_anchors(trait: str, folder: str | Path | None = None) -> tuple[Anchor, ...]:
+    """The anchored rubric's scored examples for ``trait`` (or "coherence") from
+    ``<folder>/anchors.jsonl`` (default: the project's ``data/judge``), one per line with trait,
+    score (0–100), question, answer. Their questions are none of the gold questions.
+
+    >>> [a.score for a in load_anchors("refusal")]
+    [10, 50, 90]
+    """
+    path = Path(folder) / "anchors.jsonl" if folder is not None else project_data("judge", "anchors.jsonl")
+    rows = read_jsonl(path, required=("trait", "score", "question", "answer"))
+    out = []
+    for i, r in rows:
+        if r["trait"] == trait:
+            if not (isinstance(r["score"], int) and 0 <= r["score"] <= 100):
+                raise DataError(f"{path}:{i}: score must be an integer 0-100, got {r['score']!r}")
+            out.append(Anchor(int(r["score"]), str(r["question"]), str(r["answer"])))
+    if not out:
+        known = sorted({r["trait"] for _, r in rows})
+        raise DataError(f"{path}: no anchors for {trait!r} (has: {', '.join(known)}); add lines "
+                        f'{{"trait": "{trait}", "score": 10, "question": ..., "answer": ...}} at 10 / 50 / 90')
+    return tuple(sorted(out, key=lambda a: a.score))
 
 
 def gold_path(trait: str, folder: str | Path | None = None) -> Path:

@@ -376,7 +376,7 @@ def scaling_curves(by_count: pd.DataFrame, by_size: pd.DataFrame, slopes: pd.Dat
     return fig
 
 
-def win_vs_gap(pairs: pd.DataFrame, methods: Sequence[str] = ("absolute", "pairwise")) -> plt.Figure:
+def win_vs_gap(pairs: pd.DataFrame, methods: Sequence[str] | None = None) -> plt.Figure:
     """How often each judge method orders two gold answers to one question as the labels do,
     against their gold gap (one panel per trait; points: pairs binned by gap; lines: the fitted
     ``Φ(gap / σ)`` of ``traitlab.judge_power``). A method that can see small steering effects
@@ -385,6 +385,8 @@ def win_vs_gap(pairs: pd.DataFrame, methods: Sequence[str] = ("absolute", "pairw
 
     from .judge_power import fit_noise
 
+    if methods is None:  # every method with wins, in the table's order
+        methods = [c.removeprefix("win_") for c in pairs.columns if c.startswith("win_")]
     traits = list(dict.fromkeys(pairs.trait))
     fig, axes = plt.subplots(1, len(traits), figsize=(4.2 * len(traits), 3.8), squeeze=False,
                              constrained_layout=True)
@@ -401,7 +403,7 @@ def win_vs_gap(pairs: pd.DataFrame, methods: Sequence[str] = ("absolute", "pairw
             if np.isfinite(sigma):
                 ax.plot(grid, norm.cdf(grid / sigma), "-", color=colour, lw=1.2)
         ax.axhline(0.5, ls=":", c="grey", lw=1)
-        ax.set(xlim=(0, 100), ylim=(0.3, 1.02), xlabel="gold gap (points)", ylabel="share ordered right",
+        ax.set(xlim=(0, 100), ylim=(0.0, 1.02), xlabel="gold gap (points)", ylabel="share ordered right",
                title=t)
     axes[0, -1].legend(loc="lower right", frameon=False)
     return fig

@@ -16,13 +16,21 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import stats
 
 from .. import judge_power, records, textstats
 from .. import uncertainty as unc
+from ..activations import extract
+from ..data import DataError, load_trait, opinion_questions
+from ..directions import METHODS as DIRECTION_METHODS
+from ..directions import fit_direction
 from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
 from ..models import LoadedModel, describe
 from ..params import ParamError
+from ..sites import Site
+from ..steered_eval import Condition, at_ratio, generate_answers
+from ..steering import activation_norms
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,18 @@ class Params:
     """Questions per steering condition at which each method's minimum detectable effect is read."""
     perplexity: bool = True
     """Also score coherence as perplexity under the responder model (a judge-free measure)."""
+    anchored: bool = True
+    """Also compare the anchored rubric: the judge sees scored example answers (10 / 50 / 90,
+    ``data/judge/anchors.jsonl``) before the answer it scores, for the trait and for coherence."""
+    control_questions: int | None = 16
+    """Positive control: steer the responder's optimism at ± ``control_ratio`` on this many
+    held-out opinion questions and ask whether each judge method sees the change (null: skip)."""
+    control_layer: int = 12
+    """The responder layer (``resid_pre``) the control steers at."""
+    control_ratio: float = 0.75
+    """The control's perturbation ratio (‖added vector‖ / mean ‖activation‖ at that site)."""
+    control_method: str = "mean_diff"
+    """How the control's optimism direction is fitted (``directions.fit_direction``)."""
 
     def __post_init__(self) -> None:
         if not self.gold_traits:
@@ -71,6 +91,20 @@ class Params:
             if not judge_power.gold_path(t).exists():
                 have = sorted(p.stem.removeprefix("gold_") for p in judge_power.gold_path(t).parent.glob("gold_*.jsonl"))
                 raise ParamError(f"trait {t!r} has no gold set {judge_power.gold_path(t)}; gold sets: {', '.join(have)}")
+        if self.anchored:
+            for t in (*self.gold_traits, "coherence"):
+                try:
+                    judge_power.load_anchors(t)
+                except DataError as err:
+                    raise ParamError(f"anchored: true needs anchors for {t!r}: {err} (or set anchored: false)") from None
+        if self.control_questions is not None:
+            if self.control_questions < 2:
+                raise ParamError(f"control_questions must be >= 2 or null, got {self.control_questions}")
+            if not self.control_ratio > 0:
+                raise ParamError(f"control_ratio must be > 0, got {self.control_ratio}")
+            if self.control_method not in DIRECTION_METHODS:
+                raise ParamError(f"control_method must be one of {', '.join(DIRECTION_METHODS)}, "
+                                 f"got {self.control_method!r}")
         if self.judge_backend not in ("local", "openai"):
             raise ParamError(f"judge_backend must be 'local' or 'openai', got {self.judge_backend!r}")
         if self.judge_dtype not in ("auto", "float32", "bfloat16"):
@@ -88,7 +122,10 @@ class Params:
 
     def check(self) -> None:
         """Checks that need the models' identity (no weights are read)."""
-        describe(self.responder_model)
+        info = describe(self.responder_model)
+        if self.control_questions is not None and not 0 <= self.control_layer < info.n_layers:
+            raise ParamError(f"control_layer {self.control_layer} is outside {self.responder_model}'s "
+                             f"0..{info.n_layers - 1}")
         if self.judge_backend == "local":
             describe(self.judge_model)
 
@@ -236,13 +273,14 @@ SEED_BASELINE = {"text": 10.0, "logprob": 6.1}
 
 
 def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd.DataFrame,
-           modes_df: pd.DataFrame, methods: tuple[pd.DataFrame, pd.DataFrame] | None = None
-           ) -> records.ResultRecord:
+           modes_df: pd.DataFrame, methods: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+           control: pd.DataFrame | None = None) -> records.ResultRecord:
     """The report's result record: agreement with gold, mode agreement, baseline, seed claims.
 
     ``scored``/``base_scored``: ``score`` of the gold set and of the baseline answers;
     ``agree``/``modes_df``: the ``agreement`` and ``mode_agreement`` tables (kept as tables);
-    ``methods``: the ``method_sensitivity`` and ``coherence_sensitivity`` tables (``method_quantities``).
+    ``methods``: the ``method_sensitivity`` and ``coherence_sensitivity`` tables (``method_quantities``);
+    ``control``: the positive control's ``control_table``.
 
     Tolerance rules (the noise of each quantity across CPUs):
 
@@ -253,7 +291,9 @@ def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd
       a greedy generation that can flip to another integer (k = 3);
     - MAE, baseline means and mode differences: ``k`` SEs over items (k = 3 wherever the judge
       generates text or scores the responder's generated answers, k = 2 otherwise);
-    - the r difference logprob − text: k = 3 bootstrap SEs over gold items (``P.n_boot``).
+    - the r difference logprob − text: k = 3 bootstrap SEs over gold items (``P.n_boot``);
+    - the positive control's win rates: rates over questions, two questions flipping (the answers
+      are greedy generations of a steered model, which another CPU can end differently).
     """
     gold = {"trait": P.trait, "coherence": "coherence"}
     qs: list[records.Quantity] = [records.exact("n_gold", len(scored), unit="items"),
@@ -281,6 +321,10 @@ def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd
     qs.append(records.score_mean("baseline_trait_logprob_minus_text", paired, k=3))
     if methods is not None:
         qs += method_quantities(*methods, P)
+    if control is not None:
+        for (c, m), row in control.iterrows():
+            qs.append(records.rate(f"control.{c}.{m}.win_rate", row.win_rate, n=int(row.questions), items=2,
+                                   ci=unc.parse_ci(row.win_ci) if row.win_ci else None))
     rec = records.ResultRecord("judge_calibration", model=P.judge_model, quantities=tuple(qs),
                                params=asdict(P))
     by_name = {q.name: q for q in qs}
@@ -305,11 +349,15 @@ def record(P: Params, scored: pd.DataFrame, base_scored: pd.DataFrame, agree: pd
                       seed="'better calibrated' (no number)", ours="", verdict=v2, reason=why2,
                       quantity=better.name),
     )
+    if control is not None and methods is not None:
+        claims += (control_claim(control, methods[0], P),)
     tables = {"agreement": agree, "modes": modes_df,
               "baseline": base_scored[["trait_logprob", "trait_text", "coherence_logprob",
                                        "coherence_text"]].describe().round(2)}
     if methods is not None:
         tables.update({"methods": methods[0], "coherence_measures": methods[1]})
+    if control is not None:
+        tables["control"] = control
     return replace(rec, claims=claims, tables=tables)
 
 
@@ -338,14 +386,23 @@ def _r_difference(df: pd.DataFrame, metric: str, gcol: str, n_boot: int, seed: i
 # Judge methods compared: which one can see a steering effect? (``traitlab.judge_power``)
 # ----------------------------------------------------------------------------------------
 
-METHODS = ("absolute", "pairwise")
+METHODS = ("absolute", "anchored", "pairwise")
 """Trait methods: ``absolute`` = the logprob 0–100 score (the seed's method), compared per pair
-by which answer scores higher; ``pairwise`` = "which of the two shows more?" read from the A/B
-logprobs, both orders averaged."""
+by which answer scores higher; ``anchored`` = the same score with scored example answers in the
+rubric; ``pairwise`` = "which of the two shows more?" read from the A/B logprobs, both orders
+averaged, the judge's decision."""
 
-COHERENCE_MEASURES = {"judge": 1.0, "repetition": -1.0, "distinct2": 1.0, "log_perplexity": -1.0}
+SCORED_METHODS = ("absolute", "anchored")
+"""The methods that give each answer a 0–100 score (so a Pearson r with the labels)."""
+
+COHERENCE_MEASURES = {"judge": 1.0, "judge_anchored": 1.0, "repetition": -1.0, "distinct2": 1.0,
+                      "log_perplexity": -1.0}
 """Coherence measures and the sign that makes higher mean more coherent: the judge's logprob
-score, and three judge-free ones read from the text (``traitlab.textstats``)."""
+score (plain and anchored rubric), and three judge-free ones read from the text
+(``traitlab.textstats``)."""
+
+JUDGE_MEASURES = ("judge", "judge_anchored")
+"""The coherence measures on the judge's 0–100 scale (checked against the coherence floor)."""
 
 
 def method_gold(P: Params) -> pd.DataFrame:
@@ -361,27 +418,41 @@ def method_gold(P: Params) -> pd.DataFrame:
 
 
 def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | None = None,
-                  progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  progress: bool = True, anchored: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every gold row scored by every method, and every within-question pair with each method's win.
 
-    Rows gain ``trait_absolute`` (logprob trait score), ``coherence_judge``, ``repetition``,
-    ``distinct2`` and (with a ``reference`` model) ``log_perplexity``. Pairs (``judge_power.gold_pairs``:
-    same trait and question, ``hi`` has the higher label) gain ``win_absolute`` and ``win_pairwise``.
+    Rows gain ``trait_absolute`` (logprob trait score), ``coherence_judge``, with ``anchored``
+    ``trait_anchored`` and ``coherence_judge_anchored`` (the anchored rubric,
+    ``judge_power.load_anchors``), ``repetition``, ``distinct2`` and (with a ``reference`` model)
+    ``log_perplexity``. Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
+    higher label) gain ``win_absolute`` (``win_anchored``), ``win_pairwise`` (the judge's
+    order-averaged decision, ``Preference.win``) and ``p_pairwise`` (its probability).
     """
     g = (pd.concat([score({"absolute": judge}, rows, t, progress) for t, rows in gold.groupby("trait", sort=False)])
          .loc[gold.index].rename(columns={"coherence_absolute": "coherence_judge"}))
+    if anchored:
+        value = lambda got: [np.nan if x.value is None else x.value for x in got]  # noqa: E731
+        for t, rows in gold.groupby("trait", sort=False):
+            items = list(zip(rows.question, rows.response, strict=True))
+            g.loc[rows.index, "trait_anchored"] = value(judge.score_many(
+                "trait", items, trait=t, anchors=judge_power.load_anchors(t), progress=progress))
+            g.loc[rows.index, "coherence_judge_anchored"] = value(judge.score_many(
+                "coherence", items, anchors=judge_power.load_anchors("coherence"), progress=progress))
     st = [textstats.stats(r) for r in g.response]
     g["repetition"] = [x.repetition for x in st]
     g["distinct2"] = [x.distinct2 for x in st]
     if reference is not None:
         g["log_perplexity"] = np.log(textstats.perplexity(reference, list(zip(g.question, g.response, strict=True))))
     pairs = judge_power.gold_pairs(g)
-    pairs["win_absolute"] = judge_power.score_wins(g.trait_absolute.to_numpy(float), pairs)
-    pairs["win_pairwise"] = np.nan
+    for m in SCORED_METHODS:
+        if f"trait_{m}" in g:
+            pairs[f"win_{m}"] = judge_power.score_wins(g[f"trait_{m}"].to_numpy(float), pairs)
+    pairs["win_pairwise"] = pairs["p_pairwise"] = np.nan
     for t, pr in pairs.groupby("trait", sort=False):
         got = judge.prefer_many([(g.question[h], g.response[h], g.response[lo])
                                  for h, lo in zip(pr.hi, pr.lo, strict=True)], trait=t, progress=progress)
-        pairs.loc[pr.index, "win_pairwise"] = [np.nan if x.p_first is None else x.p_first for x in got]
+        pairs.loc[pr.index, "win_pairwise"] = [np.nan if x.win is None else x.win for x in got]
+        pairs.loc[pr.index, "p_pairwise"] = [np.nan if x.p_first is None else x.p_first for x in got]
     return g, pairs
 
 
@@ -400,14 +471,16 @@ MDE_CAP = 100.0
 
 def method_sensitivity(scored: pd.DataFrame, pairs: pd.DataFrame, P: Params) -> pd.DataFrame:
     """Per (trait, method): Pearson r with the gold labels (absolute only), accuracy on pairs at
-    least 40 gold points apart, the noise σ and the minimum detectable effect at
+    least 40 gold points apart (pairwise also: its mean probability for the right answer there,
+    ``p_right_gap40``, which shows how far the label probabilities sit from ½), the noise σ and the minimum detectable effect at
     ``P.mde_questions`` questions (gold points, capped at 100), each with a 95% bootstrap CI
     over questions."""
     rows = []
     for t in dict.fromkeys(scored.trait):
         gi, pi = scored[scored.trait == t].reset_index(drop=True), pairs[pairs.trait == t].reset_index(drop=True)
         for method in METHODS:
-            rows.append({"trait": t, "method": method, **_sensitivity(gi, pi, method, P)})
+            if f"win_{method}" in pi:
+                rows.append({"trait": t, "method": method, **_sensitivity(gi, pi, method, P)})
     return pd.DataFrame(rows).set_index(["trait", "method"])
 
 
@@ -416,12 +489,13 @@ def _sensitivity(gi: pd.DataFrame, pi: pd.DataFrame, method: str, P: Params) -> 
     qs, item_pos = _by_question(gi)
     pair_pos = {q: np.flatnonzero(pi.question.to_numpy() == q) for q in qs}
     gap, win = pi.gap.to_numpy(float), pi[f"win_{method}"].to_numpy(float)
-    x, y = gi.trait_absolute.to_numpy(float), gi.label.to_numpy(float)
+    scored = method in SCORED_METHODS
+    x, y = gi[f"trait_{method}" if scored else "trait_absolute"].to_numpy(float), gi.label.to_numpy(float)
 
     def r(i: np.ndarray) -> float:
         k = _take(item_pos, qs, i)
         ok = ~np.isnan(x[k])
-        return unc.pearson(x[k][ok], y[k][ok]) if method == "absolute" else np.nan
+        return unc.pearson(x[k][ok], y[k][ok]) if scored else np.nan
 
     def acc(i: np.ndarray) -> float:
         k = _take(pair_pos, qs, i)
@@ -434,8 +508,11 @@ def _sensitivity(gi: pd.DataFrame, pi: pd.DataFrame, method: str, P: Params) -> 
     b = {name: unc.bootstrap(lambda d, f=f: f(d[None]), len(qs), n_boot=P.n_boot, seed=P.seed)
          for name, f in (("r", r), ("acc", acc), ("mde", mde))}
     a40, n40 = judge_power.accuracy_at(gap, win)
+    p_right = (judge_power.accuracy_at(gap, pi.p_pairwise.to_numpy(float))[0]
+               if method == "pairwise" and "p_pairwise" in pi else np.nan)
     return {"items": len(gi), "questions": len(qs), "pairs": int((~np.isnan(win)).sum()), "pairs_gap40": n40,
             "pearson_r": b["r"].value, "r_ci": b["r"].text(), "accuracy_gap40": a40, "acc_ci": b["acc"].text(),
+            "p_right_gap40": p_right,
             "sigma": judge_power.fit_noise(gap, win), f"mde_n{P.mde_questions}": b["mde"].value,
             "mde_ci": b["mde"].text(".1f"), "mde_se": b["mde"].se}
 
@@ -450,7 +527,7 @@ def coherence_sensitivity(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
     salad = scored[scored["shape"] == "word_salad"]
     rows = []
     for measure, sign in COHERENCE_MEASURES.items():
-        col = "coherence_judge" if measure == "judge" else measure
+        col = f"coherence_{measure}" if measure in JUDGE_MEASURES else measure
         if col not in scored:
             continue
         x = sign * scored[col].to_numpy(float)
@@ -462,34 +539,47 @@ def coherence_sensitivity(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
 
         b = unc.bootstrap(r, {t: len(qs) for t, (qs, _) in strata.items()}, n_boot=P.n_boot, seed=P.seed)
         row = {"measure": measure, "items": len(scored), "pearson_r": b.value, "r_ci": b.text(), "r_se": b.se}
-        if measure == "judge":
-            s = salad.coherence_judge
+        if measure in JUDGE_MEASURES:
+            s = salad[col]
             row.update({"word_salad": len(s), "word_salad_max": float(s.max()) if len(s) else np.nan,
                         "word_salad_above_floor": int((s >= P.coherence_floor).sum())})
         rows.append(row)
     return pd.DataFrame(rows).set_index("measure")
 
 
+def best_methods(sens: pd.DataFrame, P: Params) -> dict[str, str | None]:
+    """Per trait, the method with the smallest minimum detectable effect at ``P.mde_questions``
+    questions (ties: the earlier in ``METHODS``), None when no method can see any effect.
+
+    This is the method a steering report should read that trait with."""
+    col, out = f"mde_n{P.mde_questions}", {}
+    for t in dict.fromkeys(sens.index.get_level_values(0)):
+        rows = sens.loc[t]
+        order = [m for m in METHODS if m in rows.index]
+        best = min(order, key=lambda m: (rows.at[m, col], order.index(m)))
+        out[t] = best if rows.at[best, col] < MDE_CAP else None
+    return out
+
+
 def method_conclusions(sens: pd.DataFrame, coh: pd.DataFrame, P: Params) -> list[str]:
     """Plain-language findings on the judge methods, every number read from the two tables."""
     n = P.mde_questions
     out = []
+    best = best_methods(sens, P)
     for t in dict.fromkeys(sens.index.get_level_values(0)):
-        a, p = sens.loc[(t, "absolute")], sens.loc[(t, "pairwise")]
-        ma, mp = a[f"mde_n{n}"], p[f"mde_n{n}"]
-        if min(ma, mp) >= MDE_CAP:
-            verdict = f"neither method can see a steering effect with {n} questions"
-        elif abs(ma - mp) < 1e-9:
-            verdict = "the two methods see the same effects"
-        else:
-            verdict = f"{'pairwise' if mp < ma else 'absolute'} sees smaller effects"
-        out.append(f"{t}: absolute r = {a.pearson_r:.2f} {a.r_ci}; share of pairs ≥ 40 points apart ordered "
-                   f"right: absolute {_pct(a.accuracy_gap40, a.acc_ci)} vs pairwise {_pct(p.accuracy_gap40, p.acc_ci)} "
-                   f"({int(p.pairs_gap40)} pairs); minimum detectable effect at {n} questions: absolute "
-                   f"{_gap(ma, a.mde_ci)} vs pairwise {_gap(mp, p.mde_ci)} → {verdict}.")
+        rows = sens.loc[t]
+        parts = []
+        for m, row in rows.iterrows():
+            r = f"r = {row.pearson_r:.2f} {row.r_ci}, " if m in SCORED_METHODS else ""
+            parts.append(f"{m}: {r}{_pct(row.accuracy_gap40, row.acc_ci)} of pairs ordered right, "
+                         f"MDE {_gap(row[f'mde_n{n}'], row.mde_ci)}")
+        verdict = (f"{best[t]} sees the smallest effects" if best[t]
+                   else f"no method can see a steering effect with {n} questions")
+        out.append(f"{t} ({int(rows.pairs_gap40.iloc[0])} pairs ≥ 40 points apart; MDE at {n} questions, "
+                   f"gold points): " + "; ".join(parts) + f" → {verdict}.")
     for m, row in coh.iterrows():
         line = f"coherence, {m}: r = {row.pearson_r:.2f} {row.r_ci} with the gold coherence labels"
-        if m == "judge":
+        if m in JUDGE_MEASURES:
             line += (f"; word salad scored at most {row.word_salad_max:.0f}, {int(row.word_salad_above_floor)}/"
                      f"{int(row.word_salad)} at or above the floor {P.coherence_floor:.0f}")
         out.append(line + ".")
@@ -519,8 +609,8 @@ def method_quantities(sens: pd.DataFrame, coh: pd.DataFrame, P: Params) -> list[
     n = P.mde_questions
     qs: list[records.Quantity] = []
     for (t, m), row in sens.iterrows():
-        if m == "absolute":
-            qs.append(records.correlation(f"methods.{t}.absolute.r", row.pearson_r, int(row["items"]), k=2))
+        if m in SCORED_METHODS:
+            qs.append(records.correlation(f"methods.{t}.{m}.r", row.pearson_r, int(row["items"]), k=2))
         if np.isfinite(row.accuracy_gap40):
             qs.append(records.rate(f"methods.{t}.{m}.accuracy_gap40", row.accuracy_gap40, n=int(row.pairs_gap40)))
         se = row.mde_se if np.isfinite(row.mde_se) and row.mde_se > 0 else 1.0
@@ -529,7 +619,117 @@ def method_quantities(sens: pd.DataFrame, coh: pd.DataFrame, P: Params) -> list[
                                    if np.isfinite(unc.parse_ci(row.mde_ci)).all() else None))
     for m, row in coh.iterrows():
         qs.append(records.correlation(f"coherence.{m}.r", row.pearson_r, int(row["items"]), k=2))
-        if m == "judge" and row.word_salad:
-            qs.append(records.Quantity("coherence.judge.word_salad_max", row.word_salad_max, "points",
+        if m in JUDGE_MEASURES and row.word_salad:
+            qs.append(records.Quantity(f"coherence.{m}.word_salad_max", row.word_salad_max, "points",
                                        int(row.word_salad), None, 1.0, "fixed text scored: float noise (1 point)"))
     return qs
+
+
+# ----------------------------------------------------------------------------------------
+# Positive control: a steering vector that visibly changes answers
+# ----------------------------------------------------------------------------------------
+
+def control_answers(P: Params, responder: LoadedModel, progress: bool = True) -> pd.DataFrame:
+    """The positive control's answers: the responder's optimism direction (``P.control_method``
+    on the shipped optimism pairs' train split, mean over response tokens, ``resid_pre`` at
+    ``P.control_layer``) added at ratio −r, 0 and +r (r = ``P.control_ratio``) while answering
+    ``P.control_questions`` held-out opinion questions. One row per (ratio, question)."""
+    site = Site("resid_pre", P.control_layer)
+    ds = load_trait("optimism")
+    pos, neg = ds.encode(responder.chat)
+    acts = extract(responder, pos + neg, [site], position="mean", batch_size=8, progress=progress)[site]
+    train = torch.from_numpy(np.flatnonzero(np.array([p.split for p in ds.pairs]) == "train"))
+    d = fit_direction(P.control_method, acts[train], acts[len(ds.pairs) + train], seed=P.seed,
+                      site=str(site), trait="optimism")
+    qs = opinion_questions("test", P.control_questions)
+    norms = activation_norms(responder, [responder.chat.encode(q) for q in qs.question], [site], batch_size=8)
+    conds = [Condition.unsteered(ratio=0.0)] + [
+        Condition((at_ratio(site, d.vector, r, norms),), ratio=r) for r in (-P.control_ratio, P.control_ratio)]
+    return generate_answers(responder, qs[["question"]], conds, max_new_tokens=P.max_new_tokens,
+                            progress=progress, desc="control answers")
+
+
+CONTROL_CONTRASTS = (("more", 1.0, 0.0), ("less", 0.0, -1.0))
+"""The control's comparisons, (name, ratio sign of the answer that should show more optimism,
+of the one that should show less): +r vs unsteered, unsteered vs −r."""
+
+
+def control_wins(judge: Judge, answers: pd.DataFrame, P: Params, anchored: bool = True,
+                 progress: bool = True) -> pd.DataFrame:
+    """Per (contrast, method, question): the method's win (1: it says the answer steered towards
+    optimism shows more of it, 0: less, ½: a tie) and, for scored methods, the score difference."""
+    by = {sign: answers[answers.ratio == sign * P.control_ratio].set_index("question").answer
+          for sign in (-1.0, 0.0, 1.0)}
+    qs = list(by[0.0].index)
+    rows = []
+    scores: dict[str, dict[float, np.ndarray]] = {}
+    for m in SCORED_METHODS:
+        if m == "anchored" and not anchored:
+            continue
+        an = judge_power.load_anchors("optimism") if m == "anchored" else ()
+        scores[m] = {}
+        for sign, ans in by.items():
+            got = judge.score_many("trait", [(q, ans[q]) for q in qs], trait="optimism", anchors=an,
+                                   progress=progress)
+            scores[m][sign] = np.array([np.nan if x.value is None else x.value for x in got])
+    for name, hi, lo in CONTROL_CONTRASTS:
+        for m, sc in scores.items():
+            diff = sc[hi] - sc[lo]
+            win = np.where(np.isnan(diff), np.nan, (np.sign(diff) + 1) / 2)
+            rows += [{"contrast": name, "method": m, "question": q, "win": w, "difference": x}
+                     for q, w, x in zip(qs, win, diff, strict=True)]
+        got = judge.prefer_many([(q, by[hi][q], by[lo][q]) for q in qs], trait="optimism", progress=progress)
+        rows += [{"contrast": name, "method": "pairwise", "question": q,
+                  "win": np.nan if g.win is None else g.win, "difference": np.nan} for q, g in zip(qs, got, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def control_table(wins: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per (contrast, method): the share of questions the method ordered as the steering intends,
+    its 95% bootstrap CI over questions, whether the CI excludes ½ (the effect is seen), and for
+    scored methods the mean score difference."""
+    rows = []
+    for (c, m), g in wins.groupby(["contrast", "method"], sort=False):
+        w = g.win.dropna().to_numpy(float)
+        b = unc.bootstrap_mean(w, n_boot=P.n_boot, seed=P.seed) if len(w) else None
+        lo, hi = b.ci if b is not None else (np.nan, np.nan)
+        rows.append({"contrast": c, "method": m, "questions": len(w), "win_rate": b.value if b else np.nan,
+                     "win_ci": b.text() if b else "", "seen": bool(lo > 0.5),
+                     "mean_difference": float(np.nanmean(g.difference)) if g.difference.notna().any() else np.nan})
+    return pd.DataFrame(rows).set_index(["contrast", "method"])
+
+
+def control_claim(control: pd.DataFrame, sens: pd.DataFrame, P: Params) -> records.Claim:
+    """Whether the method chosen for optimism (``best_methods``) sees the positive control's
+    steering in both directions (each win-rate CI above ½). Not a claim of the seed's but its
+    premise: a judge that reads steered answers must see a steering effect that is visibly there."""
+    best = best_methods(sens, P).get("optimism")
+    rows = [control.loc[(c, best)] for c, _, _ in CONTROL_CONTRASTS] if best in control.index.get_level_values(1) else []
+    seen = bool(rows) and all(r.seen for r in rows)
+    ours = ("; ".join(f"{c}: {_pct(r.win_rate, r.win_ci)}" for (c, _, _), r in zip(CONTROL_CONTRASTS, rows, strict=True))
+            if rows else "no method can see optimism effects (every MDE at the cap)")
+    verdict, why = records.decide(holds=seen)
+    if not seen:
+        why = ("the steered answers were not told apart from unsteered ones, so either the judge or the "
+               "steering is too weak here; " + why)
+    return records.Claim(
+        "judge_sees_control",
+        f"The judge method chosen for optimism ({best or 'none'}) orders answers steered at ±{P.control_ratio} "
+        f"(layer {P.control_layer}) as the steering intends, in both directions, on {P.control_questions} questions",
+        seed="the seed's judge (gpt-4.1-mini) saw its steering effects", ours=ours, verdict=verdict, reason=why,
+        quantity=f"control.more.{best}.win_rate" if best else None)
+
+
+def control_conclusions(control: pd.DataFrame, P: Params) -> list[str]:
+    """One line per method: its win rates on the positive control and whether it saw them."""
+    out = []
+    for m in dict.fromkeys(control.index.get_level_values(1)):
+        parts = []
+        for c, _, _ in CONTROL_CONTRASTS:
+            if (c, m) in control.index:
+                r = control.loc[(c, m)]
+                diff = f", mean score difference {r.mean_difference:+.1f}" if np.isfinite(r.mean_difference) else ""
+                parts.append(f"{'+r vs 0' if c == 'more' else '0 vs −r'}: {_pct(r.win_rate, r.win_ci)}"
+                             f"{diff} ({'seen' if r.seen else 'not seen'})")
+        out.append(f"{m}: " + "; ".join(parts) + ".")
+    return out
