@@ -109,6 +109,16 @@ summary = gen.summarize(P, cells, boots, null)
 display(summary.round(2))
 
 # %% [markdown]
+# ### What the words alone do
+# A bag-of-words logistic regression on the very texts the activations saw, fitted on each
+# group's train split and scored like a direction (`traitlab.surface`): where it transfers as
+# well as the directions, this set cannot show that a direction reads more than the words.
+
+# %%
+words = gen.surface_transfer(P)
+display(gen.surface_summary(words).round(2))
+
+# %% [markdown]
 # ### Across all layers
 
 # %%
@@ -151,7 +161,7 @@ display(gen.versus_seed(FINDING, cells, compare_layer).round(1))
 # ## Conclusions (computed from this run)
 
 # %%
-for line in gen.conclusions(P, FINDING, summary, diff, exceed):
+for line in gen.conclusions(P, FINDING, summary, diff, exceed, gen.surface_summary(words)):
     print("•", line)
 
 # %% [markdown]
@@ -162,7 +172,7 @@ for line in gen.conclusions(P, FINDING, summary, diff, exceed):
 # %% tags=["record"]
 from traitlab import records
 
-record = gen.record(P, lm, FINDING, cells, summary, boots, exceed, compare_layer)
+record = gen.record(P, lm, FINDING, cells, summary, boots, exceed, compare_layer, words)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
 from traitlab import directions, vectors  # noqa: E402
 

@@ -11,7 +11,7 @@
 # %% [markdown]
 # # Natural vs instruction-based elicitation
 #
-# **Claims under test** (seed, Gemma-2-2B): for a cognitive trait (optimism) a vector from
+# **Claims under test** (seed, Qwen2.5-7B-Instruct): for a cognitive trait (optimism) a vector from
 # natural contrasting scenarios and one from system-prompt instructions ("You are an optimistic
 # assistant" vs the opposite) are similar (cosine 0.63) and both steer; for a behavioural trait
 # (sycophancy) they differ (cosine 0.20), and the natural vector detects (84%) but does not steer.

@@ -43,6 +43,9 @@ acc_threshold = 0.6
 n_boot = 2000
 seed = 0
 traits_dir = None
+curve_sizes = [4, 8, 16, 32]
+curve_layers = None
+curve_repeats = 5
 
 # %% [markdown]
 # ## Setup
@@ -113,6 +116,30 @@ obs = {m: summary.loc[m, "mean_accuracy_pct"] for m in P.methods if m != "random
 fig = plots.null_histogram(null.mean_accuracy_pct, obs, "mean held-out accuracy over cells (%)")
 
 # %% [markdown]
+# ## Few training pairs: where methods can differ
+# With all training pairs every supervised method sits near the ceiling. Here each method is fitted
+# on `curve_sizes` pairs per trait (`curve_repeats` seeded subsamples) at `curve_layers` (default:
+# the middle layer) and scored on the full held-out split; the CI is over traits.
+
+# %%
+curve = mc.learning_curve(P, acts, sites)
+curve_table = mc.curve_summary(curve)
+display(curve_table.unstack("n_train")["accuracy_pct"].round(1))
+fig = plots.learning_curve(curve)
+print(mc.curve_conclusion(curve_table))
+
+# %% [markdown]
+# ## Control: what the words alone can do
+# A bag-of-words logistic regression on the very texts the activations saw (the responses, for
+# `position = "mean"`), fitted on the train split and scored on the held-out pairs like a direction
+# (`traitlab.surface`). When it separates the classes as well as the methods do, this set cannot
+# show that a direction reads more than the words.
+
+# %%
+surf = mc.surface(P)
+display(surf.round(3))
+
+# %% [markdown]
 # ## Comparison with the seed
 # Failure counts are shown as a percentage of cells, since our grid differs in size.
 
@@ -123,7 +150,7 @@ display(mc.versus_seed(summary).round(2))
 # ## Conclusions (computed from this run)
 
 # %%
-for line in mc.conclusions(summary, null):
+for line in mc.conclusions(summary, null, surf):
     print("•", line)
 
 # %% [markdown]
@@ -134,7 +161,7 @@ for line in mc.conclusions(summary, null):
 # %% tags=["record"]
 from traitlab import records
 
-record = mc.record(P, lm, results, summary, null, boot)
+record = mc.record(P, lm, results, summary, null, boot, surf, curve_table)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
 from traitlab import directions, vectors  # noqa: E402
 

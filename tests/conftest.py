@@ -45,6 +45,9 @@ def pytest_configure(config):
 
     The kernels nbval starts inherit this environment: ``records.publish`` compares the fresh
     record with the golden one (tolerances declared per field) and writes it to a scratch folder.
+    Progress bars are off, as in ``traitlab render``: the goldens hold a report's outputs, and a
+    bar's stderr would differ from run to run.
     """
+    os.environ.setdefault("TRAITLAB_PROGRESS", "0")
     os.environ.setdefault("TRAITLAB_GOLDEN_DIR", str(Path(__file__).parent / "golden"))
     os.environ.setdefault("TRAITLAB_RECORD_DIR", tempfile.mkdtemp(prefix="traitlab-records-"))

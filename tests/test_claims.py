@@ -80,3 +80,10 @@ def test_a_phrase_can_state_the_ci(tmp_path):
     assert "README should state '+0.8 points [−0.3, +1.4]'" in claims.check([c], tmp_path)[0]
     (msg,) = claims.check([claims.Claim("g", "r", "gap", "gap {:.2f}")], tmp_path)
     assert "should state 'gap 0.80'" in msg  # no CI asked for: none needed
+
+
+def test_a_reflowed_readme_still_states_the_figure(tmp_path):
+    c = claims.Claim("acc", "r", "acc", "held-out acc {:.1f}%")
+    _record(tmp_path, 98.21)
+    (tmp_path / "README.md").write_text("the held-out\n  acc 98.2% here")
+    assert claims.check([c], tmp_path) == []

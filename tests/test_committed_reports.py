@@ -23,7 +23,6 @@ STALE: dict[str, str] = {
     "base_to_instruct": _SLOW.format("the Gemma-3-270M SFT/DPO chain trained (~30 min) first"),
     "model_chain": _SLOW.format("~30 min of SFT/DPO training"),
     "sft_dpo_transfer": _SLOW.format("the chain plus > 1 h of judged generation"),
-    "judge_calibration": _SLOW.format("> 1 h with the 1.5B judge"),
     "metrics_vs_steering": _SLOW.format("~1 h of judged generation"),
     "refusal_dial": _SLOW.format("~1 h"),
     "refusal_dial.qwen2.5-coder-1.5b": _SLOW.format("~1.5 h"),

@@ -97,6 +97,32 @@ def test_integer_distribution_matches_teacher_forcing(tiny_judge):
     assert 0 < sum(probs.values()) <= 1 + 1e-6
 
 
+def test_batched_text_replies_equal_one_prompt_at_a_time(tiny_judge):
+    """Text mode shares the rubric+question prefill too and decodes the answers of one question
+    together (right padding, per-row positions): every greedy reply equals ``generate`` alone,
+    including rows that stop early at an end-of-sequence token."""
+    qs = ["Will it rain tomorrow in the city?", "How will schools change?"]
+    answers = ["Sunny days ahead!", "No.", "It will rain heavily and then clear up, with wind from the west."]
+    items = [(q, a) for q in qs for a in answers]
+    msgs = [J.judge_messages("coherence", q, a) for q, a in items]
+    alone = [tiny_judge.complete(m, mode="text", top_logprobs=20, max_tokens=6) for m in msgs]
+    batch = tiny_judge.complete_many(msgs, mode="text", top_logprobs=20, max_tokens=6, groups=[q for q, _ in items])
+    assert [a.text for a in alone] == [b.text for b in batch]
+    assert any(a.text for a in alone)
+    # a row that ends at once: force the first greedy token of prompt 0 to be the eos token
+    ids = [tiny_judge._prompt_ids(m) for m in msgs[:3]]
+    hf = tiny_judge.model.hf
+    first = int(hf(input_ids=torch.tensor([ids[0]])).logits[0, -1].argmax())
+    eos_before = hf.generation_config.eos_token_id
+    try:
+        hf.generation_config.eos_token_id = first
+        texts = tiny_judge._generate_batch(ids, 6)
+        solo = [tiny_judge.complete(m, mode="text", top_logprobs=20, max_tokens=6).text for m in msgs[:3]]
+    finally:
+        hf.generation_config.eos_token_id = eos_before
+    assert texts == solo
+
+
 def test_local_backend_leaves_no_cache_state_between_calls(tiny_judge):
     msgs = J.judge_messages("trait", "Will it rain?", "Sunny days ahead!")
     a = tiny_judge.complete(msgs, mode="logprob", top_logprobs=20, max_tokens=1)

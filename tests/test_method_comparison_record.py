@@ -65,3 +65,57 @@ def test_a_moved_headline_fails_naming_the_field():
     assert any(p.startswith("method_comparison.mean_diff.mean_accuracy_pct:") for p in problems), problems
     assert not any("probe.mean_accuracy_pct" in p for p in problems)
     assert records.compare(rec, _record()) == []
+
+
+def _acts(signal: float, traits=("refusal", "humor"), n_train: int = 40, n_val: int = 20, d: int = 16):
+    """Synthetic activations: positives shifted by ``signal`` along the first axis."""
+    import torch
+
+    from traitlab.sites import Site
+
+    g = torch.Generator().manual_seed(0)
+    site = Site("resid_post", 3)
+    shift = torch.zeros(d)
+    shift[0] = signal
+    out = {}
+    for t in traits:
+        out[t] = {split: {site: (torch.randn(n, d, generator=g) + shift, torch.randn(n, d, generator=g))}
+                  for split, n in (("train", n_train), ("val", n_val))}
+    return out, [site]
+
+
+def test_learning_curve_subsamples_train_pairs_and_scores_the_full_val_split():
+    p = mc.Params(traits=["refusal", "humor"], methods=["probe", "mean_diff", "random"], curve_sizes=[4, 16, 99],
+                  curve_repeats=3, n_boot=50)
+    acts, sites = _acts(5.0)  # the best threshold's accuracy is Φ(2.5) = 99.4%
+    curve = mc.learning_curve(p, acts, sites, progress=False)
+    assert len(curve) == 2 * 3 * 3 * 3  # traits × sizes × repeats × methods
+    assert sorted(curve.n_train.unique()) == [4, 16, 40]  # a size above the train split is capped
+    cs = mc.curve_summary(curve)
+    assert cs.loc[("mean_diff", 40), "accuracy_pct"] > 90 > cs.loc[("random", 40), "accuracy_pct"]
+    assert cs.loc[("probe", 4), "traits"] == 2
+    again = mc.learning_curve(p, acts, sites, progress=False)
+    pd.testing.assert_frame_equal(curve, again)  # seeded subsamples
+    assert mc.curve_conclusion(cs).startswith("With 4 training pairs per trait:")
+    rec = mc.record(p, None, *_record_inputs(p), curve=cs)
+    assert rec["curve.mean_diff.n4.accuracy_pct"].value == pytest.approx(cs.loc[("mean_diff", 4), "accuracy_pct"])
+    assert "learning_curve" in rec.tables
+
+
+def _record_inputs(p):
+    df = _results(mc.Params(traits=list(p.traits), methods=list(p.methods), n_random_seeds=p.n_random_seeds))
+    boot = mc.draws(p, pair_scores(df, ["trait", "layer", "method", "seed"]))
+    return df, mc.summarize(df, p, boot), mc.random_null(df), boot
+
+
+def test_curve_layers_must_be_among_the_layers():
+    from traitlab.params import ParamError
+    from traitlab.sites import Site
+
+    sites = [Site("resid_post", x) for x in (2, 4, 6)]
+    assert mc.Params().curve_sites(sites) == [sites[1]]
+    assert mc.Params(curve_layers=[6, 2]).curve_sites(sites) == [sites[2], sites[0]]
+    with pytest.raises(ParamError, match=r"curve_layers \[5\]"):
+        mc.Params(curve_layers=[5]).curve_sites(sites)
+    with pytest.raises(ParamError, match="curve_sizes"):
+        mc.Params(curve_sizes=[1])

@@ -108,7 +108,9 @@ def _records(claims: list[Claim], root: Path) -> dict[str, ResultRecord | str]:
 
 
 def _prose(text: str) -> str:
-    return text.replace("\u2212", "-")
+    """Text as compared: the prose minus as ``-`` and any run of whitespace as one space, so a
+    reflowed README paragraph still states the same figures."""
+    return " ".join(text.replace("\u2212", "-").split())
 
 
 def check(claims: list[Claim], root: Path = PROJECT_ROOT) -> list[str]:

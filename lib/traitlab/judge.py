@@ -445,14 +445,14 @@ class LocalBackend:
     @torch.no_grad()
     def complete_many(self, batch: Sequence[list[dict[str, str]]], *, mode: Request, top_logprobs: int,
                       max_tokens: int, groups: Sequence[Any] | None = None) -> list[Reply]:
-        """Replies to many prompts, in order. In ``logprob`` and ``choice`` mode the prompts of
-        one group (the judge passes (metric, trait, question): rubric and question come before
-        the answer) are scored as one batch: their longest common token prefix is prefilled
-        once, each prompt's own tokens run on copies of that KV cache (right-padded, masked),
-        and (``logprob``) the integer trie is expanded for all of them in one forward per depth,
-        so the weights are read once per step for the whole batch. The numbers equal
-        ``complete``'s up to float rounding."""
-        if mode == "text" or groups is None:
+        """Replies to many prompts, in order. The prompts of one group (the judge passes
+        (metric, trait, question): rubric and question come before the answer) run as one batch:
+        their longest common token prefix is prefilled once, each prompt's own tokens run on
+        copies of that KV cache (right-padded, masked); then (``logprob``) the integer trie is
+        expanded for all of them in one forward per depth, or (``text``) they are decoded
+        greedily together, so the weights are read once per step for the whole batch. The
+        numbers and texts equal ``complete``'s up to float rounding."""
+        if groups is None:
             return [self.complete(m, mode=mode, top_logprobs=top_logprobs, max_tokens=max_tokens) for m in batch]
         out: list[Reply | None] = [None] * len(batch)
         members: dict[Any, list[int]] = {}
@@ -463,6 +463,10 @@ class LocalBackend:
                 for start in range(0, len(idx), self.MAX_GROUP):
                     part = idx[start:start + self.MAX_GROUP]
                     ids = [self._prompt_ids(batch[i]) for i in part]
+                    if mode == "text":
+                        for i, text in zip(part, self._generate_batch(ids, max_tokens), strict=True):
+                            out[i] = Reply(text=text)
+                        continue
                     scored = self._score_batch(ids, top_logprobs, expand=mode == "logprob")
                     for i, (top, ip) in zip(part, scored, strict=True):
                         out[i] = Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=ip)
@@ -471,6 +475,41 @@ class LocalBackend:
     def _score_batch(self, ids: list[list[int]], top_k: int, expand: bool = True
                      ) -> list[tuple[dict[str, float], dict[int, float] | None]]:
         """First-token logprobs and (``expand``) integer distributions of several prompts in one batch."""
+        logp0, cache, mask = self._prefill(ids, keep_cache=expand)
+        if not expand:  # a choice: the top-k plus every label token, so a label is never missing
+            return [(self._top(logp0[row], top_k, self._label_ids), None) for row in range(len(ids))]
+        return self._expand(logp0, cache, mask, [len(x) for x in ids], top_k)
+
+    def _generate_batch(self, ids: list[list[int]], max_tokens: int) -> list[str]:
+        """Greedy replies to several prompts in one batch, from one prefill of their shared prefix:
+        each row decodes at its own positions (right padding, masked) until an end-of-sequence
+        token or ``max_tokens``; the text equals ``complete``'s ``generate`` up to float rounding."""
+        hf, tok = self.model.hf, self.model.tokenizer
+        eos = hf.generation_config.eos_token_id  # what ``generate`` stops at
+        eos = tok.eos_token_id if eos is None else eos
+        stop = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        logp, cache, mask = self._prefill(ids, keep_cache=max_tokens > 1)
+        out: list[list[int]] = [[] for _ in ids]
+        done = [False] * len(ids)
+        for step in range(max_tokens):
+            nxt = logp.argmax(-1)
+            for row, t in enumerate(nxt.tolist()):
+                if not done[row]:
+                    out[row].append(t)
+                    done[row] = t in stop
+            if all(done) or step == max_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones(len(ids), 1, dtype=mask.dtype)], 1)
+            pos = torch.tensor([[len(x) + step] for x in ids])
+            o = hf(input_ids=nxt[:, None], past_key_values=cache, attention_mask=mask, position_ids=pos,
+                   use_cache=True)
+            cache, logp = o.past_key_values, o.logits[:, -1].float()
+        return [tok.decode(x, skip_special_tokens=True) for x in out]
+
+    def _prefill(self, ids: list[list[int]], keep_cache: bool = True) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """(next-token logprobs [b, V] of each prompt, the batch's KV cache, its attention mask):
+        the prompts' longest common token prefix is prefilled once and copied per row, then each
+        prompt's own tokens run right-padded, so every real token keeps its position."""
         hf = self.model.hf
         shared = _common_prefix(ids) if len(ids) > 1 else 0
         if shared < self.MIN_SHARED:
@@ -488,13 +527,10 @@ class LocalBackend:
         # (through the model's own head, so e.g. Gemma's logit soft-capping applies).
         last = [len(r) - 1 for r in rest]
         keep = sorted(set(last))
-        o = hf(input_ids=tokens, attention_mask=mask, past_key_values=past, use_cache=expand,
+        o = hf(input_ids=tokens, attention_mask=mask, past_key_values=past, use_cache=keep_cache,
                logits_to_keep=torch.tensor(keep))
         at = torch.tensor([keep.index(x) for x in last])
-        logp0 = torch.log_softmax(o.logits[torch.arange(len(ids)), at].float(), -1)
-        if not expand:  # a choice: the top-k plus every label token, so a label is never missing
-            return [(self._top(logp0[row], top_k, self._label_ids), None) for row in range(len(ids))]
-        return self._expand(logp0, o.past_key_values, mask, [len(x) for x in ids], top_k)
+        return torch.log_softmax(o.logits[torch.arange(len(ids)), at].float(), -1), o.past_key_values, mask
 
     def _top(self, logp: torch.Tensor, top_k: int, extra: Sequence[int] = ()) -> dict[str, float]:
         """The ``top_k`` next tokens (and the ``extra`` token ids) as ``{decoded token: logprob}``;

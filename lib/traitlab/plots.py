@@ -51,6 +51,20 @@ def null_histogram(null: pd.Series, observed: dict[str, float], xlabel: str) -> 
     return fig
 
 
+def learning_curve(curve: pd.DataFrame) -> plt.Figure:
+    """Held-out accuracy against training pairs per trait (log scale), one line per method; the
+    band is the 95% CI over traits (each trait's mean over layers and repeats)."""
+    per_trait = (curve.groupby(["method", "n_train", "trait"], sort=False).val_accuracy.mean() * 100).reset_index()
+    fig, ax = plt.subplots(figsize=(7, 3.4), constrained_layout=True)
+    sns.lineplot(per_trait, x="n_train", y="val_accuracy", hue="method", errorbar=("ci", 95), marker="o", ax=ax)
+    ax.set_xscale("log", base=2)
+    sizes = sorted(per_trait.n_train.unique())
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.set(xlabel="training pairs per trait", ylabel="held-out accuracy (%)")
+    ax.axhline(50, ls=":", c="grey", lw=1)
+    return fig
+
+
 def by_layer(df: pd.DataFrame, value: str, ylabel: str, hue: str = "method") -> plt.Figure:
     """Mean of ``value`` over traits, against layer, one line per ``hue``."""
     fig, ax = plt.subplots(figsize=(7, 3.4), constrained_layout=True)

@@ -7,11 +7,13 @@ bars (the render prints per-cell progress on the terminal instead); set it yours
 bars anywhere.
 
 Example:
-    >>> import os; os.environ["TRAITLAB_PROGRESS"] = "0"
-    >>> enabled(True)
+    >>> import os; saved = os.environ.get("TRAITLAB_PROGRESS")
+    >>> os.environ["TRAITLAB_PROGRESS"] = "0"; enabled(True)
     False
-    >>> del os.environ["TRAITLAB_PROGRESS"]; enabled(True), enabled(False)
+    >>> os.environ["TRAITLAB_PROGRESS"] = "1"; enabled(True), enabled(False)
     (True, False)
+    >>> if saved is None: del os.environ["TRAITLAB_PROGRESS"]
+    ... else: os.environ["TRAITLAB_PROGRESS"] = saved
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from ..steering import activation_norms, generate_steered
 SEED = pd.DataFrame([("optimism", 0.63, np.nan, True, True), ("sycophancy", 0.20, 84.0, False, True)],
                     columns=["trait", "cosine", "natural_detect_pct", "natural_steers", "instruction_steers"]
                     ).set_index("trait")
-"""The seed's elicitation comparison (Gemma-2-2B): cosine natural vs instruction, whether each steers."""
+"""The seed's elicitation comparison (Qwen2.5-7B-Instruct): cosine natural vs instruction, whether each steers."""
 
 
 def instructions() -> dict[str, dict[str, str]]:

@@ -56,6 +56,7 @@ from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
+from ..surface import fit_bag_of_words, pair_texts
 
 Finding = Literal["cross_language", "cross_topic", "cross_distribution"]
 
@@ -269,6 +270,38 @@ def run(p: Params, acts: dict[int, dict[str, GroupActs]], *, progress: bool = Tr
                     keep_scores=p.matrix_layers, progress=progress)
 
 
+def surface_transfer(p: Params) -> pd.DataFrame:
+    """The surface baseline as a transfer matrix: a bag-of-words logistic regression
+    (``traitlab.surface``) fitted on each group's train texts and scored on every group (its val
+    split when the same group, all of it otherwise), with the same columns as ``transfer``'s
+    cells (``acc``: evaluated-set midpoint; ``acc_transfer``: the train midpoint). Words that
+    carry the trait in one language or topic need not occur in another: where a direction
+    transfers and the words do not, the direction reads more than the words."""
+    rows = []
+    data = p.datasets()
+    for g, dg in data.items():
+        tp, tn = pair_texts(dg.split("train"), p.position)
+        score = fit_bag_of_words(tp, tn)
+        thr = _midpoint(score(tp), score(tn))
+        for h, dh in data.items():
+            pos, neg = pair_texts(dh.split("val") if h == g else dh.pairs, p.position)
+            ps, ns = score(pos), score(neg)
+            rows.append({"method": "words", "train": g, "test": h, "same": h == g, "n_eval": len(ps),
+                         "acc": _accuracy(ps, ns, _midpoint(ps, ns)), "acc_transfer": _accuracy(ps, ns, thr),
+                         "auroc": auroc(ps, ns)})
+    return pd.DataFrame(rows)
+
+
+def surface_summary(words: pd.DataFrame) -> pd.DataFrame:
+    """Words alone: same- and cross-group mean accuracy (%), transferred-threshold cross mean and
+    cross AUROC, one row (the shape of a ``summarize`` row without the bootstrap)."""
+    x, s = words[~words.same], words[words.same]
+    return pd.DataFrame([{"method": "words", "same_pct": 100 * s.acc.mean(), "cross_pct": 100 * x.acc.mean(),
+                          "cross_transfer_pct": 100 * x.acc_transfer.mean(), "cross_auroc": x.auroc.mean(),
+                          "worst_pair": f"{x.loc[x.acc.idxmin()].train}→{x.loc[x.acc.idxmin()].test}",
+                          "worst_pct": 100 * x.acc.min()}]).set_index("method")
+
+
 def shuffled_null(p: Params, acts: dict[int, dict[str, GroupActs]], *, progress: bool = True) -> pd.DataFrame:
     """The transfer matrix after label-shuffled training, ``n_shuffle`` seeds, matrix layers only."""
     sub = {layer: acts[layer] for layer in p.matrix_layers}
@@ -398,8 +431,8 @@ def versus_seed(finding: Finding, cells: pd.DataFrame, layer: int) -> pd.DataFra
 
 
 def conclusions(p: Params, finding: Finding, summary: pd.DataFrame, diff: pd.DataFrame,
-                exceed: pd.DataFrame) -> list[str]:
-    """Plain-language findings computed from this run."""
+                exceed: pd.DataFrame, words: pd.DataFrame | None = None) -> list[str]:
+    """Plain-language findings computed from this run; ``words``: the ``surface_summary`` row."""
     out = []
     ref = SEED[finding]
     for layer in p.matrix_layers:
@@ -411,6 +444,13 @@ def conclusions(p: Params, finding: Finding, summary: pd.DataFrame, diff: pd.Dat
                              f"(transferred threshold {r.cross_transfer_pct:.1f}%, null {r.null_cross_pct:.1f}%)")
         if parts:
             out.append(f"Layer {layer}: " + "; ".join(parts) + ".")
+    if words is not None and len(words):
+        w = words.iloc[0]
+        out.append(f"Words alone (bag-of-words logistic regression on the same texts): same {w.same_pct:.1f}% / "
+                   f"cross {w.cross_pct:.1f}% (transferred threshold {w.cross_transfer_pct:.1f}%, worst "
+                   f"{w.worst_pair} {w.worst_pct:.1f}%)"
+                   + (": the words transfer too, so this set cannot show a direction reading more than the words."
+                      if w.cross_pct >= 90 else "."))
     seed_bits = "; ".join(f"{m}: same {s if s is not None else 'n/a'}%, cross {c}%"
                           for m, (s, c) in ref["summary"].items())
     out.append(f"Seed ({ref['where']}): {seed_bits}.")
@@ -451,7 +491,8 @@ def _mean_boot(boots: dict[tuple, np.ndarray], keys: list[tuple]) -> np.ndarray:
 
 
 def record(p: Params, lm: LoadedModel | None, finding: Finding, cells: pd.DataFrame, summary: pd.DataFrame,
-           boots: dict[tuple, np.ndarray], exceed: pd.DataFrame, compare_layer: int) -> records.ResultRecord:
+           boots: dict[tuple, np.ndarray], exceed: pd.DataFrame, compare_layer: int,
+           words: pd.DataFrame | None = None) -> records.ResultRecord:
     """The report as data: same/cross-group accuracies per method and matrix layer, the
     probe − mean_diff difference, the seed's claims at ``compare_layer`` with verdicts, tables.
 
@@ -466,6 +507,8 @@ def record(p: Params, lm: LoadedModel | None, finding: Finding, cells: pd.DataFr
     - ``probe_minus_mean_diff.L<layer>_pts``: paired cross-group difference [estimate: 2 SEs of
       the paired bootstrap, floored at one item].
     - ``n_groups``, ``cross_cells``, ``compare_layer``: exact.
+    - ``words.same_pct`` / ``words.cross_pct`` (with ``words``, the ``surface_transfer`` cells):
+      words alone [rate over the evaluated items, 2 items flipping: a deterministic fit].
 
     The shuffled-label null's own means are left out of the quantities (they are in the
     ``summary`` table): with ``n_shuffle`` of 5 at ci they are noise around chance.
@@ -505,9 +548,16 @@ def record(p: Params, lm: LoadedModel | None, finding: Finding, cells: pd.DataFr
             diffs[layer] = (value, se, _ci(dd))
             qs.append(records.estimate(f"probe_minus_mean_diff.L{layer}_pts", value, se=se,
                                        n=len(cross_keys), unit="pts", k=2, ci=diffs[layer][2]))
+    if words is not None and len(words):
+        for kind, sel in (("same", words.same), ("cross", ~words.same)):
+            w = words[sel]
+            n = int(2 * w.n_eval.sum())
+            qs.append(records.rate(f"words.{kind}_pct", 100 * float(w.acc.mean()), n=n, unit="%", items=2))
     claims = _claims(finding, compare_layer, stats, diffs)
     tables = {"summary": summary, "versus_seed": versus_seed(finding, cells, compare_layer),
               "null_exceedance": exceed}
+    if words is not None:
+        tables["words"] = words
     return records.ResultRecord(finding, model=getattr(lm, "spec", None) or p.model, quantities=tuple(qs),
                                 claims=tuple(claims), tables=tables, params=asdict(p))
 

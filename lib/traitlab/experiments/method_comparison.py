@@ -26,6 +26,7 @@ from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
+from ..surface import surface_metrics
 
 SEED_TABLE = pd.DataFrame(
     [("probe", 0, 85.9, 2.94, 29), ("gradient", 27, 81.0, 2.58, 47), ("mean_diff", 67, 65.7, 1.35, 106),
@@ -59,10 +60,20 @@ class Params:
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    curve_sizes: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    """Learning curve: training pairs per trait (empty: no curve). Few pairs are where methods
+    can differ when every method is at the ceiling with all of them."""
+    curve_layers: list[int] | None = None
+    """Layers of the learning curve (null: the middle layer of ``layers``)."""
+    curve_repeats: int = 5
+    """Random subsamples of the training pairs per size (the curve's unit of resampling)."""
 
     def __post_init__(self) -> None:
         if not self.traits:
             raise ParamError("traits is empty; name at least one trait from data/traits/")
+        if any(n < 2 for n in self.curve_sizes) or self.curve_repeats < 1:
+            raise ParamError(f"curve_sizes must be >= 2 pairs each (got {self.curve_sizes}) and "
+                             f"curve_repeats >= 1 (got {self.curve_repeats})")
         if self.site not in SITE_NAMES:
             raise ParamError(f"site {self.site!r} unknown; choose one of {', '.join(SITE_NAMES)}")
         if self.position not in POSITIONS:
@@ -94,6 +105,16 @@ class Params:
         for t in self.traits:
             load_trait(t, max_pairs_per_split=self.max_pairs_per_split, folder=traits_folder(self.traits_dir))
         return sites
+
+    def curve_sites(self, sites: list[Site]) -> list[Site]:
+        """The learning curve's sites: ``curve_layers``, or the middle one of ``sites``."""
+        if self.curve_layers is None:
+            return [sites[len(sites) // 2]]
+        have = {s.layer: s for s in sites}
+        missing = [x for x in self.curve_layers if x not in have]
+        if missing:
+            raise ParamError(f"curve_layers {missing} are not among layers {sorted(have)}")
+        return [have[x] for x in self.curve_layers]
 
     def method_options(self) -> dict[str, dict]:
         return {"probe": {"C": self.probe_C},
@@ -138,6 +159,56 @@ def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True
     return pd.DataFrame(rows), scores
 
 
+def learning_curve(p: Params, acts: dict, sites: list[Site], *, progress: bool = True) -> pd.DataFrame:
+    """Held-out accuracy with few training pairs: for each size n in ``p.curve_sizes`` (pairs,
+    capped at the train split), ``p.curve_repeats`` seeded subsamples of the train pairs (a
+    pair's positive and negative together), every method fitted on the subsample and scored on
+    the full val split. One row per (trait, layer, method, n_train, repeat)."""
+    rows = []
+    opts = p.method_options()
+    curve_sites = p.curve_sites(sites)
+    jobs = [(t, s, n, r) for t in p.traits for s in curve_sites for n in p.curve_sizes for r in range(p.curve_repeats)]
+    for trait, site, n, rep in tqdm(jobs, desc="learning curve", disable=not progress):
+        tr_pos, tr_neg = acts[trait]["train"][site]
+        va_pos, va_neg = acts[trait]["val"][site]
+        k = min(n, len(tr_pos))
+        pick = torch.from_numpy(np.random.default_rng([p.seed, n, rep]).choice(len(tr_pos), k, replace=False))
+        for method in p.methods:
+            d = fit_direction(method, tr_pos[pick], tr_neg[pick], seed=p.seed + rep, site=str(site), trait=trait,
+                              log=False, **opts.get(method, {}))
+            m = evaluate(d.vector, va_pos, va_neg)
+            rows.append({"trait": trait, "layer": site.layer, "method": method, "n_train": k, "repeat": rep,
+                         "val_accuracy": m.val_accuracy, "auroc": m.auroc})
+    return pd.DataFrame(rows)
+
+
+def curve_summary(curve: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, n_train): mean held-out accuracy (%) with a 95% t-interval over traits (each
+    trait's mean over layers and repeats is one unit), and the mean AUROC."""
+    per_trait = curve.groupby(["method", "n_train", "trait"], sort=False)[["val_accuracy", "auroc"]].mean()
+    rows = []
+    for (method, n), g in per_trait.groupby(level=[0, 1], sort=False):
+        acc = 100 * g.val_accuracy.to_numpy()
+        m, se, k = unc.mean_se(acc)
+        lo, hi = unc.t_interval(m, se, k)
+        rows.append({"method": method, "n_train": int(n), "accuracy_pct": m, "acc_ci95": f"[{lo:.1f}, {hi:.1f}]",
+                     "auroc": float(g.auroc.mean()), "traits": k})
+    return pd.DataFrame(rows).set_index(["method", "n_train"])
+
+
+def curve_conclusion(cs: pd.DataFrame) -> str:
+    """Which methods separate at the smallest training size, and where the ranking settles."""
+    sizes = sorted(set(cs.index.get_level_values(1)))
+    if not sizes:
+        return "No learning curve was run."
+    lo = cs.xs(sizes[0], level=1).sort_values("accuracy_pct", ascending=False)
+    hi = cs.xs(sizes[-1], level=1)
+    return (f"With {sizes[0]} training pairs per trait: " + ", ".join(
+        f"{m} {r.accuracy_pct:.1f}% {r.acc_ci95}" for m, r in lo.iterrows())
+        + f"; with {sizes[-1]}: " + ", ".join(f"{m} {hi.loc[m, 'accuracy_pct']:.1f}%" for m in lo.index if m in hi.index)
+        + ". Methods whose intervals do not overlap at a size differ there; at the ceiling they cannot.")
+
+
 def draws(p: Params, scores: dict) -> dict[str, dict[str, np.ndarray]]:
     """Per method (random: its first seed): bootstrap draws of the mean held-out accuracy (%) and
     effect size over cells, resampling val pairs within trait (paired across methods and layers).
@@ -170,6 +241,19 @@ def summarize(df: pd.DataFrame, p: Params, boot: dict) -> pd.DataFrame:
     return pd.DataFrame(out).set_index("method")
 
 
+def surface(p: Params) -> pd.DataFrame:
+    """Per trait: the surface baseline (``traitlab.surface``: a bag-of-words logistic regression
+    on the same texts the activations saw, fitted on the train split) on the held-out pairs, as
+    a direction's metrics (accuracy in %)."""
+    rows = []
+    for trait in p.traits:
+        ds = load_trait(trait, max_pairs_per_split=p.max_pairs_per_split, folder=traits_folder(p.traits_dir))
+        m, (ps, _) = surface_metrics(ds, p.position)
+        rows.append({"trait": trait, "val_pairs": len(ps), "accuracy_pct": 100 * m.val_accuracy,
+                     "auroc": m.auroc, "effect_size": m.effect_size})
+    return pd.DataFrame(rows).set_index("trait")
+
+
 def random_null(df: pd.DataFrame) -> pd.DataFrame:
     """Per random seed: mean accuracy, polarity failures and effect size over all cells."""
     r = df[df.method == "random"]
@@ -187,13 +271,23 @@ def versus_seed(summary: pd.DataFrame) -> pd.DataFrame:
     return both.loc[[m for m in SEED_TABLE.index if m in both.index]]
 
 
-def conclusions(summary: pd.DataFrame, null: pd.DataFrame) -> list[str]:
-    """Plain-language findings computed from this run (printed by the report)."""
+def conclusions(summary: pd.DataFrame, null: pd.DataFrame, surf: pd.DataFrame | None = None) -> list[str]:
+    """Plain-language findings computed from this run (printed by the report); ``surf``: the
+    ``surface`` table (words alone)."""
     s = summary
     out = []
     ranked = s.sort_values("mean_accuracy_pct", ascending=False)
     out.append("Ranking by mean held-out accuracy: " + " > ".join(
         f"{m} ({r.mean_accuracy_pct:.1f}%)" for m, r in ranked.iterrows()) + ".")
+    if surf is not None and len(surf):
+        words = surf.accuracy_pct.mean()
+        above = [m for m in s.index if s.loc[m, "mean_accuracy_pct"] > words]
+        out.append(f"Words alone (bag-of-words logistic regression on the same texts): {words:.1f}% mean "
+                   f"held-out accuracy, AUROC {surf.auroc.mean():.3f}"
+                   + (f" (lowest: {surf.accuracy_pct.idxmin()} {surf.accuracy_pct.min():.1f}%)" if len(surf) > 1 else "")
+                   + f". Methods above it: {', '.join(above) or 'none'}"
+                   + (". Where the words separate the classes this well, these pairs cannot show that a "
+                      "direction reads more than the words." if words >= 90 else "."))
     if "random" in s.index and len(null):
         hi = np.quantile(null.mean_accuracy_pct, 0.95)
         beat = [m for m in s.index if m != "random" and s.loc[m, "mean_accuracy_pct"] > hi]
@@ -229,7 +323,8 @@ component when eigenvalues are close): their means get k=3 standard errors inste
 
 
 def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd.DataFrame,
-           null: pd.DataFrame, boot: dict) -> records.ResultRecord:
+           null: pd.DataFrame, boot: dict, surf: pd.DataFrame | None = None,
+           curve: pd.DataFrame | None = None) -> records.ResultRecord:
     """The report as data: per-method headline numbers, the seed's claims with verdicts, tables.
 
     Quantities (tolerance rule in brackets):
@@ -247,6 +342,12 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
     - ``ordering.<a>_minus_<b>_pts``: paired mean accuracy difference over cells [estimate, 2
       bootstrap SEs, resampling held-out pairs within trait; the verdict uses the same SE].
     - ``cells_per_method``, ``n_traits``, ``n_layers``: exact.
+    - ``surface.mean_accuracy_pct`` (with ``surf``, the ``surface`` table): words alone, mean
+      held-out accuracy over traits [rate over all val items, 2 items flipping: the fit is
+      deterministic, only a score at the threshold can move].
+    - ``curve.<method>.n<k>.accuracy_pct`` (with ``curve``, the ``curve_summary`` table): mean
+      held-out accuracy with k training pairs [estimate: 2 SEs over traits, 3 for
+      ``ica``/``pca_diff``].
 
     ``lm`` gives the model id (``None``: ``p.model``).
     """
@@ -286,8 +387,23 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
             diffs[(a, b)] = (float(dd.mean()), se, diff.ci)
             qs.append(records.estimate(f"ordering.{a}_minus_{b}_pts", dd.mean(), se=se, n=len(dd),
                                        unit="pts", k=2, ci=diff.ci))
+    if surf is not None and len(surf):
+        items = int(2 * surf.val_pairs.sum())
+        qs.append(records.rate("surface.mean_accuracy_pct", float(surf.accuracy_pct.mean()), n=items, unit="%",
+                               items=2))
+    if curve is not None:
+        for (method, n), row in curve.iterrows():
+            lo, hi = unc.parse_ci(row.acc_ci95)
+            se = max((hi - lo) / (2 * 1.96), SE_FLOOR_PTS) if np.isfinite(hi - lo) else SE_FLOOR_PTS
+            qs.append(records.estimate(f"curve.{method}.n{n}.accuracy_pct", row.accuracy_pct, se=se,
+                                       n=int(row.traits), unit="%", k=3 if method in _CHAOTIC else 2,
+                                       ci=(lo, hi) if np.isfinite(hi - lo) else None))
     claims = _claims(summary, p95, float(null.mean_accuracy_pct.mean()) if len(null) else None, diffs)
     tables = {"summary": summary, "versus_seed": versus_seed(summary), "random_null": null}
+    if curve is not None:
+        tables["learning_curve"] = curve
+    if surf is not None:
+        tables["surface"] = surf
     return records.ResultRecord("method_comparison", model=getattr(lm, "spec", None) or p.model,
                                 quantities=tuple(qs), claims=tuple(claims), tables=tables,
                                 params=asdict(p))
