@@ -488,6 +488,31 @@ def test_pairwise_is_antisymmetric_on_a_real_model(tiny_judge):
     assert j._key(msgs[0], "choice") != j._key(msgs[0], "logprob")
 
 
+def test_pairwise_against_one_reference_shares_its_prefix_and_equals_one_at_a_time(tiny_judge):
+    """Many answers compared with one reference (the steering reports' shape): the requests whose
+    answer A is the reference form their own group (prefix through the reference), and every
+    probability equals asking each pair alone."""
+    j = J.Judge(J.JudgeConfig(backend="local", model="tiny-llama", min_mass=0.0), backend=tiny_judge, cache=None)
+    ref = "It might rain, or it might not."
+    items = [("Will it rain?", a, ref) for a in ("Sunny days ahead!", "Storms all week.", "No.", "Who knows")]
+    seen = []
+    real = tiny_judge.complete_many
+
+    def spy(msgs, **kw):
+        seen.append(kw["groups"][0])
+        return real(msgs, **kw)
+
+    tiny_judge.complete_many = spy
+    try:
+        together = j.prefer_many(items, progress=False)
+    finally:
+        del tiny_judge.complete_many
+    assert sorted(len(g) for g in seen) == [4, 5] and any(g[-1] == ref for g in seen)
+    for item, t in zip(items, together, strict=True):
+        (alone,) = j.prefer_many([item], progress=False)
+        assert t.p_first == pytest.approx(alone.p_first, abs=1e-4)
+
+
 def test_pairwise_through_an_http_server_asks_for_one_token_of_logprobs(tmp_path):
     top = [("A", math.log(0.6)), ("B", math.log(0.3)), ("The", math.log(0.1))]
     with StubServer(top=top) as srv:

@@ -43,6 +43,7 @@ import re
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -974,11 +975,14 @@ class Judge:
             >>> p.p_first is None or 0.0 <= p.p_first <= 1.0
             True
         """
+        # Requests sharing a question share the rubric and question as a prefix; those whose
+        # answer A is also shared (many answers compared with one reference) share it too.
+        firsts = Counter((q, a) for q, x, y in items for a in (x, y))
         msgs, groups = [], []
         for q, x, y in items:
             for a, b in ((x, y), (y, x)):
                 msgs.append(pairwise_messages(q, a, b, trait, description))
-                groups.append(("pairwise", trait, description, q))
+                groups.append(("pairwise", trait, description, q) + ((a,) if firsts[(q, a)] > 1 else ()))
         replies = self._replies(msgs, groups, "choice", progress, desc="judge pairwise")
         out = []
         for i in range(len(items)):

@@ -65,6 +65,36 @@ def learning_curve(curve: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def ratio_zones(zones: pd.DataFrame, sweet: tuple[float, float] = (0.5, 0.8),
+                breakdown: tuple[float, float] = (1.0, 1.3)) -> plt.Figure:
+    """Per method (columns): the trait win rate (top) and the coherent share (bottom) against the
+    perturbation ratio (log scale), one line per layer with its 95% CI band; the seed's sweet
+    spot is shaded green, its breakdown band red."""
+    df = zones.reset_index()
+    methods = list(dict.fromkeys(df.method))
+    fig, axes = plt.subplots(2, len(methods), figsize=(5.6 * len(methods), 6.2), squeeze=False, sharex=True,
+                             sharey="row", constrained_layout=True)
+    colors = dict(zip(sorted(df.layer.unique()), sns.color_palette("viridis", df.layer.nunique()), strict=True))
+    for j, m in enumerate(methods):
+        for i, (y, lo, hi, label) in enumerate((("win_rate", "win_lo", "win_hi", "trait win rate vs unsteered"),
+                                                ("coherent", "coh_lo", "coh_hi", "coherent share"))):
+            ax = axes[i, j]
+            ax.axvspan(*sweet, color="tab:green", alpha=0.12, lw=0)
+            ax.axvspan(*breakdown, color="tab:red", alpha=0.10, lw=0)
+            for layer, g in df[df.method == m].groupby("layer"):
+                ax.plot(g.ratio, g[y], marker="o", ms=3, color=colors[layer], label=f"L{layer}")
+                ax.fill_between(g.ratio, g[lo], g[hi], color=colors[layer], alpha=0.12, lw=0)
+            ax.axhline(0.5, ls=":", c="grey", lw=1)
+            ax.set_xscale("log")
+            ax.set(ylim=(-0.02, 1.02), ylabel=label if j == 0 else "")
+            if i == 0:
+                ax.set_title(m)
+            else:
+                ax.set_xlabel("perturbation ratio  coef·‖v‖/‖act‖")
+        axes[0, j].legend(fontsize=8, loc="upper left")
+    return fig
+
+
 def by_layer(df: pd.DataFrame, value: str, ylabel: str, hue: str = "method") -> plt.Figure:
     """Mean of ``value`` over traits, against layer, one line per ``hue``."""
     fig, ax = plt.subplots(figsize=(7, 3.4), constrained_layout=True)

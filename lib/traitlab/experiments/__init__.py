@@ -13,6 +13,7 @@ from . import (
           metrics_vs_steering,
           model_chain,
           performance,
+          ratio_zones,
           refusal_dial,
           sft_dpo_transfer,
           token_dynamics,
@@ -25,5 +26,6 @@ PARAMS = {"method_comparison": method_comparison.Params, "refusal_dial": refusal
           "sft_dpo_transfer": sft_dpo_transfer.Params, "components": components.Params,
           "token_dynamics": token_dynamics.Params, "jailbreak_blocking": jailbreak_blocking.Params,
           "base_to_instruct": base_to_instruct.Params, "metrics_vs_steering": metrics_vs_steering.Params,
-          "elicitation": elicitation.Params, "performance": performance.Params}
+          "elicitation": elicitation.Params, "performance": performance.Params,
+          "ratio_zones": ratio_zones.Params}
 """Notebook name → its Params dataclass (used by ``traitlab render`` to validate profiles)."""

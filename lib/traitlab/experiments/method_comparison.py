@@ -184,13 +184,14 @@ def learning_curve(p: Params, acts: dict, sites: list[Site], *, progress: bool =
 
 def curve_summary(curve: pd.DataFrame) -> pd.DataFrame:
     """Per (method, n_train): mean held-out accuracy (%) with a 95% t-interval over traits (each
-    trait's mean over layers and repeats is one unit), and the mean AUROC."""
+    trait's mean over layers and repeats is one unit; clipped to 0–100, where an accuracy lives),
+    and the mean AUROC."""
     per_trait = curve.groupby(["method", "n_train", "trait"], sort=False)[["val_accuracy", "auroc"]].mean()
     rows = []
     for (method, n), g in per_trait.groupby(level=[0, 1], sort=False):
         acc = 100 * g.val_accuracy.to_numpy()
         m, se, k = unc.mean_se(acc)
-        lo, hi = unc.t_interval(m, se, k)
+        lo, hi = (min(max(x, 0.0), 100.0) for x in unc.t_interval(m, se, k))
         rows.append({"method": method, "n_train": int(n), "accuracy_pct": m, "acc_ci95": f"[{lo:.1f}, {hi:.1f}]",
                      "auroc": float(g.auroc.mean()), "traits": k})
     return pd.DataFrame(rows).set_index(["method", "n_train"])

@@ -1,0 +1,603 @@
+"""Perturbation-ratio zones: how hard can a trait vector push before the answers break?
+
+The seed's steering rule of thumb is stated in the perturbation ratio ``coef × ‖v‖ / ‖act‖``
+(the added vector's norm over the activation's): 0.5–0.8 is the sweet spot, 1.0–1.3 is where
+coherence breaks down, above 1.3 the text is broken, and later layers break earlier. It also
+says mean_diff vectors have ‖v‖/‖act‖ ≈ 0.12–0.15 at every layer (one coefficient works
+everywhere) while the probe's ratio falls 3× from layer 10 to 16.
+
+This module measures each of those on one trait, several layers and two methods:
+
+1. **Vectors**: each method fitted on the trait's train pairs (mean over response tokens) at
+   every layer of ``site``; the *separation ratio* of a unit direction v̂ is
+   ``(μ₊ − μ₋)·v̂ / ‖act‖``, the class-mean gap along v̂ in units of the activation norm (for
+   mean_diff exactly the seed's ‖v‖/‖act‖; for the probe the same gap along its own direction,
+   so both methods share one scale).
+2. **Norm denominators**, stated and compared: the mean ‖act‖ over ``response`` positions
+   (from the last prompt token on: where steering adds the vector), over ``all`` positions,
+   and over all positions but the first (``no_first``: the attention-sink token, whose
+   residual norm is often many times the rest). ``norm_positions`` picks the one that sets the
+   coefficients; the table shows how far the others would move every ratio.
+3. **Answers** to ``n_questions`` held-out opinion questions, unsteered and steered at every
+   (method, layer, ratio), greedy.
+4. **Trait**: the judge's pairwise decision, steered answer against the unsteered answer to the
+   same question (both orders averaged; judge_calibration measures how well each judge sees
+   this); the *win rate* is the share of questions where the steered answer shows more of the
+   trait. **Coherence** from the text: distinct-2 and the answer's log-perplexity under the
+   unsteered model, each with a floor calibrated on the gold sets' coherence labels; an answer
+   is *coherent* when it clears both. A condition is *broken* when fewer than
+   ``coherent_share`` of its answers are coherent.
+5. **Zones** per (method, layer): the *breaking ratio* (the smallest ratio whose condition is
+   broken, with a bootstrap CI over questions) and the *best coherent ratio* (the highest win
+   rate among unbroken conditions).
+
+Example:
+    >>> p = Params(layers=[4, 8], ratios=[0.5, 1.0])
+    >>> len(p.conditions())
+    8
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import judge_power, records, textstats
+from .. import uncertainty as unc
+from ..activations import extract
+from ..data import load_trait, opinion_questions
+from ..directions import METHODS, fit_direction
+from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
+from ..models import LoadedModel, describe
+from ..params import ParamError, traits_folder
+from ..sites import SITE_NAMES, Site, check_sites
+from ..steered_eval import Condition, at_ratio, generate_answers
+
+SEED = {"sweet_spot": (0.5, 0.8), "breakdown": (1.0, 1.3), "broken_above": 1.3,
+        "mean_diff_separation": (0.12, 0.15), "probe_drop": 3.0, "probe_layers": (10, 16), "n_layers": 26}
+"""The seed's numbers (Gemma-2-2B, 26 layers)."""
+
+NORM_POSITIONS = ("response", "all", "no_first")
+
+
+@dataclass(frozen=True)
+class Params:
+    model: str = "qwen2.5-coder-0.5b-instruct"
+    revision: str | None = None
+    dtype: str = "float32"
+    trait: str = "optimism"
+    traits_dir: str | None = None
+    """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    site: str = "resid_pre"
+    layers: list[int] = field(default_factory=lambda: [6, 10, 14, 18])
+    methods: list[str] = field(default_factory=lambda: ["mean_diff", "probe"])
+    ratios: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.35, 0.5, 0.8, 1.0, 1.3, 2.0])
+    norm_positions: Literal["response", "all", "no_first"] = "response"
+    n_questions: int = 16
+    max_new_tokens: int = 32
+    coherent_share: float = 0.5
+    """A condition is broken when fewer than this share of its answers are coherent."""
+    gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
+    """Gold sets whose coherence labels calibrate the text floors (``data/judge/gold_<trait>.jsonl``)."""
+    judge_backend: Literal["local", "openai"] = "local"
+    judge_model: str = "qwen2.5-coder-0.5b-instruct"
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_offline: bool = False
+    judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    min_mass: float = 0.25
+    batch_size: int = 16
+    n_boot: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.trait not in TRAIT_DESCRIPTIONS:
+            raise ParamError(f"trait {self.trait!r} has no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}")
+        bad = [m for m in self.methods if m not in METHODS or m == "random"]
+        if bad or not self.methods:
+            raise ParamError(f"methods {bad} cannot be used; choose from {', '.join(m for m in METHODS if m != 'random')}")
+        if self.site not in SITE_NAMES or self.site == "v":
+            raise ParamError(f"site must be one of resid_pre, attn_out, mlp_out, resid_post; got {self.site!r}")
+        if not self.layers or len(set(self.layers)) != len(self.layers):
+            raise ParamError(f"layers must be a non-empty list without repeats, got {self.layers}")
+        if len(self.ratios) < 2 or any(not r > 0 for r in self.ratios) or list(self.ratios) != sorted(set(self.ratios)):
+            raise ParamError(f"ratios must be ≥ 2 increasing positive numbers, got {self.ratios}")
+        if self.norm_positions not in NORM_POSITIONS:
+            raise ParamError(f"norm_positions must be one of {', '.join(NORM_POSITIONS)}, got {self.norm_positions!r}")
+        if self.n_questions < 4:
+            raise ParamError(f"n_questions must be >= 4 (the CIs resample questions), got {self.n_questions}")
+        if not 0 < self.coherent_share < 1:
+            raise ParamError(f"coherent_share must be in (0, 1), got {self.coherent_share}")
+        for name in ("max_new_tokens", "batch_size", "n_boot"):
+            if getattr(self, name) < 1:
+                raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.gold_traits:
+            raise ParamError("gold_traits is empty: the coherence floors need labelled answers")
+
+    def conditions(self) -> list[tuple[str, int, float]]:
+        """Every steered (method, layer, ratio)."""
+        return [(m, x, r) for m in self.methods for x in self.layers for r in self.ratios]
+
+    def check(self, n_layers: int | None = None) -> list[Site]:
+        """The steered sites, after checking the model, layers, prompt sets and gold sets exist
+        (before any model work)."""
+        info = describe(self.model, self.revision)
+        sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
+        try:
+            check_sites(sites, info.arch, info.n_layers)
+        except ValueError as err:
+            raise ParamError(str(err)) from None
+        load_trait(self.trait, folder=traits_folder(self.traits_dir))
+        for t in self.gold_traits:
+            judge_power.load_gold(t)
+        if self.judge_backend == "local":
+            describe(self.judge_model)
+        return sites
+
+    def judge(self) -> Judge:
+        return judge_from_params(self)
+
+
+def questions(P: Params) -> pd.DataFrame:
+    return opinion_questions("test", P.n_questions)[["question"]]
+
+
+# ----------------------------------------------------------------------------------------
+# Vectors and the norm denominators
+# ----------------------------------------------------------------------------------------
+
+def fit_vectors(P: Params, lm: LoadedModel, progress: bool = True) -> tuple[dict, pd.DataFrame]:
+    """Each method's unit direction at every layer of ``P.site`` (train pairs, mean over
+    response tokens), and per (method, layer) the class-mean gap along it: ``gap`` (activation
+    units) and ``raw_norm`` (the method's own vector norm before normalising)."""
+    ds = load_trait(P.trait, folder=traits_folder(P.traits_dir))
+    pos, neg = ds.encode(lm.chat)
+    sites = [Site(P.site, x) for x in range(lm.n_layers)]  # type: ignore[arg-type]
+    acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
+    tr = torch.from_numpy(np.flatnonzero(np.array([p.split for p in ds.pairs]) == "train"))
+    n = len(ds.pairs)
+    vectors, rows = {}, []
+    for s in sites:
+        a_pos, a_neg = acts[s][tr].float(), acts[s][n + tr].float()
+        gap_vec = a_pos.mean(0) - a_neg.mean(0)
+        for m in P.methods:
+            d = fit_direction(m, a_pos, a_neg, seed=P.seed, site=str(s), trait=P.trait)
+            vectors[(m, s.layer)] = d.vector
+            rows.append({"method": m, "layer": s.layer, "gap": float(gap_vec @ d.vector), "raw_norm": d.raw_norm})
+    return vectors, pd.DataFrame(rows)
+
+
+def position_norms(lm: LoadedModel, items: list[tuple[str, str]], layers: list[int], site: str = "resid_pre",
+                   batch_size: int = 16, progress: bool = False) -> pd.DataFrame:
+    """Per layer, the mean activation norm of (question, answer) texts over three position sets:
+    ``response`` (from the last prompt token on), ``all``, ``no_first`` (all but position 0),
+    and ``first`` (position 0 alone: the attention-sink token)."""
+    ex = [lm.chat.encode(q, a) for q, a in items]
+    sites = [Site(site, x) for x in layers]  # type: ignore[arg-type]
+    acts = extract(lm, ex, sites, position="all", batch_size=batch_size, cache=False, progress=progress)
+    rows = []
+    for s in sites:
+        per = [a.float().norm(dim=-1) for a in acts.per_example(s)]
+        rows.append({"layer": s.layer,
+                     "response": float(np.mean([float(n[max(e.prompt_len - 1, 0):].mean()) for n, e in zip(per, ex, strict=True)])),
+                     "all": float(np.mean([float(n.mean()) for n in per])),
+                     "no_first": float(np.mean([float(n[1:].mean()) for n in per])),
+                     "first": float(np.mean([float(n[0]) for n in per]))})
+    return pd.DataFrame(rows).set_index("layer")
+
+
+def separation_table(gaps: pd.DataFrame, norms: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per (method, layer): the separation ratio ``gap / ‖act‖`` under the chosen denominator,
+    and under each other one."""
+    df = gaps.join(norms, on="layer")
+    for pos in NORM_POSITIONS:
+        df[f"separation_{pos}"] = df.gap / df[pos]
+    df["separation"] = df[f"separation_{P.norm_positions}"]
+    return df[["method", "layer", "gap", "raw_norm", "separation",
+               *(f"separation_{p}" for p in NORM_POSITIONS)]].set_index(["method", "layer"])
+
+
+def denominator_effect(norms: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per layer: each denominator's norm and the factor by which a ratio stated with the chosen
+    one would read under it (``chosen / other``): a seed zone at 0.5–0.8 under one convention
+    sits at 0.5–0.8 × factor under another."""
+    df = norms.copy()
+    for pos in NORM_POSITIONS:
+        df[f"factor_{pos}"] = df[P.norm_positions] / df[pos]
+    df["first_over_rest"] = df["first"] / df["no_first"]
+    return df
+
+
+def steering_norms(norms: pd.DataFrame, P: Params) -> dict[str, float]:
+    """The ``{site: norm}`` table ``at_ratio`` takes, from the chosen denominator."""
+    return {str(Site(P.site, x)): float(norms.loc[x, P.norm_positions]) for x in P.layers}  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------
+# Answers, trait wins and coherence
+# ----------------------------------------------------------------------------------------
+
+def baseline_answers(P: Params, lm: LoadedModel, qs: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    """The unsteered answers (method ``none``, layer −1, ratio 0)."""
+    return generate_answers(lm, qs, [Condition.unsteered(method="none", layer=-1, ratio=0.0)],
+                            max_new_tokens=P.max_new_tokens, batch_size=P.batch_size, progress=progress,
+                            desc="unsteered")
+
+
+def steered_answers(P: Params, lm: LoadedModel, vectors: dict, qs: pd.DataFrame, norms: dict[str, float],
+                    progress: bool = True) -> pd.DataFrame:
+    """Answers at every (method, layer, ratio): one row per (condition, question)."""
+    conds = [Condition((at_ratio(Site(P.site, x), vectors[(m, x)], r, norms),), method=m, layer=x, ratio=r)  # type: ignore[arg-type]
+             for m, x, r in P.conditions()]
+    return generate_answers(lm, qs, conds, max_new_tokens=P.max_new_tokens, batch_size=P.batch_size,
+                            progress=progress, desc="steered answers")
+
+
+def trait_wins(judge: Judge, steered: pd.DataFrame, base: pd.DataFrame, trait: str,
+               progress: bool = True) -> pd.Series:
+    """Per steered answer: the judge's pairwise decision that it shows more of ``trait`` than the
+    unsteered answer to the same question (1, 0, ½ for a tie; NaN without a usable reply)."""
+    ref = base.set_index("question").answer
+    got = judge.prefer_many([(q, a, ref[q]) for q, a in zip(steered.question, steered.answer, strict=True)],
+                            trait=trait, progress=progress)
+    return pd.Series([np.nan if g.win is None else g.win for g in got], index=steered.index, name="win")
+
+
+def text_coherence(lm: LoadedModel, df: pd.DataFrame, batch_size: int = 16) -> pd.DataFrame:
+    """``distinct2`` and ``log_ppl`` (log-perplexity of the answer under ``lm``, given its
+    question) per row of a frame with ``question`` and ``answer``/``response`` columns."""
+    col = "answer" if "answer" in df.columns else "response"
+    ppl = textstats.perplexity(lm, list(zip(df.question, df[col], strict=True)), batch_size=batch_size)
+    return pd.DataFrame({"distinct2": [textstats.distinct(t, 2) for t in df[col]],
+                         "log_ppl": np.log(np.asarray(ppl, float))}, index=df.index)
+
+
+@dataclass(frozen=True)
+class Floors:
+    """Text-coherence floors fitted on labelled answers: coherent means ``distinct2 ≥
+    distinct2_min`` and ``log_ppl ≤ log_ppl_max``; ``balanced_accuracy`` is the rule's on the
+    gold labels (coherence ≥ ``cut`` vs below), ``n`` the labelled answers."""
+
+    distinct2_min: float
+    log_ppl_max: float
+    balanced_accuracy: float
+    n: int
+    cut: float = 50.0
+
+    def coherent(self, df: pd.DataFrame) -> pd.Series:
+        return (df.distinct2 >= self.distinct2_min) & (df.log_ppl <= self.log_ppl_max)
+
+
+def _balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
+    return 0.5 * (float(pred[truth].mean()) + float((~pred[~truth]).mean()))
+
+
+def fit_floors(measures: pd.DataFrame, coherence: np.ndarray, cut: float = 50.0) -> Floors:
+    """The pair of floors (a grid over each measure's observed values) whose joint rule best
+    separates answers labelled coherent (``coherence ≥ cut``) from the rest, by balanced accuracy.
+
+    >>> m = pd.DataFrame({"distinct2": [1.0, 0.9, 0.3, 0.95], "log_ppl": [1.0, 1.2, 1.1, 6.0]})
+    >>> f = fit_floors(m, np.array([90, 80, 10, 20]))
+    >>> f.balanced_accuracy, f.coherent(m).tolist()
+    (1.0, [True, True, False, False])
+    """
+    truth = np.asarray(coherence, float) >= cut
+    if truth.all() or not truth.any():
+        raise ValueError(f"the labelled answers need both classes around coherence {cut}")
+    d2, lp = measures.distinct2.to_numpy(float), measures.log_ppl.to_numpy(float)
+    ok = np.isfinite(d2) & np.isfinite(lp)
+    d2, lp, truth = d2[ok], lp[ok], truth[ok]
+    best = (-1.0, 0.0, math.inf)
+    for a in np.unique(np.r_[d2, 0.0]):
+        for b in np.unique(np.r_[lp, math.inf]):
+            acc = _balanced_accuracy((d2 >= a) & (lp <= b), truth)
+            if acc > best[0] + 1e-12:
+                best = (acc, float(a), float(b))
+    return Floors(best[1], best[2], best[0], int(ok.sum()), cut)
+
+
+def calibrate_floors(P: Params, lm: LoadedModel) -> tuple[Floors, pd.DataFrame]:
+    """Floors fitted on every gold set of ``P.gold_traits`` (both splits), and the gold rows with
+    their measures."""
+    gold = pd.concat([judge_power.load_gold(t) for t in P.gold_traits], ignore_index=True)
+    gold = gold.join(text_coherence(lm, gold, P.batch_size))
+    return fit_floors(gold[["distinct2", "log_ppl"]], gold.coherence.to_numpy()), gold
+
+
+# ----------------------------------------------------------------------------------------
+# Zones
+# ----------------------------------------------------------------------------------------
+
+def _matrix(judged: pd.DataFrame, P: Params, value: str) -> tuple[pd.DataFrame, list[str]]:
+    """``value`` as a (method, layer, ratio) × question matrix, questions in one fixed order."""
+    qs = list(dict.fromkeys(judged.question))
+    wide = judged.pivot_table(index=["method", "layer", "ratio"], columns="question", values=value,
+                              aggfunc="mean", dropna=False)
+    idx = pd.MultiIndex.from_tuples(P.conditions(), names=["method", "layer", "ratio"])
+    return wide.reindex(index=idx, columns=qs), qs
+
+
+def zone_table(judged: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per (method, layer, ratio): the trait win rate and the coherent share, each with a 95%
+    bootstrap CI over questions, the mean distinct-2 and log-perplexity, and whether the
+    condition is broken (coherent share below ``P.coherent_share``)."""
+    wins, qs = _matrix(judged, P, "win")
+    coh, _ = _matrix(judged.assign(coherent=judged.coherent.astype(float)), P, "coherent")
+    draws = unc.unit_draws(len(qs), P.n_boot, P.seed)[None]
+    rows = []
+    for key in wins.index:
+        w, c = wins.loc[key].to_numpy(float), coh.loc[key].to_numpy(float)
+        wb = np.nanmean(w[draws], axis=1) if np.isfinite(w).any() else np.full(P.n_boot, np.nan)
+        cb = c[draws].mean(axis=1)
+        g = judged[(judged.method == key[0]) & (judged.layer == key[1]) & (judged.ratio == key[2])]
+        rows.append({"method": key[0], "layer": key[1], "ratio": key[2],
+                     "win_rate": float(np.nanmean(w)) if np.isfinite(w).any() else np.nan,
+                     "win_lo": float(np.nanpercentile(wb, 2.5)), "win_hi": float(np.nanpercentile(wb, 97.5)),
+                     "coherent": float(c.mean()), "coh_lo": float(np.percentile(cb, 2.5)),
+                     "coh_hi": float(np.percentile(cb, 97.5)),
+                     "distinct2": float(g.distinct2.mean()), "log_ppl": float(g.log_ppl.mean()),
+                     "broken": bool(c.mean() < P.coherent_share), "n": int(np.isfinite(w).sum())})
+    return pd.DataFrame(rows).set_index(["method", "layer", "ratio"])
+
+
+def _breaking(share: np.ndarray, ratios: np.ndarray, threshold: float) -> float:
+    """The smallest ratio whose coherent share is below ``threshold`` (inf: none breaks)."""
+    below = np.flatnonzero(share < threshold)
+    return float(ratios[below[0]]) if below.size else math.inf
+
+
+def _best(win: np.ndarray, share: np.ndarray, ratios: np.ndarray, threshold: float) -> float:
+    """The ratio with the highest win rate among unbroken conditions (NaN: none)."""
+    ok = (share >= threshold) & np.isfinite(win)
+    return float(ratios[ok][np.argmax(win[ok])]) if ok.any() else math.nan
+
+
+def _grid_percentile(values, q: float) -> float:
+    """A percentile of grid values that may include ``inf`` (never breaks): an order statistic
+    (no interpolation between grid points, none between a ratio and infinity)."""
+    return float(np.percentile(np.asarray(values, float), q, method="inverted_cdf"))
+
+
+def curves(judged: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per (method, layer): the breaking ratio and the best coherent ratio, each with a 95%
+    bootstrap interval over questions (percentiles of the resampled grid values), the
+    unsteered answers' coherent share and the peak win rate among unbroken conditions."""
+    wins, qs = _matrix(judged, P, "win")
+    coh, _ = _matrix(judged.assign(coherent=judged.coherent.astype(float)), P, "coherent")
+    base = judged[judged.method == "none"].set_index("question").coherent.reindex(qs).astype(float).to_numpy()
+    draws = unc.unit_draws(len(qs), P.n_boot, P.seed)[None]
+    ratios = np.asarray(P.ratios, float)
+    rows = []
+    for m in P.methods:
+        for x in P.layers:
+            W, C = wins.loc[(m, x)].to_numpy(float), coh.loc[(m, x)].to_numpy(float)  # [ratios, questions]
+            with np.errstate(all="ignore"):
+                w, c = np.nanmean(W, axis=1), C.mean(axis=1)
+                br = [_breaking(C[:, d].mean(axis=1), ratios, P.coherent_share) for d in draws]
+                be = [_best(np.nanmean(W[:, d], axis=1), C[:, d].mean(axis=1), ratios, P.coherent_share) for d in draws]
+            ok = c >= P.coherent_share
+            be_ok = np.asarray(be, float)[~np.isnan(be)]
+            rows.append({"method": m, "layer": x, "breaking_ratio": _breaking(c, ratios, P.coherent_share),
+                         "breaking_lo": _grid_percentile(br, 2.5), "breaking_hi": _grid_percentile(br, 97.5),
+                         "best_ratio": _best(w, c, ratios, P.coherent_share),
+                         "best_lo": _grid_percentile(be_ok, 2.5) if be_ok.size else np.nan,
+                         "best_hi": _grid_percentile(be_ok, 97.5) if be_ok.size else np.nan,
+                         "peak_win_rate": float(np.nanmax(w[ok])) if (ok & np.isfinite(w)).any() else np.nan,
+                         "unsteered_coherent": float(base.mean())})
+    return pd.DataFrame(rows).set_index(["method", "layer"])
+
+
+def layer_trend(judged: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per method: Spearman ρ between layer and breaking ratio (a curve that never breaks counts
+    as breaking above the grid), with a 95% bootstrap CI over questions. Negative: later layers
+    break earlier."""
+    from scipy import stats
+
+    coh, qs = _matrix(judged.assign(coherent=judged.coherent.astype(float)), P, "coherent")
+    ratios = np.r_[np.asarray(P.ratios, float), 2 * P.ratios[-1]]  # "never" ranks above the grid
+    rows = []
+    for m in P.methods:
+        Cs = [coh.loc[(m, x)].to_numpy(float) for x in P.layers]
+
+        def rho(idx, Cs=Cs) -> float:
+            br = [min(_breaking(C[:, idx[None]].mean(axis=1), ratios[:-1], P.coherent_share), ratios[-1]) for C in Cs]
+            if len(set(br)) < 2:
+                return 0.0  # every layer breaks at the same grid ratio: no trend
+            return float(stats.spearmanr(P.layers, br)[0])
+
+        b = unc.bootstrap(rho, len(qs), n_boot=P.n_boot, seed=P.seed)
+        rows.append({"method": m, "rho": b.value, "ci_lo": b.ci[0], "ci_hi": b.ci[1], "se": b.se})
+    return pd.DataFrame(rows).set_index("method")
+
+
+# ----------------------------------------------------------------------------------------
+# Verdicts
+# ----------------------------------------------------------------------------------------
+
+def _within(x: float, lo: float, hi: float) -> bool:
+    return bool(np.isfinite(x) and lo <= x <= hi)
+
+
+def _depth_layer(layer: int, n_layers: int) -> int:
+    """The layer at the same relative depth as the seed's ``layer`` (of its 26)."""
+    return int(round(layer / SEED["n_layers"] * n_layers))
+
+
+def separation_claims(sep: pd.DataFrame, P: Params, n_layers: int) -> list[records.Claim]:
+    """mean_diff's separation ratio within 0.12–0.15 at every steered layer; the probe's falling
+    3× between the layers at the seed's relative depths of 10 and 16."""
+    out = []
+    lo, hi = SEED["mean_diff_separation"]
+    if "mean_diff" in P.methods:
+        s = sep.loc["mean_diff"].separation.reindex(P.layers)
+        inside = [_within(v, lo, hi) for v in s]
+        spread = float(s.max() / s.min()) if (s > 0).all() else math.nan
+        holds = all(inside)
+        out.append(records.Claim(
+            "mean_diff_separation_stable", "mean_diff's ‖v‖/‖act‖ sits at 0.12–0.15 at every layer (one coefficient "
+            "works everywhere)", seed="0.12–0.15", ours=", ".join(f"L{x} {v:.2f}" for x, v in s.items())
+            + f" (max/min {spread:.1f}×)", verdict="holds" if holds else "not held",
+            reason=("every steered layer inside the seed's range" if holds else
+                    f"{len(inside) - sum(inside)} of {len(inside)} layers outside 0.12–0.15: a ratio measured on "
+                    f"the model's own activations has no sampling noise worth the name (train pairs, one forward)"),
+            quantity="separation.mean_diff.max_over_min"))
+    if "probe" in P.methods:
+        a, b = (_depth_layer(x, n_layers) for x in SEED["probe_layers"])
+        s = sep.loc["probe"].separation
+        drop = float(s.loc[a] / s.loc[b]) if s.loc[b] > 0 else math.inf
+        holds = drop >= 2.0
+        out.append(records.Claim(
+            "probe_separation_drops", f"The probe's ‖v‖/‖act‖ falls ~3× from the seed's layer 10 to 16 (here L{a} → L{b}, "
+            "same relative depth)", seed="3× drop", ours=f"{s.loc[a]:.3f} → {s.loc[b]:.3f} ({drop:.1f}×)",
+            verdict="holds" if holds else "not held",
+            reason="falls at least 2×" if holds else "falls less than 2× (measured without sampling noise)",
+            quantity="separation.probe.drop"))
+    return out
+
+
+def zone_claims(cur: pd.DataFrame, trend: pd.DataFrame, zones: pd.DataFrame, P: Params,
+                control_seen: bool) -> list[records.Claim]:
+    """The seed's three zones and 'later layers break earlier', judged over the (method, layer)
+    curves. ``control_seen``: some condition's win-rate CI excludes ½ (the judge sees this
+    steering at all); without it, verdicts about the trait's sweet spot are inconclusive."""
+    lo, hi = SEED["sweet_spot"]
+    best = cur.best_ratio.dropna()
+    n_sweet = int(sum(_within(v, lo, hi) for v in best))
+    holds = bool(len(best) and n_sweet > len(best) / 2)
+    v1, why1 = records.decide(holds=holds, positive_control=control_seen)
+    if v1 == "inconclusive":
+        why1 = "no condition's win rate has a CI above ½: the judge saw no trait effect to locate"
+    b_lo, b_hi = SEED["breakdown"]
+    brk = cur.breaking_ratio
+    n_break = int(sum(_within(v, b_lo, b_hi) for v in brk))
+    n_never = int(np.isinf(brk).sum())
+    above = float(P.ratios[-1]) > SEED["broken_above"]
+    broken_top = zones.xs(P.ratios[-1], level="ratio").broken if above else pd.Series(dtype=bool)
+    claims = [
+        records.Claim("sweet_spot", "The best coherent ratio lies in 0.5–0.8 (majority of method × layer curves)",
+                      seed="0.5–0.8", ours=f"{n_sweet}/{len(best)} curves; best ratios "
+                      + ", ".join(f"{m} L{x} {v:g}" for (m, x), v in cur.best_ratio.items()),
+                      verdict=v1, reason=why1, quantity="sweet_spot_share"),
+        records.Claim("breakdown_1_to_1_3", "Coherence breaks at a ratio of 1.0–1.3 (majority of curves)",
+                      seed="1.0–1.3", ours=f"{n_break}/{len(brk)} curves break in 1.0–1.3, {n_never} never break; "
+                      + ", ".join(f"{m} L{x} {v:g}" for (m, x), v in brk.items()),
+                      verdict="holds" if n_break > len(brk) / 2 else "not held",
+                      reason=("most curves break inside the seed's band" if n_break > len(brk) / 2 else
+                              "most curves break outside it; the coherence rule is calibrated on labelled answers "
+                              "(its balanced accuracy is in the record)"),
+                      quantity="breakdown_share"),
+        records.Claim("broken_above_1_3", "Above a ratio of 1.3 the answers are broken (every curve, top ratio)",
+                      seed="> 1.3 broken", ours=(f"{int(broken_top.sum())}/{len(broken_top)} curves broken at "
+                                                 f"{P.ratios[-1]:g}" if above else "grid stops at or below 1.3"),
+                      verdict=("not comparable" if not above else "holds" if bool(broken_top.all()) else "not held"),
+                      reason=("the ratio grid does not reach above 1.3" if not above else
+                              "every curve broken at the top ratio" if bool(broken_top.all()) else
+                              "some curves still coherent above 1.3"),
+                      quantity="broken_at_top_share"),
+    ]
+    for m, r in trend.iterrows():
+        holds = bool(r.ci_hi < 0)
+        v, why = records.decide(holds=holds, positive_control=bool(r.ci_lo > 0) or None)
+        if v == "inconclusive":
+            why = "the CI of ρ(layer, breaking ratio) spans 0: with this grid and n the trend is not resolved"
+        elif v == "not held":
+            why = "later layers break later here (ρ's CI above 0)"
+        claims.append(records.Claim(f"later_layers_break_earlier.{m}", f"Later layers break at lower ratios ({m})",
+                                    seed="later layers break earlier", ours=f"ρ = {r.rho:+.2f} [{r.ci_lo:+.2f}, {r.ci_hi:+.2f}]",
+                                    verdict=v, reason=why, quantity=f"trend.{m}.rho"))
+    return claims
+
+
+def control_seen(zones: pd.DataFrame) -> bool:
+    """Whether any condition's win-rate CI lies above ½: the judge sees the steering."""
+    return bool((zones.win_lo > 0.5).any())
+
+
+def record(P: Params, sep: pd.DataFrame, den: pd.DataFrame, floors: Floors, zones: pd.DataFrame,
+           cur: pd.DataFrame, trend: pd.DataFrame, n_layers: int) -> records.ResultRecord:
+    """The report's result record.
+
+    Tolerance rules: counts exact; separation ratios and norm factors 2% of their value (fixed
+    text through one forward pass: float noise only); win rates and coherent shares one question
+    of ``n_questions`` (the answers are greedy text, which can flip a token on another CPU);
+    shares of curves one curve; ρ 3 bootstrap SEs; the floors' balanced accuracy two gold items.
+    """
+    n_q = P.n_questions
+    qs: list[records.Quantity] = [records.exact("n_questions", n_q, unit="questions"),
+                                  records.exact("n_conditions", len(P.conditions()), unit="conditions")]
+    for (m, x), r in sep.iterrows():
+        qs.append(records.estimate(f"separation.{m}.L{x}", float(r.separation), se=abs(float(r.separation)) * 0.01,
+                                   unit="ratio", k=2))
+    if "mean_diff" in P.methods:
+        s = sep.loc["mean_diff"].separation.reindex(P.layers)
+        qs.append(records.estimate("separation.mean_diff.max_over_min", float(s.max() / s.min()),
+                                   se=0.01 * float(s.max() / s.min()), unit="×", k=2))
+    if "probe" in P.methods:
+        a, b = (_depth_layer(x, n_layers) for x in SEED["probe_layers"])
+        s = sep.loc["probe"].separation
+        qs.append(records.estimate("separation.probe.drop", float(s.loc[a] / s.loc[b]),
+                                   se=0.01 * abs(float(s.loc[a] / s.loc[b])), unit="×", k=2))
+    for x, r in den.iterrows():
+        qs.append(records.estimate(f"norms.L{x}.first_over_rest", float(r.first_over_rest),
+                                   se=0.01 * float(r.first_over_rest), unit="×", k=2))
+    qs.append(records.rate("floors.balanced_accuracy", floors.balanced_accuracy, n=floors.n, items=2))
+    for (m, x, r), z in zones.iterrows():
+        qs.append(records.rate(f"zones.{m}.L{x}.r{r:g}.win_rate", float(z.win_rate), n=n_q,
+                               ci=(float(z.win_lo), float(z.win_hi))))
+        qs.append(records.rate(f"zones.{m}.L{x}.r{r:g}.coherent", float(z.coherent), n=n_q,
+                               ci=(float(z.coh_lo), float(z.coh_hi))))
+    n_c = len(cur)
+    lo, hi = SEED["sweet_spot"]
+    b_lo, b_hi = SEED["breakdown"]
+    qs.append(records.rate("sweet_spot_share", float(np.mean([_within(v, lo, hi) for v in cur.best_ratio])), n=n_c))
+    qs.append(records.rate("breakdown_share", float(np.mean([_within(v, b_lo, b_hi) for v in cur.breaking_ratio])),
+                           n=n_c))
+    top = zones.xs(P.ratios[-1], level="ratio").broken
+    qs.append(records.rate("broken_at_top_share", float(top.mean()), n=len(top)))
+    for m, r in trend.iterrows():
+        qs.append(records.estimate(f"trend.{m}.rho", float(r.rho), se=max(float(r.se), 0.05), k=3,
+                                   ci=(float(r.ci_lo), float(r.ci_hi))))
+    claims = (*separation_claims(sep, P, n_layers),
+              *zone_claims(cur, trend, zones, P, control_seen(zones)))
+    return records.ResultRecord("ratio_zones", model=P.model, quantities=tuple(qs), claims=claims,
+                                tables={"zones": zones, "curves": cur, "separation": sep, "norms": den,
+                                        "trend": trend}, params=asdict(P))
+
+
+def conclusions(sep: pd.DataFrame, den: pd.DataFrame, floors: Floors, zones: pd.DataFrame, cur: pd.DataFrame,
+                trend: pd.DataFrame, P: Params) -> list[str]:
+    """Plain-language findings, each number from the tables above."""
+    out = [f"Coherence rule (distinct-2 ≥ {floors.distinct2_min:.2f} and log-perplexity ≤ {floors.log_ppl_max:.2f}): "
+           f"balanced accuracy {100 * floors.balanced_accuracy:.0f}% on {floors.n} gold answers labelled for coherence."]
+    seen = zones[zones.win_lo > 0.5]
+    if len(seen):
+        top = zones.loc[zones.win_rate.idxmax()]
+        m, x, r = zones.win_rate.idxmax()
+        out.append(f"The judge sees the steering in {len(seen)}/{len(zones)} conditions (win-rate CI above ½); "
+                   f"the strongest: {m} L{x} at ratio {r:g}, win rate {100 * top.win_rate:.0f}% "
+                   f"[{100 * top.win_lo:.0f}%, {100 * top.win_hi:.0f}%], {100 * top.coherent:.0f}% coherent.")
+    else:
+        out.append("No condition's win rate has a CI above ½: the judge does not see this steering, so the "
+                   "sweet-spot claim is inconclusive.")
+    for (m, x), c in cur.iterrows():
+        br = "never (up to the top ratio)" if math.isinf(c.breaking_ratio) else f"at {c.breaking_ratio:g}"
+        out.append(f"{m} L{x}: breaks {br} [{c.breaking_lo:g}, {c.breaking_hi:g}]; best coherent ratio "
+                   f"{c.best_ratio:g} (win rate {100 * c.peak_win_rate:.0f}%).")
+    for m, r in trend.iterrows():
+        out.append(f"Layer vs breaking ratio ({m}): Spearman ρ {r.rho:+.2f} [{r.ci_lo:+.2f}, {r.ci_hi:+.2f}] "
+                   "(negative: later layers break earlier).")
+    f = den[f"factor_{'all' if P.norm_positions != 'all' else 'response'}"]
+    out.append(f"Denominator: ratios here divide by the mean norm over {P.norm_positions} positions; the first "
+               f"(attention-sink) token's norm is {den.first_over_rest.min():.1f}–{den.first_over_rest.max():.1f}× the "
+               f"rest, so the same coefficients read {f.min():.2f}–{f.max():.2f}× as large against "
+               f"{'all' if P.norm_positions != 'all' else 'response'} positions.")
+    if "mean_diff" in P.methods:
+        s = sep.loc["mean_diff"].separation.reindex(P.layers)
+        out.append("mean_diff separation ‖μ₊ − μ₋‖/‖act‖: " + ", ".join(f"L{x} {v:.3f}" for x, v in s.items())
+                   + " (seed: 0.12–0.15 everywhere).")
+    return out
