@@ -170,5 +170,7 @@ display(records.verdict_table(record))
 #   effects, so a late or absent sweet spot can mean an insensitive judge.
 # - Coherence is read from the text (distinct-2, perplexity under the unsteered model): it sees
 #   loops, broken words and language drift, not a fluent answer that ignores the question.
+# - The probe's "‖v‖/‖act‖" here is the class-mean gap along its unit direction over ‖act‖ (the
+#   same definition as mean_diff's); the seed does not say how it scaled its probe vectors.
 # - Breaking ratios are grid values; their CIs are percentiles of the grid values over resampled
 #   questions.

@@ -96,6 +96,19 @@ def test_a_judge_that_sees_nothing_makes_the_sweet_spot_inconclusive():
     assert c["later_layers_break_earlier.probe"].verdict == "inconclusive"  # all break alike: ρ = 0
 
 
+def test_a_sweet_spot_clearly_below_the_band_is_not_held():
+    P = _params()
+    judged = _answers(P, breaks={4: 1.3, 8: 1.3, 12: 1.3})
+    steered = judged.method != "none"
+    judged.loc[steered, "win"] = (judged.loc[steered, "ratio"] == 0.1).astype(float)
+    cur = rz.curves(judged, P)
+    assert (cur.best_ratio == 0.1).all() and (cur.best_hi == 0.1).all()
+    rec = rz.record(P, _sep(P), _den(P), rz.Floors(0.5, 3.0, 0.9, 100), rz.zone_table(judged, P), cur,
+                    rz.layer_trend(judged, P), n_layers=24)
+    c = {c.id: c for c in rec.claims}["sweet_spot"]
+    assert c.verdict == "not held" and "6/6 curves" in c.reason
+
+
 def test_a_moved_zone_fails_naming_the_field():
     P = _params()
     judged = _answers(P, breaks={4: 2.0, 8: 1.3, 12: 0.8})
@@ -114,7 +127,7 @@ def test_a_moved_zone_fails_naming_the_field():
 
 def _sep(P: rz.Params) -> pd.DataFrame:
     rows = [{"method": m, "layer": x, "gap": 1.0, "raw_norm": 1.0,
-             "separation": (0.3 if m == "mean_diff" else 0.9 / (1 + x) ** 2), **{f"separation_{p}": 0.1 for p in rz.NORM_POSITIONS}}
+             "separation": (0.1 + 0.01 * x if m == "mean_diff" else 0.9 / (1 + x) ** 2), **{f"separation_{p}": 0.1 for p in rz.NORM_POSITIONS}}
             for m in P.methods for x in range(24)]
     return pd.DataFrame(rows).set_index(["method", "layer"])
 
