@@ -19,10 +19,11 @@
 #
 # **Setup.** One trait's direction, fitted by each method on our contrastive pairs, is added at
 # `site` on the response positions of several layers at a log-spaced grid of ratios, while the
-# model answers held-out opinion questions greedily. The trait is read **pairwise** — the judge
-# decides whether the steered or the unsteered answer to the same question shows more of it (both
-# orders averaged; the judge-calibration report measures how well each judge sees this, with a
-# positive control) — and coherence from the **text** (distinct-2 and log-perplexity under the
+# model answers held-out opinion questions greedily. The trait is read as a **win** over the
+# unsteered answer to the same question, by `trait_method`: `absolute` compares the judge's 0–100
+# scores of the two, `pairwise` asks the judge which shows more (both orders averaged). The
+# judge-calibration report says which method each judge reads best, with a positive control on
+# this very kind of steering (the 0.5B judge: absolute) — and coherence from the **text** (distinct-2 and log-perplexity under the
 # unsteered model, floors fitted on our gold sets' coherence labels). The ratio's denominator is
 # stated and compared below, because the first (attention-sink) token's activation norm can be
 # many times the rest.
@@ -41,6 +42,7 @@ norm_positions = "response"
 n_questions = 16
 max_new_tokens = 32
 coherent_share = 0.5
+trait_method = "absolute"
 gold_traits = ["optimism", "uncertainty", "refusal"]
 judge_backend = "local"
 judge_model = "qwen2.5-coder-0.5b-instruct"
@@ -100,7 +102,7 @@ display(sep.reset_index().pivot(index="layer", columns="method", values="separat
 
 # %%
 steered = rz.steered_answers(P, lm, vectors, qs, rz.steering_norms(norms, P))
-steered["win"] = rz.trait_wins(P.judge(), steered, base, P.trait)
+steered["win"] = rz.trait_wins(P.judge(), steered, base, P.trait, P.trait_method)
 floors, gold = rz.calibrate_floors(P, lm)
 answers = pd.concat([base.assign(win=np.nan), steered], ignore_index=True)
 answers = answers.join(rz.text_coherence(lm, answers, P.batch_size))
@@ -165,9 +167,9 @@ display(records.verdict_table(record))
 # %% [markdown]
 # ## Caveats
 # - One trait and one model; the seed's zones were measured on Gemma-2-2B with its own traits.
-# - The trait reading is the judge's pairwise decision; its sensitivity (and a positive control on
-#   this very kind of steering) is in the judge-calibration report. A small judge misses weak
-#   effects, so a late or absent sweet spot can mean an insensitive judge.
+# - The trait reading is one judge method's; its sensitivity (and a positive control on this very
+#   kind of steering) is in the judge-calibration report. A small judge misses weak effects, so a
+#   late or absent sweet spot can mean an insensitive judge.
 # - Coherence is read from the text (distinct-2, perplexity under the unsteered model): it sees
 #   loops, broken words and language drift, not a fluent answer that ignores the question.
 # - The probe's "‖v‖/‖act‖" here is the class-mean gap along its unit direction over ‖act‖ (the

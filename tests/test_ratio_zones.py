@@ -162,3 +162,40 @@ def test_denominators_and_separation_on_a_tiny_model():
     assert sep.loc[("mean_diff", 1), "separation"] == pytest.approx(3.0 / norms.loc[1, "all"])
     assert rz.steering_norms(norms, P) == {"resid_pre@0": norms.loc[0, "all"], "resid_pre@1": norms.loc[1, "all"]}
     assert math.isfinite(float(torch.tensor(sep.separation.to_numpy()).sum()))
+
+
+def test_a_shallow_model_has_no_probe_drop_to_compare():
+    P = _params(layers=[0, 1])
+    sep = _sep(P).loc[(slice(None), [0, 1]), :]
+    (md, probe) = rz.separation_claims(sep, P, n_layers=2)
+    assert probe.verdict == "not comparable" and "2-layer" in probe.reason
+    assert md.id == "mean_diff_separation_stable"
+
+
+def test_floors_match_an_exhaustive_search():
+    rng = np.random.default_rng(0)
+    m = pd.DataFrame({"distinct2": rng.uniform(0.5, 1, 60).round(2), "log_ppl": rng.uniform(1, 7, 60).round(1)})
+    gold = np.where((m.distinct2 > 0.8) & (m.log_ppl < 4.5) ^ (rng.random(60) < 0.15), 80, 20)
+    f = rz.fit_floors(m, gold)
+    truth = gold >= 50
+    best = max(0.5 * (((m.distinct2 >= a) & (m.log_ppl <= b))[truth].mean()
+                      + (~((m.distinct2 >= a) & (m.log_ppl <= b)))[~truth].mean())
+               for a in [*m.distinct2.unique(), 0.0] for b in [*m.log_ppl.unique(), math.inf])
+    assert f.balanced_accuracy == pytest.approx(best)
+
+
+def test_absolute_wins_compare_each_answer_with_its_own_questions_unsteered_score():
+    from types import SimpleNamespace
+
+    class Stub:
+        def score_many(self, metric, items, *, trait, progress):
+            assert metric == "trait" and trait == "optimism"
+            table = {"base a": 50.0, "base b": 40.0, "up": 80.0, "down": 10.0, "same": 50.0}
+            return [SimpleNamespace(value=table.get(a)) for _, a in items]
+
+    base = pd.DataFrame({"question": ["a", "b"], "answer": ["base a", "base b"]})
+    steered = pd.DataFrame({"question": ["a", "b", "a", "b", "a"], "answer": ["up", "down", "same", "same", "??"]})
+    wins = rz.trait_wins(Stub(), steered, base, "optimism", "absolute", progress=False)
+    assert wins.iloc[:4].tolist() == [1.0, 0.0, 0.5, 1.0] and np.isnan(wins.iloc[4])
+    with pytest.raises(ValueError, match="absolute"):
+        rz.trait_wins(Stub(), steered, base, "optimism", "ranked", progress=False)

@@ -20,10 +20,12 @@ This module measures each of those on one trait, several layers and two methods:
    coefficients; the table shows how far the others would move every ratio.
 3. **Answers** to ``n_questions`` held-out opinion questions, unsteered and steered at every
    (method, layer, ratio), greedy.
-4. **Trait**: the judge's pairwise decision, steered answer against the unsteered answer to the
-   same question (both orders averaged; judge_calibration measures how well each judge sees
-   this); the *win rate* is the share of questions where the steered answer shows more of the
-   trait. **Coherence** from the text: distinct-2 and the answer's log-perplexity under the
+4. **Trait**: whether the steered answer shows more of the trait than the unsteered answer to
+   the same question, by ``trait_method``: ``absolute`` (the judge's 0–100 logprob score of each,
+   compared) or ``pairwise`` (the judge's decision between the two, both orders averaged). Use
+   the method judge_calibration finds best for your judge (the 0.5B judge: absolute, which sees
+   its ±0.75 optimism control both ways; the 1.5B: pairwise). The *win rate* is the share of
+   questions where the steered answer shows more of the trait (a tie counts ½). **Coherence** from the text: distinct-2 and the answer's log-perplexity under the
    unsteered model, each with a floor calibrated on the gold sets' coherence labels; an answer
    is *coherent* when it clears both. A condition is *broken* when fewer than
    ``coherent_share`` of its answers are coherent.
@@ -82,6 +84,8 @@ class Params:
     max_new_tokens: int = 32
     coherent_share: float = 0.5
     """A condition is broken when fewer than this share of its answers are coherent."""
+    trait_method: Literal["absolute", "pairwise"] = "absolute"
+    """How the judge compares a steered answer with the unsteered one (see judge_calibration)."""
     gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
     """Gold sets whose coherence labels calibrate the text floors (``data/judge/gold_<trait>.jsonl``)."""
     judge_backend: Literal["local", "openai"] = "local"
@@ -111,6 +115,8 @@ class Params:
             raise ParamError(f"norm_positions must be one of {', '.join(NORM_POSITIONS)}, got {self.norm_positions!r}")
         if self.n_questions < 4:
             raise ParamError(f"n_questions must be >= 4 (the CIs resample questions), got {self.n_questions}")
+        if self.trait_method not in ("absolute", "pairwise"):
+            raise ParamError(f"trait_method must be 'absolute' or 'pairwise', got {self.trait_method!r}")
         if not 0 < self.coherent_share < 1:
             raise ParamError(f"coherent_share must be in (0, 1), got {self.coherent_share}")
         for name in ("max_new_tokens", "batch_size", "n_boot"):
@@ -239,13 +245,24 @@ def steered_answers(P: Params, lm: LoadedModel, vectors: dict, qs: pd.DataFrame,
 
 
 def trait_wins(judge: Judge, steered: pd.DataFrame, base: pd.DataFrame, trait: str,
-               progress: bool = True) -> pd.Series:
-    """Per steered answer: the judge's pairwise decision that it shows more of ``trait`` than the
-    unsteered answer to the same question (1, 0, ½ for a tie; NaN without a usable reply)."""
+               method: Literal["absolute", "pairwise"] = "absolute", progress: bool = True) -> pd.Series:
+    """Per steered answer: 1 when the judge finds it shows more of ``trait`` than the unsteered
+    answer to the same question, 0 when less, ½ for a tie, NaN without a usable reply.
+    ``absolute`` compares the two answers' 0–100 scores; ``pairwise`` takes the judge's decision
+    between them (both orders averaged)."""
     ref = base.set_index("question").answer
-    got = judge.prefer_many([(q, a, ref[q]) for q, a in zip(steered.question, steered.answer, strict=True)],
-                            trait=trait, progress=progress)
-    return pd.Series([np.nan if g.win is None else g.win for g in got], index=steered.index, name="win")
+    if method == "pairwise":
+        got = judge.prefer_many([(q, a, ref[q]) for q, a in zip(steered.question, steered.answer, strict=True)],
+                                trait=trait, progress=progress)
+        return pd.Series([np.nan if g.win is None else g.win for g in got], index=steered.index, name="win")
+    if method != "absolute":
+        raise ValueError(f"method must be 'absolute' or 'pairwise', got {method!r}")
+    items = [(q, ref[q]) for q in ref.index] + list(zip(steered.question, steered.answer, strict=True))
+    scores = [np.nan if x.value is None else x.value for x in judge.score_many("trait", items, trait=trait,
+                                                                                progress=progress)]
+    base_score = dict(zip(ref.index, scores[:len(ref)], strict=True))
+    diff = np.asarray(scores[len(ref):], float) - steered.question.map(base_score).to_numpy(float)
+    return pd.Series(np.where(np.isnan(diff), np.nan, (np.sign(diff) + 1) / 2), index=steered.index, name="win")
 
 
 def text_coherence(lm: LoadedModel, df: pd.DataFrame, batch_size: int = 16) -> pd.DataFrame:
@@ -273,10 +290,6 @@ class Floors:
         return (df.distinct2 >= self.distinct2_min) & (df.log_ppl <= self.log_ppl_max)
 
 
-def _balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
-    return 0.5 * (float(pred[truth].mean()) + float((~pred[~truth]).mean()))
-
-
 def fit_floors(measures: pd.DataFrame, coherence: np.ndarray, cut: float = 50.0) -> Floors:
     """The pair of floors (a grid over each measure's observed values) whose joint rule best
     separates answers labelled coherent (``coherence ≥ cut``) from the rest, by balanced accuracy.
@@ -292,12 +305,15 @@ def fit_floors(measures: pd.DataFrame, coherence: np.ndarray, cut: float = 50.0)
     d2, lp = measures.distinct2.to_numpy(float), measures.log_ppl.to_numpy(float)
     ok = np.isfinite(d2) & np.isfinite(lp)
     d2, lp, truth = d2[ok], lp[ok], truth[ok]
+    bs = np.unique(np.r_[lp, math.inf])
+    below = lp[:, None] <= bs[None, :]                       # [answers, perplexity floors]
     best = (-1.0, 0.0, math.inf)
     for a in np.unique(np.r_[d2, 0.0]):
-        for b in np.unique(np.r_[lp, math.inf]):
-            acc = _balanced_accuracy((d2 >= a) & (lp <= b), truth)
-            if acc > best[0] + 1e-12:
-                best = (acc, float(a), float(b))
+        pred = (d2 >= a)[:, None] & below
+        acc = 0.5 * (pred[truth].mean(0) + (~pred[~truth]).mean(0))   # balanced accuracy per floor
+        j = int(np.argmax(acc))
+        if acc[j] > best[0] + 1e-12:
+            best = (float(acc[j]), float(a), float(bs[j]))
     return Floors(best[1], best[2], best[0], int(ok.sum()), cut)
 
 
@@ -450,6 +466,13 @@ def separation_claims(sep: pd.DataFrame, P: Params, n_layers: int) -> list[recor
     if "probe" in P.methods:
         a, b = (_depth_layer(x, n_layers) for x in SEED["probe_layers"])
         s = sep.loc["probe"].separation
+        if a == b:
+            out.append(records.Claim(
+                "probe_separation_drops", "The probe's ‖v‖/‖act‖ falls ~3× from the seed's layer 10 to 16",
+                seed="3× drop", ours=f"one layer (L{a}) at both relative depths", verdict="not comparable",
+                reason=f"a {n_layers}-layer model has no two layers at the seed's depths 10 and 16 of 26",
+                quantity="separation.probe.drop"))
+            return out
         drop = float(s.loc[a] / s.loc[b]) if s.loc[b] > 0 else math.inf
         holds = drop >= 2.0
         out.append(records.Claim(
