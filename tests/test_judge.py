@@ -528,3 +528,14 @@ def test_choice_probability_pools_label_spellings_and_reports_absence():
     p, mass = J.choice_probability({" A": math.log(0.3), "A.": math.log(0.1), "B": math.log(0.4)})
     assert p == pytest.approx(0.5) and mass == pytest.approx(0.8)
     assert J.choice_probability({"Sure": -0.1}) == (None, 0.0)
+
+
+def test_identical_requests_are_asked_once(tiny_judge):
+    """A local judge sends each distinct request once and gives every copy its reply."""
+    j = J.Judge(J.JudgeConfig(backend="local", model="tiny-llama", min_mass=0.0), backend=tiny_judge, cache=None)
+    items = [("Will it rain?", "Sunny."), ("Will it rain?", "Storms."), ("Will it rain?", "Sunny.")]
+    got = j.score_many("trait", items, progress=False)
+    assert j.stats["requests"] == 2
+    assert got[0].value == got[2].value
+    (alone,) = j.score_many("trait", items[1:2], progress=False)
+    assert got[1].value == pytest.approx(alone.value, abs=1e-3)

@@ -998,7 +998,8 @@ class Judge:
 
     def _replies(self, msgs: list[list[dict[str, str]]], groups: list[Any], mode: Request, progress: bool,
                  desc: str = "judge") -> list[tuple[Reply, bool]]:
-        """(reply, came from the cache) for each request, in order. A local judge takes the
+        """(reply, came from the cache) for each request, in order. A local judge asks identical
+        requests once (steered answers at small ratios often equal the unsteered one), takes the
         replay-cache hits first (no model is loaded when all hit), then the misses of each group
         in one ``complete_many`` call; an HTTP judge keeps ``max_concurrency`` requests in flight."""
         c = self.config
@@ -1019,7 +1020,14 @@ class Judge:
                 bar.close()
         out: list[tuple[Reply, bool] | None] = [None] * len(msgs)
         misses = []
+        copies: dict[int, list[int]] = {}  # first request → later identical ones (asked once)
+        first: dict[str, int] = {}
         for i, m in enumerate(msgs):
+            key = self._key(m, mode)
+            if key in first:
+                copies.setdefault(first[key], []).append(i)
+                continue
+            first[key] = i
             hit = self._cached(m, mode)
             if hit is not None:
                 out[i] = (hit, True)
@@ -1046,6 +1054,9 @@ class Judge:
                 bar.update(len(idx))
         finally:
             bar.close()
+        for i, same in copies.items():
+            for j in same:
+                out[j] = out[i]
         return out  # type: ignore[return-value]
 
 
