@@ -501,8 +501,26 @@ def activation_norms(model: LoadedModel, examples: Sequence[Encoded], sites: Seq
     """Per-site mean L2 norm of the activation at response-producing positions.
 
     The norm table behind perturbation ratios: for each site, the mean over examples of
-    ``‖activation‖`` at every position from the last prompt token on (all positions when
-    an example has no response).
+    ``‖activation‖`` at every position from the last prompt token on (the ``response`` column
+    of ``position_norms``).
+    """
+    return {s: v["response"] for s, v in position_norms(model, examples, sites, batch_size=batch_size,
+                                                         progress=progress).items()}
+
+
+def position_norms(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Site | str], *,
+                   batch_size: int = 16, progress: bool = False) -> dict[str, dict[str, float]]:
+    """Per site, the mean over examples of each example's mean ``‖activation‖`` over four
+    position sets, from one forward pass: ``response`` (from the last prompt token on, where
+    response steering adds its vector), ``all``, ``no_first`` (all but position 0) and ``first``
+    (position 0 alone: the attention-sink token, whose norm is often many times the rest).
+
+    Example (a tiny random model):
+        >>> from traitlab.models import load_model
+        >>> m = load_model("tiny-llama")
+        >>> t = position_norms(m, [m.chat.encode("Hi", "Hello there")], ["resid_post@0"])
+        >>> sorted(t["resid_post@0"])
+        ['all', 'first', 'no_first', 'response']
     """
     from .activations import extract
 
@@ -511,9 +529,11 @@ def activation_norms(model: LoadedModel, examples: Sequence[Encoded], sites: Seq
                    progress=progress)
     table = {}
     for s in sites:
-        norms = [a[max(e.prompt_len - 1, 0):].norm(dim=-1).mean()
-                 for a, e in zip(acts.per_example(s), examples, strict=True)]
-        table[str(s)] = float(torch.stack(norms).mean())
+        norms = [a.norm(dim=-1) for a in acts.per_example(s)]
+        sets = {"response": [n[max(e.prompt_len - 1, 0):].mean() for n, e in zip(norms, examples, strict=True)],
+                "all": [n.mean() for n in norms], "no_first": [n[1:].mean() for n in norms],
+                "first": [n[0] for n in norms]}
+        table[str(s)] = {k: float(torch.stack(v).mean()) for k, v in sets.items()}
     return table
 
 

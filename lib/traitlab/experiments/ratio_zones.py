@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import judge_power, records, textstats
+from .. import judge_power, records, steering, textstats
 from .. import uncertainty as unc
 from ..activations import extract
 from ..data import load_trait, opinion_questions
@@ -180,21 +180,12 @@ def fit_vectors(P: Params, lm: LoadedModel, progress: bool = True) -> tuple[dict
 
 def position_norms(lm: LoadedModel, items: list[tuple[str, str]], layers: list[int], site: str = "resid_pre",
                    batch_size: int = 16, progress: bool = False) -> pd.DataFrame:
-    """Per layer, the mean activation norm of (question, answer) texts over three position sets:
-    ``response`` (from the last prompt token on), ``all``, ``no_first`` (all but position 0),
-    and ``first`` (position 0 alone: the attention-sink token)."""
+    """Per layer, the mean activation norm of (question, answer) texts over each position set of
+    ``steering.position_norms``: ``response``, ``all``, ``no_first`` and ``first``."""
     ex = [lm.chat.encode(q, a) for q, a in items]
-    sites = [Site(site, x) for x in layers]  # type: ignore[arg-type]
-    acts = extract(lm, ex, sites, position="all", batch_size=batch_size, cache=False, progress=progress)
-    rows = []
-    for s in sites:
-        per = [a.float().norm(dim=-1) for a in acts.per_example(s)]
-        rows.append({"layer": s.layer,
-                     "response": float(np.mean([float(n[max(e.prompt_len - 1, 0):].mean()) for n, e in zip(per, ex, strict=True)])),
-                     "all": float(np.mean([float(n.mean()) for n in per])),
-                     "no_first": float(np.mean([float(n[1:].mean()) for n in per])),
-                     "first": float(np.mean([float(n[0]) for n in per]))})
-    return pd.DataFrame(rows).set_index("layer")
+    table = steering.position_norms(lm, ex, [Site(site, x) for x in layers],  # type: ignore[arg-type]
+                                    batch_size=batch_size, progress=progress)
+    return pd.DataFrame([{"layer": Site.parse(k).layer, **v} for k, v in table.items()]).set_index("layer")
 
 
 def separation_table(gaps: pd.DataFrame, norms: pd.DataFrame, P: Params) -> pd.DataFrame:
@@ -260,9 +251,9 @@ def trait_wins(judge: Judge, steered: pd.DataFrame, base: pd.DataFrame, trait: s
     items = [(q, ref[q]) for q in ref.index] + list(zip(steered.question, steered.answer, strict=True))
     scores = [np.nan if x.value is None else x.value for x in judge.score_many("trait", items, trait=trait,
                                                                                 progress=progress)]
-    base_score = dict(zip(ref.index, scores[:len(ref)], strict=True))
-    diff = np.asarray(scores[len(ref):], float) - steered.question.map(base_score).to_numpy(float)
-    return pd.Series(np.where(np.isnan(diff), np.nan, (np.sign(diff) + 1) / 2), index=steered.index, name="win")
+    pairs = pd.DataFrame({"hi": np.arange(len(ref), len(items)),            # the steered answer
+                          "lo": steered.question.map({q: i for i, q in enumerate(ref.index)}).to_numpy(int)})
+    return pd.Series(judge_power.score_wins(scores, pairs), index=steered.index, name="win")
 
 
 def text_coherence(lm: LoadedModel, df: pd.DataFrame, batch_size: int = 16) -> pd.DataFrame:
@@ -338,26 +329,32 @@ def _matrix(judged: pd.DataFrame, P: Params, value: str) -> tuple[pd.DataFrame, 
     return wide.reindex(index=idx, columns=qs), qs
 
 
+def _rate(values: np.ndarray, P: Params) -> tuple[float, float, float]:
+    """(mean, 95% CI) of per-question values by ``uncertainty.bootstrap_mean`` over the questions
+    that have one; NaNs throughout when none has."""
+    v = values[np.isfinite(values)]
+    if not v.size:
+        return np.nan, np.nan, np.nan
+    b = unc.bootstrap_mean(v, n_boot=P.n_boot, seed=P.seed)
+    return b.value, *b.ci
+
+
 def zone_table(judged: pd.DataFrame, P: Params) -> pd.DataFrame:
     """Per (method, layer, ratio): the trait win rate and the coherent share, each with a 95%
     bootstrap CI over questions, the mean distinct-2 and log-perplexity, and whether the
     condition is broken (coherent share below ``P.coherent_share``)."""
-    wins, qs = _matrix(judged, P, "win")
+    wins, _ = _matrix(judged, P, "win")
     coh, _ = _matrix(judged.assign(coherent=judged.coherent.astype(float)), P, "coherent")
-    draws = unc.unit_draws(len(qs), P.n_boot, P.seed)[None]
+    d2, lp = (_matrix(judged, P, col)[0].mean(axis=1) for col in ("distinct2", "log_ppl"))
     rows = []
     for key in wins.index:
         w, c = wins.loc[key].to_numpy(float), coh.loc[key].to_numpy(float)
-        wb = np.nanmean(w[draws], axis=1) if np.isfinite(w).any() else np.full(P.n_boot, np.nan)
-        cb = c[draws].mean(axis=1)
-        g = judged[(judged.method == key[0]) & (judged.layer == key[1]) & (judged.ratio == key[2])]
-        rows.append({"method": key[0], "layer": key[1], "ratio": key[2],
-                     "win_rate": float(np.nanmean(w)) if np.isfinite(w).any() else np.nan,
-                     "win_lo": float(np.nanpercentile(wb, 2.5)), "win_hi": float(np.nanpercentile(wb, 97.5)),
-                     "coherent": float(c.mean()), "coh_lo": float(np.percentile(cb, 2.5)),
-                     "coh_hi": float(np.percentile(cb, 97.5)),
-                     "distinct2": float(g.distinct2.mean()), "log_ppl": float(g.log_ppl.mean()),
-                     "broken": bool(c.mean() < P.coherent_share), "n": int(np.isfinite(w).sum())})
+        win, win_lo, win_hi = _rate(w, P)
+        share, coh_lo, coh_hi = _rate(c, P)
+        rows.append({"method": key[0], "layer": key[1], "ratio": key[2], "win_rate": win, "win_lo": win_lo,
+                     "win_hi": win_hi, "coherent": share, "coh_lo": coh_lo, "coh_hi": coh_hi,
+                     "distinct2": float(d2[key]), "log_ppl": float(lp[key]),
+                     "broken": bool(share < P.coherent_share), "n": int(np.isfinite(w).sum())})
     return pd.DataFrame(rows).set_index(["method", "layer", "ratio"])
 
 
@@ -444,15 +441,29 @@ def _depth_layer(layer: int, n_layers: int) -> int:
     return int(round(layer / SEED["n_layers"] * n_layers))
 
 
+def _separation_stats(sep: pd.DataFrame, P: Params, n_layers: int) -> dict:
+    """The numbers the separation claims and quantities share: mean_diff's ratio per steered layer
+    and its max/min spread; the probe's layers at the seed's relative depths and its drop."""
+    out: dict = {}
+    if "mean_diff" in P.methods:
+        s = sep.loc["mean_diff"].separation.reindex(P.layers)
+        out["mean_diff"] = (s, float(s.max() / s.min()) if (s > 0).all() else math.inf)
+    if "probe" in P.methods:
+        a, b = (_depth_layer(x, n_layers) for x in SEED["probe_layers"])
+        s = sep.loc["probe"].separation
+        out["probe"] = (a, b, s.loc[a], s.loc[b], float(s.loc[a] / s.loc[b]) if s.loc[b] > 0 else math.inf)
+    return out
+
+
 def separation_claims(sep: pd.DataFrame, P: Params, n_layers: int) -> list[records.Claim]:
     """mean_diff's separation ratio within 0.12–0.15 at every steered layer; the probe's falling
     3× between the layers at the seed's relative depths of 10 and 16."""
     out = []
     lo, hi = SEED["mean_diff_separation"]
-    if "mean_diff" in P.methods:
-        s = sep.loc["mean_diff"].separation.reindex(P.layers)
+    st = _separation_stats(sep, P, n_layers)
+    if "mean_diff" in st:
+        s, spread = st["mean_diff"]
         inside = sum(_within(round(v, 2), lo, hi) for v in s)
-        spread = float(s.max() / s.min()) if (s > 0).all() else math.inf
         holds = spread <= hi / lo
         out.append(records.Claim(
             "mean_diff_separation_stable", "mean_diff's ‖v‖/‖act‖ is stable across layers at 0.12–0.15 (one coefficient "
@@ -463,9 +474,8 @@ def separation_claims(sep: pd.DataFrame, P: Params, n_layers: int) -> list[recor
                     f"it varies {spread:.1f}× across layers against the seed's at most {hi / lo:.2f}× (a ratio of "
                     "the model's own activations on fixed text: float noise only)"),
             quantity="separation.mean_diff.max_over_min"))
-    if "probe" in P.methods:
-        a, b = (_depth_layer(x, n_layers) for x in SEED["probe_layers"])
-        s = sep.loc["probe"].separation
+    if "probe" in st:
+        a, b, at_a, at_b, drop = st["probe"]
         if a == b:
             out.append(records.Claim(
                 "probe_separation_drops", "The probe's ‖v‖/‖act‖ falls ~3× from the seed's layer 10 to 16",
@@ -473,11 +483,10 @@ def separation_claims(sep: pd.DataFrame, P: Params, n_layers: int) -> list[recor
                 reason=f"a {n_layers}-layer model has no two layers at the seed's depths 10 and 16 of 26",
                 quantity="separation.probe.drop"))
             return out
-        drop = float(s.loc[a] / s.loc[b]) if s.loc[b] > 0 else math.inf
         holds = drop >= 2.0
         out.append(records.Claim(
             "probe_separation_drops", f"The probe's ‖v‖/‖act‖ falls ~3× from the seed's layer 10 to 16 (here L{a} → L{b}, "
-            "same relative depth)", seed="3× drop", ours=f"{s.loc[a]:.3f} → {s.loc[b]:.3f} ({drop:.1f}×)",
+            "same relative depth)", seed="3× drop", ours=f"{at_a:.3f} → {at_b:.3f} ({drop:.1f}×)",
             verdict="holds" if holds else "not held",
             reason="falls at least 2×" if holds else (f"{'rises' if drop < 1 else 'falls'} {max(drop, 1 / drop):.1f}×, "
                                                       "not the seed's 3× fall (float noise only)"),
@@ -563,15 +572,13 @@ def record(P: Params, sep: pd.DataFrame, den: pd.DataFrame, floors: Floors, zone
     for (m, x), r in sep.iterrows():
         qs.append(records.estimate(f"separation.{m}.L{x}", float(r.separation), se=abs(float(r.separation)) * 0.01,
                                    unit="ratio", k=2))
-    if "mean_diff" in P.methods:
-        s = sep.loc["mean_diff"].separation.reindex(P.layers)
-        qs.append(records.estimate("separation.mean_diff.max_over_min", float(s.max() / s.min()),
-                                   se=0.01 * float(s.max() / s.min()), unit="×", k=2))
-    if "probe" in P.methods:
-        a, b = (_depth_layer(x, n_layers) for x in SEED["probe_layers"])
-        s = sep.loc["probe"].separation
-        qs.append(records.estimate("separation.probe.drop", float(s.loc[a] / s.loc[b]),
-                                   se=0.01 * abs(float(s.loc[a] / s.loc[b])), unit="×", k=2))
+    st = _separation_stats(sep, P, n_layers)
+    if "mean_diff" in st:
+        spread = st["mean_diff"][1]
+        qs.append(records.estimate("separation.mean_diff.max_over_min", spread, se=0.01 * spread, unit="×", k=2))
+    if "probe" in st:
+        drop = st["probe"][4]
+        qs.append(records.estimate("separation.probe.drop", drop, se=0.01 * abs(drop), unit="×", k=2))
     for x, r in den.iterrows():
         qs.append(records.estimate(f"norms.L{x}.first_over_rest", float(r.first_over_rest),
                                    se=0.01 * float(r.first_over_rest), unit="×", k=2))
