@@ -20,28 +20,33 @@
 # prefix injection, red-team framing; two templates each). The refusal direction is the
 # difference of mean last-prompt-token activations of *other* harmful requests and harmless
 # ones, at `site` of each layer. Every prompt is answered greedily under each condition (the
-# vector added at every position, prompt and answer): none, one layer, an ensemble of layers,
-# and a random direction at the same strength. Strength is a perturbation ratio: coefficient =
-# ratio × the site's mean activation norm. A refusal is a phrase match in the answer's opening.
-# The same conditions on harmless requests measure the price: over-refusal.
+# vector added at every position, prompt and answer): none, one layer, an ensemble of layers;
+# and random directions at the same strengths, one per seed, as controls. Strength is a
+# perturbation ratio: coefficient = ratio × the site's mean activation norm. A refusal is a
+# phrase match in the answer's opening. The unit of every blocked rate is the request (each is
+# answered under every wrapper): intervals bootstrap requests. Benign prompts from a public set
+# measure the price, over-refusal; each answer's coherence is read from its text.
 
 # %% tags=["parameters"]
 model = "qwen2.5-coder-0.5b-instruct"
 revision = None
 dtype = "float32"
 harmful_sources = ["advbench", "harmbench_test", "jailbreakbench"]
-n_requests = 12
+n_requests = 24
 n_direction = 32
-n_benign = 16
+benign_source = "jbb_benign"
+n_benign = 48
 wrappers = None
 site = "attn_out"
 single_layers = [12]
 ratio = 1.0
 ensemble_layers = [10, 12, 14]
 ensemble_ratio = 0.5
-random_seed = 1
-max_new_tokens = 40
+random_seeds = [1, 2, 3, 4, 5]
+gold_traits = ["optimism", "uncertainty", "refusal"]
+max_new_tokens = 32
 batch_size = 16
+n_boot = 2000
 seed = 0
 
 # %% [markdown]
@@ -52,6 +57,7 @@ seed = 0
 # NBVAL_IGNORE_OUTPUT
 from IPython.display import display
 from traitlab import runinfo
+from traitlab import judge_power
 from traitlab.experiments import jailbreak_blocking as jb
 from traitlab.models import load_model
 from traitlab.params import from_namespace
@@ -72,10 +78,32 @@ runinfo.show(runinfo.run_record(P, lm))
 # NBVAL_IGNORE_OUTPUT
 dirs = jb.refusal_directions(P, lm, prompts)
 answers = jb.run(P, lm, prompts, dirs)
+floors, _ = judge_power.calibrate_floors(lm, P.gold_traits, context=False, batch_size=P.batch_size)
+answers = jb.add_coherence(answers, lm, floors, P.batch_size)
 
 # %%
 print(f"{prompts.attacks.request_id.nunique()} requests × ({len(jb.wrappers(P))} wrappers + plain) = "
-      f"{len(prompts.attacks)} attack prompts, {len(prompts.benign)} benign; conditions: {P.conditions()}")
+      f"{len(prompts.attacks)} attack prompts, {len(prompts.benign)} benign ({P.benign_source}); "
+      f"conditions: {P.conditions()}; random controls: {len(P.random_conditions())} "
+      f"(seeds {P.random_seeds}), on the answered jailbreaks and the benign prompts")
+print(f"Coherence rule: {floors.text()}")
+
+# %% [markdown]
+# ## Is the refusal classifier right?
+# Every rate below is a phrase match. It is checked against answers of this report's kind
+# (jailbreaks, benign prompts, steered and not) that were read and labelled refusal or not
+# (`data/refusal/labelled_answers.jsonl`, two readers, κ 0.99 between them). A pruning of the
+# phrases that misfire is decided on the labels' `tune` split and kept only where the `heldout`
+# split agrees; the agreement is measured on `heldout`.
+
+# %%
+from traitlab import refusal  # noqa: E402
+
+held = refusal.load_labels("heldout")
+val = refusal.validate(held, refusal.DEFAULT_PHRASES, n_boot=P.n_boot, seed=P.seed)
+print("Phrase rule in use:", val.text())
+print("Phrase selection:", refusal.select_phrases(refusal.load_labels("tune"), held)[1])
+display(refusal.phrase_table(refusal.load_labels(), refusal.CANDIDATE_PHRASES).query("on_refusals + misfires > 0"))
 
 # %% [markdown]
 # ## Refusal rate (%) by attack kind and condition
@@ -86,7 +114,9 @@ display(tab)
 
 # %%
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
+from traitlab.uncertainty import parse_ci  # noqa: E402
 
 fig, ax = plt.subplots(figsize=(1.6 * len(tab.columns) + 2, 0.45 * len(tab) + 1.2), constrained_layout=True)
 sns.heatmap(tab, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="rocket_r", ax=ax, cbar_kws={"label": "refusal %"})
@@ -96,18 +126,44 @@ ax.set_ylabel("")
 # %% [markdown]
 # ## Jailbreaks blocked, and the price
 # "Blocked" follows the seed: among the wrapped prompts that the unsteered model answered, the
-# share refused under the condition (Wilson 95% intervals). The benign column is over-refusal.
+# share refused under the condition (95% intervals resampling requests). `blocked_coherent_pct`
+# counts only refusals whose text clears the coherence rule; the benign column is over-refusal
+# (Wilson intervals). A random row pools its seeds; `seed_range` shows their spread.
 
 # %%
 blk = jb.blocked(answers, P)
 display(blk)
 
 # %% [markdown]
+# ### Against the random controls
+# Each steered condition's blocked rate minus its random control's, paired by request.
+
+# %%
+vs = jb.versus_random(answers, P)
+display(vs[["minus_random_pts", "ci95"]])
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 0.5 * len(blk) + 1.2), constrained_layout=True)
+lo_hi = np.array([parse_ci(t) for t in blk.blocked_ci95], float)
+y = np.arange(len(blk))
+ax.errorbar(blk.blocked_pct, y, xerr=[blk.blocked_pct - lo_hi[:, 0], lo_hi[:, 1] - blk.blocked_pct],
+            fmt="o", color="C0", capsize=3, label="blocked (refused)")
+if "blocked_coherent_pct" in blk:
+    ax.plot(blk.blocked_coherent_pct, y, "x", color="C2", label="refused and coherent")
+ax.plot(blk.benign_refusal_pct, y, "s", color="C3", mfc="none", label="benign over-refusal")
+ax.set_yticks(y, blk.index)
+ax.invert_yaxis()
+ax.set_xlim(-2, 102)
+ax.set_xlabel("% of answered jailbreaks (benign: % of benign prompts)")
+ax.legend(loc="lower right", fontsize=8)
+
+# %% [markdown]
 # ### Example answers (first request, each wrapper kind)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-ex = answers[(answers.request_id == 0) | (answers.set == "benign")].groupby(["kind", "condition"], sort=False).head(1)
+main = answers[answers.condition.isin(P.conditions())]
+ex = main[(main.request_id == 0) | (main.set == "benign")].groupby(["kind", "condition"], sort=False).head(1)
 with __import__("pandas").option_context("display.max_colwidth", 120):
     display(ex.pivot(index="kind", columns="condition", values="answer"))
 
@@ -115,7 +171,7 @@ with __import__("pandas").option_context("display.max_colwidth", 120):
 # ## Conclusions (computed from this run)
 
 # %%
-for line in jb.conclusions(tab, blk, P):
+for line in jb.conclusions(tab, blk, vs, P):
     print("•", line)
 
 # %% [markdown]
@@ -125,7 +181,7 @@ for line in jb.conclusions(tab, blk, P):
 # %% tags=["record"]
 from traitlab import records  # noqa: E402
 
-record = jb.record(P, lm, answers, tab, blk)
+record = jb.record(P, lm, answers, tab, blk, vs, floors, val)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
 from traitlab import vectors  # noqa: E402
 from traitlab.directions import Direction  # noqa: E402
@@ -140,4 +196,7 @@ display(records.verdict_table(record))
 #   plain requests; the seed's jailbreak set and model differ.
 # - Phrase matching counts an answer as a refusal when it opens with a refusal phrase, even if
 #   harmful text follows later.
-# - With about a dozen requests per wrapper kind the Wilson intervals are wide.
+# - The wrappers of one request are not independent tests: every blocked interval resamples
+#   requests, so with a couple of dozen requests they stay wide.
+# - The random controls answer only the prompts their rates are read on (the answered
+#   jailbreaks and the benign prompts), so the table by attack kind shows none of them.

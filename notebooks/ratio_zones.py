@@ -63,7 +63,7 @@ seed = 0
 import numpy as np
 import pandas as pd
 from IPython.display import display
-from traitlab import plots, runinfo
+from traitlab import judge_power, plots, runinfo, textstats
 from traitlab.experiments import ratio_zones as rz
 from traitlab.models import load_model
 from traitlab.params import from_namespace
@@ -103,9 +103,9 @@ display(sep.reset_index().pivot(index="layer", columns="method", values="separat
 # %%
 steered = rz.steered_answers(P, lm, vectors, qs, rz.steering_norms(norms, P))
 steered["win"] = rz.trait_wins(P.judge(), steered, base, P.trait, P.trait_method)
-floors, gold = rz.calibrate_floors(P, lm)
+floors, gold = judge_power.calibrate_floors(lm, P.gold_traits, batch_size=P.batch_size)
 answers = pd.concat([base.assign(win=np.nan), steered], ignore_index=True)
-answers = answers.join(rz.text_coherence(lm, answers, P.batch_size))
+answers = answers.join(textstats.coherence_measures(lm, answers, batch_size=P.batch_size))
 answers["coherent"] = floors.coherent(answers)
 print(f"{len(steered)} steered answers ({len(P.conditions())} conditions × {len(qs)} questions); "
       f"no usable judge reply: {int(steered.win.isna().sum())}")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from traitlab import records
+from traitlab import records, textstats
 from traitlab.experiments import ratio_zones as rz
 from traitlab.params import ParamError
 
@@ -48,11 +48,11 @@ def test_bad_parameters_fail_before_model_work():
 
 def test_floors_pick_the_joint_rule_that_separates_gold_labels():
     m = pd.DataFrame({"distinct2": [0.9, 0.95, 0.9, 0.3, 0.92], "log_ppl": [1.5, 2.0, 7.0, 1.0, 1.8]})
-    f = rz.fit_floors(m, np.array([80, 90, 20, 10, 70]))
+    f = textstats.fit_floors(m, np.array([80, 90, 20, 10, 70]))
     assert f.balanced_accuracy == 1.0 and f.n == 5
     assert f.coherent(m).tolist() == [True, True, False, False, True]  # both the loop and the gibberish fail
     with pytest.raises(ValueError, match="both classes"):
-        rz.fit_floors(m, np.full(5, 90))
+        textstats.fit_floors(m, np.full(5, 90))
 
 
 def test_zones_breaking_ratios_trend_and_verdicts():
@@ -70,7 +70,7 @@ def test_zones_breaking_ratios_trend_and_verdicts():
     assert cur.loc[("mean_diff", 8)].best_ratio == 0.5  # the first of the tied wins among unbroken ratios
     trend = rz.layer_trend(judged, P)
     assert trend.loc["mean_diff", "rho"] == pytest.approx(-1.0) and trend.loc["mean_diff", "ci_hi"] < 0
-    rec = rz.record(P, _sep(P), _den(P), rz.Floors(0.5, 3.0, 0.9, 100), zones, cur, trend, n_layers=24)
+    rec = rz.record(P, _sep(P), _den(P), textstats.Floors(0.5, 3.0, 0.9, 100), zones, cur, trend, n_layers=24)
     v = {c.id: c.verdict for c in rec.claims}
     assert v["sweet_spot"] == "holds"  # best ratios 0.5 everywhere
     assert v["breakdown_1_to_1_3"] == "not held"  # 1 of 3 layers per method breaks in 1.0–1.3
@@ -88,7 +88,7 @@ def test_a_judge_that_sees_nothing_makes_the_sweet_spot_inconclusive():
     judged.loc[judged.method != "none", "win"] = 0.5
     zones = rz.zone_table(judged, P)
     assert not rz.control_seen(zones)
-    rec = rz.record(P, _sep(P), _den(P), rz.Floors(0.5, 3.0, 0.9, 100), zones, rz.curves(judged, P),
+    rec = rz.record(P, _sep(P), _den(P), textstats.Floors(0.5, 3.0, 0.9, 100), zones, rz.curves(judged, P),
                     rz.layer_trend(judged, P), n_layers=24)
     c = {c.id: c for c in rec.claims}
     assert c["sweet_spot"].verdict == "inconclusive" and "win rate" in c["sweet_spot"].reason
@@ -103,7 +103,7 @@ def test_a_sweet_spot_clearly_below_the_band_is_not_held():
     judged.loc[steered, "win"] = (judged.loc[steered, "ratio"] == 0.1).astype(float)
     cur = rz.curves(judged, P)
     assert (cur.best_ratio == 0.1).all() and (cur.best_hi == 0.1).all()
-    rec = rz.record(P, _sep(P), _den(P), rz.Floors(0.5, 3.0, 0.9, 100), rz.zone_table(judged, P), cur,
+    rec = rz.record(P, _sep(P), _den(P), textstats.Floors(0.5, 3.0, 0.9, 100), rz.zone_table(judged, P), cur,
                     rz.layer_trend(judged, P), n_layers=24)
     c = {c.id: c for c in rec.claims}["sweet_spot"]
     assert c.verdict == "not held" and "6/6 curves" in c.reason
@@ -114,7 +114,7 @@ def test_a_moved_zone_fails_naming_the_field():
     judged = _answers(P, breaks={4: 2.0, 8: 1.3, 12: 0.8})
 
     def rec(j):
-        return rz.record(P, _sep(P), _den(P), rz.Floors(0.5, 3.0, 0.9, 100), rz.zone_table(j, P), rz.curves(j, P),
+        return rz.record(P, _sep(P), _den(P), textstats.Floors(0.5, 3.0, 0.9, 100), rz.zone_table(j, P), rz.curves(j, P),
                          rz.layer_trend(j, P), n_layers=24)
 
     moved = judged.copy()
@@ -176,7 +176,7 @@ def test_floors_match_an_exhaustive_search():
     rng = np.random.default_rng(0)
     m = pd.DataFrame({"distinct2": rng.uniform(0.5, 1, 60).round(2), "log_ppl": rng.uniform(1, 7, 60).round(1)})
     gold = np.where((m.distinct2 > 0.8) & (m.log_ppl < 4.5) ^ (rng.random(60) < 0.15), 80, 20)
-    f = rz.fit_floors(m, gold)
+    f = textstats.fit_floors(m, gold)
     truth = gold >= 50
     best = max(0.5 * (((m.distinct2 >= a) & (m.log_ppl <= b))[truth].mean()
                       + (~((m.distinct2 >= a) & (m.log_ppl <= b)))[~truth].mean())

@@ -390,3 +390,29 @@ def harmless_prompts(n: int, seed: int) -> list[Prompt]:
     if n > len(pool):
         raise DataError(f"asked for {n} harmless prompts but only {len(pool)} are available")
     return random.Random(seed).sample(pool, n)
+
+
+BENIGN_SOURCES: tuple[str, ...] = ("alpaca_seed", "jbb_benign", "xstest_safe")
+"""Public sets of benign requests: Self-Instruct seed tasks (everyday instructions), the
+JailbreakBench benign behaviours (each on the topic of a harmful one: the harder test of
+over-refusal), and XSTest's safe prompts (written to sound unsafe)."""
+
+
+def benign_prompts(source: str, n: int, seed: int) -> list[Prompt]:
+    """``n`` benign requests sampled (seeded, without replacement) from ``source``, one of
+    ``BENIGN_SOURCES``; ``category`` is the set's category where it has one."""
+    import random
+
+    if source == "alpaca_seed":
+        return harmless_prompts(n, seed)
+    if source == "jbb_benign":
+        pool = [Prompt(r["goal"].strip(), source, r.get("Category") or r.get("category") or "")
+                for r in read_csv("jbb_benign")]
+    elif source == "xstest_safe":
+        pool = [p for p in xstest_prompts() if p.label == "safe"]
+    else:
+        raise DataError(f"unknown benign source {source!r}; choose from {', '.join(BENIGN_SOURCES)}")
+    pool = list({p.text: p for p in pool}.values())
+    if n > len(pool):
+        raise DataError(f"asked for {n} benign prompts but {source} holds only {len(pool)}")
+    return random.Random(seed).sample(pool, n)

@@ -40,12 +40,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import optimize
 from scipy.stats import norm
 
+from . import textstats
 from .data import DataError, read_jsonl
 from .judge import Anchor
 from .paths import project_data
@@ -118,6 +120,24 @@ def load_gold(trait: str, split: str | None = None, folder: str | Path | None = 
         df = df[df.split == split]
     return df[["id", "trait", "question", "response", "label", "coherence", "shape", "split"]
               ].reset_index(drop=True)
+
+
+def calibrate_floors(model: Any, traits: Sequence[str], *, context: bool = True, batch_size: int = 16,
+                     folder: str | Path | None = None) -> tuple[textstats.Floors, pd.DataFrame]:
+    """Text-coherence floors (``textstats.fit_floors``) fitted on the coherence labels of the gold
+    sets of ``traits`` (both splits), the answers' perplexity read under ``model`` (after their
+    question, or with ``context=False`` after an empty turn: calibrate as you will measure);
+    and the gold rows with their ``distinct2`` and ``log_ppl``.
+
+    Example (a tiny random model: its perplexities mean nothing, the plumbing is real):
+        >>> from traitlab.models import load_model
+        >>> floors, gold = calibrate_floors(load_model("tiny-qwen2"), ["optimism"])
+        >>> 0.5 <= floors.balanced_accuracy <= 1.0, floors.n == len(gold)
+        (True, True)
+    """
+    gold = pd.concat([load_gold(t, folder=folder) for t in traits], ignore_index=True)
+    gold = gold.join(textstats.coherence_measures(model, gold, context=context, batch_size=batch_size))
+    return textstats.fit_floors(gold[["distinct2", "log_ppl"]], gold.coherence.to_numpy()), gold
 
 
 def gold_pairs(gold: pd.DataFrame, label: str = "label", min_gap: float = 0.0) -> pd.DataFrame:

@@ -10,6 +10,10 @@ will be good. …"), word salad, truncation. Three judge-free measures see them:
 - ``perplexity(model, items)``: exp of the mean negative log-likelihood per answer token under a
   reference model, given the question (high for word salad and broken words).
 
+``coherence_measures`` puts distinct-2 and log-perplexity beside each answer of a frame;
+``fit_floors`` finds the pair of floors on them that best matches labelled coherence (the gold
+sets' labels: ``judge_power.calibrate_floors``), and ``Floors.coherent`` applies the rule.
+
 Words are lower-cased runs of letters, digits and apostrophes, so punctuation and spacing do not
 count as novelty.
 
@@ -29,6 +33,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
@@ -101,3 +108,75 @@ def perplexity(model: Any, items: Sequence[tuple[str, str]], *, batch_size: int 
             out += [math.exp(-float(t) / int(c)) if int(c) > 0 else math.nan
                     for t, c in zip(total.tolist(), count.tolist(), strict=True)]
     return out
+
+
+def coherence_measures(model: Any, df: pd.DataFrame, *, context: bool = True, batch_size: int = 16) -> pd.DataFrame:
+    """``distinct2`` and ``log_ppl`` (log-perplexity of the answer under ``model``) per row of a
+    frame with ``question`` (or ``prompt``) and ``answer`` (or ``response``) columns, indexed like
+    ``df``. ``context=True`` scores the answer after its question; ``False`` after an empty user
+    turn (the text's own fluency: far cheaper where prompts are long, e.g. jailbreak templates,
+    and identical answers are scored once). Each distinct (question, answer) is scored once,
+    in length order.
+
+    Example (a tiny random model: the values mean nothing, the plumbing is real):
+        >>> from traitlab.models import load_model
+        >>> m = load_model("tiny-qwen2")
+        >>> d = pd.DataFrame({"question": ["Hi?", "Yo?"], "answer": ["Hello hello hello.", "Hello hello hello."]})
+        >>> out = coherence_measures(m, d, context=False)
+        >>> out.log_ppl.nunique(), round(float(out.distinct2[0]), 2)
+        (1, 0.5)
+    """
+    q = "question" if "question" in df.columns else "prompt"
+    a = "answer" if "answer" in df.columns else "response"
+    pairs = list(zip(df[q] if context else [""] * len(df), df[a], strict=True))
+    unique = sorted(set(pairs), key=lambda p: (len(p[0]) + len(p[1]), p))
+    ppl = dict(zip(unique, perplexity(model, unique, batch_size=batch_size), strict=True))
+    return pd.DataFrame({"distinct2": [distinct(t, 2) for t in df[a]],
+                         "log_ppl": np.log(np.asarray([ppl[p] for p in pairs], float))}, index=df.index)
+
+
+@dataclass(frozen=True)
+class Floors:
+    """Text-coherence floors fitted on labelled answers: coherent means ``distinct2 ≥
+    distinct2_min`` and ``log_ppl ≤ log_ppl_max``; ``balanced_accuracy`` is the rule's on the
+    labels (coherence ≥ ``cut`` vs below), ``n`` the labelled answers."""
+
+    distinct2_min: float
+    log_ppl_max: float
+    balanced_accuracy: float
+    n: int
+    cut: float = 50.0
+
+    def coherent(self, df: pd.DataFrame) -> pd.Series:
+        return (df.distinct2 >= self.distinct2_min) & (df.log_ppl <= self.log_ppl_max)
+
+    def text(self) -> str:
+        return (f"distinct-2 ≥ {self.distinct2_min:.2f} and log-perplexity ≤ {self.log_ppl_max:.2f} "
+                f"(balanced accuracy {100 * self.balanced_accuracy:.0f}% on {self.n} labelled answers)")
+
+
+def fit_floors(measures: pd.DataFrame, coherence: np.ndarray, cut: float = 50.0) -> Floors:
+    """The pair of floors (a grid over each measure's observed values) whose joint rule best
+    separates answers labelled coherent (``coherence ≥ cut``) from the rest, by balanced accuracy.
+
+    >>> m = pd.DataFrame({"distinct2": [1.0, 0.9, 0.3, 0.95], "log_ppl": [1.0, 1.2, 1.1, 6.0]})
+    >>> f = fit_floors(m, np.array([90, 80, 10, 20]))
+    >>> f.balanced_accuracy, f.coherent(m).tolist()
+    (1.0, [True, True, False, False])
+    """
+    truth = np.asarray(coherence, float) >= cut
+    if truth.all() or not truth.any():
+        raise ValueError(f"the labelled answers need both classes around coherence {cut}")
+    d2, lp = measures.distinct2.to_numpy(float), measures.log_ppl.to_numpy(float)
+    ok = np.isfinite(d2) & np.isfinite(lp)
+    d2, lp, truth = d2[ok], lp[ok], truth[ok]
+    bs = np.unique(np.r_[lp, math.inf])
+    below = lp[:, None] <= bs[None, :]                       # [answers, perplexity floors]
+    best = (-1.0, 0.0, math.inf)
+    for a in np.unique(np.r_[d2, 0.0]):
+        pred = (d2 >= a)[:, None] & below
+        acc = 0.5 * (pred[truth].mean(0) + (~pred[~truth]).mean(0))   # balanced accuracy per floor
+        j = int(np.argmax(acc))
+        if acc[j] > best[0] + 1e-12:
+            best = (float(acc[j]), float(a), float(bs[j]))
+    return Floors(best[1], best[2], best[0], int(ok.sum()), cut)

@@ -279,6 +279,28 @@ def bootstrap_mean(values: Sequence[float] | np.ndarray, *, n_boot: int = 2000, 
     return bootstrap(lambda i: float(x[i[None]].mean()), x.size, n_boot=n_boot, seed=seed, level=level)
 
 
+def bootstrap_ratio(numer: Sequence[float] | np.ndarray, denom: Sequence[float] | np.ndarray, *,
+                    n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Bootstrap:
+    """Bootstrap of ``sum(numer) / sum(denom)`` resampling units (clusters): a rate pooled over
+    items that cluster in units, e.g. the share of jailbreaks blocked where each request is
+    answered under several wrappers (``numer[r]`` blocked of ``denom[r]`` answered for request
+    ``r``). Resamples whose denominator sums to 0 are undefined (dropped and counted).
+
+    >>> b = bootstrap_ratio([2, 0, 1], [2, 2, 1], n_boot=200)
+    >>> b.value, 0.0 <= b.ci[0] <= b.ci[1] <= 1.0
+    (0.6, True)
+    """
+    k, n = np.asarray(numer, float), np.asarray(denom, float)
+    if k.shape != n.shape or k.size == 0:
+        raise ValueError(f"bootstrap_ratio needs equal, non-empty numer and denom; got {k.shape} and {n.shape}")
+
+    def stat(i: Mapping[Any, np.ndarray]) -> float:
+        d = n[i[None]].sum()
+        return float(k[i[None]].sum() / d) if d > 0 else math.nan
+
+    return bootstrap(stat, k.size, n_boot=n_boot, seed=seed, level=level)
+
+
 def bootstrap_difference(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *,
                          n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Bootstrap:
     """Bootstrap of mean(x) − mean(y) for two independent groups of units (each resampled on its

@@ -256,66 +256,6 @@ def trait_wins(judge: Judge, steered: pd.DataFrame, base: pd.DataFrame, trait: s
     return pd.Series(judge_power.score_wins(scores, pairs), index=steered.index, name="win")
 
 
-def text_coherence(lm: LoadedModel, df: pd.DataFrame, batch_size: int = 16) -> pd.DataFrame:
-    """``distinct2`` and ``log_ppl`` (log-perplexity of the answer under ``lm``, given its
-    question) per row of a frame with ``question`` and ``answer``/``response`` columns."""
-    col = "answer" if "answer" in df.columns else "response"
-    ppl = textstats.perplexity(lm, list(zip(df.question, df[col], strict=True)), batch_size=batch_size)
-    return pd.DataFrame({"distinct2": [textstats.distinct(t, 2) for t in df[col]],
-                         "log_ppl": np.log(np.asarray(ppl, float))}, index=df.index)
-
-
-@dataclass(frozen=True)
-class Floors:
-    """Text-coherence floors fitted on labelled answers: coherent means ``distinct2 ≥
-    distinct2_min`` and ``log_ppl ≤ log_ppl_max``; ``balanced_accuracy`` is the rule's on the
-    gold labels (coherence ≥ ``cut`` vs below), ``n`` the labelled answers."""
-
-    distinct2_min: float
-    log_ppl_max: float
-    balanced_accuracy: float
-    n: int
-    cut: float = 50.0
-
-    def coherent(self, df: pd.DataFrame) -> pd.Series:
-        return (df.distinct2 >= self.distinct2_min) & (df.log_ppl <= self.log_ppl_max)
-
-
-def fit_floors(measures: pd.DataFrame, coherence: np.ndarray, cut: float = 50.0) -> Floors:
-    """The pair of floors (a grid over each measure's observed values) whose joint rule best
-    separates answers labelled coherent (``coherence ≥ cut``) from the rest, by balanced accuracy.
-
-    >>> m = pd.DataFrame({"distinct2": [1.0, 0.9, 0.3, 0.95], "log_ppl": [1.0, 1.2, 1.1, 6.0]})
-    >>> f = fit_floors(m, np.array([90, 80, 10, 20]))
-    >>> f.balanced_accuracy, f.coherent(m).tolist()
-    (1.0, [True, True, False, False])
-    """
-    truth = np.asarray(coherence, float) >= cut
-    if truth.all() or not truth.any():
-        raise ValueError(f"the labelled answers need both classes around coherence {cut}")
-    d2, lp = measures.distinct2.to_numpy(float), measures.log_ppl.to_numpy(float)
-    ok = np.isfinite(d2) & np.isfinite(lp)
-    d2, lp, truth = d2[ok], lp[ok], truth[ok]
-    bs = np.unique(np.r_[lp, math.inf])
-    below = lp[:, None] <= bs[None, :]                       # [answers, perplexity floors]
-    best = (-1.0, 0.0, math.inf)
-    for a in np.unique(np.r_[d2, 0.0]):
-        pred = (d2 >= a)[:, None] & below
-        acc = 0.5 * (pred[truth].mean(0) + (~pred[~truth]).mean(0))   # balanced accuracy per floor
-        j = int(np.argmax(acc))
-        if acc[j] > best[0] + 1e-12:
-            best = (float(acc[j]), float(a), float(bs[j]))
-    return Floors(best[1], best[2], best[0], int(ok.sum()), cut)
-
-
-def calibrate_floors(P: Params, lm: LoadedModel) -> tuple[Floors, pd.DataFrame]:
-    """Floors fitted on every gold set of ``P.gold_traits`` (both splits), and the gold rows with
-    their measures."""
-    gold = pd.concat([judge_power.load_gold(t) for t in P.gold_traits], ignore_index=True)
-    gold = gold.join(text_coherence(lm, gold, P.batch_size))
-    return fit_floors(gold[["distinct2", "log_ppl"]], gold.coherence.to_numpy()), gold
-
-
 # ----------------------------------------------------------------------------------------
 # Zones
 # ----------------------------------------------------------------------------------------
@@ -557,7 +497,7 @@ def control_seen(zones: pd.DataFrame) -> bool:
     return bool((zones.win_lo > 0.5).any())
 
 
-def record(P: Params, sep: pd.DataFrame, den: pd.DataFrame, floors: Floors, zones: pd.DataFrame,
+def record(P: Params, sep: pd.DataFrame, den: pd.DataFrame, floors: textstats.Floors, zones: pd.DataFrame,
            cur: pd.DataFrame, trend: pd.DataFrame, n_layers: int) -> records.ResultRecord:
     """The report's result record.
 
@@ -606,7 +546,7 @@ def record(P: Params, sep: pd.DataFrame, den: pd.DataFrame, floors: Floors, zone
                                         "trend": trend}, params=asdict(P))
 
 
-def conclusions(sep: pd.DataFrame, den: pd.DataFrame, floors: Floors, zones: pd.DataFrame, cur: pd.DataFrame,
+def conclusions(sep: pd.DataFrame, den: pd.DataFrame, floors: textstats.Floors, zones: pd.DataFrame, cur: pd.DataFrame,
                 trend: pd.DataFrame, P: Params) -> list[str]:
     """Plain-language findings, each number from the tables above."""
     out = [f"Coherence rule (distinct-2 ≥ {floors.distinct2_min:.2f} and log-perplexity ≤ {floors.log_ppl_max:.2f}): "
