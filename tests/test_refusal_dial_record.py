@@ -74,3 +74,65 @@ def test_refusal_dial_record():
                          q.unit, q.n, q.ci, q.tolerance, q.tolerance_rule) for q in rec.quantities), claims=rec.claims)
     problems = records.compare(rec, moved)
     assert len(problems) == 1 and problems[0].startswith("refusal_dial.slope.harmful.learned:"), problems
+
+
+def _two_layer_sweep(gains: dict[int, float], n: int = 30) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    base = rng.normal(0.0, 1.0, n)
+    rows = [{"set": "HARMFUL", "prompt": i, "layer": layer, "direction": "learned", "alpha": a,
+             "score": base[i] + g * a + 0.05 * rng.normal()}
+            for layer, g in gains.items() for a in ALPHAS for i in range(n)]
+    df = pd.DataFrame(rows)
+    df["kind"] = "learned"
+    df["refused"] = df.score > 0.0
+    return df
+
+
+def test_layer_differences_are_paired_slope_differences_with_intervals():
+    P = rd.Params(alphas=ALPHAS, gen_alphas=ALPHAS, xstest_gen_alphas=[0.0], n_boot=300)
+    d = rd.layer_differences(_two_layer_sweep({4: 1.0, 8: 0.5}), P)
+    [r] = d.itertuples()
+    assert r.layers == "L4 − L8" and r.difference == pytest.approx(0.5, abs=0.02)
+    assert r.lo < r.difference < r.hi and r.differ
+    same = rd.layer_differences(_two_layer_sweep({4: 1.0, 8: 1.0}), P)
+    assert not same["differ"].any()
+    # per-prompt slopes: the mean of per-prompt slopes equals the slope of the mean curve
+    sl = rd.prompt_slopes(_two_layer_sweep({4: 1.0, 8: 0.5}), "HARMFUL", "learned")
+    assert sl.shape == (30, 2) and sl[8].mean() == pytest.approx(0.5, abs=0.02)
+
+
+def test_transition_interpolates_the_crossings():
+    cur = pd.DataFrame({"set": "HARMFUL", "layer": 3, "kind": "learned", "direction": "learned",
+                        "alpha": [-1.0, 0.0, 1.0, 2.0], "rate": [0.0, 0.2, 0.6, 1.0]})
+    [r] = rd.transition(cur).itertuples()
+    # 10%: halfway between −1 (0.0) and 0 (0.2); 50%: 0 + 0.3/0.4; 90%: 1 + 0.3/0.4
+    assert (r.a10, r.a50, r.a90) == pytest.approx((-0.5, 0.75, 1.75))
+    assert r.monotone and r.at_min == 0.0 and r.at_max == 1.0
+    flat = rd.transition(cur.assign(rate=0.05))
+    assert np.isnan(flat.a50.iloc[0]) and flat.monotone.iloc[0]
+
+
+def test_generated_rates_pool_random_directions_and_feed_the_verdicts():
+    P = rd.Params(alphas=ALPHAS, n_random=8, gen_alphas=[-2.0, 0.0, 2.0], xstest_gen_alphas=[0.0],
+                  xstest_random_alphas=[0.0], random_gen_alphas=[0.0, 2.0], gen_random=2, n_boot=200)
+    rows = []
+    for i in range(20):
+        for name, grid in {"learned": [-2.0, 0.0, 2.0], "holdout": [-2.0, 0.0, 2.0],
+                           "random_0": [0.0, 2.0], "random_1": [0.0, 2.0]}.items():
+            for a in grid:
+                refused = (a > 0 and not name.startswith("random")) or (a == 0 and i < 10) \
+                    or (name.startswith("random") and i < 10)
+                rows.append({"set": "HARMFUL", "prompt": i, "direction": name, "alpha": a, "refused": refused,
+                             "dir_kind": "random" if name.startswith("random") else name})
+    gen = pd.DataFrame(rows)
+    gr = rd.gen_rates(gen).set_index(["set", "dir_kind", "alpha"])
+    assert gr.loc[("HARMFUL", "learned", 2.0), "rate"] == 1.0 and gr.loc[("HARMFUL", "learned", -2.0), "rate"] == 0.0
+    r = gr.loc[("HARMFUL", "random", 2.0)]
+    assert r.n == 40 and r.n_dirs == 2 and r.rate == 0.5
+    sw = _sweep(20, P.n_random, gain=1.0)
+    sep = rd.separation(rd.curves(sw))
+    v = rd.verdicts(rd.curves(sw), sep, 5, None, gen)
+    assert v["holds here"].iloc[0] and "generated 0% [0%, 16%] (α=-2) → 50%" in v["our numbers"].iloc[0]
+    assert "2 random 50%" in v["our numbers"].iloc[1]
+    rec = rd.record(P, None, _sets(20), 5, 5, sw, sep, _xgen(), gen)
+    assert rec["gen.harmful.random.alpha_2"].n == 40 and rec["gen.harmful.learned.alpha_m2"].value == 0.0

@@ -47,7 +47,9 @@ class Params:
     harmful_sources: list[str] = field(default_factory=lambda: ["advbench", "harmbench_test",
                                                                "jailbreakbench", "strongreject"])
     n_harmful: int = 64
-    n_edge_xstest: int = 60
+    n_edge_xstest: int = 0
+    """XSTest safe prompts added to EDGE. 0 (the default): the direction never sees XSTest, which
+    the XSTest section then evaluates."""
     n_xstest: int | None = None
     n_patch_pairs: int = 16
     patch_sites: list[str] = field(default_factory=lambda: ["resid_pre", "attn_out", "mlp_out"])
@@ -56,11 +58,18 @@ class Params:
     steer_layers: list[int] | None = None
     layer_offsets: list[int] = field(default_factory=lambda: [-3, 0, 3])
     top_frac: float = 0.25
-    alphas: list[float] = field(default_factory=lambda: [-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0])
+    alphas: list[float] = field(default_factory=lambda: [-4.0, -3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5,
+                                                         2.0, 3.0, 4.0])
     n_random: int = 20
     xstest_random_alphas: list[float] = field(default_factory=lambda: [-2.0, 0.0, 2.0])
-    gen_alphas: list[float] = field(default_factory=lambda: [-2.0, 0.0, 2.0])
-    xstest_gen_alphas: list[float] = field(default_factory=lambda: [0.0, 2.0])
+    gen_alphas: list[float] = field(default_factory=lambda: [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0])
+    """Generation (learned and holdout directions, main layer): steps ≤ 0.5 through the transition."""
+    gen_random: int = 5
+    """Random directions (norm-matched) also answered in generation, at ``random_gen_alphas``."""
+    random_gen_alphas: list[float] = field(default_factory=lambda: [-2.0, 0.0, 2.0])
+    xstest_gen_direction: str = "holdout"
+    """The direction XSTest is generated with (``holdout`` never saw the EDGE-holdout half)."""
+    xstest_gen_alphas: list[float] = field(default_factory=lambda: [-1.0, 0.0, 1.0])
     max_new_tokens: int = 24
     full_refusal_chars: int = 60
     refusal_openings: list[str] = field(default_factory=lambda: ["I", "As", "Sorry", "Unfortunately"])
@@ -69,11 +78,12 @@ class Params:
     batch_size: int = 16
     gen_batch_size: int = 48
     max_rows: int = 512
+    n_boot: int = 2000
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("n_harmful", "n_patch_pairs", "n_random", "max_new_tokens", "batch_size",
-                     "gen_batch_size", "max_rows"):
+                     "gen_batch_size", "max_rows", "n_boot"):
             if getattr(self, name) < 1:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_xstest is not None and self.n_xstest < 2:
@@ -86,7 +96,13 @@ class Params:
         bad = [s for s in self.patch_sites if s not in SITE_NAMES]
         if bad or not self.patch_sites:
             raise ParamError(f"unknown patch sites {bad}; choose from {', '.join(SITE_NAMES)}")
-        for name in ("alphas", "gen_alphas", "xstest_gen_alphas", "xstest_random_alphas"):
+        if not 0 <= self.gen_random <= self.n_random:
+            raise ParamError(f"gen_random must be in 0..n_random ({self.n_random}), got {self.gen_random}")
+        if self.xstest_gen_direction not in ("learned", "holdout"):
+            raise ParamError(f"xstest_gen_direction must be 'learned' or 'holdout', got {self.xstest_gen_direction!r}")
+        if sorted(set(self.alphas)) != list(self.alphas):
+            raise ParamError(f"alphas must increase without repeats, got {self.alphas}")
+        for name in ("alphas", "gen_alphas", "xstest_gen_alphas", "xstest_random_alphas", "random_gen_alphas"):
             grid = getattr(self, name)
             if 0.0 not in grid:
                 raise ParamError(f"{name} = {grid} has no 0; the unsteered baseline must be on the grid")
@@ -300,9 +316,12 @@ def separation(c: pd.DataFrame) -> pd.DataFrame:
 
 
 def generations(model: LoadedModel, prompts: list[data.Prompt], dirs: dict[str, torch.Tensor],
-                alphas: list[float], layer: int, p: Params, set_name: str) -> pd.DataFrame:
-    """Greedy continuations at each (direction, alpha), with their refusal kind."""
-    conds = [(name, a) for name, v in dirs.items() for a in alphas]
+                alphas: list[float] | dict[str, list[float]], layer: int, p: Params, set_name: str) -> pd.DataFrame:
+    """Greedy continuations at each (direction, alpha), with their refusal kind; ``alphas`` is one
+    grid for every direction or a grid per direction name. Conditions with the same delta (every
+    alpha = 0) are generated once."""
+    grid = alphas if isinstance(alphas, dict) else {name: alphas for name in dirs}
+    conds = [(name, a) for name in dirs for a in grid[name]]
     deltas, inverse = torch.unique(torch.stack([a * dirs[name] for name, a in conds]), dim=0,
                                    return_inverse=True)  # alpha = 0 once, not once per direction
     distinct = generate(model, encode(model, prompts), max_new_tokens=p.max_new_tokens, layer=layer,
@@ -316,7 +335,75 @@ def generations(model: LoadedModel, prompts: list[data.Prompt], dirs: dict[str, 
                          "direction": name, "alpha": a, "text": t, "kind": refusal_kind(t, p)})
     df = pd.DataFrame(rows)
     df["refused"] = df.kind != "compliance"
+    df["dir_kind"] = np.where(df.direction.str.startswith("random"), "random", df.direction)
     return df
+
+
+def gen_rates(gen: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Generated refusal rate (any refusal, full or partial) per (set, dir_kind, alpha) or ``by``,
+    with a Wilson 95% interval over the prompts (random directions pooled: each prompt answers
+    each random direction, so their interval is narrower than their prompts warrant; ``n_dirs``
+    says how many are pooled)."""
+    from ..uncertainty import wilson
+
+    by = by or ["set", "dir_kind", "alpha"]
+    rows = []
+    for key, g in gen.groupby(by, sort=True):
+        k, n = int(g.refused.sum()), len(g)
+        lo, hi = wilson(k, n)
+        rows.append({**dict(zip(by, key, strict=True)), "n": n, "n_dirs": g.direction.nunique(),
+                     "rate": k / n, "lo": lo, "hi": hi})
+    return pd.DataFrame(rows)
+
+
+def transition(cur: pd.DataFrame, value: str = "rate") -> pd.DataFrame:
+    """The curve's shape per (set, layer, learned/holdout direction): ``value`` at the lowest
+    and highest alpha, whether it is monotone, and the alphas where it first crosses 10%, 50% and
+    90% (linear interpolation between grid points; NaN when it never does) — the width of the
+    transition is ``a90 − a10``."""
+    rows = []
+    for (set_name, layer, direction), g in cur[cur.kind != "random"].groupby(["set", "layer", "direction"]):
+        g = g.sort_values("alpha")
+        a, y = g.alpha.to_numpy(float), g[value].to_numpy(float)
+        row = {"set": set_name, "layer": layer, "direction": direction, "at_min": y[0], "at_max": y[-1],
+               "monotone": bool(np.all(np.diff(y) >= -1e-12))}
+        for q in (0.1, 0.5, 0.9):
+            up = np.nonzero((y[:-1] < q) & (y[1:] >= q))[0]
+            if len(up):
+                i = up[0]
+                row[f"a{int(100 * q)}"] = float(a[i] + (q - y[i]) * (a[i + 1] - a[i]) / (y[i + 1] - y[i]))
+            else:
+                row[f"a{int(100 * q)}"] = float(a[0]) if y[0] >= q else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def prompt_slopes(sw: pd.DataFrame, set_name: str, direction: str) -> pd.DataFrame:
+    """Per-prompt least-squares slope of the logit score against alpha: prompts × layers."""
+    g = sw[(sw["set"] == set_name) & (sw.direction == direction)]
+    rows = {}
+    for (layer, prompt), d in g.groupby(["layer", "prompt"]):
+        rows[(prompt, layer)] = float(np.polyfit(d.alpha, d.score, 1)[0])
+    return pd.Series(rows).unstack()
+
+
+def layer_differences(sw: pd.DataFrame, p: Params, set_name: str = "HARMFUL", direction: str = "learned"
+                      ) -> pd.DataFrame:
+    """Every pair of steering layers: mean slope of one minus the other, paired over prompts,
+    with a bootstrap 95% interval resampling prompts."""
+    from ..uncertainty import bootstrap
+
+    sl = prompt_slopes(sw, set_name, direction)
+    layers = list(sl.columns)
+    rows = []
+    for i, a in enumerate(layers):
+        for b in layers[i + 1:]:
+            d = (sl[a] - sl[b]).to_numpy(float)
+            bs = bootstrap(lambda idx, d=d: float(d[idx[None]].mean()), len(d), n_boot=p.n_boot, seed=p.seed)
+            rows.append({"layers": f"L{a} − L{b}", "a": a, "b": b, "slope_a": float(sl[a].mean()),
+                         "slope_b": float(sl[b].mean()), "difference": bs.value, "lo": bs.ci[0], "hi": bs.ci[1],
+                         "differ": bool(bs.ci[0] > 0 or bs.ci[1] < 0)})
+    return pd.DataFrame(rows)
 
 
 def pareto_points(xs: pd.DataFrame) -> pd.DataFrame:
@@ -325,8 +412,14 @@ def pareto_points(xs: pd.DataFrame) -> pd.DataFrame:
     return g.rename(columns={"unsafe": "harmful", "safe": "benign"}).reset_index()
 
 
-def verdicts(c: pd.DataFrame, sep: pd.DataFrame, main_layer: int) -> pd.DataFrame:
-    """The seed's four conclusions, each checked against this run's numbers."""
+def verdicts(c: pd.DataFrame, sep: pd.DataFrame, main_layer: int, ldiff: pd.DataFrame | None = None,
+             gen: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The seed's four conclusions, each checked against this run's numbers: the logit refusal
+    rates along the learned direction (and, given ``gen``, the generated refusal rates with the
+    random directions beside them); z of the slopes against random directions; the EDGE and
+    HARMFUL rates; and, given ``ldiff`` (``layer_differences``), whether some pair of layers
+    differs in slope with a bootstrap interval that excludes 0 (else only that all slopes are
+    positive, which cannot show a difference)."""
     rows = []
     learned = c[(c.kind == "learned")]
     lo, hi = learned.alpha.min(), learned.alpha.max()
@@ -338,20 +431,41 @@ def verdicts(c: pd.DataFrame, sep: pd.DataFrame, main_layer: int) -> pd.DataFram
     h_lo, h0, h_hi = (rate("HARMFUL", main_layer, a) for a in (lo, 0.0, hi))
     e_lo, e0, e_hi = (rate("EDGE-holdout", main_layer, a) for a in (lo, 0.0, hi))
     ok1 = h_hi > h0 > h_lo or (h_hi >= h0 >= h_lo and h_hi > h_lo)
-    rows.append((SEED_CONCLUSIONS[0], ok1, f"layer {main_layer}: HARMFUL logit refusal rate "
-                 f"{h_lo:.0%} (α={lo:g}) → {h0:.0%} (α=0) → {h_hi:.0%} (α={hi:g})"))
+    text1 = (f"layer {main_layer}: HARMFUL logit refusal rate "
+             f"{h_lo:.0%} (α={lo:g}) → {h0:.0%} (α=0) → {h_hi:.0%} (α={hi:g})")
+    text2_gen = ""
+    if gen is not None and len(gen):
+        r = gen_rates(gen[gen["set"] == "HARMFUL"]).set_index(["dir_kind", "alpha"])
+        ga = sorted(gen[gen.dir_kind == "learned"].alpha.unique())
+        if "learned" in r.index.get_level_values(0) and len(ga) > 1:
+            a_lo, a_hi = ga[0], ga[-1]
+            x = {a: r.loc[("learned", a)] for a in (a_lo, 0.0, a_hi) if ("learned", a) in r.index}
+            text1 += "; generated " + " → ".join(f"{v.rate:.0%} [{v.lo:.0%}, {v.hi:.0%}] (α={a:g})" for a, v in x.items())
+            # the ends' intervals apart, the baseline between them (a ceiling at α = 0 allowed)
+            ok1 = ok1 and x[a_hi].lo > x[a_lo].hi and x[a_hi].rate >= x[0.0].rate >= x[a_lo].rate
+            if ("random", a_hi) in r.index:
+                v = r.loc[("random", a_hi)]
+                text2_gen = (f"; generated at α={a_hi:g}: learned {x[a_hi].rate:.0%} vs {int(v.n_dirs)} random "
+                             f"{v.rate:.0%} [{v.lo:.0%}, {v.hi:.0%}]")
+    rows.append((SEED_CONCLUSIONS[0], ok1, text1))
     s = sep[(sep.layer == main_layer) & (sep.direction.isin(["learned", "holdout"]))]
     ok2 = bool(len(s)) and bool((s.z_vs_random > 3).all())
     rows.append((SEED_CONCLUSIONS[1], ok2, "; ".join(
         f"{r.set} {r.direction}: slope {r.slope:.2f} vs random {r.random_slope_mean:.2f}±{r.random_slope_sd:.2f} "
-        f"(z={r.z_vs_random:.1f})" for _, r in s.iterrows())))
+        f"(z={r.z_vs_random:.1f})" for _, r in s.iterrows()) + text2_gen))
     ok3 = e_hi > e0 and h_hi > h0
     rows.append((SEED_CONCLUSIONS[2], ok3, f"EDGE-holdout rate {e0:.0%} → {e_hi:.0%} and HARMFUL "
                  f"{h0:.0%} → {h_hi:.0%} at α={hi:g}"))
     sl = sep[(sep.direction == "learned") & (sep["set"] == "HARMFUL")].set_index("layer").slope
-    ok4 = bool((sl > 0).all()) and len(sl) > 1
-    rows.append((SEED_CONCLUSIONS[3], ok4, "HARMFUL slopes by layer: " + ", ".join(
-        f"L{k}: {v:.2f}" for k, v in sl.items())))
+    positive = bool((sl > 0).all()) and len(sl) > 1
+    text4 = "HARMFUL slopes by layer: " + ", ".join(f"L{k}: {v:.2f}" for k, v in sl.items())
+    if ldiff is not None and len(ldiff):
+        ok4 = positive and bool(ldiff["differ"].any())
+        text4 += "; differences (prompts bootstrapped): " + ", ".join(
+            f"{r.layers} {r.difference:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" for _, r in ldiff.iterrows())
+    else:
+        ok4 = positive
+    rows.append((SEED_CONCLUSIONS[3], ok4, text4))
     return pd.DataFrame(rows, columns=["seed conclusion", "holds here", "our numbers"])
 
 
@@ -372,7 +486,8 @@ def _slope_se(sw: pd.DataFrame, set_name: str, layer: int, direction: str) -> tu
 
 
 def record(P: Params, lm: LoadedModel | None, sets: Sets, peak: int, main: int, sw: pd.DataFrame,
-           sep: pd.DataFrame, xgen: pd.DataFrame):
+           sep: pd.DataFrame, xgen: pd.DataFrame, gen: pd.DataFrame | None = None,
+           ldiff: pd.DataFrame | None = None):
     """The report's result record: the logit refusal rates along the learned direction's alpha
     sweep, slopes and their z against random directions, XSTest over-refusal; one claim per seed
     conclusion, with the verdicts of ``verdicts`` passed through ``records.decide``.
@@ -390,6 +505,10 @@ def record(P: Params, lm: LoadedModel | None, sets: Sets, peak: int, main: int, 
       small-sample statistics).
     - ``xstest_safe_full_refusal``: a rate over the safe XSTest prompts (phrase match on greedy
       answers at alpha = 0), one item flipping.
+    - ``gen.<set>.<learned|holdout|random>.<alpha>``: generated refusal rates (any refusal) over the
+      set's prompts (× random directions), one item; Wilson CI.
+    - ``xstest_gen.<safe|unsafe>.<alpha>``: the same on XSTest with ``xstest_gen_direction``.
+    - ``layer_diff.L<a>_L<b>``: a difference of mean per-prompt slopes, SE from its bootstrap, k = 2.
     """
     from .. import records
 
@@ -421,8 +540,21 @@ def record(P: Params, lm: LoadedModel | None, sets: Sets, peak: int, main: int, 
     safe0 = xgen[(xgen.label == "safe") & (xgen.alpha == 0.0)]
     if len(safe0):
         qs.append(records.rate("xstest_safe_full_refusal", float(safe0.kind.eq("full").mean()), n=len(safe0)))
+    if gen is not None and len(gen):
+        for _, r in gen_rates(gen).iterrows():
+            slug = {"HARMFUL": "harmful", "EDGE-holdout": "edge_holdout"}.get(r["set"], str(r["set"]).lower())
+            qs.append(records.rate(f"gen.{slug}.{r.dir_kind}.{_alpha_tag(r.alpha)}", r.rate, n=int(r.n),
+                                   ci=(r.lo, r.hi)))
+    if len(xgen) and "dir_kind" in xgen.columns:
+        for _, r in gen_rates(xgen, ["label", "alpha"]).iterrows():
+            qs.append(records.rate(f"xstest_gen.{r.label}.{_alpha_tag(r.alpha)}", r.rate, n=int(r.n), ci=(r.lo, r.hi)))
+    if ldiff is not None:
+        for _, r in ldiff.iterrows():
+            se = (r.hi - r.lo) / 3.92 if np.isfinite(r.hi - r.lo) and r.hi > r.lo else abs(r.difference)
+            qs.append(records.estimate(f"layer_diff.L{r.a}_L{r.b}", r.difference, se=se, n=len(sets.harmful),
+                                       unit="logit score per alpha", k=2, ci=(r.lo, r.hi)))
 
-    v = verdicts(cur, sep, main)
+    v = verdicts(cur, sep, main, ldiff, gen)
     n_layers = sep[sep.direction == "learned"].layer.nunique()
     ids = ("steering_works", "not_any_vector", "global_dial", "layers_differ")
     quantity = (f"rate.harmful.{_alpha_tag(hi)}", "z.edge_holdout.holdout", f"rate.edge_holdout.{_alpha_tag(hi)}", None)
@@ -436,4 +568,5 @@ def record(P: Params, lm: LoadedModel | None, sets: Sets, peak: int, main: int, 
                                     row["our numbers"], verdict, why, quantity=qname if qname in names else None))
     return records.ResultRecord("refusal_dial", model=lm.spec if lm is not None else "", quantities=tuple(qs),
                                 claims=tuple(claims),
-                                tables={"curves": cur, "separation": sep, "verdicts": v})
+                                tables={"curves": cur, "separation": sep, "verdicts": v,
+                                        **({"layer_differences": ldiff} if ldiff is not None else {})})
