@@ -120,8 +120,7 @@ from traitlab.uncertainty import parse_ci  # noqa: E402
 
 fig, ax = plt.subplots(figsize=(1.6 * len(tab.columns) + 2, 0.45 * len(tab) + 1.2), constrained_layout=True)
 sns.heatmap(tab, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="rocket_r", ax=ax, cbar_kws={"label": "refusal %"})
-ax.set_xlabel("condition")
-ax.set_ylabel("")
+_ = ax.set(xlabel="condition", ylabel="")
 
 # %% [markdown]
 # ## Jailbreaks blocked, and the price
@@ -155,7 +154,7 @@ ax.set_yticks(y, blk.index)
 ax.invert_yaxis()
 ax.set_xlim(-2, 102)
 ax.set_xlabel("% of answered jailbreaks (benign: % of benign prompts)")
-ax.legend(loc="lower right", fontsize=8)
+_ = ax.legend(loc="lower right", fontsize=8)
 
 # %% [markdown]
 # ### Example answers (first request, each wrapper kind)

@@ -250,7 +250,7 @@ for ax, (set_name, g) in zip(axes, gr.groupby("set", sort=False), strict=False):
     ax.set_title(f"{set_name}, layer {main}", fontsize=9)
     ax.set_xlabel("alpha")
 axes[0].set_ylabel("generated refusal rate")
-axes[0].legend(fontsize=8)
+_ = axes[0].legend(fontsize=8)
 
 # %% [markdown]
 # ## 7. XSTest: over-refusal by category
