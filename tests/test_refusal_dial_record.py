@@ -96,6 +96,8 @@ def test_layer_differences_are_paired_slope_differences_with_intervals():
     assert r.lo < r.difference < r.hi and r.differ
     same = rd.layer_differences(_two_layer_sweep({4: 1.0, 8: 1.0}), P)
     assert not same["differ"].any()
+    one = rd.layer_differences(_two_layer_sweep({4: 1.0}), P)     # one layer: an empty table, same columns
+    assert one.empty and list(one.columns) == list(d.columns)
     # per-prompt slopes: the mean of per-prompt slopes equals the slope of the mean curve
     sl = rd.prompt_slopes(_two_layer_sweep({4: 1.0, 8: 0.5}), "HARMFUL", "learned")
     assert sl.shape == (30, 2) and sl[8].mean() == pytest.approx(0.5, abs=0.02)

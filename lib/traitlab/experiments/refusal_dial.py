@@ -403,7 +403,7 @@ def layer_differences(sw: pd.DataFrame, p: Params, set_name: str = "HARMFUL", di
             rows.append({"layers": f"L{a} − L{b}", "a": a, "b": b, "slope_a": float(sl[a].mean()),
                          "slope_b": float(sl[b].mean()), "difference": bs.value, "lo": bs.ci[0], "hi": bs.ci[1],
                          "differ": bool(bs.ci[0] > 0 or bs.ci[1] < 0)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["layers", "a", "b", "slope_a", "slope_b", "difference", "lo", "hi", "differ"])
 
 
 def pareto_points(xs: pd.DataFrame) -> pd.DataFrame:
