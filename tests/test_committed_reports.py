@@ -24,7 +24,7 @@ STALE: dict[str, str] = {
     "model_chain": _SLOW.format("~30 min of SFT/DPO training"),
     "sft_dpo_transfer": _SLOW.format("the chain plus > 1 h of judged generation"),
     "metrics_vs_steering": _SLOW.format("~1 h of judged generation"),
-    "refusal_dial": _SLOW.format("~1 h"),
+    "refusal_dial": _SLOW.format("> 1.5 h at the fine alpha grid (its generations are not cached yet)"),
     "refusal_dial.qwen2.5-coder-1.5b": _SLOW.format("~1.5 h"),
 }
 """Reports rendered before result records existed, each with why it has not been re-rendered yet
