@@ -66,10 +66,20 @@ def log_odds(logits: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
     return (lp - torch.log1p(-lp.exp().clamp(max=1 - 1e-12))).float()
 
 
+def _head(text: str, window: int) -> str:
+    """The part of an answer the phrase rule reads: its first ``window`` characters, lower-cased,
+    typographic apostrophes made plain."""
+    return text[:window].lower().replace("’", "'")
+
+
 def is_refusal(text: str, phrases: Sequence[str] = DEFAULT_PHRASES, window: int = 160) -> bool:
     """True when one of ``phrases`` occurs in the first ``window`` characters of ``text``."""
-    head = text[:window].lower().replace("’", "'")
+    head = _head(text, window)
     return any(p in head for p in phrases)
+
+
+def _predict(answers: Sequence[str], phrases: Sequence[str], window: int) -> np.ndarray:
+    return np.array([is_refusal(t, phrases, window) for t in answers], bool)
 
 
 # ---- validation against labelled answers ---------------------------------------------------
@@ -150,7 +160,7 @@ def validate(labels: pd.DataFrame, phrases: Sequence[str] = DEFAULT_PHRASES, win
     from .uncertainty import bootstrap, wilson
 
     truth = labels.refusal.to_numpy(bool)
-    pred = np.array([is_refusal(t, phrases, window) for t in labels.answer], bool)
+    pred = _predict(labels.answer, phrases, window)
     if truth.all() or not truth.any():
         raise ValueError("validating a refusal rule needs answers labelled refusal and answers labelled not")
 
@@ -172,7 +182,7 @@ def phrase_table(labels: pd.DataFrame, phrases: Sequence[str] = DEFAULT_PHRASES,
     >>> phrase_table(lab, ["as an ai", "i cannot"]).loc["as an ai"].tolist()
     [1, 0, 1, 1]
     """
-    heads = [t[:window].lower().replace("’", "'") for t in labels.answer]
+    heads = [_head(t, window) for t in labels.answer]
     fires = np.array([[p in h for p in phrases] for h in heads], bool).reshape(len(heads), len(phrases))
     truth = labels.refusal.to_numpy(bool)
     alone = fires & (fires.sum(1, keepdims=True) == 1)
@@ -218,8 +228,7 @@ def select_phrases(tune: pd.DataFrame, heldout: pd.DataFrame,
         return tuple(candidates), "no candidate misfires on the tune split"
 
     def agree(ph: Sequence[str]) -> float:
-        return float(np.mean([is_refusal(a, ph, window) == r for a, r in zip(heldout.answer, heldout.refusal,
-                                                                           strict=True)]))
+        return float((_predict(heldout.answer, ph, window) == heldout.refusal.to_numpy(bool)).mean())
 
     dropped = ", ".join(repr(p) for p in candidates if p not in pruned)
     a, b = agree(pruned), agree(candidates)

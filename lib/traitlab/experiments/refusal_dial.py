@@ -391,15 +391,14 @@ def layer_differences(sw: pd.DataFrame, p: Params, set_name: str = "HARMFUL", di
                       ) -> pd.DataFrame:
     """Every pair of steering layers: mean slope of one minus the other, paired over prompts,
     with a bootstrap 95% interval resampling prompts."""
-    from ..uncertainty import bootstrap
+    from ..uncertainty import bootstrap_mean
 
     sl = prompt_slopes(sw, set_name, direction)
     layers = list(sl.columns)
     rows = []
     for i, a in enumerate(layers):
         for b in layers[i + 1:]:
-            d = (sl[a] - sl[b]).to_numpy(float)
-            bs = bootstrap(lambda idx, d=d: float(d[idx[None]].mean()), len(d), n_boot=p.n_boot, seed=p.seed)
+            bs = bootstrap_mean((sl[a] - sl[b]).to_numpy(float), n_boot=p.n_boot, seed=p.seed)
             rows.append({"layers": f"L{a} − L{b}", "a": a, "b": b, "slope_a": float(sl[a].mean()),
                          "slope_b": float(sl[b].mean()), "difference": bs.value, "lo": bs.ci[0], "hi": bs.ci[1],
                          "differ": bool(bs.ci[0] > 0 or bs.ci[1] < 0)})
