@@ -138,3 +138,45 @@ def test_generated_rates_pool_random_directions_and_feed_the_verdicts():
     assert "2 random 50%" in v["our numbers"].iloc[1]
     rec = rd.record(P, None, _sets(20), 5, 5, sw, sep, _xgen(), gen)
     assert rec["gen.harmful.random.alpha_2"].n == 40 and rec["gen.harmful.learned.alpha_m2"].value == 0.0
+
+
+def test_dial_generations_are_cached_per_delta_and_resume(tmp_cache, monkeypatch):
+    """The dial's answers equal one uncached ``steering.generate`` call, are stored per distinct
+    delta (alpha = 0 once), and a rerun after an interruption only generates what is missing."""
+    import torch
+
+    from traitlab import steering
+    from traitlab.models import load_model
+
+    m = load_model("tiny-llama")
+    P = rd.Params(max_new_tokens=3, gen_batch_size=4)
+    prompts = [Prompt(t, "test") for t in ("Hello there", "How do I bake bread?", "Hi")]
+    torch.manual_seed(0)
+    dirs = {"a": torch.randn(m.d_model), "b": torch.randn(m.d_model)}
+    grid = {"a": [-1.0, 0.0, 1.0], "b": [0.0, 2.0]}
+    calls = []
+    real = rd.generate
+
+    def counting(model, examples, **kw):
+        calls.append(len(kw["deltas"]))
+        return real(model, examples, **kw)
+
+    monkeypatch.setattr(rd, "generate", counting)
+    first = rd.generations(m, prompts, dirs, grid, 1, P, "S")
+    assert sum(calls) == 4 and len(list(tmp_cache.rglob("*.json"))) == 4  # 5 conditions, alpha 0 shared
+    deltas = torch.stack([-dirs["a"], torch.zeros(m.d_model), dirs["a"], 2 * dirs["b"]])
+    ref = steering.generate(m, rd.encode(m, prompts), max_new_tokens=3, layer=1, deltas=deltas, batch_size=4)
+    got = first.set_index(["prompt", "direction", "alpha"]).text
+    for i in range(3):
+        assert [got[(i, "a", -1.0)], got[(i, "a", 0.0)], got[(i, "a", 1.0)], got[(i, "b", 2.0)]] == ref[i]
+        assert got[(i, "b", 0.0)] == got[(i, "a", 0.0)]
+    # an interrupted run: two entries lost; the rerun generates only those and answers the same
+    files = sorted(tmp_cache.rglob("*.json"))
+    files[0].unlink()
+    files[1].unlink()
+    calls.clear()
+    again = rd.generations(m, prompts, dirs, grid, 1, P, "S")
+    assert sum(calls) == 2 and again.equals(first)
+    calls.clear()
+    rd.generations(m, prompts, dirs, grid, 0, P, "S")  # another layer: nothing reused
+    assert sum(calls) == 4

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,11 +40,10 @@ import pandas as pd
 import torch
 
 from . import uncertainty
-from .atomic import read_json, stable_hash, write_json
 from .chat import Encoded
+from .gencache import generate_cached
 from .judge import Judge
 from .models import LoadedModel
-from .paths import cache_dir
 from .sites import Site
 from .steering import Positions, Sampling, Steer, generate_steered_grid
 
@@ -119,23 +116,17 @@ def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequ
     keys = [c.key() for c in conditions]
     unique = {k: c for k, c in zip(keys, conditions, strict=True)}
     sampling = Sampling.parse(sampling)
-    store = cache and (sampling.greedy or sampling.seed is not None)  # an unseeded draw is not a result
-    paths = {k: _cache_path(model, examples, k, max_new_tokens=max_new_tokens, positions=positions,
-                            batch_size=batch_size, sampling=sampling) for k in unique} if store else {}
-    done = {}
-    for k, path in paths.items():
-        hit = _read_cached(path, len(examples))
-        if hit is not None:
-            done[k] = hit
-    todo = [k for k in unique if k not in done]
-    if todo:
-        texts = generate_steered_grid(model, examples, [list(unique[k].steers) for k in todo],
+
+    def run(conds: list[Condition]) -> list[list[str]]:
+        texts = generate_steered_grid(model, examples, [list(c.steers) for c in conds],
                                       max_new_tokens=max_new_tokens, positions=positions, batch_size=batch_size,
                                       sampling=sampling, progress=progress, desc=desc)
-        for k, ts in zip(todo, texts, strict=True):
-            done[k] = [t.strip() for t in ts]
-            if store:
-                write_json(paths[k], {"key": paths[k].stem, "texts": done[k]})
+        return [[t.strip() for t in ts] for ts in texts]
+
+    done = generate_cached(model, examples, unique, run, method=GENERATION_METHOD,
+                           store=cache and (sampling.greedy or sampling.seed is not None),  # unseeded: not a result
+                           max_new_tokens=max_new_tokens, positions=positions, batch_size=batch_size,
+                           sampling=None if sampling.greedy else asdict(sampling))
     rows = []
     records = prompts.to_dict("records")
     for c, k in zip(conditions, keys, strict=True):
@@ -145,32 +136,6 @@ def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequ
 
 GENERATION_METHOD = "grid-v1"
 """Version of the generation code; part of every cached generation's key."""
-
-
-def _cache_path(model: LoadedModel, examples: Sequence[Encoded], condition: str, **settings: Any) -> Path:
-    sampling = settings.pop("sampling")
-    key = stable_hash({"method": GENERATION_METHOD, "model": model.fingerprint, "dtype": model.dtype,
-                       "device": str(getattr(model, "device", None)), "prompts": [list(e.ids) for e in examples],
-                       "condition": condition, "sampling": None if sampling.greedy else asdict(sampling),
-                       **settings}, 32)
-    return cache_dir("generations") / key[:2] / f"{key}.json"
-
-
-def _read_cached(path: Path, n: int) -> list[str] | None:
-    """The cached answers at ``path``, or None (missing, or unreadable: then recomputed, with a
-    warning, never served)."""
-    if not path.exists():
-        return None
-    try:
-        d = read_json(path)
-        if (isinstance(d, dict) and d.get("key") == path.stem and isinstance(d.get("texts"), list)
-                and len(d["texts"]) == n and all(isinstance(t, str) for t in d["texts"])):
-            return d["texts"]
-        problem = "not a cached generation of these prompts"
-    except (OSError, ValueError) as err:
-        problem = f"{type(err).__name__}: {err}"
-    warnings.warn(f"generation cache entry {path} is unreadable ({problem}); generating again", stacklevel=3)
-    return None
 
 
 def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str] | Sequence[str] = ("trait",),

@@ -9,6 +9,7 @@ category and a Pareto view, (8) compare with the seed's conclusions.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import data
+from .. import data, gencache
 from ..activations import extract
 from ..models import LoadedModel, describe
 from ..params import ParamError
@@ -319,13 +320,25 @@ def generations(model: LoadedModel, prompts: list[data.Prompt], dirs: dict[str, 
                 alphas: list[float] | dict[str, list[float]], layer: int, p: Params, set_name: str) -> pd.DataFrame:
     """Greedy continuations at each (direction, alpha), with their refusal kind; ``alphas`` is one
     grid for every direction or a grid per direction name. Conditions with the same delta (every
-    alpha = 0) are generated once."""
+    alpha = 0) are generated once; each distinct delta's answers are cached
+    (``traitlab.gencache``) as soon as they exist, so an interrupted render resumes."""
     grid = alphas if isinstance(alphas, dict) else {name: alphas for name in dirs}
     conds = [(name, a) for name in dirs for a in grid[name]]
     deltas, inverse = torch.unique(torch.stack([a * dirs[name] for name, a in conds]), dim=0,
                                    return_inverse=True)  # alpha = 0 once, not once per direction
-    distinct = generate(model, encode(model, prompts), max_new_tokens=p.max_new_tokens, layer=layer,
-                        deltas=deltas, batch_size=p.gen_batch_size)
+    examples = encode(model, prompts)
+    keyed = {_delta_key(d): d for d in deltas}
+
+    def run(ds: list[torch.Tensor]) -> list[list[str]]:
+        out = generate(model, examples, max_new_tokens=p.max_new_tokens, layer=layer, deltas=torch.stack(ds),
+                       batch_size=p.gen_batch_size)
+        return [list(col) for col in zip(*out, strict=True)]
+
+    cached = gencache.generate_cached(model, examples, keyed, run, method=GENERATION_METHOD,
+                                      chunk=max(1, -(-p.gen_batch_size // len(examples))),
+                                      layer=layer, max_new_tokens=p.max_new_tokens, batch_size=p.gen_batch_size)
+    by_delta = list(cached.values())
+    distinct = [[by_delta[j][i] for j in range(len(by_delta))] for i in range(len(examples))]
     texts = [[row[j] for j in inverse.tolist()] for row in distinct]
     rows = []
     for i, x in enumerate(prompts):
@@ -337,6 +350,15 @@ def generations(model: LoadedModel, prompts: list[data.Prompt], dirs: dict[str, 
     df["refused"] = df.kind != "compliance"
     df["dir_kind"] = np.where(df.direction.str.startswith("random"), "random", df.direction)
     return df
+
+
+GENERATION_METHOD = "last-token-prefill-v1"
+"""Version of the dial's generation (the delta added at the prompt's last token in the prefill,
+``steering.generate``); part of every cached answer's key."""
+
+
+def _delta_key(delta: torch.Tensor) -> str:
+    return hashlib.sha256(delta.detach().to("cpu", torch.float64).numpy().tobytes()).hexdigest()
 
 
 def gen_rates(gen: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
