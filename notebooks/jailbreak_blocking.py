@@ -116,7 +116,6 @@ display(tab)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
-from traitlab.uncertainty import parse_ci  # noqa: E402
 
 fig, ax = plt.subplots(figsize=(1.6 * len(tab.columns) + 2, 0.45 * len(tab) + 1.2), constrained_layout=True)
 sns.heatmap(tab, annot=True, fmt=".0f", vmin=0, vmax=100, cmap="rocket_r", ax=ax, cbar_kws={"label": "refusal %"})
@@ -131,7 +130,7 @@ _ = ax.set(xlabel="condition", ylabel="")
 
 # %%
 blk = jb.blocked(answers, P)
-display(blk)
+display(blk.drop(columns=jb.NUMERIC_CI).round(1))
 
 # %% [markdown]
 # ### Against the random controls
@@ -143,7 +142,7 @@ display(vs[["minus_random_pts", "ci95"]])
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 0.5 * len(blk) + 1.2), constrained_layout=True)
-lo_hi = np.array([parse_ci(t) for t in blk.blocked_ci95], float)
+lo_hi = blk[["blocked_lo", "blocked_hi"]].to_numpy(float)
 y = np.arange(len(blk))
 ax.errorbar(blk.blocked_pct, y, xerr=[blk.blocked_pct - lo_hi[:, 0], lo_hi[:, 1] - blk.blocked_pct],
             fmt="o", color="C0", capsize=3, label="blocked (refused)")

@@ -170,7 +170,7 @@ def test_record_names_tolerances_and_verdicts():
     assert rec["classifier.sensitivity"].value == 0.5 and rec["classifier.sensitivity"].n == 2
     assert rec["n_wrapped"].value == 4 and rec["n_wrapped"].tolerance == 0
     b = rec["blocked.single_L3"]
-    assert b.value == pytest.approx(66.7) and b.n == 3 and b.tolerance == pytest.approx(100 / 3)
+    assert b.value == pytest.approx(200 / 3) and b.n == 3 and b.tolerance == pytest.approx(100 / 3)
     assert b.ci == (50.0, 100.0)
     assert rec["blocked.random_single_L3"].n == 6           # 3 answered × 2 seeds
     assert rec["refused.benign"].tolerance == pytest.approx(50.0)  # one of 2 benign prompts

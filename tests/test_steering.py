@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from traitlab import steering
 from traitlab.sites import Site, module_path, resolve
 from traitlab.steering import (
     Steer,
@@ -214,3 +215,19 @@ def test_generation_that_stops_early_still_returns_its_text():
     finally:
         m.hf.generation_config.eos_token_id = old
     assert out == [""] and t.tokens == [] and t.text == ""
+
+
+@pytest.mark.parametrize("batch_size", [2, 5, 64])
+def test_generate_shares_the_prompt_prefix_and_equals_the_full_prefill(tiny, batch_size):
+    """The dial's generation runs each prompt's prefix once and forks its KV cache across
+    conditions; greedy tokens equal running each full prompt per condition, at any batch size
+    (conditions split across batches when they exceed it), and the deltas do change the text."""
+    ex = [tiny.chat.encode(t) for t in ("Hello there", "How do I bake bread today?", "Hi", "Tell me a long story")]
+    g = torch.Generator().manual_seed(0)
+    deltas = 4 * torch.randn(5, tiny.d_model, generator=g)
+    deltas[0] = 0
+    shared = steering.generate(tiny, ex, max_new_tokens=4, layer=1, deltas=deltas, batch_size=batch_size)
+    full = steering._generate_full(tiny, ex, max_new_tokens=4, layer=1, deltas=deltas, batch_size=batch_size,
+                                   progress=False, sampling=steering.Sampling.parse(None))
+    assert shared == full
+    assert any(row[0] != row[c] for row in shared for c in range(1, 5))

@@ -129,6 +129,31 @@ def read_project_jsonl(*parts: str) -> list[dict]:
     return [rec for _, rec in read_jsonl(path)]
 
 
+def system_prompts() -> dict[str, dict[str, list[str]]]:
+    """trait → {"positive": [...], "negative": [...]}: paraphrased system prompts that ask for a
+    trait and for its opposite (``data/elicitation/instructions.jsonl``, one line per trait; a
+    single string counts as a list of one). The elicitation report fits vectors from the answers
+    they produce; the steering reports use them as the judge's positive control.
+
+    >>> sp = system_prompts()
+    >>> len(sp["optimism"]["positive"]) >= 5
+    True
+    """
+    path = project_data("elicitation", "instructions.jsonl")
+    if not path.exists():
+        raise DataError(f"{path} is missing; it ships with the repository (data/)")
+    out = {}
+    for n, r in read_jsonl(path, ["trait", "positive", "negative"]):
+        pols = {}
+        for pol in ("positive", "negative"):
+            v = [r[pol]] if isinstance(r[pol], str) else r[pol]
+            if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
+                raise DataError(f"{path}:{n}: {pol} must be a non-empty string or list of non-empty strings")
+            pols[pol] = list(v)
+        out[str(r["trait"])] = pols
+    return out
+
+
 def _traits_folder(folder: str | Path | None) -> Path:
     """The folder trait files are read from: ``folder`` (anywhere on disk) or ``data/traits``."""
     if folder is None:

@@ -14,6 +14,10 @@ fix to one step reaches all of them:
 - ``paired_effects``: per condition, the mean score against the unsteered answer *to the same
   prompt*, with a t-interval over prompts (the independent unit).
 
+And the judge's positive control for a trait: ``instructed_answers`` (the model answers under
+system prompts that ask for the trait and for its opposite) and ``polarity_effects`` (does the
+judge score the two sets apart, and by how much).
+
 Example (a tiny random model; real reports pass an offline model and a judge):
     >>> import pandas as pd, torch
     >>> from traitlab.models import load_model
@@ -132,6 +136,62 @@ def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequ
     for c, k in zip(conditions, keys, strict=True):
         rows += [{**dict(c.labels), **r, "answer": a} for r, a in zip(records, done[k], strict=True)]
     return pd.DataFrame(rows)
+
+
+def instructed_answers(model: LoadedModel, prompts: pd.DataFrame, system: Mapping[str, Sequence[str]], *,
+                       every: bool = False, text: str = "question", max_new_tokens: int, batch_size: int = 16,
+                       progress: bool = False, desc: str = "instructed") -> pd.DataFrame:
+    """Unsteered answers under system prompts, one set per polarity: ``system`` maps a polarity
+    (``"positive"``, ``"negative"``) to paraphrased system prompts. Prompt i is answered under
+    paraphrase i mod len (the same index for every polarity, so each prompt's answers are a
+    matched pair), or under every paraphrase with ``every``. Rows: the prompt's columns,
+    ``polarity``, ``prompt`` (the paraphrase's index) and ``answer``; cached like every generation.
+
+    >>> from traitlab.models import load_model
+    >>> m = load_model("tiny-llama")
+    >>> qs = pd.DataFrame({"question": ["Hi", "How are you?", "Why?"]})
+    >>> a = instructed_answers(m, qs, {"positive": ["Be glad.", "Be happy."], "negative": ["Be sad."]},
+    ...                        max_new_tokens=2)
+    >>> a[["polarity", "prompt"]].values.tolist()
+    [['positive', 0], ['positive', 1], ['positive', 0], ['negative', 0], ['negative', 0], ['negative', 0]]
+    """
+    if text not in prompts.columns:
+        raise KeyError(f"prompts have no {text!r} column (columns: {', '.join(map(str, prompts.columns))})")
+    rows = []
+    for pol, paraphrases in system.items():
+        if not paraphrases:
+            raise ValueError(f"no system prompts for polarity {pol!r}")
+        for i, r in enumerate(prompts.to_dict("records")):
+            ks = range(len(paraphrases)) if every else [i % len(paraphrases)]
+            rows += [{**r, "polarity": pol, "prompt": k} for k in ks]
+    df = pd.DataFrame(rows)
+    examples = [model.chat.encode(r[text], system=system[r["polarity"]][r["prompt"]]) for r in rows]
+    out = generate_answers(model, df.assign(_row=range(len(df))), [Condition.unsteered()], text="_row",
+                           encode=lambda i: examples[int(i)], max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, progress=progress, desc=desc)
+    return out.drop(columns="_row")
+
+
+def polarity_effects(judged: pd.DataFrame, *, by: Sequence[str] = ("trait",), value: str = "score",
+                     unit: str = "question") -> pd.DataFrame:
+    """Per group of ``by``: the mean ``value`` of the answers under the positive and the negative
+    system prompts (``instructed_answers``), their difference paired by ``unit`` with a 95%
+    t-interval and its minimum detectable effect (80% power); ``differ`` when the interval lies
+    above 0: the instructions change the answers *and* the reader (a judge) sees it, the judge's
+    positive control for the trait.
+
+    >>> df = pd.DataFrame({"trait": "t", "question": ["a", "a", "b", "b"],
+    ...                    "polarity": ["negative", "positive"] * 2, "score": [40.0, 70.0, 50.0, 70.0]})
+    >>> polarity_effects(df).loc["t", ["positive", "negative", "delta"]].tolist()
+    [70.0, 45.0, 25.0]
+    """
+    by = list(by)
+    e = paired_effects(judged, by=[*by, "polarity"], baseline=judged.polarity == "negative", within=by,
+                       unit=unit, value=value)
+    e = e.xs("positive", level="polarity")
+    return pd.DataFrame({"positive": e.steered, "negative": e.baseline, "delta": e.delta, "ci_lo": e.ci_lo,
+                         "ci_hi": e.ci_hi, "mde": [uncertainty.mde(se, n) for se, n in zip(e.se, e.n, strict=True)],
+                         "n": e.n, "differ": (e.n > 1) & (e.ci_lo > 0)}, index=e.index)
 
 
 GENERATION_METHOD = "grid-v1"

@@ -2,8 +2,8 @@
 
 - ``generate``: add one vector per condition to ``resid_pre@L`` at the last prompt token
   during the prefill pass only (the refusal-dial protocol; later tokens see the effect
-  through the KV cache). Prompts × conditions are generated together as one batch
-  (row = prompt × n_cond + condition), left-padded.
+  through the KV cache). Each prompt's prefix is run once and its KV cache shared by every
+  condition (row = prompt × n_cond + condition), left-padded.
 - ``generate_steered``: add ``Steer``s (a vector × coefficient at a site) at one or several
   sites at every generation step, at all positions or only response-producing ones. The
   additions live inside one nnsight trace per batch, so nothing stays on the model.
@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -179,8 +179,16 @@ def _gen_kwargs(model: LoadedModel, max_new_tokens: int, sampling: Sampling, bas
 def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens: int,
              layer: int | None = None, deltas: torch.Tensor | None = None, batch_size: int = 32,
              progress: bool = False, sampling: Sampling | None = None) -> list[list[str]]:
-    """Continuations ``out[prompt][condition]`` (greedy unless ``sampling`` says otherwise;
-    row ``prompt × n_cond + condition`` seeds its own stream); no steering when ``deltas`` is None."""
+    """Continuations ``out[prompt][condition]``: ``deltas[condition]`` added to ``resid_pre@layer``
+    at the prompt's last token in the prefill only (greedy unless ``sampling`` says otherwise;
+    row ``prompt × n_cond + condition`` seeds its own stream); no steering when ``deltas`` is None.
+
+    Every condition sees the same prompt up to its last token, so each prompt's prefix (all but
+    the last token) is run once, unsteered, and its KV cache is shared by all conditions; only
+    the last token (steered in one nnsight trace) and the decoding run per condition, ``batch_size``
+    rows at a time. Identical greedy tokens to running each full prompt per condition (tested),
+    up to float rounding in near-ties. Remote models, and prompts of one token, take that full path.
+    """
     sampling = Sampling.parse(sampling)
     if not examples:
         raise ValueError("no prompts to generate from")
@@ -191,6 +199,49 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
             raise ValueError(f"steering needs a layer in 0..{model.n_layers - 1}, got {layer}")
         if deltas.ndim != 2 or deltas.shape[1] != model.d_model:
             raise ValueError(f"deltas must be [conditions, {model.d_model}], got {tuple(deltas.shape)}")
+    if deltas is None or model.remote or min(len(e.ids) for e in examples) < 2:
+        return _generate_full(model, examples, max_new_tokens=max_new_tokens, layer=layer, deltas=deltas,
+                              batch_size=batch_size, progress=progress, sampling=sampling)
+    import copy
+
+    n_cond = len(deltas)
+    tok, hf = model.tokenizer, model.hf
+    envoy = resolve(model.lm, f"{layout(model.arch).layers}.{layer}")
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
+    per_prompt = max(1, batch_size // n_cond)  # prompts per batch; conditions split when they exceed it
+    per_cond = min(n_cond, max(1, batch_size // per_prompt))
+    texts: list[list[str]] = [[""] * n_cond for _ in examples]
+    base = sampling.base_seed()
+    jobs = [(order[k:k + per_prompt], list(range(c, min(c + per_cond, n_cond))))
+            for k in range(0, len(order), per_prompt) for c in range(0, n_cond, per_cond)]
+    prefix_of: tuple[tuple[int, ...], Any] | None = None
+    for idx, conds in tqdm(jobs, desc="generate", disable=not progress):
+        full = to_model(_pad_batch([examples[i] for i in idx], "left", tok.pad_token_id), model)
+        if prefix_of is None or prefix_of[0] != tuple(idx):  # one unsteered prefill per prompt batch
+            out = hf(input_ids=full["input_ids"][:, :-1], attention_mask=full["attention_mask"][:, :-1],
+                     position_ids=full["position_ids"][:, :-1], use_cache=True, logits_to_keep=1)
+            prefix_of = (tuple(idx), out.past_key_values)
+        cache = copy.deepcopy(prefix_of[1])
+        cache.batch_repeat_interleave(len(conds))  # row = prompt × len(conds) + condition
+        kwargs = {"input_ids": full["input_ids"].repeat_interleave(len(conds), 0),
+                  "attention_mask": full["attention_mask"].repeat_interleave(len(conds), 0)}
+        gen = _gen_kwargs(model, max_new_tokens, sampling, base, [i * n_cond + c for i in idx for c in conds])
+        add = deltas[conds].repeat(len(idx), 1)
+        with model.lm.generate(kwargs, past_key_values=cache, **gen) as tracer:
+            h = envoy.input
+            h[:, -1] += cast_like(add, h)  # the first forward runs only the last prompt token
+            ids = tracer.result.save()
+        new = tok.batch_decode(ids[:, kwargs["input_ids"].shape[1]:], skip_special_tokens=True)
+        for r, t in enumerate(new):
+            texts[idx[r // len(conds)]][conds[r % len(conds)]] = t
+    return texts
+
+
+@torch.no_grad()
+def _generate_full(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens: int,
+                   layer: int | None, deltas: torch.Tensor | None, batch_size: int, progress: bool,
+                   sampling: Sampling) -> list[list[str]]:
+    """``generate`` with the whole prompt run once per (prompt, condition) row."""
     n_cond = 1 if deltas is None else len(deltas)
     rows = [(i, c) for i in range(len(examples)) for c in range(n_cond)]
     order = sorted(range(len(rows)), key=lambda r: -len(examples[rows[r][0]].ids))

@@ -102,6 +102,27 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, mid - half), min(1.0, mid + half))
 
 
+def wilson_rates(df: Any, by: Sequence[str], value: str, *, sort: bool = True) -> Any:
+    """Share of True in boolean column ``value`` per group of ``by``, with a Wilson 95% interval
+    over the group's rows (each row an independent item): a DataFrame with the ``by`` columns,
+    ``n``, ``k``, ``rate``, ``lo`` and ``hi`` (fractions).
+
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"g": ["a", "a", "b"], "hit": [True, False, True]})
+    >>> wilson_rates(df, ["g"], "hit")[["g", "n", "k", "rate"]].values.tolist()
+    [['a', 2, 1, 0.5], ['b', 1, 1, 1.0]]
+    """
+    import pandas as pd
+
+    rows = []
+    for key, g in df.groupby(list(by), sort=sort):
+        k, n = int(g[value].sum()), len(g)
+        lo, hi = wilson(k, n)
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
+                     "n": n, "k": k, "rate": k / n, "lo": lo, "hi": hi})
+    return pd.DataFrame(rows, columns=[*by, "n", "k", "rate", "lo", "hi"])
+
+
 def correlation_se(r: float, n: int) -> float:
     """Approximate SE of a Pearson r over ``n`` independent pairs: (1 − r²)/√(n − 3); for a NaN r,
     the SE at r = 0.

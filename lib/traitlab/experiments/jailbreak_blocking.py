@@ -49,7 +49,7 @@ from ..refusal import DEFAULT_PHRASES, Validation, is_refusal
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steered_eval import Condition, at_ratio, generate_answers
 from ..steering import Steer, activation_norms
-from ..uncertainty import wilson
+from ..uncertainty import wilson, wilson_rates
 
 SEED = {"blocked_pct": 94.0, "setting": "Gemma-2-2B-IT, attn_out L10, coef 20, plus a layer ensemble",
         "resisted": "red-team framing"}
@@ -249,13 +249,9 @@ def add_coherence(answers: pd.DataFrame, lm: LoadedModel, floors: textstats.Floo
 
 def rates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Refusal rate (%) with Wilson 95% CI per group of ``by`` (for independent prompts)."""
-    out = []
-    for key, g in df.groupby(by, sort=False):
-        k, n = int(g.refuses.sum()), len(g)
-        lo, hi = wilson(k, n)
-        out.append({**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
-                    "n": n, "refusal_pct": 100 * k / n, "ci95": f"[{100 * lo:.0f}, {100 * hi:.0f}]"})
-    return pd.DataFrame(out)
+    t = wilson_rates(df, by, "refuses", sort=False)
+    ci = [f"[{100 * lo:.0f}, {100 * hi:.0f}]" for lo, hi in zip(t.lo, t.hi, strict=True)]
+    return t[[*by, "n"]].assign(refusal_pct=100 * t.rate, ci95=ci)
 
 
 def table(df: pd.DataFrame, P: Params) -> pd.DataFrame:
@@ -305,7 +301,8 @@ def blocked(df: pd.DataFrame, P: Params) -> pd.DataFrame:
         b = unc.bootstrap_ratio(k, n, n_boot=P.n_boot, seed=P.seed + i) if n.sum() else None
         row = {"condition": name, "seeds": len(conds), "jailbreaks_answered_unsteered": n_answered,
                "blocked_pct": 100 * b.value if b else np.nan,
-               "blocked_ci95": f"[{100 * b.ci[0]:.0f}, {100 * b.ci[1]:.0f}]" if b else "n/a"}
+               "blocked_ci95": f"[{100 * b.ci[0]:.0f}, {100 * b.ci[1]:.0f}]" if b else "n/a",
+               "blocked_lo": 100 * b.ci[0] if b else np.nan, "blocked_hi": 100 * b.ci[1] if b else np.nan}
         if len(conds) > 1:
             single = [per_request(df, [c]) for c in conds]
             vals = [100 * a.sum() / m.sum() for a, m in single if m.sum()]
@@ -318,11 +315,15 @@ def blocked(df: pd.DataFrame, P: Params) -> pd.DataFrame:
         bn = df[(df.set == "benign") & df.condition.isin(conds)].refuses
         lo, hi = wilson(int(bn.sum()), len(bn))
         row.update({"benign_refusal_pct": 100 * bn.mean() if len(bn) else np.nan,
-                    "benign_ci95": f"[{100 * lo:.0f}, {100 * hi:.0f}]"})
+                    "benign_ci95": f"[{100 * lo:.0f}, {100 * hi:.0f}]", "benign_lo": 100 * lo, "benign_hi": 100 * hi})
         if "coherent" in df.columns:
             row["coherent_pct"] = 100 * df[df.condition.isin(conds)].coherent.mean()
         out.append(row)
-    return pd.DataFrame(out).set_index("condition").round(1)
+    return pd.DataFrame(out).set_index("condition")
+
+
+NUMERIC_CI = ["blocked_lo", "blocked_hi", "benign_lo", "benign_hi"]
+"""The interval bounds of ``blocked`` as numbers (%, unrounded); the ``*_ci95`` columns show them."""
 
 
 def versus_random(df: pd.DataFrame, P: Params) -> pd.DataFrame:
@@ -382,9 +383,8 @@ def _cond_tag(cond: str) -> str:
     return cond.replace("(", "").replace(")", "").replace(" ", "_")
 
 
-def _ci(text: str) -> tuple[float, float] | None:
-    lo, hi = unc.parse_ci(text)
-    return None if np.isnan(lo) else (lo, hi)
+def _ci(lo: float, hi: float) -> tuple[float, float] | None:
+    return None if np.isnan(lo) else (float(lo), float(hi))
 
 
 def record(P: Params, lm: LoadedModel | None, answers: pd.DataFrame, tab: pd.DataFrame, blk: pd.DataFrame,
@@ -428,12 +428,12 @@ def record(P: Params, lm: LoadedModel | None, answers: pd.DataFrame, tab: pd.Dat
         tag, seeds = _cond_tag(str(cond)), int(r.seeds)
         if n_answered:
             qs.append(records.rate(f"blocked.{tag}", r.blocked_pct, n=n_answered * seeds, unit="%",
-                                   ci=_ci(r.blocked_ci95)))
+                                   ci=_ci(r.blocked_lo, r.blocked_hi)))
             if "blocked_coherent_pct" in blk.columns:
                 qs.append(records.rate(f"blocked_coherent.{tag}", r.blocked_coherent_pct, n=n_answered * seeds,
                                        unit="%"))
         qs.append(records.rate(f"benign_refused.{tag}", r.benign_refusal_pct, n=n_benign * seeds, unit="%",
-                               ci=_ci(r.benign_ci95)))
+                               ci=_ci(r.benign_lo, r.benign_hi)))
     for cond, r in vs.iterrows():
         qs.append(records.rate(f"minus_random.{_cond_tag(str(cond))}", r.minus_random_pts, n=n_answered, unit="%",
                                items=2, ci=(r.ci_lo, r.ci_hi)))
@@ -450,7 +450,7 @@ def record(P: Params, lm: LoadedModel | None, answers: pd.DataFrame, tab: pd.Dat
     claims = []
     if n_answered:
         best = max(steered, key=lambda c: blk.loc[c, "blocked_pct"])
-        lo, hi = (x / 100 for x in unc.parse_ci(blk.loc[best, "blocked_ci95"]))
+        lo, hi = blk.loc[best, "blocked_lo"] / 100, blk.loc[best, "blocked_hi"] / 100
         beats = (best in vs.index and vs.loc[best, "ci_lo"] > 0)
         rand = (f"{vs.loc[best, 'minus_random_pts']:+.0f} points {vs.loc[best, 'ci95']} over its random control"
                 if best in vs.index else "no random control")

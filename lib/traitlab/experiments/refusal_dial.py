@@ -26,6 +26,7 @@ from ..refusal import DEFAULT_PHRASES, is_refusal, log_odds, opening_token_ids
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steering import generate
 from ..sweep import multi_layer_sweep
+from ..uncertainty import wilson_rates
 
 XSTEST_BASELINES = pd.DataFrame(
     [("Llama-2-70b-chat", 38.0), ("GPT-4", 6.4), ("Mistral-7B-Instruct-v0.1", 0.8)],
@@ -352,7 +353,7 @@ def generations(model: LoadedModel, prompts: list[data.Prompt], dirs: dict[str, 
     return df
 
 
-GENERATION_METHOD = "last-token-prefill-v1"
+GENERATION_METHOD = "last-token-prefix-v2"
 """Version of the dial's generation (the delta added at the prompt's last token in the prefill,
 ``steering.generate``); part of every cached answer's key."""
 
@@ -366,16 +367,10 @@ def gen_rates(gen: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     with a Wilson 95% interval over the prompts (random directions pooled: each prompt answers
     each random direction, so their interval is narrower than their prompts warrant; ``n_dirs``
     says how many are pooled)."""
-    from ..uncertainty import wilson
-
     by = by or ["set", "dir_kind", "alpha"]
-    rows = []
-    for key, g in gen.groupby(by, sort=True):
-        k, n = int(g.refused.sum()), len(g)
-        lo, hi = wilson(k, n)
-        rows.append({**dict(zip(by, key, strict=True)), "n": n, "n_dirs": g.direction.nunique(),
-                     "rate": k / n, "lo": lo, "hi": hi})
-    return pd.DataFrame(rows)
+    out = wilson_rates(gen, by, "refused")
+    out.insert(len(by) + 1, "n_dirs", gen.groupby(by, sort=True).direction.nunique().to_numpy())
+    return out.drop(columns="k")
 
 
 def transition(cur: pd.DataFrame, value: str = "rate") -> pd.DataFrame:
