@@ -21,21 +21,30 @@
 # `site` of that layer on the response positions with coefficient `ratio` × the site's mean
 # activation norm (one perturbation ratio for every cell), and the held-out questions are
 # answered greedily. The judge scores the cell's trait (logprob method, 0–100); the steering
-# delta is the steered mean minus the unsteered mean.
+# delta is the steered mean minus the unsteered mean on the same question, with a t-interval over
+# questions. Coherence is read from the text (distinct-2 and perplexity floors fitted on the gold
+# sets).
+#
+# **First, can the judge read each trait?** The model answers the same questions under
+# paraphrased system prompts asking for the trait and for its opposite; if the judge cannot tell
+# those two sets apart, a trait's steering deltas say nothing and its nulls are inconclusive.
 
 # %% tags=["parameters"]
 model = "qwen2.5-coder-0.5b-instruct"
 revision = None
 dtype = "float32"
 traits = ["optimism", "formality", "humor"]
-layers = [4, 8, 12, 16, 20]
+layers = [4, 8, 12, 16, 20, 23]
 methods = ["probe", "mean_diff"]
 site = "resid_pre"
 ratio = 0.75
-n_questions = 6
+n_questions = 16
 max_new_tokens = 40
+late_frac = 0.75
+n_system_prompts = 5
+gold_traits = ["optimism", "uncertainty", "refusal"]
 judge_backend = "local"
-judge_model = "qwen2.5-coder-1.5b-instruct"
+judge_model = "qwen2.5-coder-0.5b-instruct"
 judge_base_url = None
 judge_api_key_env = "OPENAI_API_KEY"
 judge_offline = False
@@ -51,6 +60,7 @@ traits_dir = None
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+import numpy as np
 from IPython.display import display
 from traitlab import runinfo
 from traitlab.experiments import metrics_vs_steering as mvs
@@ -69,74 +79,112 @@ print(P.judge().config)
 
 # %% [markdown]
 # ## Measurement
-# Extraction metrics per cell, steered answers per cell (and one unsteered set), judge scores.
+# Extraction metrics per cell, steered answers per cell (and one unsteered set), the judge's
+# positive control, judge scores, and coherence from the text.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+from traitlab import judge_power, textstats  # noqa: E402
+
+judge = P.judge()
 metrics, vectors = mvs.fit_cells(P, lm, sites)
 answers = mvs.steer_cells(P, lm, vectors, qs)
-judged = mvs.judge_cells(P.judge(), answers)
+judged = mvs.judge_cells(judge, answers)
+instructed = mvs.instructed_control(P, lm, judge, qs)
+floors, _ = judge_power.calibrate_floors(lm, P.gold_traits, batch_size=P.batch_size)
+judged = judged.join(textstats.coherence_measures(lm, judged, batch_size=P.batch_size))
+judged["coherent"] = floors.coherent(judged)
+
+# %% [markdown]
+# ## 1. Can the judge read each trait?
+# Judge score of the answers under the positive and the negative system prompts (question i under
+# paraphrase i mod `n_system_prompts`), their difference paired by question with its 95%
+# t-interval and minimum detectable effect (MDE). `differ`: the judge reads the trait here.
+
+# %%
+control = mvs.control_effects(instructed, P.traits)
+display(control.round(2))
+print(f"Coherence floors: distinct-2 ≥ {floors.distinct2_min:.2f}, log-perplexity ≤ {floors.log_ppl_max:.2f} "
+      f"(balanced accuracy {100 * floors.balanced_accuracy:.0f}% on {floors.n} gold answers); unsteered answers "
+      f"coherent: {100 * judged[judged.method == 'baseline'].drop_duplicates('question').coherent.mean():.0f}%")
+
+# %% [markdown]
+# ## 2. The cells
+# Per cell: extraction metrics, the steering delta with its 95% interval and MDE, `steers` /
+# `wrong_way` when the interval lies above / below 0, and the share of coherent answers.
 
 # %%
 cells = mvs.deltas(metrics, judged)
 print(f"{len(cells)} cells ({len(P.traits)} traits × {len(P.layers)} layers × {len(P.methods)} methods), "
       f"{len(qs)} questions each; unscored answers: {int(judged.score.isna().sum())}")
-display(cells.round(3))
-
-# %% [markdown]
-# ## Which metric predicts the steering delta?
-
-# %%
-corr = mvs.correlations(cells, judged, P)
-display(corr.round(3))
+display(cells.drop(columns=["polarity_correct"], errors="ignore").round(3))
 
 # %%
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+fig, axes = plt.subplots(1, len(P.traits), figsize=(4.4 * len(P.traits), 3.4), sharey=True, constrained_layout=True)
+axes = [axes] if len(P.traits) == 1 else axes
+for ax, (t, g) in zip(axes, cells.groupby("trait", sort=False), strict=True):
+    for j, (m, h) in enumerate(g.groupby("method", sort=False)):
+        h = h.sort_values("layer")
+        ax.errorbar(h.layer + 0.3 * (j - 0.5), h.delta, yerr=[h.delta - h.ci_lo, h.ci_hi - h.delta], marker="o",
+                    capsize=3, color=f"C{j}", label=m)
+    if np.isfinite(control.loc[t, "delta"]):
+        ax.axhline(control.loc[t, "delta"], color="C2", ls="--", lw=1, label="instructed difference")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set(title=t, xlabel="layer")
+axes[0].set_ylabel("steering delta (judge points)")
+_ = axes[0].legend(fontsize=8)
+
+# %% [markdown]
+# ## 3. Which metric predicts the steering delta?
+# Pearson r over cells, pooled and within each trait, with a 95% bootstrap interval over
+# questions and the smallest |r| detectable over that many cells (`r_mde`).
+
+# %%
+corr = mvs.correlations(cells, judged, P)
+display(corr.drop(columns="r_ci95").round(3))
+
+# %%
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
 for ax, m in zip(axes, mvs.METRICS, strict=True):
     sns.scatterplot(cells, x=m, y="delta", hue="trait", style="method", ax=ax)
     ax.axhline(0, color="0.6", lw=0.8)
-    ax.set_title(f"r = {corr.loc[m, 'pearson_r']:.2f}")
+    ax.set_title(f"pooled r = {corr.loc[('pooled', m), 'pearson_r']:.2f}")
     ax.legend().set_visible(ax is axes[0])
 
 # %% [markdown]
-# ## Best extraction layer vs best steering layer
+# ## 4. Best extraction layer vs best steering layer
 
 # %%
 best = mvs.best_layers(cells)
 display(best.round(3))
 
-# %%
-fig, ax = plt.subplots(figsize=(7, 3.4), constrained_layout=True)
-sns.lineplot(cells, x="layer", y="delta", hue="trait", style="method", marker="o", ax=ax)
-ax.axhline(0, color="0.6", lw=0.8)
-ax.set_ylabel("steering delta (judge points)")
-
 # %% [markdown]
 # ## Conclusions (computed from this run)
 
 # %%
-for line in mvs.conclusions(corr, best, cells):
+for line in mvs.conclusions(corr, best, cells, control):
     print("•", line)
 
 # %% [markdown]
 # ## Result record
 
 # %% tags=["record"]
-from traitlab import records  # noqa: E402
+from traitlab import directions, records, vectors  # noqa: E402
 
-record = mvs.record(P, cells, corr, best, judged)
+record = mvs.record(P, cells, corr, best, judged, control, lm.n_layers)
 records.publish(record.with_run(**runinfo.run_record(P, lm)))
-from traitlab import directions, vectors  # noqa: E402
-
 vectors.publish_vectors(directions.fitted(), model=lm, params=P)  # the vectors this report used
 display(records.verdict_table(record))
 
 # %% [markdown]
 # ## Caveats
 # - One perturbation ratio for every cell; a per-cell coefficient search could change the ranking.
-# - The judge scores only the trait, not coherence: a delta can come from degraded text the judge
-#   reads as the trait. Its trait calibration was measured for optimism only (judge_calibration).
-# - Cells share traits and layers; bootstrap CIs over cells are optimistic.
+# - The judge's trait calibration on gold answers covers optimism only (judge_calibration); for
+#   formality and humor the only evidence that it reads the trait is the instructed control above.
+# - Coherence is measured, not used to filter: a delta can still come from degraded text the judge
+#   reads as the trait (see each cell's `coherent`).
+# - Cells share traits and layers; the question bootstrap moves a trait's cells together, but a
+#   correlation over 12 cells of one trait has little power (`r_mde`).

@@ -29,20 +29,35 @@ def test_deltas_correlations_and_best_layers_are_exact():
     cells = mvs.deltas(_metrics(), _judged())
     # paired by question: layer 8 scored only q0 (50 vs its baseline 40), so its delta is +10
     assert cells.set_index("layer").delta.to_dict() == {4: 25.0, 8: 10.0, 12: -15.0}
-    corr = mvs.correlations(cells, _judged(), mvs.Params(n_boot=50))
-    assert corr.loc["effect_size", "pearson_r"] == pytest.approx(np.corrcoef([3, 1, 0.5], [25, 10, -15])[0, 1])
-    assert corr.loc["val_accuracy", "spearman_rho"] == pytest.approx(-1.0)
+    assert cells.set_index("layer").n.to_dict() == {4: 2, 8: 1, 12: 2}
+    assert cells.set_index("layer").wrong_way.to_dict() == {4: False, 8: False, 12: False}  # two questions, wide
+    corr = mvs.correlations(cells, _judged(), mvs.Params(traits=["optimism"], n_boot=50))
+    assert list(corr.index.get_level_values("scope").unique()) == ["pooled"]  # one trait: no within-trait rows
+    assert corr.loc[("pooled", "effect_size"), "pearson_r"] == pytest.approx(np.corrcoef([3, 1, 0.5], [25, 10, -15])[0, 1])
+    assert corr.loc[("pooled", "val_accuracy"), "spearman_rho"] == pytest.approx(-1.0)
     best = mvs.best_layers(cells)
     r = best.loc[("optimism", "probe")]
     assert r.best_extraction_layer == 12 and r.best_steering_layer == 4 and not r.same
-    lines = mvs.conclusions(corr, best, cells)
-    assert "holds here (r +0.89 vs -0.94)" in lines[1] and "1/1" in lines[2]
-    # an effect-size r whose CI reaches 0 does not support the claim, whatever accuracy's r is
     weak = corr.copy()
-    weak.loc["effect_size", ["pearson_r", "r_ci95"]] = [0.05, "[-0.77, 0.71]"]
-    weak.loc["val_accuracy", "pearson_r"] = -0.05
+    weak.loc[("pooled", "effect_size"), ["pearson_r", "r_lo", "r_ci95"]] = [0.05, -0.77, "[-0.77, 0.71]"]
+    weak.loc[("pooled", "val_accuracy"), "pearson_r"] = -0.05
+    # an effect-size r whose CI reaches 0 does not support the claim, whatever accuracy's r is
     assert "is not supported" in mvs.conclusions(weak, best, cells)[1]
-    assert "optimism L12 probe 95% Δ-15.0" in lines[3]
+    strong = corr.copy()
+    strong.loc[("pooled", "effect_size"), "r_lo"] = 0.5
+    lines = mvs.conclusions(strong, best, cells)
+    assert "holds here (r +0.89 vs -0.94)" in lines[1] and "1/1" in lines[2]
+    assert "with ≥90% accuracy and an interval below 0 (steering the wrong way): 0/3" in lines[3]
+
+
+def test_wrong_way_needs_an_interval_below_zero():
+    cells = _cells()
+    cells.loc[cells.layer == 5, "delta"] = -8.0  # accurate (0.90), negative on every question
+    judged = _judged_for(cells, spread=1.0)
+    got = mvs.deltas(cells.drop(columns="delta"), judged).set_index(["trait", "layer"])
+    assert got.loc[("optimism", 5), "wrong_way"] and got.loc[("optimism", 5), "ci_hi"] < 0
+    noisy = mvs.deltas(cells.drop(columns="delta"), _judged_for(cells, spread=60.0)).set_index(["trait", "layer"])
+    assert not noisy.loc[("optimism", 5), "wrong_way"]  # same mean, interval spans 0
 
 
 def test_cells_grid():
@@ -101,8 +116,8 @@ def test_correlation_ci_resamples_questions_not_cells():
     12 cells; the same cells on noisy questions: a wider CI around the same r."""
     cells = _cells()
     P = mvs.Params(traits=["optimism", "formality"], layers=list(range(6)), methods=["probe"], n_boot=300)
-    tight = mvs.correlations(cells, _judged_for(cells, spread=0.5), P).loc["effect_size"]
-    wide = mvs.correlations(cells, _judged_for(cells, spread=30.0), P).loc["effect_size"]
+    tight = mvs.correlations(cells, _judged_for(cells, spread=0.5), P).loc[("pooled", "effect_size")]
+    wide = mvs.correlations(cells, _judged_for(cells, spread=30.0), P).loc[("pooled", "effect_size")]
     assert tight.pearson_r == pytest.approx(wide.pearson_r)
     (tl, th), (wl, wh) = (tuple(map(float, x.strip("[]").split(","))) for x in (tight.r_ci95, wide.r_ci95))
     assert th - tl < 0.01 < wh - wl
@@ -112,13 +127,14 @@ def test_record_quantities_claims_and_golden_check():
     from traitlab import records
 
     P = mvs.Params(traits=["optimism", "formality"], layers=list(range(6)), methods=["probe"], n_boot=200)
-    cells = _cells()
-    judged = _judged_for(cells)
+    judged = _judged_for(_cells())
+    cells = mvs.deltas(_cells().drop(columns="delta"), judged)
     corr, best = mvs.correlations(cells, judged, P), mvs.best_layers(cells)
     rec = mvs.record(P, cells, corr, best, judged)
     assert rec["n_cells"].value == 12 and rec["n_cells"].tolerance == 0
     r = rec["effect_size_r"]
-    assert r.value == pytest.approx(corr.loc["effect_size", "pearson_r"])
+    assert r.value == pytest.approx(corr.loc[("pooled", "effect_size"), "pearson_r"])
+    assert rec["optimism.effect_size_r"].value == pytest.approx(corr.loc[("optimism", "effect_size"), "pearson_r"])
     assert r.tolerance == pytest.approx(max(3 * (1 - r.value ** 2) / 3, 3e-3))  # 3 × (1 − r²)/√(12 − 3)
     assert rec["best_layer_differs"].value == 1.0 and rec["best_layer_differs"].tolerance == pytest.approx(0.5)
     v = {c.id: c.verdict for c in rec.claims}
@@ -127,9 +143,48 @@ def test_record_quantities_claims_and_golden_check():
     # the delta unrelated to any metric, 12 cells: power for the seed's r = 0.898, so not held
     flat = _cells(noise=0.0).assign(delta=lambda d: np.where(d.layer % 2 == 0, 1.0, -1.0) * (1 + d.layer % 3))
     jflat = _judged_for(flat)
-    rec2 = mvs.record(P, flat, mvs.correlations(flat, jflat, P), mvs.best_layers(flat), jflat)
+    flat = mvs.deltas(flat.drop(columns="delta"), jflat)
+    corr2, best2 = mvs.correlations(flat, jflat, P), mvs.best_layers(flat)
+    seen = mvs.control_effects(_control({"optimism": 30.0, "formality": 20.0}), P.traits)
+    rec2 = mvs.record(P, flat, corr2, best2, jflat, seen)
     assert {c.id: c.verdict for c in rec2.claims}["effect_size_predicts"] == "not held"
+    # the same null without a positive control: the deltas may be judge noise
+    blind = {c.id: c for c in mvs.record(P, flat, corr2, best2, jflat).claims}["effect_size_predicts"]
+    assert blind.verdict == "inconclusive" and "positive control" in blind.reason
     assert records.compare(rec, rec) == []
     problems = records.compare(rec, rec2)
     assert any(p.startswith("metrics_vs_steering.effect_size_r:") for p in problems)
     assert not any(p.startswith("metrics_vs_steering.mean_val_accuracy:") for p in problems)
+
+
+def _control(deltas: dict[str, float], sd: float = 2.0, n: int = 8) -> pd.DataFrame:
+    rows = []
+    for t, d in deltas.items():
+        for i in range(n):
+            e = sd * (1 if i % 2 else -1)
+            rows += [{"trait": t, "question": f"q{i}", "polarity": "negative", "prompt": 0, "answer": "", "score": 40.0},
+                     {"trait": t, "question": f"q{i}", "polarity": "positive", "prompt": 0, "answer": "",
+                      "score": 40.0 + d + e}]
+    return pd.DataFrame(rows)
+
+
+def test_late_layer_trap_needs_power_and_a_readable_judge():
+    """No late accurate cell steers the wrong way: 'not held' only where such a cell could detect
+    the seed's −10.6 on a trait whose positive control the judge separates; else inconclusive."""
+    P = mvs.Params(traits=["optimism", "formality"], layers=list(range(6)), methods=["probe"], n_boot=100)
+    judged = _judged_for(_cells(), spread=1.0)
+    cells = mvs.deltas(_cells().drop(columns="delta"), judged)
+    cells.loc[cells.layer == 5, "val_accuracy"] = 0.95  # the late layer is accurate
+    corr, best = mvs.correlations(cells, judged, P), mvs.best_layers(cells)
+    seen = mvs.control_effects(_control({"optimism": 30.0, "formality": 20.0}), P.traits)
+    assert seen.differ.all() and seen.loc["optimism", "delta"] == pytest.approx(30.0)
+    rec = mvs.record(P, cells, corr, best, judged, seen, n_layers=6)  # late: layers ≥ 4.5 → 5
+    c = {c.id: c for c in rec.claims}["late_layer_trap"]
+    assert c.verdict == "not held" and "could detect" in c.reason
+    assert rec["control.optimism"].value == pytest.approx(30.0)
+    blind = mvs.control_effects(_control({"optimism": 0.0, "formality": 0.0}, sd=5.0), P.traits)
+    assert not blind.differ.any()
+    c = {c.id: c for c in mvs.record(P, cells, corr, best, judged, blind, n_layers=6).claims}["late_layer_trap"]
+    assert c.verdict == "inconclusive"
+    none = mvs.control_effects(_control({}), P.traits)
+    assert none.delta.isna().all() and not none.differ.any()

@@ -189,7 +189,7 @@ def polarity_effects(judged: pd.DataFrame, *, by: Sequence[str] = ("trait",), va
     e = paired_effects(judged, by=[*by, "polarity"], baseline=judged.polarity == "negative", within=by,
                        unit=unit, value=value)
     e = e.xs("positive", level="polarity")
-    return pd.DataFrame({"positive": e.steered, "negative": e.baseline, "delta": e.delta, "ci_lo": e.ci_lo,
+    return pd.DataFrame({"positive": e.steered, "negative": e.baseline, "delta": e.delta, "se": e.se, "ci_lo": e.ci_lo,
                          "ci_hi": e.ci_hi, "mde": [uncertainty.mde(se, n) for se, n in zip(e.se, e.n, strict=True)],
                          "n": e.n, "differ": (e.n > 1) & (e.ci_lo > 0)}, index=e.index)
 

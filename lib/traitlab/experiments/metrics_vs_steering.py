@@ -5,9 +5,16 @@ held-out pairs (accuracy, Cohen's d effect size, AUROC; ``traitlab.metrics``), a
 delta it causes: the judge's mean trait score over held-out questions when the unit direction
 is added at ``site`` (response positions, coefficient = ``ratio`` × the site's mean activation
 norm), minus the unsteered answers' mean trait score. Across cells we correlate each metric
-with the delta (Pearson and Spearman over cells; bootstrap CIs over questions, resampled within
-trait, which is what the deltas are measured on), and compare the best
-extraction layer with the best steering layer per trait.
+with the delta (Pearson and Spearman over cells, pooled and within each trait; bootstrap CIs
+over questions, resampled within trait, which is what the deltas are measured on), and compare
+the best extraction layer with the best steering layer per trait.
+
+Each cell's delta carries a t-interval over questions (a cell "steers the wrong way" only when
+it lies below 0) and the share of its answers that are coherent by their text (distinct-2 and
+perplexity floors fitted on the gold sets). Before any of this, the judge's positive control per
+trait: the model answers the same questions under system prompts asking for the trait and for
+its opposite (``data.system_prompts``); a trait whose two sets the judge cannot tell apart has
+deltas that say nothing, and its nulls are inconclusive.
 
 Example:
     >>> len(Params(traits=["optimism"], layers=[4, 8], methods=["probe"]).cells())
@@ -29,9 +36,10 @@ from scipy import stats
 from .. import records
 from .. import uncertainty as unc
 from ..activations import extract
-from ..data import load_trait, opinion_questions
+from ..data import load_trait, opinion_questions, system_prompts
 from ..directions import METHODS, fit_direction
 from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
+from ..judge_power import load_gold
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
@@ -40,8 +48,10 @@ from ..steered_eval import (
     Condition,
     at_ratio,
     generate_answers,
+    instructed_answers,
     judge_answers,
     paired_effects,
+    polarity_effects,
     unit_matrix,
 )
 from ..steering import activation_norms
@@ -59,14 +69,20 @@ class Params:
     revision: str | None = None
     dtype: str = "float32"
     traits: list[str] = field(default_factory=lambda: ["optimism", "formality", "humor"])
-    layers: list[int] = field(default_factory=lambda: [4, 8, 12, 16, 20])
+    layers: list[int] = field(default_factory=lambda: [4, 8, 12, 16, 20, 23])
     methods: list[str] = field(default_factory=lambda: ["probe", "mean_diff"])
     site: str = "resid_pre"
     ratio: float = 0.75
-    n_questions: int = 6
+    n_questions: int = 16
     max_new_tokens: int = 40
+    late_frac: float = 0.75
+    """Layers at or past this fraction of the depth are "late" (the seed's trap was at L25 of 26)."""
+    n_system_prompts: int = 5
+    """Paraphrased system prompts per polarity in the judge's positive control (0: no control)."""
+    gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
+    """Gold sets whose coherence labels fit the text-coherence floors."""
     judge_backend: Literal["local", "openai"] = "local"
-    judge_model: str = "qwen2.5-coder-1.5b-instruct"
+    judge_model: str = "qwen2.5-coder-0.5b-instruct"
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_offline: bool = False
@@ -93,6 +109,10 @@ class Params:
             raise ParamError(f"ratio must be > 0, got {self.ratio}")
         if self.n_questions < 2:
             raise ParamError(f"n_questions must be >= 2, got {self.n_questions}")
+        if not 0 < self.late_frac <= 1:
+            raise ParamError(f"late_frac must be in (0, 1], got {self.late_frac}")
+        if self.n_system_prompts < 0:
+            raise ParamError(f"n_system_prompts must be >= 0, got {self.n_system_prompts}")
         for name in ("max_new_tokens", "batch_size", "n_boot"):
             if getattr(self, name) < 1:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -111,6 +131,8 @@ class Params:
             raise ParamError(str(err)) from None
         for t in self.traits:
             load_trait(t, folder=traits_folder(self.traits_dir))
+        for t in self.gold_traits:
+            load_gold(t)
         if self.judge_backend == "local":
             describe(self.judge_model)
         return sites
@@ -159,21 +181,60 @@ def judge_cells(judge: Judge, answers: pd.DataFrame, progress: bool = True) -> p
     return judge_answers(judge, answers, {"trait": "score"}, progress=progress)
 
 
+def instructed_control(P: Params, lm: LoadedModel, judge: Judge, questions: pd.DataFrame,
+                       progress: bool = True) -> pd.DataFrame:
+    """The judge's positive control: per trait with system prompts, the answers to ``questions``
+    under the first ``n_system_prompts`` paraphrases asking for the trait and for its opposite
+    (question i under paraphrase i mod n), each judged for that trait (``score``). Empty when
+    ``n_system_prompts`` is 0 or no trait has system prompts."""
+    known = system_prompts() if P.n_system_prompts else {}
+    parts = []
+    for t in P.traits:
+        if t not in known:
+            continue
+        sysp = {pol: ps[:P.n_system_prompts] for pol, ps in known[t].items()}
+        a = instructed_answers(lm, questions[["question"]], sysp, max_new_tokens=P.max_new_tokens,
+                               batch_size=P.batch_size, progress=progress, desc=f"instructed {t}")
+        parts.append(judge_answers(judge, a.assign(trait=t), {"trait": "score"}, progress=progress))
+    cols = ["question", "polarity", "prompt", "answer", "trait", "score"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def control_effects(instructed: pd.DataFrame, traits: list[str]) -> pd.DataFrame:
+    """Per trait: the judged difference between the positive- and negative-instructed answers
+    (``steered_eval.polarity_effects``); a trait without a control has NaNs and ``differ`` False."""
+    e = polarity_effects(instructed) if len(instructed) else pd.DataFrame()
+    return e.reindex(traits).assign(differ=lambda d: d.differ.fillna(False).astype(bool)) if len(e) else \
+        pd.DataFrame({"delta": np.nan, "se": np.nan, "ci_lo": np.nan, "ci_hi": np.nan, "mde": np.nan, "n": 0,
+                      "differ": False},
+                     index=pd.Index(traits, name="trait"))
+
+
 def deltas(metrics: pd.DataFrame, judged: pd.DataFrame) -> pd.DataFrame:
     """Per cell: steered mean trait score, the trait's unsteered mean over the same questions, and
-    the paired delta (with its SE over questions); joined to the metrics."""
+    the paired delta with its SE, 95% t-interval and minimum detectable effect over questions;
+    ``wrong_way`` / ``steers`` when the interval lies below / above 0; and, when the answers carry
+    a ``coherent`` column, the share of the cell's answers that are coherent. Joined to the metrics."""
     eff = paired_effects(judged, by=["trait", "layer", "method"], baseline=judged.method == "baseline",
                          within=["trait"])
-    df = eff[["steered", "baseline", "delta", "se"]].rename(columns={"se": "delta_se"}).reset_index()
-    return metrics.merge(df, on=["trait", "layer", "method"])
+    df = eff[["steered", "baseline", "delta", "se", "ci_lo", "ci_hi", "n"]].rename(columns={"se": "delta_se"})
+    df["mde"] = [unc.mde(se, n) for se, n in zip(df.delta_se, df.n, strict=True)]
+    df["wrong_way"] = (df.n > 1) & (df.ci_hi < 0)
+    df["steers"] = (df.n > 1) & (df.ci_lo > 0)
+    if "coherent" in judged.columns:
+        coh = judged[judged.method != "baseline"].groupby(["trait", "layer", "method"]).coherent.mean()
+        df["coherent"] = coh.reindex(df.index)
+    return metrics.merge(df.reset_index(), on=["trait", "layer", "method"])
 
 
 def _question_bootstrap(cells: pd.DataFrame, judged: pd.DataFrame, P: Params,
                         stat: Callable[[pd.DataFrame, np.ndarray], float]) -> unc.Bootstrap:
     """Bootstrap of ``stat(cells, deltas)`` over questions, resampled within trait: each draw
     recomputes every cell's paired delta from the resampled questions (cells of one trait share
-    its questions, so they move together), while the extraction metrics stay as measured."""
+    its questions, so they move together), while the extraction metrics stay as measured. Only
+    the traits of ``cells`` are resampled."""
     d = cells.dropna(subset=["delta"])
+    judged = judged[judged.trait.isin(set(d.trait))]
     wide, strata = unit_matrix(judged, by=["trait", "layer", "method"], baseline=judged.method == "baseline",
                                within=["trait"])
     D = wide.loc[pd.MultiIndex.from_frame(d[["trait", "layer", "method"]])].to_numpy(float)
@@ -190,16 +251,22 @@ def _question_bootstrap(cells: pd.DataFrame, judged: pd.DataFrame, P: Params,
 
 def correlations(cells: pd.DataFrame, judged: pd.DataFrame, P: Params) -> pd.DataFrame:
     """Pearson and Spearman r between each extraction metric and the steering delta over cells,
-    with a 95% bootstrap CI of Pearson r over questions (resampled within trait)."""
-    d = cells.dropna(subset=["delta"])
+    pooled over traits and within each trait (``scope``), with a 95% bootstrap CI of Pearson r
+    over questions (resampled within trait) and the smallest |r| detectable over that many cells."""
     out = []
-    for m in METRICS:
-        x, y = d[m].to_numpy(float), d.delta.to_numpy(float)
-        ok = np.std(x) > 0 and np.std(y) > 0
-        b = _question_bootstrap(cells, judged, P, lambda c, delta, m=m: unc.pearson(c[m].to_numpy(float), delta))
-        out.append({"metric": m, "cells": len(x), "pearson_r": unc.pearson(x, y), "r_ci95": b.text(),
-                    "spearman_rho": stats.spearmanr(x, y)[0] if ok else np.nan})
-    return pd.DataFrame(out).set_index("metric")
+    scopes = [("pooled", cells)] + [(t, g) for t, g in cells.groupby("trait", sort=False)] if len(P.traits) > 1 \
+        else [("pooled", cells)]
+    for scope, c in scopes:
+        d = c.dropna(subset=["delta"])
+        for m in METRICS:
+            x, y = d[m].to_numpy(float), d.delta.to_numpy(float)
+            ok = np.std(x) > 0 and np.std(y) > 0
+            b = _question_bootstrap(d, judged, P, lambda c, delta, m=m: unc.pearson(c[m].to_numpy(float), delta))
+            lo, hi = b.ci
+            out.append({"scope": scope, "metric": m, "cells": len(x), "pearson_r": unc.pearson(x, y),
+                        "r_lo": lo, "r_hi": hi, "r_ci95": b.text(), "r_mde": unc.r_mde(len(x)),
+                        "spearman_rho": stats.spearmanr(x, y)[0] if ok else np.nan})
+    return pd.DataFrame(out).set_index(["scope", "metric"])
 
 
 def best_layers(cells: pd.DataFrame) -> pd.DataFrame:
@@ -215,29 +282,50 @@ def best_layers(cells: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).set_index(["trait", "method"])
 
 
-def conclusions(corr: pd.DataFrame, best: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
+def late_layers(P: Params, n_layers: int) -> list[int]:
+    """The layers of the grid at or past ``late_frac`` of the model's depth."""
+    return [x for x in P.layers if x >= P.late_frac * n_layers]
+
+
+def conclusions(corr: pd.DataFrame, best: pd.DataFrame, cells: pd.DataFrame,
+                control: pd.DataFrame | None = None) -> list[str]:
     """Plain-language findings, each number from the tables above."""
     out = []
-    ranked = corr.sort_values("pearson_r", ascending=False)
-    out.append("Predictors of the steering delta by Pearson r over cells: " + ", ".join(
+    if control is not None:
+        out.append("Judge's positive control (positive- minus negative-instructed answers): " + ", ".join(
+            f"{t} {r.delta:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" if np.isfinite(r.delta) else f"{t} not run"
+            for t, r in control.iterrows()) + ".")
+    ranked = corr.loc["pooled"].sort_values("pearson_r", ascending=False)
+    out.append("Predictors of the steering delta by Pearson r over all cells: " + ", ".join(
         f"{m} {r.pearson_r:+.2f} {r.r_ci95}" for m, r in ranked.iterrows())
         + f" (seed: effect size {SEED['effect_size_r']}, accuracy {SEED['accuracy_r']}).")
-    if {"effect_size", "val_accuracy"} <= set(corr.index):
-        es, acc = corr.loc["effect_size"], corr.loc["val_accuracy"]
-        lo = float(es.r_ci95.strip("[]").split(",")[0])
-        verdict = ("holds" if es.pearson_r > acc.pearson_r and lo > 0 else
-                   "is not supported (effect size does not reliably predict the delta)" if lo <= 0 else
+    if {"effect_size", "val_accuracy"} <= set(corr.loc["pooled"].index):
+        es, acc = corr.loc[("pooled", "effect_size")], corr.loc[("pooled", "val_accuracy")]
+        verdict = ("holds" if es.pearson_r > acc.pearson_r and es.r_lo > 0 else
+                   "is not supported (effect size does not reliably predict the delta)" if not es.r_lo > 0 else
                    "does not hold")
         out.append(f"The seed's 'effect size predicts steering better than accuracy' {verdict} here "
                    f"(r {es.pearson_r:+.2f} vs {acc.pearson_r:+.2f}).")
+    within = [s for s in corr.index.get_level_values("scope").unique() if s != "pooled"]
+    if within:
+        out.append("Within each trait (r over its cells, effect size / accuracy): " + "; ".join(
+            f"{t} {corr.loc[(t, 'effect_size'), 'pearson_r']:+.2f} {corr.loc[(t, 'effect_size'), 'r_ci95']} / "
+            f"{corr.loc[(t, 'val_accuracy'), 'pearson_r']:+.2f} {corr.loc[(t, 'val_accuracy'), 'r_ci95']}"
+            for t in within) + f" (|r| detectable over {int(corr.loc[(within[0], 'effect_size'), 'cells'])} cells: "
+            f"{corr.loc[(within[0], 'effect_size'), 'r_mde']:.2f}).")
     diff = int((~best.same).sum())
     out.append(f"Best extraction layer ≠ best steering layer in {diff}/{len(best)} (trait, method) pairs "
                f"(seed: extraction L{SEED['best_extraction_layer']} vs steering L{SEED['best_steering_layer']}).")
-    bad = cells[(cells.val_accuracy >= 0.9) & (cells.delta < 0)]
-    out.append(f"Cells with ≥90% accuracy but a negative steering delta: {len(bad)}/{len(cells)}"
+    steers = int(cells.steers.sum())
+    bad = cells[(cells.val_accuracy >= 0.9) & cells.wrong_way]
+    out.append(f"Cells whose delta's 95% interval lies above 0: {steers}/{len(cells)}; with ≥90% accuracy and an "
+               f"interval below 0 (steering the wrong way): {len(bad)}/{len(cells)}"
                + (" (" + ", ".join(f"{r.trait} L{r.layer} {r.method} {100 * r.val_accuracy:.0f}% Δ{r.delta:+.1f}"
                                    for r in bad.head(5).itertuples()) + ")" if len(bad) else "")
                + f"; seed: {SEED['late_layer_note']}.")
+    if "coherent" in cells.columns:
+        out.append(f"Coherent answers per cell (text floors): median {100 * cells.coherent.median():.0f}%, "
+                   f"range {100 * cells.coherent.min():.0f}–{100 * cells.coherent.max():.0f}%.")
     return out
 
 
@@ -259,22 +347,34 @@ def _r_gap(cells: pd.DataFrame, judged: pd.DataFrame, P: Params) -> tuple[float,
 
 
 def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFrame,
-           judged: pd.DataFrame) -> records.ResultRecord:
-    """The report's result record: metric–delta correlations, best layers, the late-layer trap.
+           judged: pd.DataFrame, control: pd.DataFrame | None = None, n_layers: int | None = None
+           ) -> records.ResultRecord:
+    """The report's result record: the judge's positive control per trait, metric–delta
+    correlations (pooled and within trait), best layers, cells steering either way, the late-layer
+    trap.
 
     Tolerance rules: cell and question counts exact; each Pearson r over cells
     ``3 × (1 − r²)/√(cells − 3)`` and the r difference 3 bootstrap SEs over questions (the delta is a
-    judge's reading of generated text, chaotic across CPUs); the mean steering delta 3 SEs over
-    cells; the mean extraction accuracy 2 SEs over cells (fixed text through a forward pass);
-    shares of (trait, method) pairs or cells: one pair flipping, two cells flipping.
+    judge's reading of generated text, chaotic across CPUs); judge deltas (the control, the mean
+    steering delta) 3 cautious SEs over questions or cells; the mean extraction accuracy 2 SEs over
+    cells (fixed text through a forward pass); shares of (trait, method) pairs or cells: one pair
+    flipping, two cells flipping.
     """
     scored = cells.dropna(subset=["delta"])
     n = len(scored)
     qs: list[records.Quantity] = [records.exact("n_cells", len(P.cells()), unit="cells"),
                                   records.exact("n_questions", P.n_questions, unit="questions")]
-    for m in METRICS:
-        qs.append(records.correlation(f"{m}_r", float(corr.loc[m, "pearson_r"]), n, k=3,
-                                  ci=unc.parse_ci(corr.loc[m, "r_ci95"])))
+    readable: dict[str, bool] = {t: False for t in P.traits}
+    if control is not None:
+        for t, r in control.iterrows():
+            readable[str(t)] = bool(r.differ)
+            if np.isfinite(r.delta) and r.n > 1:
+                qs.append(records.estimate(f"control.{t}", float(r.delta), se=unc.score_se(float(r.se), int(r.n)),
+                                           n=int(r.n), unit="points", k=3, ci=(float(r.ci_lo), float(r.ci_hi))))
+    for (scope, m), r in corr.iterrows():
+        name = f"{m}_r" if scope == "pooled" else f"{scope}.{m}_r"
+        ci = (r.r_lo, r.r_hi) if np.isfinite([r.r_lo, r.r_hi]).all() else None
+        qs.append(records.correlation(name, float(r.pearson_r), int(r.cells), k=3, ci=ci))
     gap, gap_se, gap_ci = _r_gap(cells, judged, P)
     qs.append(records.estimate("effect_size_minus_accuracy_r", gap, se=gap_se, n=n, k=3,
                                ci=gap_ci if np.isfinite(gap_ci).all() else None))
@@ -283,13 +383,20 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
     qs.append(records.estimate("mean_val_accuracy", float(cells.val_accuracy.mean()),
                                se=max(acc_se if np.isfinite(acc_se) else 0.0, 1e-3), n=len(cells), k=2))
     qs.append(records.rate("best_layer_differs", float((~best.same).mean()), n=len(best)))
-    trap = cells[(cells.val_accuracy >= 0.9) & (cells.delta < 0)]
+    qs.append(records.rate("cells_steering", float(cells.steers.mean()), n=len(cells), items=2))
+    trap = cells[(cells.val_accuracy >= 0.9) & cells.wrong_way]
     qs.append(records.rate("high_accuracy_negative_delta", len(trap) / max(len(cells), 1), n=len(cells), items=2))
+    if "coherent" in cells.columns:
+        qs.append(records.rate("median_cell_coherent", float(cells.coherent.median()),
+                               n=P.n_questions, items=2))
     by = {q.name: q for q in qs}
+    no_control = "the judge's positive control did not separate the instructed answers for any trait"
 
     es = by["effect_size_r"]
     v1, why1 = records.decide(holds=bool(es.ci is not None and es.ci[0] > 0), seed_effect=SEED["effect_size_r"],
                               mde=unc.r_mde(n))
+    if v1 == "not held" and not any(readable.values()):
+        v1, why1 = "inconclusive", f"{why1}; but {no_control}: the deltas may be judge noise"
     g = by["effect_size_minus_accuracy_r"]
     v2, why2 = records.decide(holds=bool(g.ci is not None and g.ci[0] > 0),
                               seed_effect=SEED["effect_size_r"] - SEED["accuracy_r"], mde=unc.mde(gap_se))
@@ -298,9 +405,27 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
     if v3 == "inconclusive":
         why3 = ("best layers differ in at most half the (trait, method) pairs, and an argmax over noisy cells "
                 "has no test")
-    v4, why4 = records.decide(holds=len(trap) > 0)
-    if v4 == "inconclusive":
-        why4 = "no cell with ≥90% accuracy and a negative delta; the seed's trap is one cell, so its absence here has no power"
+    # the trap: a late, accurate cell whose delta's interval lies below 0
+    late = late_layers(P, n_layers) if n_layers else [max(P.layers)]
+    late_acc = cells[cells.layer.isin(late) & (cells.val_accuracy >= 0.9)]
+    late_trap = late_acc[late_acc.wrong_way]
+    seed_trap = 10.6
+    if len(late_trap):
+        v4, why4 = "holds", (f"{len(late_trap)} late cell(s) (layers {late}) with ≥ 90% accuracy steer the wrong "
+                             "way (95% interval below 0)")
+    elif not len(late_acc):
+        v4, why4 = "inconclusive", f"no cell at the late layers {late} reaches 90% accuracy"
+    else:
+        seen = late_acc[late_acc.trait.map(readable) & (late_acc.mde < seed_trap)]
+        if len(seen):
+            v4, why4 = "not held", (f"{len(seen)} late accurate cell(s) could detect a delta of −{seed_trap} (minimum "
+                                    f"detectable {seen.mde.max():.1f}) on traits the judge demonstrably reads, and "
+                                    "none steers the wrong way")
+        else:
+            v4, why4 = "inconclusive", (f"no late accurate cell both could detect −{seed_trap} points and belongs to a "
+                                        "trait the judge's positive control separates")
+    qs.append(records.rate("late_high_accuracy_negative_delta", len(late_trap) / max(len(late_acc), 1),
+                           n=max(len(late_acc), 1), items=2))
     claims = (
         records.Claim("effect_size_predicts", "Effect size on held-out pairs predicts the steering delta "
                       "(Pearson r over cells > 0)", seed=f"r = {SEED['effect_size_r']}", ours="",
@@ -312,10 +437,13 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
                       seed=f"L{SEED['best_extraction_layer']} vs L{SEED['best_steering_layer']}",
                       ours=f"differ in {int((~best.same).sum())}/{len(best)} (trait, method) pairs",
                       verdict=v3, reason=why3, quantity="best_layer_differs"),
-        records.Claim("late_layer_trap", "Some cell has high accuracy (≥90%) yet steers the wrong way",
-                      seed="L25: 95% accuracy, Δ −10.6", ours=f"{len(trap)}/{len(cells)} cells",
-                      verdict=v4, reason=why4, quantity="high_accuracy_negative_delta"),
+        records.Claim("late_layer_trap", "A late layer has high accuracy (≥90%) yet steers the wrong way",
+                      seed=f"L25: 95% accuracy, Δ −{seed_trap}",
+                      ours=f"{len(late_trap)}/{len(late_acc)} accurate cells at layers {late}",
+                      verdict=v4, reason=why4, quantity="late_high_accuracy_negative_delta"),
     )
+    tables = {"cells": cells, "correlations": corr, "best_layers": best}
+    if control is not None:
+        tables["control"] = control
     return records.ResultRecord("metrics_vs_steering", model=P.model, quantities=tuple(qs), claims=claims,
-                                tables={"cells": cells, "correlations": corr, "best_layers": best},
-                                params=asdict(P))
+                                tables=tables, params=asdict(P))

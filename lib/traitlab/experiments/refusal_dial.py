@@ -336,7 +336,7 @@ def generations(model: LoadedModel, prompts: list[data.Prompt], dirs: dict[str, 
         return [list(col) for col in zip(*out, strict=True)]
 
     cached = gencache.generate_cached(model, examples, keyed, run, method=GENERATION_METHOD,
-                                      chunk=max(1, -(-p.gen_batch_size // len(examples))),
+                                      chunk=GEN_CHUNK,
                                       layer=layer, max_new_tokens=p.max_new_tokens, batch_size=p.gen_batch_size)
     by_delta = list(cached.values())
     distinct = [[by_delta[j][i] for j in range(len(by_delta))] for i in range(len(examples))]
@@ -352,6 +352,11 @@ def generations(model: LoadedModel, prompts: list[data.Prompt], dirs: dict[str, 
     df["dir_kind"] = np.where(df.direction.str.startswith("random"), "random", df.direction)
     return df
 
+
+GEN_CHUNK = 9
+"""Conditions per ``steering.generate`` call in the dial: they share each prompt's prefill (more
+share it, the less each costs), and each call's answers are cached before the next starts (fewer,
+the less an interruption loses)."""
 
 GENERATION_METHOD = "last-token-prefix-v2"
 """Version of the dial's generation (the delta added at the prompt's last token in the prefill,
