@@ -85,8 +85,8 @@ judge = P.judge()
 vecs = {t: el.trait_vectors(P, lm, t, sites) for t in P.traits}
 instructed = el.judge_instructed(judge, vecs)
 steered = el.judge_steered(judge, pd.concat([el.steer(P, lm, t, vecs[t]) for t in P.traits], ignore_index=True))
-res = el.Results(vecs, {t: el.cosine_bootstrap(P, vecs[t]) for t in P.traits},
-                 pd.concat([el.compare(t, vecs[t]) for t in P.traits]), instructed, steered)
+cosines = {t: el.cosine_bootstrap(P, vecs[t]) for t in P.traits}
+res = el.Results(vecs, cosines, pd.concat([el.compare(t, vecs[t], cosines[t]) for t in P.traits]), instructed, steered)
 record = el.record(P, res)
 
 # %% [markdown]
