@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import warnings
@@ -202,8 +203,6 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
     if deltas is None or model.remote or min(len(e.ids) for e in examples) < 2:
         return _generate_full(model, examples, max_new_tokens=max_new_tokens, layer=layer, deltas=deltas,
                               batch_size=batch_size, progress=progress, sampling=sampling)
-    import copy
-
     n_cond = len(deltas)
     tok, hf = model.tokenizer, model.hf
     envoy = resolve(model.lm, f"{layout(model.arch).layers}.{layer}")

@@ -203,11 +203,11 @@ def instructed_control(P: Params, lm: LoadedModel, judge: Judge, questions: pd.D
 def control_effects(instructed: pd.DataFrame, traits: list[str]) -> pd.DataFrame:
     """Per trait: the judged difference between the positive- and negative-instructed answers
     (``steered_eval.polarity_effects``); a trait without a control has NaNs and ``differ`` False."""
-    e = polarity_effects(instructed) if len(instructed) else pd.DataFrame()
-    return e.reindex(traits).assign(differ=lambda d: d.differ.fillna(False).astype(bool)) if len(e) else \
-        pd.DataFrame({"delta": np.nan, "se": np.nan, "ci_lo": np.nan, "ci_hi": np.nan, "mde": np.nan, "n": 0,
-                      "differ": False},
-                     index=pd.Index(traits, name="trait"))
+    if not len(instructed):
+        return pd.DataFrame({"delta": np.nan, "se": np.nan, "ci_lo": np.nan, "ci_hi": np.nan, "mde": np.nan,
+                             "n": 0, "differ": False}, index=pd.Index(traits, name="trait"))
+    e = polarity_effects(instructed).reindex(traits)
+    return e.assign(differ=e.differ.fillna(False).astype(bool))
 
 
 def deltas(metrics: pd.DataFrame, judged: pd.DataFrame) -> pd.DataFrame:
