@@ -13,22 +13,26 @@
 #
 # **Claim under test** (seed: optimism vectors from Mistral-7B base, steering
 # mistral-7b-sft-beta and zephyr-7b-beta, gpt-4.1-mini judge). At layer 12 both fine-tunes
-# reached trait ≈ 84 / 83 with coherence 76 / 82; DPO resisted at early layers (layer 8: SFT
-# 82.5 vs DPO 65.8) and collapsed at a cliff (layer 24, coefficient 6: trait 1.1, coherence
-# 6.3). Multi-layer steering (layers 6–10) beat the best single layer (90.8 vs 89.3, baseline
-# 61.3) at some coherence cost. Effective strength followed the perturbation ratio
+# reached trait ≈ 84 / 83 (baseline 61.3) with coherence 76 / 82; DPO resisted at early layers
+# (layer 8: SFT 82.5 vs DPO 65.8) and collapsed at a cliff (layer 24, coefficient 6: trait 1.1,
+# coherence 6.3). Multi-layer steering (layers 6–10) beat the best single layer (90.8 vs 89.3)
+# at some coherence cost. Effective strength followed the perturbation ratio
 # `coef × ‖v‖ / ‖activation‖`: 0.5–0.8 the sweet spot, 1.0–1.3 breaking, above 1.3 broken.
 #
 # **Our analogue.** The chain is the one `model_chain` builds offline (Gemma-3-270M base →
-# SFT → DPO; see that report for how and how long); the judge is the in-process
-# Qwen2.5-Coder-1.5B-Instruct, whose agreement with our labels is measured in the
-# judge-calibration report. Vectors come from the **base** model only (`vector_method` on the
-# trait's contrastive pairs, mean over response tokens at `site`), one unit vector per layer,
-# and are added at response positions during generation. Strength is a perturbation ratio
-# against each steered model's own activation norm, so a ratio is the same relative push in
-# every model. Controls: the unsteered answers and a seeded random unit vector at the same
-# layers and ratios. Questions are the held-out test split of
-# `data/steering/optimism_questions.jsonl`.
+# SFT → DPO). Vectors come from the **base** model only (`vector_method` on the trait's
+# contrastive pairs, mean over response tokens at `site`), one unit vector per layer, added at
+# response positions during generation, at perturbation ratios from 0.05 up against each
+# steered model's own activation norm (response positions: the attention sink is left out of
+# the denominator; the norm table shows what it would do). Each answer's **trait** is the
+# judge's 0–100 score, compared with the same model's unsteered answer to the same question;
+# its **coherence** is read from the text (distinct-2 and perplexity under a reference model,
+# floors fitted on our gold sets' coherence labels), not from the judge. Controls in the same
+# run: norm-matched random directions at several seeds, and a **positive control** — the same
+# pipeline on Qwen2.5-Coder-0.5B-Instruct with its own vectors, where the ratio-zones report
+# shows this judge sees optimism steering. A "not held" needs that control (or a minimum
+# detectable effect below the seed's, stated on our judge's scale through its slope on the
+# gold set); otherwise the verdict is "inconclusive".
 
 # %% tags=["parameters"]
 chain_profile = "default"
@@ -37,18 +41,23 @@ prompt_format = "plain"
 trait = "optimism"
 vector_method = "mean_diff"
 site = "resid_pre"
-layers = [3, 6, 9, 12, 15]
-ratios = [0.25, 0.5, 0.75, 1.0, 1.5]
+layers = [3, 8, 13]
+ratios = [0.05, 0.2, 0.8, 1.6]
 multi_layers = [4, 5, 6, 7, 8]
-multi_ratios = [0.25, 0.5, 0.75]
-random_seed = 1
-random_ratios = None
+multi_ratios = [0.2]
+random_seeds = [1, 2, 3, 4, 5]
+random_layers = [8]
+random_ratios = [0.8]
+control_model = "qwen2.5-coder-0.5b-instruct"
+control_layers = [10]
 positions = "response"
-n_questions = 12
-max_new_tokens = 48
-coherence_floor = 50.0
+n_questions = 16
+max_new_tokens = 32
+coherent_share = 0.5
+gold_traits = ["optimism", "uncertainty", "refusal"]
+reference_model = "qwen2.5-coder-0.5b-instruct"
 judge_backend = "local"
-judge_model = "qwen2.5-coder-1.5b-instruct"
+judge_model = "qwen2.5-coder-0.5b-instruct"
 judge_base_url = None
 judge_api_key_env = "OPENAI_API_KEY"
 judge_offline = False
@@ -77,7 +86,7 @@ t_start = time.perf_counter()
 specs = tr.chain_models(P)
 base = load_model(specs["base"], quiet=True)
 runinfo.show(runinfo.run_record(P, base))
-print("chain:", specs)
+print("chain:", specs, "| positive control:", P.control_model)
 
 # %% [markdown]
 # ## Vectors from the base model
@@ -97,49 +106,66 @@ print(f"{P.vector_method} unit vectors at {P.site}, layers {ls}; cosine between 
 display(pd.DataFrame(cos.numpy(), index=ls, columns=ls).round(2))
 
 # %% [markdown]
-# ## Steer every model, judge every answer
+# ## Steer every model, judge every answer, read coherence from the text
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+judge = P.judge()
+scale = tr.judge_scale(judge, P.trait)
 qs = tr.questions(P)
-answers = tr.steer_all(P, specs, vectors, qs)
-scored = tr.judge_answers(P.judge(), answers, P.trait)
-print(f"{len(scored)} answers ({len(qs)} questions × {len(tr.conditions(P))} conditions × "
-      f"{len(specs)} models) in {(time.perf_counter() - t_start) / 60:.1f} min")
-
-# %%
-summ = tr.summary(scored)
-display(summ[summ.kind == "baseline"])
-fig = plots.steering_grid(summ, P.layers, P.ratios)
+answers, norms = tr.steer_all(P, specs, vectors, qs)
+scored = tr.judge_answers(judge, answers, P.trait)
+scored, floors = tr.coherence(P, scored)
+print(f"{len(scored)} answers ({len(qs)} questions; {len(tr.conditions(P))} conditions per chain model) "
+      f"in {(time.perf_counter() - t_start) / 60:.1f} min")
 
 # %% [markdown]
-# ## Best coherent coefficient per model and layer
-# For each model and layer, the ratio with the highest mean trait score whose mean coherence
-# stays at or above `coherence_floor` (Δ: change from that model's unsteered baseline).
+# ## The measuring instruments
+# The judge's slope on the trait's gold set converts the seed's effects (its judge's 0–100
+# points) to ours; the coherence floors are fitted on the gold sets' coherence labels under
+# the reference model. The norm table gives each model's denominator per layer and how much
+# the attention sink would shrink every ratio if it were counted.
 
 # %%
-best = tr.best_per_layer(summ, P.coherence_floor)
-display(best)
+print(f"Judge slope on {scale['n']} gold {P.trait} answers: {scale['slope']:.2f} judge points per gold point "
+      f"[{scale['lo']:.2f}, {scale['hi']:.2f}] (r = {scale['r']:.2f}); the seed's 16.7-point SFT − DPO gap "
+      f"reads as {16.7 * scale['slope']:.1f} points here.")
+print(f"Coherent: {floors.text()}")
+display(norms.round(2))
+
+# %%
+summ = tr.summary(scored, P)
+display(summ[summ.kind == "baseline"][["model", "trait", "coherent", "n"]].round(3))
+fig = plots.steering_grid(summ, sorted(set(P.layers) | set(P.control_layers)), P.ratios)
+
+# %% [markdown]
+# ## Best unbroken ratio per model and layer
+# For each model and layer, the ratio with the largest trait effect (Δ from the same model's
+# unsteered answers, 95% t-interval over questions) among conditions where at least
+# `coherent_share` of the answers are coherent.
+
+# %%
+best = tr.best_per_layer(summ)
+display(best.round(2))
 display(tr.SEED)
 
 # %% [markdown]
 # ## Strength as a perturbation ratio
-# Trait and coherence against the ratio, averaged over layers; the seed's sweet spot
-# (0.5–0.8) is shaded and its "broken" threshold (1.3) marked. The random direction at the same
-# ratios shows what a push of that size does without the trait.
+# Trait effect and coherent share against the ratio (learned vectors averaged over layers,
+# random directions over seeds and layers); the seed's sweet spot (0.5–0.8) is shaded and its
+# "broken" threshold (1.3) marked.
 
 # %%
-ratio_df = tr.by_ratio(summ)
-fig = plots.ratio_curves(ratio_df, tr.SWEET_SPOT, tr.BROKEN_FROM)
-lvr = tr.learned_vs_random(summ)
-display(lvr)
+fig = plots.ratio_curves(tr.by_ratio(summ), tr.SWEET_SPOT, tr.BROKEN_FROM)
+lvr = tr.learned_vs_random(scored, P)
+display(lvr.round(2))
 
 # %% [markdown]
 # ## Multi-layer vs the best single layer
 
 # %%
-multi = tr.multi_vs_single(summ, P.coherence_floor)
-display(multi)
+multi = tr.multi_vs_single(scored, summ)
+display(multi.round(2))
 print("seed:", tr.SEED_MULTI)
 
 # %% [markdown]
@@ -147,26 +173,23 @@ print("seed:", tr.SEED_MULTI)
 
 # %%
 ex = scored[scored.question_id == scored.question_id.iloc[0]]
-for r in ex[ex.kind.isin(["baseline", "single"])].head(8).itertuples():
-    tag = "baseline" if r.kind == "baseline" else f"L{r.layer} r={r.ratio}"
-    print(f"[{r.model} {tag}] trait {r.trait:.0f} coh {r.coherence:.0f}: {r.answer[:160]!r}")
+for r in ex[ex.kind.isin(["baseline", "single"])].groupby("model", sort=False).head(4).itertuples():
+    tag = "baseline" if r.kind == "baseline" else f"L{r.layer} r={r.ratio:g}"
+    print(f"[{r.model} {tag}] trait {r.trait:.0f} {'coherent' if r.coherent else 'incoherent'}: {r.answer[:150]!r}")
 
 # %% [markdown]
-# ## Conclusions
-
-# %%
-for line in tr.conclusions(summ, best, multi, lvr, P.coherence_floor):
-    print("•", line)
-
-# %% [markdown]
-# ## Result record
+# ## Result record and conclusions
 
 # %% tags=["record"]
 from traitlab import records  # noqa: E402
 
-record = tr.record(P, scored, summ, best, multi, lvr)
+record = tr.record(P, scored, summ, best, multi, lvr, scale, floors, norms)
 records.publish(record.with_run(**runinfo.run_record(P), chain=specs))
 from traitlab import directions, vectors  # noqa: E402
 
-vectors.publish_vectors(directions.fitted(), params=P)  # the base-model vectors this report steered with
+vectors.publish_vectors(directions.fitted(), params=P)  # the vectors this report steered with
 display(records.verdict_table(record))
+
+# %%
+for line in tr.conclusions(summ, best, multi, lvr, record):
+    print("•", line)

@@ -1,4 +1,4 @@
-"""Transfer-study tables on a synthetic scored frame (exact), and parameter checks."""
+"""Transfer-study tables and verdicts on a synthetic scored frame (exact), and parameter checks."""
 
 from __future__ import annotations
 
@@ -7,64 +7,159 @@ import pandas as pd
 import pytest
 import torch
 
+from traitlab import records, textstats
 from traitlab.experiments import sft_dpo_transfer as tr
 from traitlab.params import ParamError, validate
 
+N_Q = 8
+EFFECT = {"base": 10.0, "sft": 12.0, "dpo": 4.0, "control": 15.0}
 
-def _scored():
+
+def _P(**kw) -> tr.Params:
+    base = dict(layers=[3, 6], ratios=[0.1, 0.4, 1.6], multi_layers=[4, 5], multi_ratios=[0.1],
+                random_seeds=[1, 2], random_layers=[6], random_ratios=[0.4], control_layers=[10],
+                n_questions=N_Q)
+    return tr.Params(**{**base, **kw})
+
+
+def _scored(P: tr.Params, effect: dict[str, float] = EFFECT, wiggle: float = 1.0) -> pd.DataFrame:
+    """Trait = 50 + q + the condition's effect ± ``wiggle`` by question parity; answers at ratio
+    1.6 are incoherent except question 0; random directions move nothing."""
     rows = []
-    for model, shift in (("base", 0.0), ("sft", 10.0), ("dpo", -5.0)):
-        for q in range(2):
-            rows.append({"model": model, "kind": "baseline", "layer": -1, "ratio": 0.0, "coef": np.nan,
-                         "question_id": q, "trait": 50.0 + q, "coherence": 90.0})
-            for layer in (3, 6):
-                for ratio in (0.5, 1.0):
-                    trait = 50 + 20 * ratio + shift + layer + q
-                    coh = 90 - 50 * ratio + (5 if layer == 6 else 0)
-                    rows.append({"model": model, "kind": "single", "layer": layer, "ratio": ratio,
-                                 "coef": ratio * 10, "question_id": q, "trait": trait, "coherence": coh})
-                    rows.append({"model": model, "kind": "random", "layer": layer, "ratio": ratio,
-                                 "coef": ratio * 10, "question_id": q, "trait": 50.0 + q,
-                                 "coherence": coh})
-            rows.append({"model": model, "kind": "multi", "layer": -1, "ratio": 0.5, "coef": np.nan,
-                         "question_id": q, "trait": 80.0 + shift, "coherence": 60.0})
+    for model in effect:
+        control = model == tr.CONTROL
+        for c in tr.conditions(P, control=control):
+            for q in range(N_Q):
+                sign = 1 if q % 2 else -1
+                push = {"baseline": 0.0, "random": 0.0, "multi": 1.5 * effect[model]}[c["kind"]] \
+                    if c["kind"] != "single" else effect[model] * (1 + c["layer"] / 10) * min(c["ratio"], 0.4) / 0.4
+                rows.append({"model": model, **c, "coef": c["ratio"] * 10, "question_id": q,
+                             "trait": 50.0 + q + push + (sign * wiggle if c["kind"] != "baseline" else 0.0),
+                             "coherent": not (c["ratio"] >= 1.6 and q > 0)})
     return pd.DataFrame(rows)
 
 
-def test_summary_and_best_per_layer():
-    summ = tr.summary(_scored())
-    row = summ[(summ.model == "sft") & (summ.kind == "single") & (summ.layer == 6) & (summ.ratio == 1.0)]
-    assert float(row.trait.iloc[0]) == pytest.approx(50 + 20 + 10 + 6 + 0.5)
-    assert int(row.n.iloc[0]) == 2
-    best = tr.best_per_layer(summ, floor=50)
-    # ratio 1.0 has coherence 40 (layer 3) or 45 (layer 6): below the floor, so 0.5 wins
-    assert set(best.ratio) == {0.5}
-    b = best[(best.model == "dpo") & (best.layer == 6)].iloc[0]
-    assert b.trait == pytest.approx(50 + 10 - 5 + 6 + 0.5) and b.delta == pytest.approx(b.trait - 50.5)
-    best40 = tr.best_per_layer(summ, floor=40)
-    assert set(best40[best40.layer == 6].ratio) == {1.0}
-
-
-def test_multi_vs_single_and_learned_vs_random():
-    summ = tr.summary(_scored())
-    m = tr.multi_vs_single(summ, floor=50)
-    assert m.loc["sft", "multi_trait"] == pytest.approx(90.0)
-    assert m.loc["sft", "single_trait"] == pytest.approx(50 + 10 + 10 + 6 + 0.5)
-    assert m.loc["sft", "single_at"] == "L6 r=0.5"
-    lvr = tr.learned_vs_random(summ)
-    assert lvr.loc[("base", 0.5), "random"] == pytest.approx(0.0)
-    assert lvr.loc[("base", 0.5), "single"] == pytest.approx(10 + 4.5)
-    lines = tr.conclusions(summ, tr.best_per_layer(summ, 50), m, lvr, 50)
-    assert any("Largest SFT − DPO gap" in x for x in lines)
-
-
 def test_conditions_cover_the_grid():
-    p = tr.Params(layers=[3, 6], ratios=[0.5, 1.0], multi_layers=[4, 5], multi_ratios=[0.5])
-    c = tr.conditions(p)
-    assert c[0]["kind"] == "baseline" and len(c) == 1 + 4 + 4 + 1
-    c = tr.conditions(tr.Params(layers=[3, 6], ratios=[0.5, 1.0], random_ratios=[1.0], multi_layers=[]))
-    assert [(x["kind"], x["layer"], x["ratio"]) for x in c if x["kind"] == "random"] == [
-        ("random", 3, 1.0), ("random", 6, 1.0)]
+    P = _P()
+    c = tr.conditions(P)
+    assert c[0]["kind"] == "baseline" and len(c) == 1 + 2 * 3 + 2 * 1 * 1 + 1
+    assert [(x["seed"], x["layer"], x["ratio"]) for x in c if x["kind"] == "random"] == [(1, 6, 0.4), (2, 6, 0.4)]
+    ctl = tr.conditions(P, control=True)
+    assert [x["kind"] for x in ctl] == ["baseline"] + ["single"] * 3 and {x["layer"] for x in ctl[1:]} == {10}
+
+
+def test_summary_deltas_coherence_and_broken():
+    P = _P()
+    summ = tr.summary(_scored(P), P)
+    row = summ[(summ.model == "sft") & (summ.kind == "single") & (summ.layer == 6) & (summ.ratio == 0.4)].iloc[0]
+    assert row.delta == pytest.approx(12.0 * 1.6) and row.n == N_Q
+    assert row.ci_lo < row.delta < row.ci_hi and row.coherent == 1.0 and not row.broken
+    hard = summ[(summ.kind == "single") & (summ.ratio == 1.6)]
+    assert (hard.coherent == 1 / N_Q).all() and hard.broken.all()
+    lo, hi = hard.iloc[0][["coherent_lo", "coherent_hi"]]
+    assert lo < 1 / N_Q < hi  # a Wilson interval over questions
+    base = summ[summ.kind == "baseline"]
+    assert (base.delta == 0).all() and list(base.model) == list(EFFECT)
+    rand = summ[summ.kind == "random"]
+    assert len(rand) == 2 * 3 and set(rand.seed) == {1, 2}  # per seed, chain models only
+    assert rand.delta.abs().max() < 1e-9  # ± wiggle cancels over the 8 questions
+
+
+def test_best_skips_broken_and_learned_vs_random():
+    P = _P()
+    scored = _scored(P)
+    summ = tr.summary(scored, P)
+    best = tr.best_per_layer(summ)
+    # 1.6 has the same push as 0.4 but is broken: the best unbroken ratio is 0.4 everywhere
+    assert set(best.ratio) == {0.4}
+    assert best.set_index(["model", "layer"]).delta[("dpo", 3)] == pytest.approx(4.0 * 1.3)
+    lvr = tr.learned_vs_random(scored, P)
+    assert list(lvr.model) == ["base", "sft", "dpo"]  # no random control in the positive control
+    r = lvr.set_index("model").loc["sft"]
+    assert r.difference == pytest.approx(12.0 * 1.6) and r.random == pytest.approx(0.0) and r.ci_lo > 0
+    multi = tr.multi_vs_single(scored, summ).set_index("model")
+    # multi 1.5 × 12 = 18 vs best single L6 r=0.4 1.6 × 12 = 19.2
+    assert multi.loc["sft", "difference"] == pytest.approx(18.0 - 19.2)
+    assert multi.loc["sft", "single_at"] == "L6 r=0.4"
+
+
+def test_record_verdicts_follow_the_controls():
+    P = _P()
+    scored = _scored(P)
+    summ = tr.summary(scored, P)
+    best, lvr = tr.best_per_layer(summ), tr.learned_vs_random(scored, P)
+    multi = tr.multi_vs_single(scored, summ)
+    floors = textstats.Floors(0.5, 3.0, 0.9, 100)
+    rec = tr.record(P, scored, summ, best, multi, lvr, {"slope": 0.5, "lo": 0.4, "hi": 0.6, "r": 0.9, "n": 72},
+                    floors)
+    assert (rec["n_questions"].value, rec["n_models"].value) == (N_Q, 4)
+    assert rec["sft_best_delta"].value == pytest.approx(19.2)
+    # the best cell's interval is Bonferroni-adjusted over the 6 single conditions it was picked from
+    lo, hi = rec["sft_best_delta"].ci
+    half = (hi - lo) / 2
+    t95 = records.score_mean("x", [19.2 - 1, 19.2 + 1] * 4, k=3).ci
+    assert half > (t95[1] - t95[0]) / 2
+    assert rec["sft_minus_dpo_early"].value == pytest.approx((12.0 - 4.0) * 1.3 * (0.25 + 1) / 2)
+    assert rec["dpo_coherent_max_push"].value == pytest.approx(1 / N_Q)
+    assert rec["judge_slope"].value == 0.5 and rec["floors_balanced_accuracy"].value == 0.9
+    v = {c.id: c.verdict for c in rec.claims}
+    assert v == {"transfer_works": "holds", "dpo_resists_early": "holds", "optimal_layer_preserved": "holds",
+                 "multi_beats_single": "inconclusive", "dpo_cliff": "holds"}
+    # multi-layer is 0.4 points worse on every question, but the seed's +1.5 is 0.75 on our scale:
+    # below what 8 questions can detect, so not "not held"
+    assert "0.75" in next(c for c in rec.claims if c.id == "multi_beats_single").reason
+    assert records.compare(rec, rec) == []
+
+
+def test_transfer_not_held_needs_the_positive_control():
+    P = _P()
+
+    def verdict(effect):
+        scored = _scored(P, effect)
+        summ = tr.summary(scored, P)
+        rec = tr.record(P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ),
+                        tr.learned_vs_random(scored, P), None)
+        return next(c for c in rec.claims if c.id == "transfer_works")
+
+    flat = {"base": 10.0, "sft": 0.0, "dpo": 0.0, "control": 15.0}
+    c = verdict(flat)
+    assert c.verdict == "not held" and "qwen2.5-coder-0.5b-instruct" in c.reason
+    blind = {"base": 0.0, "sft": 0.0, "dpo": 0.0, "control": 0.0}
+    c = verdict(blind)
+    assert c.verdict == "inconclusive" and "positive control" in c.reason
+
+
+def test_seed_effects_are_put_on_our_judge_scale():
+    P = _P()
+    # SFT and DPO move alike at the early layer (no gap), so the verdict rests on power
+    scored = _scored(P, {"base": 10.0, "sft": 6.0, "dpo": 6.0, "control": 15.0}, wiggle=3.0)
+    summ = tr.summary(scored, P)
+    args = (P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ), tr.learned_vs_random(scored, P))
+
+    def gap(slope):
+        rec = tr.record(*args, {"slope": slope, "lo": slope, "hi": slope, "r": 0.9, "n": 72})
+        return next(c for c in rec.claims if c.id == "dpo_resists_early")
+
+    assert gap(1.0).verdict == "not held"          # the seed's 16.7 points > our MDE
+    sharp, flat = gap(1.0), gap(0.01)
+    assert flat.verdict == "inconclusive" and "0.167" in flat.reason  # 16.7 × 0.01 on our scale
+    assert "16.7 points" in sharp.seed
+
+
+def test_golden_check_catches_a_moved_baseline():
+    P = _P()
+    scored = _scored(P)
+
+    def rec(s):
+        summ = tr.summary(s, P)
+        return tr.record(P, s, summ, tr.best_per_layer(summ), tr.multi_vs_single(s, summ),
+                         tr.learned_vs_random(s, P), None)
+
+    moved = scored.assign(trait=np.where((scored.model == "dpo") & (scored.kind == "baseline"),
+                                         scored.trait + 40, scored.trait))
+    problems = records.compare(rec(scored), rec(moved))
+    assert any(p.startswith("sft_dpo_transfer.dpo_baseline_trait:") for p in problems)
+    assert not any(p.startswith("sft_dpo_transfer.sft_baseline_trait:") for p in problems)
 
 
 def test_random_control_is_unit_seeded_and_the_random_method():
@@ -80,10 +175,17 @@ def test_random_control_is_unit_seeded_and_the_random_method():
 @pytest.mark.parametrize("kw, msg", [
     ({"models": {"base": "a", "sft": "b"}}, "exactly base, sft and dpo"),
     ({"ratios": [-1.0]}, "ratios must be > 0"),
+    ({"ratios": [0.4, 0.1]}, "increase"),
     ({"site": "v"}, "site must be"),
     ({"vector_method": "svm"}, "vector_method"),
-    ({"coherence_floor": 120.0}, "coherence_floor"),
+    ({"vector_method": "random"}, "cannot be used"),
+    ({"coherent_share": 1.5}, "coherent_share"),
     ({"random_ratios": [2.0]}, "must be a subset of ratios"),
+    ({"random_layers": [99]}, "must be a subset of layers"),
+    ({"random_seeds": [1, 1]}, "repeat"),
+    ({"control_layers": []}, "control_layers is empty"),
+    ({"n_questions": 2}, "n_questions"),
+    ({"gold_traits": []}, "gold_traits"),
     ({"judge_dtype": "int8"}, "judge_dtype"),
 ])
 def test_transfer_params_fail_early(kw, msg):
@@ -91,43 +193,10 @@ def test_transfer_params_fail_early(kw, msg):
         validate(tr.Params, kw)
 
 
-def test_layers_checked_against_the_base_model():
+def test_layers_checked_against_the_base_and_control_models():
     with pytest.raises(ParamError, match="out of range"):
         tr.Params(layers=[40], chain_profile="default").check()  # gemma-3-270m has 18 layers
-    tr.Params(chain_profile="ci", layers=[10], multi_layers=[9]).check()
-
-
-def _record(scored, **kw):
-    P = tr.Params(layers=[3, 6], ratios=[0.5, 1.0], multi_layers=[4, 5], multi_ratios=[0.5],
-                  coherence_floor=50.0, **kw)
-    summ = tr.summary(scored)
-    best = tr.best_per_layer(summ, P.coherence_floor)
-    return tr.record(P, scored, summ, best, tr.multi_vs_single(summ, P.coherence_floor), tr.learned_vs_random(summ))
-
-
-def test_record_quantities_claims_and_golden_check():
-    from traitlab import records
-
-    scored = _scored()
-    rec = _record(scored)
-    assert (rec["n_questions"].value, rec["n_conditions"].value, rec["n_questions"].tolerance) == (2, 10, 0)
-    # dpo at L6 r=0.5: trait 61.5 vs baseline 50.5, the same +11 on both questions
-    assert rec["dpo_best_delta"].value == pytest.approx(11.0)
-    assert rec["dpo_best_delta"].tolerance_rule.startswith("3 standard errors")
-    assert rec["sft_minus_dpo_early"].value == pytest.approx(15.0)  # L3: 73.5 vs 58.5
-    assert rec["dpo_multi_minus_single"].value == pytest.approx(75.0 - 61.5)
-    assert rec["base_learned_minus_random"].value == pytest.approx(np.mean([10 + 3, 20 + 3, 10 + 6, 20 + 6]))
-    assert all(q.tolerance > 0 for q in rec.quantities if q.tolerance_rule != "exact")
-    verdicts = {c.id: c.verdict for c in rec.claims}
-    assert verdicts == {"transfer_works": "holds", "dpo_resists_early": "holds", "optimal_layer_preserved": "holds",
-                        "multi_beats_single": "holds", "dpo_cliff": "not comparable"}  # ratios stop at 1.0
-    # no SFT − DPO gap on average, ±10 by question: two questions have no power to call it not held
-    same = scored.assign(trait=np.where(scored.model == "dpo", scored.trait + 15 + 20 * (scored.question_id - 0.5),
-                                        scored.trait))
-    assert {c.id: c.verdict for c in _record(same).claims}["dpo_resists_early"] == "inconclusive"
-    assert records.compare(rec, rec) == []
-    moved = scored.assign(trait=np.where((scored.model == "dpo") & (scored.kind == "baseline"),
-                                         scored.trait + 40, scored.trait))
-    problems = records.compare(rec, _record(moved))
-    assert any(p.startswith("sft_dpo_transfer.dpo_baseline_trait:") for p in problems)
-    assert not any(p.startswith("sft_dpo_transfer.sft_baseline_trait:") for p in problems)
+    with pytest.raises(ParamError, match="control_layers"):
+        tr.Params(control_layers=[30]).check()  # the 0.5B control has 24
+    tr.Params(chain_profile="ci", layers=[10], multi_layers=[9], control_model="smollm2-135m-instruct",
+              control_layers=[10], reference_model="smollm2-135m-instruct").check()

@@ -273,32 +273,39 @@ def score_distributions(df: pd.DataFrame, modes: list[str]) -> plt.Figure:
 
 
 def steering_grid(summ: pd.DataFrame, layers: list[int], ratios: list[float]) -> plt.Figure:
-    """Heatmaps of mean trait (top) and coherence (bottom), layer × ratio, one column per model."""
+    """Heatmaps of the trait effect (top: Δ from the unsteered answers, centred on 0) and the
+    coherent share (bottom, %), layer × ratio, one column per model; broken cells hatched."""
     single = summ[summ.kind == "single"]
     models = list(dict.fromkeys(single.model))
     fig, axes = plt.subplots(2, len(models), figsize=(3.6 * len(models) + 1, 6.4), squeeze=False,
                              constrained_layout=True)
+    span = max(float(single.delta.abs().max()), 1.0)
     for c, model in enumerate(models):
-        g = single[single.model == model]
-        for r, metric in enumerate(("trait", "coherence")):
-            grid = g.pivot_table(index="layer", columns="ratio", values=metric).reindex(
-                index=layers, columns=ratios)
-            sns.heatmap(grid, ax=axes[r, c], vmin=0, vmax=100, cmap="viridis" if r == 0 else "magma",
-                        annot=True, fmt=".0f", cbar=c == len(models) - 1)
-            axes[r, c].set_title(f"{model}: {metric}")
+        g = single[single.model == model].assign(coherent_pct=lambda d: 100 * d.coherent)
+        rows = [x for x in layers if x in set(g.layer)]
+        for r, (metric, kw) in enumerate((("delta", dict(vmin=-span, vmax=span, cmap="RdBu_r", center=0)),
+                                          ("coherent_pct", dict(vmin=0, vmax=100, cmap="magma")))):
+            grid = g.pivot_table(index="layer", columns="ratio", values=metric).reindex(index=rows, columns=ratios)
+            sns.heatmap(grid, ax=axes[r, c], annot=True, fmt=".0f", cbar=c == len(models) - 1, **kw)
+            axes[r, c].set_title(f"{model}: {'Δ trait' if r == 0 else 'coherent %'}")
     return fig
 
 
 def ratio_curves(ratio_df: pd.DataFrame, sweet: tuple[float, float], broken: float) -> plt.Figure:
-    """Trait and coherence vs perturbation ratio per model; learned solid, random dashed."""
+    """Trait effect (Δ from unsteered) and coherent share vs perturbation ratio (log axis) per
+    model; learned solid, random dashed."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
-    for ax, metric in zip(axes, ("trait", "coherence"), strict=True):
+    for ax, metric in zip(axes, ("delta", "coherent"), strict=True):
         ax.axvspan(*sweet, color="green", alpha=0.12, label="seed sweet spot")
         ax.axvline(broken, color="red", ls=":", lw=1, label="seed: broken above")
         for (model, kind), g in ratio_df.groupby(["model", "kind"], sort=False):
-            ax.plot(g.ratio, g[metric], marker="o", ls="-" if kind == "single" else "--",
-                    label=f"{model} {'learned' if kind == 'single' else 'random'}")
-        ax.set(xlabel="perturbation ratio  coef·‖v‖/‖activation‖", ylabel=metric, ylim=(0, 100))
+            ax.plot(g.ratio, g[metric] * (100 if metric == "coherent" else 1), marker="o",
+                    ls="-" if kind == "single" else "--", label=f"{model} {'learned' if kind == 'single' else 'random'}")
+        ax.set_xscale("log")
+        ax.set(xlabel="perturbation ratio  coef·‖v‖/‖activation‖",
+               ylabel="Δ trait (judge points)" if metric == "delta" else "coherent answers (%)")
+    axes[0].axhline(0, color="0.6", lw=0.8)
+    axes[1].set_ylim(0, 100)
     axes[1].legend(fontsize=7, ncol=2)
     return fig
 

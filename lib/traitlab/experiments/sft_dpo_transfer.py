@@ -1,13 +1,34 @@
-"""Steering transfer along a base → SFT → DPO chain, judged 0–100 for trait and coherence.
+"""Steering transfer along a base → SFT → DPO chain, with a positive control and measured power.
 
 Trait vectors are extracted **from the base model only** (``vector_method`` on the trait's
 contrastive pairs at ``site``, one unit vector per layer) and added, unchanged, to every
-model in the chain during generation. Strength is set as a perturbation ratio
-``coef × ‖v‖ / ‖activation‖`` against each steered model's own activation norm at that
-site (``traitlab.steering.activation_norms`` over the question prompts), so one ratio means
-the same relative push in every model. Controls: the unsteered baseline, and a seeded random
-unit vector at the same layer and ratios. Multi-layer steering adds each layer's own base
-vector at every layer of ``multi_layers``.
+model in the chain during generation. Strength is a perturbation ratio
+``coef × ‖v‖ / ‖activation‖`` against each steered model's own mean activation norm at the
+response positions of the question prompts (from the last prompt token on, so the attention
+sink at position 0 is not in the denominator; ``norm_table`` shows how far the sink would
+move it), so one ratio means the same relative push in every model.
+
+What each answer is scored on:
+
+- **trait**: the judge's 0–100 score; a condition's effect is the mean paired difference from
+  the same model's unsteered answer to the same question, with a t-interval over questions.
+  ``judge_scale`` reads the judge's slope on the trait's gold set, so the seed's effects (on
+  its judge's 0–100 scale) can be stated on ours before a "not held" is allowed.
+- **coherence**: from the text, not the judge (``textstats``): distinct-2 and log-perplexity
+  under ``reference_model``, with floors fitted on the gold sets' coherence labels. A condition
+  is *broken* when fewer than ``coherent_share`` of its answers clear both floors.
+
+Controls, all in the same run: the unsteered baseline; norm-matched random unit directions at
+``random_seeds`` × ``random_layers`` × ``random_ratios``; and a **positive control**: the same
+pipeline on ``control_model`` steered with its own vectors (at ``control_layers``), the model on
+which the ratio-zones report shows this judge sees optimism steering. Without the control a flat
+grid cannot tell "does not transfer" from "this judge cannot see it".
+
+Example (the condition grid of one chain model):
+    >>> p = Params(layers=[3, 8], ratios=[0.1, 0.4], random_seeds=[1, 2], random_layers=[8],
+    ...            multi_layers=[4, 5], multi_ratios=[0.1])
+    >>> [c["kind"] for c in conditions(p)].count("random"), len(conditions(p))
+    (4, 10)
 """
 
 from __future__ import annotations
@@ -19,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import chain, records, steered_eval
+from .. import chain, judge_power, records, steered_eval, textstats
 from .. import uncertainty as unc
 from ..activations import extract
 from ..chat import ChatFormat
@@ -29,8 +50,8 @@ from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
 from ..models import LoadedModel, describe, load_model
 from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site
-from ..steered_eval import Condition, at_ratio, generate_answers
-from ..steering import Steer, activation_norms
+from ..steered_eval import Condition, at_ratio, generate_answers, paired_effects
+from ..steering import position_norms
 
 SEED = pd.DataFrame(
     [("SFT", 12, 84.0, 76.0), ("DPO", 12, 83.0, 82.0), ("SFT", 8, 82.5, np.nan),
@@ -38,8 +59,13 @@ SEED = pd.DataFrame(
     columns=["model", "layer", "trait", "coherence"])
 """The seed's transfer numbers (Mistral-7B base vectors; 32 layers; DPO L24 at coef 6)."""
 SEED_MULTI = {"multi (layers 6–10)": 90.8, "best single layer": 89.3, "baseline": 61.3}
+SEED_BASELINE = 61.3
+"""The seed's unsteered trait score; its steered effects below are differences from it."""
 SWEET_SPOT = (0.5, 0.8)
 BROKEN_FROM = 1.3
+CONTROL = "control"
+"""The positive control's name in every table."""
+CHAIN = ("base", "sft", "dpo")
 
 
 @dataclass(frozen=True)
@@ -50,18 +76,30 @@ class Params:
     trait: str = "optimism"
     vector_method: str = "mean_diff"
     site: str = "resid_pre"
-    layers: list[int] = field(default_factory=lambda: [3, 6, 9, 12, 15])
-    ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.5])
+    layers: list[int] = field(default_factory=lambda: [3, 8, 13])
+    ratios: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.8, 1.6])
     multi_layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
-    multi_ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
-    random_seed: int = 1
+    multi_ratios: list[float] = field(default_factory=lambda: [0.2])
+    """Per-layer ratios of multi-layer steering (each of ``multi_layers`` gets this push)."""
+    random_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    random_layers: list[int] | None = None
+    """Layers of the random control (null: every steered layer)."""
     random_ratios: list[float] | None = None
+    """Ratios of the random control (null: every ratio); a subset of ``ratios``."""
+    control_model: str | None = "qwen2.5-coder-0.5b-instruct"
+    """The positive control: this model steered with its own vectors (null: no control)."""
+    control_layers: list[int] = field(default_factory=lambda: [10])
     positions: Literal["response", "all"] = "response"
-    n_questions: int | None = 12
-    max_new_tokens: int = 48
-    coherence_floor: float = 50.0
+    n_questions: int = 16
+    max_new_tokens: int = 32
+    coherent_share: float = 0.5
+    """A condition is broken when fewer than this share of its answers are coherent."""
+    gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
+    """Gold sets whose coherence labels fit the text floors (``data/judge/gold_<trait>.jsonl``)."""
+    reference_model: str = "qwen2.5-coder-0.5b-instruct"
+    """The model whose perplexity of each answer (after its question) measures coherence."""
     judge_backend: Literal["local", "openai"] = "local"
-    judge_model: str = "qwen2.5-coder-1.5b-instruct"
+    judge_model: str = "qwen2.5-coder-0.5b-instruct"
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_offline: bool = False
@@ -76,38 +114,61 @@ class Params:
         if self.trait not in TRAIT_DESCRIPTIONS:
             raise ParamError(f"trait {self.trait!r} has no judge description; known: "
                              f"{', '.join(TRAIT_DESCRIPTIONS)}")
-        if self.vector_method not in METHODS:
-            raise ParamError(f"vector_method {self.vector_method!r} unknown; choose from {', '.join(METHODS)}")
+        if self.vector_method not in METHODS or self.vector_method == "random":
+            raise ParamError(f"vector_method {self.vector_method!r} cannot be used; choose from "
+                             f"{', '.join(m for m in METHODS if m != 'random')}")
         if self.site not in SITE_NAMES or self.site == "v":
             raise ParamError(f"site must be one of resid_pre, resid_post, attn_out, mlp_out; got {self.site!r}")
         if not self.layers or not self.ratios:
             raise ParamError("layers and ratios must be non-empty")
-        if any(r <= 0 for r in self.ratios + self.multi_ratios):
+        if any(not r > 0 for r in self.ratios + self.multi_ratios):
             raise ParamError("ratios must be > 0 (the trait direction is signed towards the trait)")
+        if list(self.ratios) != sorted(set(self.ratios)):
+            raise ParamError(f"ratios must increase without repeats, got {self.ratios}")
         if self.random_ratios is not None and not set(self.random_ratios) <= set(self.ratios):
             raise ParamError(f"random_ratios {self.random_ratios} must be a subset of ratios {self.ratios} "
                              "(the control is compared at the same perturbation ratio)")
+        if self.random_layers is not None and not set(self.random_layers) <= set(self.layers):
+            raise ParamError(f"random_layers {self.random_layers} must be a subset of layers {self.layers} "
+                             "(the control is compared at the same layer)")
+        if len(set(self.random_seeds)) != len(self.random_seeds):
+            raise ParamError(f"random_seeds repeat: {self.random_seeds}")
         if self.judge_dtype not in ("auto", "float32", "bfloat16"):
             raise ParamError(f"judge_dtype must be 'auto', 'float32' or 'bfloat16', got {self.judge_dtype!r}")
-        if self.models is not None and set(self.models) != {"base", "sft", "dpo"}:
+        if self.models is not None and set(self.models) != set(CHAIN):
             raise ParamError(f"models must name exactly base, sft and dpo; got {sorted(self.models)}")
-        if self.n_questions is not None and self.n_questions < 2:
-            raise ParamError(f"n_questions must be >= 2 or null, got {self.n_questions}")
+        if self.n_questions < 4:
+            raise ParamError(f"n_questions must be >= 4 (intervals are over questions), got {self.n_questions}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ParamError("max_new_tokens and batch_size must be >= 1")
-        if not 0 <= self.coherence_floor <= 100:
-            raise ParamError(f"coherence_floor must be in [0, 100], got {self.coherence_floor}")
+        if not 0 < self.coherent_share < 1:
+            raise ParamError(f"coherent_share must be in (0, 1), got {self.coherent_share}")
+        if not self.gold_traits:
+            raise ParamError("gold_traits is empty: the coherence floors need labelled answers")
+        if self.control_model is not None and not self.control_layers:
+            raise ParamError("control_layers is empty: name the layers the positive control steers "
+                             "(or set control_model: null)")
 
     def chain_params(self) -> chain.ChainParams:
         return chain.profile_params(self.chain_profile)
 
     def check(self) -> None:
-        """Layer ranges against the base model's config (no weights read)."""
+        """Layer ranges against the base and control models' configs, the prompt and gold sets
+        (no weights read)."""
         base = self.models["base"] if self.models else self.chain_params().base_model
         info = describe(base)
         bad = [x for x in set(self.layers) | set(self.multi_layers) if not 0 <= x < info.n_layers]
         if bad:
             raise ParamError(f"layers {sorted(bad)} out of range for {base} (0..{info.n_layers - 1})")
+        if self.control_model is not None:
+            n = describe(self.control_model).n_layers
+            bad = [x for x in self.control_layers if not 0 <= x < n]
+            if bad:
+                raise ParamError(f"control_layers {sorted(bad)} out of range for {self.control_model} (0..{n - 1})")
+        describe(self.reference_model)
+        load_trait(self.trait, folder=traits_folder(self.traits_dir))
+        for t in self.gold_traits:
+            judge_power.load_gold(t)
 
     def judge(self) -> Judge:
         return judge_from_params(self)
@@ -124,147 +185,279 @@ def _fmt(P: Params, m: LoadedModel) -> ChatFormat:
     return ChatFormat.plain(m.tokenizer) if P.prompt_format == "plain" else m.chat
 
 
-def base_vectors(P: Params, base: LoadedModel, progress: bool = True) -> dict[int, torch.Tensor]:
-    """One unit trait vector per layer, from the base model's train-split pairs."""
+def fit_vectors(P: Params, lm: LoadedModel, layers: list[int], progress: bool = True) -> dict[int, torch.Tensor]:
+    """One unit trait vector per layer, fitted on ``lm``'s activations of the train-split pairs."""
     ds = load_trait(P.trait, folder=traits_folder(P.traits_dir))
-    pos, neg = ds.encode(_fmt(P, base), "train")
-    layers = sorted(set(P.layers) | set(P.multi_layers))
-    sites = [Site(P.site, x) for x in layers]
-    acts = extract(base, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
+    pos, neg = ds.encode(_fmt(P, lm), "train")
+    sites = [Site(P.site, x) for x in sorted(set(layers))]  # type: ignore[arg-type]
+    acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
     n = len(pos)
     return {s.layer: fit_direction(P.vector_method, acts[s][:n], acts[s][n:], seed=P.seed, site=str(s),
-                                  model=base.spec, trait=P.trait).vector
+                                   model=lm.spec, trait=P.trait).vector
             for s in sites}
 
 
-def conditions(P: Params) -> list[dict]:
-    """Every steering condition of one model (baseline first)."""
-    out = [{"kind": "baseline", "layer": -1, "ratio": 0.0}]
-    out += [{"kind": "single", "layer": x, "ratio": r} for x in P.layers for r in P.ratios]
+def base_vectors(P: Params, base: LoadedModel, progress: bool = True) -> dict[int, torch.Tensor]:
+    """The base model's vectors at every steered and multi-layer layer."""
+    return fit_vectors(P, base, sorted(set(P.layers) | set(P.multi_layers)), progress=progress)
+
+
+def conditions(P: Params, control: bool = False) -> list[dict]:
+    """Every steering condition of one model (baseline first); ``seed`` is the random
+    direction's seed (−1 elsewhere). The positive control runs baseline and learned vectors
+    at ``control_layers`` only."""
+    out = [{"kind": "baseline", "layer": -1, "ratio": 0.0, "seed": -1}]
+    layers = P.control_layers if control else P.layers
+    out += [{"kind": "single", "layer": x, "ratio": r, "seed": -1} for x in layers for r in P.ratios]
+    if control:
+        return out
     rr = P.ratios if P.random_ratios is None else P.random_ratios
-    out += [{"kind": "random", "layer": x, "ratio": r} for x in P.layers for r in rr]
+    rl = P.layers if P.random_layers is None else P.random_layers
+    out += [{"kind": "random", "layer": x, "ratio": r, "seed": s}
+            for s in P.random_seeds for x in rl for r in rr]
     if P.multi_layers:
-        out += [{"kind": "multi", "layer": -1, "ratio": r} for r in P.multi_ratios]
+        out += [{"kind": "multi", "layer": -1, "ratio": r, "seed": -1} for r in P.multi_ratios]
     return out
 
 
-def _steers(P: Params, c: dict, vectors: dict[int, torch.Tensor], rand: torch.Tensor,
-            norms: dict[str, float]) -> list[Steer]:
+def _steers(P: Params, c: dict, vectors: dict[int, torch.Tensor], d_model: int,
+            norms: dict[str, float]) -> list:
     if c["kind"] == "baseline":
         return []
     if c["kind"] == "multi":
-        return [at_ratio(Site(P.site, x), vectors[x], c["ratio"], norms) for x in P.multi_layers]
-    v = vectors[c["layer"]] if c["kind"] == "single" else rand
-    return [at_ratio(Site(P.site, c["layer"]), v, c["ratio"], norms)]
+        return [at_ratio(Site(P.site, x), vectors[x], c["ratio"], norms) for x in P.multi_layers]  # type: ignore[arg-type]
+    v = vectors[c["layer"]] if c["kind"] == "single" else random_unit(d_model, c["seed"])
+    return [at_ratio(Site(P.site, c["layer"]), v, c["ratio"], norms)]  # type: ignore[arg-type]
+
+
+def norm_table(lm: LoadedModel, encoded: list, P: Params, layers: list[int]) -> pd.DataFrame:
+    """Per layer: the mean activation norm over response positions (the ratio's denominator),
+    over all positions, and at position 0 alone (the attention sink); ``all_over_response``
+    is how much smaller every ratio would read with the sink included."""
+    t = position_norms(lm, encoded, [Site(P.site, x) for x in layers], batch_size=P.batch_size)  # type: ignore[arg-type]
+    df = pd.DataFrame([{"layer": Site.parse(k).layer, **v} for k, v in t.items()])
+    df["all_over_response"] = df["all"] / df["response"]
+    return df[["layer", "response", "all", "first", "all_over_response"]]
+
+
+def steer_model(P: Params, name: str, lm: LoadedModel, vectors: dict[int, torch.Tensor],
+                questions: pd.DataFrame, control: bool = False, progress: bool = True
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One model's answers under every condition (``coef``: the raw coefficient of single and
+    random conditions) and its norm table."""
+    fmt = _fmt(P, lm)
+    layers = sorted(set(P.control_layers if control else P.layers) | (set() if control else set(P.multi_layers)))
+    norms = norm_table(lm, [fmt.encode(q) for q in questions.question], P, layers)
+    by_site = {str(Site(P.site, int(x))): float(r) for x, r in zip(norms.layer, norms.response, strict=True)}  # type: ignore[arg-type]
+    conds = []
+    for c in conditions(P, control=control):
+        steers = _steers(P, c, vectors, lm.d_model, by_site)
+        coef = steers[0].coef if c["kind"] in ("single", "random") else np.nan
+        conds.append(Condition(steers, model=name, **c, coef=coef))
+    prompts = questions[["id", "question"]].rename(columns={"id": "question_id"})
+    answers = generate_answers(lm, prompts, conds, encode=fmt.encode, max_new_tokens=P.max_new_tokens,
+                               positions=P.positions, batch_size=P.batch_size, progress=progress,
+                               desc=f"steer {name}")
+    return answers, norms.assign(model=name)
 
 
 def steer_all(P: Params, specs: dict[str, str], vectors: dict[int, torch.Tensor],
-              questions: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    """Generate every model × condition × question; one row per answer (``coef``: the raw
-    coefficient of single and random conditions)."""
-    frames = []
-    layers = sorted(set(P.layers) | set(P.multi_layers))
-    prompts = questions[["id", "question"]].rename(columns={"id": "question_id"})
+              questions: pd.DataFrame, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every chain model (base vectors) and the positive control (its own vectors): the
+    answers, one row per (model, condition, question), and the norm tables."""
+    frames, norms = [], []
     for name, spec in specs.items():
         m = load_model(spec, quiet=True)
-        fmt = _fmt(P, m)
-        norms = activation_norms(m, [fmt.encode(q) for q in questions.question],
-                                 [Site(P.site, x) for x in layers], batch_size=P.batch_size)
-        rand = random_unit(m.d_model, P.random_seed)
-        conds = []
-        for c in conditions(P):
-            steers = _steers(P, c, vectors, rand, norms)
-            coef = steers[0].coef if c["kind"] in ("single", "random") else np.nan
-            conds.append(Condition(steers, model=name, **c, coef=coef))
-        frames.append(generate_answers(m, prompts, conds, encode=fmt.encode, max_new_tokens=P.max_new_tokens,
-                                       positions=P.positions, batch_size=P.batch_size, progress=progress,
-                                       desc=f"steer {name}"))
+        a, n = steer_model(P, name, m, vectors, questions, progress=progress)
+        frames.append(a)
+        norms.append(n)
         del m
-    return pd.concat(frames, ignore_index=True)
+    if P.control_model is not None:
+        m = load_model(P.control_model, quiet=True)
+        own = fit_vectors(P, m, P.control_layers, progress=progress)
+        a, n = steer_model(P, CONTROL, m, own, questions, control=True, progress=progress)
+        frames.append(a)
+        norms.append(n)
+        del m
+    return pd.concat(frames, ignore_index=True), pd.concat(norms, ignore_index=True)
 
 
-def judge_answers(judge: Judge, answers: pd.DataFrame, trait: str, progress: bool = True
-                  ) -> pd.DataFrame:
-    """Add the judge's ``trait`` and ``coherence`` scores (columns of those names)."""
-    return steered_eval.judge_answers(judge, answers, ("trait", "coherence"), trait=trait, progress=progress)
+def judge_answers(judge: Judge, answers: pd.DataFrame, trait: str, progress: bool = True) -> pd.DataFrame:
+    """Add the judge's ``trait`` score (0–100) of every answer."""
+    return steered_eval.judge_answers(judge, answers, ("trait",), trait=trait, progress=progress)
 
 
-def summary(scored: pd.DataFrame) -> pd.DataFrame:
-    """Mean trait and coherence per model × condition (with the number judged)."""
-    return (scored.groupby(["model", "kind", "layer", "ratio"], sort=False)
-            .agg(trait=("trait", "mean"), coherence=("coherence", "mean"), coef=("coef", "first"),
-                 n=("trait", "count")).reset_index().round(2))
+def judge_scale(judge: Judge, trait: str, progress: bool = True) -> dict[str, float]:
+    """The judge's slope on the trait's gold set (judge points per gold-label point, least squares
+    over every labelled answer) with its 95% bootstrap CI over answers, and Pearson r: how many
+    of our judge's points one point of the seed's 0–100 scale is worth."""
+    gold = judge_power.load_gold(trait)
+    got = judge.score_many("trait", list(zip(gold.question, gold.response, strict=True)), trait=trait,
+                           progress=progress)
+    y = np.array([np.nan if g.value is None else g.value for g in got], float)
+    x = gold.label.to_numpy(float)
+    ok = np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 3 or np.ptp(x) == 0:
+        return {"slope": np.nan, "lo": np.nan, "hi": np.nan, "r": np.nan, "n": int(len(x))}
+
+    def slope(idx: dict) -> float:
+        i = idx[None]
+        xi, yi = x[i], y[i]
+        return float(np.polyfit(xi, yi, 1)[0]) if np.ptp(xi) > 0 else np.nan
+
+    b = unc.bootstrap(slope, len(x), n_boot=1000, seed=0)
+    return {"slope": float(np.polyfit(x, y, 1)[0]), "lo": b.ci[0], "hi": b.ci[1], "r": unc.pearson(x, y),
+            "n": int(len(x))}
 
 
-def best_per_layer(summ: pd.DataFrame, floor: float) -> pd.DataFrame:
-    """For each model and layer, the ratio with the highest trait at coherence ≥ floor."""
-    s = summ[(summ.kind == "single") & (summ.coherence >= floor)]
-    idx = s.groupby(["model", "layer"]).trait.idxmax()
-    best = s.loc[idx, ["model", "layer", "ratio", "coef", "trait", "coherence"]]
-    base = summ[summ.kind == "baseline"].set_index("model").trait
-    return best.assign(delta=lambda d: d.trait - d.model.map(base)).reset_index(drop=True)
+def coherence(P: Params, answers: pd.DataFrame, progress: bool = True) -> tuple[pd.DataFrame, textstats.Floors]:
+    """``answers`` with ``distinct2``, ``log_ppl`` (under ``reference_model``, after the question)
+    and ``coherent``, and the floors fitted on the gold sets under the same model."""
+    ref = load_model(P.reference_model, quiet=True)
+    floors, _ = judge_power.calibrate_floors(ref, P.gold_traits, batch_size=P.batch_size)
+    out = answers.join(textstats.coherence_measures(ref, answers, batch_size=P.batch_size))
+    out["coherent"] = floors.coherent(out)
+    return out, floors
+
+
+_KEYS = ["model", "kind", "layer", "ratio", "seed"]
+
+
+def summary(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per model × condition: mean trait, its paired difference from the same model's unsteered
+    answers (``delta`` with a t-interval over questions), the coherent share with its Wilson
+    interval, and ``broken`` (coherent share below ``P.coherent_share``)."""
+    base = scored.kind == "baseline"
+    eff = paired_effects(scored, by=_KEYS, baseline=base, unit="question_id", within=["model"], value="trait")
+    coh = unc.wilson_rates(scored.assign(coherent=scored.coherent.astype(bool)), _KEYS, "coherent", sort=False)
+    coh = coh.set_index(_KEYS).rename(columns={"rate": "coherent", "lo": "coherent_lo", "hi": "coherent_hi"})
+    coef = scored.groupby(_KEYS, sort=False).coef.first()
+    b = scored[base].groupby(_KEYS, sort=False).agg(trait=("trait", "mean"), n=("trait", "count"))
+    b = b.assign(delta=0.0, ci_lo=np.nan, ci_hi=np.nan)
+    steered = eff.rename(columns={"steered": "trait"})[["trait", "delta", "ci_lo", "ci_hi", "n"]]
+    out = pd.concat([b, steered]).join(coh[["coherent", "coherent_lo", "coherent_hi"]]).join(coef)
+    out["broken"] = out.coherent < P.coherent_share
+    order = {m: i for i, m in enumerate(dict.fromkeys(scored.model))}
+    return (out.reset_index().sort_values("model", key=lambda s: s.map(order), kind="stable")
+            .reset_index(drop=True))
+
+
+def best_per_layer(summ: pd.DataFrame) -> pd.DataFrame:
+    """For each model and layer, the unbroken learned-vector ratio with the largest trait delta."""
+    s = summ[(summ.kind == "single") & ~summ.broken]
+    idx = s.groupby(["model", "layer"], sort=False).delta.idxmax()
+    return s.loc[idx, ["model", "layer", "ratio", "coef", "trait", "delta", "ci_lo", "ci_hi", "coherent"]
+                 ].reset_index(drop=True)
 
 
 def by_ratio(summ: pd.DataFrame) -> pd.DataFrame:
-    """Trait and coherence against perturbation ratio, averaged over layers (single vs random)."""
+    """Trait delta and coherent share against the ratio, per model and kind (learned averaged
+    over layers, random over seeds and layers)."""
     s = summ[summ.kind.isin(["single", "random"])]
-    return s.groupby(["model", "kind", "ratio"]).agg(trait=("trait", "mean"),
-                                                     coherence=("coherence", "mean")).reset_index()
+    return (s.groupby(["model", "kind", "ratio"], sort=False)
+            .agg(delta=("delta", "mean"), coherent=("coherent", "mean")).reset_index())
 
 
-def multi_vs_single(summ: pd.DataFrame, floor: float) -> pd.DataFrame:
-    """Best multi-layer condition vs best single layer (both at coherence ≥ floor) per model."""
+def _cell(scored: pd.DataFrame, model: str, kind: str, layer: int | None = None,
+          ratio: float | None = None, col: str = "trait") -> pd.Series:
+    """One condition's per-question values (random: the mean over seeds), indexed by question."""
+    m = (scored.model == model) & (scored.kind == kind)
+    if layer is not None:
+        m &= scored.layer == layer
+    if ratio is not None:
+        m &= np.isclose(scored.ratio, ratio)
+    return scored[m].groupby("question_id", sort=False)[col].mean()
+
+
+def _delta(scored: pd.DataFrame, model: str, kind: str, layer: int | None = None,
+           ratio: float | None = None) -> pd.Series:
+    """Per question: the condition's trait minus the same model's unsteered trait."""
+    return (_cell(scored, model, kind, layer, ratio) - _cell(scored, model, "baseline")).dropna()
+
+
+def learned_vs_random(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per chain model and ratio where the random control ran: the learned vector's trait delta
+    and the random directions' (mean over seeds), both averaged over the random layers, and
+    their per-question difference with a t-interval."""
+    rr = P.ratios if P.random_ratios is None else P.random_ratios
+    rl = P.layers if P.random_layers is None else P.random_layers
     rows = []
-    for model, g in summ.groupby("model", sort=False):
-        base = g[g.kind == "baseline"].iloc[0]
-        row = {"model": model, "baseline_trait": base.trait, "baseline_coherence": base.coherence}
-        for kind in ("single", "multi"):
-            ok = g[(g.kind == kind) & (g.coherence >= floor)]
-            b = ok.loc[ok.trait.idxmax()] if len(ok) else None
-            row[f"{kind}_trait"] = b.trait if b is not None else np.nan
-            row[f"{kind}_coherence"] = b.coherence if b is not None else np.nan
-            row[f"{kind}_at"] = (f"L{b.layer} r={b.ratio}" if kind == "single" else f"r={b.ratio}") \
-                if b is not None else "none coherent"
+    for m in [x for x in dict.fromkeys(scored.model) if x != CONTROL]:
+        for r in rr:
+            learned = pd.concat([_delta(scored, m, "single", x, r) for x in rl], axis=1).mean(axis=1)
+            rand = pd.concat([_delta(scored, m, "random", x, r) for x in rl], axis=1).mean(axis=1)
+            d = (learned - rand).dropna().to_numpy(float)
+            mean, se, n = unc.mean_se(d)
+            lo, hi = unc.t_interval(mean, se, n)
+            rows.append({"model": m, "ratio": r, "learned": float(learned.mean()), "random": float(rand.mean()),
+                         "difference": mean, "ci_lo": lo, "ci_hi": hi, "n": n})
+    return pd.DataFrame(rows)
+
+
+def _best(summ: pd.DataFrame, model: str, kind: str, layer: int | None = None) -> pd.Series | None:
+    ok = summ[(summ.model == model) & (summ.kind == kind) & ~summ.broken]
+    if layer is not None:
+        ok = ok[ok.layer == layer]
+    return ok.loc[ok.delta.idxmax()] if len(ok) else None
+
+
+def multi_vs_single(scored: pd.DataFrame, summ: pd.DataFrame) -> pd.DataFrame:
+    """Per chain model with a multi-layer condition: its best unbroken multi-layer condition vs
+    its best unbroken single layer, and their per-question difference with a t-interval."""
+    rows = []
+    for m in [x for x in dict.fromkeys(summ.model) if x != CONTROL]:
+        bm, bs = _best(summ, m, "multi"), _best(summ, m, "single")
+        row = {"model": m, "multi_at": "none unbroken" if bm is None else f"r={bm.ratio:g}",
+               "multi_delta": np.nan if bm is None else bm.delta,
+               "single_at": "none unbroken" if bs is None else f"L{bs.layer} r={bs.ratio:g}",
+               "single_delta": np.nan if bs is None else bs.delta,
+               "difference": np.nan, "ci_lo": np.nan, "ci_hi": np.nan}
+        if bm is not None and bs is not None:
+            d = _multi_minus_single(scored, m, bm, bs)
+            mean, se, n = unc.mean_se(d.to_numpy(float))
+            lo, hi = unc.t_interval(mean, se, n)
+            row.update(difference=mean, ci_lo=lo, ci_hi=hi)
         rows.append(row)
-    return pd.DataFrame(rows).set_index("model").round(2)
+    return pd.DataFrame(rows)
 
 
-def learned_vs_random(summ: pd.DataFrame) -> pd.DataFrame:
-    """Mean trait shift over baseline, learned vs random direction, per model and ratio."""
-    base = summ[summ.kind == "baseline"].set_index("model").trait
-    s = summ[summ.kind.isin(["single", "random"])].copy()
-    s["trait_shift"] = s.trait - s.model.map(base)
-    return s.pivot_table(index=["model", "ratio"], columns="kind", values="trait_shift").round(2)
+def _multi_minus_single(scored: pd.DataFrame, model: str, bm: pd.Series, bs: pd.Series) -> pd.Series:
+    """Per question: the multi-layer condition's trait minus the single-layer condition's."""
+    return (_cell(scored, model, "multi", ratio=bm.ratio) - _cell(scored, model, "single", bs.layer, bs.ratio)).dropna()
 
 
-def conclusions(summ: pd.DataFrame, best: pd.DataFrame, multi: pd.DataFrame,
-                lvr: pd.DataFrame, floor: float) -> list[str]:
-    """Plain-language findings, each number from the tables above."""
-    out = []
-    for model in summ.model.unique():
+def _selected(delta: pd.Series, n_candidates: int) -> tuple[float, float, float]:
+    """Mean of a selected condition's per-question deltas with a Bonferroni t-interval over the
+    ``n_candidates`` it was picked from (the best of many cells is biased upward)."""
+    mean, se, n = unc.mean_se(delta.to_numpy(float))
+    lo, hi = unc.t_interval(mean, se, n, level=1 - 0.05 / max(n_candidates, 1))
+    return mean, lo, hi
+
+
+def conclusions(summ: pd.DataFrame, best: pd.DataFrame, multi: pd.DataFrame, lvr: pd.DataFrame,
+                record: records.ResultRecord) -> list[str]:
+    """Plain-language findings, verdicts first, each number from the tables and the record."""
+    out = [f"{c.verdict.upper()}: {c.statement} — ours: {c.ours}; seed: {c.seed}. ({c.reason})"
+           for c in record.claims]
+    for model in dict.fromkeys(summ.model):
         b = best[best.model == model]
         base = summ[(summ.model == model) & (summ.kind == "baseline")].iloc[0]
         if len(b):
-            top = b.loc[b.trait.idxmax()]
-            out.append(f"{model}: baseline trait {base.trait:.1f} (coherence {base.coherence:.1f}); best "
-                       f"coherent steering L{top.layer} at ratio {top.ratio}: trait {top.trait:.1f}, "
-                       f"coherence {top.coherence:.1f} (Δ {top.delta:+.1f}).")
+            top = b.loc[b.delta.idxmax()]
+            out.append(f"{model}: unsteered trait {base.trait:.1f}; largest unbroken learned effect L{top.layer} "
+                       f"at ratio {top.ratio:g}: Δ {top.delta:+.1f} [{top.ci_lo:+.1f}, {top.ci_hi:+.1f}] "
+                       f"({100 * top.coherent:.0f}% coherent).")
         else:
-            out.append(f"{model}: no steered condition stayed above coherence {floor}.")
-    if {"sft", "dpo"} <= set(best.model):
-        j = best[best.model == "sft"].merge(best[best.model == "dpo"], on="layer", suffixes=("_sft", "_dpo"))
-        if len(j):
-            gap = j.assign(gap=j.trait_sft - j.trait_dpo).sort_values("gap", ascending=False).iloc[0]
-            out.append(f"Largest SFT − DPO gap in best coherent trait: layer {gap.layer} "
-                       f"({gap.trait_sft:.1f} vs {gap.trait_dpo:.1f}); seed: layer 8 of 32, 82.5 vs 65.8.")
-    for model, r in multi.iterrows():
-        out.append(f"{model}: multi-layer best {r.multi_trait:.1f} ({r.multi_at}) vs best single "
-                   f"{r.single_trait:.1f} ({r.single_at}), baseline {r.baseline_trait:.1f}; seed "
-                   "90.8 vs 89.3 (baseline 61.3).")
-    if "random" in lvr and "single" in lvr:
-        d = (lvr["single"] - lvr["random"]).groupby(level="model").mean()
-        out.append("Learned minus random trait shift, averaged over the ratios where the control ran: "
+            out.append(f"{model}: every learned condition is broken.")
+    if len(lvr):
+        d = lvr.groupby("model", sort=False).difference.mean()
+        out.append("Learned minus random trait delta, averaged over the random control's ratios: "
                    + ", ".join(f"{m} {v:+.1f}" for m, v in d.items()) + ".")
+    for r in multi.itertuples():
+        out.append(f"{r.model}: multi-layer best Δ {r.multi_delta:+.1f} ({r.multi_at}) vs best single layer "
+                   f"Δ {r.single_delta:+.1f} ({r.single_at}); difference {r.difference:+.1f} "
+                   f"[{r.ci_lo:+.1f}, {r.ci_hi:+.1f}].")
     return out
 
 
@@ -272,129 +465,151 @@ def questions(P: Params) -> pd.DataFrame:
     return opinion_questions("test", P.n_questions)
 
 
-def _cell(scored: pd.DataFrame, model: str, kind: str, layer: int | None = None,
-          ratio: float | None = None, col: str = "trait") -> pd.Series:
-    """One condition's per-question scores (indexed by question id)."""
-    m = (scored.model == model) & (scored.kind == kind)
-    if layer is not None:
-        m &= scored.layer == layer
-    if ratio is not None:
-        m &= np.isclose(scored.ratio, ratio)
-    return scored[m].set_index("question_id")[col]
-
-
-def _paired(a: pd.Series, b: pd.Series) -> np.ndarray:
-    """Per-question ``a − b`` over the questions both scored."""
-    d = (a - b).to_numpy(float) if len(a) and len(b) else np.array([])
-    return d[np.isfinite(d)]
-
-
-def _top(best: pd.DataFrame, model: str, layer: int | None = None) -> pd.Series | None:
-    b = best[(best.model == model) & ((best.layer == layer) if layer is not None else True)]
-    return b.loc[b.trait.idxmax()] if len(b) else None
-
-
-def _best_coherent(summ: pd.DataFrame, model: str, kind: str, floor: float) -> pd.Series | None:
-    ok = summ[(summ.model == model) & (summ.kind == kind) & (summ.coherence >= floor)]
-    return ok.loc[ok.trait.idxmax()] if len(ok) else None
-
-
 def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFrame,
-           multi: pd.DataFrame, lvr: pd.DataFrame) -> records.ResultRecord:
-    """The transfer report's result record: per-model baseline and best coherent steering, the
-    SFT − DPO gap at the earliest layer, multi vs single layer, learned vs random, seed claims.
+           multi: pd.DataFrame, lvr: pd.DataFrame, scale: dict[str, float] | None,
+           floors: textstats.Floors | None = None, norms: pd.DataFrame | None = None) -> records.ResultRecord:
+    """The transfer report's result record: per model the unsteered trait and the best unbroken
+    steering effect (a Bonferroni t-interval over the conditions it was picked from), the
+    positive control, learned minus random, the SFT − DPO gap at the earliest layer, multi vs
+    single layer, the DPO model's coherence when pushed hardest, and the seed's claims.
 
-    Every score is the judge's reading of a generated answer, so every judge quantity uses
-    ``k = 3`` SEs over questions (paired by question for differences; the SE from a handful of
-    questions is inflated by its t quantile, ``_evidence.score_mean``); the counts of questions and
-    conditions are exact. Which layer/ratio is "best" is an argmax over noisy cells: it is kept in
-    the tables and in the claims' text, not as a quantity.
+    Judge quantities use ``k = 3`` SEs over questions (``records.score_mean``); coherent shares
+    are rates over questions. The seed's effects are stated on our judge's scale through
+    ``scale`` (the judge's slope on the gold set) before they are compared with an MDE; with no
+    scale they are compared as given.
     """
-    floor = P.coherence_floor
     models = list(dict.fromkeys(scored.model))
+    chain_models = [m for m in models if m != CONTROL]
     qs: list[records.Quantity] = [
         records.exact("n_questions", scored.question_id.nunique(), unit="questions"),
         records.exact("n_conditions", len(conditions(P)), unit="conditions"),
         records.exact("n_models", len(models), unit="models")]
-    deltas: dict[str, np.ndarray] = {}
+    steers: dict[str, bool] = {}
     for m in models:
-        base = _cell(scored, m, "baseline")
-        qs.append(records.score_mean(f"{m}_baseline_trait", base, k=3))
-        qs.append(records.score_mean(f"{m}_baseline_coherence", _cell(scored, m, "baseline", col="coherence"), k=3))
-        top = _top(best, m)
-        steered = (_cell(scored, m, "single", top.layer, top.ratio) if top is not None
-                   else pd.Series(dtype=float))
-        qs.append(records.score_mean(f"{m}_best_trait", steered, k=3))
-        deltas[m] = _paired(steered, base)
-        qs.append(records.score_mean(f"{m}_best_delta", deltas[m], k=3))
-        # per question: learned − random at every (layer, ratio) where the control ran, averaged
-        parts = [_cell(scored, m, "single", x, r) - _cell(scored, m, "random", x, r)
-                 for x in P.layers for r in (P.ratios if P.random_ratios is None else P.random_ratios)]
-        per_q = pd.concat(parts, axis=1).mean(axis=1)
-        qs.append(records.score_mean(f"{m}_learned_minus_random", per_q, k=3))
+        qs.append(records.score_mean(f"{m}_baseline_trait", _cell(scored, m, "baseline"), k=3))
+        n_cand = int(((summ.model == m) & (summ.kind == "single")).sum())
+        top = _best(summ, m, "single")
+        d = _delta(scored, m, "single", top.layer, top.ratio) if top is not None else pd.Series(dtype=float)
+        mean, lo, hi = _selected(d, n_cand) if len(d) else (np.nan, np.nan, np.nan)
+        q = records.score_mean(f"{m}_best_delta", d, k=3) if len(d) else records.exact(f"{m}_best_delta", np.nan)
+        qs.append(records.Quantity(q.name, q.value, q.unit, q.n, None if np.isnan(lo) else (lo, hi),
+                                   q.tolerance, q.tolerance_rule))
+        steers[m] = bool(np.isfinite(lo) and lo > 0)
+        worst = summ[(summ.model == m) & (summ.kind == "single")].coherent.min()
+        qs.append(records.rate(f"{m}_min_coherent_share", float(worst), n=P.n_questions))
+    for m in chain_models:
+        if len(lvr) and m in set(lvr.model):
+            per_q = pd.concat([
+                pd.concat([_delta(scored, m, "single", x, r) - _delta(scored, m, "random", x, r)
+                           for x in (P.layers if P.random_layers is None else P.random_layers)], axis=1).mean(axis=1)
+                for r in (P.ratios if P.random_ratios is None else P.random_ratios)], axis=1).mean(axis=1)
+            qs.append(records.score_mean(f"{m}_learned_minus_random", per_q.dropna(), k=3))
     early = min(P.layers)
-    s_top, d_top = _top(best, "sft", early), _top(best, "dpo", early)
-    gap = (_paired(_cell(scored, "sft", "single", early, s_top.ratio),
-                   _cell(scored, "dpo", "single", early, d_top.ratio))
-           if s_top is not None and d_top is not None else np.array([]))
+    gap_parts = [(_delta(scored, "sft", "single", early, r) - _delta(scored, "dpo", "single", early, r))
+                 for r in P.ratios if _unbroken(summ, "sft", early, r) and _unbroken(summ, "dpo", early, r)]
+    gap = pd.concat(gap_parts, axis=1).mean(axis=1).dropna() if gap_parts else pd.Series(dtype=float)
     qs.append(records.score_mean("sft_minus_dpo_early", gap, k=3))
-    bm, bs = _best_coherent(summ, "dpo", "multi", floor), _best_coherent(summ, "dpo", "single", floor)
-    mvs = (_paired(_cell(scored, "dpo", "multi", ratio=bm.ratio), _cell(scored, "dpo", "single", bs.layer, bs.ratio))
-           if bm is not None and bs is not None else np.array([]))
+    mv = multi[multi.model == "dpo"]
+    mvs = pd.Series(dtype=float)
+    if len(mv) and np.isfinite(mv.difference.iloc[0]):
+        mvs = _multi_minus_single(scored, "dpo", _best(summ, "dpo", "multi"), _best(summ, "dpo", "single"))
     qs.append(records.score_mean("dpo_multi_minus_single", mvs, k=3))
-    push = _cell(scored, "dpo", "single", max(P.layers), max(P.ratios), col="coherence")
-    qs.append(records.score_mean("dpo_coherence_max_push", push, k=3))
+    push = _cell(scored, "dpo", "single", max(P.layers), max(P.ratios), col="coherent")
+    qs.append(records.rate("dpo_coherent_max_push", float(push.mean()) if len(push) else np.nan,
+                           n=max(len(push), 1)))
+    if scale is not None and all(np.isfinite([scale["slope"], scale["lo"], scale["hi"]])):
+        qs.append(records.Quantity("judge_slope", scale["slope"], "judge points per gold point", scale["n"],
+                                   (scale["lo"], scale["hi"]), *records.se_tolerance(
+                                       max((scale["hi"] - scale["lo"]) / 3.92, 1e-3), k=3)))
+    if floors is not None:
+        qs.append(records.rate("floors_balanced_accuracy", floors.balanced_accuracy, n=floors.n))
     by = {q.name: q for q in qs}
+    slope = scale["slope"] if scale is not None else 1.0  # NaN (no usable gold scores): no MDE verdicts
 
-    def steers(name: str) -> bool:
-        ci = by[name].ci
-        return ci is not None and ci[0] > 0
+    def ours(s: float) -> float:
+        """A seed effect (its judge's points) in our judge's points."""
+        return s * slope
 
-    claims = []
-    both = steers("sft_best_delta") and steers("dpo_best_delta")
-    v, why = records.decide(holds=both, positive_control=steers("base_best_delta") if "base" in models else None)
-    if v == "not held":
-        why = "the base vectors steer the base model (positive control) but not both fine-tunes"
     fmt = records.format_quantity
+    # the positive control: the control model with its own vectors; without one, the base model
+    # steered by its own vectors (a weaker control: it shares the chain's judge but not its model)
+    control = steers.get(CONTROL, steers.get("base"))
+    control_name = P.control_model if CONTROL in models else "the base model"
+    claims = []
+    both = steers.get("sft", False) and steers.get("dpo", False)
+    mde = max((unc.score_mde(_delta(scored, m, "single", *_at(summ, m))) if _at(summ, m)[0] is not None
+               else np.inf) for m in ("sft", "dpo"))
+    v, why = records.decide(holds=both, positive_control=control,
+                            seed_effect=ours(min(84.0, 83.0) - SEED_BASELINE), mde=mde)
+    if v == "not held" and control:
+        ctl = CONTROL if CONTROL in models else "base"
+        why = (f"the same pipeline steers the positive control ({control_name}, its own vectors: "
+               f"Δ {fmt(by[f'{ctl}_best_delta'])}) but not both fine-tunes with base vectors")
+    elif v != "holds" and control is False:  # a blind pipeline: no MDE can stand in for the control
+        v, why = "inconclusive", (f"the positive control ({control_name}, its own vectors) was not seen to "
+                                  "steer either: this pipeline's power to see steering is not shown")
     claims.append(records.Claim(
-        "transfer_works", "Base-model vectors steer the SFT and the DPO model (best coherent Δ trait > 0)",
-        seed="trait 84.3 (SFT), 83.2 (DPO) at L12", ours=f"Δ SFT {fmt(by['sft_best_delta'])}; "
-        f"Δ DPO {fmt(by['dpo_best_delta'])}", verdict=v, reason=why, quantity="dpo_best_delta"))
-    v, why = records.decide(holds=steers("sft_minus_dpo_early"), seed_effect=82.5 - 65.8,
-                            mde=unc.score_mde(gap))
+        "transfer_works", "Base-model vectors steer the SFT and the DPO model (best unbroken Δ trait > 0, "
+        "selection-adjusted interval)", seed="trait 84 (SFT), 83 (DPO) at L12 vs baseline 61.3",
+        ours=f"Δ SFT {fmt(by['sft_best_delta'])}; Δ DPO {fmt(by['dpo_best_delta'])}", verdict=v, reason=why,
+        quantity="dpo_best_delta"))
+    gq = by["sft_minus_dpo_early"]
+    v, why = records.decide(holds=gq.ci is not None and gq.ci[0] > 0, seed_effect=ours(82.5 - 65.8),
+                            mde=unc.score_mde(gap) if len(gap) else None,
+                            comparable=len(gap) > 0,
+                            comparable_reason=f"no ratio at L{early} leaves both fine-tunes unbroken")
     claims.append(records.Claim(
-        "dpo_resists_early", f"At an early layer (ours: L{early}, the earliest steered) DPO reaches a lower "
-        "best coherent trait than SFT", seed="L8 of 32: SFT 82.5 vs DPO 65.8", ours="", verdict=v,
-        reason=why, quantity="sft_minus_dpo_early"))
-    s_all, d_all = _top(best, "sft"), _top(best, "dpo")
-    same = s_all is not None and d_all is not None and int(s_all.layer) == int(d_all.layer)
+        "dpo_resists_early", f"At an early layer (ours: L{early}, the earliest steered) base vectors move the "
+        "DPO model less than the SFT model (per-question Δ SFT − Δ DPO over the ratios where both are unbroken)",
+        seed=f"L8 of 32: SFT 82.5 vs DPO 65.8 (16.7 points; {ours(16.7):.1f} on our judge's scale)",
+        ours=fmt(gq), verdict=v, reason=why, quantity="sft_minus_dpo_early"))
+    s_top, d_top = _best(summ, "sft", "single"), _best(summ, "dpo", "single")
+    same = s_top is not None and d_top is not None and int(s_top.layer) == int(d_top.layer)
     v, why = records.decide(holds=same, comparable=len(P.layers) > 1,
                             comparable_reason=f"one steered layer ({P.layers}): no best layer to compare")
     if v == "inconclusive":
         why = ("the best layers differ or are missing, and a best layer is an argmax over noisy cells "
                "with no test of the difference")
-    where = (f"SFT L{int(s_all.layer)}, DPO L{int(d_all.layer)}" if s_all is not None and d_all is not None
-             else "no coherent condition in one model")
+    where = (f"SFT L{int(s_top.layer)}, DPO L{int(d_top.layer)}" if s_top is not None and d_top is not None
+             else "no unbroken condition in one model")
     claims.append(records.Claim("optimal_layer_preserved", "SFT and DPO share their best steering layer",
                                 seed="L12 for both", ours=where, verdict=v, reason=why))
-    v, why = records.decide(holds=steers("dpo_multi_minus_single"),
-                            seed_effect=SEED_MULTI["multi (layers 6–10)"] - SEED_MULTI["best single layer"],
-                            mde=unc.score_mde(mvs),
-                            comparable=bool(P.multi_layers and P.multi_ratios),
-                            comparable_reason="no multi-layer condition in this run")
+    mq = by["dpo_multi_minus_single"]
+    v, why = records.decide(holds=mq.ci is not None and mq.ci[0] > 0,
+                            seed_effect=ours(SEED_MULTI["multi (layers 6–10)"] - SEED_MULTI["best single layer"]),
+                            mde=unc.score_mde(mvs) if len(mvs) else None,
+                            comparable=bool(P.multi_layers and P.multi_ratios) and len(mvs) > 0,
+                            comparable_reason="no unbroken multi-layer and single-layer condition to compare")
     claims.append(records.Claim(
-        "multi_beats_single", "Multi-layer steering beats the best single layer (DPO model, both coherent)",
-        seed="90.8 vs 89.3 (baseline 61.3)", ours="", verdict=v, reason=why, quantity="dpo_multi_minus_single"))
-    pc = by["dpo_coherence_max_push"].ci
-    v, why = records.decide(holds=pc is not None and pc[1] < floor, comparable=max(P.ratios) > BROKEN_FROM,
+        "multi_beats_single", "Multi-layer steering beats the best single layer (DPO model, both unbroken)",
+        seed="90.8 vs 89.3 (baseline 61.3)", ours=fmt(mq), verdict=v, reason=why, quantity="dpo_multi_minus_single"))
+    pq = by["dpo_coherent_max_push"]
+    lo_hi = unc.wilson(int(round(pq.value * len(push))), len(push)) if len(push) else (np.nan, np.nan)
+    v, why = records.decide(holds=bool(lo_hi[1] < P.coherent_share), comparable=max(P.ratios) > BROKEN_FROM,
                             comparable_reason=f"our largest ratio {max(P.ratios)} does not reach the "
                                               f"seed's broken region (> {BROKEN_FROM})")
+    if v == "inconclusive":
+        why = (f"{100 * pq.value:.0f}% [{100 * lo_hi[0]:.0f}, {100 * lo_hi[1]:.0f}] of the answers stay coherent: "
+               "the cliff is not shown; with text-coherence floors there is no MDE on the seed's scale")
     claims.append(records.Claim(
-        "dpo_cliff", f"Pushed hardest (L{max(P.layers)}, ratio {max(P.ratios)}) the DPO model collapses "
-        f"(coherence below {floor:g})", seed="L24, coef 6: trait 1.1, coherence 6.3", ours="",
-        verdict=v, reason=why, quantity="dpo_coherence_max_push"))
-    tables = {"summary": summ, "best_per_layer": best, "multi_vs_single": multi,
-              "learned_vs_random": lvr}
+        "dpo_cliff", f"Pushed hardest (L{max(P.layers)}, ratio {max(P.ratios):g}) the DPO model collapses "
+        f"(fewer than {100 * P.coherent_share:.0f}% coherent answers)", seed="L24, coef 6: trait 1.1, coherence 6.3",
+        ours=f"{100 * pq.value:.0f}% coherent", verdict=v, reason=why, quantity="dpo_coherent_max_push"))
+    tables = {"summary": summ, "best_per_layer": best, "multi_vs_single": multi, "learned_vs_random": lvr}
+    if norms is not None:
+        tables["norms"] = norms
     chain_name = f"chain:{P.chain_profile}" if P.models is None else "→".join(P.models.values())
     return records.ResultRecord("sft_dpo_transfer", model=chain_name, quantities=tuple(qs),
                                 claims=tuple(claims), tables=tables, params=asdict(P))
+
+
+def _unbroken(summ: pd.DataFrame, model: str, layer: int, ratio: float) -> bool:
+    row = summ[(summ.model == model) & (summ.kind == "single") & (summ.layer == layer)
+               & np.isclose(summ.ratio, ratio)]
+    return bool(len(row)) and not bool(row.broken.iloc[0])
+
+
+def _at(summ: pd.DataFrame, model: str) -> tuple[int | None, float | None]:
+    """(layer, ratio) of the model's best unbroken learned condition (None, None: none)."""
+    top = _best(summ, model, "single")
+    return (None, None) if top is None else (int(top.layer), float(top.ratio))
