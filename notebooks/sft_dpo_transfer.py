@@ -29,8 +29,8 @@
 # its **coherence** is read from the text (distinct-2 and perplexity under a reference model,
 # floors fitted on our gold sets' coherence labels), not from the judge. Controls in the same
 # run: norm-matched random directions at several seeds, and a **positive control** — the same
-# pipeline on Qwen2.5-Coder-0.5B-Instruct with its own vectors, where the ratio-zones report
-# shows this judge sees optimism steering. A "not held" needs that control (or a minimum
+# pipeline on Qwen2.5-Coder-0.5B-Instruct, in its chat template, with its own vectors, where
+# the metrics-vs-steering and ratio-zones reports show this judge sees optimism steering. A "not held" needs that control (or a minimum
 # detectable effect below the seed's, stated on our judge's scale through its slope on the
 # gold set); otherwise the verdict is "inconclusive".
 
@@ -49,7 +49,7 @@ random_seeds = [1, 2, 3, 4, 5]
 random_layers = [8]
 random_ratios = [0.8]
 control_model = "qwen2.5-coder-0.5b-instruct"
-control_layers = [10]
+control_layers = [12]
 positions = "response"
 n_questions = 16
 max_new_tokens = 32

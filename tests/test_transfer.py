@@ -114,16 +114,19 @@ def test_record_verdicts_follow_the_controls():
 def test_transfer_not_held_needs_the_positive_control():
     P = _P()
 
-    def verdict(effect):
+    def verdict(effect, claim="transfer_works"):
         scored = _scored(P, effect)
         summ = tr.summary(scored, P)
         rec = tr.record(P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ),
                         tr.learned_vs_random(scored, P), None)
-        return next(c for c in rec.claims if c.id == "transfer_works")
+        return next(c for c in rec.claims if c.id == claim)
 
     flat = {"base": 10.0, "sft": 0.0, "dpo": 0.0, "control": 15.0}
     c = verdict(flat)
     assert c.verdict == "not held" and "qwen2.5-coder-0.5b-instruct" in c.reason
+    # no SFT − DPO gap, with power, but SFT itself does not move at the early layer: nothing to resist
+    c = verdict(flat, "dpo_resists_early")
+    assert c.verdict == "inconclusive" and "no push for DPO to resist" in c.reason
     blind = {"base": 0.0, "sft": 0.0, "dpo": 0.0, "control": 0.0}
     c = verdict(blind)
     assert c.verdict == "inconclusive" and "positive control" in c.reason
@@ -200,3 +203,15 @@ def test_layers_checked_against_the_base_and_control_models():
         tr.Params(control_layers=[30]).check()  # the 0.5B control has 24
     tr.Params(chain_profile="ci", layers=[10], multi_layers=[9], control_model="smollm2-135m-instruct",
               control_layers=[10], reference_model="smollm2-135m-instruct").check()
+
+
+def test_a_run_without_random_or_multi_layer_conditions():
+    P = _P(random_seeds=[], multi_layers=[], multi_ratios=[])
+    scored = _scored(P)
+    assert set(scored.kind) == {"baseline", "single"}
+    summ = tr.summary(scored, P)
+    lvr, multi = tr.learned_vs_random(scored, P), tr.multi_vs_single(scored, summ)
+    assert lvr.empty and (multi.multi_at == "none unbroken").all()
+    rec = tr.record(P, scored, summ, tr.best_per_layer(summ), multi, lvr, None)
+    assert not any(q.name.endswith("learned_minus_random") for q in rec.quantities)
+    assert {c.id: c.verdict for c in rec.claims}["multi_beats_single"] == "not comparable"

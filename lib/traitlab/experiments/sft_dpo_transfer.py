@@ -20,8 +20,9 @@ What each answer is scored on:
 
 Controls, all in the same run: the unsteered baseline; norm-matched random unit directions at
 ``random_seeds`` × ``random_layers`` × ``random_ratios``; and a **positive control**: the same
-pipeline on ``control_model`` steered with its own vectors (at ``control_layers``), the model on
-which the ratio-zones report shows this judge sees optimism steering. Without the control a flat
+pipeline on ``control_model`` (in its own chat template) steered with its own vectors (at
+``control_layers``), the setting in which the ratio-zones report shows this judge sees optimism
+steering. Without the control a flat
 grid cannot tell "does not transfer" from "this judge cannot see it".
 
 Example (the condition grid of one chain model):
@@ -87,8 +88,9 @@ class Params:
     random_ratios: list[float] | None = None
     """Ratios of the random control (null: every ratio); a subset of ``ratios``."""
     control_model: str | None = "qwen2.5-coder-0.5b-instruct"
-    """The positive control: this model steered with its own vectors (null: no control)."""
-    control_layers: list[int] = field(default_factory=lambda: [10])
+    """The positive control: this model, prompted with its own chat template, steered with its own
+    vectors (null: no control; the base model steering itself then stands in)."""
+    control_layers: list[int] = field(default_factory=lambda: [12])
     positions: Literal["response", "all"] = "response"
     n_questions: int = 16
     max_new_tokens: int = 32
@@ -181,14 +183,17 @@ def chain_models(P: Params, progress: bool = True) -> dict[str, str]:
     return chain.build(P.chain_params(), progress=progress).paths
 
 
-def _fmt(P: Params, m: LoadedModel) -> ChatFormat:
-    return ChatFormat.plain(m.tokenizer) if P.prompt_format == "plain" else m.chat
+def _fmt(P: Params, m: LoadedModel, control: bool = False) -> ChatFormat:
+    """The chain's prompt format (``prompt_format``); the positive control always uses its own
+    chat template, the setting in which its steering is known to work."""
+    return ChatFormat.plain(m.tokenizer) if P.prompt_format == "plain" and not control else m.chat
 
 
-def fit_vectors(P: Params, lm: LoadedModel, layers: list[int], progress: bool = True) -> dict[int, torch.Tensor]:
+def fit_vectors(P: Params, lm: LoadedModel, layers: list[int], control: bool = False,
+                progress: bool = True) -> dict[int, torch.Tensor]:
     """One unit trait vector per layer, fitted on ``lm``'s activations of the train-split pairs."""
     ds = load_trait(P.trait, folder=traits_folder(P.traits_dir))
-    pos, neg = ds.encode(_fmt(P, lm), "train")
+    pos, neg = ds.encode(_fmt(P, lm, control), "train")
     sites = [Site(P.site, x) for x in sorted(set(layers))]  # type: ignore[arg-type]
     acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
     n = len(pos)
@@ -245,7 +250,7 @@ def steer_model(P: Params, name: str, lm: LoadedModel, vectors: dict[int, torch.
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One model's answers under every condition (``coef``: the raw coefficient of single and
     random conditions) and its norm table."""
-    fmt = _fmt(P, lm)
+    fmt = _fmt(P, lm, control)
     layers = sorted(set(P.control_layers if control else P.layers) | (set() if control else set(P.multi_layers)))
     norms = norm_table(lm, [fmt.encode(q) for q in questions.question], P, layers)
     by_site = {str(Site(P.site, int(x))): float(r) for x, r in zip(norms.layer, norms.response, strict=True)}  # type: ignore[arg-type]
@@ -274,7 +279,7 @@ def steer_all(P: Params, specs: dict[str, str], vectors: dict[int, torch.Tensor]
         del m
     if P.control_model is not None:
         m = load_model(P.control_model, quiet=True)
-        own = fit_vectors(P, m, P.control_layers, progress=progress)
+        own = fit_vectors(P, m, P.control_layers, control=True, progress=progress)
         a, n = steer_model(P, CONTROL, m, own, questions, control=True, progress=progress)
         frames.append(a)
         norms.append(n)
@@ -382,8 +387,8 @@ def learned_vs_random(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
     their per-question difference with a t-interval."""
     rr = P.ratios if P.random_ratios is None else P.random_ratios
     rl = P.layers if P.random_layers is None else P.random_layers
-    rows = []
-    for m in [x for x in dict.fromkeys(scored.model) if x != CONTROL]:
+    rows: list[dict] = []
+    for m in [x for x in dict.fromkeys(scored.model) if x != CONTROL] if P.random_seeds else []:
         for r in rr:
             learned = pd.concat([_delta(scored, m, "single", x, r) for x in rl], axis=1).mean(axis=1)
             rand = pd.concat([_delta(scored, m, "random", x, r) for x in rl], axis=1).mean(axis=1)
@@ -392,7 +397,7 @@ def learned_vs_random(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
             lo, hi = unc.t_interval(mean, se, n)
             rows.append({"model": m, "ratio": r, "learned": float(learned.mean()), "random": float(rand.mean()),
                          "difference": mean, "ci_lo": lo, "ci_hi": hi, "n": n})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["model", "ratio", "learned", "random", "difference", "ci_lo", "ci_hi", "n"])
 
 
 def _best(summ: pd.DataFrame, model: str, kind: str, layer: int | None = None) -> pd.Series | None:
@@ -455,9 +460,12 @@ def conclusions(summ: pd.DataFrame, best: pd.DataFrame, multi: pd.DataFrame, lvr
         out.append("Learned minus random trait delta, averaged over the random control's ratios: "
                    + ", ".join(f"{m} {v:+.1f}" for m, v in d.items()) + ".")
     for r in multi.itertuples():
-        out.append(f"{r.model}: multi-layer best Δ {r.multi_delta:+.1f} ({r.multi_at}) vs best single layer "
-                   f"Δ {r.single_delta:+.1f} ({r.single_at}); difference {r.difference:+.1f} "
-                   f"[{r.ci_lo:+.1f}, {r.ci_hi:+.1f}].")
+        if np.isfinite(r.difference):
+            out.append(f"{r.model}: multi-layer best Δ {r.multi_delta:+.1f} ({r.multi_at}) vs best single layer "
+                       f"Δ {r.single_delta:+.1f} ({r.single_at}); difference {r.difference:+.1f} "
+                       f"[{r.ci_lo:+.1f}, {r.ci_hi:+.1f}].")
+        else:
+            out.append(f"{r.model}: multi-layer {r.multi_at}, single layer {r.single_at}: nothing to compare.")
     return out
 
 
@@ -558,6 +566,12 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
                             mde=unc.score_mde(gap) if len(gap) else None,
                             comparable=len(gap) > 0,
                             comparable_reason=f"no ratio at L{early} leaves both fine-tunes unbroken")
+    sft_early = _best(summ, "sft", "single", early)
+    if v == "not held" and not (sft_early is not None and sft_early.ci_lo > 0):
+        # the seed's gap is DPO resisting a push that moves SFT: with SFT unmoved there is nothing to resist
+        v, why = "inconclusive", (f"base vectors do not move the SFT model at L{early} either (best unbroken Δ "
+                                  + ("none" if sft_early is None else f"{sft_early.delta:+.1f} [{sft_early.ci_lo:+.1f}, "
+                                     f"{sft_early.ci_hi:+.1f}]") + "), so there is no push for DPO to resist")
     claims.append(records.Claim(
         "dpo_resists_early", f"At an early layer (ours: L{early}, the earliest steered) base vectors move the "
         "DPO model less than the SFT model (per-question Δ SFT − Δ DPO over the ratios where both are unbroken)",
