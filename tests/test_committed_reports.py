@@ -22,7 +22,6 @@ _SLOW = "not re-rendered with its record yet: on a 2-core AVX2 CPU with the floa
 STALE: dict[str, str] = {
     "base_to_instruct": _SLOW.format("the Gemma-3-270M SFT/DPO chain trained (~30 min) first"),
     "model_chain": _SLOW.format("~30 min of SFT/DPO training"),
-    "sft_dpo_transfer": _SLOW.format("the chain plus > 1 h of judged generation"),
     "refusal_dial.qwen2.5-coder-1.5b": _SLOW.format("~1.5 h"),
 }
 """Reports rendered before result records existed, each with why it has not been re-rendered yet
