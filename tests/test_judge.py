@@ -330,12 +330,14 @@ def test_with_mode_shares_the_backend_and_cache(tiny_judge, tmp_path):
 
 
 def test_local_identity_is_known_before_loading_and_names_the_method(tmp_path):
-    cfg = J.JudgeConfig(backend="local", model="smollm2-135m-instruct")
+    # float32 pinned: ``auto`` picks bfloat16 on CPUs that compute it natively, which is in the identity
+    cfg = J.JudgeConfig(backend="local", model="smollm2-135m-instruct", dtype="float32")
     j = J.Judge(cfg, cache=tmp_path)
     before = j.identity()  # from the zoo's sha256, no weights loaded
     assert J.INTEGER_METHOD in before and "prune=0.001" in before
     assert j.backend.identity == before == j.identity()
-    other = J.Judge(J.JudgeConfig(backend="local", model="smollm2-135m-instruct", prune=0.0), cache=tmp_path)
+    other = J.Judge(J.JudgeConfig(backend="local", model="smollm2-135m-instruct", prune=0.0, dtype="float32"),
+                    cache=tmp_path)
     assert other.identity() != before
     # the compute dtype is part of the identity (float32 keys are unchanged from before dtype existed)
     bf = J.Judge(J.JudgeConfig(backend="local", model="smollm2-135m-instruct", dtype="bfloat16"), cache=tmp_path)
