@@ -381,17 +381,28 @@ def _delta(scored: pd.DataFrame, model: str, kind: str, layer: int | None = None
     return (_cell(scored, model, kind, layer, ratio) - _cell(scored, model, "baseline")).dropna()
 
 
+def _random_grid(P: Params) -> tuple[list[int], list[float]]:
+    """The (layers, ratios) where the random control ran."""
+    return (P.layers if P.random_layers is None else P.random_layers,
+            P.ratios if P.random_ratios is None else P.random_ratios)
+
+
+def _learned_and_random(scored: pd.DataFrame, P: Params, model: str, ratio: float) -> tuple[pd.Series, pd.Series]:
+    """Per question at ``ratio``: the learned vector's trait delta and the random directions'
+    (mean over seeds), each averaged over the random control's layers."""
+    layers, _ = _random_grid(P)
+    return tuple(pd.concat([_delta(scored, model, kind, x, ratio) for x in layers], axis=1).mean(axis=1)  # type: ignore[return-value]
+                 for kind in ("single", "random"))
+
+
 def learned_vs_random(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
     """Per chain model and ratio where the random control ran: the learned vector's trait delta
     and the random directions' (mean over seeds), both averaged over the random layers, and
     their per-question difference with a t-interval."""
-    rr = P.ratios if P.random_ratios is None else P.random_ratios
-    rl = P.layers if P.random_layers is None else P.random_layers
     rows: list[dict] = []
     for m in [x for x in dict.fromkeys(scored.model) if x != CONTROL] if P.random_seeds else []:
-        for r in rr:
-            learned = pd.concat([_delta(scored, m, "single", x, r) for x in rl], axis=1).mean(axis=1)
-            rand = pd.concat([_delta(scored, m, "random", x, r) for x in rl], axis=1).mean(axis=1)
+        for r in _random_grid(P)[1]:
+            learned, rand = _learned_and_random(scored, P, m, r)
             d = (learned - rand).dropna().to_numpy(float)
             mean, se, n = unc.mean_se(d)
             lo, hi = unc.t_interval(mean, se, n)
@@ -507,10 +518,8 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
         qs.append(records.rate(f"{m}_min_coherent_share", float(worst), n=P.n_questions))
     for m in chain_models:
         if len(lvr) and m in set(lvr.model):
-            per_q = pd.concat([
-                pd.concat([_delta(scored, m, "single", x, r) - _delta(scored, m, "random", x, r)
-                           for x in (P.layers if P.random_layers is None else P.random_layers)], axis=1).mean(axis=1)
-                for r in (P.ratios if P.random_ratios is None else P.random_ratios)], axis=1).mean(axis=1)
+            per_q = pd.concat([a - b for a, b in (_learned_and_random(scored, P, m, r) for r in _random_grid(P)[1])],
+                              axis=1).mean(axis=1)
             qs.append(records.score_mean(f"{m}_learned_minus_random", per_q.dropna(), k=3))
     early = min(P.layers)
     gap_parts = [(_delta(scored, "sft", "single", early, r) - _delta(scored, "dpo", "single", early, r))
