@@ -143,3 +143,52 @@ def test_record_moved_field_is_named():
     assert any(x.startswith("components.probe.attn_out.accuracy_pct:") for x in problems), problems
     assert any(x.startswith("components.claim attn_out_beats_resid: verdict") for x in problems), problems
     assert not any(x.startswith("components.probe.v.") for x in problems)
+
+
+def test_matched_width_rotates_a_site_already_that_wide_and_shrinks_the_rest():
+    """At its own width a site is only rotated: cosine scores, hence every metric, are unchanged;
+    a wider site ends up exactly that wide; widths are capped at the train rank."""
+    import torch
+
+    from traitlab.metrics import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    shift = torch.zeros(6)
+    shift[0] = 2.0
+    acts = {"t": {split: {"narrow": (torch.randn(12, 6, generator=g) + shift, torch.randn(12, 6, generator=g)),
+                          "wide": (torch.randn(12, 20, generator=g), torch.randn(12, 20, generator=g))}
+                  for split in ("train", "val")}}
+    m = comp.match_dimension(acts, 6)
+    assert m["t"]["val"]["wide"][0].shape == (12, 6) and m["t"]["train"]["narrow"][1].shape == (12, 6)
+    v = torch.randn(6, generator=g)
+    tr_p, tr_n = acts["t"]["train"]["narrow"]
+    x = torch.cat([tr_p, tr_n]).double()
+    basis = torch.linalg.svd(x - x.mean(0), full_matrices=False)[2].T  # the rotation used
+    raw = evaluate(v, *acts["t"]["val"]["narrow"])
+    rot = evaluate((v.double() @ basis).float(), *m["t"]["val"]["narrow"])
+    assert raw.auroc == rot.auroc and raw.val_accuracy == rot.val_accuracy
+    assert abs(raw.effect_size - rot.effect_size) < 1e-5
+    assert comp.match_dimension(acts, 100)["t"]["val"]["wide"][0].shape == (12, 20)  # rank cap: 24 rows, 20 wide
+    p = comp.Params()
+    assert comp.matched_width(p, {"v": 128, "resid_post": 896}) == 128
+    assert comp.matched_width(comp.Params(matched_dim=0), {"v": 128}) == 0
+
+
+def test_record_with_the_matched_space_prefixes_its_quantities_and_claims():
+    from traitlab import records
+
+    p = comp.Params(traits=["refusal", "humor", "optimism"], n_random_seeds=2, n_boot=100)
+    df = _toy_results(p)
+    boot = comp.draws(p, pair_scores(df, ["trait", "site", "layer", "method", "seed"]))
+    dfm = _toy_results(p, attn_shift=0.1)
+    boot_m = comp.draws(p, pair_scores(dfm, ["trait", "site", "layer", "method", "seed"]))
+    matched = comp.Space("matched", dfm, comp.summarize(dfm, p, boot_m), boot_m, 8)
+    rec = comp.record(p, None, df, comp.summarize(df, p, boot), boot, matched)
+    names = set(records.names(rec))
+    assert {"probe.attn_out.accuracy_pct", "matched.probe.attn_out.accuracy_pct", "matched.width"} <= names
+    assert rec["matched.width"].value == 8
+    c = {c.id: c for c in rec.claims}
+    assert c["attn_out_beats_resid"].verdict == "not held"  # raw: 5 pts below
+    assert c["attn_out_beats_resid.matched"].verdict == "holds"  # matched toy: 5 pts above
+    assert c["attn_out_beats_resid.matched"].quantity == "matched.probe.attn_out_minus_resid_post.accuracy_pts"
+    assert "matched.paired" in rec.tables

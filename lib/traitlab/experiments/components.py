@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -24,11 +24,12 @@ import pandas as pd
 from .. import records
 from .. import uncertainty as unc
 from ..activations import POSITIONS
-from ..data import load_trait
 from ..directions import METHODS, fit_direction
+from ..elicit import SourceParams, check_sets, summary_table
+from ..elicit import quantities as elicit_quantities
 from ..metrics import cell_draws, evaluate, heldout_scores
 from ..models import describe
-from ..params import ParamError, traits_folder
+from ..params import ParamError
 from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
 
@@ -40,7 +41,9 @@ SEED_CLAIMS = pd.DataFrame(
 
 
 @dataclass(frozen=True)
-class Params:
+class _Grid:
+    """The report's own parameters (``Params`` adds the ``SourceParams`` after them)."""
+
     model: str = "qwen2.5-coder-0.5b-instruct"
     revision: str | None = None
     dtype: str = "float32"
@@ -59,6 +62,15 @@ class Params:
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    matched_dim: int | None = None
+    """Sites compared at one width too (``match_dimension``): each site's activations projected on
+    their first ``matched_dim`` principal components (null: the narrowest site's width, e.g. the
+    V-cache's); 0: raw widths only."""
+
+
+@dataclass(frozen=True)
+class Params(SourceParams, _Grid):
+    """Every parameter of the report: the grid's, then where the examples come from."""
 
     def __post_init__(self) -> None:
         if not self.traits:
@@ -81,6 +93,9 @@ class Params:
             raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
         if self.probe_C <= 0:
             raise ParamError(f"probe_C must be > 0, got {self.probe_C}")
+        if self.matched_dim is not None and self.matched_dim < 0:
+            raise ParamError(f"matched_dim must be >= 0 (0: raw widths only) or null, got {self.matched_dim}")
+        self.check_source(self.position)
 
     def check(self) -> list[Site]:
         """Layers and sites against the model's config (no weights read); every site, layer-major."""
@@ -94,17 +109,18 @@ class Params:
             check_sites(sites, info.arch, info.n_layers)
         except ValueError as err:
             raise ParamError(str(err)) from None
-        for t in self.traits:
-            load_trait(t, max_pairs_per_split=self.max_pairs_per_split, folder=traits_folder(self.traits_dir))
+        check_sets(self)
         return sites
 
 
-def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True
+def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True, log: bool = True
         ) -> tuple[pd.DataFrame, dict[tuple, tuple[np.ndarray, np.ndarray]]]:
     """One row per (trait, site, layer, method, seed) with held-out metrics, and each cell's
     held-out pair scores keyed (trait, site, layer, method, seed) for the bootstrap over pairs.
 
-    ``acts`` is ``method_comparison.extract_traits``'s {trait: {split: {site: (pos, neg)}}}.
+    ``acts`` is ``method_comparison.extract_traits``'s {trait: {split: {site: (pos, neg)}}};
+    ``log=False`` keeps the fits out of the published vectors (e.g. fits in a projected space,
+    ``match_dimension``, which are not vectors of the model's sites).
     """
     rows, scores = [], {}
     methods = list(p.methods) + ["random"]
@@ -115,11 +131,48 @@ def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True
         seeds = range(p.seed, p.seed + p.n_random_seeds) if method == "random" else [p.seed]
         for seed in seeds:
             opts = {"C": p.probe_C} if method == "probe" else {}
-            d = fit_direction(method, tr_pos, tr_neg, seed=seed, site=str(site), trait=trait, **opts)
+            d = fit_direction(method, tr_pos, tr_neg, seed=seed, site=str(site), trait=trait, log=log, **opts)
             rows.append({"trait": trait, "site": site.name, "layer": site.layer, "method": method,
                          "seed": seed, "dim": int(tr_pos.shape[1]), **evaluate(d.vector, va_pos, va_neg).asdict()})
             scores[(trait, site.name, site.layer, method, seed)] = heldout_scores(d.vector, va_pos, va_neg)
     return pd.DataFrame(rows), scores
+
+
+def matched_width(p: Params, widths: dict[str, int]) -> int:
+    """The common width of ``match_dimension``: ``p.matched_dim``, or the narrowest site's width
+    (``widths``: site name → width); 0 when matching is off."""
+    return min(widths.values()) if p.matched_dim is None else p.matched_dim
+
+
+def match_dimension(acts: dict, k: int) -> dict:
+    """Every site's activations in ``k`` dimensions, so wide and narrow sites compete on equal
+    terms: per (trait, site), the top-``k`` principal axes of the train split's pooled activations
+    (both classes; centred for the SVD), and every train and val activation written in that basis
+    (not centred, so cosine scores keep their meaning; ``k`` is capped at the train rank). A site
+    already ``k`` wide is only rotated, and cosines, hence every metric, are unchanged.
+
+    ``acts``: ``method_comparison.extract_traits``'s {trait: {split: {site: (pos, neg)}}}.
+
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = {"t": {s: {"a": (torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g))}
+    ...      for s in ("train", "val")}}
+    >>> [tuple(t.shape) for t in match_dimension(x, 3)["t"]["val"]["a"]]
+    [(6, 3), (6, 3)]
+    """
+    import torch
+
+    out: dict = {}
+    for trait, splits in acts.items():
+        out[trait] = {"train": {}, "val": {}}
+        for site, (tp, tn) in splits["train"].items():
+            x = torch.cat([tp, tn]).double()
+            _, _, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+            basis = vh[:min(k, vh.shape[0])].T  # [d, k]
+            for split in ("train", "val"):
+                pos, neg = splits[split][site]
+                out[trait][split][site] = ((pos.double() @ basis).float(), (neg.double() @ basis).float())
+    return out
 
 
 def draws(p: Params, scores: dict) -> dict[tuple, dict[str, np.ndarray]]:
@@ -252,8 +305,20 @@ still allow float noise."""
 _CLAIM_IDS = {"attn_out": "attn_out_beats_resid", "v": "v_beats_resid"}
 
 
+@dataclass(frozen=True)
+class Space:
+    """One comparison of the sites: raw widths (``name`` "") or after ``match_dimension`` to
+    ``width`` ("matched"); its results, summary and bootstrap draws."""
+
+    name: str
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    boot: dict
+    width: int | None = None
+
+
 def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.DataFrame,
-           boot: dict) -> records.ResultRecord:
+           boot: dict, matched: Space | None = None, elicited: dict | None = None) -> records.ResultRecord:
     """The report as data: accuracy and AUROC per (method, site), paired differences with the
     reference site, the seed's two component claims with verdicts, tables.
 
@@ -266,11 +331,42 @@ def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.Data
       over cells [estimate: 2 bootstrap SEs, held-out pairs resampled within trait, floored; the
       verdict uses the same SE].
     - ``n_traits``, ``n_layers``, ``n_sites``: exact.
+    - with ``matched`` (every site at one width, ``match_dimension``): the same quantities
+      prefixed ``matched.``, ``matched.width`` (exact), and the seed's claims again with ids
+      suffixed ``.matched``.
+    - with ``elicited`` (``source: generated``): ``elicit.<trait>.kept_rate``.
     """
     qs: list[records.Quantity] = [records.exact("n_traits", len(p.traits)),
                                   records.exact("n_layers", int(results.layer.nunique())),
                                   records.exact("n_sites", len(p.sites))]
-    for (method, site), row in summary.iterrows():
+    spaces = [Space("", results, summary, boot)] + ([matched] if matched is not None else [])
+    claims: list[records.Claim] = []
+    tables = {}
+    for sp in spaces:
+        pre = f"{sp.name}." if sp.name else ""
+        if sp.width is not None:
+            qs.append(records.exact(f"{pre}width", sp.width))
+        space_qs, paired = _space_quantities(p, sp)
+        qs += [replace(q, name=pre + q.name) for q in space_qs]
+        claims += [replace(c, id=c.id + (f".{sp.name}" if sp.name else ""), quantity=pre + (c.quantity or ""),
+                           statement=c.statement + (f" (every site at {sp.width} dimensions)" if sp.name else ""))
+                   for c in _claims(p, paired)]
+        tables.update({f"{pre}summary": sp.summary, f"{pre}paired": paired_vs_reference(sp.results, p, sp.boot),
+                       f"{pre}best_layers": best_layers(sp.results)})
+    if elicited:
+        qs += elicit_quantities(elicited)
+        tables["elicited"] = summary_table(elicited)
+    return records.ResultRecord("components", model=getattr(lm, "spec", None) or p.model, quantities=tuple(qs),
+                                claims=tuple(claims), tables=tables, params=asdict(p))
+
+
+def _space_quantities(p: Params, sp: Space
+                      ) -> tuple[list[records.Quantity], dict[tuple[str, str, str], tuple[float, float]]]:
+    """One space's per-site means and paired differences (names without the space's prefix),
+    and the paired (value, SE) the claims read."""
+    qs: list[records.Quantity] = []
+    results, boot = sp.results, sp.boot
+    for (method, site), row in sp.summary.iterrows():
         d = results[(results.method == method) & (results.site == site)]
         acc, au = 100 * d.val_accuracy.to_numpy(), d.auroc.to_numpy()
         qs.append(records.estimate(f"{method}.{site}.accuracy_pct", row.accuracy_pct, se=unc.se_of_mean(acc, SE_FLOOR["pct"]),
@@ -293,10 +389,7 @@ def record(p: Params, lm: object | None, results: pd.DataFrame, summary: pd.Data
                 paired[(method, site, col)] = (float(dx.mean()), se)
                 qs.append(records.estimate(f"{method}.{site}_minus_{p.reference_site}.{metric}", dx.mean(), se=se,
                                            n=len(dx), unit=unit, k=2))
-    claims = _claims(p, paired)
-    tables = {"summary": summary, "paired": paired_vs_reference(results, p, boot), "best_layers": best_layers(results)}
-    return records.ResultRecord("components", model=getattr(lm, "spec", None) or p.model, quantities=tuple(qs),
-                                claims=tuple(claims), tables=tables, params=asdict(p))
+    return qs, paired
 
 
 def _parse_ci(text: str) -> tuple[float, float] | None:

@@ -19,11 +19,13 @@ import torch
 from .. import records
 from .. import uncertainty as unc
 from ..activations import POSITIONS, extract
-from ..data import load_trait
+from ..data import TraitDataset
 from ..directions import METHODS, fit_direction
+from ..elicit import Elicited, SourceParams, check_sets, summary_table, written_sets
+from ..elicit import quantities as elicit_quantities
 from ..metrics import cell_draws, evaluate, heldout_scores
 from ..models import LoadedModel, describe
-from ..params import ParamError, traits_folder
+from ..params import ParamError
 from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
 from ..surface import surface_metrics
@@ -37,7 +39,9 @@ SEED_TABLE = pd.DataFrame(
 
 
 @dataclass(frozen=True)
-class Params:
+class _Grid:
+    """The comparison's own parameters (``Params`` adds the ``SourceParams`` after them)."""
+
     model: str = "qwen2.5-coder-0.5b-instruct"
     revision: str | None = None
     dtype: str = "float32"
@@ -68,6 +72,12 @@ class Params:
     curve_repeats: int = 5
     """Random subsamples of the training pairs per size (the curve's unit of resampling)."""
 
+
+@dataclass(frozen=True)
+class Params(SourceParams, _Grid):
+    """Every parameter of the report: the grid's, then where the examples come from (fields in
+    that order: dataclasses collect base fields in reverse method-resolution order)."""
+
     def __post_init__(self) -> None:
         if not self.traits:
             raise ParamError("traits is empty; name at least one trait from data/traits/")
@@ -90,6 +100,7 @@ class Params:
             raise ParamError(f"acc_threshold must be in (0, 1), got {self.acc_threshold}")
         if self.probe_C <= 0 or self.gradient_shrinkage < 0:
             raise ParamError("probe_C must be > 0 and gradient_shrinkage >= 0")
+        self.check_source(self.position)
 
     def check(self) -> list[Site]:
         """Checks that need the model's shape (read from its config, no weights); the sites."""
@@ -102,9 +113,9 @@ class Params:
             check_sites(sites, info.arch, info.n_layers)
         except ValueError as err:
             raise ParamError(str(err)) from None
-        for t in self.traits:
-            load_trait(t, max_pairs_per_split=self.max_pairs_per_split, folder=traits_folder(self.traits_dir))
+        check_sets(self)
         return sites
+
 
     def curve_sites(self, sites: list[Site]) -> list[Site]:
         """The learning curve's sites: ``curve_layers``, or the middle one of ``sites``."""
@@ -122,11 +133,14 @@ class Params:
                 "ica": {"n_components": self.ica_components}}
 
 
-def extract_traits(p: Params, model: LoadedModel, sites: list[Site]) -> dict:
-    """{trait: {split: (pos ActivationSet, neg ActivationSet)}}, one extraction per trait."""
+def extract_traits(p: Params, model: LoadedModel, sites: list[Site],
+                   sets: dict[str, TraitDataset] | None = None) -> dict:
+    """{trait: {split: (pos ActivationSet, neg ActivationSet)}}, one extraction per trait, from
+    ``sets`` (default: the written sets)."""
+    sets = written_sets(p) if sets is None else sets
     out = {}
     for trait in p.traits:
-        ds = load_trait(trait, max_pairs_per_split=p.max_pairs_per_split, folder=traits_folder(p.traits_dir))
+        ds = sets[trait]
         out[trait] = {}
         pos, neg = ds.encode(model.chat)
         acts = extract(model, pos + neg, sites, position=p.position, batch_size=p.batch_size)  # type: ignore[arg-type]
@@ -242,13 +256,15 @@ def summarize(df: pd.DataFrame, p: Params, boot: dict) -> pd.DataFrame:
     return pd.DataFrame(out).set_index("method")
 
 
-def surface(p: Params) -> pd.DataFrame:
+def surface(p: Params, sets: dict[str, TraitDataset] | None = None) -> pd.DataFrame:
     """Per trait: the surface baseline (``traitlab.surface``: a bag-of-words logistic regression
     on the same texts the activations saw, fitted on the train split) on the held-out pairs, as
-    a direction's metrics (accuracy in %)."""
+    a direction's metrics (accuracy in %). ``sets``: those the activations came from (default:
+    the written sets)."""
+    sets = written_sets(p) if sets is None else sets
     rows = []
     for trait in p.traits:
-        ds = load_trait(trait, max_pairs_per_split=p.max_pairs_per_split, folder=traits_folder(p.traits_dir))
+        ds = sets[trait]
         m, (ps, _) = surface_metrics(ds, p.position)
         rows.append({"trait": trait, "val_pairs": len(ps), "accuracy_pct": 100 * m.val_accuracy,
                      "auroc": m.auroc, "effect_size": m.effect_size})
@@ -325,7 +341,8 @@ component when eigenvalues are close): their means get k=3 standard errors inste
 
 def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd.DataFrame,
            null: pd.DataFrame, boot: dict, surf: pd.DataFrame | None = None,
-           curve: pd.DataFrame | None = None) -> records.ResultRecord:
+           curve: pd.DataFrame | None = None, elicited: dict[str, Elicited] | None = None
+           ) -> records.ResultRecord:
     """The report as data: per-method headline numbers, the seed's claims with verdicts, tables.
 
     Quantities (tolerance rule in brackets):
@@ -349,6 +366,8 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
     - ``curve.<method>.n<k>.accuracy_pct`` (with ``curve``, the ``curve_summary`` table): mean
       held-out accuracy with k training pairs [estimate: 2 SEs over traits, 3 for
       ``ica``/``pca_diff``].
+    - ``elicit.<trait>.kept_rate`` (with ``elicited``, for ``source: generated``): the share of
+      scenario pairs the check kept (``traitlab.elicit.quantities``); table ``elicited``.
 
     ``lm`` gives the model id (``None``: ``p.model``).
     """
@@ -399,8 +418,12 @@ def record(p: Params, lm: LoadedModel | None, results: pd.DataFrame, summary: pd
             qs.append(records.estimate(f"curve.{method}.n{n}.accuracy_pct", row.accuracy_pct, se=se,
                                        n=int(row.traits), unit="%", k=3 if method in _CHAOTIC else 2,
                                        ci=(lo, hi) if np.isfinite(hi - lo) else None))
+    if elicited:
+        qs += elicit_quantities(elicited)
     claims = _claims(summary, p95, float(null.mean_accuracy_pct.mean()) if len(null) else None, diffs)
     tables = {"summary": summary, "versus_seed": versus_seed(summary), "random_null": null}
+    if elicited:
+        tables["elicited"] = summary_table(elicited)
     if curve is not None:
         tables["learning_curve"] = curve
     if surf is not None:
