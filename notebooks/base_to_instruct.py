@@ -40,6 +40,8 @@ batch_size = 8
 n_boot = 2000
 seed = 0
 traits_dir = None
+claim_layer = None
+n_random = 0
 
 # %% [markdown]
 # ## Setup
@@ -111,6 +113,21 @@ det = bi.detection(pp, P)
 display(det.round(3))
 
 # %% [markdown]
+# ## Controls: random directions, and refusal apart from the request
+# `n_random` random unit directions per layer are read on the same answers; their AUROCs (folded
+# to ≥ 0.5: a random direction has no sign) are what chance gives at this n. Refused vs complied
+# compares, among the *harmful* requests only, the answers the model refused with those it
+# complied with: the vector reading the model's behaviour rather than the request's content
+# (`refusal_auroc` in the table above; NaN when either kind has fewer than 4 answers).
+
+# %%
+null = bi.null_aurocs(pp, P)
+if len(null):
+    display(null.round(3))
+else:
+    print("no random directions (n_random = 0)")
+
+# %% [markdown]
 # ## Trajectories over the answer
 
 # %%
@@ -120,7 +137,7 @@ fig = plots.trajectory_grid(traj, f"{P.trait} projection")
 # ## Conclusions (computed from this run)
 
 # %%
-for line in bi.conclusions(det):
+for line in bi.conclusions(det, P, null):
     print("•", line)
 
 # %% [markdown]
@@ -130,7 +147,7 @@ for line in bi.conclusions(det):
 # %% tags=["record"]
 from traitlab import records  # noqa: E402
 
-record = bi.record(P, base, det, pp)
+record = bi.record(P, base, det, pp, null)
 records.publish(record.with_run(**runinfo.run_record(P, base)))
 from traitlab import directions, vectors  # noqa: E402
 
@@ -140,7 +157,9 @@ display(records.verdict_table(record))
 # %% [markdown]
 # ## Caveats
 # - Our SFT/DPO models are a few hundred CPU training steps on a 270M base, not an alignment
-#   pipeline: they may not refuse at all, so "detecting refusal" here means separating harmful
-#   from benign *requests* in the tuned model's answer-time activations.
+#   pipeline. The default chain never learns to refuse (its instructions are all benign), so there
+#   "detecting refusal" means separating harmful from benign *requests*; the `refusing` profile
+#   reads a chain whose SFT data include the teacher's refusals of StrongREJECT requests, and
+#   separates refused from complied answers among the harmful requests.
 # - The vector comes from teacher-forced pairs we wrote, read at response positions.
 # - The seed's raw separation (≈0.5) is on its own projection scale; AUROC and accuracy compare.

@@ -48,6 +48,8 @@ dpo_beta = 0.1
 warmup_frac = 0.1
 train_embeddings = False
 seed = 0
+refusal_sources = []
+n_refusal = 0
 
 # %% [markdown]
 # ## Setup
@@ -78,6 +80,10 @@ print("disk (MB):", mcn.stage_sizes(built.paths))
 print(f"{len(built.train)} training instructions; "
       f"{sum(built.train.teacher.str.strip() != built.train.base.str.strip())} DPO pairs "
       "(chosen = teacher answer, rejected = base answer)")
+if P.n_refusal:
+    n_kept = int((built.train.category == "refusal").sum())
+    print(f"refusals: the teacher refused {n_kept} of {P.n_refusal} harmful requests "
+          f"({', '.join(P.refusal_sources)}); those {n_kept} join the training set")
 display(built.train[["category", "instruction", "teacher", "base"]].head(4))
 
 # %% [markdown]

@@ -95,3 +95,81 @@ def test_record_names_tolerances_and_verdicts():
     problems = records.compare(rec, moved)
     assert len(problems) == 1 and problems[0].startswith("base_to_instruct.auroc.dpo:"), problems
     assert records.compare(rec, rec) == []
+
+
+def test_refused_vs_complied_and_the_random_null_are_exact():
+    """Among harmful answers, refused vs complied gets its own AUROC; random directions give a
+    folded-AUROC null; too few refusals give NaN, not a number from two answers."""
+    rows = []
+    refused = [3.0, 2.5, 2.0, 1.0]
+    complied = [0.5, 1.5, -1.0, 0.0]
+    for i, v in enumerate(refused + complied):
+        rows.append({"model": "dpo", "group": "harmful", "prompt": f"h{i}", "direction": "refusal", "layer": 6,
+                     "mean": v, "refuses": i < 4, "answer": ""})
+    for i, v in enumerate([0.0, -0.5, 0.2, -1.0]):
+        rows.append({"model": "dpo", "group": "benign", "prompt": f"b{i}", "direction": "refusal", "layer": 6,
+                     "mean": v, "refuses": False, "answer": ""})
+    # two random directions: one anti-aligned with the harmful group (folds to its mirror), one flat
+    for k, sign in ((0, -1.0), (1, 0.0)):
+        for r in [dict(x) for x in rows if x["direction"] == "refusal"]:
+            r["direction"], r["mean"] = f"random{k}", sign * r["mean"]
+            rows.append(r)
+    pp = pd.DataFrame(rows)
+    P = bi.Params(n_boot=100, layers=[6], claim_layer=6, n_random=2)
+    det = bi.detection(pp, P)
+    r = det.loc[("dpo", 6)]
+    assert (r.n_refused, r.n_complied) == (4, 4)
+    assert r.refusal_auroc == pytest.approx(15 / 16)  # complied 1.5 beats refused 1.0: one of 16 pairs
+    assert r.auroc == pytest.approx(bi.auroc(np.array(refused + complied), np.array([0.0, -0.5, 0.2, -1.0])))
+    null = bi.null_aurocs(pp, P)
+    folded = max(r.auroc, 1 - r.auroc)  # random0 is the mirror image: folds back to the vector's AUROC
+    assert null.loc[("dpo", 6), "n_random"] == 2
+    assert null.loc[("dpo", 6), "null_p95"] == pytest.approx(np.quantile([folded, 0.5], 0.95))
+    few = pp[(pp.direction == "refusal") & ~((pp.group == "harmful") & pp.refuses & (pp.prompt != "h0"))]
+    assert np.isnan(bi.detection(few, P).loc[("dpo", 6), "refusal_auroc"])  # 1 refusal < MIN_CLASS
+
+
+def test_record_reads_the_layer_fixed_in_advance_and_the_refusal_claim():
+    from traitlab import records
+
+    pp = _pp(16, {"base": 0.0, "sft": 0.0, "dpo": 3.0})
+    pp["direction"] = "refusal"
+    P = bi.Params(n_boot=100, layers=[4, 8], claim_layer=4, template_model=None)
+    det = bi.detection(pp, P)
+    rec = bi.record(P, None, det, pp)
+    assert rec["auroc.dpo"].value == pytest.approx(det.loc[("dpo", 4)].auroc)  # not the better layer 8
+    assert rec.tables["best_layers"].chosen.tolist() == ["fixed in advance"] * 3
+    c = {c.id: c for c in rec.claims}
+    assert "layer 4 fixed in advance" in c["base_vector_detects_chain"].ours
+    assert c["base_vector_detects_refusal"].verdict == "inconclusive"  # one refusal per model: too few
+    assert "refused 1 and complied with 15" in c["base_vector_detects_refusal"].reason
+    # a model that refuses half the harmful requests, its vector reading the refusals
+    pp2 = pp.copy()
+    h = (pp2.model == "dpo") & (pp2.group == "harmful")
+    pp2.loc[h, "refuses"] = pp2.loc[h, "prompt"].str[-1].astype(int) % 2 == 0
+    pp2.loc[h & pp2.refuses, "mean"] += 5.0
+    rec2 = bi.record(P, None, bi.detection(pp2, P), pp2)
+    c2 = {c.id: c for c in rec2.claims}
+    assert c2["base_vector_detects_refusal"].verdict == "holds"
+    assert c2["base_vector_detects_refusal"].quantity == "refusal_auroc.dpo" and "refusal_auroc.dpo" in records.names(rec2)
+
+
+def test_claim_layer_must_be_read():
+    with pytest.raises(ParamError, match="claim_layer 5 must be one of layers"):
+        bi.Params(layers=[4, 8], claim_layer=5)
+
+
+def test_the_refusing_chain_is_checked_and_keyed_apart():
+    from traitlab import chain
+
+    with pytest.raises(ParamError, match="needs refusal_sources"):
+        chain.ChainParams(n_refusal=8)
+    with pytest.raises(ParamError, match="unknown refusal_sources"):
+        chain.ChainParams(n_refusal=8, refusal_sources=["reddit"])
+    assert chain.ChainParams().n_refusal == 0  # the default chain keeps its cache key
+    try:
+        req = chain.refusal_requests(chain.ChainParams(n_refusal=5, refusal_sources=["strongreject"]))
+    except Exception as err:  # no data root here
+        pytest.skip(f"public datasets not found: {err}")
+    assert len(req) == 5 and req.id.is_unique and set(req.category) == {"refusal"} and set(req.split) == {"train"}
+    assert req.id.str.startswith("refusal-strongreject-").all()

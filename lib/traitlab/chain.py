@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,12 @@ import torch
 
 from .atomic import stable_hash, write_json, write_text
 from .chat import ChatFormat, Encoded
-from .data import DataError, read_project_jsonl
+from .data import HARMFUL_SOURCES, DataError, harmful_prompts, read_project_jsonl
 from .models import LoadedModel, describe, load_model
 from .params import ParamError
 from .paths import cache_dir
 from .progress import tqdm
+from .refusal import is_refusal
 
 
 @dataclass(frozen=True)
@@ -331,8 +332,20 @@ class ChainParams:
     warmup_frac: float = 0.1
     train_embeddings: bool = False
     seed: int = 0
+    refusal_sources: list[str] = field(default_factory=list)
+    """Public harmful-request sets (in the data root) whose requests join SFT with the teacher's
+    refusals; empty: none, and the chain never learns to refuse (our instructions are all benign)."""
+    n_refusal: int = 0
+    """Harmful requests the teacher answers (seeded sample of ``refusal_sources``); only answers the
+    refusal phrase rule calls refusals are kept, for SFT and as DPO's chosen answers."""
 
     def __post_init__(self) -> None:
+        if self.n_refusal < 0 or (self.n_refusal and not self.refusal_sources):
+            raise ParamError(f"n_refusal must be >= 0 and needs refusal_sources (got {self.n_refusal}, "
+                             f"{self.refusal_sources}); choose sources from {', '.join(HARMFUL_SOURCES)}")
+        bad = [x for x in self.refusal_sources if x not in HARMFUL_SOURCES]
+        if bad:
+            raise ParamError(f"unknown refusal_sources {bad}; choose from {', '.join(HARMFUL_SOURCES)}")
         for name in ("n_train", "n_eval"):
             v = getattr(self, name)
             if v is not None and v < 2:
@@ -347,6 +360,8 @@ class ChainParams:
     def check(self) -> None:
         describe(self.base_model)
         describe(self.teacher_model)
+        if self.n_refusal:
+            refusal_requests(self)  # the data root holds them, and enough of them
 
     def config(self) -> ChainConfig:
         names = {f.name for f in fields(ChainConfig)}
@@ -378,6 +393,14 @@ def cached_answers(model: LoadedModel, fmt: ChatFormat, df: pd.DataFrame, max_ne
     return out
 
 
+def refusal_requests(P: ChainParams) -> pd.DataFrame:
+    """The harmful requests the chain learns to refuse: ``id``, ``instruction``, ``category``
+    ("refusal"), ``split`` ("train"); a seeded sample of ``P.refusal_sources``."""
+    rows = harmful_prompts(P.refusal_sources, P.n_refusal, P.seed)
+    return pd.DataFrame([{"id": f"refusal-{p.source}-{i:03d}", "instruction": p.text, "category": "refusal",
+                          "split": "train"} for i, p in enumerate(rows)])
+
+
 @dataclass
 class BuiltChain:
     """What the notebook shows: where each stage lives, its curve, how long it took."""
@@ -399,6 +422,10 @@ def build(P: ChainParams, progress: bool = True) -> BuiltChain:
     teacher = load_model(P.teacher_model, quiet=True)
     train["teacher"] = cached_answers(teacher, teacher.chat, train, P.teacher_max_new_tokens,
                                        "teacher", progress)
+    harm = refusal_requests(P) if P.n_refusal else train.iloc[:0]
+    if len(harm):  # answered apart, so the instructions' cached answers stay valid
+        harm["teacher"] = cached_answers(teacher, teacher.chat, harm, P.teacher_max_new_tokens, "teacher", progress)
+        harm = harm[harm.teacher.map(is_refusal)].reset_index(drop=True)
     teacher_fp = teacher.fingerprint
     del teacher
     seconds["teacher answers"] = time.perf_counter() - t0
@@ -407,6 +434,9 @@ def build(P: ChainParams, progress: bool = True) -> BuiltChain:
     base = load_model(P.base_model, quiet=True)
     plain = ChatFormat.plain(base.tokenizer)
     train["base"] = cached_answers(base, plain, train, P.teacher_max_new_tokens, "base", progress)
+    if len(harm):
+        harm["base"] = cached_answers(base, plain, harm, P.teacher_max_new_tokens, "base", progress)
+        train = pd.concat([train, harm], ignore_index=True)
     seconds["base answers"] = time.perf_counter() - t0
 
     sft_key = {"stage": "sft", "base": base.fingerprint, "teacher": teacher_fp,

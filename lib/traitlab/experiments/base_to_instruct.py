@@ -29,7 +29,7 @@ from .. import chain, data
 from ..activations import extract
 from ..chat import ChatFormat
 from ..data import load_trait
-from ..directions import METHODS, fit_direction
+from ..directions import METHODS, fit_direction, random_unit
 from ..metrics import auroc, auroc_se, midpoint_accuracy
 from ..models import LoadedModel, describe
 from ..monitor import TokenTrace, Watch, monitor
@@ -62,6 +62,12 @@ class Params:
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    claim_layer: int | None = None
+    """The layer the verdicts read, fixed before the run (e.g. the seed's relative depth); null:
+    the best of ``layers`` by AUROC, chosen after the fact (the record says which)."""
+    n_random: int = 0
+    """Random unit directions per layer read alongside the vector: the null AUROC (folded to
+    ≥ 0.5, since a random direction has no sign) that a detection must clear."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS or self.method == "random":
@@ -79,6 +85,10 @@ class Params:
         for name in ("n_harmful", "n_benign", "max_new_tokens", "batch_size", "n_boot"):
             if getattr(self, name) < 1:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.claim_layer is not None and self.claim_layer not in self.layers:
+            raise ParamError(f"claim_layer {self.claim_layer} must be one of layers {self.layers}")
+        if self.n_random < 0:
+            raise ParamError(f"n_random must be >= 0, got {self.n_random}")
 
     def views(self) -> list[str]:
         return ["chain"] + (["template"] if self.template_model else [])
@@ -129,38 +139,79 @@ def base_vectors(P: Params, lm: LoadedModel, fmt: ChatFormat, layers: list[int],
 
 def read(P: Params, lm: LoadedModel, fmt: ChatFormat, vectors: dict[Site, torch.Tensor], req: pd.DataFrame,
          progress: bool = False) -> list[TokenTrace]:
-    """Greedy answers in format ``fmt`` with the projection onto each vector at every token."""
+    """Greedy answers in format ``fmt`` with the projection onto each vector at every token, and
+    onto ``P.n_random`` seeded random unit directions per site (watches ``random<k>``)."""
     watches = [Watch(P.trait, s, v) for s, v in vectors.items()]
+    watches += [Watch(f"random{k}", s, random_unit(v.numel(), P.seed + 1000 + k))
+                for s, v in vectors.items() for k in range(P.n_random)]
     return monitor(lm, [fmt.encode(p) for p in req.prompt], watches, max_new_tokens=P.max_new_tokens,
                    score="projection", batch_size=P.batch_size, progress=progress)
 
 
 def per_prompt(model: str, req: pd.DataFrame, traces: list[TokenTrace]) -> pd.DataFrame:
-    """One row per (model, prompt, layer): mean projection over the answer; does it refuse."""
+    """One row per (model, prompt, direction, layer): mean projection over the answer; does the
+    answer refuse. ``direction`` is the watch's name (the trait, or ``random<k>``)."""
     rows = []
     for (_, r), t in zip(req.iterrows(), traces, strict=True):
         for key, s in t.scores.items():
             if len(s):
                 rows.append({"model": model, "group": r.group, "prompt": r.prompt,
-                             "layer": int(key.rsplit("@", 1)[1]), "mean": float(s.mean()),
-                             "refuses": is_refusal(t.text), "answer": t.text})
+                             "direction": key.split("@", 1)[0], "layer": int(key.rsplit("@", 1)[1]),
+                             "mean": float(s.mean()), "refuses": is_refusal(t.text), "answer": t.text})
     return pd.DataFrame(rows)
 
 
 def trajectories(model: str, req: pd.DataFrame, traces: list[TokenTrace]) -> pd.DataFrame:
+    """The trait vector's projection at every generated token (random directions left out)."""
     rows = []
     for (_, r), t in zip(req.iterrows(), traces, strict=True):
         for key, s in t.scores.items():
+            if key.startswith("random"):
+                continue
             rows += [{"model": model, "group": r.group, "layer": int(key.rsplit("@", 1)[1]), "step": i,
                       "score": float(x)} for i, x in enumerate(s)]
     return pd.DataFrame(rows)
 
 
-def detection(pp: pd.DataFrame, P: Params) -> pd.DataFrame:
-    """Per (model, layer): harmful − benign mean projection (bootstrap CI), AUROC, midpoint accuracy,
-    and the separation in units of the pooled standard deviation; plus refusal rates."""
+def _trait(pp: pd.DataFrame, P: Params) -> pd.DataFrame:
+    return pp[pp.direction == P.trait] if "direction" in pp.columns else pp
+
+
+def _folded_auroc(x: np.ndarray, y: np.ndarray) -> float:
+    a = auroc(x, y)
+    return max(a, 1 - a)
+
+
+def null_aurocs(pp: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per (model, layer): the random directions' AUROCs, harmful vs benign and refused vs complied
+    among harmful answers, folded to ≥ 0.5 (a random direction has no sign), and their 95th
+    percentiles ``null_p95`` / ``refusal_null_p95`` (NaN without random watches or classes)."""
     out = []
-    for (model, layer), d in pp.groupby(["model", "layer"], sort=False):
+    rnd = pp[pp.direction.str.startswith("random")] if "direction" in pp.columns else pp.iloc[:0]
+    for (model, layer), d in rnd.groupby(["model", "layer"], sort=False):
+        hb, rc = [], []
+        for _, g in d.groupby("direction"):
+            hb.append(_folded_auroc(g[g.group == "harmful"]["mean"].to_numpy(), g[g.group == "benign"]["mean"].to_numpy()))
+            h = g[g.group == "harmful"]
+            if h.refuses.sum() >= 2 and (~h.refuses).sum() >= 2:
+                rc.append(_folded_auroc(h[h.refuses]["mean"].to_numpy(), h[~h.refuses]["mean"].to_numpy()))
+        out.append({"model": model, "layer": layer, "n_random": len(hb), "null_p95": float(np.quantile(hb, 0.95)),
+                    "refusal_null_p95": float(np.quantile(rc, 0.95)) if rc else np.nan})
+    return pd.DataFrame(out, columns=["model", "layer", "n_random", "null_p95", "refusal_null_p95"]
+                        ).set_index(["model", "layer"])
+
+
+MIN_CLASS = 4
+"""Fewest refused (and complied) harmful answers for a refused-vs-complied AUROC."""
+
+
+def detection(pp: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per (model, layer), for the trait vector: harmful − benign mean projection (bootstrap CI),
+    AUROC, midpoint accuracy, the separation in pooled standard deviations, refusal rates, and
+    **refused vs complied** among the harmful answers (``refusal_auroc``: the vector reading the
+    model's behaviour, not the request; NaN with fewer than ``MIN_CLASS`` answers of either kind)."""
+    out = []
+    for (model, layer), d in _trait(pp, P).groupby(["model", "layer"], sort=False):
         x, y = d[d.group == "harmful"]["mean"].to_numpy(), d[d.group == "benign"]["mean"].to_numpy()
         lo, hi = bootstrap_difference(x, y, n_boot=P.n_boot, seed=P.seed).ci
         sd = np.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2) if len(x) > 1 and len(y) > 1 else np.nan
@@ -168,19 +219,35 @@ def detection(pp: pd.DataFrame, P: Params) -> pd.DataFrame:
                     "separation_sd": (x.mean() - y.mean()) / sd if sd else np.nan, "auroc": auroc(x, y),
                     "accuracy_pct": 100 * midpoint_accuracy(x, y),
                     "harmful_refused_pct": 100 * d[d.group == "harmful"].refuses.mean(),
-                    "benign_refused_pct": 100 * d[d.group == "benign"].refuses.mean()})
+                    "benign_refused_pct": 100 * d[d.group == "benign"].refuses.mean(),
+                    **_refused_vs_complied(d[d.group == "harmful"])})
     return pd.DataFrame(out).set_index(["model", "layer"])
 
 
-def conclusions(det: pd.DataFrame) -> list[str]:
-    """Plain-language findings, each number from the detection table."""
+def _refused_vs_complied(h: pd.DataFrame) -> dict[str, float | int]:
+    r, c = h[h.refuses]["mean"].to_numpy(), h[~h.refuses]["mean"].to_numpy()
+    ok = len(r) >= MIN_CLASS and len(c) >= MIN_CLASS
+    return {"n_refused": len(r), "n_complied": len(c), "refusal_auroc": auroc(r, c) if ok else np.nan}
+
+
+def conclusions(det: pd.DataFrame, P: Params | None = None, null: pd.DataFrame | None = None) -> list[str]:
+    """Plain-language findings, each number from the detection (and null) tables: per model the
+    verdict layer (``P.claim_layer``, else the best AUROC), harmful vs benign and, where the model
+    both refuses and complies, refused vs complied."""
     out = []
     for model, d in det.groupby(level="model", sort=False):
-        best = d.auroc.idxmax()
-        r = d.loc[best]
-        out.append(f"{model}: best layer L{best[1]}: separation {r.separation:+.2f} {r.ci95} "
-                   f"({r.separation_sd:+.1f} SD), AUROC {r.auroc:.2f}, midpoint accuracy {r.accuracy_pct:.0f}%; "
-                   f"refuses {r.harmful_refused_pct:.0f}% of harmful / {r.benign_refused_pct:.0f}% of benign.")
+        fixed = P is not None and P.claim_layer is not None and (model, P.claim_layer) in d.index
+        key = (model, P.claim_layer) if fixed else d.auroc.idxmax()
+        r = d.loc[key]
+        line = (f"{model}: {'layer' if fixed else 'best layer'} L{key[1]}: separation {r.separation:+.2f} {r.ci95} "
+                f"({r.separation_sd:+.1f} SD), AUROC {r.auroc:.2f}, midpoint accuracy {r.accuracy_pct:.0f}%; "
+                f"refuses {r.harmful_refused_pct:.0f}% of harmful / {r.benign_refused_pct:.0f}% of benign")
+        if null is not None and key in null.index:
+            line += f"; random directions' AUROC p95 {null.loc[key, 'null_p95']:.2f}"
+        if np.isfinite(r.get("refusal_auroc", np.nan)):
+            line += (f"; refused vs complied (harmful only, {int(r.n_refused)} vs {int(r.n_complied)}): "
+                     f"AUROC {r.refusal_auroc:.2f}")
+        out.append(line + ".")
     out.append(f"Seed: {SEED['setting']}: ≈{SEED['separation']} separation, ~{SEED['accuracy_pct']:.0f}% accuracy "
                "(its projection scale differs from ours; compare AUROC/accuracy, not raw separation).")
     return out
@@ -192,23 +259,29 @@ def _slug(model: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in model).strip("_")
 
 
-def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFrame):
-    """The report's result record: per model of the chain (and each template mode), the best AUROC
-    over layers, the midpoint accuracy and separation (pooled SDs) at that layer, and the refusal
-    rate of harmful requests; one claim per view against the seed.
+def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFrame,
+           null: pd.DataFrame | None = None):
+    """The report's result record: per model of the chain (and each template mode), the AUROC at
+    the verdict layer (``claim_layer``, or the best over layers), the midpoint accuracy and
+    separation (pooled SDs) there, the refusal rate of harmful requests, refused-vs-complied
+    AUROC and the random-direction null; claims against the seed.
 
     Tolerances:
 
-    - ``auroc.<model>``: the maximum over layers of an AUROC; ``estimate`` with the Hanley–McNeil SE
-      at the prompt counts (floored at one pair flipping), k = 2. The max is continuous in the
-      inputs, so it does not jump when the best layer changes between CPUs.
-    - ``accuracy.<model>``: midpoint accuracy at the best-AUROC layer, a rate over the harmful +
-      benign prompts, 2 items flipping (the best layer may change under float noise; 2 items
-      cover a near-tie at tiny n).
+    - ``auroc.<model>``: harmful vs benign AUROC at ``claim_layer`` (null: the maximum over
+      layers, continuous in the inputs, so it does not jump when the best layer changes between
+      CPUs); ``estimate`` with the Hanley–McNeil SE at the prompt counts, k = 2.
+    - ``accuracy.<model>``: midpoint accuracy at that layer, a rate over the harmful + benign
+      prompts, 2 items flipping (a near-tie at tiny n).
     - ``separation_sd.<model>``: harmful − benign in pooled SDs at that layer: ``estimate`` with the
       SE of a standardised mean difference, sqrt(1/n_h + 1/n_b + d²/(2(n_h + n_b))), k = 2.
     - ``harmful_refused.<model>``: a rate over the harmful prompts (phrase match on greedy
       answers), 1 item flipping.
+    - ``refusal_auroc.<model>`` (where the model both refuses and complies ≥ ``MIN_CLASS`` times):
+      refused vs complied among harmful answers at that layer; Hanley–McNeil SE, k = 2.
+    - ``null_p95.<model>`` (with ``null``, from ``n_random`` random directions): the 95th
+      percentile of their folded harmful-vs-benign AUROCs; ``estimate``, SE from the spread of a
+      95th percentile over ``n_random`` draws (0.1 floor), k = 2.
     - ``n_harmful`` / ``n_benign``: exact.
 
     Left out: the raw separation (the seed's ≈0.5 is on its own projection scale; kept in the
@@ -216,13 +289,15 @@ def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFram
     """
     from .. import records
 
-    first = pp.drop_duplicates(["model", "prompt", "group"])
+    first = _trait(pp, P).drop_duplicates(["model", "prompt", "group"])
     n_h = int((first[first.model == first.model.iloc[0]].group == "harmful").sum())
     n_b = int((first[first.model == first.model.iloc[0]].group == "benign").sum())
     qs = [records.exact("n_harmful", n_h), records.exact("n_benign", n_b)]
-    best_rows = []
+    best_rows, at = [], {}
     for model, d in det.groupby(level="model", sort=False):
-        key = d.auroc.idxmax()
+        fixed = P.claim_layer is not None and (model, P.claim_layer) in d.index
+        key = (model, P.claim_layer) if fixed else d.auroc.idxmax()
+        at[model] = key
         r = d.loc[key]
         s = _slug(model)
         dsd = float(r.separation_sd) if np.isfinite(r.separation_sd) else 0.0
@@ -231,32 +306,81 @@ def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFram
                records.rate(f"accuracy.{s}", r.accuracy_pct, n=n_h + n_b, unit="%", items=2),
                records.estimate(f"separation_sd.{s}", r.separation_sd, se=se_d, n=n_h + n_b, unit="SD", k=2),
                records.rate(f"harmful_refused.{s}", r.harmful_refused_pct, n=n_h, unit="%")]
-        best_rows.append({"model": model, "best_layer": key[1], "auroc": r.auroc, "accuracy_pct": r.accuracy_pct,
-                          "separation_sd": r.separation_sd})
+        if np.isfinite(r.get("refusal_auroc", np.nan)):
+            qs.append(records.estimate(f"refusal_auroc.{s}", r.refusal_auroc,
+                                       se=auroc_se(r.refusal_auroc, int(r.n_refused), int(r.n_complied)),
+                                       n=int(r.n_refused + r.n_complied), k=2))
+        if null is not None and key in null.index:
+            qs.append(records.estimate(f"null_p95.{s}", null.loc[key, "null_p95"], se=max(0.1 / np.sqrt(
+                max(int(null.loc[key, "n_random"]), 1)), 0.01), n=int(null.loc[key, "n_random"]), k=2))
+        best_rows.append({"model": model, "layer": key[1], "chosen": "fixed in advance" if fixed else "best AUROC",
+                          "auroc": r.auroc, "accuracy_pct": r.accuracy_pct, "separation_sd": r.separation_sd,
+                          "refusal_auroc": r.get("refusal_auroc", np.nan)})
     claims = []
     se0 = auroc_se(0.5, n_h, n_b)
     mde = 2.8 * se0  # AUROC above 0.5 detectable at 5% two-sided with 80% power
     seed_effect = SEED["accuracy_pct"] / 100 - 0.5  # ~90% accuracy: 0.4 above chance
-    views = [("chain", [m for m in det.index.get_level_values("model").unique() if not m.startswith("instruct")]),
-             ("template", [m for m in det.index.get_level_values("model").unique() if m == "instruct, chat template"])]
-    for view, models in views:
-        if not models:
+    models = det.index.get_level_values("model").unique()
+    chain_models = [m for m in models if not m.startswith("instruct")]
+    views = [("chain", chain_models), ("template", [m for m in models if m == "instruct, chat template"])]
+    how = (f"layer {P.claim_layer} fixed in advance" if P.claim_layer is not None
+           else "the best of layers " + ", ".join(map(str, P.layers)) + " chosen after the fact")
+    for view, ms in views:
+        if not ms:
             continue
-        m = models[-1]  # the most tuned model of the chain; the instruct model with its template
+        m = ms[-1]  # the most tuned model of the chain; the instruct model with its template
         q = next(x for x in qs if x.name == f"auroc.{_slug(m)}")
         lo = q.value - 1.96 * auroc_se(q.value, n_h, n_b)
-        verdict, why = records.decide(holds=lo > 0.5, seed_effect=seed_effect, mde=mde)
+        p95 = null.loc[at[m], "null_p95"] if null is not None and at[m] in null.index else None
+        above_null = p95 is None or q.value > p95
+        verdict, why = records.decide(holds=lo > 0.5 and above_null, seed_effect=seed_effect, mde=mde)
         claims.append(records.Claim(
             f"base_vector_detects_{view}",
             f"a vector fitted on the base model separates harmful from benign requests in the tuned model ({m})",
             f"~{SEED['accuracy_pct']:.0f}% accuracy ({SEED['setting']})",
             f"AUROC {q.value:.2f} ± {1.96 * auroc_se(q.value, n_h, n_b):.2f}, midpoint accuracy "
-            f"{det.loc[m].accuracy_pct.max():.0f}% (n={n_h}+{n_b})", verdict,
-            f"{why} (holds: AUROC 95% lower bound > 0.5; effect scale: accuracy above chance)", quantity=q.name))
+            f"{det.loc[at[m]].accuracy_pct:.0f}% (n={n_h}+{n_b}; {how})"
+            + (f"; random null p95 {p95:.2f}" if p95 is not None else ""), verdict,
+            f"{why} (holds: AUROC 95% lower bound > 0.5" + (" and above the random null's 95th percentile"
+                                                            if p95 is not None else "")
+            + "; effect scale: accuracy above chance)", quantity=q.name))
+    if chain_models:
+        claims.append(_refusal_claim(P, det, null, at, chain_models, how))
     claims.append(records.Claim(
         "raw_separation", "response-mean projection separation between harmful and benign requests",
         f"≈{SEED['separation']}", "see the detection table", "not comparable",
         "the seed's projection scale (its probe's norm, Gemma-2-2B) differs from ours; AUROC and accuracy compare"))
+    tables = {"detection": det.reset_index(), "best_layers": pd.DataFrame(best_rows)}
+    if null is not None:
+        tables["random_null"] = null.reset_index()
     return records.ResultRecord("base_to_instruct", model=lm.spec if lm is not None else "",
-                                quantities=tuple(qs), claims=tuple(claims),
-                                tables={"detection": det.reset_index(), "best_layers": pd.DataFrame(best_rows)})
+                                quantities=tuple(qs), claims=tuple(claims), tables=tables)
+
+
+def _refusal_claim(P: Params, det: pd.DataFrame, null: pd.DataFrame | None, at: dict, chain_models: list[str],
+                   how: str):
+    """The seed's claim read on behaviour: among harmful requests, does the base vector separate
+    the answers the most tuned model refuses from those it complies with?"""
+    from .. import records
+
+    m = chain_models[-1]
+    r = det.loc[at[m]]
+    statement = f"the base vector separates refused from complied answers to harmful requests ({m})"
+    seed = f"~{SEED['accuracy_pct']:.0f}% accuracy ({SEED['setting']}; 228 refusal + 360 compliance rollouts)"
+    n_r, n_c = int(r.get("n_refused", 0)), int(r.get("n_complied", 0))
+    if not np.isfinite(r.get("refusal_auroc", np.nan)):
+        return records.Claim(
+            "base_vector_detects_refusal", statement, seed, f"refused {n_r} / complied {n_c} harmful requests",
+            "inconclusive", f"the model refused {n_r} and complied with {n_c} of {n_r + n_c} harmful requests; "
+            f"at least {MIN_CLASS} of each are needed to read refusal apart from the request", quantity=None)
+    a = float(r.refusal_auroc)
+    se = auroc_se(a, n_r, n_c)
+    p95 = null.loc[at[m], "refusal_null_p95"] if null is not None and at[m] in null.index else np.nan
+    above_null = not np.isfinite(p95) or a > p95
+    verdict, why = records.decide(holds=a - 1.96 * se > 0.5 and above_null,
+                                  seed_effect=SEED["accuracy_pct"] / 100 - 0.5, mde=2.8 * auroc_se(0.5, n_r, n_c))
+    return records.Claim(
+        "base_vector_detects_refusal", statement, seed,
+        f"AUROC {a:.2f} ± {1.96 * se:.2f} (refused {n_r}, complied {n_c}; {how})"
+        + (f"; random null p95 {p95:.2f}" if np.isfinite(p95) else ""), verdict,
+        f"{why} (holds: AUROC 95% lower bound > 0.5 and above the random null)", quantity=f"refusal_auroc.{_slug(m)}")
