@@ -173,3 +173,22 @@ def test_the_refusing_chain_is_checked_and_keyed_apart():
         pytest.skip(f"public datasets not found: {err}")
     assert len(req) == 5 and req.id.is_unique and set(req.category) == {"refusal"} and set(req.split) == {"train"}
     assert req.id.str.startswith("refusal-strongreject-").all()
+
+
+def test_a_null_that_separates_as_well_makes_the_verdict_inconclusive():
+    """Refused answers that are one fixed sentence differ from compliant text along every
+    direction: when random directions reach AUROC ≥ NULL_CEILING, no verdict either way."""
+    pp = _pp(16, {"base": 0.0, "dpo": 3.0})
+    pp["direction"] = "refusal"
+    h = (pp.model == "dpo") & (pp.group == "harmful")
+    pp.loc[h, "refuses"] = pp.loc[h, "prompt"].str[-1].astype(int) % 2 == 0
+    pp.loc[h & pp.refuses, "mean"] += 5.0
+    rnd = pp.copy()
+    rnd["direction"] = "random0"  # a random direction that sees the same separation
+    both = pd.concat([pp, rnd], ignore_index=True)
+    P = bi.Params(n_boot=100, layers=[4, 8], claim_layer=8, template_model=None, n_random=1)
+    rec = bi.record(P, None, bi.detection(both, P), both, bi.null_aurocs(both, P))
+    c = {c.id: c for c in rec.claims}
+    assert c["base_vector_detects_refusal"].verdict == "inconclusive"
+    assert "random directions separate these answers as well" in c["base_vector_detects_refusal"].reason
+    assert c["base_vector_detects_chain"].verdict == "inconclusive"  # the harmful/benign null is as high

@@ -204,6 +204,18 @@ def null_aurocs(pp: pd.DataFrame, P: Params) -> pd.DataFrame:
 MIN_CLASS = 4
 """Fewest refused (and complied) harmful answers for a refused-vs-complied AUROC."""
 
+NULL_CEILING = 0.95
+"""A random-direction null whose 95th-percentile AUROC reaches this makes a verdict inconclusive:
+when random directions separate the two groups as well, the test cannot show what the vector adds
+(e.g. a fixed refusal sentence against compliant text)."""
+
+
+def _null_verdict(p95: float | None) -> tuple[str, str] | None:
+    if p95 is not None and np.isfinite(p95) and p95 >= NULL_CEILING:
+        return "inconclusive", (f"random directions separate these answers as well (their 95th-percentile AUROC "
+                                f"{p95:.2f} ≥ {NULL_CEILING}): the test cannot show what the vector adds")
+    return None
+
 
 def detection(pp: pd.DataFrame, P: Params) -> pd.DataFrame:
     """Per (model, layer), for the trait vector: harmful − benign mean projection (bootstrap CI),
@@ -333,7 +345,10 @@ def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFram
         lo = q.value - 1.96 * auroc_se(q.value, n_h, n_b)
         p95 = null.loc[at[m], "null_p95"] if null is not None and at[m] in null.index else None
         above_null = p95 is None or q.value > p95
-        verdict, why = records.decide(holds=lo > 0.5 and above_null, seed_effect=seed_effect, mde=mde)
+        verdict, why = _null_verdict(p95) or records.decide(holds=lo > 0.5 and above_null, seed_effect=seed_effect,
+                                                            mde=mde)
+        if p95 is not None and not above_null and verdict != "inconclusive":
+            why = f"AUROC {q.value:.2f} is not above the random null's 95th percentile {p95:.2f}; {why}"
         claims.append(records.Claim(
             f"base_vector_detects_{view}",
             f"a vector fitted on the base model separates harmful from benign requests in the tuned model ({m})",
@@ -377,8 +392,11 @@ def _refusal_claim(P: Params, det: pd.DataFrame, null: pd.DataFrame | None, at: 
     se = auroc_se(a, n_r, n_c)
     p95 = null.loc[at[m], "refusal_null_p95"] if null is not None and at[m] in null.index else np.nan
     above_null = not np.isfinite(p95) or a > p95
-    verdict, why = records.decide(holds=a - 1.96 * se > 0.5 and above_null,
-                                  seed_effect=SEED["accuracy_pct"] / 100 - 0.5, mde=2.8 * auroc_se(0.5, n_r, n_c))
+    verdict, why = _null_verdict(p95) or records.decide(
+        holds=a - 1.96 * se > 0.5 and above_null, seed_effect=SEED["accuracy_pct"] / 100 - 0.5,
+        mde=2.8 * auroc_se(0.5, n_r, n_c))
+    if np.isfinite(p95) and not above_null and verdict != "inconclusive":
+        why = f"AUROC {a:.2f} is not above the random null's 95th percentile {p95:.2f}; {why}"
     return records.Claim(
         "base_vector_detects_refusal", statement, seed,
         f"AUROC {a:.2f} ± {1.96 * se:.2f} (refused {n_r}, complied {n_c}; {how})"
