@@ -305,11 +305,13 @@ def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFram
     n_h = int((first[first.model == first.model.iloc[0]].group == "harmful").sum())
     n_b = int((first[first.model == first.model.iloc[0]].group == "benign").sum())
     qs = [records.exact("n_harmful", n_h), records.exact("n_benign", n_b)]
-    best_rows, at = [], {}
+    best_rows, at, how_at = [], {}, {}
     for model, d in det.groupby(level="model", sort=False):
         fixed = P.claim_layer is not None and (model, P.claim_layer) in d.index
         key = (model, P.claim_layer) if fixed else d.auroc.idxmax()
         at[model] = key
+        how_at[model] = (f"layer {key[1]} fixed in advance" if fixed else "the best of layers "
+                         + ", ".join(str(x) for x in d.index.get_level_values("layer")) + " chosen after the fact")
         r = d.loc[key]
         s = _slug(model)
         dsd = float(r.separation_sd) if np.isfinite(r.separation_sd) else 0.0
@@ -335,8 +337,6 @@ def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFram
     models = det.index.get_level_values("model").unique()
     chain_models = [m for m in models if not m.startswith("instruct")]
     views = [("chain", chain_models), ("template", [m for m in models if m == "instruct, chat template"])]
-    how = (f"layer {P.claim_layer} fixed in advance" if P.claim_layer is not None
-           else "the best of layers " + ", ".join(map(str, P.layers)) + " chosen after the fact")
     for view, ms in views:
         if not ms:
             continue
@@ -354,13 +354,13 @@ def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFram
             f"a vector fitted on the base model separates harmful from benign requests in the tuned model ({m})",
             f"~{SEED['accuracy_pct']:.0f}% accuracy ({SEED['setting']})",
             f"AUROC {q.value:.2f} ± {1.96 * auroc_se(q.value, n_h, n_b):.2f}, midpoint accuracy "
-            f"{det.loc[at[m]].accuracy_pct:.0f}% (n={n_h}+{n_b}; {how})"
+            f"{det.loc[at[m]].accuracy_pct:.0f}% (n={n_h}+{n_b}; {how_at[m]})"
             + (f"; random null p95 {p95:.2f}" if p95 is not None else ""), verdict,
             f"{why} (holds: AUROC 95% lower bound > 0.5" + (" and above the random null's 95th percentile"
                                                             if p95 is not None else "")
             + "; effect scale: accuracy above chance)", quantity=q.name))
     if chain_models:
-        claims.append(_refusal_claim(P, det, null, at, chain_models, how))
+        claims.append(_refusal_claim(P, det, null, at, chain_models, how_at[chain_models[-1]]))
     claims.append(records.Claim(
         "raw_separation", "response-mean projection separation between harmful and benign requests",
         f"≈{SEED['separation']}", "see the detection table", "not comparable",
