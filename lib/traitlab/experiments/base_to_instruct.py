@@ -242,14 +242,20 @@ def _refused_vs_complied(h: pd.DataFrame) -> dict[str, float | int]:
     return {"n_refused": len(r), "n_complied": len(c), "refusal_auroc": auroc(r, c) if ok else np.nan}
 
 
+def verdict_key(d: pd.DataFrame, model: str, P: Params | None) -> tuple[tuple, bool]:
+    """The (model, layer) row a model's verdict reads, and whether that layer was fixed in advance:
+    ``P.claim_layer`` where the model was read there, else its best layer by AUROC."""
+    fixed = P is not None and P.claim_layer is not None and (model, P.claim_layer) in d.index
+    return ((model, P.claim_layer) if fixed else d.auroc.idxmax()), fixed  # type: ignore[union-attr]
+
+
 def conclusions(det: pd.DataFrame, P: Params | None = None, null: pd.DataFrame | None = None) -> list[str]:
     """Plain-language findings, each number from the detection (and null) tables: per model the
     verdict layer (``P.claim_layer``, else the best AUROC), harmful vs benign and, where the model
     both refuses and complies, refused vs complied."""
     out = []
     for model, d in det.groupby(level="model", sort=False):
-        fixed = P is not None and P.claim_layer is not None and (model, P.claim_layer) in d.index
-        key = (model, P.claim_layer) if fixed else d.auroc.idxmax()
+        key, fixed = verdict_key(d, model, P)
         r = d.loc[key]
         line = (f"{model}: {'layer' if fixed else 'best layer'} L{key[1]}: separation {r.separation:+.2f} {r.ci95} "
                 f"({r.separation_sd:+.1f} SD), AUROC {r.auroc:.2f}, midpoint accuracy {r.accuracy_pct:.0f}%; "
@@ -307,8 +313,7 @@ def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFram
     qs = [records.exact("n_harmful", n_h), records.exact("n_benign", n_b)]
     best_rows, at, how_at = [], {}, {}
     for model, d in det.groupby(level="model", sort=False):
-        fixed = P.claim_layer is not None and (model, P.claim_layer) in d.index
-        key = (model, P.claim_layer) if fixed else d.auroc.idxmax()
+        key, fixed = verdict_key(d, model, P)
         at[model] = key
         how_at[model] = (f"layer {key[1]} fixed in advance" if fixed else "the best of layers "
                          + ", ".join(str(x) for x in d.index.get_level_values("layer")) + " chosen after the fact")
