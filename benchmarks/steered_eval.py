@@ -1,10 +1,12 @@
 """The two costs of every steering report, old path vs new, same inputs, alternating A/B rounds.
 
-1. **Judge**: the local judge's integer-distribution scores of answers to a few questions.
+1. **Judge**: the local judge's integer-distribution scores of answers to a few questions
+   (8 answers each), and of as many answers to as many questions (one each).
    Old: one full prompt forward per answer (LM head at every position) and a deep-copied KV
    cache per trie depth — the code before batching, kept here as ``old_scores``. New:
    ``Judge.score_many`` → ``LocalBackend.complete_many`` (shared prefill per question, padded
-   batch, one trie forward per depth for the batch). Target: ≥ 3× answers per second; scores
+   batch, one trie forward per depth for the batch, each prompt's trie nodes appended to its own
+   cache row under a tree-attention mask instead of one copied cache row per node). Target: ≥ 3× answers per second; scores
    equal within 1e-4.
 2. **Steered generation** over a grid of conditions. Old: one ``generate_steered`` call per
    condition. New: ``generate_steered_grid`` (conditions decoded together). Target ≥ 2×;
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
 import time
 
 import torch
-from common import save, target
+from common import RESULTS, save, target
 
 from traitlab.data import opinion_questions
 from traitlab.judge import Judge, JudgeConfig, LocalBackend, judge_messages, weighted_score
@@ -83,9 +86,10 @@ def _timed(fn):
     return time.perf_counter() - t, out
 
 
-def judge_bench(spec: str, n_questions: int, rounds: int) -> dict:
+def judge_bench(spec: str, n_questions: int, rounds: int, per_question: int = len(ANSWERS)) -> dict:
     be = LocalBackend(load_model(spec, dtype="float32", quiet=True))
-    items = [(q, a) for q in opinion_questions("test", n_questions).question for a in ANSWERS]
+    qs = opinion_questions("test", n_questions).question
+    items = [(q, ANSWERS[(k + i) % len(ANSWERS)]) for k, q in enumerate(qs) for i in range(per_question)]
     prompts = [be._prompt_ids(judge_messages("trait", q, a)) for q, a in items]
     judge = Judge(JudgeConfig(backend="local", model=spec, dtype="float32", min_mass=0.0), backend=be, cache=None)
     old_s, new_s = [], []
@@ -140,10 +144,20 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="generation: prompts")
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--only", choices=("judge", "grid"), default=None,
+                    help="rerun one part; the other keeps its figures from the last saved result")
     args = ap.parse_args()
-    figures = {"judge": judge_bench(args.judge, args.questions, args.rounds),
-               "grid": grid_bench(args.model, args.prompts, args.new_tokens, args.rounds),
-               "threads": torch.get_num_threads(), "rounds": args.rounds}
+    figures = {"threads": torch.get_num_threads(), "rounds": args.rounds}
+    if args.only is not None:
+        last = json.loads((RESULTS / "steered_eval.json").read_text())["figures"]
+        figures = {k: v for k, v in last.items() if k in ("judge", "judge_one_per_question", "grid")
+                                                        and not k.startswith(args.only)} | figures
+    if args.only in (None, "judge"):
+        figures["judge"] = judge_bench(args.judge, args.questions, args.rounds)
+        # natural elicitation's checks: one answer per question (no question prefix to share)
+        figures["judge_one_per_question"] = judge_bench(args.judge, len(ANSWERS) * args.questions, args.rounds, 1)
+    if args.only in (None, "grid"):
+        figures["grid"] = grid_bench(args.model, args.prompts, args.new_tokens, args.rounds)
     assert math.isfinite(figures["judge"]["max_abs_score_diff"]["value"])
     save("steered_eval", figures)
 

@@ -134,17 +134,20 @@ print(f"naive {sw['naive_seconds']:.1f} s, reuse {sw['reuse_seconds']:.1f} s: "
 # ## 3b. The steering reports' two costs: the judge and steered generation
 # The judge scores many answers to the same question: the rubric and the question are a shared
 # prefix (computed once), and the integer-score trie is expanded for all answers in one
-# forward per depth, so the weights are read once per step for the whole batch. Steered
+# forward per depth, so the weights are read once per step for the whole batch; each answer's
+# trie nodes join its own cache row under a tree-attention mask (no cache row copied per
+# node). Answers to different questions, one each, share the rubric's prefill and the batch. Steered
 # generation decodes every condition (coefficients, layers, random directions) of a prompt
 # batch together, each row with its own additions.
 
 # %%
 se_ = results["steered_eval"]["figures"]
-j, g = se_["judge"], se_["grid"]
-print(f"judge {j['judge']}: {j['answers']} answers to {j['questions']} questions: "
-      f"{j['answers_per_second']['old']:.2f} -> {j['answers_per_second']['new']:.2f} answers/s, "
-      f"{j['speedup']['value']:.2f}x (target {j['speedup']['target']}); max |score diff| "
-      f"{j['max_abs_score_diff']['value']:.1e} (target {j['max_abs_score_diff']['target']})")
+g = se_["grid"]
+for j in (se_[k] for k in ("judge", "judge_one_per_question") if k in se_):
+    print(f"judge {j['judge']}: {j['answers']} answers to {j['questions']} questions: "
+          f"{j['answers_per_second']['old']:.2f} -> {j['answers_per_second']['new']:.2f} answers/s, "
+          f"{j['speedup']['value']:.2f}x (target {j['speedup']['target']}); max |score diff| "
+          f"{j['max_abs_score_diff']['value']:.1e} (target {j['max_abs_score_diff']['target']})")
 print(f"generation {g['model']}: {g['conditions']} conditions x {g['prompts']} prompts x {g['new_tokens']} tokens: "
       f"{g['steered_tokens_per_second']['old']:.1f} -> {g['steered_tokens_per_second']['new']:.1f} steered tokens/s, "
       f"{g['speedup']['value']:.2f}x (target {g['speedup']['target']}); identical texts "

@@ -97,6 +97,53 @@ def test_integer_distribution_matches_teacher_forcing(tiny_judge):
     assert 0 < sum(probs.values()) <= 1 + 1e-6
 
 
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-qwen2", "tiny-gemma3"])
+def test_tree_attention_expansion_equals_one_cache_row_per_node(arch):
+    """The trie expansion with each prompt's nodes appended to its own cache row under a tree
+    mask gives the integer distributions of one copied cache row per node, in a padded batch of
+    different-length prompts; a sliding-window model (Gemma 3) keeps the row-per-node path and
+    still matches teacher forcing."""
+    be = J.LocalBackend(load_model(arch), prune=1e-3)
+    assert be._tree_ok == (arch != "tiny-gemma3")
+    msgs = [J.judge_messages("trait", q, a) for q, a in
+            [("Will it rain?", "Sunny days ahead!"), ("Will it rain?", "No."),
+             ("Will it rain?", "It will rain heavily and then clear up, with wind from the west.")]]
+    ids = [be._prompt_ids(m) for m in msgs]
+    with torch.no_grad():
+        rows = be._expand_rows(*be._prefill(ids), [len(x) for x in ids], 5)
+        tree = be._expand_tree(*be._prefill(ids), [len(x) for x in ids], 5) if be._tree_ok else rows
+    if be._tree_ok:
+        for (ta, ia), (tb, ib) in zip(rows, tree, strict=True):
+            assert ta == tb and set(ia) == set(ib) and ia
+            assert max(abs(ia[k] - ib[k]) for k in ia) < 1e-6
+    exact = J.LocalBackend(be.model, prune=0.0)
+    _, probs = exact.integer_distribution(torch.tensor([ids[1]]), top_k=5)
+    for n in (0, 10, 57, 100):
+        assert probs[n] == pytest.approx(_brute_force_p(be.model, ids[1], n, be._digit_start), rel=1e-4)
+
+
+def test_small_groups_of_one_rubric_are_packed_and_score_as_alone(tiny_judge):
+    """Answers to different questions (one each, as natural elicitation's checks ask) run as one
+    batch sharing the rubric's prefill; each reply equals scoring it alone; replies reach
+    ``on_chunk`` batch by batch, every index once."""
+    qs = ["Will it rain tomorrow in the city?", "How will schools change?", "Is the bridge safe?"]
+    items = [(q, a) for q, a in zip(qs, ["Sunny days ahead!", "No.", "It will hold for decades."], strict=True)]
+    msgs = [J.judge_messages("trait", q, a) for q, a in items]
+    groups = [("trait", "optimism", None, q) for q, _ in items] + [("coherence", None, None, qs[0])]
+    msgs.append(J.judge_messages("coherence", *items[0]))
+    assert J.LocalBackend.chunks(groups) == [[0, 1, 2], [3]]
+    assert J._common_prefix([tiny_judge._prompt_ids(m) for m in msgs[:3]]) >= tiny_judge.MIN_SHARED
+    seen: list[int] = []
+    batch = tiny_judge.complete_many(msgs, mode="logprob", top_logprobs=20, max_tokens=1, groups=groups,
+                                     on_chunk=lambda part, replies: seen.extend(part))
+    assert sorted(seen) == [0, 1, 2, 3]
+    for m, b in zip(msgs, batch, strict=True):
+        a = tiny_judge.complete(m, mode="logprob", top_logprobs=20, max_tokens=1)
+        assert abs(J.weighted_score(a.int_probs, 0.0)[0] - J.weighted_score(b.int_probs, 0.0)[0]) < 1e-4
+    big = [("trait", "q1")] * 5 + [("trait", "q2")] * 2 + [("trait", "q3")] * 2
+    assert J.LocalBackend.chunks(big) == [[0, 1, 2, 3, 4], [5, 6, 7, 8]]
+
+
 def test_batched_text_replies_equal_one_prompt_at_a_time(tiny_judge):
     """Text mode shares the rubric+question prefill too and decodes the answers of one question
     together (right padding, per-row positions): every greedy reply equals ``generate`` alone,
@@ -500,8 +547,8 @@ def test_pairwise_against_one_reference_shares_its_prefix_and_equals_one_at_a_ti
     seen = []
     real = tiny_judge.complete_many
 
-    def spy(msgs, **kw):
-        seen.append(kw["groups"][0])
+    def spy(msgs, **kw):  # the group of each batch the backend runs
+        seen.extend(kw["groups"][part[0]] for part in J.LocalBackend.chunks(kw["groups"]))
         return real(msgs, **kw)
 
     tiny_judge.complete_many = spy
@@ -541,3 +588,18 @@ def test_identical_requests_are_asked_once(tiny_judge):
     assert got[0].value == got[2].value
     (alone,) = j.score_many("trait", items[1:2], progress=False)
     assert got[1].value == pytest.approx(alone.value, abs=1e-3)
+
+
+def test_an_all_replayed_call_never_loads_the_judge_model(tmp_path):
+    """When every reply comes from the replay cache, the judge's model is not built (a cached
+    report renders without loading it; a zoo judge is named by its file's digest)."""
+    cfg = J.JudgeConfig(backend="local", model="smollm2-135m-instruct", min_mass=0.0)
+    items = [("Will it rain?", "Sunny days ahead!"), ("Will it rain?", "No.")]
+    filled = J.Judge(cfg, cache=tmp_path)
+    for n, (q, a) in enumerate(items):
+        filled._store(J.judge_messages("trait", q, a), "logprob",
+                      J.Reply(text=str(n), top_logprobs={str(n): 0.0}, int_probs={10 * n: 1.0}))
+    replay = J.Judge(cfg, cache=tmp_path)
+    scores = replay.score_many("trait", items, progress=False)
+    assert [s.value for s in scores] == [0.0, 10.0] and all(s.cached for s in scores)
+    assert replay._shared["backend"] is None

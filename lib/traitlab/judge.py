@@ -443,35 +443,72 @@ class LocalBackend:
     MAX_GROUP = 16
     """Most prompts scored in one batch (bounds the trie's rows: ~60 per prompt at depth 2)."""
 
+    PACK_BELOW = 4
+    """Groups smaller than this are packed with others of their family into one batch (answers
+    to different questions under one rubric share the rubric's prefill and the batch's forwards)."""
+
     @torch.no_grad()
     def complete_many(self, batch: Sequence[list[dict[str, str]]], *, mode: Request, top_logprobs: int,
-                      max_tokens: int, groups: Sequence[Any] | None = None) -> list[Reply]:
+                      max_tokens: int, groups: Sequence[Any] | None = None,
+                      on_chunk: Callable[[list[int], list[Reply]], None] | None = None) -> list[Reply]:
         """Replies to many prompts, in order. The prompts of one group (the judge passes
-        (metric, trait, question): rubric and question come before the answer) run as one batch:
-        their longest common token prefix is prefilled once, each prompt's own tokens run on
-        copies of that KV cache (right-padded, masked); then (``logprob``) the integer trie is
-        expanded for all of them in one forward per depth, or (``text``) they are decoded
-        greedily together, so the weights are read once per step for the whole batch. The
-        numbers and texts equal ``complete``'s up to float rounding."""
+        (metric, trait, description, question): rubric and question come before the answer) run
+        as one batch: their longest common token prefix is prefilled once, each prompt's own
+        tokens run on copies of that KV cache (right-padded, masked); then (``logprob``) the
+        integer trie is expanded for all of them, one forward per depth, or (``text``) they are
+        decoded greedily together, so the weights are read once per step for the whole batch.
+        Small groups of one family (a tuple key less its last element: the same rubric) are
+        packed into one batch (``chunks``). ``on_chunk(indices, replies)`` is called after each
+        batch (the judge stores replies as they come). The numbers and texts equal
+        ``complete``'s up to float rounding."""
         if groups is None:
-            return [self.complete(m, mode=mode, top_logprobs=top_logprobs, max_tokens=max_tokens) for m in batch]
+            alone = []
+            for i, m in enumerate(batch):
+                alone.append(self.complete(m, mode=mode, top_logprobs=top_logprobs, max_tokens=max_tokens))
+                if on_chunk is not None:
+                    on_chunk([i], alone[-1:])
+            return alone
         out: list[Reply | None] = [None] * len(batch)
+        with self._lock:
+            for part in self.chunks(groups):
+                ids = [self._prompt_ids(batch[i]) for i in part]
+                if mode == "text":
+                    replies = [Reply(text=text) for text in self._generate_batch(ids, max_tokens)]
+                else:
+                    replies = [Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=ip)
+                               for top, ip in self._score_batch(ids, top_logprobs, expand=mode == "logprob")]
+                for i, r in zip(part, replies, strict=True):
+                    out[i] = r
+                if on_chunk is not None:
+                    on_chunk(part, replies)
+        return out  # type: ignore[return-value]
+
+    @classmethod
+    def chunks(cls, groups: Sequence[Any]) -> list[list[int]]:
+        """Request indices in batches: each group's members together (at most ``MAX_GROUP`` a
+        batch); groups smaller than ``PACK_BELOW`` share a batch with others of their family.
+
+        >>> LocalBackend.chunks([("trait", "q1"), ("trait", "q2"), ("trait", "q1"), ("coherence", "q1")])
+        [[0, 2, 1], [3]]
+        """
         members: dict[Any, list[int]] = {}
         for i, g in enumerate(groups):
             members.setdefault(g, []).append(i)
-        with self._lock:
-            for idx in members.values():
-                for start in range(0, len(idx), self.MAX_GROUP):
-                    part = idx[start:start + self.MAX_GROUP]
-                    ids = [self._prompt_ids(batch[i]) for i in part]
-                    if mode == "text":
-                        for i, text in zip(part, self._generate_batch(ids, max_tokens), strict=True):
-                            out[i] = Reply(text=text)
-                        continue
-                    scored = self._score_batch(ids, top_logprobs, expand=mode == "logprob")
-                    for i, (top, ip) in zip(part, scored, strict=True):
-                        out[i] = Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=ip)
-        return out  # type: ignore[return-value]
+        out: list[list[int]] = []
+        packing: dict[Any, list[int]] = {}  # family → the batch being filled
+        for g, idx in members.items():
+            for start in range(0, len(idx), cls.MAX_GROUP):
+                part = idx[start:start + cls.MAX_GROUP]
+                if not (isinstance(g, tuple) and len(g) > 1) or len(part) >= cls.PACK_BELOW:
+                    out.append(part)
+                    continue
+                cur = packing.get(g[:-1])
+                if cur is not None and len(cur) + len(part) <= cls.MAX_GROUP:
+                    cur.extend(part)
+                else:
+                    packing[g[:-1]] = cur = list(part)
+                    out.append(cur)
+        return out
 
     def _score_batch(self, ids: list[list[int]], top_k: int, expand: bool = True
                      ) -> list[tuple[dict[str, float], dict[int, float] | None]]:
@@ -548,7 +585,84 @@ class LocalBackend:
                 ) -> list[tuple[dict[str, float], dict[int, float]]]:
         """The trie expansion of ``integer_distribution`` for a batch of prompts: ``logp0`` [b, V]
         their next-token logprobs, ``cache`` their KV cache (batch b, padded as ``mask`` says),
-        ``lengths`` their true lengths (the position of the first answer token)."""
+        ``lengths`` their true lengths (the position of the first answer token). Tree attention
+        where the model allows a custom mask on every layer, else one cache row per trie node."""
+        if self._tree_ok:
+            return self._expand_tree(logp0, cache, mask, lengths, top_k)
+        return self._expand_rows(logp0, cache, mask, lengths, top_k)
+
+    @property
+    def _tree_ok(self) -> bool:
+        """Whether a custom 4-D mask reaches every attention layer unchanged: true for models
+        whose layers all attend fully (Qwen, Llama), not for sliding-window layers (Gemma 3),
+        whose cache keeps only the window."""
+        cfg = self.model.hf.config
+        types = getattr(cfg, "layer_types", None) or ()
+        return (cfg._attn_implementation in ("sdpa", "eager")
+                and all(t == "full_attention" for t in types)
+                and not getattr(cfg, "sliding_window", None))
+
+    def _expand_tree(self, logp0: torch.Tensor, cache: Any, mask: torch.Tensor, lengths: list[int], top_k: int
+                     ) -> list[tuple[dict[str, float], dict[int, float]]]:
+        """``_expand`` with tree attention: each prompt keeps its one cache row; a depth's trie
+        nodes are appended to it as one padded run of tokens, each attending to its prompt, its
+        ancestors and itself (a custom 4-D mask) at its own position. No cache row is copied per
+        node, which is what made the row-per-node expansion cost more than the prompt's prefill.
+        The sums run in the same order as ``_expand_rows``; numbers equal up to float rounding."""
+        hf, b = self.model.hf, len(lengths)
+        tops = [self._top(logp0[row], top_k) for row in range(b)]
+        ints: list[dict[int, float]] = [{} for _ in lengths]
+        attend = mask.bool()  # [b, kv]: what each prompt row may see (its real tokens)
+        pad = self.model.tokenizer.pad_token_id or 0
+        # frontier: (node, p(path), prompt, cache slots of the path's tokens, logp row, logp col)
+        frontier = [(self._trie, 1.0, r, (), None, r) for r in range(b)]
+        logps = logp0  # [rows, V] for the first depth, then [b, n, V]
+        for depth in range(1, 8):
+            grow = []
+            for node, p_path, r, path, i, j in frontier:
+                lp = logps[j] if i is None else logps[i, j]
+                grow += [(child, t, p_path * float(lp[t].exp()), r, path)
+                         for t, child in node["children"].items()]
+            grow = [g for g in grow if g[2] >= self.prune and g[2] > 0]
+            if not grow:
+                break
+            per_row: list[list[int]] = [[] for _ in range(b)]
+            for k, g in enumerate(grow):
+                per_row[g[3]].append(k)
+            n, kv = max(len(x) for x in per_row), attend.shape[1]
+            ids = torch.full((b, n), pad)
+            pos = torch.zeros(b, n, dtype=torch.long)
+            see = torch.zeros(b, n, kv + n, dtype=torch.bool)
+            see[:, :, :kv] = attend[:, None, :]  # padding queries see their prompt too (no NaN rows)
+            slot = [0] * len(grow)
+            for r, ks in enumerate(per_row):
+                pos[r] = lengths[r] + depth - 1
+                for q, k in enumerate(ks):
+                    _child, t, _p, _r, path = grow[k]
+                    ids[r, q], slot[k] = t, kv + q
+                    see[r, q, list(path)] = True
+                    see[r, q, kv + q] = True
+                for q in range(len(ks), n):
+                    see[r, q, kv + q] = True
+            m4 = see[:, None] if hf.config._attn_implementation == "sdpa" else \
+                torch.zeros(see[:, None].shape, dtype=hf.dtype).masked_fill(~see[:, None], torch.finfo(hf.dtype).min)
+            o = hf(input_ids=ids, past_key_values=cache, use_cache=True, attention_mask=m4, position_ids=pos)
+            cache = o.past_key_values
+            logps = torch.log_softmax(o.logits.float(), -1)  # [b, n, V]
+            p_more = logps.exp()[..., self._digit_start].sum(-1)  # [b, n]
+            frontier = []
+            for k, (child, _t, p, r, path) in enumerate(grow):
+                q = slot[k] - kv
+                if child["value"] is not None:
+                    v = child["value"]
+                    ints[r][v] = ints[r].get(v, 0.0) + p * (1.0 - float(p_more[r, q]))
+                frontier.append((child, p, r, (*path, slot[k]), r, q))
+            attend = torch.cat([attend, torch.zeros(b, n, dtype=torch.bool)], 1)  # nodes: seen by descendants only
+        return list(zip(tops, ints, strict=True))
+
+    def _expand_rows(self, logp0: torch.Tensor, cache: Any, mask: torch.Tensor, lengths: list[int], top_k: int
+                     ) -> list[tuple[dict[str, float], dict[int, float]]]:
+        """``_expand`` with one cache row per expanded node (any architecture)."""
         hf = self.model.hf
         tops = [self._top(logp0[row], top_k) for row in range(len(lengths))]
         ints: list[dict[int, float]] = [{} for _ in lengths]
@@ -1033,25 +1147,27 @@ class Judge:
                 out[i] = (hit, True)
             else:
                 misses.append(i)
-        by_group: dict[Any, list[int]] = {}
-        for i in misses:
-            by_group.setdefault(groups[i], []).append(i)
         bar = tqdm(total=len(misses), desc=desc, disable=not progress or not misses)
+
+        def done(part: list[int], replies: list[Reply]) -> None:  # stored as each batch comes back
+            for k, r in zip(part, replies, strict=True):
+                self._store(msgs[misses[k]], mode, r)
+                out[misses[k]] = (r, False)
+            bar.update(len(part))
+
         try:
-            for idx in by_group.values():
-                with self._stats_lock:
-                    self.stats["requests"] += len(idx)
-                batch = [msgs[i] for i in idx]
-                if hasattr(self.backend, "complete_many"):
-                    replies = self.backend.complete_many(batch, mode=mode, top_logprobs=c.top_logprobs,
-                                                         max_tokens=c.max_tokens, groups=[groups[i] for i in idx])
-                else:
-                    replies = [self.backend.complete(m, mode=mode, top_logprobs=c.top_logprobs,
-                                                     max_tokens=c.max_tokens) for m in batch]
-                for i, r in zip(idx, replies, strict=True):
-                    self._store(msgs[i], mode, r)
-                    out[i] = (r, False)
-                bar.update(len(idx))
+            with self._stats_lock:
+                self.stats["requests"] += len(misses)
+            batch = [msgs[i] for i in misses]
+            if not batch:  # all replayed: the model is never loaded
+                pass
+            elif hasattr(self.backend, "complete_many"):
+                self.backend.complete_many(batch, mode=mode, top_logprobs=c.top_logprobs, max_tokens=c.max_tokens,
+                                           groups=[groups[i] for i in misses], on_chunk=done)
+            else:
+                for k, m in enumerate(batch):
+                    done([k], [self.backend.complete(m, mode=mode, top_logprobs=c.top_logprobs,
+                                                     max_tokens=c.max_tokens)])
         finally:
             bar.close()
         for i, same in copies.items():
