@@ -20,7 +20,6 @@ REPORTS = PROJECT_ROOT / "reports"
 NOTEBOOKS = indexable(REPORTS)
 _SLOW = "not re-rendered with its record yet: on a 2-core AVX2 CPU with the float32 judge it needs {}"
 STALE: dict[str, str] = {
-    "refusal_dial.qwen2.5-coder-1.5b": _SLOW.format("~1.5 h"),
 }
 """Reports rendered before result records existed, each with why it has not been re-rendered yet
 (they fail the checks below until it is; the list only shrinks)."""
