@@ -614,13 +614,14 @@ class LocalBackend:
         ints: list[dict[int, float]] = [{} for _ in lengths]
         attend = mask.bool()  # [b, kv]: what each prompt row may see (its real tokens)
         pad = self.model.tokenizer.pad_token_id or 0
-        # frontier: (node, p(path), prompt, cache slots of the path's tokens, logp row, logp col)
-        frontier = [(self._trie, 1.0, r, (), None, r) for r in range(b)]
-        logps = logp0  # [rows, V] for the first depth, then [b, n, V]
+        # frontier: (node, p(path), prompt, cache slots of the path's tokens, its column in logps)
+        frontier: list[tuple[dict, float, int, tuple[int, ...], int | None]] = [
+            (self._trie, 1.0, r, (), None) for r in range(b)]
+        logps = logp0  # [b, V] for the first depth, then [b, n, V]
         for depth in range(1, 8):
             grow = []
-            for node, p_path, r, path, i, j in frontier:
-                lp = logps[j] if i is None else logps[i, j]
+            for node, p_path, r, path, q in frontier:
+                lp = logps[r] if q is None else logps[r, q]
                 grow += [(child, t, p_path * float(lp[t].exp()), r, path)
                          for t, child in node["children"].items()]
             grow = [g for g in grow if g[2] >= self.prune and g[2] > 0]
@@ -634,16 +635,13 @@ class LocalBackend:
             pos = torch.zeros(b, n, dtype=torch.long)
             see = torch.zeros(b, n, kv + n, dtype=torch.bool)
             see[:, :, :kv] = attend[:, None, :]  # padding queries see their prompt too (no NaN rows)
-            slot = [0] * len(grow)
+            col = [0] * len(grow)  # each node's column in this depth's run
+            see[:, torch.arange(n), kv + torch.arange(n)] = True  # every query sees itself
             for r, ks in enumerate(per_row):
                 pos[r] = lengths[r] + depth - 1
                 for q, k in enumerate(ks):
-                    _child, t, _p, _r, path = grow[k]
-                    ids[r, q], slot[k] = t, kv + q
-                    see[r, q, list(path)] = True
-                    see[r, q, kv + q] = True
-                for q in range(len(ks), n):
-                    see[r, q, kv + q] = True
+                    ids[r, q], col[k] = grow[k][1], q
+                    see[r, q, list(grow[k][4])] = True
             m4 = see[:, None] if hf.config._attn_implementation == "sdpa" else \
                 torch.zeros(see[:, None].shape, dtype=hf.dtype).masked_fill(~see[:, None], torch.finfo(hf.dtype).min)
             o = hf(input_ids=ids, past_key_values=cache, use_cache=True, attention_mask=m4, position_ids=pos)
@@ -651,12 +649,11 @@ class LocalBackend:
             logps = torch.log_softmax(o.logits.float(), -1)  # [b, n, V]
             p_more = logps.exp()[..., self._digit_start].sum(-1)  # [b, n]
             frontier = []
-            for k, (child, _t, p, r, path) in enumerate(grow):
-                q = slot[k] - kv
+            for (child, _t, p, r, path), q in zip(grow, col, strict=True):
                 if child["value"] is not None:
                     v = child["value"]
                     ints[r][v] = ints[r].get(v, 0.0) + p * (1.0 - float(p_more[r, q]))
-                frontier.append((child, p, r, (*path, slot[k]), r, q))
+                frontier.append((child, p, r, (*path, kv + q), q))
             attend = torch.cat([attend, torch.zeros(b, n, dtype=torch.bool)], 1)  # nodes: seen by descendants only
         return list(zip(tops, ints, strict=True))
 
@@ -1159,9 +1156,7 @@ class Judge:
             with self._stats_lock:
                 self.stats["requests"] += len(misses)
             batch = [msgs[i] for i in misses]
-            if not batch:  # all replayed: the model is never loaded
-                pass
-            elif hasattr(self.backend, "complete_many"):
+            if batch and hasattr(self.backend, "complete_many"):  # (all replayed: no model is loaded)
                 self.backend.complete_many(batch, mode=mode, top_logprobs=c.top_logprobs, max_tokens=c.max_tokens,
                                            groups=[groups[i] for i in misses], on_chunk=done)
             else:
