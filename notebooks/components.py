@@ -93,6 +93,10 @@ boot = comp.draws(P, scores)  # bootstrap over held-out pairs, within trait
 print(f"model {lm.spec} ({lm.arch}, {lm.n_layers} layers, d_model {lm.d_model}); "
       f"{len(P.traits)} traits × {len(all_sites) // len(P.sites)} layers × {len(P.sites)} sites")
 print("width per site:", results.groupby("site").dim.first().to_dict())
+flat = results[results.degenerate].groupby(["site", "layer"]).size()
+if len(flat):  # one vector for every example: nothing to fit, the cell scores chance
+    print("cells where every example has the same activation (chance by construction):",
+          ", ".join(f"{s}@{layer}" for s, layer in flat.index))
 
 # %% [markdown]
 # ## Result: detection by site

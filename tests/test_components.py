@@ -192,3 +192,21 @@ def test_record_with_the_matched_space_prefixes_its_quantities_and_claims():
     assert c["attn_out_beats_resid.matched"].verdict == "holds"  # matched toy: 5 pts above
     assert c["attn_out_beats_resid.matched"].quantity == "matched.probe.attn_out_minus_resid_post.accuracy_pts"
     assert "matched.paired" in rec.tables
+
+
+def test_a_site_where_every_example_reads_one_vector_scores_chance_and_is_marked():
+    # position "last" on a chat template: at resid_pre@0 every prompt's last token is the same
+    # template token, so its activation is one vector; no fit is possible there.
+    import torch
+
+    p = comp.Params(model="tiny-qwen2", traits=["refusal"], layers=[0], sites=["resid_pre", "attn_out"], reference_site="attn_out",
+                    n_random_seeds=2, n_boot=50)
+    sites = p.check()
+    g = torch.Generator().manual_seed(0)
+    flat = torch.ones(6, 8)
+    live = (torch.randn(6, 8, generator=g) + 1, torch.randn(6, 8, generator=g) - 1)
+    acts = {"refusal": {split: {sites[0]: (flat, flat.clone()), sites[1]: live} for split in ("train", "val")}}
+    df, _ = comp.run(p, acts, sites, progress=False, log=False)
+    dead = df[df.site == "resid_pre"]
+    assert dead.degenerate.all() and not df[df.site == "attn_out"].degenerate.any()
+    assert (dead.val_accuracy == 0.5).all() and (dead.auroc == 0.5).all()

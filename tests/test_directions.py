@@ -95,3 +95,15 @@ def test_errors():
     with pytest.raises(MethodError, match="zero"):
         fit_direction("mean_diff", x, x)
     assert np.isfinite(fit_direction("ica", x, x + 1).raw_norm)
+
+
+def test_identical_activations_are_refused_by_name_and_components_scores_them_at_chance():
+    from traitlab.directions import DegenerateError
+    from traitlab.metrics import evaluate
+
+    same = torch.ones(4, 3)
+    with pytest.raises(DegenerateError, match="at resid_pre@0 are the same vector"):
+        fit_direction("probe", same, same.clone(), site="resid_pre@0")
+    assert fit_direction("random", same, same.clone()).vector.shape == (3,)  # a null needs no data
+    m = evaluate(torch.tensor([1.0, 0.0, 0.0]), same, same.clone())
+    assert (m.val_accuracy, m.auroc) == (0.5, 0.5)

@@ -52,6 +52,22 @@ class MethodError(ValueError):
     """Unknown method or unusable training data."""
 
 
+class DegenerateError(MethodError):
+    """Every training activation is the same vector: the site carries nothing that could tell
+    the classes apart (e.g. ``position="last"`` on a chat template reads the same template token
+    for every prompt, and at ``resid_pre@0`` that token's embedding is all there is)."""
+
+
+def is_degenerate(x: torch.Tensor, rtol: float = 1e-6) -> bool:
+    """Whether all rows of ``x`` [n, d] are equal up to ``rtol`` of the largest entry.
+
+    >>> is_degenerate(torch.ones(3, 2)), is_degenerate(torch.eye(2))
+    (True, False)
+    """
+    spread = float((x - x[0]).abs().max())
+    return spread <= rtol * max(float(x.abs().max()), 1e-30)
+
+
 def register(name: str) -> Callable[[MethodFn], MethodFn]:
     def deco(fn: MethodFn) -> MethodFn:
         METHODS[name] = fn
@@ -203,6 +219,12 @@ def fit_direction(method: str, pos: torch.Tensor, neg: torch.Tensor, *, seed: in
     if len(pos) < 2 or len(neg) < 2:
         raise MethodError(f"need at least 2 positive and 2 negative examples, got {len(pos)} and {len(neg)}")
     pos, neg = pos.float(), neg.float()
+    if method != "random" and is_degenerate(torch.cat([pos, neg])):
+        where = f" at {site}" if site else ""
+        raise DegenerateError(
+            f"all {len(pos) + len(neg)} training activations{where} are the same vector, so no "
+            f"direction separates the classes there (position 'last' on a chat template reads one "
+            f"template token for every prompt); choose a later layer or another position")
     raw = METHODS[method](pos, neg, seed=seed, **options)
     norm = float(raw.norm())
     if not np.isfinite(norm) or norm == 0:

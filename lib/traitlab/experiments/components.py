@@ -24,7 +24,7 @@ import pandas as pd
 from .. import records
 from .. import uncertainty as unc
 from ..activations import POSITIONS
-from ..directions import METHODS, fit_direction
+from ..directions import METHODS, fit_direction, is_degenerate, random_unit
 from ..elicit import SourceParams, check_sets, summary_table
 from ..elicit import quantities as elicit_quantities
 from ..metrics import cell_draws, evaluate, heldout_scores
@@ -117,24 +117,34 @@ def run(p: Params, acts: dict, sites: list[Site], *, progress: bool = True, log:
         ) -> tuple[pd.DataFrame, dict[tuple, tuple[np.ndarray, np.ndarray]]]:
     """One row per (trait, site, layer, method, seed) with held-out metrics, and each cell's
     held-out pair scores keyed (trait, site, layer, method, seed) for the bootstrap over pairs.
+    A cell whose training activations are all one vector (``degenerate``: e.g. the last token of
+    a chat template at layer 0) scores chance by construction and is marked, not dropped.
 
     ``acts`` is ``method_comparison.extract_traits``'s {trait: {split: {site: (pos, neg)}}};
     ``log=False`` keeps the fits out of the published vectors (e.g. fits in a projected space,
     ``match_dimension``, which are not vectors of the model's sites).
     """
+    import torch
+
     rows, scores = [], {}
     methods = list(p.methods) + ["random"]
     jobs = [(t, s, m) for t in p.traits for s in sites for m in methods]
     for trait, site, method in tqdm(jobs, desc="fit", disable=not progress):
         tr_pos, tr_neg = acts[trait]["train"][site]
         va_pos, va_neg = acts[trait]["val"][site]
+        degenerate = is_degenerate(torch.cat([tr_pos, tr_neg]))
         seeds = range(p.seed, p.seed + p.n_random_seeds) if method == "random" else [p.seed]
         for seed in seeds:
             opts = {"C": p.probe_C} if method == "probe" else {}
-            d = fit_direction(method, tr_pos, tr_neg, seed=seed, site=str(site), trait=trait, log=log, **opts)
+            if degenerate:  # any direction scores chance: the cell is kept, at chance, not dropped
+                v = random_unit(int(tr_pos.shape[1]), seed)
+            else:
+                v = fit_direction(method, tr_pos, tr_neg, seed=seed, site=str(site), trait=trait,
+                                  log=log, **opts).vector
             rows.append({"trait": trait, "site": site.name, "layer": site.layer, "method": method,
-                         "seed": seed, "dim": int(tr_pos.shape[1]), **evaluate(d.vector, va_pos, va_neg).asdict()})
-            scores[(trait, site.name, site.layer, method, seed)] = heldout_scores(d.vector, va_pos, va_neg)
+                         "seed": seed, "dim": int(tr_pos.shape[1]), "degenerate": degenerate,
+                         **evaluate(v, va_pos, va_neg).asdict()})
+            scores[(trait, site.name, site.layer, method, seed)] = heldout_scores(v, va_pos, va_neg)
     return pd.DataFrame(rows), scores
 
 
