@@ -42,6 +42,9 @@ seed = 0
 traits_dir = None
 claim_layer = None
 n_random = 0
+steer_ratios = []
+steer_claim_ratio = None
+steer_random = 0
 
 # %% [markdown]
 # ## Setup
@@ -76,12 +79,16 @@ print(specs)
 # %%
 # NBVAL_IGNORE_OUTPUT
 vectors = bi.base_vectors(P, base, ChatFormat.plain(base.tokenizer), P.layers)
-pp, traj = [], []
+pp, traj, steer = [], [], []
 for name, spec in specs.items():
     m = base if name == "base" else load_model(spec, quiet=True)
     traces = bi.read(P, m, ChatFormat.plain(m.tokenizer), vectors, req)
     pp.append(bi.per_prompt(name, req, traces))
     traj.append(bi.trajectories(name, req, traces))
+    if P.steer_ratios:  # the same base vector added to this model: detection vs control
+        v = vectors[next(s for s in vectors if s.layer == P.claim_layer)]
+        steer.append(bi.steering_strength(P, m, ChatFormat.plain(m.tokenizer), v, req, name))
+steer = pd.concat(steer, ignore_index=True) if steer else None
 
 # %% [markdown]
 # ## Measurement: one instruct model, without and with its chat template
@@ -128,6 +135,24 @@ else:
     print("no random directions (n_random = 0)")
 
 # %% [markdown]
+# ## Detection vs control: does the base vector steer the tuned models as it steers the base?
+# The seed found the base vector detects in the instruct model (95%) but steers it ~3× more
+# weakly. Each model gets the base vector added at `site@claim_layer`, ± each ratio × that
+# model's own mean activation norm there, at every position; we read the refusal log-odds at the
+# first answer token (refusal openings vs the rest). **Specific** = half the difference between
+# +v and −v, the part of the shift that follows the direction; **common** = what both signs do
+# alike (a model's response to any push of that size). Random directions (×) are the specific
+# shift's null. Intervals are over prompts.
+
+# %%
+if steer is not None:
+    steer_summary = bi.steering_summary(steer, P)
+    display(steer_summary.round(3))
+    fig = plots.steering_strength(steer_summary, P.trait)
+else:
+    print("no steering (steer_ratios is empty)")
+
+# %% [markdown]
 # ## Trajectories over the answer
 
 # %%
@@ -147,7 +172,7 @@ for line in bi.conclusions(det, P, null):
 # %% tags=["record"]
 from traitlab import records  # noqa: E402
 
-record = bi.record(P, base, det, pp, null)
+record = bi.record(P, base, det, pp, null, steer)
 records.publish(record.with_run(**runinfo.run_record(P, base)))
 from traitlab import directions, vectors  # noqa: E402
 
@@ -163,3 +188,6 @@ display(records.verdict_table(record))
 #   separates refused from complied answers among the harmful requests.
 # - The vector comes from teacher-forced pairs we wrote, read at response positions.
 # - The seed's raw separation (≈0.5) is on its own projection scale; AUROC and accuracy compare.
+# - Steering strength is read from the first answer token's refusal log-odds, not from generated
+#   behaviour; the ratios (and the claim ratio) were set after an exploratory run looked at
+#   0.25–2, so every ratio is tabulated and the verdict should read the same across them.

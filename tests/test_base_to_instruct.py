@@ -45,6 +45,10 @@ def test_read_on_a_tiny_model():
     ({"site": "v"}, "site must be"),
     ({"models": {"sft": "x"}}, "must name base"),
     ({"n_harmful": 0}, "n_harmful"),
+    ({"steer_ratios": [1.0], "steer_claim_ratio": 1.0}, "needs claim_layer"),
+    ({"steer_ratios": [1.0], "claim_layer": 4, "steer_claim_ratio": 2.0}, "must be one of steer_ratios"),
+    ({"steer_ratios": [-1.0], "claim_layer": 4, "steer_claim_ratio": -1.0}, "positive"),
+    ({"steer_random": 3}, "need steer_ratios"),
 ])
 def test_base_to_instruct_params_fail_early(kw, msg):
     with pytest.raises(ParamError, match=msg):
@@ -192,3 +196,42 @@ def test_a_null_that_separates_as_well_makes_the_verdict_inconclusive():
     assert c["base_vector_detects_refusal"].verdict == "inconclusive"
     assert "random directions separate these answers as well" in c["base_vector_detects_refusal"].reason
     assert c["base_vector_detects_chain"].verdict == "inconclusive"  # the harmful/benign null is as high
+
+
+def _steer(base: list[float], tuned: list[float], random_shift: float = 0.0) -> pd.DataFrame:
+    rows = []
+    for model, xs in (("base", base), ("dpo", tuned)):
+        for i, x in enumerate(xs):
+            rows.append({"model": model, "direction": "refusal", "ratio": 1.0, "group": "harmful",
+                         "prompt": f"p{i}", "lo0": 0.0, "lo_plus": x + 0.5, "lo_minus": -x + 0.5,
+                         "specific": x, "common": 0.5})
+            rows.append({"model": model, "direction": "random0", "ratio": 1.0, "group": "harmful",
+                         "prompt": f"p{i}", "lo0": 0.0, "lo_plus": random_shift, "lo_minus": -random_shift,
+                         "specific": random_shift, "common": 0.0})
+    return pd.DataFrame(rows)
+
+
+def test_steering_verdict_reads_the_paired_difference_and_needs_the_base_to_steer():
+    P = bi.Params(layers=[4], claim_layer=4, steer_ratios=[1.0], steer_claim_ratio=1.0, steer_random=1)
+    stats, (verdict, _) = bi.steering_verdict(_steer([1.0, 1.2, 0.8, 1.0], [0.3, 0.4, 0.2, 0.3]), P, "dpo")
+    assert verdict == "holds" and stats["diff"] == pytest.approx(0.7) and stats["base"] == pytest.approx(1.0)
+    summ = bi.steering_summary(_steer([1.0, 1.2, 0.8, 1.0], [0.3, 0.4, 0.2, 0.3]), P)
+    assert summ.loc[("dpo", "refusal", 1.0), "specific"] == pytest.approx(0.3)
+    assert summ.loc[("base", "refusal", 1.0), "common"] == pytest.approx(0.5)
+    # the tuned model steers as strongly, and the test had the power to see 2/3 of the base shift
+    _, (verdict, why) = bi.steering_verdict(_steer([1.0, 1.1, 0.9, 1.0], [1.0, 1.1, 0.9, 1.0]), P, "dpo")
+    assert verdict == "not held" and "minimum detectable" in why
+    # a random direction steers the base as much: no positive control
+    _, (verdict, why) = bi.steering_verdict(_steer([1.0, 1.2, 0.8, 1.0], [0.3, 0.4, 0.2, 0.3], 1.5), P, "dpo")
+    assert verdict == "inconclusive" and "random directions reach 1.500" in why
+
+
+def test_the_record_carries_the_steering_claim():
+    P = bi.Params(n_boot=100, layers=[4, 8], claim_layer=4, steer_ratios=[1.0], steer_claim_ratio=1.0,
+                  steer_random=1)
+    pp = _pp(16, {"base": 0.0, "dpo": 3.0})
+    rec = bi.record(P, None, bi.detection(pp, P), pp, steer=_steer([1.0, 1.2, 0.8, 1.0], [0.3, 0.4, 0.2, 0.3]))
+    claim = next(c for c in rec.claims if c.id == "steering_weaker_in_tuned")
+    assert claim.verdict == "holds" and claim.quantity == "steer.base_minus_dpo" and "3.3× weaker" in claim.ours
+    assert rec["steer.base_minus_dpo"].value == pytest.approx(0.7) and rec["steer.specific.dpo"].n == 4
+    assert "steering" in rec.tables

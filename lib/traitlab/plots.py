@@ -458,3 +458,25 @@ def win_vs_gap(pairs: pd.DataFrame, methods: Sequence[str] | None = None) -> plt
                title=t)
     axes[0, -1].legend(loc="lower right", frameon=False)
     return fig
+
+
+def steering_strength(summary: pd.DataFrame, trait: str) -> plt.Figure:
+    """Refusal log-odds shift against perturbation ratio per model: the direction-specific shift
+    (+v vs −v, solid, 95% interval over prompts) and the shift both signs cause (dashed); random
+    directions as grey points at the ratio they were added."""
+    s = summary.reset_index()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True, sharex=True)
+    learned = s[s.direction == trait]
+    for k, (model, g) in enumerate(learned.groupby("model", sort=False)):
+        c = sns.color_palette()[k]
+        for ax, col in zip(axes, ("specific", "common"), strict=True):
+            ax.errorbar(g.ratio, g[col], yerr=[g[col] - g[f"{col}_lo"], g[f"{col}_hi"] - g[col]], color=c,
+                        marker="o", ms=4, capsize=3, label=model)
+        rnd = s[(s.model == model) & s.direction.str.startswith("random")]
+        axes[0].scatter(rnd.ratio, rnd.specific, color=c, marker="x", alpha=0.6, s=18)
+    for ax, title in zip(axes, (f"specific: +v vs −v ({trait}), × random", "common: what both signs do"),
+                         strict=True):
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set(xlabel="perturbation ratio", ylabel="Δ refusal log-odds", title=title)
+    axes[0].legend(fontsize=8)
+    return fig

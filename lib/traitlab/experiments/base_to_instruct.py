@@ -12,6 +12,14 @@ Second view (``template_model``): one instruct model read in two modes: vector f
 its chat template (the plain format, base-like use) and detection measured *with* the template
 and without it.
 
+Third view, **detection vs control** (``steer_ratios``): the same base vector added to each model
+of the chain at ``site@claim_layer``, ± ratio × that model's mean activation norm there, every
+position; steering strength = the *direction-specific* shift of the refusal log-odds at the first
+answer token, half the difference between adding +v and −v (a shift both signs cause alike, a
+model's response to any perturbation of that size, cancels), per prompt; ``steer_random`` random
+unit directions at the claim ratio give its null. The seed: the base vector detects in the
+instruct model (95%) but steers it ~3× more weakly than the base ("IT resists steering").
+
 Example:
     >>> Params(template_model=None).views()
     ['chain']
@@ -34,12 +42,14 @@ from ..metrics import auroc, auroc_se, midpoint_accuracy
 from ..models import LoadedModel, describe
 from ..monitor import TokenTrace, Watch, monitor
 from ..params import ParamError, traits_folder
-from ..refusal import is_refusal
+from ..refusal import DEFAULT_OPENINGS, is_refusal, log_odds, opening_token_ids
 from ..sites import SITE_NAMES, Site, check_sites
-from ..uncertainty import bootstrap_difference
+from ..steered_eval import at_ratio
+from ..steering import activation_norms, steered_logits
+from ..uncertainty import POWER_Z, bootstrap_difference, mean_se, t_interval
 
 SEED = {"setting": "Gemma-2-2B base → Gemma-2-2B-IT, refusal probe at attn_out L8",
-        "separation": 0.5, "accuracy_pct": 90.0}
+        "separation": 0.5, "accuracy_pct": 90.0, "steering_weaker": 3.0}
 """The seed's base → instruct result (≈0.5 separation in response means, ~90% accuracy)."""
 
 
@@ -68,6 +78,13 @@ class Params:
     n_random: int = 0
     """Random unit directions per layer read alongside the vector: the null AUROC (folded to
     ≥ 0.5, since a random direction has no sign) that a detection must clear."""
+    steer_ratios: list[float] = field(default_factory=list)
+    """Perturbation ratios at which the base vector is added (± each) to every model of the chain
+    at ``site@claim_layer`` to read steering strength; empty: detection only."""
+    steer_claim_ratio: float | None = None
+    """The ratio (one of ``steer_ratios``) the detection-vs-control verdict reads."""
+    steer_random: int = 0
+    """Random unit directions added at ``steer_claim_ratio``: the null of steering strength."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS or self.method == "random":
@@ -87,8 +104,17 @@ class Params:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.claim_layer is not None and self.claim_layer not in self.layers:
             raise ParamError(f"claim_layer {self.claim_layer} must be one of layers {self.layers}")
-        if self.n_random < 0:
-            raise ParamError(f"n_random must be >= 0, got {self.n_random}")
+        if self.n_random < 0 or self.steer_random < 0:
+            raise ParamError(f"n_random and steer_random must be >= 0, got {self.n_random}, {self.steer_random}")
+        if self.steer_ratios:
+            if any(not r > 0 for r in self.steer_ratios):
+                raise ParamError(f"steer_ratios must be positive (each is added with both signs), got {self.steer_ratios}")
+            if self.claim_layer is None:
+                raise ParamError("steer_ratios needs claim_layer: the layer the base vector is added at")
+            if self.steer_claim_ratio not in self.steer_ratios:
+                raise ParamError(f"steer_claim_ratio {self.steer_claim_ratio} must be one of steer_ratios {self.steer_ratios}")
+        elif self.steer_claim_ratio is not None or self.steer_random:
+            raise ParamError("steer_claim_ratio and steer_random need steer_ratios (empty: no steering)")
 
     def views(self) -> list[str]:
         return ["chain"] + (["template"] if self.template_model else [])
@@ -271,6 +297,95 @@ def conclusions(det: pd.DataFrame, P: Params | None = None, null: pd.DataFrame |
     return out
 
 
+# ---- detection vs control: steering strength ------------------------------------------------
+
+def steering_strength(P: Params, lm: LoadedModel, fmt: ChatFormat, vector: torch.Tensor, req: pd.DataFrame,
+                      model: str) -> pd.DataFrame:
+    """Per (direction, ratio, prompt): the refusal log-odds at the first answer token (``lo0``
+    unsteered, ``lo_plus`` / ``lo_minus`` with ±ratio × the mean activation norm added at
+    ``site@claim_layer`` at every position), ``specific`` = (lo_plus − lo_minus) / 2, the shift
+    that follows the direction's sign, and ``common`` = (lo_plus + lo_minus) / 2 − lo0, the shift
+    both signs cause. ``direction``: the trait (every ratio) and ``random<k>`` (the claim ratio).
+
+    Example (a tiny random model):
+        >>> from traitlab.models import load_model
+        >>> m = load_model("tiny-llama")
+        >>> P = Params(layers=[1], claim_layer=1, steer_ratios=[0.5], steer_claim_ratio=0.5, steer_random=1)
+        >>> req = pd.DataFrame({"group": ["harmful", "benign"], "prompt": ["Do harm", "Say hi"]})
+        >>> t = steering_strength(P, m, m.chat, torch.ones(m.d_model), req, "base")
+        >>> sorted(t.direction.unique()), len(t)
+        (['random0', 'refusal'], 4)
+    """
+    site = Site(P.site, P.claim_layer)  # type: ignore[arg-type]
+    ex = [fmt.encode(p) for p in req.prompt]
+    ids = opening_token_ids(fmt, DEFAULT_OPENINGS)
+    norms = activation_norms(lm, ex, [site], batch_size=P.batch_size)
+
+    def lo(steers: list) -> np.ndarray:
+        return log_odds(steered_logits(lm, ex, steers, positions="all", batch_size=P.batch_size), ids).numpy()
+
+    lo0 = lo([])
+    jobs = [(P.trait, vector, r) for r in P.steer_ratios]
+    jobs += [(f"random{k}", random_unit(vector.numel(), P.seed + 2000 + k), P.steer_claim_ratio)
+             for k in range(P.steer_random)]
+    rows = []
+    for name, v, r in jobs:
+        plus, minus = lo([at_ratio(site, v, r, norms)]), lo([at_ratio(site, -v, r, norms)])
+        rows += [{"model": model, "direction": name, "ratio": r, "group": g, "prompt": p, "lo0": a, "lo_plus": b,
+                  "lo_minus": c, "specific": (b - c) / 2, "common": (b + c) / 2 - a}
+                 for g, p, a, b, c in zip(req.group, req.prompt, lo0, plus, minus, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def steering_summary(st: pd.DataFrame, P: Params) -> pd.DataFrame:
+    """Per (model, direction, ratio): mean ``specific`` and ``common`` shift with t-intervals over
+    prompts (the independent unit), and the unsteered refusal log-odds."""
+    out = []
+    for (model, direction, ratio), d in st.groupby(["model", "direction", "ratio"], sort=False):
+        row = {"model": model, "direction": direction, "ratio": ratio, "n": len(d), "lo0": d.lo0.mean()}
+        for col in ("specific", "common"):
+            m, se, n = mean_se(d[col].to_numpy())
+            row[col], (row[f"{col}_lo"], row[f"{col}_hi"]) = m, t_interval(m, se, n)
+        out.append(row)
+    return pd.DataFrame(out).set_index(["model", "direction", "ratio"])
+
+
+def _random_ceiling(st: pd.DataFrame, model: str, ratio: float) -> float:
+    """The largest |mean specific shift| of the random directions (NaN without them)."""
+    r = st[(st.model == model) & st.direction.str.startswith("random") & (st.ratio == ratio)]
+    return float(r.groupby("direction").specific.mean().abs().max()) if len(r) else np.nan
+
+
+def steering_verdict(st: pd.DataFrame, P: Params, tuned: str, base: str = "base"
+                     ) -> tuple[dict[str, float], tuple[str, str]]:
+    """The seed's "detection transfers, control weakens (~3×)": at ``steer_claim_ratio``, the
+    paired per-prompt difference base − ``tuned`` of the specific shift. Holds when its 95%
+    interval lies above 0; needs a positive control first, the vector steering the base model
+    (interval above 0 and above every random direction's shift), else inconclusive; not held
+    when the minimum detectable difference is below the seed's (the base shift × (1 − 1/3))."""
+    from .. import records
+
+    r = P.steer_claim_ratio
+    a = st[(st.direction == P.trait) & (st.ratio == r)].pivot_table(index="prompt", columns="model",
+                                                                     values="specific", sort=False)
+    b_mean, b_se, n = mean_se(a[base].to_numpy())
+    d_mean, d_se, _ = mean_se((a[base] - a[tuned]).to_numpy())
+    t_mean = float(a[tuned].mean())
+    b_lo, _ = t_interval(b_mean, b_se, n)
+    d_lo, d_hi = t_interval(d_mean, d_se, n)
+    ceiling = _random_ceiling(st, base, r)
+    stats = {"base": b_mean, "base_se": b_se, "tuned": t_mean, "diff": d_mean, "diff_se": d_se, "diff_lo": d_lo,
+             "diff_hi": d_hi, "n": n, "random_ceiling": ceiling}
+    control = b_lo > 0 and not (np.isfinite(ceiling) and b_mean <= ceiling)
+    if not control:
+        why = (f"no positive control: the vector does not steer the base model at ratio {r:g} "
+               f"(specific shift {b_mean:+.3f}, 95% lower end {b_lo:+.3f}"
+               + (f"; random directions reach {ceiling:.3f}" if np.isfinite(ceiling) else "") + ")")
+        return stats, ("inconclusive", why)
+    seed_effect = b_mean * (1 - 1 / SEED["steering_weaker"])
+    return stats, records.decide(holds=d_lo > 0, seed_effect=seed_effect, mde=POWER_Z * d_se)
+
+
 # ---- result record --------------------------------------------------------------------------
 
 def _slug(model: str) -> str:
@@ -278,7 +393,7 @@ def _slug(model: str) -> str:
 
 
 def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFrame,
-           null: pd.DataFrame | None = None):
+           null: pd.DataFrame | None = None, steer: pd.DataFrame | None = None):
     """The report's result record: per model of the chain (and each template mode), the AUROC at
     the verdict layer (``claim_layer``, or the best over layers), the midpoint accuracy and
     separation (pooled SDs) there, the refusal rate of harmful requests, refused-vs-complied
@@ -301,6 +416,10 @@ def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFram
       percentile of their folded harmful-vs-benign AUROCs; ``estimate``, SE from the spread of a
       95th percentile over ``n_random`` draws (0.1 floor), k = 2.
     - ``n_harmful`` / ``n_benign``: exact.
+    - ``steer.specific.<model>`` (with ``steer``, per chain model): the direction-specific shift of
+      the refusal log-odds at ``steer_claim_ratio``, a mean over prompts; ``estimate``, k = 2.
+    - ``steer.base_minus_<model>``: the paired difference the detection-vs-control verdict reads
+      (the most tuned model of the chain); ``estimate``, k = 2.
 
     Left out: the raw separation (the seed's ≈0.5 is on its own projection scale; kept in the
     ``detection`` table, and the ``raw_separation`` claim is "not comparable").
@@ -366,6 +485,10 @@ def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFram
             + "; effect scale: accuracy above chance)", quantity=q.name))
     if chain_models:
         claims.append(_refusal_claim(P, det, null, at, chain_models, how_at[chain_models[-1]]))
+    if steer is not None and len(steer) and chain_models:
+        c, q_steer = _steering_claim(P, steer, [m for m in chain_models if m in set(steer.model)])
+        qs += q_steer
+        claims.append(c)
     claims.append(records.Claim(
         "raw_separation", "response-mean projection separation between harmful and benign requests",
         f"≈{SEED['separation']}", "see the detection table", "not comparable",
@@ -373,6 +496,8 @@ def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFram
     tables = {"detection": det.reset_index(), "best_layers": pd.DataFrame(best_rows)}
     if null is not None:
         tables["random_null"] = null.reset_index()
+    if steer is not None and len(steer):
+        tables["steering"] = steering_summary(steer, P).reset_index()
     return records.ResultRecord("base_to_instruct", model=lm.spec if lm is not None else "",
                                 quantities=tuple(qs), claims=tuple(claims), tables=tables)
 
@@ -407,3 +532,36 @@ def _refusal_claim(P: Params, det: pd.DataFrame, null: pd.DataFrame | None, at: 
         f"AUROC {a:.2f} ± {1.96 * se:.2f} (refused {n_r}, complied {n_c}; {how})"
         + (f"; random null p95 {p95:.2f}" if np.isfinite(p95) else ""), verdict,
         f"{why} (holds: AUROC 95% lower bound > 0.5 and above the random null)", quantity=f"refusal_auroc.{_slug(m)}")
+
+
+def _steering_claim(P: Params, steer: pd.DataFrame, models: list[str]):
+    """The seed's detection-vs-control claim on the most tuned model of the chain, with the
+    quantities it reads."""
+    from .. import records
+
+    tuned, r = models[-1], P.steer_claim_ratio
+    stats, (verdict, why) = steering_verdict(steer, P, tuned)
+    n = int(stats["n"])
+    qs = []
+    for m in models:
+        x = steer[(steer.model == m) & (steer.direction == P.trait) & (steer.ratio == r)].specific.to_numpy()
+        mean, se, _ = mean_se(x)
+        qs.append(records.estimate(f"steer.specific.{_slug(m)}", mean, se=se, n=len(x), unit="log-odds", k=2,
+                                   ci=t_interval(mean, se, len(x))))
+    qs.append(records.estimate(f"steer.base_minus_{_slug(tuned)}", stats["diff"], se=stats["diff_se"], n=n,
+                               unit="log-odds", k=2, ci=(stats["diff_lo"], stats["diff_hi"])))
+    if stats["tuned"] <= 0 or stats["base"] <= 0:
+        how = "; no steering in the tuned model" if stats["tuned"] <= 0 else "; the base does not steer"
+    elif stats["base"] >= stats["tuned"]:
+        how = f"; {stats['base'] / stats['tuned']:.1f}× weaker"
+    else:
+        how = f"; {stats['tuned'] / stats['base']:.1f}× stronger"
+    ours = (f"specific shift base {stats['base']:+.2f}, {tuned} {stats['tuned']:+.2f} log-odds at ratio {r:g} "
+            f"(base − {tuned} {stats['diff']:+.2f} [{stats['diff_lo']:+.2f}, {stats['diff_hi']:+.2f}], n={n}{how})")
+    return records.Claim(
+        "steering_weaker_in_tuned",
+        f"the base vector steers the tuned model ({tuned}) more weakly than the base model, though it detects there",
+        f"95% detection, {SEED['steering_weaker']:g}× weaker steering ({SEED['setting'].split(',')[0]})", ours,
+        verdict, f"{why} (holds: base − tuned specific shift, paired over prompts, 95% interval above 0; "
+        "shift = refusal log-odds at the first answer token, +v vs −v)",
+        quantity=f"steer.base_minus_{_slug(tuned)}"), qs
