@@ -395,10 +395,12 @@ def _space_quantities(p: Params, sp: Space
             for metric, col, scale, unit, floor in (("accuracy_pts", "val_accuracy", 100, "pts", SE_FLOOR["pct"]),
                                                     ("auroc", "auroc", 1, "", SE_FLOOR["auroc"])):
                 dx = scale * (w[col][site] - w[col][p.reference_site]).to_numpy()
-                se = max(diffs[(method, site, col)].se, floor)
+                b = diffs[(method, site, col)]
+                se = max(b.se, floor)
                 paired[(method, site, col)] = (float(dx.mean()), se)
                 qs.append(records.estimate(f"{method}.{site}_minus_{p.reference_site}.{metric}", dx.mean(), se=se,
-                                           n=len(dx), unit=unit, k=2))
+                                           n=len(dx), unit=unit, k=2,
+                                           ci=b.ci if np.isfinite(b.ci).all() else None))
     return qs, paired
 
 

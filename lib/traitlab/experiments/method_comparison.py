@@ -468,7 +468,7 @@ def _claims(summary: pd.DataFrame, p95: float | None, our_null_mean: float | Non
                                      f"ours {ours:.1f}% vs the random null's 95th percentile {p95:.1f}%: {why}",
                                      quantity=f"{m}.mean_accuracy_pct"))
     if len(diffs) == 2:
-        d1, d2 = diffs[("probe", "gradient")][0], diffs[("gradient", "mean_diff")][0]
+        (d1, _, c1), (d2, _, c2) = diffs[("probe", "gradient")], diffs[("gradient", "mean_diff")]
         gaps = {("probe", "gradient"): seed.loc["probe", "mean_accuracy_pct"] - seed.loc["gradient", "mean_accuracy_pct"],
                 ("gradient", "mean_diff"): seed.loc["gradient", "mean_accuracy_pct"] - seed.loc["mean_diff", "mean_accuracy_pct"]}
         # Each step of the order holds when its paired 95% CI (held-out pairs resampled within
@@ -485,7 +485,8 @@ def _claims(summary: pd.DataFrame, p95: float | None, our_null_mean: float | Non
         out.append(records.Claim("ordering", "mean held-out accuracy orders probe ≥ gradient ≥ mean_diff",
                                  "85.9% ≥ 81.0% ≥ 65.7%",
                                  f"{s.loc['probe', 'mean_accuracy_pct']:.1f}% / {s.loc['gradient', 'mean_accuracy_pct']:.1f}% / "
-                                 f"{s.loc['mean_diff', 'mean_accuracy_pct']:.1f}% (differences {d1:+.1f}, {d2:+.1f} pts)",
+                                 f"{s.loc['mean_diff', 'mean_accuracy_pct']:.1f}% (probe − gradient {d1:+.1f} pts "
+                                 f"[{c1[0]:+.1f}, {c1[1]:+.1f}], gradient − mean_diff {d2:+.1f} [{c2[0]:+.1f}, {c2[1]:+.1f}])",
                                  v, why, quantity="ordering.probe_minus_gradient_pts"))
     if "probe" in s.index:
         fails = int(s.loc["probe", "polarity_failures"])
