@@ -86,8 +86,7 @@ for name, spec in specs.items():
     pp.append(bi.per_prompt(name, req, traces))
     traj.append(bi.trajectories(name, req, traces))
     if P.steer_ratios:  # the same base vector added to this model: detection vs control
-        v = vectors[next(s for s in vectors if s.layer == P.claim_layer)]
-        steer.append(bi.steering_strength(P, m, ChatFormat.plain(m.tokenizer), v, req, name))
+        steer.append(bi.steering_strength(P, m, ChatFormat.plain(m.tokenizer), vectors, req, name))
 steer = pd.concat(steer, ignore_index=True) if steer else None
 
 # %% [markdown]
@@ -146,7 +145,7 @@ else:
 
 # %%
 if steer is not None:
-    steer_summary = bi.steering_summary(steer, P)
+    steer_summary = bi.steering_summary(steer)
     display(steer_summary.round(3))
     fig = plots.steering_strength(steer_summary, P.trait)
 else:

@@ -215,7 +215,7 @@ def test_steering_verdict_reads_the_paired_difference_and_needs_the_base_to_stee
     P = bi.Params(layers=[4], claim_layer=4, steer_ratios=[1.0], steer_claim_ratio=1.0, steer_random=1)
     stats, (verdict, _) = bi.steering_verdict(_steer([1.0, 1.2, 0.8, 1.0], [0.3, 0.4, 0.2, 0.3]), P, "dpo")
     assert verdict == "holds" and stats["diff"] == pytest.approx(0.7) and stats["base"] == pytest.approx(1.0)
-    summ = bi.steering_summary(_steer([1.0, 1.2, 0.8, 1.0], [0.3, 0.4, 0.2, 0.3]), P)
+    summ = bi.steering_summary(_steer([1.0, 1.2, 0.8, 1.0], [0.3, 0.4, 0.2, 0.3]))
     assert summ.loc[("dpo", "refusal", 1.0), "specific"] == pytest.approx(0.3)
     assert summ.loc[("base", "refusal", 1.0), "common"] == pytest.approx(0.5)
     # the tuned model steers as strongly, and the test had the power to see 2/3 of the base shift

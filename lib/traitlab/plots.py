@@ -461,9 +461,10 @@ def win_vs_gap(pairs: pd.DataFrame, methods: Sequence[str] | None = None) -> plt
 
 
 def steering_strength(summary: pd.DataFrame, trait: str) -> plt.Figure:
-    """Refusal log-odds shift against perturbation ratio per model: the direction-specific shift
-    (+v vs −v, solid, 95% interval over prompts) and the shift both signs cause (dashed); random
-    directions as grey points at the ratio they were added."""
+    """Refusal log-odds shift against perturbation ratio per model (``steering_summary`` of
+    base → instruct), 95% intervals over prompts: left, the direction-specific shift (+v vs −v),
+    with each random direction as a × in its model's colour at the ratio it was added; right, the
+    shift both signs cause alike."""
     s = summary.reset_index()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True, sharex=True)
     learned = s[s.direction == trait]

@@ -50,7 +50,8 @@ from ..uncertainty import POWER_Z, bootstrap_difference, mean_se, t_interval
 
 SEED = {"setting": "Gemma-2-2B base → Gemma-2-2B-IT, refusal probe at attn_out L8",
         "separation": 0.5, "accuracy_pct": 90.0, "steering_weaker": 3.0}
-"""The seed's base → instruct result (≈0.5 separation in response means, ~90% accuracy)."""
+"""The seed's base → instruct result (≈0.5 separation in response means, ~90% accuracy) and its
+detection-vs-control ratio (the instruct model steered ~3× more weakly than the base)."""
 
 
 @dataclass(frozen=True)
@@ -299,24 +300,26 @@ def conclusions(det: pd.DataFrame, P: Params | None = None, null: pd.DataFrame |
 
 # ---- detection vs control: steering strength ------------------------------------------------
 
-def steering_strength(P: Params, lm: LoadedModel, fmt: ChatFormat, vector: torch.Tensor, req: pd.DataFrame,
-                      model: str) -> pd.DataFrame:
+def steering_strength(P: Params, lm: LoadedModel, fmt: ChatFormat, vectors: dict[Site, torch.Tensor],
+                      req: pd.DataFrame, model: str) -> pd.DataFrame:
     """Per (direction, ratio, prompt): the refusal log-odds at the first answer token (``lo0``
     unsteered, ``lo_plus`` / ``lo_minus`` with ±ratio × the mean activation norm added at
     ``site@claim_layer`` at every position), ``specific`` = (lo_plus − lo_minus) / 2, the shift
     that follows the direction's sign, and ``common`` = (lo_plus + lo_minus) / 2 − lo0, the shift
     both signs cause. ``direction``: the trait (every ratio) and ``random<k>`` (the claim ratio).
+    ``vectors``: ``base_vectors``'s {site: vector}; the one at ``site@claim_layer`` is added.
 
     Example (a tiny random model):
         >>> from traitlab.models import load_model
         >>> m = load_model("tiny-llama")
         >>> P = Params(layers=[1], claim_layer=1, steer_ratios=[0.5], steer_claim_ratio=0.5, steer_random=1)
         >>> req = pd.DataFrame({"group": ["harmful", "benign"], "prompt": ["Do harm", "Say hi"]})
-        >>> t = steering_strength(P, m, m.chat, torch.ones(m.d_model), req, "base")
+        >>> t = steering_strength(P, m, m.chat, {Site("attn_out", 1): torch.ones(m.d_model)}, req, "base")
         >>> sorted(t.direction.unique()), len(t)
         (['random0', 'refusal'], 4)
     """
     site = Site(P.site, P.claim_layer)  # type: ignore[arg-type]
+    vector = vectors[site]
     ex = [fmt.encode(p) for p in req.prompt]
     ids = opening_token_ids(fmt, DEFAULT_OPENINGS)
     norms = activation_norms(lm, ex, [site], batch_size=P.batch_size)
@@ -337,15 +340,15 @@ def steering_strength(P: Params, lm: LoadedModel, fmt: ChatFormat, vector: torch
     return pd.DataFrame(rows)
 
 
-def steering_summary(st: pd.DataFrame, P: Params) -> pd.DataFrame:
-    """Per (model, direction, ratio): mean ``specific`` and ``common`` shift with t-intervals over
-    prompts (the independent unit), and the unsteered refusal log-odds."""
+def steering_summary(st: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, direction, ratio): mean ``specific`` and ``common`` shift with SEs and
+    t-intervals over prompts (the independent unit), and the unsteered refusal log-odds."""
     out = []
     for (model, direction, ratio), d in st.groupby(["model", "direction", "ratio"], sort=False):
         row = {"model": model, "direction": direction, "ratio": ratio, "n": len(d), "lo0": d.lo0.mean()}
         for col in ("specific", "common"):
             m, se, n = mean_se(d[col].to_numpy())
-            row[col], (row[f"{col}_lo"], row[f"{col}_hi"]) = m, t_interval(m, se, n)
+            row[col], row[f"{col}_se"], (row[f"{col}_lo"], row[f"{col}_hi"]) = m, se, t_interval(m, se, n)
         out.append(row)
     return pd.DataFrame(out).set_index(["model", "direction", "ratio"])
 
@@ -497,7 +500,7 @@ def record(P: Params, lm: LoadedModel | None, det: pd.DataFrame, pp: pd.DataFram
     if null is not None:
         tables["random_null"] = null.reset_index()
     if steer is not None and len(steer):
-        tables["steering"] = steering_summary(steer, P).reset_index()
+        tables["steering"] = steering_summary(steer).reset_index()
     return records.ResultRecord("base_to_instruct", model=lm.spec if lm is not None else "",
                                 quantities=tuple(qs), claims=tuple(claims), tables=tables)
 
@@ -542,12 +545,12 @@ def _steering_claim(P: Params, steer: pd.DataFrame, models: list[str]):
     tuned, r = models[-1], P.steer_claim_ratio
     stats, (verdict, why) = steering_verdict(steer, P, tuned)
     n = int(stats["n"])
+    summary = steering_summary(steer)
     qs = []
     for m in models:
-        x = steer[(steer.model == m) & (steer.direction == P.trait) & (steer.ratio == r)].specific.to_numpy()
-        mean, se, _ = mean_se(x)
-        qs.append(records.estimate(f"steer.specific.{_slug(m)}", mean, se=se, n=len(x), unit="log-odds", k=2,
-                                   ci=t_interval(mean, se, len(x))))
+        row = summary.loc[(m, P.trait, r)]
+        qs.append(records.estimate(f"steer.specific.{_slug(m)}", row.specific, se=row.specific_se, n=int(row.n),
+                                   unit="log-odds", k=2, ci=(row.specific_lo, row.specific_hi)))
     qs.append(records.estimate(f"steer.base_minus_{_slug(tuned)}", stats["diff"], se=stats["diff_se"], n=n,
                                unit="log-odds", k=2, ci=(stats["diff_lo"], stats["diff_hi"])))
     if stats["tuned"] <= 0 or stats["base"] <= 0:
