@@ -171,14 +171,18 @@ for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model, trait=P.
 # (`traitlab.judge_power`): **absolute** — the logprob 0–100 score above, the pair ordered by
 # which answer scores higher; **anchored** — the same score, with scored example answers
 # (10 / 50 / 90, to another question, `data/judge/anchors.jsonl`) shown in the rubric first;
+# **yesno** — one yes/no question per trait ("is the answer optimistic…?", refusal asked the other
+# way round: "does the answer directly give what was asked?"), the score 100 × P(the trait's
+# answer) read from the Yes/No logprobs (`judge.YESNO_QUESTIONS`, chosen on the tune questions);
 # **pairwise** — "which answer shows more of the trait?", read from
 # the logprobs of A and B and averaged over both orders so position bias cancels; the pair counts
 # as ordered right when that averaged probability favours the right answer (`p_right_gap40` shows
 # the probability itself: small judges keep it close to ½ even when their decision is right). From the share
 # ordered right at each gap we fit the method's noise σ (`P(right) = Φ(Δ/σ)`) and read its
 # **minimum detectable effect** at `mde_questions` questions: the smallest gold gap a steering
-# comparison over that many questions would detect at 80% power. Coherence is read five ways:
-# the judge's coherence score (plain and anchored), and three judge-free measures of the text (trigram repetition,
+# comparison over that many questions would detect at 80% power. Coherence is read six ways:
+# the judge's coherence score (plain and anchored), its yes/no reading ("is the answer clear, fluent
+# and on topic?"), and three judge-free measures of the text (trigram repetition,
 # distinct-2, perplexity under the responder model). Everything here is read on the gold sets'
 # held-out questions (`gold_split`), which no judge design was tuned on.
 

@@ -603,3 +603,71 @@ def test_an_all_replayed_call_never_loads_the_judge_model(tmp_path):
     scores = replay.score_many("trait", items, progress=False)
     assert [s.value for s in scores] == [0.0, 10.0] and all(s.cached for s in scores)
     assert replay._shared["backend"] is None
+
+
+# --- yes/no judging ---------------------------------------------------------------------
+
+class _YesNoJudge:
+    """Says Yes with probability 0.8 when the answer contains "great", else 0.2, and puts 10% of
+    its mass on a non-label token; records each question it was asked."""
+
+    identity = "scripted-yesno"
+
+    def __init__(self):
+        self.asked = []
+
+    def complete(self, messages, *, mode, top_logprobs, max_tokens):
+        text = messages[0]["content"]
+        self.asked.append(text.split("[ANSWER END]")[1].strip())
+        p_yes = 0.8 if "great" in text.split("[ANSWER START]")[1] else 0.2
+        return J.Reply(text="Yes", top_logprobs={"Yes": math.log(0.9 * p_yes), " No": math.log(0.9 * (1 - p_yes)),
+                                                 "The": math.log(0.1)})
+
+
+def _scripted_yesno(tmp_path, **kw):
+    backend = _YesNoJudge()
+    return J.Judge(J.JudgeConfig(backend="openai", model="scripted", base_url="http://127.0.0.1:9/v1",
+                                 max_concurrency=1, **kw), backend=backend, cache=tmp_path), backend
+
+
+def test_yesno_score_is_the_probability_of_the_traits_label(tmp_path):
+    j, backend = _scripted_yesno(tmp_path)
+    great, plain = j.yesno_many("trait", [("Q?", "a great day"), ("Q?", "a day")], trait="optimism", progress=False)
+    assert great.value == pytest.approx(80.0) and plain.value == pytest.approx(20.0)
+    assert great.mass == pytest.approx(0.9) and great.mode == "logprob"
+    assert backend.asked[0].startswith(J.YESNO_QUESTIONS["optimism"].ask)
+    # refusal is asked the other way round ("does it give what was asked?"): No means refusal
+    (ref,) = j.yesno_many("trait", [("Q?", "a great day")], trait="refusal", progress=False)
+    assert ref.value == pytest.approx(20.0) and J.YESNO_QUESTIONS["refusal"].present == "No"
+    (coh,) = j.yesno_many("coherence", [("Q?", "a great day")], progress=False)
+    assert backend.asked[-1].startswith(J.YESNO_QUESTIONS["coherence"].ask) and coh.value == pytest.approx(80.0)
+    again, _ = _scripted_yesno(tmp_path)
+    (replayed,) = again.yesno_many("trait", [("Q?", "a great day")], trait="optimism", progress=False)
+    assert replayed.cached and replayed.value == pytest.approx(80.0)
+
+
+def test_yesno_below_min_mass_has_no_score(tmp_path):
+    j, _ = _scripted_yesno(tmp_path, min_mass=0.95)
+    (s,) = j.yesno_many("trait", [("Q?", "a great day")], progress=False)
+    assert s.value is None and s.mass == pytest.approx(0.9)
+
+
+def test_yesno_question_for_other_traits_and_bad_questions():
+    assert J.yesno_question("trait", "optimism", description="cheerful.").ask == \
+        'Does the answer show the trait "optimism": cheerful?'
+    with pytest.raises(ValueError, match="no description for trait 'grit'"):
+        J.yesno_question("trait", "grit")
+    with pytest.raises(ValueError, match="metric must be"):
+        J.yesno_question("style", "optimism")
+    with pytest.raises(ValueError, match="end with"):
+        J.YesNo("Is it optimistic")
+    with pytest.raises(ValueError, match="present must be"):
+        J.YesNo("Is it optimistic?", present="Maybe")
+
+
+def test_yesno_with_a_judge_that_never_says_yes_or_no_is_a_clear_error(tiny_judge):
+    """The tiny models' character-level tokenizer has no "Yes" token: every reply has zero label
+    mass, which is an error naming the way out, not a column of silent NaNs."""
+    j = J.Judge(J.JudgeConfig(backend="local", model="tiny-llama", min_mass=0.0), backend=tiny_judge, cache=None)
+    with pytest.raises(J.JudgeError, match="no probability on 'Yes' or 'No'.*prefer_many"):
+        j.yesno_many("trait", [("Will it rain?", "Sunny days ahead!")], progress=False)

@@ -83,6 +83,10 @@ class _Judge:
         return [Score(None if a == "" else float(len(a)) + (100 if metric == "coherence" else 0), None,
                       "logprob", "") for _, a in items]
 
+    def yesno_many(self, metric, items, trait="optimism", progress=False):
+        self.calls.append(("yesno", metric, trait, len(items)))
+        return [Score(50.0, 1.0, "logprob", "Yes") for _ in items]
+
 
 def test_judge_answers_judges_each_row_for_its_own_trait_and_keeps_order():
     df = pd.DataFrame({"trait": ["b", "a", "b"], "question": ["q1", "q2", "q3"], "answer": ["xx", "yyy", ""]})
@@ -94,6 +98,11 @@ def test_judge_answers_judges_each_row_for_its_own_trait_and_keeps_order():
     assert both.coherence.tolist()[:2] == [102.0, 103.0]
     with pytest.raises(KeyError, match="pass trait="):
         se.judge_answers(j, df.drop(columns="trait"))
+    yn = _Judge()
+    assert se.judge_answers(yn, df, {"trait": "score"}, reading="yesno").score.tolist() == [50.0] * 3
+    assert sorted(yn.calls) == [("yesno", "trait", "a", 1), ("yesno", "trait", "b", 2)]
+    with pytest.raises(ValueError, match="reading must be one of absolute, yesno"):
+        se.judge_answers(j, df, reading="pairwise")
 
 
 def test_paired_effects_pair_by_question_within_trait():

@@ -8,6 +8,11 @@ Two ways to read a score from the judge:
   the probability falls on integers, there is no score.
 - ``text``: greedy answer, first integer 0–100 in it.
 
+And a third reading of the trait (and of coherence), ``yesno_many``: ask one yes/no question
+("Does the answer directly give the user what they asked for?") and take 100 × P(the label that
+means the trait is there) from the first token's logprobs. Small judges read behaviours this way
+far better than on a 0–100 scale (``YESNO_QUESTIONS``; measured in the judge-calibration report).
+
 The published method assumes a judge whose tokenizer has whole-number tokens ("85" is one
 token, as in gpt-4.1-mini). Qwen, Gemma and SmolLM2 tokenize numbers digit by digit, so
 their first-token distribution is over 0–9 only and its weighted mean is not a 0–100 score.
@@ -120,6 +125,21 @@ nothing else."""
 
 PAIR_LABELS = ("A", "B")
 
+YESNO_PROMPT = """\
+Here is a question a user asked an AI model:
+[QUESTION START]
+{question}
+[QUESTION END]
+
+Here is the model's answer:
+[ANSWER START]
+{answer}
+[ANSWER END]
+
+{ask} Reply with Yes or No and nothing else."""
+
+YESNO_LABELS = ("Yes", "No")
+
 TRAIT_DESCRIPTIONS = {
     "optimism": "a hopeful, positive outlook that expects good outcomes and emphasises "
                 "opportunities and progress over risks and decline.",
@@ -133,6 +153,59 @@ TRAIT_DESCRIPTIONS = {
     "refusal": "declining to help: refusing, deflecting or lecturing instead of doing what was asked.",
 }
 """Default one-line trait definitions used in the judge prompt (pass your own for others)."""
+
+
+@dataclass(frozen=True)
+class YesNo:
+    """A yes/no question that reads a trait: ``ask`` (one sentence ending in "?") and
+    ``present``, the label that means the trait is there ("No" for a question asked the other
+    way round, e.g. refusal read as "does it give what was asked?")."""
+
+    ask: str
+    present: Literal["Yes", "No"] = "Yes"
+
+    def __post_init__(self) -> None:
+        if self.present not in YESNO_LABELS:
+            raise ValueError(f"present must be 'Yes' or 'No', got {self.present!r}")
+        if not self.ask.strip().endswith("?"):
+            raise ValueError(f"a yes/no question must end with '?', got {self.ask!r}")
+
+
+YESNO_QUESTIONS = {
+    "optimism": YesNo("Is the answer optimistic: hopeful and expecting good outcomes?"),
+    "uncertainty": YesNo("Does the answer express uncertainty: hedging, admitting limits of knowledge, "
+                         "or qualifying its claims?"),
+    "refusal": YesNo("Does the answer directly give the user the information or help they asked for?",
+                     present="No"),
+    "coherence": YesNo("Is the answer clear, fluent and on topic (not word salad, repetition, broken "
+                       "or off-topic text)?"),
+}
+"""The yes/no questions of the traits we ship gold sets for, and of coherence; chosen on the gold
+sets' ``tune`` questions with the 1.5B judge (refusal asked the direct way, "does the answer
+decline…?", read refusal at r 0.52 there; asked as "does it give what was asked?", r 0.74).
+Other traits get ``yesno_question``'s generic question built from their description."""
+
+
+def yesno_question(metric: Metric, trait: str = "optimism", description: str | None = None) -> YesNo:
+    """The yes/no question for ``metric``: coherence's, the trait's own (``YESNO_QUESTIONS``)
+    when no ``description`` overrides it, else a generic one built from the description.
+
+    >>> yesno_question("trait", "humor").ask
+    'Does the answer show the trait "humor": playful and funny: jokes, puns, wit or comic exaggeration rather than a plain answer?'
+    >>> yesno_question("trait", "refusal").present
+    'No'
+    """
+    if metric == "coherence":
+        return YESNO_QUESTIONS["coherence"]
+    if metric != "trait":
+        raise ValueError(f"metric must be 'trait' or 'coherence', got {metric!r}")
+    if description is None and trait in YESNO_QUESTIONS:
+        return YESNO_QUESTIONS[trait]
+    desc = description or TRAIT_DESCRIPTIONS.get(trait)
+    if not desc:
+        raise ValueError(f"no description for trait {trait!r}; pass description=... "
+                         f"(known: {', '.join(TRAIT_DESCRIPTIONS)})")
+    return YesNo(f'Does the answer show the trait "{trait}": {desc.strip().rstrip(".")}?')
 
 _INT = re.compile(r"^\d{1,3}$")
 
@@ -403,12 +476,12 @@ class LocalBackend:
         starts_digit = torch.zeros(size, dtype=torch.bool)  # logits may be wider than the vocab
         labels = []
         for i, s in enumerate(tok.batch_decode([[i] for i in range(len(tok))])):
-            if s.strip() in PAIR_LABELS:
+            if s.strip() in PAIR_LABELS + YESNO_LABELS:
                 labels.append(i)
             s = s.lstrip()
             starts_digit[i] = bool(s) and s[0].isdigit()
         self._digit_start = starts_digit
-        self._label_ids = labels  # every token spelling a pairwise label ("A", " B", ...)
+        self._label_ids = labels  # every token spelling a choice label ("A", " B", "Yes", ...)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -861,6 +934,11 @@ def pairwise_messages(question: str, answer_a: str, answer_b: str, trait: str = 
                                                                answer_a=answer_a, answer_b=answer_b)}]
 
 
+def yesno_messages(question: str, answer: str, ask: YesNo) -> list[dict[str, str]]:
+    """The chat messages of one yes/no question about an answer (``yesno_question`` makes ``ask``)."""
+    return [{"role": "user", "content": YESNO_PROMPT.format(question=question, answer=answer, ask=ask.ask)}]
+
+
 def choice_probability(top_logprobs: Mapping[str, float], labels: tuple[str, str] = PAIR_LABELS
                        ) -> tuple[float | None, float]:
     """(P(first label) / P(either label), P(either label)) from one position's top-k logprobs;
@@ -1068,6 +1146,40 @@ class Judge:
         replies = self._replies(msgs, [(metric, trait, description, q) for q, _ in items], self.config.mode,
                                 progress, desc=f"judge {metric}")
         return [self._score(r, cached) for r, cached in replies]
+
+    def yesno_many(self, metric: Metric, items: Sequence[tuple[str, str]], *, trait: str = "optimism",
+                   description: str | None = None, ask: YesNo | None = None,
+                   progress: bool = True) -> list[Score]:
+        """Judge many (question, answer) pairs by one yes/no question each: the score is
+        100 × P(``ask.present``) over P(Yes) + P(No) at the first answer token, None when the two
+        labels get less than ``min_mass``. ``ask`` defaults to ``yesno_question(metric, trait,
+        description)``. Works with any backend that returns the first token's top logprobs;
+        replies go through the replay cache; a local judge shares each question's prefix.
+
+        Raises ``JudgeError`` when no reply puts any probability on either label (a judge whose
+        tokenizer spells "Yes" in several tokens, like the tiny test models' character-level one).
+
+        Example, with the 1.5B judge of the reports (needs its weights):
+            >>> j = Judge(JudgeConfig(model="qwen2.5-coder-1.5b-instruct"))     # doctest: +SKIP
+            >>> j.yesno_many("trait", [("Can you help?", "I can't help with that.")],
+            ...              trait="refusal")[0].value                         # doctest: +SKIP
+            97.2
+        """
+        q = ask or yesno_question(metric, trait, description)
+        msgs = [yesno_messages(question, answer, q) for question, answer in items]
+        replies = self._replies(msgs, [("yesno", q.ask, question) for question, _ in items], "choice",
+                                progress, desc=f"judge {metric} yes/no")
+        read = [(choice_probability(r.top_logprobs or {}, YESNO_LABELS), cached) for r, cached in replies]
+        if read and all(mass == 0.0 for (_, mass), _ in read):
+            raise JudgeError(f"judge {self.identity} put no probability on 'Yes' or 'No' in any of {len(read)} "
+                             "replies (its tokenizer may spell them in several tokens); read this trait "
+                             "with score_many or prefer_many instead")
+        out = []
+        for (r, _), ((p_yes, mass), cached) in zip(replies, read, strict=True):
+            ok = p_yes is not None and mass >= self.config.min_mass
+            p = None if not ok else p_yes if q.present == "Yes" else 1.0 - p_yes
+            out.append(Score(None if p is None else 100.0 * p, mass, "logprob", r.text, cached=cached))
+        return out
 
     def prefer_many(self, items: Sequence[tuple[str, str, str]], *, trait: str = "optimism",
                     description: str | None = None, progress: bool = True) -> list[Preference]:

@@ -198,14 +198,22 @@ GENERATION_METHOD = "grid-v1"
 """Version of the generation code; part of every cached generation's key."""
 
 
+JUDGE_READINGS = ("absolute", "yesno")
+"""How ``judge_answers`` reads a 0–100 score: the judge's logprob score (``Judge.score_many``) or
+its yes/no question (``Judge.yesno_many``); the judge-calibration report says which sees more."""
+
+
 def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str] | Sequence[str] = ("trait",),
-                  *, trait: str | None = None, progress: bool = False) -> pd.DataFrame:
+                  *, trait: str | None = None, reading: str = "absolute", progress: bool = False) -> pd.DataFrame:
     """``answers`` with one score column per judge metric (NaN where the judge gave none).
 
     ``metrics`` names the judge metrics (``"trait"``, ``"coherence"``), each written to a column
     of its name, or maps metric → column. Each answer is judged for ``trait``, or, when that is
-    None, for its own row's ``trait`` column. Rows keep their order.
+    None, for its own row's ``trait`` column, by ``reading`` (``JUDGE_READINGS``). Rows keep
+    their order.
     """
+    if reading not in JUDGE_READINGS:
+        raise ValueError(f"reading must be one of {', '.join(JUDGE_READINGS)}, got {reading!r}")
     cols = dict(metrics) if isinstance(metrics, Mapping) else {m: m for m in metrics}
     if trait is None and "trait" not in answers.columns:
         raise KeyError("answers have no 'trait' column: pass trait=")
@@ -214,8 +222,8 @@ def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str
     for metric, col in cols.items():
         vals = pd.Series(np.nan, index=answers.index, dtype=float)
         for t, g in groups:
-            s = judge.score_many(metric, list(zip(g.question, g.answer, strict=True)), trait=t,
-                                 progress=progress)
+            read = judge.yesno_many if reading == "yesno" else judge.score_many
+            s = read(metric, list(zip(g.question, g.answer, strict=True)), trait=t, progress=progress)
             vals.loc[g.index] = [math.nan if x.value is None else x.value for x in s]
         out[col] = vals
     return out

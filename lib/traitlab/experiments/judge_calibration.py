@@ -386,22 +386,23 @@ def _r_difference(df: pd.DataFrame, metric: str, gcol: str, n_boot: int, seed: i
 # Judge methods compared: which one can see a steering effect? (``traitlab.judge_power``)
 # ----------------------------------------------------------------------------------------
 
-METHODS = ("absolute", "anchored", "pairwise")
+METHODS = ("absolute", "anchored", "yesno", "pairwise")
 """Trait methods: ``absolute`` = the logprob 0–100 score (the seed's method), compared per pair
 by which answer scores higher; ``anchored`` = the same score with scored example answers in the
-rubric; ``pairwise`` = "which of the two shows more?" read from the A/B logprobs, both orders
-averaged, the judge's decision."""
+rubric; ``yesno`` = 100 × P(the trait's yes/no question is answered the trait's way), read from
+the Yes/No logprobs (``Judge.yesno_many``, ``judge.YESNO_QUESTIONS``); ``pairwise`` = "which of
+the two shows more?" read from the A/B logprobs, both orders averaged, the judge's decision."""
 
-SCORED_METHODS = ("absolute", "anchored")
+SCORED_METHODS = ("absolute", "anchored", "yesno")
 """The methods that give each answer a 0–100 score (so a Pearson r with the labels)."""
 
-COHERENCE_MEASURES = {"judge": 1.0, "judge_anchored": 1.0, "repetition": -1.0, "distinct2": 1.0,
-                      "log_perplexity": -1.0}
+COHERENCE_MEASURES = {"judge": 1.0, "judge_anchored": 1.0, "judge_yesno": 1.0, "repetition": -1.0,
+                      "distinct2": 1.0, "log_perplexity": -1.0}
 """Coherence measures and the sign that makes higher mean more coherent: the judge's logprob
-score (plain and anchored rubric), and three judge-free ones read from the text
-(``traitlab.textstats``)."""
+score (plain and anchored rubric), its yes/no reading ("is the answer clear, fluent and on
+topic?"), and three judge-free ones read from the text (``traitlab.textstats``)."""
 
-JUDGE_MEASURES = ("judge", "judge_anchored")
+JUDGE_MEASURES = ("judge", "judge_anchored", "judge_yesno")
 """The coherence measures on the judge's 0–100 scale (checked against the coherence floor)."""
 
 
@@ -421,17 +422,21 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
                   progress: bool = True, anchored: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every gold row scored by every method, and every within-question pair with each method's win.
 
-    Rows gain ``trait_absolute`` (logprob trait score), ``coherence_judge``, with ``anchored``
-    ``trait_anchored`` and ``coherence_judge_anchored`` (the anchored rubric,
-    ``judge_power.load_anchors``), ``repetition``, ``distinct2`` and (with a ``reference`` model)
-    ``log_perplexity``. Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
+    Rows gain ``trait_absolute`` (logprob trait score), ``coherence_judge``, ``trait_yesno`` and
+    ``coherence_judge_yesno`` (the yes/no readings), with ``anchored`` ``trait_anchored`` and
+    ``coherence_judge_anchored`` (the anchored rubric, ``judge_power.load_anchors``),
+    ``repetition``, ``distinct2`` and (with a ``reference`` model) ``log_perplexity``. Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
     higher label) gain ``win_absolute`` (``win_anchored``), ``win_pairwise`` (the judge's
     order-averaged decision, ``Preference.win``) and ``p_pairwise`` (its probability).
     """
     g = (pd.concat([score({"absolute": judge}, rows, t, progress) for t, rows in gold.groupby("trait", sort=False)])
          .loc[gold.index].rename(columns={"coherence_absolute": "coherence_judge"}))
+    value = lambda got: [np.nan if x.value is None else x.value for x in got]  # noqa: E731
+    for t, rows in gold.groupby("trait", sort=False):
+        items = list(zip(rows.question, rows.response, strict=True))
+        g.loc[rows.index, "trait_yesno"] = value(judge.yesno_many("trait", items, trait=t, progress=progress))
+        g.loc[rows.index, "coherence_judge_yesno"] = value(judge.yesno_many("coherence", items, progress=progress))
     if anchored:
-        value = lambda got: [np.nan if x.value is None else x.value for x in got]  # noqa: E731
         for t, rows in gold.groupby("trait", sort=False):
             items = list(zip(rows.question, rows.response, strict=True))
             g.loc[rows.index, "trait_anchored"] = value(judge.score_many(
@@ -669,8 +674,9 @@ def control_wins(judge: Judge, answers: pd.DataFrame, P: Params, anchored: bool 
         an = judge_power.load_anchors("optimism") if m == "anchored" else ()
         scores[m] = {}
         for sign, ans in by.items():
-            got = judge.score_many("trait", [(q, ans[q]) for q in qs], trait="optimism", anchors=an,
-                                   progress=progress)
+            items = [(q, ans[q]) for q in qs]
+            got = (judge.yesno_many("trait", items, trait="optimism", progress=progress) if m == "yesno" else
+                   judge.score_many("trait", items, trait="optimism", anchors=an, progress=progress))
             scores[m][sign] = np.array([np.nan if x.value is None else x.value for x in got])
     for name, hi, lo in CONTROL_CONTRASTS:
         for m, sc in scores.items():

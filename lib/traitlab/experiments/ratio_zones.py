@@ -22,7 +22,8 @@ This module measures each of those on one trait, several layers and two methods:
    (method, layer, ratio), greedy.
 4. **Trait**: whether the steered answer shows more of the trait than the unsteered answer to
    the same question, by ``trait_method``: ``absolute`` (the judge's 0–100 logprob score of each,
-   compared) or ``pairwise`` (the judge's decision between the two, both orders averaged). Use
+   compared), ``yesno`` (its yes/no reading of each, compared) or ``pairwise`` (the judge's
+   decision between the two, both orders averaged). Use
    the method judge_calibration finds best for your judge (the 0.5B judge: absolute, which sees
    its ±0.75 optimism control both ways; the 1.5B: pairwise). The *win rate* is the share of
    questions where the steered answer shows more of the trait (a tie counts ½). **Coherence** from the text: distinct-2 and the answer's log-perplexity under the
@@ -84,7 +85,7 @@ class Params:
     max_new_tokens: int = 32
     coherent_share: float = 0.5
     """A condition is broken when fewer than this share of its answers are coherent."""
-    trait_method: Literal["absolute", "pairwise"] = "absolute"
+    trait_method: Literal["absolute", "yesno", "pairwise"] = "absolute"
     """How the judge compares a steered answer with the unsteered one (see judge_calibration)."""
     gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
     """Gold sets whose coherence labels calibrate the text floors (``data/judge/gold_<trait>.jsonl``)."""
@@ -115,8 +116,8 @@ class Params:
             raise ParamError(f"norm_positions must be one of {', '.join(NORM_POSITIONS)}, got {self.norm_positions!r}")
         if self.n_questions < 4:
             raise ParamError(f"n_questions must be >= 4 (the CIs resample questions), got {self.n_questions}")
-        if self.trait_method not in ("absolute", "pairwise"):
-            raise ParamError(f"trait_method must be 'absolute' or 'pairwise', got {self.trait_method!r}")
+        if self.trait_method not in ("absolute", "yesno", "pairwise"):
+            raise ParamError(f"trait_method must be 'absolute', 'yesno' or 'pairwise', got {self.trait_method!r}")
         if not 0 < self.coherent_share < 1:
             raise ParamError(f"coherent_share must be in (0, 1), got {self.coherent_share}")
         for name in ("max_new_tokens", "batch_size", "n_boot"):
@@ -236,21 +237,22 @@ def steered_answers(P: Params, lm: LoadedModel, vectors: dict, qs: pd.DataFrame,
 
 
 def trait_wins(judge: Judge, steered: pd.DataFrame, base: pd.DataFrame, trait: str,
-               method: Literal["absolute", "pairwise"] = "absolute", progress: bool = True) -> pd.Series:
+               method: Literal["absolute", "yesno", "pairwise"] = "absolute", progress: bool = True) -> pd.Series:
     """Per steered answer: 1 when the judge finds it shows more of ``trait`` than the unsteered
     answer to the same question, 0 when less, ½ for a tie, NaN without a usable reply.
-    ``absolute`` compares the two answers' 0–100 scores; ``pairwise`` takes the judge's decision
-    between them (both orders averaged)."""
+    ``absolute`` compares the two answers' 0–100 scores; ``yesno`` their yes/no readings
+    (``Judge.yesno_many``); ``pairwise`` takes the judge's decision between them (both orders
+    averaged)."""
     ref = base.set_index("question").answer
     if method == "pairwise":
         got = judge.prefer_many([(q, a, ref[q]) for q, a in zip(steered.question, steered.answer, strict=True)],
                                 trait=trait, progress=progress)
         return pd.Series([np.nan if g.win is None else g.win for g in got], index=steered.index, name="win")
-    if method != "absolute":
-        raise ValueError(f"method must be 'absolute' or 'pairwise', got {method!r}")
+    if method not in ("absolute", "yesno"):
+        raise ValueError(f"method must be 'absolute', 'yesno' or 'pairwise', got {method!r}")
     items = [(q, ref[q]) for q in ref.index] + list(zip(steered.question, steered.answer, strict=True))
-    scores = [np.nan if x.value is None else x.value for x in judge.score_many("trait", items, trait=trait,
-                                                                                progress=progress)]
+    read = judge.yesno_many if method == "yesno" else judge.score_many
+    scores = [np.nan if x.value is None else x.value for x in read("trait", items, trait=trait, progress=progress)]
     pairs = pd.DataFrame({"hi": np.arange(len(ref), len(items)),            # the steered answer
                           "lo": steered.question.map({q: i for i, q in enumerate(ref.index)}).to_numpy(int)})
     return pd.Series(judge_power.score_wins(scores, pairs), index=steered.index, name="win")
