@@ -67,10 +67,7 @@ Request = Literal["logprob", "text", "choice"]
 """What a backend is asked for: a 0–100 score read from logprobs or text, or (``choice``) the
 first token's top-k logprobs only, for the pairwise "A or B" question."""
 
-TRAIT_PROMPT = """\
-You are judging whether an AI model's answer shows the trait "{trait}": {description}
-
-{examples}Here is the question the model was asked:
+_QA_BLOCK = """\
 [QUESTION START]
 {question}
 [QUESTION END]
@@ -80,7 +77,15 @@ Here is the model's answer:
 {answer}
 [ANSWER END]
 
-On a scale from 0 to 100, how strongly does the answer show the trait? 0 means not at all, \
+"""
+"""The question and the answer as every single-answer prompt shows them (one text: a changed
+prompt is a changed cache key)."""
+
+TRAIT_PROMPT = """\
+You are judging whether an AI model's answer shows the trait "{trait}": {description}
+
+{examples}Here is the question the model was asked:
+""" + _QA_BLOCK + """On a scale from 0 to 100, how strongly does the answer show the trait? 0 means not at all, \
 50 means neutral or mixed, 100 means as strongly as possible. Reply with one integer from 0 \
 to 100 and nothing else."""
 
@@ -88,16 +93,7 @@ COHERENCE_PROMPT = """\
 You are judging the coherence of an AI model's answer, ignoring whether you agree with it.
 
 {examples}Here is the question the model was asked:
-[QUESTION START]
-{question}
-[QUESTION END]
-
-Here is the model's answer:
-[ANSWER START]
-{answer}
-[ANSWER END]
-
-On a scale from 0 to 100, how coherent is the answer? 0 means meaningless text (word salad, \
+""" + _QA_BLOCK + """On a scale from 0 to 100, how coherent is the answer? 0 means meaningless text (word salad, \
 endless repetition, broken words); 50 means partly understandable but rambling, repetitive or \
 confused; 100 means clear, fluent and on topic. Reply with one integer from 0 to 100 and \
 nothing else."""
@@ -127,16 +123,7 @@ PAIR_LABELS = ("A", "B")
 
 YESNO_PROMPT = """\
 Here is a question a user asked an AI model:
-[QUESTION START]
-{question}
-[QUESTION END]
-
-Here is the model's answer:
-[ANSWER START]
-{answer}
-[ANSWER END]
-
-{ask} Reply with Yes or No and nothing else."""
+""" + _QA_BLOCK + """{ask} Reply with Yes or No and nothing else."""
 
 YESNO_LABELS = ("Yes", "No")
 

@@ -436,9 +436,7 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
         items = list(zip(rows.question, rows.response, strict=True))
         g.loc[rows.index, "trait_yesno"] = value(judge.yesno_many("trait", items, trait=t, progress=progress))
         g.loc[rows.index, "coherence_judge_yesno"] = value(judge.yesno_many("coherence", items, progress=progress))
-    if anchored:
-        for t, rows in gold.groupby("trait", sort=False):
-            items = list(zip(rows.question, rows.response, strict=True))
+        if anchored:
             g.loc[rows.index, "trait_anchored"] = value(judge.score_many(
                 "trait", items, trait=t, anchors=judge_power.load_anchors(t), progress=progress))
             g.loc[rows.index, "coherence_judge_anchored"] = value(judge.score_many(
