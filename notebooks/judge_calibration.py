@@ -183,14 +183,17 @@ for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model, trait=P.
 # comparison over that many questions would detect at 80% power. Coherence is read six ways:
 # the judge's coherence score (plain and anchored), its yes/no reading ("is the answer clear, fluent
 # and on topic?"), and three judge-free measures of the text (trigram repetition,
-# distinct-2, perplexity under the responder model). Everything here is read on the gold sets'
-# held-out questions (`gold_split`), which no judge design was tuned on.
+# distinct-2, perplexity under the responder model), and `text_fit`: those three combined by a
+# least-squares line fitted on the gold sets' *tune* part, so it is on the gold 0–100 scale and
+# the coherence floor applies to it as to the judge's score. Everything here is read on the gold
+# sets' held-out questions (`gold_split`), which no judge design (and no line) was tuned on.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 method_rows = jc.method_gold(P)
+text_line = jc.text_fit(P, responder) if P.perplexity and P.gold_split == "heldout" else None
 method_scored, method_pairs = jc.score_methods(judge, method_rows, responder if P.perplexity else None,
-                                               anchored=P.anchored)
+                                               anchored=P.anchored, fit=text_line)
 
 # %%
 print(f"{len(method_rows)} gold responses over {method_rows.trait.nunique()} traits "
@@ -206,6 +209,8 @@ fig = plots.win_vs_gap(method_pairs)
 for line in jc.method_conclusions(sens, coh, P):
     print("•", line)
 print("method to read each trait with (smallest MDE):", jc.best_methods(sens, P))
+if text_line is not None:
+    print("text_fit:", text_line.text())
 
 # %% [markdown]
 # ## Positive control: does the judge see steering that is visibly there?

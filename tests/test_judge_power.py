@@ -187,6 +187,23 @@ def test_best_method_is_the_one_with_the_smallest_mde_and_none_when_all_are_blin
     assert jc.best_methods(blind, P) == {"optimism": None}
 
 
+def test_text_fit_is_fitted_on_the_tune_part_and_checked_against_the_floor():
+    from traitlab.experiments import judge_calibration as jc
+    from traitlab.models import load_model
+
+    P = jc.Params(n_boot=50, anchored=False, gold_traits=["optimism"])
+    fit = jc.text_fit(P, load_model("tiny-qwen2"))
+    assert fit.n == len(JP.load_gold("optimism", "tune")) and fit.features == jc.TEXT_FIT_FEATURES
+    # read as a measure on the 0–100 scale: word salad is checked against the coherence floor
+    df = pd.DataFrame({"trait": ["optimism"] * 4, "question": ["a", "a", "b", "b"], "coherence": [10.0, 90, 10, 90],
+                       "shape": ["word_salad", "fluent"] * 2, "coherence_text_fit": [55.0, 80, 30, 70]})
+    coh = jc.coherence_sensitivity(df, P)
+    assert list(coh.index) == ["text_fit"]
+    assert coh.loc["text_fit", "word_salad_max"] == 55.0 and coh.loc["text_fit", "word_salad_above_floor"] == 1
+    assert any("text_fit" in q.name and "word_salad_max" in q.name for q in jc.method_quantities(
+        _method_tables(np.ones(24))[0], coh, P))
+
+
 def test_positive_control_table_sees_an_effect_only_when_its_ci_clears_half():
     from traitlab.experiments import judge_calibration as jc
 

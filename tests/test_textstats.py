@@ -45,3 +45,38 @@ def test_perplexity_equals_a_plain_forward_and_ignores_padding():
         assert batched[i] == pytest.approx(math.exp(nll), rel=1e-4)
         assert alone[i] == pytest.approx(batched[i], rel=1e-4)
     assert math.isnan(batched[2])
+
+
+def test_fit_coherence_recovers_an_exact_line_and_clips_to_the_scale():
+    import numpy as np
+    import pandas as pd
+
+    m = pd.DataFrame({"repetition": [0.0, 0.5, 0.1, 0.0, 0.3, 0.9],
+                      "distinct2": [1.0, 0.6, 0.9, 0.95, 0.7, 0.2],
+                      "log_ppl": [3.0, 2.5, 7.0, 3.5, 4.0, 2.0]})
+    y = 40 - 30 * m.repetition + 50 * m.distinct2 - 4 * m.log_ppl      # exactly linear labels
+    f = T.fit_coherence(m, y)
+    assert f.features == T.TEXT_FIT_FEATURES and f.n == 6 and f.r == pytest.approx(1.0)
+    assert f.weights == pytest.approx((-30.0, 50.0, -4.0), abs=1e-9) and f.intercept == pytest.approx(40.0)
+    assert f.predict(m) == pytest.approx(y.to_numpy())
+    far = pd.DataFrame({"repetition": [0.0, 1.0], "distinct2": [5.0, 0.0], "log_ppl": [0.0, 20.0]})
+    assert f.predict(far).tolist() == [100.0, 0.0]                     # clipped to 0–100
+    assert "least squares on 6 labelled answers" in f.text()
+    # a row with a missing measure is left out of the fit, not a NaN weight
+    m2 = pd.concat([m, pd.DataFrame({"repetition": [np.nan], "distinct2": [0.5], "log_ppl": [3.0]})], ignore_index=True)
+    assert T.fit_coherence(m2, [*y, 50.0]).n == 6
+
+
+def test_fit_coherence_refuses_what_it_cannot_fit():
+    import pandas as pd
+
+    m = pd.DataFrame({"distinct2": [1.0, 0.5, 0.9], "log_ppl": [2.0, 3.0, 4.0]})
+    with pytest.raises(KeyError, match="repetition"):
+        T.fit_coherence(m, [90, 40, 60])
+    with pytest.raises(ValueError, match="at least 4 labelled answers"):
+        T.fit_coherence(m, [90, 40, 60], features=("distinct2", "log_ppl"))
+    with pytest.raises(ValueError, match="3 rows of measures but 2"):
+        T.fit_coherence(m, [90, 40], features=("distinct2",))
+    f = T.fit_coherence(pd.concat([m, m]), [90, 40, 60, 80, 30, 50], features=("distinct2",))
+    with pytest.raises(KeyError, match="lack distinct2"):
+        f.predict(pd.DataFrame({"log_ppl": [1.0]}))

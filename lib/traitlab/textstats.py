@@ -180,3 +180,67 @@ def fit_floors(measures: pd.DataFrame, coherence: np.ndarray, cut: float = 50.0)
         if acc[j] > best[0] + 1e-12:
             best = (float(acc[j]), float(a), float(bs[j]))
     return Floors(best[1], best[2], best[0], int(ok.sum()), cut)
+
+
+TEXT_FIT_FEATURES = ("repetition", "distinct2", "log_ppl")
+"""The judge-free measures ``fit_coherence`` combines by default."""
+
+
+@dataclass(frozen=True)
+class CoherenceFit:
+    """Coherence on the gold sets' 0–100 scale read from judge-free text measures: the least-squares
+    line ``intercept + Σ weight × feature`` fitted on labelled answers, clipped to 0–100.
+
+    One number per answer that the coherence floor of a judge's score applies to unchanged, with no
+    judge call: the gold sets show each text measure seeing one failure shape (repetition the
+    loops, perplexity the word salad, distinct-2 both), and the line weighs them against labels.
+    ``n`` is the labelled answers it was fitted on, ``r`` its Pearson r with their labels
+    (in-sample: read a held-out r beside it)."""
+
+    features: tuple[str, ...]
+    weights: tuple[float, ...]
+    intercept: float
+    n: int
+    r: float
+
+    def predict(self, measures: pd.DataFrame) -> np.ndarray:
+        """The fitted coherence of each row of ``measures`` (which has every feature column);
+        ``nan`` where a feature is missing."""
+        missing = [f for f in self.features if f not in measures.columns]
+        if missing:
+            raise KeyError(f"measures lack {', '.join(missing)} (the fit reads {', '.join(self.features)})")
+        x = measures[list(self.features)].to_numpy(float)
+        return np.clip(self.intercept + x @ np.asarray(self.weights, float), 0.0, 100.0)
+
+    def text(self) -> str:
+        terms = " ".join(f"{'+' if w >= 0 else '−'} {abs(w):.1f}·{f}" for f, w in zip(self.features, self.weights, strict=True))
+        return f"coherence ≈ {self.intercept:.1f} {terms} (least squares on {self.n} labelled answers, r = {self.r:.2f})"
+
+
+def fit_coherence(measures: pd.DataFrame, coherence: Sequence[float] | np.ndarray,
+                  features: Sequence[str] = TEXT_FIT_FEATURES) -> CoherenceFit:
+    """Fit ``CoherenceFit`` on ``measures`` (one row per labelled answer, a column per feature) and
+    the answers' ``coherence`` labels; rows with a non-finite value are left out.
+
+    >>> m = pd.DataFrame({"distinct2": [1.0, 0.5, 0.9, 0.3], "log_ppl": [2.0, 2.0, 6.0, 6.0]})
+    >>> f = fit_coherence(m, [90, 45, 50, 5], features=("distinct2", "log_ppl"))
+    >>> [round(w, 1) for w in f.weights], round(f.intercept, 1), f.predict(m).round(1).tolist()
+    ([81.1, -7.0], 20.6, [87.8, 47.2, 51.8, 3.2])
+    """
+    features = tuple(features)
+    missing = [f for f in features if f not in measures.columns]
+    if missing:
+        raise KeyError(f"measures lack {', '.join(missing)} (pass them, or fit on other features)")
+    x = measures[list(features)].to_numpy(float)
+    y = np.asarray(coherence, float)
+    if len(y) != len(x):
+        raise ValueError(f"{len(x)} rows of measures but {len(y)} coherence labels")
+    ok = np.isfinite(x).all(1) & np.isfinite(y)
+    if ok.sum() < len(features) + 2 or np.ptp(y[ok]) == 0:
+        raise ValueError(f"fitting {len(features)} features needs at least {len(features) + 2} labelled answers "
+                         f"with varying coherence, got {int(ok.sum())}")
+    design = np.c_[np.ones(ok.sum()), x[ok]]
+    coef, *_ = np.linalg.lstsq(design, y[ok], rcond=None)
+    fit = design @ coef
+    r = float(np.corrcoef(fit, y[ok])[0, 1]) if np.ptp(fit) > 0 else float("nan")
+    return CoherenceFit(features, tuple(float(c) for c in coef[1:]), float(coef[0]), int(ok.sum()), r)

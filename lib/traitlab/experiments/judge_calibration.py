@@ -397,13 +397,18 @@ SCORED_METHODS = ("absolute", "anchored", "yesno")
 """The methods that give each answer a 0–100 score (so a Pearson r with the labels)."""
 
 COHERENCE_MEASURES = {"judge": 1.0, "judge_anchored": 1.0, "judge_yesno": 1.0, "repetition": -1.0,
-                      "distinct2": 1.0, "log_perplexity": -1.0}
+                      "distinct2": 1.0, "log_perplexity": -1.0, "text_fit": 1.0}
 """Coherence measures and the sign that makes higher mean more coherent: the judge's logprob
 score (plain and anchored rubric), its yes/no reading ("is the answer clear, fluent and on
-topic?"), and three judge-free ones read from the text (``traitlab.textstats``)."""
+topic?"), three judge-free ones read from the text (``traitlab.textstats``), and ``text_fit``,
+those three combined by a line fitted on the gold sets' tune part (``text_fit``)."""
 
-JUDGE_MEASURES = ("judge", "judge_anchored", "judge_yesno")
-"""The coherence measures on the judge's 0–100 scale (checked against the coherence floor)."""
+SCALE_MEASURES = ("judge", "judge_anchored", "judge_yesno", "text_fit")
+"""The coherence measures on the gold 0–100 scale (column ``coherence_<measure>``; checked
+against the coherence floor)."""
+
+TEXT_FIT_FEATURES = ("repetition", "distinct2", "log_perplexity")
+"""What ``text_fit`` combines: the judge-free columns ``score_methods`` adds."""
 
 
 def method_gold(P: Params) -> pd.DataFrame:
@@ -418,14 +423,34 @@ def method_gold(P: Params) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def text_measures(gold: pd.DataFrame, reference: LoadedModel | None = None) -> pd.DataFrame:
+    """``gold`` with the judge-free coherence measures of each response: ``repetition``,
+    ``distinct2`` and, with a ``reference`` model, ``log_perplexity`` (``traitlab.textstats``)."""
+    st = [textstats.stats(r) for r in gold.response]
+    g = gold.assign(repetition=[x.repetition for x in st], distinct2=[x.distinct2 for x in st])
+    if reference is not None:
+        g["log_perplexity"] = np.log(textstats.perplexity(reference, list(zip(g.question, g.response, strict=True))))
+    return g
+
+
+def text_fit(P: Params, reference: LoadedModel) -> textstats.CoherenceFit:
+    """The judge-free coherence line (``textstats.fit_coherence`` on ``TEXT_FIT_FEATURES``, perplexity
+    under ``reference``) fitted on the *tune* part of every ``P.gold_traits`` gold set, so a report
+    that reads the held-out part reads it out of sample."""
+    tune = pd.concat([judge_power.load_gold(t, "tune") for t in P.gold_traits], ignore_index=True)
+    return textstats.fit_coherence(text_measures(tune, reference), tune.coherence, TEXT_FIT_FEATURES)
+
+
 def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | None = None,
-                  progress: bool = True, anchored: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  progress: bool = True, anchored: bool = True,
+                  fit: textstats.CoherenceFit | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every gold row scored by every method, and every within-question pair with each method's win.
 
     Rows gain ``trait_absolute`` (logprob trait score), ``coherence_judge``, ``trait_yesno`` and
     ``coherence_judge_yesno`` (the yes/no readings), with ``anchored`` ``trait_anchored`` and
     ``coherence_judge_anchored`` (the anchored rubric, ``judge_power.load_anchors``),
-    ``repetition``, ``distinct2`` and (with a ``reference`` model) ``log_perplexity``. Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
+    ``repetition``, ``distinct2`` and (with a ``reference`` model) ``log_perplexity``
+    (``text_measures``), and with a ``fit`` (``text_fit``) ``coherence_text_fit``. Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
     higher label) gain ``win_absolute`` (``win_anchored``), ``win_pairwise`` (the judge's
     order-averaged decision, ``Preference.win``) and ``p_pairwise`` (its probability).
     """
@@ -441,11 +466,9 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
                 "trait", items, trait=t, anchors=judge_power.load_anchors(t), progress=progress))
             g.loc[rows.index, "coherence_judge_anchored"] = value(judge.score_many(
                 "coherence", items, anchors=judge_power.load_anchors("coherence"), progress=progress))
-    st = [textstats.stats(r) for r in g.response]
-    g["repetition"] = [x.repetition for x in st]
-    g["distinct2"] = [x.distinct2 for x in st]
-    if reference is not None:
-        g["log_perplexity"] = np.log(textstats.perplexity(reference, list(zip(g.question, g.response, strict=True))))
+    g = text_measures(g, reference)
+    if fit is not None:
+        g["coherence_text_fit"] = fit.predict(g)
     pairs = judge_power.gold_pairs(g)
     for m in SCORED_METHODS:
         if f"trait_{m}" in g:
@@ -523,14 +546,15 @@ def _sensitivity(gi: pd.DataFrame, pi: pd.DataFrame, method: str, P: Params) -> 
 def coherence_sensitivity(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
     """Per coherence measure: Pearson r with the gold coherence labels over every trait's rows
     (signed so higher = more coherent; 95% bootstrap CI over questions within trait), and for the
-    judge, how word salad scores against ``P.coherence_floor``."""
+    measures on the 0–100 scale (``SCALE_MEASURES``), how word salad scores against
+    ``P.coherence_floor``."""
     strata = {t: _by_question(scored[scored.trait == t]) for t in dict.fromkeys(scored.trait)}
     offset = {t: int(np.flatnonzero(scored.trait.to_numpy() == t)[0]) for t in strata}
     y = scored.coherence.to_numpy(float)
     salad = scored[scored["shape"] == "word_salad"]
     rows = []
     for measure, sign in COHERENCE_MEASURES.items():
-        col = f"coherence_{measure}" if measure in JUDGE_MEASURES else measure
+        col = f"coherence_{measure}" if measure in SCALE_MEASURES else measure
         if col not in scored:
             continue
         x = sign * scored[col].to_numpy(float)
@@ -542,7 +566,7 @@ def coherence_sensitivity(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
 
         b = unc.bootstrap(r, {t: len(qs) for t, (qs, _) in strata.items()}, n_boot=P.n_boot, seed=P.seed)
         row = {"measure": measure, "items": len(scored), "pearson_r": b.value, "r_ci": b.text(), "r_se": b.se}
-        if measure in JUDGE_MEASURES:
+        if measure in SCALE_MEASURES:
             s = salad[col]
             row.update({"word_salad": len(s), "word_salad_max": float(s.max()) if len(s) else np.nan,
                         "word_salad_above_floor": int((s >= P.coherence_floor).sum())})
@@ -582,7 +606,7 @@ def method_conclusions(sens: pd.DataFrame, coh: pd.DataFrame, P: Params) -> list
                    f"gold points): " + "; ".join(parts) + f" → {verdict}.")
     for m, row in coh.iterrows():
         line = f"coherence, {m}: r = {row.pearson_r:.2f} {row.r_ci} with the gold coherence labels"
-        if m in JUDGE_MEASURES:
+        if m in SCALE_MEASURES:
             line += (f"; word salad scored at most {row.word_salad_max:.0f}, {int(row.word_salad_above_floor)}/"
                      f"{int(row.word_salad)} at or above the floor {P.coherence_floor:.0f}")
         out.append(line + ".")
@@ -622,7 +646,7 @@ def method_quantities(sens: pd.DataFrame, coh: pd.DataFrame, P: Params) -> list[
                                    if np.isfinite(unc.parse_ci(row.mde_ci)).all() else None))
     for m, row in coh.iterrows():
         qs.append(records.correlation(f"coherence.{m}.r", row.pearson_r, int(row["items"]), k=2))
-        if m in JUDGE_MEASURES and row.word_salad:
+        if m in SCALE_MEASURES and row.word_salad:
             qs.append(records.Quantity(f"coherence.{m}.word_salad_max", row.word_salad_max, "points",
                                        int(row.word_salad), None, 1.0, "fixed text scored: float noise (1 point)"))
     return qs
