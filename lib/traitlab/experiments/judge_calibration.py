@@ -428,8 +428,8 @@ def text_measures(gold: pd.DataFrame, reference: LoadedModel | None = None) -> p
     ``distinct2`` and, with a ``reference`` model, ``log_perplexity`` (``traitlab.textstats``)."""
     st = [textstats.stats(r) for r in gold.response]
     g = gold.assign(repetition=[x.repetition for x in st], distinct2=[x.distinct2 for x in st])
-    if reference is not None:
-        g["log_perplexity"] = np.log(textstats.perplexity(reference, list(zip(g.question, g.response, strict=True))))
+    if reference is not None:  # each distinct answer scored once, in length order
+        g["log_perplexity"] = textstats.coherence_measures(reference, g).log_ppl
     return g
 
 
