@@ -180,12 +180,15 @@ for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model, trait=P.
 # the probability itself: small judges keep it close to ½ even when their decision is right). From the share
 # ordered right at each gap we fit the method's noise σ (`P(right) = Φ(Δ/σ)`) and read its
 # **minimum detectable effect** at `mde_questions` questions: the smallest gold gap a steering
-# comparison over that many questions would detect at 80% power. Coherence is read six ways:
+# comparison over that many questions would detect at 80% power. Coherence is read seven ways:
 # the judge's coherence score (plain and anchored), its yes/no reading ("is the answer clear, fluent
-# and on topic?"), and three judge-free measures of the text (trigram repetition,
-# distinct-2, perplexity under the responder model), and `text_fit`: those three combined by a
-# least-squares line fitted on the gold sets' *tune* part, so it is on the gold 0–100 scale and
-# the coherence floor applies to it as to the judge's score. Everything here is read on the gold
+# and on topic?"), four judge-free measures of the text (trigram repetition, distinct-2,
+# perplexity under the responder model, and relevance: how much the question lowers that
+# perplexity, near 0 for fluent text that ignores the question), and `text_fit`: repetition,
+# distinct-2 and perplexity combined by a least-squares line fitted on the gold sets' *tune*
+# part, so it is on the gold 0–100 scale and the coherence floor applies to it as to the judge's
+# score. Relevance is read beside them but stays out of the line: cross-validated over the tune
+# questions, adding it did not raise the line's agreement (see the README). Everything here is read on the gold
 # sets' held-out questions (`gold_split`), which no judge design (and no line) was tuned on.
 
 # %%

@@ -80,3 +80,24 @@ def test_fit_coherence_refuses_what_it_cannot_fit():
     f = T.fit_coherence(pd.concat([m, m]), [90, 40, 60, 80, 30, 50], features=("distinct2",))
     with pytest.raises(KeyError, match="lack distinct2"):
         f.predict(pd.DataFrame({"log_ppl": [1.0]}))
+
+
+def test_relevance_is_the_log_perplexity_the_question_saves():
+    import numpy as np
+    import pandas as pd
+
+    m = load_model("tiny-qwen2")
+    d = pd.DataFrame({"question": ["Will it rain?", "Hi?", "Hi?"],
+                      "answer": ["Sunny days ahead.", "Hello.", "Sunny days ahead."]}, index=[7, 3, 5])
+    out = T.coherence_measures(m, d, relevance=True, batch_size=2)
+    assert list(out.index) == [7, 3, 5] and list(out.columns) == ["distinct2", "log_ppl", "relevance"]
+    with_q = np.log(T.perplexity(m, list(zip(d.question, d.answer, strict=True))))
+    without = np.log(T.perplexity(m, [("", a) for a in d.answer]))
+    assert out.log_ppl.to_numpy() == pytest.approx(with_q, rel=1e-4)
+    assert out.relevance.to_numpy() == pytest.approx(without - with_q, abs=1e-4)
+    # one answer after two questions: one free log-perplexity, two relevances
+    assert out.relevance[7] != pytest.approx(out.relevance[5], abs=1e-6)
+    plain = T.coherence_measures(m, d)
+    assert list(plain.columns) == ["distinct2", "log_ppl"] and plain.log_ppl.to_numpy() == pytest.approx(with_q, rel=1e-4)
+    with pytest.raises(ValueError, match="needs context=True"):
+        T.coherence_measures(m, d, context=False, relevance=True)

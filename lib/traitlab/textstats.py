@@ -8,7 +8,9 @@ will be good. …"), word salad, truncation. Three judge-free measures see them:
 - ``distinct(text, n)``: distinct n-grams over all n-grams (the usual distinct-n; 1 for fresh
   text, low for loops);
 - ``perplexity(model, items)``: exp of the mean negative log-likelihood per answer token under a
-  reference model, given the question (high for word salad and broken words).
+  reference model, given the question (high for word salad and broken words);
+- relevance (``coherence_measures(..., relevance=True)``): how much the question lowers that
+  log-perplexity (near 0 for fluent text that ignores the question).
 
 ``coherence_measures`` puts distinct-2 and log-perplexity beside each answer of a frame;
 ``fit_floors`` finds the pair of floors on them that best matches labelled coherence (the gold
@@ -110,13 +112,26 @@ def perplexity(model: Any, items: Sequence[tuple[str, str]], *, batch_size: int 
     return out
 
 
-def coherence_measures(model: Any, df: pd.DataFrame, *, context: bool = True, batch_size: int = 16) -> pd.DataFrame:
+def _log_ppl(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int) -> list[float]:
+    """Log-perplexity of each (question, answer), each distinct pair scored once, in length order."""
+    unique = sorted(set(pairs), key=lambda p: (len(p[0]) + len(p[1]), p))
+    ppl = dict(zip(unique, perplexity(model, unique, batch_size=batch_size), strict=True))
+    return np.log(np.asarray([ppl[p] for p in pairs], float)).tolist()
+
+
+def coherence_measures(model: Any, df: pd.DataFrame, *, context: bool = True, relevance: bool = False,
+                       batch_size: int = 16) -> pd.DataFrame:
     """``distinct2`` and ``log_ppl`` (log-perplexity of the answer under ``model``) per row of a
     frame with ``question`` (or ``prompt``) and ``answer`` (or ``response``) columns, indexed like
     ``df``. ``context=True`` scores the answer after its question; ``False`` after an empty user
     turn (the text's own fluency: far cheaper where prompts are long, e.g. jailbreak templates,
     and identical answers are scored once). Each distinct (question, answer) is scored once,
     in length order.
+
+    ``relevance=True`` (with ``context``) adds ``relevance``: how much the question lowers the
+    answer's log-perplexity (log-perplexity after an empty user turn minus after the question).
+    Fluent text that ignores the question — off-topic answers, answers that drift away — gains
+    little from it; perplexity alone cannot tell those from good answers.
 
     Example (a tiny random model: the values mean nothing, the plumbing is real):
         >>> from traitlab.models import load_model
@@ -125,14 +140,21 @@ def coherence_measures(model: Any, df: pd.DataFrame, *, context: bool = True, ba
         >>> out = coherence_measures(m, d, context=False)
         >>> out.log_ppl.nunique(), round(float(out.distinct2[0]), 2)
         (1, 0.5)
+        >>> list(coherence_measures(m, d, relevance=True).columns)
+        ['distinct2', 'log_ppl', 'relevance']
     """
+    if relevance and not context:
+        raise ValueError("relevance compares the answer after its question with after none: it needs context=True")
     q = "question" if "question" in df.columns else "prompt"
     a = "answer" if "answer" in df.columns else "response"
-    pairs = list(zip(df[q] if context else [""] * len(df), df[a], strict=True))
-    unique = sorted(set(pairs), key=lambda p: (len(p[0]) + len(p[1]), p))
-    ppl = dict(zip(unique, perplexity(model, unique, batch_size=batch_size), strict=True))
-    return pd.DataFrame({"distinct2": [distinct(t, 2) for t in df[a]],
-                         "log_ppl": np.log(np.asarray([ppl[p] for p in pairs], float))}, index=df.index)
+    answers = list(df[a])
+    pairs = list(zip(df[q] if context else [""] * len(df), answers, strict=True))
+    free = [("", t) for t in answers]
+    both = _log_ppl(model, pairs + free if relevance else pairs, batch_size)
+    out = pd.DataFrame({"distinct2": [distinct(t, 2) for t in answers], "log_ppl": both[:len(df)]}, index=df.index)
+    if relevance:
+        out["relevance"] = np.asarray(both[len(df):]) - out.log_ppl.to_numpy()
+    return out
 
 
 @dataclass(frozen=True)

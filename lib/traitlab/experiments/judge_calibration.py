@@ -397,11 +397,12 @@ SCORED_METHODS = ("absolute", "anchored", "yesno")
 """The methods that give each answer a 0–100 score (so a Pearson r with the labels)."""
 
 COHERENCE_MEASURES = {"judge": 1.0, "judge_anchored": 1.0, "judge_yesno": 1.0, "repetition": -1.0,
-                      "distinct2": 1.0, "log_perplexity": -1.0, "text_fit": 1.0}
+                      "distinct2": 1.0, "log_perplexity": -1.0, "relevance": 1.0, "text_fit": 1.0}
 """Coherence measures and the sign that makes higher mean more coherent: the judge's logprob
 score (plain and anchored rubric), its yes/no reading ("is the answer clear, fluent and on
-topic?"), three judge-free ones read from the text (``traitlab.textstats``), and ``text_fit``,
-those three combined by a line fitted on the gold sets' tune part (``text_fit``)."""
+topic?"), four judge-free ones read from the text (``traitlab.textstats``; relevance is how much
+the question lowers the answer's log-perplexity), and ``text_fit``, the judge-free ones combined
+by a line fitted on the gold sets' tune part (``text_fit``)."""
 
 SCALE_MEASURES = ("judge", "judge_anchored", "judge_yesno", "text_fit")
 """The coherence measures on the gold 0–100 scale (column ``coherence_<measure>``; checked
@@ -425,11 +426,13 @@ def method_gold(P: Params) -> pd.DataFrame:
 
 def text_measures(gold: pd.DataFrame, reference: LoadedModel | None = None) -> pd.DataFrame:
     """``gold`` with the judge-free coherence measures of each response: ``repetition``,
-    ``distinct2`` and, with a ``reference`` model, ``log_perplexity`` (``traitlab.textstats``)."""
+    ``distinct2`` and, with a ``reference`` model, ``log_perplexity`` and ``relevance``
+    (``traitlab.textstats.coherence_measures``)."""
     st = [textstats.stats(r) for r in gold.response]
     g = gold.assign(repetition=[x.repetition for x in st], distinct2=[x.distinct2 for x in st])
     if reference is not None:  # each distinct answer scored once, in length order
-        g["log_perplexity"] = textstats.coherence_measures(reference, g).log_ppl
+        m = textstats.coherence_measures(reference, g, relevance=True)
+        g["log_perplexity"], g["relevance"] = m.log_ppl, m.relevance
     return g
 
 
@@ -449,8 +452,8 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
     Rows gain ``trait_absolute`` (logprob trait score), ``coherence_judge``, ``trait_yesno`` and
     ``coherence_judge_yesno`` (the yes/no readings), with ``anchored`` ``trait_anchored`` and
     ``coherence_judge_anchored`` (the anchored rubric, ``judge_power.load_anchors``),
-    ``repetition``, ``distinct2`` and (with a ``reference`` model) ``log_perplexity``
-    (``text_measures``), and with a ``fit`` (``text_fit``) ``coherence_text_fit``. Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
+    ``repetition``, ``distinct2`` and (with a ``reference`` model) ``log_perplexity`` and
+    ``relevance`` (``text_measures``), and with a ``fit`` (``text_fit``) ``coherence_text_fit``. Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
     higher label) gain ``win_absolute`` (``win_anchored``), ``win_pairwise`` (the judge's
     order-averaged decision, ``Preference.win``) and ``p_pairwise`` (its probability).
     """
