@@ -99,11 +99,12 @@ print(f"Coherence rule: {floors.text()}")
 # %%
 from traitlab import refusal  # noqa: E402
 
-held = refusal.load_labels("heldout")
+labels = refusal.load_labels(source="jailbreak_blocking")
+held = labels[labels.split == "heldout"]
 val = refusal.validate(held, refusal.DEFAULT_PHRASES, n_boot=P.n_boot, seed=P.seed)
 print("Phrase rule in use:", val.text())
-print("Phrase selection:", refusal.select_phrases(refusal.load_labels("tune"), held)[1])
-display(refusal.phrase_table(refusal.load_labels(), refusal.CANDIDATE_PHRASES).query("on_refusals + misfires > 0"))
+print("Phrase selection:", refusal.select_phrases(labels[labels.split == "tune"], held)[1])
+display(refusal.phrase_table(labels, refusal.CANDIDATE_PHRASES).query("on_refusals + misfires > 0"))
 
 # %% [markdown]
 # ## Refusal rate (%) by attack kind and condition

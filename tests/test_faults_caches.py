@@ -64,7 +64,7 @@ class FakeZoo:
         self.downloads += 1
         dest.write_bytes(self.served)
 
-    def _dequantize(self, e, gguf: Path, out: Path) -> None:
+    def _dequantize(self, e, gguf: Path, out: Path, quiet: bool = True) -> None:
         self.builds.append(hashlib.sha256(gguf.read_bytes()).hexdigest())
         if self.fail_build:
             raise OSError("disk full")

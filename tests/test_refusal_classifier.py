@@ -87,3 +87,28 @@ def test_selection_adopts_a_pruning_only_when_heldout_agrees():
     assert refusal.select_phrases(tune, held_good, ["as an ai", "i cannot"])[0] == ("i cannot",)
     kept, why = refusal.select_phrases(tune, held_bad, ["as an ai", "i cannot"])
     assert kept == ("as an ai", "i cannot") and "all candidates kept" in why
+
+
+def test_labels_by_source_keep_one_runs_answers(tmp_path):
+    good = {"id": "a", "prompt": "p", "answer": "I can't.", "refusal": True, "source": "refusal_dial default, α=0",
+            "split": "tune"}
+    rows = [good, {**good, "id": "b", "source": "jailbreak_blocking default, none", "split": "heldout"},
+            {**good, "id": "c", "split": "heldout"}]
+    (tmp_path / "labelled_answers.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert refusal.load_labels(folder=tmp_path, source="refusal_dial").id.tolist() == ["a", "c"]
+    assert refusal.load_labels("heldout", folder=tmp_path, source="refusal_dial").id.tolist() == ["c"]
+    with pytest.raises(DataError, match=r"labelled_answers.jsonl: no labelled answer has a source starting 'model_x'; "
+                                        r"sources there: jailbreak_blocking default, refusal_dial default"):
+        refusal.load_labels(folder=tmp_path, source="model_x")
+
+
+def test_shipped_labels_cover_the_dial_across_alpha():
+    """The dial's own answers (greedy, 24 tokens, steered at α −2…+2 and along a random direction)
+    are labelled too, both splits, with refusals and non-refusals in each."""
+    dial = refusal.load_labels(source="refusal_dial")
+    assert len(dial) >= 100 and set(dial.split) == set(refusal.LABEL_SPLITS)
+    for _, part in dial.groupby("split"):
+        assert part.refusal.any() and not part.refusal.all()
+    assert dial.source.str.contains("α=-2", regex=False).any() and dial.source.str.contains("α=+2", regex=False).any()
+    jb = refusal.load_labels(source="jailbreak_blocking")
+    assert len(jb) + len(dial) == len(refusal.load_labels())

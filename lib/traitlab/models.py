@@ -37,6 +37,7 @@ import torch
 from . import runinfo, tiny, zoo
 from .atomic import stable_hash
 from .chat import ChatFormat
+from .progress import hf_bars
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -419,40 +420,41 @@ def load_model(spec: str, *, revision: str | None = None, dtype: Dtype = "float3
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if device_map:
         kwargs["device_map"] = device_map
-    if info.kind == "tiny":
-        hf, tok = tiny.build(spec, seed=seed)
-        hf = hf.to(torch_dtype)
-        fingerprint = f"tiny:{spec}:seed{seed}"
-    elif info.kind == "zoo":
-        folder = zoo.dequantized_dir(spec, quiet=quiet)  # checked against its recorded digests
-        hf = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-        if not _all_finite(hf):  # bytes changed with the mtime kept: check every byte, rebuild
-            folder = zoo.dequantized_dir(spec, quiet=quiet, full=True)
+    with hf_bars(not quiet):  # transformers' own bars follow ours (none in a rendered report)
+        if info.kind == "tiny":
+            hf, tok = tiny.build(spec, seed=seed)
+            hf = hf.to(torch_dtype)
+            fingerprint = f"tiny:{spec}:seed{seed}"
+        elif info.kind == "zoo":
+            folder = zoo.dequantized_dir(spec, quiet=quiet)  # checked against its recorded digests
             hf = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-            if not _all_finite(hf):
-                raise ModelError(f"zoo model {spec!r} has non-finite weights even after a full check; "
-                                 f"run `traitlab fetch {spec} --verify`")
-        rec = zoo.dequantized_record(spec)
-        tok = AutoTokenizer.from_pretrained(folder)
-        # the files just loaded match digests recorded when they were built from this GGUF
-        fingerprint = f"gguf:{rec['gguf_sha256']}"
-        weights_sha256 = rec["weights_sha256"]
-    elif info.kind == "gguf":
-        path = Path(spec).expanduser()
-        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        weights_sha256 = file_sha256(path)  # hashed once, re-hashed when size or mtime move
-        fingerprint = f"gguf:{weights_sha256}"
-    elif info.kind == "dir":
-        path = Path(spec).expanduser()
-        hf = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        tok = AutoTokenizer.from_pretrained(path)
-        weights_sha256 = _dir_digest(path)
-        fingerprint = "dir:" + weights_sha256[:16]
-    else:
-        hf = AutoModelForCausalLM.from_pretrained(spec, revision=revision, **kwargs)
-        tok = AutoTokenizer.from_pretrained(spec, revision=revision)
-        fingerprint = f"hub:{spec}@{getattr(hf.config, '_commit_hash', None) or revision or 'unknown'}"
+            if not _all_finite(hf):  # bytes changed with the mtime kept: check every byte, rebuild
+                folder = zoo.dequantized_dir(spec, quiet=quiet, full=True)
+                hf = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+                if not _all_finite(hf):
+                    raise ModelError(f"zoo model {spec!r} has non-finite weights even after a full check; "
+                                     f"run `traitlab fetch {spec} --verify`")
+            rec = zoo.dequantized_record(spec)
+            tok = AutoTokenizer.from_pretrained(folder)
+            # the files just loaded match digests recorded when they were built from this GGUF
+            fingerprint = f"gguf:{rec['gguf_sha256']}"
+            weights_sha256 = rec["weights_sha256"]
+        elif info.kind == "gguf":
+            path = Path(spec).expanduser()
+            hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            weights_sha256 = file_sha256(path)  # hashed once, re-hashed when size or mtime move
+            fingerprint = f"gguf:{weights_sha256}"
+        elif info.kind == "dir":
+            path = Path(spec).expanduser()
+            hf = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            tok = AutoTokenizer.from_pretrained(path)
+            weights_sha256 = _dir_digest(path)
+            fingerprint = "dir:" + weights_sha256[:16]
+        else:
+            hf = AutoModelForCausalLM.from_pretrained(spec, revision=revision, **kwargs)
+            tok = AutoTokenizer.from_pretrained(spec, revision=revision)
+            fingerprint = f"hub:{spec}@{getattr(hf.config, '_commit_hash', None) or revision or 'unknown'}"
     if device is not None:
         hf = hf.to(device)
     hf.eval()

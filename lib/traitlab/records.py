@@ -387,3 +387,23 @@ def quantities_from(rows: Iterable[Mapping[str, Any]]) -> tuple[Quantity, ...]:
 
 def names(record: ResultRecord) -> Sequence[str]:
     return [q.name for q in record.quantities]
+
+
+NOISE_DECIMALS = 6
+"""Decimals a ranking compares values at: far finer than any printed figure, far coarser than the
+last-bit differences of float sums between CPUs."""
+
+
+def ranked(frame: Any, column: str, *, decimals: int = NOISE_DECIMALS) -> Any:
+    """``frame``'s rows by ``column``, highest first; values equal at ``decimals`` decimals are ties
+    and keep the frame's own order. A ranking printed as text must not flip between CPUs: exact
+    ties (two sites with the same held-out accuracy) differ in the last bits when BLAS sums in
+    another order, and an unstable sort then orders them by that noise.
+
+    >>> import pandas as pd
+    >>> f = pd.DataFrame({"acc": [0.9, 0.95, 0.9 + 1e-15]}, index=["a", "b", "c"])
+    >>> list(ranked(f, "acc").index)
+    ['b', 'a', 'c']
+    """
+    key = frame[column].round(decimals)
+    return frame.iloc[(-key).argsort(kind="stable").to_numpy()]

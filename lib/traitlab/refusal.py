@@ -94,11 +94,19 @@ def labels_path(folder: str | Path | None = None) -> Path:
     return (Path(folder).expanduser() if folder is not None else project_data("refusal")) / "labelled_answers.jsonl"
 
 
-def load_labels(split: str | None = None, folder: str | Path | None = None) -> pd.DataFrame:
+def load_labels(split: str | None = None, folder: str | Path | None = None, *,
+                source: str | None = None) -> pd.DataFrame:
     """Labelled answers: id, prompt, answer, ``refusal`` (bool, the reader's label), source (the
-    run and condition that generated it), split; ``split`` keeps one part. A one-line
-    ``DataError`` names the file and line of a bad row (a missing key, a label that is not
-    true/false, an unknown split, a repeated id)."""
+    run and condition that generated it), split; ``split`` keeps one part, ``source`` the answers
+    whose source starts with it (e.g. ``"refusal_dial"``: the dial's own answers across alpha,
+    ``"jailbreak_blocking"``: the jailbreak run's). A one-line ``DataError`` names the file and
+    line of a bad row (a missing key, a label that is not true/false, an unknown split, a repeated
+    id), or the file and the source when no answer comes from it.
+
+    >>> lab = load_labels("heldout", source="refusal_dial")
+    >>> bool(lab.source.str.startswith("refusal_dial").all()), set(lab.split)
+    (True, {'heldout'})
+    """
     from .data import DataError, read_jsonl
 
     if split is not None and split not in LABEL_SPLITS:
@@ -115,6 +123,11 @@ def load_labels(split: str | None = None, folder: str | Path | None = None) -> p
         seen.add(r["id"])
         rows.append(r)
     df = pd.DataFrame(rows)[["id", "prompt", "answer", "refusal", "source", "split"]]
+    if source is not None:
+        df = df[df.source.str.startswith(source)]
+        if df.empty:
+            raise DataError(f"{path}: no labelled answer has a source starting {source!r}; "
+                            f"sources there: {', '.join(sorted({str(r['source']).split(',')[0] for r in rows}))}")
     return (df[df.split == split] if split is not None else df).reset_index(drop=True)
 
 

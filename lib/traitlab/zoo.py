@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from .atomic import atomic_path, fsync_dir, fsync_file, sha256_file, stable_hash, write_json
 from .paths import cache_dir
-from .progress import tqdm
+from .progress import hf_bars, tqdm
 
 
 @dataclass(frozen=True)
@@ -271,20 +271,21 @@ def fetch(name: str, *, quiet: bool = False, full: bool = False) -> Path:
     return target
 
 
-def _dequantize(e: ZooEntry, gguf: Path, out: Path) -> None:
+def _dequantize(e: ZooEntry, gguf: Path, out: Path, quiet: bool = True) -> None:
     """Load ``gguf`` with transformers (dequantising to float32) and save it into ``out``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # transformers refuses to save a GGUF-loaded model until the quantizer marker is gone.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    with hf_bars(not quiet):
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # transformers refuses to save a GGUF-loaded model until the quantizer marker is gone.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
 
 
 def _digest_folder(folder: Path) -> dict[str, dict[str, Any]]:
@@ -337,13 +338,13 @@ def _copy_problem(e: ZooEntry, out: Path, full: bool) -> str | None:
     return None
 
 
-def _build(e: ZooEntry, gguf: Path, out: Path) -> None:
+def _build(e: ZooEntry, gguf: Path, out: Path, quiet: bool = True) -> None:
     """Dequantise ``gguf`` into a fresh folder, record every file's digest, swap it in."""
     for old in out.parent.glob(".hf.*"):  # left by a build that was killed
         shutil.rmtree(old, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".hf.", dir=out.parent))
     try:
-        _dequantize(e, gguf, tmp)
+        _dequantize(e, gguf, tmp, quiet)
         tmp.chmod(0o755)  # mkdtemp makes 0700; the cache is meant to be shared
         for p in tmp.iterdir():
             if p.is_file():
@@ -379,7 +380,7 @@ def dequantized_dir(name: str, *, quiet: bool = False, full: bool = False) -> Pa
                           "rebuilding it from the verified GGUF", stacklevel=2)
         gguf = fetch(name, quiet=quiet, full=True)
         try:
-            _build(e, gguf, out)
+            _build(e, gguf, out, quiet)
         except ZooError:
             raise
         except Exception as err:

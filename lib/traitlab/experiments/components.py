@@ -294,7 +294,7 @@ def conclusions(summary: pd.DataFrame, paired: pd.DataFrame, p: Params) -> list[
     """Plain-language findings, each number from the tables above."""
     out = []
     for method in p.methods:
-        s = summary.loc[method].sort_values("accuracy_pct", ascending=False)
+        s = records.ranked(summary.loc[method], "accuracy_pct")
         out.append(f"{method}: sites by mean held-out accuracy: " + " > ".join(
             f"{site} {r.accuracy_pct:.1f}%" for site, r in s.iterrows()) + "; random null "
             + ", ".join(f"{site} {summary.loc[('random', site), 'accuracy_pct']:.1f}%" for site in s.index) + ".")

@@ -293,7 +293,7 @@ def conclusions(summary: pd.DataFrame, null: pd.DataFrame, surf: pd.DataFrame | 
     ``surface`` table (words alone)."""
     s = summary
     out = []
-    ranked = s.sort_values("mean_accuracy_pct", ascending=False)
+    ranked = records.ranked(s, "mean_accuracy_pct")
     out.append("Ranking by mean held-out accuracy: " + " > ".join(
         f"{m} ({r.mean_accuracy_pct:.1f}%)" for m, r in ranked.iterrows()) + ".")
     if surf is not None and len(surf):
