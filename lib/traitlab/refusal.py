@@ -249,3 +249,19 @@ def select_phrases(tune: pd.DataFrame, heldout: pd.DataFrame,
         return pruned, f"dropped {dropped}: held-out agreement {100 * b:.0f}% → {100 * a:.0f}%"
     return tuple(candidates), (f"pruning on the tune split would drop {dropped}, but held-out agreement "
                                f"falls {100 * b:.0f}% → {100 * a:.0f}%: all candidates kept")
+
+
+def check_rule(labels: pd.DataFrame, phrases: Sequence[str] = DEFAULT_PHRASES, window: int = 160, *,
+               n_boot: int = 2000, seed: int = 0) -> tuple[Validation, str]:
+    """A phrase rule against labelled answers with ``split``: ``validate`` on the held-out part,
+    and what ``select_phrases`` (pruning on the tune part) would do, in one line.
+
+    >>> lab = pd.DataFrame({"answer": ["I cannot", "Sure", "I cannot", "Here"], "refusal": [True, False] * 2,
+    ...                     "split": ["tune"] * 2 + ["heldout"] * 2})
+    >>> v, why = check_rule(lab, ["i cannot"], n_boot=20)
+    >>> v.agreement[0], why
+    (1.0, 'no candidate misfires on the tune split')
+    """
+    held, tune = labels[labels.split == "heldout"], labels[labels.split == "tune"]
+    return (validate(held, phrases, window, n_boot=n_boot, seed=seed),
+            select_phrases(tune, held, phrases, window)[1])

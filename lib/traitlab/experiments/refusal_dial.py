@@ -25,12 +25,11 @@ from ..patching import patch_last_k
 from ..refusal import (
     DEFAULT_PHRASES,
     Validation,
+    check_rule,
     is_refusal,
     load_labels,
     log_odds,
     opening_token_ids,
-    select_phrases,
-    validate,
 )
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steering import generate
@@ -208,17 +207,15 @@ def refusal_kind(text: str, p: Params) -> str:
 def classifier_check(p: Params) -> tuple[Validation, str]:
     """The rule this report counts generated refusals with (a ``refusal_phrases`` phrase anywhere in
     the answer: ``refused``, full or partial) against readers' labels: the held-out split of the
-    labelled answers from ``p.label_source`` (``refusal.validate``), and what pruning the phrases
-    that misfire on their tune split would do (``refusal.select_phrases``, one line).
+    labelled answers from ``p.label_source``, and what pruning the phrases that misfire on their
+    tune split would do (``refusal.check_rule``).
 
     >>> v, why = classifier_check(Params())
     >>> v.n >= 50, 0.8 < v.agreement[0] <= 1.0
     (True, True)
     """
-    lab = load_labels(source=p.label_source or None)
-    held, tune = lab[lab.split == "heldout"], lab[lab.split == "tune"]
-    return (validate(held, p.refusal_phrases, window=ANYWHERE, n_boot=p.n_boot, seed=p.seed),
-            select_phrases(tune, held, p.refusal_phrases, window=ANYWHERE)[1])
+    return check_rule(load_labels(source=p.label_source or None), p.refusal_phrases, ANYWHERE,
+                      n_boot=p.n_boot, seed=p.seed)
 
 
 # ---- (3) patching --------------------------------------------------------------------------
