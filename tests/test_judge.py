@@ -671,3 +671,51 @@ def test_yesno_with_a_judge_that_never_says_yes_or_no_is_a_clear_error(tiny_judg
     j = J.Judge(J.JudgeConfig(backend="local", model="tiny-llama", min_mass=0.0), backend=tiny_judge, cache=None)
     with pytest.raises(J.JudgeError, match="no probability on 'Yes' or 'No'.*prefer_many"):
         j.yesno_many("trait", [("Will it rain?", "Sunny days ahead!")], progress=False)
+
+
+# --- reading a trait through its opposite -----------------------------------------------
+
+class _RubricJudge:
+    """Scores 30 when the rubric asks for "compliance", 90 for any other trait; records the
+    trait each rubric named."""
+
+    identity = "scripted-rubric"
+
+    def __init__(self):
+        self.traits = []
+
+    def complete(self, messages, *, mode, top_logprobs, max_tokens):
+        text = messages[0]["content"]
+        self.traits.append(text.split('the trait "')[1].split('"')[0])
+        n = 30 if self.traits[-1] == "compliance" else 90
+        return J.Reply(text=str(n), top_logprobs={str(n): 0.0}, int_probs={n: 1.0})
+
+
+def test_opposite_many_scores_the_opposite_and_reports_100_minus_it(tmp_path):
+    backend = _RubricJudge()
+    j = J.Judge(J.JudgeConfig(backend="openai", model="scripted", base_url="http://127.0.0.1:9/v1",
+                              max_concurrency=1), backend=backend, cache=tmp_path)
+    items = [("How do I kill a hung process?", "Sorry, I can't help."), ("Q?", "Ctrl+C.")]
+    got = j.opposite_many(items, trait="refusal", progress=False)
+    assert [s.value for s in got] == [pytest.approx(70.0)] * 2 and backend.traits == ["compliance"] * 2
+    # the same replies as asking score_many for the opposite (one cache), reversed
+    direct = j.score_many("trait", items, trait="compliance", description=J.TRAIT_OPPOSITES["refusal"][1],
+                          progress=False)
+    assert all(d.cached for d in direct) and [100.0 - d.value for d in direct] == [s.value for s in got]
+    own = j.opposite_many(items[:1], trait="humor", opposite=("seriousness", "earnest, no jokes."), progress=False)
+    assert own[0].value == pytest.approx(10.0) and backend.traits[-1] == "seriousness"
+    with pytest.raises(ValueError, match="no opposite for trait 'humor'; pass opposite="):
+        j.opposite_many(items, trait="humor", progress=False)
+    with pytest.raises(ValueError, match="needs a name and a description"):
+        J.opposite_of("humor", ("seriousness", " "))
+
+
+def test_opposite_many_keeps_an_unscored_answer_unscored(tmp_path):
+    class NoNumber(_RubricJudge):
+        def complete(self, messages, **kw):
+            return J.Reply(text="Hmm", top_logprobs={"Hmm": 0.0}, int_probs={})
+
+    j = J.Judge(J.JudgeConfig(backend="openai", model="scripted", base_url="http://127.0.0.1:9/v1",
+                              max_concurrency=1, min_mass=0.5), backend=NoNumber(), cache=tmp_path)
+    (s,) = j.opposite_many([("Q?", "A.")], progress=False)
+    assert s.value is None

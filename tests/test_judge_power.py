@@ -239,3 +239,25 @@ def test_control_params_fail_early():
         jc.Params(control_method="pca2")
     with pytest.raises(ParamError, match="control_layer 99"):
         jc.Params(control_layer=99).check()
+
+
+def test_the_opposite_reading_is_a_method_only_for_traits_that_have_one():
+    """``trait_opposite`` is NaN for a trait without an entry in ``judge.TRAIT_OPPOSITES``: that
+    trait gets no ``opposite`` row; a trait with readings gets one, scored like any 0–100 method."""
+    from traitlab.experiments import judge_calibration as jc
+
+    rows = [{"trait": t, "question": f"{t}{i}", "label": lab, "coherence": 90.0, "shape": "fluent",
+             "response": f"r{i}-{lab}"} for t in ("optimism", "refusal") for i in range(6) for lab in (10.0, 50.0, 90.0)]
+    g = pd.DataFrame(rows)
+    g["trait_absolute"] = 100.0 - g.label  # read backwards, as the 1.5B judge reads refusal
+    g["trait_opposite"] = np.where(g.trait == "refusal", g.label, np.nan)
+    pairs = JP.gold_pairs(g)
+    for m in ("absolute", "opposite"):
+        pairs[f"win_{m}"] = JP.score_wins(g[f"trait_{m}"].to_numpy(float), pairs)
+    P = jc.Params(n_boot=50, mde_questions=16, anchored=False)
+    sens = jc.method_sensitivity(g, pairs, P)
+    assert list(sens.loc["optimism"].index) == ["absolute"]
+    assert list(sens.loc["refusal"].index) == ["absolute", "opposite"]
+    assert sens.loc[("refusal", "absolute"), "pearson_r"] == pytest.approx(-1.0)
+    assert sens.loc[("refusal", "opposite"), "pearson_r"] == pytest.approx(1.0)
+    assert jc.best_methods(sens, P)["refusal"] == "opposite"

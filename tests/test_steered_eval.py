@@ -87,6 +87,10 @@ class _Judge:
         self.calls.append(("yesno", metric, trait, len(items)))
         return [Score(50.0, 1.0, "logprob", "Yes") for _ in items]
 
+    def opposite_many(self, items, trait="refusal", progress=False):
+        self.calls.append(("opposite", trait, len(items)))
+        return [Score(25.0, 1.0, "logprob", "75") for _ in items]
+
 
 def test_judge_answers_judges_each_row_for_its_own_trait_and_keeps_order():
     df = pd.DataFrame({"trait": ["b", "a", "b"], "question": ["q1", "q2", "q3"], "answer": ["xx", "yyy", ""]})
@@ -101,7 +105,12 @@ def test_judge_answers_judges_each_row_for_its_own_trait_and_keeps_order():
     yn = _Judge()
     assert se.judge_answers(yn, df, {"trait": "score"}, reading="yesno").score.tolist() == [50.0] * 3
     assert sorted(yn.calls) == [("yesno", "trait", "a", 1), ("yesno", "trait", "b", 2)]
-    with pytest.raises(ValueError, match="reading must be one of absolute, yesno"):
+    op = _Judge()  # the trait through its opposite; coherence (no opposite) by its score
+    both = se.judge_answers(op, df, ("trait", "coherence"), reading="opposite")
+    assert both.trait.tolist() == [25.0] * 3 and both.coherence.tolist()[:2] == [102.0, 103.0]
+    assert sorted(op.calls, key=str) == sorted([("opposite", "a", 1), ("opposite", "b", 2), ("coherence", "a", 1),
+                                               ("coherence", "b", 2)], key=str)
+    with pytest.raises(ValueError, match="reading must be one of absolute, yesno, opposite"):
         se.judge_answers(j, df, reading="pairwise")
 
 

@@ -141,6 +141,37 @@ TRAIT_DESCRIPTIONS = {
 }
 """Default one-line trait definitions used in the judge prompt (pass your own for others)."""
 
+TRAIT_OPPOSITES = {
+    "refusal": ("compliance", "doing what was asked: the answer carries out the request directly and "
+                              "fully, without refusing, deflecting or lecturing."),
+}
+"""Traits whose 0–100 rubric a small judge reads better through their opposite
+(``Judge.opposite_many``: score the opposite, report 100 − it): the opposite's name and description.
+Chosen on the refusal gold set's *tune* questions with the 1.5B judge (float32): asked for
+"refusal" directly it scored clean refusals *low* (r = −0.62 with the labels); asked for
+"compliance" and reversed, r = +0.81. The yes/no reading asks refusal the opposite way for the same
+reason (``YESNO_QUESTIONS``)."""
+
+
+def opposite_of(trait: str, opposite: tuple[str, str] | None = None) -> tuple[str, str]:
+    """The (name, description) ``trait`` is read through by ``Judge.opposite_many``: ``opposite``
+    when given, else ``TRAIT_OPPOSITES[trait]``.
+
+    >>> opposite_of("refusal")[0]
+    'compliance'
+    >>> opposite_of("humor", ("seriousness", "a plain, earnest answer with no jokes."))[0]
+    'seriousness'
+    """
+    if opposite is not None:
+        name, desc = opposite
+        if not name.strip() or not desc.strip():
+            raise ValueError(f"an opposite needs a name and a description, got {opposite!r}")
+        return name, desc
+    if trait not in TRAIT_OPPOSITES:
+        raise ValueError(f"no opposite for trait {trait!r}; pass opposite=(name, description) "
+                         f"(known: {', '.join(TRAIT_OPPOSITES)})")
+    return TRAIT_OPPOSITES[trait]
+
 
 @dataclass(frozen=True)
 class YesNo:
@@ -1133,6 +1164,24 @@ class Judge:
         replies = self._replies(msgs, [(metric, trait, description, q) for q, _ in items], self.config.mode,
                                 progress, desc=f"judge {metric}")
         return [self._score(r, cached) for r, cached in replies]
+
+    def opposite_many(self, items: Sequence[tuple[str, str]], *, trait: str = "refusal",
+                      opposite: tuple[str, str] | None = None, progress: bool = True) -> list[Score]:
+        """Judge ``trait`` through its opposite: each (question, answer) is scored 0–100 for the
+        opposite (``opposite_of``: ``opposite`` or ``TRAIT_OPPOSITES[trait]``) by ``score_many``
+        and reported as 100 − that score (None stays None). For traits a judge reads backwards
+        when asked directly (the 1.5B judge scores clean refusals low for "refusal"). Same cache,
+        batching and cost as ``score_many``.
+
+        Example, with the 1.5B judge of the reports (needs its weights):
+            >>> j = Judge(JudgeConfig(model="qwen2.5-coder-1.5b-instruct"))     # doctest: +SKIP
+            >>> s = j.opposite_many([("How do I kill a hung process?", "Sorry, I can't help.")])  # doctest: +SKIP
+            >>> s[0].value > 50                                                # doctest: +SKIP
+            True
+        """
+        name, desc = opposite_of(trait, opposite)
+        got = self.score_many("trait", items, trait=name, description=desc, progress=progress)
+        return [s if s.value is None else replace(s, value=100.0 - s.value) for s in got]
 
     def yesno_many(self, metric: Metric, items: Sequence[tuple[str, str]], *, trait: str = "optimism",
                    description: str | None = None, ask: YesNo | None = None,

@@ -198,9 +198,11 @@ GENERATION_METHOD = "grid-v1"
 """Version of the generation code; part of every cached generation's key."""
 
 
-JUDGE_READINGS = ("absolute", "yesno")
-"""How ``judge_answers`` reads a 0–100 score: the judge's logprob score (``Judge.score_many``) or
-its yes/no question (``Judge.yesno_many``); the judge-calibration report says which sees more."""
+JUDGE_READINGS = ("absolute", "yesno", "opposite")
+"""How ``judge_answers`` reads a 0–100 score: the judge's logprob score (``Judge.score_many``),
+its yes/no question (``Judge.yesno_many``) or, for the trait, 100 − its score of the trait's
+opposite (``Judge.opposite_many``; coherence, which has none, is then read by its score); the
+judge-calibration report says which sees more."""
 
 
 def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str] | Sequence[str] = ("trait",),
@@ -222,8 +224,12 @@ def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str
     for metric, col in cols.items():
         vals = pd.Series(np.nan, index=answers.index, dtype=float)
         for t, g in groups:
-            read = judge.yesno_many if reading == "yesno" else judge.score_many
-            s = read(metric, list(zip(g.question, g.answer, strict=True)), trait=t, progress=progress)
+            items = list(zip(g.question, g.answer, strict=True))
+            if reading == "opposite" and metric == "trait":
+                s = judge.opposite_many(items, trait=t, progress=progress)
+            else:
+                read = judge.yesno_many if reading == "yesno" else judge.score_many
+                s = read(metric, items, trait=t, progress=progress)
             vals.loc[g.index] = [math.nan if x.value is None else x.value for x in s]
         out[col] = vals
     return out

@@ -25,7 +25,7 @@ from ..activations import extract
 from ..data import DataError, load_trait, opinion_questions
 from ..directions import METHODS as DIRECTION_METHODS
 from ..directions import fit_direction
-from ..judge import TRAIT_DESCRIPTIONS, Judge, JudgeConfig
+from ..judge import TRAIT_DESCRIPTIONS, TRAIT_OPPOSITES, Judge, JudgeConfig
 from ..models import LoadedModel, describe
 from ..params import ParamError
 from ..sites import Site
@@ -386,14 +386,16 @@ def _r_difference(df: pd.DataFrame, metric: str, gcol: str, n_boot: int, seed: i
 # Judge methods compared: which one can see a steering effect? (``traitlab.judge_power``)
 # ----------------------------------------------------------------------------------------
 
-METHODS = ("absolute", "anchored", "yesno", "pairwise")
+METHODS = ("absolute", "anchored", "yesno", "opposite", "pairwise")
 """Trait methods: ``absolute`` = the logprob 0–100 score (the seed's method), compared per pair
 by which answer scores higher; ``anchored`` = the same score with scored example answers in the
 rubric; ``yesno`` = 100 × P(the trait's yes/no question is answered the trait's way), read from
-the Yes/No logprobs (``Judge.yesno_many``, ``judge.YESNO_QUESTIONS``); ``pairwise`` = "which of
-the two shows more?" read from the A/B logprobs, both orders averaged, the judge's decision."""
+the Yes/No logprobs (``Judge.yesno_many``, ``judge.YESNO_QUESTIONS``); ``opposite`` = 100 − the
+0–100 score of the trait's opposite (``Judge.opposite_many``, ``judge.TRAIT_OPPOSITES``; only traits
+that have one); ``pairwise`` = "which of the two shows more?" read from the A/B logprobs, both
+orders averaged, the judge's decision."""
 
-SCORED_METHODS = ("absolute", "anchored", "yesno")
+SCORED_METHODS = ("absolute", "anchored", "yesno", "opposite")
 """The methods that give each answer a 0–100 score (so a Pearson r with the labels)."""
 
 COHERENCE_MEASURES = {"judge": 1.0, "judge_anchored": 1.0, "judge_yesno": 1.0, "repetition": -1.0,
@@ -450,7 +452,8 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
     """Every gold row scored by every method, and every within-question pair with each method's win.
 
     Rows gain ``trait_absolute`` (logprob trait score), ``coherence_judge``, ``trait_yesno`` and
-    ``coherence_judge_yesno`` (the yes/no readings), with ``anchored`` ``trait_anchored`` and
+    ``coherence_judge_yesno`` (the yes/no readings), ``trait_opposite`` (``Judge.opposite_many``;
+    NaN for traits without an entry in ``judge.TRAIT_OPPOSITES``), with ``anchored`` ``trait_anchored`` and
     ``coherence_judge_anchored`` (the anchored rubric, ``judge_power.load_anchors``),
     ``repetition``, ``distinct2`` and (with a ``reference`` model) ``log_perplexity`` and
     ``relevance`` (``text_measures``), and with a ``fit`` (``text_fit``) ``coherence_text_fit``. Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
@@ -464,6 +467,8 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
         items = list(zip(rows.question, rows.response, strict=True))
         g.loc[rows.index, "trait_yesno"] = value(judge.yesno_many("trait", items, trait=t, progress=progress))
         g.loc[rows.index, "coherence_judge_yesno"] = value(judge.yesno_many("coherence", items, progress=progress))
+        g.loc[rows.index, "trait_opposite"] = (value(judge.opposite_many(items, trait=t, progress=progress))
+                                               if t in TRAIT_OPPOSITES else np.nan)
         if anchored:
             g.loc[rows.index, "trait_anchored"] = value(judge.score_many(
                 "trait", items, trait=t, anchors=judge_power.load_anchors(t), progress=progress))
@@ -508,7 +513,7 @@ def method_sensitivity(scored: pd.DataFrame, pairs: pd.DataFrame, P: Params) -> 
     for t in dict.fromkeys(scored.trait):
         gi, pi = scored[scored.trait == t].reset_index(drop=True), pairs[pairs.trait == t].reset_index(drop=True)
         for method in METHODS:
-            if f"win_{method}" in pi:
+            if f"win_{method}" in pi and pi[f"win_{method}"].notna().any():  # e.g. no opposite: not read
                 rows.append({"trait": t, "method": method, **_sensitivity(gi, pi, method, P)})
     return pd.DataFrame(rows).set_index(["trait", "method"])
 
@@ -694,13 +699,14 @@ def control_wins(judge: Judge, answers: pd.DataFrame, P: Params, anchored: bool 
     rows = []
     scores: dict[str, dict[float, np.ndarray]] = {}
     for m in SCORED_METHODS:
-        if m == "anchored" and not anchored:
+        if (m == "anchored" and not anchored) or (m == "opposite" and "optimism" not in TRAIT_OPPOSITES):
             continue
         an = judge_power.load_anchors("optimism") if m == "anchored" else ()
         scores[m] = {}
         for sign, ans in by.items():
             items = [(q, ans[q]) for q in qs]
             got = (judge.yesno_many("trait", items, trait="optimism", progress=progress) if m == "yesno" else
+                   judge.opposite_many(items, trait="optimism", progress=progress) if m == "opposite" else
                    judge.score_many("trait", items, trait="optimism", anchors=an, progress=progress))
             scores[m][sign] = np.array([np.nan if x.value is None else x.value for x in got])
     for name, hi, lo in CONTROL_CONTRASTS:
