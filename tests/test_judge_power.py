@@ -261,3 +261,7 @@ def test_the_opposite_reading_is_a_method_only_for_traits_that_have_one():
     assert sens.loc[("refusal", "absolute"), "pearson_r"] == pytest.approx(-1.0)
     assert sens.loc[("refusal", "opposite"), "pearson_r"] == pytest.approx(1.0)
     assert jc.best_methods(sens, P)["refusal"] == "opposite"
+    coh = jc.coherence_sensitivity(g.assign(coherence_judge=g.coherence), P)
+    lines = jc.method_conclusions(sens, coh, P)
+    assert "→ opposite sees the smallest effects; absolute reads refusal backwards (the whole r CI below 0)." in lines[1]
+    assert "backwards" in lines[0]  # optimism's absolute is backwards here too

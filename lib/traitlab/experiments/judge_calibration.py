@@ -610,6 +610,10 @@ def method_conclusions(sens: pd.DataFrame, coh: pd.DataFrame, P: Params) -> list
                          f"MDE {_gap(row[f'mde_n{n}'], row.mde_ci)}")
         verdict = (f"{best[t]} sees the smallest effects" if best[t]
                    else f"no method can see a steering effect with {n} questions")
+        backwards = [m for m, row in rows.iterrows() if m in SCORED_METHODS and unc.parse_ci(row.r_ci)[1] < 0]
+        if backwards:
+            verdict += (f"; {' and '.join(backwards)} read{'s' if len(backwards) == 1 else ''} {t} backwards "
+                        "(the whole r CI below 0)")
         out.append(f"{t} ({int(rows.pairs_gap40.iloc[0])} pairs ≥ 40 points apart; MDE at {n} questions, "
                    f"gold points): " + "; ".join(parts) + f" → {verdict}.")
     for m, row in coh.iterrows():
