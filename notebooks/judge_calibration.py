@@ -176,7 +176,8 @@ for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model, trait=P.
 # answer) read from the Yes/No logprobs (`judge.YESNO_QUESTIONS`, chosen on the tune questions);
 # **opposite** — for traits a small judge reads backwards when asked directly, 100 − the 0–100
 # score of the trait's opposite (refusal read as "compliance", `judge.TRAIT_OPPOSITES`, chosen on
-# the tune questions; traits without an opposite get no row);
+# the tune questions; traits without an opposite get no row), and **pairwise_opposite**, the
+# pairwise question below asked about the opposite and reversed;
 # **pairwise** — "which answer shows more of the trait?", read from
 # the logprobs of A and B and averaged over both orders so position bias cancels; the pair counts
 # as ordered right when that averaged probability favours the right answer (`p_right_gap40` shows

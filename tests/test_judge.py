@@ -719,3 +719,35 @@ def test_opposite_many_keeps_an_unscored_answer_unscored(tmp_path):
                               max_concurrency=1, min_mass=0.5), backend=NoNumber(), cache=tmp_path)
     (s,) = j.opposite_many([("Q?", "A.")], progress=False)
     assert s.value is None
+
+
+class _CompliancePairJudge:
+    """Says "A" with probability 0.8 when answer A starts with "Sure", else 0.2 (whatever the
+    rubric asks); records the trait each rubric named."""
+
+    identity = "scripted-pairs"
+
+    def __init__(self):
+        self.traits = []
+
+    def complete(self, messages, *, mode, top_logprobs, max_tokens):
+        text = messages[0]["content"]
+        self.traits.append(text.split('the trait "')[1].split('"')[0])
+        p_a = 0.8 if text.split("[ANSWER A START]\n")[1].startswith("Sure") else 0.2
+        return J.Reply(text="A", top_logprobs={"A": math.log(p_a), "B": math.log(1 - p_a)})
+
+
+def test_prefer_opposite_many_asks_for_the_opposite_and_reverses_every_probability(tmp_path):
+    backend = _CompliancePairJudge()
+    j = J.Judge(J.JudgeConfig(backend="openai", model="scripted", base_url="http://127.0.0.1:9/v1",
+                              max_concurrency=1), backend=backend, cache=tmp_path)
+    (p,) = j.prefer_opposite_many([("Q?", "I can't help with that.", "Sure: press Ctrl+C.")], progress=False)
+    assert set(backend.traits) == {"compliance"}
+    # asked which shows more compliance, the judge picks the "Sure" answer: the refusal shows more refusal
+    assert p.p_first == pytest.approx(0.8) and p.win == 1.0
+    assert p.p_first_as_a == pytest.approx(0.8) and p.p_first_as_b == pytest.approx(0.8)
+    (direct,) = j.prefer_many([("Q?", "I can't help with that.", "Sure: press Ctrl+C.")], trait="compliance",
+                              description=J.TRAIT_OPPOSITES["refusal"][1], progress=False)
+    assert direct.cached and direct.p_first == pytest.approx(1 - p.p_first)
+    with pytest.raises(ValueError, match="no opposite for trait 'optimism'"):
+        j.prefer_opposite_many([("Q?", "a", "b")], trait="optimism", progress=False)

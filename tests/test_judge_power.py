@@ -254,10 +254,14 @@ def test_the_opposite_reading_is_a_method_only_for_traits_that_have_one():
     pairs = JP.gold_pairs(g)
     for m in ("absolute", "opposite"):
         pairs[f"win_{m}"] = JP.score_wins(g[f"trait_{m}"].to_numpy(float), pairs)
+    pairs["p_pairwise_opposite"] = np.where(pairs.trait == "refusal", 0.6, np.nan)  # right, close to ½
+    pairs["win_pairwise_opposite"] = np.where(pairs.trait == "refusal", 1.0, np.nan)
     P = jc.Params(n_boot=50, mde_questions=16, anchored=False)
     sens = jc.method_sensitivity(g, pairs, P)
     assert list(sens.loc["optimism"].index) == ["absolute"]
-    assert list(sens.loc["refusal"].index) == ["absolute", "opposite"]
+    assert list(sens.loc["refusal"].index) == ["absolute", "opposite", "pairwise_opposite"]
+    assert sens.loc[("refusal", "pairwise_opposite"), "accuracy_gap40"] == 1.0
+    assert sens.loc[("refusal", "pairwise_opposite"), "p_right_gap40"] == pytest.approx(0.6)  # its mean P(right)
     assert sens.loc[("refusal", "absolute"), "pearson_r"] == pytest.approx(-1.0)
     assert sens.loc[("refusal", "opposite"), "pearson_r"] == pytest.approx(1.0)
     assert jc.best_methods(sens, P)["refusal"] == "opposite"

@@ -1003,6 +1003,12 @@ class Preference:
         return 1.0 if self.p_first > 0.5 else 0.0 if self.p_first < 0.5 else 0.5
 
 
+def _reversed(p: Preference) -> Preference:
+    """The same judgement about the opposite trait: every probability 1 − itself."""
+    flip = lambda x: None if x is None else 1.0 - x  # noqa: E731
+    return replace(p, p_first=flip(p.p_first), p_first_as_a=flip(p.p_first_as_a), p_first_as_b=flip(p.p_first_as_b))
+
+
 class Judge:
     """Scores answers with a backend, a retry policy and a replay cache.
 
@@ -1254,6 +1260,21 @@ class Judge:
                                   p_first_as_b=None if a_yx is None else 1.0 - a_yx,
                                   mass=min(m_xy, m_yx), cached=c1 and c2))
         return out
+
+    def prefer_opposite_many(self, items: Sequence[tuple[str, str, str]], *, trait: str = "refusal",
+                             opposite: tuple[str, str] | None = None, progress: bool = True) -> list[Preference]:
+        """``prefer_many`` through the trait's opposite (``opposite_of``): the judge is asked which
+        answer shows the opposite more, and every probability is reversed, so ``p_first`` is still
+        P(the first answer shows ``trait`` more). For traits a judge reads backwards when asked
+        directly (refusal, with the 1.5B judge: 39% of held-out gold pairs 40+ points apart
+        ordered right when asked for refusal, 91% when asked for compliance).
+
+        >>> flip = Preference(0.7, 0.8, 0.6, 0.9)
+        >>> _reversed(flip).p_first, _reversed(flip).win
+        (0.30000000000000004, 0.0)
+        """
+        name, desc = opposite_of(trait, opposite)
+        return [_reversed(p) for p in self.prefer_many(items, trait=name, description=desc, progress=progress)]
 
     def _replies(self, msgs: list[list[dict[str, str]]], groups: list[Any], mode: Request, progress: bool,
                  desc: str = "judge") -> list[tuple[Reply, bool]]:

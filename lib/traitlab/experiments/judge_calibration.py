@@ -386,14 +386,15 @@ def _r_difference(df: pd.DataFrame, metric: str, gcol: str, n_boot: int, seed: i
 # Judge methods compared: which one can see a steering effect? (``traitlab.judge_power``)
 # ----------------------------------------------------------------------------------------
 
-METHODS = ("absolute", "anchored", "yesno", "opposite", "pairwise")
+METHODS = ("absolute", "anchored", "yesno", "opposite", "pairwise", "pairwise_opposite")
 """Trait methods: ``absolute`` = the logprob 0–100 score (the seed's method), compared per pair
 by which answer scores higher; ``anchored`` = the same score with scored example answers in the
 rubric; ``yesno`` = 100 × P(the trait's yes/no question is answered the trait's way), read from
 the Yes/No logprobs (``Judge.yesno_many``, ``judge.YESNO_QUESTIONS``); ``opposite`` = 100 − the
 0–100 score of the trait's opposite (``Judge.opposite_many``, ``judge.TRAIT_OPPOSITES``; only traits
 that have one); ``pairwise`` = "which of the two shows more?" read from the A/B logprobs, both
-orders averaged, the judge's decision."""
+orders averaged, the judge's decision; ``pairwise_opposite`` = the same question about the trait's
+opposite, reversed (``Judge.prefer_opposite_many``; only traits that have one)."""
 
 SCORED_METHODS = ("absolute", "anchored", "yesno", "opposite")
 """The methods that give each answer a 0–100 score (so a Pearson r with the labels)."""
@@ -458,7 +459,8 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
     ``repetition``, ``distinct2`` and (with a ``reference`` model) ``log_perplexity`` and
     ``relevance`` (``text_measures``), and with a ``fit`` (``text_fit``) ``coherence_text_fit``. Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
     higher label) gain ``win_absolute`` (``win_anchored``), ``win_pairwise`` (the judge's
-    order-averaged decision, ``Preference.win``) and ``p_pairwise`` (its probability).
+    order-averaged decision, ``Preference.win``) and ``p_pairwise`` (its probability), and for
+    traits with an opposite ``win_pairwise_opposite`` and ``p_pairwise_opposite``.
     """
     g = (pd.concat([score({"absolute": judge}, rows, t, progress) for t, rows in gold.groupby("trait", sort=False)])
          .loc[gold.index].rename(columns={"coherence_absolute": "coherence_judge"}))
@@ -481,12 +483,16 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
     for m in SCORED_METHODS:
         if f"trait_{m}" in g:
             pairs[f"win_{m}"] = judge_power.score_wins(g[f"trait_{m}"].to_numpy(float), pairs)
-    pairs["win_pairwise"] = pairs["p_pairwise"] = np.nan
+    for m in ("pairwise", "pairwise_opposite"):
+        pairs[f"win_{m}"] = pairs[f"p_{m}"] = np.nan
     for t, pr in pairs.groupby("trait", sort=False):
-        got = judge.prefer_many([(g.question[h], g.response[h], g.response[lo])
-                                 for h, lo in zip(pr.hi, pr.lo, strict=True)], trait=t, progress=progress)
-        pairs.loc[pr.index, "win_pairwise"] = [np.nan if x.win is None else x.win for x in got]
-        pairs.loc[pr.index, "p_pairwise"] = [np.nan if x.p_first is None else x.p_first for x in got]
+        items = [(g.question[h], g.response[h], g.response[lo]) for h, lo in zip(pr.hi, pr.lo, strict=True)]
+        read = {"pairwise": judge.prefer_many(items, trait=t, progress=progress)}
+        if t in TRAIT_OPPOSITES:
+            read["pairwise_opposite"] = judge.prefer_opposite_many(items, trait=t, progress=progress)
+        for m, got in read.items():
+            pairs.loc[pr.index, f"win_{m}"] = [np.nan if x.win is None else x.win for x in got]
+            pairs.loc[pr.index, f"p_{m}"] = [np.nan if x.p_first is None else x.p_first for x in got]
     return g, pairs
 
 
@@ -542,8 +548,8 @@ def _sensitivity(gi: pd.DataFrame, pi: pd.DataFrame, method: str, P: Params) -> 
     b = {name: unc.bootstrap(lambda d, f=f: f(d[None]), len(qs), n_boot=P.n_boot, seed=P.seed)
          for name, f in (("r", r), ("acc", acc), ("mde", mde))}
     a40, n40 = judge_power.accuracy_at(gap, win)
-    p_right = (judge_power.accuracy_at(gap, pi.p_pairwise.to_numpy(float))[0]
-               if method == "pairwise" and "p_pairwise" in pi else np.nan)
+    p_right = (judge_power.accuracy_at(gap, pi[f"p_{method}"].to_numpy(float))[0]
+               if method.startswith("pairwise") and f"p_{method}" in pi else np.nan)
     return {"items": len(gi), "questions": len(qs), "pairs": int((~np.isnan(win)).sum()), "pairs_gap40": n40,
             "pearson_r": b["r"].value, "r_ci": b["r"].text(), "accuracy_gap40": a40, "acc_ci": b["acc"].text(),
             "p_right_gap40": p_right,
