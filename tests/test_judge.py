@@ -708,6 +708,8 @@ def test_opposite_many_scores_the_opposite_and_reports_100_minus_it(tmp_path):
         j.opposite_many(items, trait="humor", progress=False)
     with pytest.raises(ValueError, match="needs a name and a description"):
         J.opposite_of("humor", ("seriousness", " "))
+    with pytest.raises(ValueError, match="opposite must be \\(name, description\\), two strings"):
+        J.opposite_of("humor", "seriousness")
 
 
 def test_opposite_many_keeps_an_unscored_answer_unscored(tmp_path):

@@ -163,6 +163,9 @@ def opposite_of(trait: str, opposite: tuple[str, str] | None = None) -> tuple[st
     'seriousness'
     """
     if opposite is not None:
+        if not (isinstance(opposite, (tuple, list)) and len(opposite) == 2
+                and all(isinstance(x, str) for x in opposite)):
+            raise ValueError(f"opposite must be (name, description), two strings, got {opposite!r}")
         name, desc = opposite
         if not name.strip() or not desc.strip():
             raise ValueError(f"an opposite needs a name and a description, got {opposite!r}")
@@ -1269,9 +1272,9 @@ class Judge:
         directly (refusal, with the 1.5B judge: 39% of held-out gold pairs 40+ points apart
         ordered right when asked for refusal, 91% when asked for compliance).
 
-        >>> flip = Preference(0.7, 0.8, 0.6, 0.9)
-        >>> _reversed(flip).p_first, _reversed(flip).win
-        (0.30000000000000004, 0.0)
+        >>> back = _reversed(Preference(0.7, 0.8, 0.6, 0.9))  # what it does to each judgement
+        >>> round(back.p_first, 2), back.win
+        (0.3, 0.0)
         """
         name, desc = opposite_of(trait, opposite)
         return [_reversed(p) for p in self.prefer_many(items, trait=name, description=desc, progress=progress)]
