@@ -11,6 +11,7 @@ bootstrap CIs over items) and mean absolute error.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
@@ -467,13 +468,11 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
     value = lambda got: [np.nan if x.value is None else x.value for x in got]  # noqa: E731
     for t, rows in gold.groupby("trait", sort=False):
         items = list(zip(rows.question, rows.response, strict=True))
-        g.loc[rows.index, "trait_yesno"] = value(judge.yesno_many("trait", items, trait=t, progress=progress))
+        for m in ("yesno", "opposite", "anchored") if anchored else ("yesno", "opposite"):
+            got = trait_scores(judge, m, items, t, progress)
+            g.loc[rows.index, f"trait_{m}"] = np.nan if got is None else got
         g.loc[rows.index, "coherence_judge_yesno"] = value(judge.yesno_many("coherence", items, progress=progress))
-        g.loc[rows.index, "trait_opposite"] = (value(judge.opposite_many(items, trait=t, progress=progress))
-                                               if t in TRAIT_OPPOSITES else np.nan)
         if anchored:
-            g.loc[rows.index, "trait_anchored"] = value(judge.score_many(
-                "trait", items, trait=t, anchors=judge_power.load_anchors(t), progress=progress))
             g.loc[rows.index, "coherence_judge_anchored"] = value(judge.score_many(
                 "coherence", items, anchors=judge_power.load_anchors("coherence"), progress=progress))
     g = text_measures(g, reference)
@@ -494,6 +493,22 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
             pairs.loc[pr.index, f"win_{m}"] = [np.nan if x.win is None else x.win for x in got]
             pairs.loc[pr.index, f"p_{m}"] = [np.nan if x.p_first is None else x.p_first for x in got]
     return g, pairs
+
+
+def trait_scores(judge: Judge, method: str, items: Sequence[tuple[str, str]], trait: str,
+                 progress: bool = True) -> np.ndarray | None:
+    """One scored method's (``SCORED_METHODS``) 0–100 readings of ``trait`` in (question, answer)
+    ``items``, NaN where the judge gave none; None when the method does not read ``trait``
+    (``opposite`` for a trait without an entry in ``judge.TRAIT_OPPOSITES``)."""
+    if method not in SCORED_METHODS:
+        raise ValueError(f"method must be one of {', '.join(SCORED_METHODS)}, got {method!r}")
+    if method == "opposite" and trait not in TRAIT_OPPOSITES:
+        return None
+    got = (judge.yesno_many("trait", items, trait=trait, progress=progress) if method == "yesno" else
+           judge.opposite_many(items, trait=trait, progress=progress) if method == "opposite" else
+           judge.score_many("trait", items, trait=trait, progress=progress,
+                            anchors=judge_power.load_anchors(trait) if method == "anchored" else ()))
+    return np.array([np.nan if x.value is None else x.value for x in got], dtype=float)
 
 
 def _by_question(df: pd.DataFrame) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -709,16 +724,12 @@ def control_wins(judge: Judge, answers: pd.DataFrame, P: Params, anchored: bool 
     rows = []
     scores: dict[str, dict[float, np.ndarray]] = {}
     for m in SCORED_METHODS:
-        if (m == "anchored" and not anchored) or (m == "opposite" and "optimism" not in TRAIT_OPPOSITES):
+        if m == "anchored" and not anchored:
             continue
-        an = judge_power.load_anchors("optimism") if m == "anchored" else ()
-        scores[m] = {}
-        for sign, ans in by.items():
-            items = [(q, ans[q]) for q in qs]
-            got = (judge.yesno_many("trait", items, trait="optimism", progress=progress) if m == "yesno" else
-                   judge.opposite_many(items, trait="optimism", progress=progress) if m == "opposite" else
-                   judge.score_many("trait", items, trait="optimism", anchors=an, progress=progress))
-            scores[m][sign] = np.array([np.nan if x.value is None else x.value for x in got])
+        got = {sign: trait_scores(judge, m, [(q, ans[q]) for q in qs], "optimism", progress)
+               for sign, ans in by.items()}
+        if not any(v is None for v in got.values()):  # None: the method does not read optimism
+            scores[m] = got
     for name, hi, lo in CONTROL_CONTRASTS:
         for m, sc in scores.items():
             diff = sc[hi] - sc[lo]
