@@ -60,6 +60,7 @@ control_questions = 16
 control_layer = 12
 control_ratio = 0.75
 control_method = "mean_diff"
+probe_model = "judge"
 
 # %% [markdown]
 # ## Setup
@@ -194,11 +195,22 @@ for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model, trait=P.
 # score. Relevance is read beside them but stays out of the line: cross-validated over the tune
 # questions, adding it did not raise the line's agreement (see the README). Everything here is read on the gold
 # sets' held-out questions (`gold_split`), which no judge design (and no line) was tuned on.
+#
+# **probe** reads a trait, and coherence, without asking anything: the reader model (`probe_model`;
+# by default the judge's own model) reads each answer as its own reply to the question, and a ridge
+# line maps its residual stream, averaged over the answer's tokens, to the gold label
+# (`traitlab.probe_reader`). Each probe is fitted on the gold sets' *tune* part only, its layer and
+# penalty chosen by cross-validation over tune questions, so the held-out rows below read it out of
+# sample. It is one more scored method (and one more coherence measure, on the gold scale).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 method_rows = jc.method_gold(P)
 text_line = jc.text_fit(P, responder) if P.perplexity and P.gold_split == "heldout" else None
+reader = jc.probe_reader_model(P, judge, responder) if P.gold_split == "heldout" else None
+probes = jc.fit_probes(P, reader) if reader is not None else {}
+if probes:
+    method_rows = jc.probe_columns(probes, reader, method_rows)
 method_scored, method_pairs = jc.score_methods(judge, method_rows, responder if P.perplexity else None,
                                                anchored=P.anchored, fit=text_line)
 
@@ -218,6 +230,8 @@ for line in jc.method_conclusions(sens, coh, P):
 print("method to read each trait with (smallest MDE):", jc.best_methods(sens, P))
 if text_line is not None:
     print("text_fit:", text_line.text())
+for p in probes.values():
+    print(p.text())
 
 # %% [markdown]
 # ## Positive control: does the judge see steering that is visibly there?
@@ -233,7 +247,8 @@ if text_line is not None:
 control = None
 if P.control_questions is not None:
     control_ans = jc.control_answers(P, responder)
-    control_w = jc.control_wins(judge, control_ans, P, anchored=P.anchored)
+    control_w = jc.control_wins(judge, control_ans, P, anchored=P.anchored,
+                                probe=(probes["optimism"], reader) if "optimism" in probes else None)
     control = jc.control_table(control_w, P)
 
 # %%

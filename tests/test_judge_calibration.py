@@ -72,7 +72,7 @@ def test_calibration_params_fail_early(kw, msg):
 
 
 def test_judge_config_carries_every_knob():
-    p = jc.Params(judge_backend="openai", judge_model="m", judge_base_url="http://x/v1", min_mass=0.3)
+    p = jc.Params(judge_backend="openai", judge_model="m", judge_base_url="http://x/v1", min_mass=0.3, probe_model=None)
     c = p.judge_config("text")
     assert (c.backend, c.model, c.base_url, c.mode, c.min_mass) == ("openai", "m", "http://x/v1", "text", 0.3)
 

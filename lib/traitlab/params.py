@@ -403,7 +403,8 @@ MODEL_KEYS = re.compile(r"^(\w+_)?model$")
 def check_models(resolved: Resolved, defaults: dict[str, Any]) -> None:
     """Every model a notebook will load resolves without weights: a tiny or zoo name, an existing
     folder or ``.gguf`` file, or a hub id (whose config is read by the notebook's own check).
-    An HTTP judge (``judge_backend: openai``) names a served model, which is not checked here."""
+    An HTTP judge (``judge_backend: openai``) names a served model, which is not checked here;
+    ``judge`` as another model key's value means the judge's own model."""
     from . import models
 
     merged = {**defaults, **resolved.values}
@@ -412,6 +413,8 @@ def check_models(resolved: Resolved, defaults: dict[str, Any]) -> None:
             continue
         if key == "judge_model" and (merged.get("judge_base_url") or merged.get("judge_backend") == "openai"):
             continue
+        if spec == "judge" and key != "judge_model":
+            continue  # the judge's own model (e.g. probe_model), checked as judge_model
         if isinstance(spec, str) and models._HUB_ID.match(spec) and not Path(spec).expanduser().exists():
             continue  # needs the hub; Params.check() reads its config
         try:

@@ -20,14 +20,14 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from .. import judge_power, records, textstats
+from .. import judge_power, probe_reader, records, textstats
 from .. import uncertainty as unc
 from ..activations import extract
 from ..data import DataError, load_trait, opinion_questions
 from ..directions import METHODS as DIRECTION_METHODS
 from ..directions import fit_direction
 from ..judge import TRAIT_DESCRIPTIONS, TRAIT_OPPOSITES, Judge, JudgeConfig
-from ..models import LoadedModel, describe
+from ..models import LoadedModel, describe, load_model
 from ..params import ParamError
 from ..sites import Site
 from ..steered_eval import Condition, at_ratio, generate_answers
@@ -75,6 +75,10 @@ class Params:
     """The control's perturbation ratio (‖added vector‖ / mean ‖activation‖ at that site)."""
     control_method: str = "mean_diff"
     """How the control's optimism direction is fitted (``directions.fit_direction``)."""
+    probe_model: str | None = "judge"
+    """Also read each trait and coherence with a linear probe on a model's activations
+    (``traitlab.probe_reader``, fitted on the gold sets' tune part; read only when ``gold_split``
+    is held-out): ``judge`` (the local judge's own model), another model's name, or null (no probe)."""
 
     def __post_init__(self) -> None:
         if not self.gold_traits:
@@ -108,6 +112,9 @@ class Params:
                                  f"got {self.control_method!r}")
         if self.judge_backend not in ("local", "openai"):
             raise ParamError(f"judge_backend must be 'local' or 'openai', got {self.judge_backend!r}")
+        if self.probe_model == "judge" and self.judge_backend != "local":
+            raise ParamError("probe_model: judge needs judge_backend: local (an HTTP judge shows no activations); "
+                             "name a local model instead (e.g. the responder) or set probe_model: null")
         if self.judge_dtype not in ("auto", "float32", "bfloat16"):
             raise ParamError(f"judge_dtype must be 'auto', 'float32' or 'bfloat16', got {self.judge_dtype!r}")
         if not 1 <= self.top_logprobs <= 20:
@@ -129,6 +136,8 @@ class Params:
                              f"0..{info.n_layers - 1}")
         if self.judge_backend == "local":
             describe(self.judge_model)
+        if self.probe_model not in (None, "judge"):
+            describe(self.probe_model)
 
     def judge_config(self, mode: Literal["logprob", "text"]) -> JudgeConfig:
         return JudgeConfig(backend=self.judge_backend, model=self.judge_model,
@@ -387,28 +396,35 @@ def _r_difference(df: pd.DataFrame, metric: str, gcol: str, n_boot: int, seed: i
 # Judge methods compared: which one can see a steering effect? (``traitlab.judge_power``)
 # ----------------------------------------------------------------------------------------
 
-METHODS = ("absolute", "anchored", "yesno", "opposite", "pairwise", "pairwise_opposite")
+METHODS = ("absolute", "anchored", "yesno", "opposite", "probe", "pairwise", "pairwise_opposite")
 """Trait methods: ``absolute`` = the logprob 0–100 score (the seed's method), compared per pair
 by which answer scores higher; ``anchored`` = the same score with scored example answers in the
 rubric; ``yesno`` = 100 × P(the trait's yes/no question is answered the trait's way), read from
 the Yes/No logprobs (``Judge.yesno_many``, ``judge.YESNO_QUESTIONS``); ``opposite`` = 100 − the
 0–100 score of the trait's opposite (``Judge.opposite_many``, ``judge.TRAIT_OPPOSITES``; only traits
-that have one); ``pairwise`` = "which of the two shows more?" read from the A/B logprobs, both
+that have one); ``probe`` = a ridge line on the reader model's mean activations over the answer,
+fitted on the gold set's tune part (``traitlab.probe_reader``; only with ``probe_model``);
+``pairwise`` = "which of the two shows more?" read from the A/B logprobs, both
 orders averaged, the judge's decision; ``pairwise_opposite`` = the same question about the trait's
 opposite, reversed (``Judge.prefer_opposite_many``; only traits that have one)."""
 
-SCORED_METHODS = ("absolute", "anchored", "yesno", "opposite")
+SCORED_METHODS = ("absolute", "anchored", "yesno", "opposite", "probe")
 """The methods that give each answer a 0–100 score (so a Pearson r with the labels)."""
 
+JUDGE_SCORED = ("absolute", "anchored", "yesno", "opposite")
+"""The scored methods that ask the judge (``trait_scores``); ``probe`` reads activations instead."""
+
 COHERENCE_MEASURES = {"judge": 1.0, "judge_anchored": 1.0, "judge_yesno": 1.0, "repetition": -1.0,
-                      "distinct2": 1.0, "log_perplexity": -1.0, "relevance": 1.0, "text_fit": 1.0}
+                      "distinct2": 1.0, "log_perplexity": -1.0, "relevance": 1.0, "text_fit": 1.0,
+                      "probe": 1.0}
 """Coherence measures and the sign that makes higher mean more coherent: the judge's logprob
 score (plain and anchored rubric), its yes/no reading ("is the answer clear, fluent and on
 topic?"), four judge-free ones read from the text (``traitlab.textstats``; relevance is how much
 the question lowers the answer's log-perplexity), and ``text_fit``, the judge-free ones combined
-by a line fitted on the gold sets' tune part (``text_fit``)."""
+by a line fitted on the gold sets' tune part (``text_fit``), and ``probe``, a ridge line on the
+reader model's activations fitted on the same tune part (``probe_columns``)."""
 
-SCALE_MEASURES = ("judge", "judge_anchored", "judge_yesno", "text_fit")
+SCALE_MEASURES = ("judge", "judge_anchored", "judge_yesno", "text_fit", "probe")
 """The coherence measures on the gold 0–100 scale (column ``coherence_<measure>``; checked
 against the coherence floor)."""
 
@@ -448,6 +464,51 @@ def text_fit(P: Params, reference: LoadedModel) -> textstats.CoherenceFit:
     return textstats.fit_coherence(text_measures(tune, reference), tune.coherence, TEXT_FIT_FEATURES)
 
 
+def probe_reader_model(P: Params, judge: Judge, responder: LoadedModel) -> LoadedModel | None:
+    """The model whose activations the probe reads (``P.probe_model``): the local judge's own model
+    for ``judge``, the responder when named, another model loaded, None for no probe."""
+    if P.probe_model is None:
+        return None
+    if P.probe_model == "judge":
+        return judge.backend.model
+    return responder if P.probe_model == responder.spec else load_model(P.probe_model, quiet=True)
+
+
+def fit_probes(P: Params, reader: LoadedModel, progress: bool = True) -> dict[str, probe_reader.ProbeReader]:
+    """One probe per ``P.gold_traits`` trait (its gold label) and one for ``coherence`` (every gold
+    set's coherence labels together), each fitted on the *tune* part only (``probe_reader.fit``:
+    layer and penalty chosen by cross-validation over tune questions)."""
+    tune = pd.concat([judge_power.load_gold(t, "tune") for t in P.gold_traits], ignore_index=True)
+    feats = probe_reader.answer_features(reader, list(zip(tune.question, tune.response, strict=True)),
+                                         progress=progress)
+    ident, groups = probe_reader.reader_identity(reader), (tune.trait + "\n" + tune.question).to_numpy()
+    out = {}
+    for t in P.gold_traits:
+        k = (tune.trait == t).to_numpy()
+        out[t] = probe_reader.fit({la: x[k] for la, x in feats.items()}, tune.label[k], groups[k],
+                                  target=t, reader=ident)
+    out["coherence"] = probe_reader.fit(feats, tune.coherence, groups, target="coherence", reader=ident)
+    return out
+
+
+def probe_columns(probes: dict[str, probe_reader.ProbeReader], reader: LoadedModel, gold: pd.DataFrame,
+                  progress: bool = True) -> pd.DataFrame:
+    """``gold`` with ``trait_probe`` (each row's trait read by that trait's probe; NaN for a trait
+    without one) and ``coherence_probe`` (the coherence probe), both on the gold 0–100 scale."""
+    items = list(zip(gold.question, gold.response, strict=True))
+    layers = sorted({p.layer for p in probes.values()})
+    feats = probe_reader.answer_features(reader, items, layers, progress=progress)
+    g = gold.copy()
+    g["trait_probe"] = np.nan
+    for t, p in probes.items():
+        k = (gold.trait == t).to_numpy()
+        if t != "coherence" and k.any():
+            g.loc[k, "trait_probe"] = p.predict(feats[p.layer][k])
+    if "coherence" in probes:
+        g["coherence_probe"] = probes["coherence"].predict(feats[probes["coherence"].layer])
+    return g
+
+
 def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | None = None,
                   progress: bool = True, anchored: bool = True,
                   fit: textstats.CoherenceFit | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -458,7 +519,8 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
     NaN for traits without an entry in ``judge.TRAIT_OPPOSITES``), with ``anchored`` ``trait_anchored`` and
     ``coherence_judge_anchored`` (the anchored rubric, ``judge_power.load_anchors``),
     ``repetition``, ``distinct2`` and (with a ``reference`` model) ``log_perplexity`` and
-    ``relevance`` (``text_measures``), and with a ``fit`` (``text_fit``) ``coherence_text_fit``. Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
+    ``relevance`` (``text_measures``), and with a ``fit`` (``text_fit``) ``coherence_text_fit``.
+Columns already in ``gold`` stay (``probe_columns``' ``trait_probe`` and ``coherence_probe``). Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
     higher label) gain ``win_absolute`` (``win_anchored``), ``win_pairwise`` (the judge's
     order-averaged decision, ``Preference.win``) and ``p_pairwise`` (its probability), and for
     traits with an opposite ``win_pairwise_opposite`` and ``p_pairwise_opposite``.
@@ -480,7 +542,7 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
         g["coherence_text_fit"] = fit.predict(g)
     pairs = judge_power.gold_pairs(g)
     for m in SCORED_METHODS:
-        if f"trait_{m}" in g:
+        if f"trait_{m}" in g:  # probe: only where probe_columns added it
             pairs[f"win_{m}"] = judge_power.score_wins(g[f"trait_{m}"].to_numpy(float), pairs)
     for m in ("pairwise", "pairwise_opposite"):
         pairs[f"win_{m}"] = pairs[f"p_{m}"] = np.nan
@@ -497,11 +559,11 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
 
 def trait_scores(judge: Judge, method: str, items: Sequence[tuple[str, str]], trait: str,
                  progress: bool = True) -> np.ndarray | None:
-    """One scored method's (``SCORED_METHODS``) 0–100 readings of ``trait`` in (question, answer)
+    """One judge method's (``JUDGE_SCORED``) 0–100 readings of ``trait`` in (question, answer)
     ``items``, NaN where the judge gave none; None when the method does not read ``trait``
     (``opposite`` for a trait without an entry in ``judge.TRAIT_OPPOSITES``)."""
-    if method not in SCORED_METHODS:
-        raise ValueError(f"method must be one of {', '.join(SCORED_METHODS)}, got {method!r}")
+    if method not in JUDGE_SCORED:
+        raise ValueError(f"method must be one of {', '.join(JUDGE_SCORED)}, got {method!r}")
     if method == "opposite" and trait not in TRAIT_OPPOSITES:
         return None
     got = (judge.yesno_many("trait", items, trait=trait, progress=progress) if method == "yesno" else
@@ -715,21 +777,26 @@ of the one that should show less): +r vs unsteered, unsteered vs −r."""
 
 
 def control_wins(judge: Judge, answers: pd.DataFrame, P: Params, anchored: bool = True,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool = True,
+                 probe: tuple[probe_reader.ProbeReader, LoadedModel] | None = None) -> pd.DataFrame:
     """Per (contrast, method, question): the method's win (1: it says the answer steered towards
-    optimism shows more of it, 0: less, ½: a tie) and, for scored methods, the score difference."""
+    optimism shows more of it, 0: less, ½: a tie) and, for scored methods, the score difference.
+    ``probe``: the optimism probe and its reader model (``fit_probes``), read as one more method."""
     by = {sign: answers[answers.ratio == sign * P.control_ratio].set_index("question").answer
           for sign in (-1.0, 0.0, 1.0)}
     qs = list(by[0.0].index)
     rows = []
     scores: dict[str, dict[float, np.ndarray]] = {}
-    for m in SCORED_METHODS:
+    for m in JUDGE_SCORED:
         if m == "anchored" and not anchored:
             continue
         got = {sign: trait_scores(judge, m, [(q, ans[q]) for q in qs], "optimism", progress)
                for sign, ans in by.items()}
         if not any(v is None for v in got.values()):  # None: the method does not read optimism
             scores[m] = got
+    if probe is not None:
+        scores["probe"] = {sign: probe_reader.read(probe[0], probe[1], [(q, ans[q]) for q in qs], progress=progress)
+                           for sign, ans in by.items()}
     for name, hi, lo in CONTROL_CONTRASTS:
         for m, sc in scores.items():
             diff = sc[hi] - sc[lo]
