@@ -183,3 +183,31 @@ def test_the_probe_is_read_on_the_control_answers_when_given():
         np.testing.assert_allclose(rows.difference, read[hi] - read[lo], rtol=1e-6)
         assert rows.win.tolist() == ((np.sign(read[hi] - read[lo]) + 1) / 2).tolist()
     assert got[got.method != "probe"].win.isna().all()  # the blank judge read nothing
+
+
+def test_steered_answers_are_read_by_each_rows_trait_probe_and_the_coherence_probe():
+    from traitlab.steered_eval import paired_effects, probe_answers
+
+    m = load_model("tiny-qwen2")
+    ident = PR.reader_identity(m)
+    x, y, g = _signal(d=m.d_model)
+    probes = {name: PR.fit({0: x[la]}, y, g, target=name, reader=ident)
+              for name, la in (("optimism", 1), ("refusal", 2), ("coherence", 3))}
+    answers = pd.DataFrame({"trait": ["optimism"] * 3 + ["refusal"] * 3, "question": ["a", "b", "c"] * 2,
+                            "ratio": [0.0, 0.0, 0.5] * 2,
+                            "answer": ["Sure thing.", "", "Great news!", "I can't.", "Here it is.", "No."]})
+    got = probe_answers(probes, m, answers, ["trait", "coherence"], progress=False)
+    for t in ("optimism", "refusal"):
+        rows = answers[answers.trait == t]
+        items = list(zip(rows.question, rows.answer, strict=True))
+        np.testing.assert_allclose(got.trait[rows.index], PR.read(probes[t], m, items, progress=False), equal_nan=True)
+    np.testing.assert_allclose(got.coherence, PR.read(probes["coherence"], m, list(zip(
+        answers.question, answers.answer, strict=True)), progress=False), equal_nan=True)
+    assert np.isnan(got.trait[1]) and got.trait.drop(index=1).notna().all()  # the empty answer has no reading
+    refusal = answers[answers.trait == "refusal"].drop(columns="trait")
+    fixed = probe_answers(probes, m, refusal, {"trait": "score"}, trait="refusal", progress=False)
+    assert list(fixed.columns) == ["question", "ratio", "answer", "score"]
+    np.testing.assert_allclose(fixed.score, got.trait[refusal.index])
+    assert paired_effects(fixed, by=["ratio"], baseline=fixed.ratio == 0.0).shape[0] == 1
+    with pytest.raises(KeyError, match="no probe for 'uncertainty' .*have: optimism, refusal, coherence"):
+        probe_answers(probes, m, answers.assign(trait="uncertainty"), progress=False)

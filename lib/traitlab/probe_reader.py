@@ -34,7 +34,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
+from . import judge_power
 from . import uncertainty as unc
 from .activations import extract
 from .models import LoadedModel
@@ -176,6 +178,24 @@ def fit(features: Mapping[int, np.ndarray], labels: Sequence[float], groups: Seq
     w = ridge((x - mean) / scale, y - y.mean(), [alphas[a]])[0]
     return ProbeReader(target=target, reader=reader, layer=layer, alpha=float(alphas[a]), mean=mean, scale=scale,
                        weights=w, intercept=float(y.mean()), cv_r=float(r), n_train=len(y), n_groups=n_groups)
+
+
+def fit_gold(model: LoadedModel, traits: Sequence[str], *, split: str = "tune", coherence: bool = True,
+             progress: bool = True) -> dict[str, ProbeReader]:
+    """One probe per trait in ``traits`` (its gold label, ``data/judge/gold_<trait>.jsonl``) and,
+    with ``coherence``, one for ``"coherence"`` (every named gold set's coherence labels together),
+    each fitted through ``model`` on the gold sets' ``split`` part (the *tune* part: a report that
+    reads the held-out part reads it out of sample). Answers to one question share a fold."""
+    gold = pd.concat([judge_power.load_gold(t, split) for t in traits], ignore_index=True)
+    feats = answer_features(model, list(zip(gold.question, gold.response, strict=True)), progress=progress)
+    ident, groups = reader_identity(model), (gold.trait + "\n" + gold.question).to_numpy()
+    out = {}
+    for t in traits:
+        k = (gold.trait == t).to_numpy()
+        out[t] = fit({la: x[k] for la, x in feats.items()}, gold.label[k], groups[k], target=t, reader=ident)
+    if coherence:
+        out["coherence"] = fit(feats, gold.coherence, groups, target="coherence", reader=ident)
+    return out
 
 
 def read(probe: ProbeReader, model: LoadedModel, items: Sequence[tuple[str, str]], *, batch_size: int = 8,

@@ -10,7 +10,8 @@ fix to one step reaches all of them:
   columns and the stripped ``answer``. Conditions with the same steers (every unsteered
   baseline, say) are generated once and shared, and all conditions are decoded together
   (``steering.generate_steered_grid``);
-- ``judge_answers``: the judge's scores as columns, each answer judged for its row's trait;
+- ``judge_answers``: the judge's scores as columns, each answer judged for its row's trait
+  (``probe_answers``: the same columns read by probes on a model's activations instead);
 - ``paired_effects``: per condition, the mean score against the unsteered answer *to the same
   prompt*, with a t-interval over prompts (the independent unit).
 
@@ -43,11 +44,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import uncertainty
+from . import probe_reader, uncertainty
 from .chat import Encoded
 from .gencache import generate_cached
 from .judge import Judge
 from .models import LoadedModel
+from .probe_reader import ProbeReader
 from .sites import Site
 from .steering import Positions, Sampling, Steer, generate_steered_grid
 
@@ -231,6 +233,34 @@ def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str
                 read = judge.yesno_many if reading == "yesno" else judge.score_many
                 s = read(metric, items, trait=t, progress=progress)
             vals.loc[g.index] = [math.nan if x.value is None else x.value for x in s]
+        out[col] = vals
+    return out
+
+
+def probe_answers(probes: Mapping[str, ProbeReader], reader: LoadedModel, answers: pd.DataFrame,
+                  metrics: Mapping[str, str] | Sequence[str] = ("trait",), *, trait: str | None = None,
+                  progress: bool = False) -> pd.DataFrame:
+    """``answers`` with one column per metric read by a probe instead of the judge
+    (``probe_reader.fit_gold``): ``"trait"`` by the probe of ``trait`` (or of each row's ``trait``
+    column), ``"coherence"`` by ``probes["coherence"]``; NaN for an empty answer. The same shape as
+    ``judge_answers``, so ``paired_effects`` reads either.
+
+    Raises ``KeyError`` naming the missing probe (fit one on a gold set of that trait).
+    """
+    cols = dict(metrics) if isinstance(metrics, Mapping) else {m: m for m in metrics}
+    if trait is None and "trait" not in answers.columns:
+        raise KeyError("answers have no 'trait' column: pass trait=")
+    out = answers.copy()
+    groups = [(trait, answers)] if trait is not None else list(answers.groupby("trait", sort=False))
+    for metric, col in cols.items():
+        vals = pd.Series(np.nan, index=answers.index, dtype=float)
+        for t, g in groups:
+            name = t if metric == "trait" else metric
+            if name not in probes:
+                raise KeyError(f"no probe for {name!r} (have: {', '.join(probes) or 'none'}); "
+                               f"fit one with probe_reader.fit_gold on a gold set of {name!r}")
+            items = list(zip(g.question, g.answer, strict=True))
+            vals.loc[g.index] = probe_reader.read(probes[name], reader, items, progress=progress)
         out[col] = vals
     return out
 

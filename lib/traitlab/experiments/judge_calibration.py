@@ -475,20 +475,9 @@ def probe_reader_model(P: Params, judge: Judge, responder: LoadedModel) -> Loade
 
 
 def fit_probes(P: Params, reader: LoadedModel, progress: bool = True) -> dict[str, probe_reader.ProbeReader]:
-    """One probe per ``P.gold_traits`` trait (its gold label) and one for ``coherence`` (every gold
-    set's coherence labels together), each fitted on the *tune* part only (``probe_reader.fit``:
-    layer and penalty chosen by cross-validation over tune questions)."""
-    tune = pd.concat([judge_power.load_gold(t, "tune") for t in P.gold_traits], ignore_index=True)
-    feats = probe_reader.answer_features(reader, list(zip(tune.question, tune.response, strict=True)),
-                                         progress=progress)
-    ident, groups = probe_reader.reader_identity(reader), (tune.trait + "\n" + tune.question).to_numpy()
-    out = {}
-    for t in P.gold_traits:
-        k = (tune.trait == t).to_numpy()
-        out[t] = probe_reader.fit({la: x[k] for la, x in feats.items()}, tune.label[k], groups[k],
-                                  target=t, reader=ident)
-    out["coherence"] = probe_reader.fit(feats, tune.coherence, groups, target="coherence", reader=ident)
-    return out
+    """One probe per ``P.gold_traits`` trait and one for ``coherence``, fitted through ``reader`` on
+    the gold sets' *tune* part only (``probe_reader.fit_gold``)."""
+    return probe_reader.fit_gold(reader, P.gold_traits, split="tune", progress=progress)
 
 
 def probe_columns(probes: dict[str, probe_reader.ProbeReader], reader: LoadedModel, gold: pd.DataFrame,
