@@ -73,7 +73,7 @@ probe_model = "judge"
 from dataclasses import asdict
 
 from IPython.display import display
-from traitlab import plots, runinfo
+from traitlab import plots, probe_reader, runinfo
 from traitlab.data import opinion_questions
 from traitlab.experiments import judge_calibration as jc
 from traitlab.judge import Judge
@@ -208,7 +208,7 @@ for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model, trait=P.
 method_rows = jc.method_gold(P)
 text_line = jc.text_fit(P, responder) if P.perplexity and P.gold_split == "heldout" else None
 reader = jc.probe_reader_model(P, judge, responder) if P.gold_split == "heldout" else None
-probes = jc.fit_probes(P, reader) if reader is not None else {}
+probes = probe_reader.fit_gold(reader, P.gold_traits) if reader is not None else {}  # tune part only
 if probes:
     method_rows = jc.probe_columns(probes, reader, method_rows)
 method_scored, method_pairs = jc.score_methods(judge, method_rows, responder if P.perplexity else None,

@@ -114,7 +114,7 @@ def test_calibration_probes_are_fitted_on_tune_and_become_a_method_and_a_coheren
     monkeypatch.setenv("TRAITLAB_CACHE", str(tmp_path))
     m = load_model("tiny-qwen2")
     P = jc.Params(n_boot=50, anchored=False, gold_traits=["optimism", "refusal"], max_gold_questions=2)
-    probes = jc.fit_probes(P, m, progress=False)
+    probes = PR.fit_gold(m, P.gold_traits, progress=False)
     assert set(probes) == {"optimism", "refusal", "coherence"}
     tune = {t: JP.load_gold(t, "tune") for t in P.gold_traits}
     assert probes["optimism"].n_train == len(tune["optimism"])

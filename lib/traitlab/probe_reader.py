@@ -202,11 +202,21 @@ def read(probe: ProbeReader, model: LoadedModel, items: Sequence[tuple[str, str]
          progress: bool = True, cache: bool = True) -> np.ndarray:
     """``probe``'s readings of (question, answer) ``items`` through ``model`` (which must be the
     reader it was fitted on); NaN for empty answers."""
-    if reader_identity(model) != probe.reader:
-        raise ProbeError(f"this {probe.target} probe was fitted on {probe.reader}'s activations, "
-                         f"not {reader_identity(model)}'s; fit it on this model")
-    x = answer_features(model, items, [probe.layer], batch_size=batch_size, progress=progress, cache=cache)
-    return probe.predict(x[probe.layer])
+    return read_many({probe.target: probe}, model, items, batch_size=batch_size, progress=progress,
+                     cache=cache)[probe.target]
+
+
+def read_many(probes: Mapping[str, ProbeReader], model: LoadedModel, items: Sequence[tuple[str, str]], *,
+              batch_size: int = 8, progress: bool = True, cache: bool = True) -> dict[str, np.ndarray]:
+    """Every probe's readings of ``items`` (keyed as ``probes``) from one pass of ``model`` over
+    them, at the layers the probes use; each probe must have been fitted on ``model``."""
+    for p in probes.values():
+        if reader_identity(model) != p.reader:
+            raise ProbeError(f"this {p.target} probe was fitted on {p.reader}'s activations, "
+                             f"not {reader_identity(model)}'s; fit it on this model")
+    layers = sorted({p.layer for p in probes.values()})
+    x = answer_features(model, items, layers, batch_size=batch_size, progress=progress, cache=cache)
+    return {name: p.predict(x[p.layer]) for name, p in probes.items()}
 
 
 def reader_identity(model: LoadedModel) -> str:

@@ -218,23 +218,16 @@ def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str
     """
     if reading not in JUDGE_READINGS:
         raise ValueError(f"reading must be one of {', '.join(JUDGE_READINGS)}, got {reading!r}")
-    cols = dict(metrics) if isinstance(metrics, Mapping) else {m: m for m in metrics}
-    if trait is None and "trait" not in answers.columns:
-        raise KeyError("answers have no 'trait' column: pass trait=")
-    out = answers.copy()
-    groups = [(trait, answers)] if trait is not None else list(answers.groupby("trait", sort=False))
-    for metric, col in cols.items():
-        vals = pd.Series(np.nan, index=answers.index, dtype=float)
-        for t, g in groups:
-            items = list(zip(g.question, g.answer, strict=True))
-            if reading == "opposite" and metric == "trait":
-                s = judge.opposite_many(items, trait=t, progress=progress)
-            else:
-                read = judge.yesno_many if reading == "yesno" else judge.score_many
-                s = read(metric, items, trait=t, progress=progress)
-            vals.loc[g.index] = [math.nan if x.value is None else x.value for x in s]
-        out[col] = vals
-    return out
+
+    def read(metric: str, t: str, g: pd.DataFrame) -> list[float]:
+        items = list(zip(g.question, g.answer, strict=True))
+        if reading == "opposite" and metric == "trait":
+            s = judge.opposite_many(items, trait=t, progress=progress)
+        else:
+            s = (judge.yesno_many if reading == "yesno" else judge.score_many)(metric, items, trait=t, progress=progress)
+        return [math.nan if x.value is None else x.value for x in s]
+
+    return _metric_columns(answers, metrics, trait, read)
 
 
 def probe_answers(probes: Mapping[str, ProbeReader], reader: LoadedModel, answers: pd.DataFrame,
@@ -243,24 +236,46 @@ def probe_answers(probes: Mapping[str, ProbeReader], reader: LoadedModel, answer
     """``answers`` with one column per metric read by a probe instead of the judge
     (``probe_reader.fit_gold``): ``"trait"`` by the probe of ``trait`` (or of each row's ``trait``
     column), ``"coherence"`` by ``probes["coherence"]``; NaN for an empty answer. The same shape as
-    ``judge_answers``, so ``paired_effects`` reads either.
+    ``judge_answers``, so ``paired_effects`` reads either. One pass of ``reader`` over the answers
+    serves every probe (``probe_reader.read_many``).
 
     Raises ``KeyError`` naming the missing probe (fit one on a gold set of that trait).
     """
-    cols = dict(metrics) if isinstance(metrics, Mapping) else {m: m for m in metrics}
+    _check_trait_column(answers, trait)
+    traits = [trait] if trait is not None else list(dict.fromkeys(answers.trait))
+    names = list(dict.fromkeys(n for m in _columns(metrics) for n in (traits if m == "trait" else [m])))
+    for name in names:
+        if name not in probes:
+            raise KeyError(f"no probe for {name!r} (have: {', '.join(probes) or 'none'}); "
+                           f"fit one with probe_reader.fit_gold on a gold set of {name!r}")
+    got = probe_reader.read_many({n: probes[n] for n in names}, reader,
+                                 list(zip(answers.question, answers.answer, strict=True)), progress=progress)
+    row = pd.Series(np.arange(len(answers)), index=answers.index)
+    return _metric_columns(answers, metrics, trait,
+                           lambda metric, t, g: got[t if metric == "trait" else metric][row[g.index].to_numpy()])
+
+
+def _columns(metrics: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
+    """metric → output column (a list of metrics writes each to a column of its name)."""
+    return dict(metrics) if isinstance(metrics, Mapping) else {m: m for m in metrics}
+
+
+def _check_trait_column(answers: pd.DataFrame, trait: str | None) -> None:
     if trait is None and "trait" not in answers.columns:
         raise KeyError("answers have no 'trait' column: pass trait=")
+
+
+def _metric_columns(answers: pd.DataFrame, metrics: Mapping[str, str] | Sequence[str], trait: str | None,
+                    read: Callable[[str, str, pd.DataFrame], Any]) -> pd.DataFrame:
+    """``answers`` with one column per metric: ``read(metric, trait, rows)`` for ``trait``'s rows,
+    or for each row's own ``trait`` group when ``trait`` is None; rows keep their order."""
+    _check_trait_column(answers, trait)
     out = answers.copy()
     groups = [(trait, answers)] if trait is not None else list(answers.groupby("trait", sort=False))
-    for metric, col in cols.items():
+    for metric, col in _columns(metrics).items():
         vals = pd.Series(np.nan, index=answers.index, dtype=float)
         for t, g in groups:
-            name = t if metric == "trait" else metric
-            if name not in probes:
-                raise KeyError(f"no probe for {name!r} (have: {', '.join(probes) or 'none'}); "
-                               f"fit one with probe_reader.fit_gold on a gold set of {name!r}")
-            items = list(zip(g.question, g.answer, strict=True))
-            vals.loc[g.index] = probe_reader.read(probes[name], reader, items, progress=progress)
+            vals.loc[g.index] = read(metric, t, g)
         out[col] = vals
     return out
 

@@ -30,7 +30,7 @@ from ..judge import TRAIT_DESCRIPTIONS, TRAIT_OPPOSITES, Judge, JudgeConfig
 from ..models import LoadedModel, describe, load_model
 from ..params import ParamError
 from ..sites import Site
-from ..steered_eval import Condition, at_ratio, generate_answers
+from ..steered_eval import Condition, at_ratio, generate_answers, probe_answers
 from ..steering import activation_norms
 
 
@@ -474,28 +474,14 @@ def probe_reader_model(P: Params, judge: Judge, responder: LoadedModel) -> Loade
     return responder if P.probe_model == responder.spec else load_model(P.probe_model, quiet=True)
 
 
-def fit_probes(P: Params, reader: LoadedModel, progress: bool = True) -> dict[str, probe_reader.ProbeReader]:
-    """One probe per ``P.gold_traits`` trait and one for ``coherence``, fitted through ``reader`` on
-    the gold sets' *tune* part only (``probe_reader.fit_gold``)."""
-    return probe_reader.fit_gold(reader, P.gold_traits, split="tune", progress=progress)
-
-
 def probe_columns(probes: dict[str, probe_reader.ProbeReader], reader: LoadedModel, gold: pd.DataFrame,
                   progress: bool = True) -> pd.DataFrame:
-    """``gold`` with ``trait_probe`` (each row's trait read by that trait's probe; NaN for a trait
-    without one) and ``coherence_probe`` (the coherence probe), both on the gold 0–100 scale."""
-    items = list(zip(gold.question, gold.response, strict=True))
-    layers = sorted({p.layer for p in probes.values()})
-    feats = probe_reader.answer_features(reader, items, layers, progress=progress)
-    g = gold.copy()
-    g["trait_probe"] = np.nan
-    for t, p in probes.items():
-        k = (gold.trait == t).to_numpy()
-        if t != "coherence" and k.any():
-            g.loc[k, "trait_probe"] = p.predict(feats[p.layer][k])
-    if "coherence" in probes:
-        g["coherence_probe"] = probes["coherence"].predict(feats[probes["coherence"].layer])
-    return g
+    """``gold`` with ``trait_probe`` (each row's trait read by that trait's probe) and, where
+    ``probes`` has one, ``coherence_probe``, both on the gold 0–100 scale
+    (``steered_eval.probe_answers``: one pass of ``reader`` serves every probe)."""
+    cols = {"trait": "trait_probe"} | ({"coherence": "coherence_probe"} if "coherence" in probes else {})
+    return probe_answers(probes, reader, gold.assign(answer=gold.response), cols,
+                         progress=progress).drop(columns="answer")
 
 
 def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | None = None,
@@ -509,7 +495,8 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
     ``coherence_judge_anchored`` (the anchored rubric, ``judge_power.load_anchors``),
     ``repetition``, ``distinct2`` and (with a ``reference`` model) ``log_perplexity`` and
     ``relevance`` (``text_measures``), and with a ``fit`` (``text_fit``) ``coherence_text_fit``.
-Columns already in ``gold`` stay (``probe_columns``' ``trait_probe`` and ``coherence_probe``). Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
+    Columns already in ``gold`` stay (``probe_columns``' ``trait_probe`` and ``coherence_probe``).
+    Pairs (``judge_power.gold_pairs``: same trait and question, ``hi`` has the
     higher label) gain ``win_absolute`` (``win_anchored``), ``win_pairwise`` (the judge's
     order-averaged decision, ``Preference.win``) and ``p_pairwise`` (its probability), and for
     traits with an opposite ``win_pairwise_opposite`` and ``p_pairwise_opposite``.
@@ -770,7 +757,7 @@ def control_wins(judge: Judge, answers: pd.DataFrame, P: Params, anchored: bool 
                  probe: tuple[probe_reader.ProbeReader, LoadedModel] | None = None) -> pd.DataFrame:
     """Per (contrast, method, question): the method's win (1: it says the answer steered towards
     optimism shows more of it, 0: less, ½: a tie) and, for scored methods, the score difference.
-    ``probe``: the optimism probe and its reader model (``fit_probes``), read as one more method."""
+    ``probe``: the optimism probe and its reader model (``probe_reader.fit_gold``), read as one more method."""
     by = {sign: answers[answers.ratio == sign * P.control_ratio].set_index("question").answer
           for sign in (-1.0, 0.0, 1.0)}
     qs = list(by[0.0].index)
@@ -783,9 +770,9 @@ def control_wins(judge: Judge, answers: pd.DataFrame, P: Params, anchored: bool 
                for sign, ans in by.items()}
         if not any(v is None for v in got.values()):  # None: the method does not read optimism
             scores[m] = got
-    if probe is not None:
-        scores["probe"] = {sign: probe_reader.read(probe[0], probe[1], [(q, ans[q]) for q in qs], progress=progress)
-                           for sign, ans in by.items()}
+    if probe is not None:  # one pass over every answer, then split by sign
+        got = probe_reader.read(probe[0], probe[1], [(q, ans[q]) for ans in by.values() for q in qs], progress=progress)
+        scores["probe"] = {sign: got[i * len(qs):(i + 1) * len(qs)] for i, sign in enumerate(by)}
     for name, hi, lo in CONTROL_CONTRASTS:
         for m, sc in scores.items():
             diff = sc[hi] - sc[lo]
