@@ -21,8 +21,10 @@
 # `site` on the response positions of several layers at a log-spaced grid of ratios, while the
 # model answers held-out opinion questions greedily. The trait is read as a **win** over the
 # unsteered answer to the same question, by `trait_method`: `absolute` compares the judge's 0–100
-# scores of the two, `yesno` its yes/no readings of the two, `pairwise` asks the judge which shows
-# more (both orders averaged). The
+# scores of the two, `yesno` its yes/no readings of the two, `opposite` 100 − its scores of the
+# trait's opposite, `probe` the readings of a probe fitted on the trait's gold answers to the
+# local judge model's activations (the judge is asked nothing), `pairwise` asks the judge which
+# shows more (both orders averaged). The
 # judge-calibration report says which method each judge reads best, with a positive control on
 # this very kind of steering (the 0.5B judge: absolute) — and coherence from the **text** (distinct-2 and log-perplexity under the
 # unsteered model, floors fitted on our gold sets' coherence labels). The ratio's denominator is

@@ -211,3 +211,38 @@ def test_steered_answers_are_read_by_each_rows_trait_probe_and_the_coherence_pro
     assert paired_effects(fixed, by=["ratio"], baseline=fixed.ratio == 0.0).shape[0] == 1
     with pytest.raises(KeyError, match="no probe for 'uncertainty' .*have: optimism, refusal, coherence"):
         probe_answers(probes, m, answers.assign(trait="uncertainty"), progress=False)
+
+
+def test_judge_answers_read_by_probe_fit_the_gold_through_the_local_judges_own_model(tmp_path, monkeypatch):
+    from traitlab.judge import Judge, JudgeConfig, LocalBackend
+    from traitlab.steered_eval import judge_answers, judge_probes, probe_answers
+
+    monkeypatch.setenv("TRAITLAB_CACHE", str(tmp_path))
+    m = load_model("tiny-qwen2")
+    judge = Judge(JudgeConfig(backend="local", model="tiny-qwen2"), backend=LocalBackend(m), cache=None)
+    answers = pd.DataFrame({"trait": ["optimism", "optimism", "refusal", "refusal"], "question": ["a", "b"] * 2,
+                            "answer": ["Great news!", "", "I can't.", "Here it is."]})
+    got = judge_answers(judge, answers, ["trait", "coherence"], reading="probe")
+    probes = PR.fit_gold(m, ["optimism", "refusal"], progress=False)  # on the tune part, as judge_probes
+    want = probe_answers(probes, m, answers, ["trait", "coherence"])
+    pd.testing.assert_frame_equal(got, want)
+    assert np.isnan(got.trait[1]) and got.trait.drop(index=1).notna().all()
+    one = judge_answers(judge, answers[answers.trait == "refusal"], {"trait": "score"}, trait="refusal",
+                        reading="probe")
+    np.testing.assert_allclose(one.score, want.trait[2:], rtol=1e-5)  # another batch: float rounding
+    assert set(judge_probes(judge, ["refusal"], coherence=False)) == {"refusal"}
+
+
+def test_reading_by_probe_needs_a_local_judge_and_a_gold_set():
+    from traitlab.data import DataError
+    from traitlab.judge import Judge, JudgeConfig, LocalBackend
+    from traitlab.steered_eval import judge_answers
+
+    answers = pd.DataFrame({"question": ["a"], "answer": ["fine"]})
+    http = Judge(JudgeConfig(backend="openai", model="gpt-4.1-mini", base_url="http://localhost:1"), cache=None)
+    with pytest.raises(ValueError, match="shows none: use a local judge"):
+        judge_answers(http, answers, trait="optimism", reading="probe")
+    local = Judge(JudgeConfig(backend="local", model="tiny-qwen2"), backend=LocalBackend(load_model("tiny-qwen2")),
+                  cache=None)
+    with pytest.raises(DataError, match=r"gold_formality\.jsonl does not exist: label answers for 'formality'"):
+        judge_answers(local, answers, trait="formality", reading="probe")

@@ -199,3 +199,30 @@ def test_absolute_wins_compare_each_answer_with_its_own_questions_unsteered_scor
     assert wins.iloc[:4].tolist() == [1.0, 0.0, 0.5, 1.0] and np.isnan(wins.iloc[4])
     with pytest.raises(ValueError, match="absolute"):
         rz.trait_wins(Stub(), steered, base, "optimism", "ranked", progress=False)
+
+
+def test_probe_wins_compare_the_probe_readings_of_each_answer_and_its_own_questions_unsteered_one(
+        tmp_path, monkeypatch):
+    from traitlab import probe_reader
+    from traitlab.judge import Judge, JudgeConfig, LocalBackend
+    from traitlab.models import load_model
+
+    monkeypatch.setenv("TRAITLAB_CACHE", str(tmp_path))
+    m = load_model("tiny-qwen2")
+    judge = Judge(JudgeConfig(backend="local", model="tiny-qwen2"), backend=LocalBackend(m), cache=None)
+    base = pd.DataFrame({"question": ["a", "b"], "answer": ["It is fine.", "Hard to say."]})
+    steered = pd.DataFrame({"question": ["b", "a", "a"], "answer": ["Wonderful!", "Awful.", ""]})
+    wins = rz.trait_wins(judge, steered, base, "optimism", "probe", progress=False)
+    p = probe_reader.fit_gold(m, ["optimism"], coherence=False, progress=False)["optimism"]
+    base_r = probe_reader.read(p, m, list(zip(base.question, base.answer, strict=True)), progress=False)
+    hi = probe_reader.read(p, m, list(zip(steered.question, steered.answer, strict=True)), progress=False)
+    want = (np.sign(hi[:2] - base_r[[1, 0]]) + 1) / 2
+    assert wins.iloc[:2].tolist() == want.tolist() and np.isnan(wins.iloc[2])  # the empty answer: no reading
+
+
+def test_probe_trait_method_needs_a_local_judge_and_the_traits_gold_set():
+    with pytest.raises(ParamError, match="set judge_backend: local"):
+        _params(trait_method="probe", judge_backend="openai", judge_model="gpt-4.1-mini")
+    with pytest.raises(ParamError, match=r"fits a probe on 'formality'.s gold answers: .*gold_formality\.jsonl"):
+        _params(trait="formality", trait_method="probe").check()
+    assert _params(trait_method="opposite").trait_method == "opposite"

@@ -44,8 +44,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import probe_reader, uncertainty
+from . import judge_power, probe_reader, uncertainty
 from .chat import Encoded
+from .data import DataError
 from .gencache import generate_cached
 from .judge import Judge
 from .models import LoadedModel
@@ -200,10 +201,12 @@ GENERATION_METHOD = "grid-v1"
 """Version of the generation code; part of every cached generation's key."""
 
 
-JUDGE_READINGS = ("absolute", "yesno", "opposite")
+JUDGE_READINGS = ("absolute", "yesno", "opposite", "probe")
 """How ``judge_answers`` reads a 0–100 score: the judge's logprob score (``Judge.score_many``),
-its yes/no question (``Judge.yesno_many``) or, for the trait, 100 − its score of the trait's
-opposite (``Judge.opposite_many``; coherence, which has none, is then read by its score); the
+its yes/no question (``Judge.yesno_many``), for the trait 100 − its score of the trait's
+opposite (``Judge.opposite_many``; coherence, which has none, is then read by its score), or
+``probe``: the judge is asked nothing, and probes fitted on the gold sets' tune part read the
+local judge model's activations (``judge_probes``; a trait needs a gold set). The
 judge-calibration report says which sees more."""
 
 
@@ -218,6 +221,11 @@ def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str
     """
     if reading not in JUDGE_READINGS:
         raise ValueError(f"reading must be one of {', '.join(JUDGE_READINGS)}, got {reading!r}")
+    if reading == "probe":
+        _check_trait_column(answers, trait)
+        traits = [trait] if trait is not None else list(dict.fromkeys(answers.trait))
+        probes = judge_probes(judge, traits, coherence="coherence" in _columns(metrics), progress=progress)
+        return probe_answers(probes, judge.backend.model, answers, metrics, trait=trait, progress=progress)
 
     def read(metric: str, t: str, g: pd.DataFrame) -> list[float]:
         items = list(zip(g.question, g.answer, strict=True))
@@ -228,6 +236,26 @@ def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str
         return [math.nan if x.value is None else x.value for x in s]
 
     return _metric_columns(answers, metrics, trait, read)
+
+
+def judge_probes(judge: Judge, traits: Sequence[str], *, coherence: bool = True,
+                 progress: bool = False) -> dict[str, ProbeReader]:
+    """The probes ``judge_answers(..., reading="probe")`` reads with: one per trait in ``traits``
+    and, with ``coherence``, one for coherence (on those traits' gold coherence labels), fitted
+    through the local judge's own model on the gold sets' tune part (``probe_reader.fit_gold``).
+    The activation cache makes a refit cheap.
+
+    Raises ``ValueError`` for an HTTP judge (it shows no activations) and ``DataError`` naming the
+    missing ``gold_<trait>.jsonl`` for a trait without a gold set.
+    """
+    if judge.config.backend != "local":
+        raise ValueError(f"reading='probe' reads the judge model's activations; the {judge.config.backend!r} "
+                         f"judge {judge.config.model!r} shows none: use a local judge (judge_backend: local)")
+    for t in traits:
+        if not judge_power.gold_path(t).is_file():
+            raise DataError(f"reading='probe' fits its probe on gold answers, and {judge_power.gold_path(t)} "
+                            f"does not exist: label answers for {t!r} there or read it with the judge")
+    return probe_reader.fit_gold(judge.backend.model, list(traits), coherence=coherence, progress=progress)
 
 
 def probe_answers(probes: Mapping[str, ProbeReader], reader: LoadedModel, answers: pd.DataFrame,

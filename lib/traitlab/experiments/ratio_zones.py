@@ -53,19 +53,26 @@ import torch
 from .. import judge_power, records, steering, textstats
 from .. import uncertainty as unc
 from ..activations import extract
-from ..data import load_trait, opinion_questions
+from ..data import DataError, load_trait, opinion_questions
 from ..directions import METHODS, fit_direction
 from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
-from ..steered_eval import Condition, at_ratio, generate_answers
+from ..steered_eval import Condition, at_ratio, generate_answers, judge_answers
 
 SEED = {"sweet_spot": (0.5, 0.8), "breakdown": (1.0, 1.3), "broken_above": 1.3,
         "mean_diff_separation": (0.12, 0.15), "probe_drop": 3.0, "probe_layers": (10, 16), "n_layers": 26}
 """The seed's numbers (Gemma-2-2B, 26 layers)."""
 
 NORM_POSITIONS = ("response", "all", "no_first")
+
+
+TRAIT_METHODS = ("absolute", "yesno", "opposite", "probe", "pairwise")
+"""How ``trait_wins`` compares a steered answer with the unsteered one: by the two answers'
+0–100 readings (``steered_eval.JUDGE_READINGS``: the judge's score, its yes/no reading, 100 − its
+score of the trait's opposite, or a probe on the local judge model's activations fitted on the
+trait's gold set), or ``pairwise``, the judge's decision between the two."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,9 @@ class Params:
     max_new_tokens: int = 32
     coherent_share: float = 0.5
     """A condition is broken when fewer than this share of its answers are coherent."""
-    trait_method: Literal["absolute", "yesno", "pairwise"] = "absolute"
-    """How the judge compares a steered answer with the unsteered one (see judge_calibration)."""
+    trait_method: Literal["absolute", "yesno", "opposite", "probe", "pairwise"] = "absolute"
+    """How a steered answer is compared with the unsteered one (``TRAIT_METHODS``; which sees most:
+    the judge-calibration report). ``probe`` needs a local judge and a gold set for ``trait``."""
     gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
     """Gold sets whose coherence labels calibrate the text floors (``data/judge/gold_<trait>.jsonl``)."""
     judge_backend: Literal["local", "openai"] = "local"
@@ -116,8 +124,11 @@ class Params:
             raise ParamError(f"norm_positions must be one of {', '.join(NORM_POSITIONS)}, got {self.norm_positions!r}")
         if self.n_questions < 4:
             raise ParamError(f"n_questions must be >= 4 (the CIs resample questions), got {self.n_questions}")
-        if self.trait_method not in ("absolute", "yesno", "pairwise"):
-            raise ParamError(f"trait_method must be 'absolute', 'yesno' or 'pairwise', got {self.trait_method!r}")
+        if self.trait_method not in TRAIT_METHODS:
+            raise ParamError(f"trait_method must be one of {', '.join(TRAIT_METHODS)}, got {self.trait_method!r}")
+        if self.trait_method == "probe" and self.judge_backend != "local":
+            raise ParamError("trait_method 'probe' reads the judge model's activations: set judge_backend: local "
+                             "(an HTTP judge shows none) or choose another trait_method")
         if not 0 < self.coherent_share < 1:
             raise ParamError(f"coherent_share must be in (0, 1), got {self.coherent_share}")
         for name in ("max_new_tokens", "batch_size", "n_boot"):
@@ -133,6 +144,11 @@ class Params:
     def check(self, n_layers: int | None = None) -> list[Site]:
         """The steered sites, after checking the model, layers, prompt sets and gold sets exist
         (before any model work)."""
+        if self.trait_method == "probe":
+            try:
+                judge_power.load_gold(self.trait, "tune")
+            except DataError as err:
+                raise ParamError(f"trait_method 'probe' fits a probe on {self.trait!r}'s gold answers: {err}") from None
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
         try:
@@ -237,25 +253,24 @@ def steered_answers(P: Params, lm: LoadedModel, vectors: dict, qs: pd.DataFrame,
 
 
 def trait_wins(judge: Judge, steered: pd.DataFrame, base: pd.DataFrame, trait: str,
-               method: Literal["absolute", "yesno", "pairwise"] = "absolute", progress: bool = True) -> pd.Series:
-    """Per steered answer: 1 when the judge finds it shows more of ``trait`` than the unsteered
-    answer to the same question, 0 when less, ½ for a tie, NaN without a usable reply.
-    ``absolute`` compares the two answers' 0–100 scores; ``yesno`` their yes/no readings
-    (``Judge.yesno_many``); ``pairwise`` takes the judge's decision between them (both orders
-    averaged)."""
+               method: str = "absolute", progress: bool = True) -> pd.Series:
+    """Per steered answer: 1 when ``method`` (``TRAIT_METHODS``) finds it shows more of ``trait``
+    than the unsteered answer to the same question, 0 when less, ½ for a tie, NaN without a
+    usable reading. ``pairwise`` takes the judge's decision between the two (both orders
+    averaged); every other method compares the two answers' 0–100 readings
+    (``steered_eval.judge_answers`` with that ``reading``)."""
+    if method not in TRAIT_METHODS:
+        raise ValueError(f"method must be one of {', '.join(TRAIT_METHODS)}, got {method!r}")
     ref = base.set_index("question").answer
     if method == "pairwise":
         got = judge.prefer_many([(q, a, ref[q]) for q, a in zip(steered.question, steered.answer, strict=True)],
                                 trait=trait, progress=progress)
         return pd.Series([np.nan if g.win is None else g.win for g in got], index=steered.index, name="win")
-    if method not in ("absolute", "yesno"):
-        raise ValueError(f"method must be 'absolute', 'yesno' or 'pairwise', got {method!r}")
-    items = [(q, ref[q]) for q in ref.index] + list(zip(steered.question, steered.answer, strict=True))
-    read = judge.yesno_many if method == "yesno" else judge.score_many
-    scores = [np.nan if x.value is None else x.value for x in read("trait", items, trait=trait, progress=progress)]
+    items = pd.DataFrame({"question": [*ref.index, *steered.question], "answer": [*ref, *steered.answer]})
+    scores = judge_answers(judge, items, ("trait",), trait=trait, reading=method, progress=progress).trait
     pairs = pd.DataFrame({"hi": np.arange(len(ref), len(items)),            # the steered answer
                           "lo": steered.question.map({q: i for i, q in enumerate(ref.index)}).to_numpy(int)})
-    return pd.Series(judge_power.score_wins(scores, pairs), index=steered.index, name="win")
+    return pd.Series(judge_power.score_wins(scores.to_numpy(float), pairs), index=steered.index, name="win")
 
 
 # ----------------------------------------------------------------------------------------
