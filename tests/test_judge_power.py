@@ -11,10 +11,20 @@ import pytest
 
 from traitlab import judge_power as JP
 from traitlab.data import DataError
+from traitlab.judge import TRAIT_DESCRIPTIONS
+from traitlab.paths import project_data
 from traitlab.uncertainty import POWER_Z
 
+SHIPPED = sorted(p.stem.removeprefix("gold_") for p in project_data("judge").glob("gold_*.jsonl"))
+"""Every gold set we ship (a new one is checked the moment it lands in data/judge)."""
 
-@pytest.mark.parametrize("trait", ["optimism", "uncertainty", "refusal"])
+
+def test_the_gold_sets_we_ship_cover_the_traits_the_reports_read():
+    assert {"optimism", "uncertainty", "refusal"} <= set(SHIPPED)
+    assert set(SHIPPED) <= set(TRAIT_DESCRIPTIONS)  # the judge has a definition of each
+
+
+@pytest.mark.parametrize("trait", SHIPPED)
 def test_shipped_gold_sets_are_graded_split_by_question_and_show_failure_shapes(trait):
     g = JP.load_gold(trait)
     assert len(g) >= 60 and set(g.split) == {"tune", "heldout"}
@@ -124,12 +134,11 @@ def test_anchored_prompt_shows_the_examples_in_score_order_before_the_question()
 
 def test_shipped_anchors_cover_the_gold_traits_and_coherence_on_other_questions():
     gold_questions = set()
-    for t in ("optimism", "uncertainty", "refusal"):
+    for t in SHIPPED:
         gold_questions |= set(JP.load_gold(t).question)
         assert [a.score for a in JP.load_anchors(t)] == [10, 50, 90]
     assert [a.score for a in JP.load_anchors("coherence")] == [10, 50, 90]
-    assert not gold_questions & {a.question for t in ("optimism", "uncertainty", "refusal", "coherence")
-                                 for a in JP.load_anchors(t)}
+    assert not gold_questions & {a.question for t in [*SHIPPED, "coherence"] for a in JP.load_anchors(t)}
 
 
 @pytest.mark.parametrize(("line", "message"), [

@@ -244,5 +244,5 @@ def test_reading_by_probe_needs_a_local_judge_and_a_gold_set():
         judge_answers(http, answers, trait="optimism", reading="probe")
     local = Judge(JudgeConfig(backend="local", model="tiny-qwen2"), backend=LocalBackend(load_model("tiny-qwen2")),
                   cache=None)
-    with pytest.raises(DataError, match=r"gold_formality\.jsonl does not exist: label answers for 'formality'"):
-        judge_answers(local, answers, trait="formality", reading="probe")
+    with pytest.raises(DataError, match=r"gold_candour\.jsonl does not exist: label answers for 'candour'"):
+        judge_answers(local, answers, trait="candour", reading="probe")

@@ -220,9 +220,12 @@ def test_probe_wins_compare_the_probe_readings_of_each_answer_and_its_own_questi
     assert wins.iloc[:2].tolist() == want.tolist() and np.isnan(wins.iloc[2])  # the empty answer: no reading
 
 
-def test_probe_trait_method_needs_a_local_judge_and_the_traits_gold_set():
+def test_probe_trait_method_needs_a_local_judge_and_the_traits_gold_set(monkeypatch):
+    from traitlab.judge import TRAIT_DESCRIPTIONS
+
     with pytest.raises(ParamError, match="set judge_backend: local"):
         _params(trait_method="probe", judge_backend="openai", judge_model="gpt-4.1-mini")
-    with pytest.raises(ParamError, match=r"fits a probe on 'formality'.s gold answers: .*gold_formality\.jsonl"):
-        _params(trait="formality", trait_method="probe").check()
+    monkeypatch.setitem(TRAIT_DESCRIPTIONS, "candour", "saying plainly what one thinks.")  # a trait without gold
+    with pytest.raises(ParamError, match=r"fits a probe on 'candour'.s gold answers: .*gold_candour\.jsonl is missing"):
+        _params(trait="candour", trait_method="probe").check()
     assert _params(trait_method="opposite").trait_method == "opposite"
