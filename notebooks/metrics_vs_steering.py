@@ -20,13 +20,16 @@
 # scored on the val split (accuracy, Cohen's d, AUROC). Then the unit direction is added at
 # `site` of that layer on the response positions with coefficient `ratio` × the site's mean
 # activation norm (one perturbation ratio for every cell), and the held-out questions are
-# answered greedily. The judge scores the cell's trait (logprob method, 0–100); the steering
-# delta is the steered mean minus the unsteered mean on the same question, with a t-interval over
-# questions. Coherence is read from the text (distinct-2 and perplexity floors fitted on the gold
+# answered greedily. Each answer's trait is read by `reading` on a 0–100 scale: `probe` (the
+# default) asks the judge nothing and reads the judge model's activations with a probe fitted on
+# the trait's gold answers (the judge-calibration report finds the 0.5B judge's own score blind to
+# formality and humor, and the probe reading them at r ≥ 0.89 on held-out gold); `absolute` is the
+# seed's logprob judge score. The steering delta is the steered mean minus the unsteered mean on
+# the same question, with a t-interval over questions. Coherence is read from the text (distinct-2 and perplexity floors fitted on the gold
 # sets).
 #
-# **First, can the judge read each trait?** The model answers the same questions under
-# paraphrased system prompts asking for the trait and for its opposite; if the judge cannot tell
+# **First, can the reader see each trait?** The model answers the same questions under
+# paraphrased system prompts asking for the trait and for its opposite; if the reader cannot tell
 # those two sets apart, a trait's steering deltas say nothing and its nulls are inconclusive.
 
 # %% tags=["parameters"]
@@ -43,6 +46,7 @@ max_new_tokens = 40
 late_frac = 0.75
 n_system_prompts = 5
 gold_traits = ["optimism", "uncertainty", "refusal"]
+reading = "probe"
 judge_backend = "local"
 judge_model = "qwen2.5-coder-0.5b-instruct"
 judge_base_url = None
@@ -89,17 +93,17 @@ from traitlab import judge_power, textstats  # noqa: E402
 judge = P.judge()
 metrics, vectors = mvs.fit_cells(P, lm, sites)
 answers = mvs.steer_cells(P, lm, vectors, qs)
-judged = mvs.judge_cells(judge, answers)
+judged = mvs.judge_cells(judge, answers, P.reading)
 instructed = mvs.instructed_control(P, lm, judge, qs)
 floors, _ = judge_power.calibrate_floors(lm, P.gold_traits, batch_size=P.batch_size)
 judged = judged.join(textstats.coherence_measures(lm, judged, batch_size=P.batch_size))
 judged["coherent"] = floors.coherent(judged)
 
 # %% [markdown]
-# ## 1. Can the judge read each trait?
-# Judge score of the answers under the positive and the negative system prompts (question i under
-# paraphrase i mod `n_system_prompts`), their difference paired by question with its 95%
-# t-interval and minimum detectable effect (MDE). `differ`: the judge reads the trait here.
+# ## 1. Can the reader see each trait?
+# The trait reading (`reading`) of the answers under the positive and the negative system prompts
+# (question i under paraphrase i mod `n_system_prompts`), their difference paired by question with
+# its 95% t-interval and minimum detectable effect (MDE). `differ`: the reader sees the trait here.
 
 # %%
 control = mvs.control_effects(instructed, P.traits)
@@ -134,7 +138,7 @@ for ax, (t, g) in zip(axes, cells.groupby("trait", sort=False), strict=True):
         ax.axhline(control.loc[t, "delta"], color="C2", ls="--", lw=1, label="instructed difference")
     ax.axhline(0, color="0.6", lw=0.8)
     ax.set(title=t, xlabel="layer")
-axes[0].set_ylabel("steering delta (judge points)")
+axes[0].set_ylabel(f"steering delta ({P.reading} reading, 0–100)")
 _ = axes[0].legend(fontsize=8)
 
 # %% [markdown]
@@ -182,9 +186,11 @@ display(records.verdict_table(record))
 # %% [markdown]
 # ## Caveats
 # - One perturbation ratio for every cell; a per-cell coefficient search could change the ranking.
-# - The judge's trait calibration on gold answers covers optimism only (judge_calibration); for
-#   formality and humor the only evidence that it reads the trait is the instructed control above.
-# - Coherence is measured, not used to filter: a delta can still come from degraded text the judge
+# - Every trait here has a gold set, and judge_calibration measures each reading on it (held-out
+#   questions, the 0.5B judge): the probe sees the smallest effects for formality and humor, where the
+#   judge's own score is blind, and ties it on optimism. The probe is fitted on short written
+#   answers; steered answers are a shift of distribution, which the instructed control above checks.
+# - Coherence is measured, not used to filter: a delta can still come from degraded text the reader
 #   reads as the trait (see each cell's `coherent`).
 # - Cells share traits and layers; the question bootstrap moves a trait's cells together, but a
 #   correlation over 12 cells of one trait has little power (`r_mde`).

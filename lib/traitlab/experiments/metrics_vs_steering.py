@@ -2,7 +2,8 @@
 
 For every (trait, layer, method) cell: the extraction metrics of the fitted direction on the
 held-out pairs (accuracy, Cohen's d effect size, AUROC; ``traitlab.metrics``), and the steering
-delta it causes: the judge's mean trait score over held-out questions when the unit direction
+delta it causes: the mean trait reading (``Params.reading``: a probe on the judge model's
+activations by default, or the judge's score) over held-out questions when the unit direction
 is added at ``site`` (response positions, coefficient = ``ratio`` × the site's mean activation
 norm), minus the unsteered answers' mean trait score. Across cells we correlate each metric
 with the delta (Pearson and Spearman over cells, pooled and within each trait; bootstrap CIs
@@ -11,9 +12,9 @@ the best extraction layer with the best steering layer per trait.
 
 Each cell's delta carries a t-interval over questions (a cell "steers the wrong way" only when
 it lies below 0) and the share of its answers that are coherent by their text (distinct-2 and
-perplexity floors fitted on the gold sets). Before any of this, the judge's positive control per
+perplexity floors fitted on the gold sets). Before any of this, the reader's positive control per
 trait: the model answers the same questions under system prompts asking for the trait and for
-its opposite (``data.system_prompts``); a trait whose two sets the judge cannot tell apart has
+its opposite (``data.system_prompts``); a trait whose two sets the reader cannot tell apart has
 deltas that say nothing, and its nulls are inconclusive.
 
 Example:
@@ -39,12 +40,13 @@ from ..activations import extract
 from ..data import load_trait, opinion_questions, system_prompts
 from ..directions import METHODS, fit_direction
 from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
-from ..judge_power import load_gold
+from ..judge_power import gold_path, load_gold
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steered_eval import (
+    JUDGE_READINGS,
     Condition,
     at_ratio,
     generate_answers,
@@ -81,6 +83,11 @@ class Params:
     """Paraphrased system prompts per polarity in the judge's positive control (0: no control)."""
     gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
     """Gold sets whose coherence labels fit the text-coherence floors."""
+    reading: Literal["absolute", "yesno", "opposite", "probe"] = "probe"
+    """How each answer's trait is read (``steered_eval.JUDGE_READINGS``): ``probe`` (the default)
+    reads the local judge model's activations with a probe fitted on each trait's gold answers —
+    the judge-calibration report finds the 0.5B judge's own score blind to formality and humor
+    and its activations reading them; ``absolute`` is the seed's logprob judge score."""
     judge_backend: Literal["local", "openai"] = "local"
     judge_model: str = "qwen2.5-coder-0.5b-instruct"
     judge_base_url: str | None = None
@@ -116,6 +123,11 @@ class Params:
         for name in ("max_new_tokens", "batch_size", "n_boot"):
             if getattr(self, name) < 1:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.reading not in JUDGE_READINGS:
+            raise ParamError(f"reading must be one of {', '.join(JUDGE_READINGS)}, got {self.reading!r}")
+        if self.reading == "probe" and self.judge_backend != "local":
+            raise ParamError("reading 'probe' reads the judge model's activations: set judge_backend: local "
+                             "(an HTTP judge shows none) or choose another reading")
         if self.judge_dtype not in ("auto", "float32", "bfloat16"):
             raise ParamError(f"judge_dtype must be 'auto', 'float32' or 'bfloat16', got {self.judge_dtype!r}")
 
@@ -123,6 +135,11 @@ class Params:
         return [(t, x, m) for t in self.traits for x in self.layers for m in self.methods]
 
     def check(self) -> list[Site]:
+        if self.reading == "probe":
+            no_gold = [t for t in self.traits if not gold_path(t).is_file()]
+            if no_gold:
+                raise ParamError(f"reading 'probe' fits a probe on each trait's gold answers; {no_gold} have none "
+                                 f"(write {gold_path(no_gold[0])}) or set reading: absolute")
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
         try:
@@ -176,9 +193,11 @@ def steer_cells(P: Params, lm: LoadedModel, vectors: dict, questions: pd.DataFra
                             batch_size=P.batch_size, progress=progress)
 
 
-def judge_cells(judge: Judge, answers: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    """Add the judge's trait score (the cell's own trait) to every answer as ``score``."""
-    return judge_answers(judge, answers, {"trait": "score"}, progress=progress)
+def judge_cells(judge: Judge, answers: pd.DataFrame, reading: str = "absolute", progress: bool = True
+                ) -> pd.DataFrame:
+    """Add each answer's trait (the cell's own trait) as ``score``, read by ``reading``
+    (``steered_eval.judge_answers``)."""
+    return judge_answers(judge, answers, {"trait": "score"}, reading=reading, progress=progress)
 
 
 def instructed_control(P: Params, lm: LoadedModel, judge: Judge, questions: pd.DataFrame,
@@ -186,7 +205,7 @@ def instructed_control(P: Params, lm: LoadedModel, judge: Judge, questions: pd.D
     """The judge's positive control: per trait with system prompts, the answers to ``questions``
     under the first ``n_system_prompts`` paraphrases asking for the trait and for its opposite
     (question i under paraphrase i mod n), each judged for that trait (``score``). Empty when
-    ``n_system_prompts`` is 0 or no trait has system prompts."""
+    ``n_system_prompts`` is 0 or no trait has system prompts. Read by ``P.reading``, as the cells."""
     known = system_prompts() if P.n_system_prompts else {}
     parts = []
     for t in P.traits:
@@ -195,7 +214,8 @@ def instructed_control(P: Params, lm: LoadedModel, judge: Judge, questions: pd.D
         sysp = {pol: ps[:P.n_system_prompts] for pol, ps in known[t].items()}
         a = instructed_answers(lm, questions[["question"]], sysp, max_new_tokens=P.max_new_tokens,
                                batch_size=P.batch_size, progress=progress, desc=f"instructed {t}")
-        parts.append(judge_answers(judge, a.assign(trait=t), {"trait": "score"}, progress=progress))
+        parts.append(judge_answers(judge, a.assign(trait=t), {"trait": "score"}, reading=P.reading,
+                                   progress=progress))
     cols = ["question", "polarity", "prompt", "answer", "trait", "score"]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
 
