@@ -22,8 +22,14 @@
 # questions in `data/elicitation/sycophancy_questions.jsonl`, both written by us); `method` on the
 # response-mean activations of its own answers.
 #
-# **Order of the checks.** (1) Do the instructions change the answers, as the judge reads them?
-# If not, the instruction vector has nothing to capture and the judge cannot see the trait: every
+# **Reading the trait.** Every answer's trait is read on a 0–100 scale by `reading`: `probe` (the
+# default) asks the judge nothing and reads the judge model's activations with a probe fitted on
+# the trait's gold answers; `absolute` is the judge's logprob score, as the seed. On held-out gold
+# (judge-calibration report, the 0.5B judge) the probe sees the smallest effects on sycophancy
+# and ties the judge's score on optimism.
+#
+# **Order of the checks.** (1) Do the instructions change the answers, as the reader sees them?
+# If not, the instruction vector has nothing to capture and the reader cannot see the trait: every
 # steering null below is then inconclusive. (2) Per layer: cosine with a bootstrap interval, and
 # cross-projection (each vector on the other source's held-out examples) with Wilson intervals.
 # (3) Steering on the test questions with no system prompt, each delta with a t-interval over
@@ -43,6 +49,7 @@ n_system_prompts = 5
 n_instruction_questions = 10
 n_test_questions = 20
 max_new_tokens = 40
+reading = "probe"
 judge_backend = "local"
 judge_model = "qwen2.5-coder-0.5b-instruct"
 judge_base_url = None
@@ -83,8 +90,9 @@ print(P.judge().config)
 # NBVAL_IGNORE_OUTPUT
 judge = P.judge()
 vecs = {t: el.trait_vectors(P, lm, t, sites) for t in P.traits}
-instructed = el.judge_instructed(judge, vecs)
-steered = el.judge_steered(judge, pd.concat([el.steer(P, lm, t, vecs[t]) for t in P.traits], ignore_index=True))
+instructed = el.judge_instructed(judge, vecs, P.reading)
+steered = el.judge_steered(judge, pd.concat([el.steer(P, lm, t, vecs[t]) for t in P.traits], ignore_index=True),
+                           P.reading)
 cosines = {t: el.cosine_bootstrap(P, vecs[t]) for t in P.traits}
 res = el.Results(vecs, cosines, pd.concat([el.compare(t, vecs[t], cosines[t]) for t in P.traits]), instructed, steered)
 record = el.record(P, res)
@@ -138,7 +146,7 @@ display(el.cross_projection(cmp).round(1))
 
 # %% [markdown]
 # ## 3. Steering effect of each vector
-# Delta = steered minus unsteered judge score on the same question (95% t-interval over
+# Delta = steered minus unsteered trait reading on the same question (95% t-interval over
 # questions, MDE at 80% power); `steers` when the interval lies above 0.
 
 # %%
@@ -157,7 +165,7 @@ for t, r in ins.iterrows():
               label="instructed difference" if t == ins.index[0] else None)
 ax.axhline(0, color="grey", lw=0.8)
 ax.set_xticks(range(len(e)), labels, fontsize=7)
-ax.set_ylabel("judge delta (points)")
+ax.set_ylabel(f"delta ({P.reading} reading, points)")
 _ = ax.legend(fontsize=8)
 
 # %%
@@ -192,9 +200,9 @@ display(records.verdict_table(record))
 
 # %% [markdown]
 # ## Caveats
-# - The judge's trait calibration was measured on gold answers for optimism only
-#   (judge_calibration); for sycophancy the only evidence that the judge sees the trait is the
-#   instructed difference in section 1.
+# - Both traits have gold sets, and judge_calibration measures each reading on their held-out
+#   questions; the probe is fitted on short written answers, and the instructed difference in
+#   section 1 checks that it also sees the model's own answers.
 # - One perturbation ratio at two layers, not a coefficient search: "does not steer" means "not at
 #   this ratio and these layers".
 # - The cross-projection layer is the best of the grid, picked after the fact (as the seed reports

@@ -191,3 +191,14 @@ def test_steering_nulls_need_power():
     for cid in ("optimism_natural_steers", "optimism_instruction_steers", "sycophancy_instruction_steers",
                 "sycophancy_natural_no_steer"):
         assert v[cid][0] == "inconclusive" and "could not tell" in v[cid][1], cid
+
+
+def test_the_probe_reading_needs_a_local_judge_and_a_gold_set_per_trait(monkeypatch):
+    from traitlab.judge import TRAIT_DESCRIPTIONS
+
+    with pytest.raises(ParamError, match="reading 'probe' reads the judge model's activations"):
+        el.Params(judge_backend="openai", judge_model="gpt-4.1-mini")
+    assert el.Params(judge_backend="openai", judge_model="gpt-4.1-mini", reading="absolute").reading == "absolute"
+    monkeypatch.setitem(TRAIT_DESCRIPTIONS, "candour", "saying plainly what one thinks.")  # a trait without gold
+    with pytest.raises(ParamError, match=r"\['candour'\] have none"):
+        el.Params(traits=["optimism", "candour"]).check()

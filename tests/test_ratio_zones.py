@@ -226,6 +226,6 @@ def test_probe_trait_method_needs_a_local_judge_and_the_traits_gold_set(monkeypa
     with pytest.raises(ParamError, match="set judge_backend: local"):
         _params(trait_method="probe", judge_backend="openai", judge_model="gpt-4.1-mini")
     monkeypatch.setitem(TRAIT_DESCRIPTIONS, "candour", "saying plainly what one thinks.")  # a trait without gold
-    with pytest.raises(ParamError, match=r"fits a probe on 'candour'.s gold answers: .*gold_candour\.jsonl is missing"):
+    with pytest.raises(ParamError, match=r"trait_method 'probe' fits a probe on each trait's gold answers; \['candour'\]"):
         _params(trait="candour", trait_method="probe").check()
     assert _params(trait_method="opposite").trait_method == "opposite"

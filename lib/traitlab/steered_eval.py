@@ -50,6 +50,7 @@ from .data import DataError
 from .gencache import generate_cached
 from .judge import Judge
 from .models import LoadedModel
+from .params import ParamError
 from .probe_reader import ProbeReader
 from .sites import Site
 from .steering import Positions, Sampling, Steer, generate_steered_grid
@@ -208,6 +209,24 @@ opposite (``Judge.opposite_many``; coherence, which has none, is then read by it
 ``probe``: the judge is asked nothing, and probes fitted on the gold sets' tune part read the
 local judge model's activations (``judge_probes``; a trait needs a gold set). The
 judge-calibration report says which sees more."""
+
+
+def check_reading(reading: str, judge_backend: str, traits: Sequence[str] = (), *, key: str = "reading") -> None:
+    """A report's trait ``reading`` (``JUDGE_READINGS``), checked before model work: a one-line
+    ``ParamError`` for an unknown reading, for ``probe`` with an HTTP judge (it shows no
+    activations), and for ``probe`` with any of ``traits`` lacking a gold set to fit on. ``key``
+    names the parameter in the messages."""
+    if reading not in JUDGE_READINGS:
+        raise ParamError(f"{key} must be one of {', '.join(JUDGE_READINGS)}, got {reading!r}")
+    if reading != "probe":
+        return
+    if judge_backend != "local":
+        raise ParamError(f"{key} 'probe' reads the judge model's activations: set judge_backend: local "
+                         f"(an HTTP judge shows none) or choose another {key}")
+    no_gold = [t for t in traits if not judge_power.gold_path(t).is_file()]
+    if no_gold:
+        raise ParamError(f"{key} 'probe' fits a probe on each trait's gold answers; {no_gold} have none "
+                         f"(write {judge_power.gold_path(no_gold[0])}) or set {key}: absolute")
 
 
 def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str] | Sequence[str] = ("trait",),

@@ -48,6 +48,7 @@ from ..sites import SITE_NAMES, Site, check_sites
 from ..steered_eval import (
     Condition,
     at_ratio,
+    check_reading,
     generate_answers,
     instructed_answers,
     judge_answers,
@@ -94,6 +95,11 @@ class Params:
     n_instruction_questions: int = 10
     n_test_questions: int = 20
     max_new_tokens: int = 40
+    reading: Literal["absolute", "yesno", "opposite", "probe"] = "probe"
+    """How each answer's trait is read (``steered_eval.JUDGE_READINGS``): ``probe`` (the default)
+    reads the local judge model's activations with a probe fitted on the trait's gold answers (the
+    judge-calibration report: for the 0.5B judge it sees the smallest effects on sycophancy and
+    ties the judge's score on optimism); ``absolute`` is the judge's logprob score, as the seed."""
     judge_backend: Literal["local", "openai"] = "local"
     judge_model: str = "qwen2.5-coder-0.5b-instruct"
     judge_base_url: str | None = None
@@ -127,8 +133,10 @@ class Params:
         for name in ("max_new_tokens", "batch_size", "n_system_prompts", "n_boot"):
             if getattr(self, name) < 1:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_reading(self.reading, self.judge_backend)
 
     def check(self) -> list[Site]:
+        check_reading(self.reading, self.judge_backend, self.traits)
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
         try:
@@ -294,10 +302,13 @@ def cross_projection(cmp: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("trait")
 
 
-def judge_instructed(judge: Judge, tvs: dict[str, TraitVectors], progress: bool = True) -> pd.DataFrame:
-    """The judge's trait score (``score``) for every instructed answer to a test question."""
+def judge_instructed(judge: Judge, tvs: dict[str, TraitVectors], reading: str = "absolute",
+                     progress: bool = True) -> pd.DataFrame:
+    """The trait reading (``score``, by ``reading``: ``steered_eval.judge_answers``) of every
+    instructed answer to a test question."""
     parts = [tv.instruction_answers[tv.instruction_answers.split == "test"].assign(trait=t) for t, tv in tvs.items()]
-    return judge_answers(judge, pd.concat(parts, ignore_index=True), {"trait": "score"}, progress=progress)
+    return judge_answers(judge, pd.concat(parts, ignore_index=True), {"trait": "score"}, reading=reading,
+                         progress=progress)
 
 
 def instructed_effect(judged: pd.DataFrame) -> pd.DataFrame:
@@ -320,9 +331,10 @@ def steer(P: Params, lm: LoadedModel, trait: str, tv: TraitVectors, progress: bo
                             progress=progress, desc=f"steer {trait}")
 
 
-def judge_steered(judge: Judge, answers: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
-    """Add the judge's trait score to every answer as ``score``."""
-    return judge_answers(judge, answers, {"trait": "score"}, progress=progress)
+def judge_steered(judge: Judge, answers: pd.DataFrame, reading: str = "absolute", progress: bool = True
+                  ) -> pd.DataFrame:
+    """Add every answer's trait reading (by ``reading``) as ``score``."""
+    return judge_answers(judge, answers, {"trait": "score"}, reading=reading, progress=progress)
 
 
 def steering_effect(judged: pd.DataFrame) -> pd.DataFrame:

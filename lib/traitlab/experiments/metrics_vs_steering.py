@@ -40,15 +40,15 @@ from ..activations import extract
 from ..data import load_trait, opinion_questions, system_prompts
 from ..directions import METHODS, fit_direction
 from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
-from ..judge_power import gold_path, load_gold
+from ..judge_power import load_gold
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steered_eval import (
-    JUDGE_READINGS,
     Condition,
     at_ratio,
+    check_reading,
     generate_answers,
     instructed_answers,
     judge_answers,
@@ -123,11 +123,7 @@ class Params:
         for name in ("max_new_tokens", "batch_size", "n_boot"):
             if getattr(self, name) < 1:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.reading not in JUDGE_READINGS:
-            raise ParamError(f"reading must be one of {', '.join(JUDGE_READINGS)}, got {self.reading!r}")
-        if self.reading == "probe" and self.judge_backend != "local":
-            raise ParamError("reading 'probe' reads the judge model's activations: set judge_backend: local "
-                             "(an HTTP judge shows none) or choose another reading")
+        check_reading(self.reading, self.judge_backend)
         if self.judge_dtype not in ("auto", "float32", "bfloat16"):
             raise ParamError(f"judge_dtype must be 'auto', 'float32' or 'bfloat16', got {self.judge_dtype!r}")
 
@@ -135,11 +131,7 @@ class Params:
         return [(t, x, m) for t in self.traits for x in self.layers for m in self.methods]
 
     def check(self) -> list[Site]:
-        if self.reading == "probe":
-            no_gold = [t for t in self.traits if not gold_path(t).is_file()]
-            if no_gold:
-                raise ParamError(f"reading 'probe' fits a probe on each trait's gold answers; {no_gold} have none "
-                                 f"(write {gold_path(no_gold[0])}) or set reading: absolute")
+        check_reading(self.reading, self.judge_backend, self.traits)
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
         try:

@@ -53,13 +53,13 @@ import torch
 from .. import judge_power, records, steering, textstats
 from .. import uncertainty as unc
 from ..activations import extract
-from ..data import DataError, load_trait, opinion_questions
+from ..data import load_trait, opinion_questions
 from ..directions import METHODS, fit_direction
 from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
-from ..steered_eval import Condition, at_ratio, generate_answers, judge_answers
+from ..steered_eval import Condition, at_ratio, check_reading, generate_answers, judge_answers
 
 SEED = {"sweet_spot": (0.5, 0.8), "breakdown": (1.0, 1.3), "broken_above": 1.3,
         "mean_diff_separation": (0.12, 0.15), "probe_drop": 3.0, "probe_layers": (10, 16), "n_layers": 26}
@@ -126,9 +126,8 @@ class Params:
             raise ParamError(f"n_questions must be >= 4 (the CIs resample questions), got {self.n_questions}")
         if self.trait_method not in TRAIT_METHODS:
             raise ParamError(f"trait_method must be one of {', '.join(TRAIT_METHODS)}, got {self.trait_method!r}")
-        if self.trait_method == "probe" and self.judge_backend != "local":
-            raise ParamError("trait_method 'probe' reads the judge model's activations: set judge_backend: local "
-                             "(an HTTP judge shows none) or choose another trait_method")
+        if self.trait_method != "pairwise":
+            check_reading(self.trait_method, self.judge_backend, key="trait_method")
         if not 0 < self.coherent_share < 1:
             raise ParamError(f"coherent_share must be in (0, 1), got {self.coherent_share}")
         for name in ("max_new_tokens", "batch_size", "n_boot"):
@@ -144,11 +143,8 @@ class Params:
     def check(self, n_layers: int | None = None) -> list[Site]:
         """The steered sites, after checking the model, layers, prompt sets and gold sets exist
         (before any model work)."""
-        if self.trait_method == "probe":
-            try:
-                judge_power.load_gold(self.trait, "tune")
-            except DataError as err:
-                raise ParamError(f"trait_method 'probe' fits a probe on {self.trait!r}'s gold answers: {err}") from None
+        if self.trait_method != "pairwise":
+            check_reading(self.trait_method, self.judge_backend, [self.trait], key="trait_method")
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
         try:
