@@ -186,8 +186,13 @@ def fit_gold(model: LoadedModel, traits: Sequence[str], *, split: str = "tune", 
     with ``coherence``, one for ``"coherence"`` (every named gold set's coherence labels together),
     each fitted through ``model`` on the gold sets' ``split`` part (the *tune* part: a report that
     reads the held-out part reads it out of sample). Answers to one question share a fold."""
-    gold = pd.concat([judge_power.load_gold(t, split) for t in traits], ignore_index=True)
-    feats = answer_features(model, list(zip(gold.question, gold.response, strict=True)), progress=progress)
+    if not traits:
+        raise ProbeError("fit_gold needs at least one trait with a gold set")
+    parts = [judge_power.load_gold(t, split) for t in traits]
+    gold = pd.concat(parts, ignore_index=True)
+    # one extraction per gold set, so its activation cache serves any other choice of traits
+    per = [answer_features(model, list(zip(g.question, g.response, strict=True)), progress=progress) for g in parts]
+    feats = {la: np.concatenate([f[la] for f in per]) for la in per[0]}
     ident, groups = reader_identity(model), (gold.trait + "\n" + gold.question).to_numpy()
     out = {}
     for t in traits:
