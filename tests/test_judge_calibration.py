@@ -59,7 +59,6 @@ def test_agreement_is_exact():
 
 @pytest.mark.parametrize("kw, msg", [
     ({"trait": "whimsy"}, "no judge description"),
-    ({"gold_traits": ["formality"]}, "has no gold set .*gold_formality.jsonl; gold sets: optimism, refusal, uncertainty"),
     ({"gold_traits": []}, "at least one"),
     ({"gold_split": "test"}, "gold_split"),
     ({"top_logprobs": 40}, "top_logprobs"),
@@ -69,6 +68,14 @@ def test_agreement_is_exact():
 def test_calibration_params_fail_early(kw, msg):
     with pytest.raises(ParamError, match=msg):
         validate(jc.Params, kw)
+
+
+def test_a_trait_without_a_gold_set_fails_naming_the_file_and_the_sets_there(monkeypatch):
+    from traitlab.judge import TRAIT_DESCRIPTIONS
+
+    monkeypatch.setitem(TRAIT_DESCRIPTIONS, "candour", "saying plainly what one thinks.")
+    with pytest.raises(ParamError, match=r"has no gold set .*gold_candour\.jsonl; gold sets: formality, humor, optimism"):
+        jc.Params(gold_traits=["candour"])
 
 
 def test_judge_config_carries_every_knob():
