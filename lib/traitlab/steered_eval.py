@@ -241,9 +241,8 @@ def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str
     if reading not in JUDGE_READINGS:
         raise ValueError(f"reading must be one of {', '.join(JUDGE_READINGS)}, got {reading!r}")
     if reading == "probe":
-        _check_trait_column(answers, trait)
-        traits = [trait] if trait is not None else list(dict.fromkeys(answers.trait))
-        probes = judge_probes(judge, traits, coherence="coherence" in _columns(metrics), progress=progress)
+        probes = judge_probes(judge, _traits(answers, trait), coherence="coherence" in _columns(metrics),
+                              progress=progress)
         return probe_answers(probes, judge.backend.model, answers, metrics, trait=trait, progress=progress)
 
     def read(metric: str, t: str, g: pd.DataFrame) -> list[float]:
@@ -288,8 +287,7 @@ def probe_answers(probes: Mapping[str, ProbeReader], reader: LoadedModel, answer
 
     Raises ``KeyError`` naming the missing probe (fit one on a gold set of that trait).
     """
-    _check_trait_column(answers, trait)
-    traits = [trait] if trait is not None else list(dict.fromkeys(answers.trait))
+    traits = _traits(answers, trait)
     names = list(dict.fromkeys(n for m in _columns(metrics) for n in (traits if m == "trait" else [m])))
     for name in names:
         if name not in probes:
@@ -310,6 +308,12 @@ def _columns(metrics: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
 def _check_trait_column(answers: pd.DataFrame, trait: str | None) -> None:
     if trait is None and "trait" not in answers.columns:
         raise KeyError("answers have no 'trait' column: pass trait=")
+
+
+def _traits(answers: pd.DataFrame, trait: str | None) -> list[str]:
+    """The traits the answers are read for: ``trait``, or each row's own, in order of appearance."""
+    _check_trait_column(answers, trait)
+    return [trait] if trait is not None else list(dict.fromkeys(answers.trait))
 
 
 def _metric_columns(answers: pd.DataFrame, metrics: Mapping[str, str] | Sequence[str], trait: str | None,

@@ -206,10 +206,12 @@ def instructed_control(P: Params, lm: LoadedModel, judge: Judge, questions: pd.D
         sysp = {pol: ps[:P.n_system_prompts] for pol, ps in known[t].items()}
         a = instructed_answers(lm, questions[["question"]], sysp, max_new_tokens=P.max_new_tokens,
                                batch_size=P.batch_size, progress=progress, desc=f"instructed {t}")
-        parts.append(judge_answers(judge, a.assign(trait=t), {"trait": "score"}, reading=P.reading,
-                                   progress=progress))
-    cols = ["question", "polarity", "prompt", "answer", "trait", "score"]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+        parts.append(a.assign(trait=t))
+    if not parts:
+        return pd.DataFrame(columns=["question", "polarity", "prompt", "answer", "trait", "score"])
+    # one reading over every trait's answers (each row read for its own trait): one probe fit, one pass
+    return judge_answers(judge, pd.concat(parts, ignore_index=True), {"trait": "score"}, reading=P.reading,
+                         progress=progress)
 
 
 def control_effects(instructed: pd.DataFrame, traits: list[str]) -> pd.DataFrame:

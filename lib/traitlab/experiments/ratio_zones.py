@@ -59,7 +59,14 @@ from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
-from ..steered_eval import Condition, at_ratio, check_reading, generate_answers, judge_answers
+from ..steered_eval import (
+    JUDGE_READINGS,
+    Condition,
+    at_ratio,
+    check_reading,
+    generate_answers,
+    judge_answers,
+)
 
 SEED = {"sweet_spot": (0.5, 0.8), "breakdown": (1.0, 1.3), "broken_above": 1.3,
         "mean_diff_separation": (0.12, 0.15), "probe_drop": 3.0, "probe_layers": (10, 16), "n_layers": 26}
@@ -68,7 +75,7 @@ SEED = {"sweet_spot": (0.5, 0.8), "breakdown": (1.0, 1.3), "broken_above": 1.3,
 NORM_POSITIONS = ("response", "all", "no_first")
 
 
-TRAIT_METHODS = ("absolute", "yesno", "opposite", "probe", "pairwise")
+TRAIT_METHODS = (*JUDGE_READINGS, "pairwise")
 """How ``trait_wins`` compares a steered answer with the unsteered one: by the two answers'
 0–100 readings (``steered_eval.JUDGE_READINGS``: the judge's score, its yes/no reading, 100 − its
 score of the trait's opposite, or a probe on the local judge model's activations fitted on the
