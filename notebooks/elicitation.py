@@ -99,12 +99,15 @@ record = el.record(P, res)
 
 # %% [markdown]
 # ## 1. Do the instructions change the answers?
-# Judge score of the answers to the test questions under the positive and the negative system
-# prompts (question i under paraphrase i mod `n_system_prompts`), the difference paired by
-# question with its 95% t-interval and minimum detectable effect (MDE, 80% power).
+# The trait reading (`reading`) of the answers to the test questions under the positive and the
+# negative system prompts (question i under paraphrase i mod `n_system_prompts`), the difference
+# paired by question with its 95% t-interval and minimum detectable effect (MDE, 80% power); and
+# how much the instructions changed the text: `same`, the share of question pairs whose two
+# answers have the same words, and `similarity`, their mean word similarity (1 = unchanged). A
+# difference the reader cannot see with most pairs alike is a model that ignored the instructions.
 
 # %%
-display(res.instructed_effect.round(2))
+display(res.instructed_effect.drop(columns="similarity_se", errors="ignore").round(2))
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -104,10 +104,13 @@ judged["coherent"] = floors.coherent(judged)
 # The trait reading (`reading`) of the answers under the positive and the negative system prompts
 # (question i under paraphrase i mod `n_system_prompts`), their difference paired by question with
 # its 95% t-interval and minimum detectable effect (MDE). `differ`: the reader sees the trait here.
+# A control can also fail because the model ignores the instructions: `same` is the share of
+# question pairs whose two answers have the same words, `similarity` their mean word similarity
+# (1 = unchanged).
 
 # %%
 control = mvs.control_effects(instructed, P.traits)
-display(control.round(2))
+display(control.drop(columns="similarity_se", errors="ignore").round(2))
 print(f"Coherence floors: distinct-2 ≥ {floors.distinct2_min:.2f}, log-perplexity ≤ {floors.log_ppl_max:.2f} "
       f"(balanced accuracy {100 * floors.balanced_accuracy:.0f}% on {floors.n} gold answers); unsteered answers "
       f"coherent: {100 * judged[judged.method == 'baseline'].drop_duplicates('question').coherent.mean():.0f}%")

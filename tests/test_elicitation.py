@@ -191,6 +191,8 @@ def test_steering_nulls_need_power():
     for cid in ("optimism_natural_steers", "optimism_instruction_steers", "sycophancy_instruction_steers",
                 "sycophancy_natural_no_steer"):
         assert v[cid][0] == "inconclusive" and "could not tell" in v[cid][1], cid
+        assert "the instructions left 4/4 answer pairs word for word the same" in v[cid][1], cid  # all ""
+    assert blind["optimism_instructed.same"].value == 1.0 and blind["sycophancy_instructed.similarity"].value == 1.0
 
 
 def test_the_probe_reading_needs_a_local_judge_and_a_gold_set_per_trait(monkeypatch):

@@ -164,6 +164,12 @@ def test_record_quantities_claims_and_golden_check():
     # the same null without a positive control: the deltas may be judge noise
     blind = {c.id: c for c in mvs.record(P, flat, corr2, best2, jflat).claims}["effect_size_predicts"]
     assert blind.verdict == "inconclusive" and "positive control" in blind.reason
+    # a control that fails because the instructions changed no answer says so (every answer here is "")
+    ignored = mvs.control_effects(_control({"optimism": 0.0, "formality": 0.0}, sd=5.0), P.traits)
+    rec3 = mvs.record(P, flat, corr2, best2, jflat, ignored)
+    c = {c.id: c for c in rec3.claims}["effect_size_predicts"]
+    assert c.verdict == "inconclusive" and "optimism: the instructions left 8/8 answer pairs word for word" in c.reason
+    assert rec3["control.optimism.same"].value == 1.0 and rec3["control.formality.similarity"].value == 1.0
     assert records.compare(rec, rec) == []
     problems = records.compare(rec, rec2)
     assert any(p.startswith("metrics_vs_steering.effect_size_r:") for p in problems)

@@ -158,3 +158,31 @@ def test_generations_are_cached_by_every_input(tiny, tmp_cache, monkeypatch):
         again = se.generate_answers(tiny, qs, conds, max_new_tokens=3)
     assert again.equals(first)
     assert not se.generate_answers(tiny, qs, conds, max_new_tokens=3, cache=False).empty
+
+
+def test_instruction_change_pairs_answers_by_question_and_paraphrase():
+    """Each positive answer meets the negative answer to the same question under the same
+    paraphrase index; ``same`` counts word-for-word equal pairs, ``similarity`` is their mean."""
+    rows = []
+    for q, (pos, neg) in enumerate([("It will be great!", "it will be GREAT"),  # same words
+                                    ("Sunny days ahead.", "Storms are coming."),  # nothing shared
+                                    ("I do not know the answer", "I don't know the answer")]):
+        for k in (0, 1):  # paraphrase 1 changes nothing: pairs must not cross paraphrases
+            rows += [{"trait": "t", "question": q, "prompt": k, "polarity": "positive", "answer": pos if k == 0 else neg},
+                     {"trait": "t", "question": q, "prompt": k, "polarity": "negative", "answer": neg}]
+    df = pd.DataFrame(rows).assign(score=50.0)
+    ch = se.instruction_change(df).loc["t"]
+    assert ch.pairs == 6 and ch.same == pytest.approx(4 / 6)
+    assert ch.similarity == pytest.approx((1 + 0 + 8 / 11 + 3) / 6)
+    assert se.change_text(ch) == ("the instructions left 4/6 answer pairs word for word the same "
+                                  "(mean word similarity 0.79)")
+    q = {x.name: x for x in se.change_quantities("control.t", ch)}
+    assert q["control.t.same"].value == pytest.approx(4 / 6) and q["control.t.same"].n == 6
+    assert q["control.t.similarity"].value == pytest.approx(ch.similarity)
+    one = df[df.prompt == 0]  # one answer per question and polarity, as the reports' controls have
+    e = se.polarity_effects(one).loc["t"]  # the same columns beside the judged difference
+    assert e.delta == 0.0 and e.pairs == 3 and e.same == pytest.approx(1 / 3)
+    assert e.similarity == pytest.approx((1 + 0 + 8 / 11) / 3)
+    # without answers (or pairs) there is nothing to say
+    assert "same" not in se.polarity_effects(one.drop(columns="answer")).columns
+    assert se.change_text(pd.Series({"delta": 1.0})) == "" and se.change_quantities("x", pd.Series({"pairs": 0.0})) == []

@@ -24,6 +24,15 @@ def test_repetition_and_distinct_count_ngrams_exactly():
         T.distinct("a b", 0)
 
 
+def test_similarity_is_the_share_of_matched_words():
+    """2 × matched words / all words, on lower-cased words: punctuation and case do not count."""
+    assert T.similarity("It will be fine.", "it will BE fine") == 1.0
+    assert T.similarity("yes", "no") == 0.0 and T.similarity("", "") == 1.0 and T.similarity("a", "") == 0.0
+    # "i", "know", "the", "answer" match (4 of 5 + 6 words) → 8 / 11
+    assert T.similarity("I do not know the answer", "I don't know the answer") == pytest.approx(8 / 11)
+    assert T.similarity("a b c d", "d c b a") == pytest.approx(2 / 8)  # order matters: one word in sequence
+
+
 def test_stats_sees_a_loop_that_fresh_text_does_not_show():
     loop, fresh = T.stats("good good good good good good"), T.stats("The weather will clear by noon.")
     assert loop.repetition > 0.7 and loop.distinct2 < 0.3

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import judge_power, probe_reader, uncertainty
+from . import judge_power, probe_reader, records, textstats, uncertainty
 from .chat import Encoded
 from .data import DataError
 from .gencache import generate_cached
@@ -184,6 +184,11 @@ def polarity_effects(judged: pd.DataFrame, *, by: Sequence[str] = ("trait",), va
     above 0: the instructions change the answers *and* the reader (a judge) sees it, the judge's
     positive control for the trait.
 
+    With an ``answer`` column, also how much the instructions changed the text, which tells a
+    reader that cannot see a change from a model that made none (``instruction_change``):
+    ``pairs``, ``same`` the share of matched answer pairs with the same words, ``similarity``
+    their mean word similarity (``textstats.similarity``; 1 = unchanged) and its SE.
+
     >>> df = pd.DataFrame({"trait": "t", "question": ["a", "a", "b", "b"],
     ...                    "polarity": ["negative", "positive"] * 2, "score": [40.0, 70.0, 50.0, 70.0]})
     >>> polarity_effects(df).loc["t", ["positive", "negative", "delta"]].tolist()
@@ -193,9 +198,63 @@ def polarity_effects(judged: pd.DataFrame, *, by: Sequence[str] = ("trait",), va
     e = paired_effects(judged, by=[*by, "polarity"], baseline=judged.polarity == "negative", within=by,
                        unit=unit, value=value)
     e = e.xs("positive", level="polarity")
-    return pd.DataFrame({"positive": e.steered, "negative": e.baseline, "delta": e.delta, "se": e.se, "ci_lo": e.ci_lo,
-                         "ci_hi": e.ci_hi, "mde": [uncertainty.mde(se, n) for se, n in zip(e.se, e.n, strict=True)],
-                         "n": e.n, "differ": (e.n > 1) & (e.ci_lo > 0)}, index=e.index)
+    out = pd.DataFrame({"positive": e.steered, "negative": e.baseline, "delta": e.delta, "se": e.se,
+                        "ci_lo": e.ci_lo, "ci_hi": e.ci_hi,
+                        "mde": [uncertainty.mde(se, n) for se, n in zip(e.se, e.n, strict=True)],
+                        "n": e.n, "differ": (e.n > 1) & (e.ci_lo > 0)}, index=e.index)
+    if "answer" in judged.columns:
+        out = out.join(instruction_change(judged, by=by, unit=unit))
+    return out
+
+
+def instruction_change(answers: pd.DataFrame, *, by: Sequence[str] = ("trait",), unit: str = "question") -> pd.DataFrame:
+    """Per group of ``by``: how much the positive and the negative system prompts changed the
+    answers. Each positive answer is paired with the negative answer to the same ``unit`` (and the
+    same paraphrase index ``prompt`` where there is one: ``instructed_answers`` gives both
+    polarities the same index). ``pairs``, ``same`` (the share of pairs with the same words),
+    ``similarity`` (their mean ``textstats.similarity``) and ``similarity_se``. A failed positive
+    control whose pairs are mostly alike says the model ignored the instructions, not that the
+    reader is blind.
+
+    >>> df = pd.DataFrame({"trait": "t", "question": ["a", "a", "b", "b"],
+    ...                    "polarity": ["negative", "positive"] * 2,
+    ...                    "answer": ["It is fine.", "it is fine", "No.", "Yes, gladly!"]})
+    >>> instruction_change(df).loc["t", ["pairs", "same", "similarity"]].tolist()
+    [2.0, 0.5, 0.5]
+    """
+    keys = [*by, unit, *(["prompt"] if "prompt" in answers.columns else [])]
+    pos = answers[answers.polarity == "positive"][[*keys, "answer"]]
+    neg = answers[answers.polarity == "negative"][[*keys, "answer"]]
+    m = pos.merge(neg, on=keys, suffixes=("_pos", "_neg"))
+    m["similarity"] = [textstats.similarity(a, b) for a, b in zip(m.answer_pos, m.answer_neg, strict=True)]
+    m["same"] = m.similarity == 1.0
+    g = m.groupby(list(by))
+    return pd.DataFrame({"pairs": g.size(), "same": g.same.mean(), "similarity": g.similarity.mean(),
+                         "similarity_se": g.similarity.sem()})
+
+
+def change_text(row: Any) -> str:
+    """One phrase for a row of ``instruction_change`` (or ``polarity_effects``): how much the
+    instructions changed the answers; empty when the row has no such columns.
+
+    >>> change_text(pd.Series({"pairs": 16, "same": 0.25, "similarity": 0.71}))
+    'the instructions left 4/16 answer pairs word for word the same (mean word similarity 0.71)'
+    """
+    if not all(k in row.index for k in ("pairs", "same", "similarity")) or not row.pairs > 0:
+        return ""
+    return (f"the instructions left {round(row.same * row.pairs)}/{int(row.pairs)} answer pairs word for word "
+            f"the same (mean word similarity {row.similarity:.2f})")
+
+
+def change_quantities(name: str, row: Any) -> list[records.Quantity]:
+    """Record quantities for a row of ``instruction_change``: ``<name>.same`` (a rate over the
+    pairs) and ``<name>.similarity`` (a mean, 3 SEs); none when the row has no pairs."""
+    if not all(k in row.index for k in ("pairs", "same", "similarity")) or not row.pairs > 0:
+        return []
+    n = int(row.pairs)
+    se = float(row.similarity_se) if np.isfinite(row.similarity_se) else 0.0
+    return [records.rate(f"{name}.same", float(row.same), n=n, items=2),
+            records.estimate(f"{name}.similarity", float(row.similarity), se=max(se, 1e-3), n=n, k=3)]
 
 
 GENERATION_METHOD = "grid-v1"

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Sequence
@@ -69,6 +70,20 @@ def distinct(text: str, n: int = 2) -> float:
     """Distinct word ``n``-grams over all word ``n``-grams (1.0 when it has none)."""
     grams = _ngrams(words(text), n)
     return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def similarity(a: str, b: str) -> float:
+    """How alike two answers' words are: ``difflib``'s ratio on their word sequences, 2 × matched
+    words / total words (1.0 for the same words in the same order, 0.0 for none in common; two
+    empty answers are alike). Tells instructions or steering that change nothing from ones that
+    change the answer.
+
+    >>> similarity("It will be fine.", "it will BE fine"), similarity("yes", "no")
+    (1.0, 0.0)
+    >>> round(similarity("I do not know the answer", "I don't know the answer"), 2)
+    0.73
+    """
+    return difflib.SequenceMatcher(None, words(a), words(b), autojunk=False).ratio()
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ from ..sites import SITE_NAMES, Site, check_sites
 from ..steered_eval import (
     Condition,
     at_ratio,
+    change_quantities,
+    change_text,
     check_reading,
     generate_answers,
     instructed_answers,
@@ -366,6 +368,8 @@ def versus_seed(cmp: pd.DataFrame, eff: pd.DataFrame, instructed: pd.DataFrame |
                      "cross_layer": cross.loc[trait, "layer"], "cross_min_pct": cross.loc[trait, "cross_min"],
                      "instructed_delta": ins.delta if ins is not None else np.nan,
                      "instructions_differ": bool(ins is not None and ins.differ),
+                     **{f"instructed_{k}": ins.get(k, np.nan) if ins is not None else np.nan
+                        for k in ("pairs", "same", "similarity")},
                      "natural_steers": bool(e is not None and e.loc["natural"].steers.any()),
                      "instruction_steers": bool(e is not None and e.loc["instruction"].steers.any()),
                      **{f"seed_{c}": SEED.loc[trait, c] if trait in SEED.index else np.nan for c in SEED.columns}})
@@ -379,7 +383,10 @@ def conclusions(vs: pd.DataFrame, eff: pd.DataFrame) -> list[str]:
         ci = f" [{r.cosine_lo:.2f}, {r.cosine_hi:.2f}]" if np.isfinite(r.cosine_lo) else ""
         ins = ("the instructions change the judged answers by "
                f"{r.instructed_delta:+.1f} points" if r.instructions_differ else
-               "the judge could not tell the positive- from the negative-instructed answers")
+               "the reader could not tell the positive- from the negative-instructed answers")
+        change = change_text(pd.Series({k: r.get(f"instructed_{k}", np.nan) for k in ("pairs", "same", "similarity")}))
+        if change:
+            ins += f" ({change})"
         out.append(f"{trait}: {ins}; cosine natural vs instruction {r.cosine_mean:.2f}{ci} (mean over layers; "
                    f"max {r.cosine_max:.2f}); natural vector detects {r.natural_detect_pct:.0f}% of held-out pairs; "
                    f"cross-projection {r.cross_min_pct:.0f}% (weaker direction, best layer {int(r.cross_layer)}); "
@@ -449,6 +456,8 @@ def record(P: Params, res: Results) -> records.ResultRecord:
     for trait in P.traits:
         g = ipaired[ipaired.trait == trait]
         qs.append(records.score_mean(f"{trait}_instructed_delta", (g.score - g.neg).to_numpy(float), k=3))
+        if trait in ins.index:
+            qs += change_quantities(f"{trait}_instructed", ins.loc[trait])
         cb = res.cosines[trait]["mean"]
         qs.append(records.estimate(f"{trait}_cosine_mean", cb.value, se=max(cb.se, 0.005), n=len(P.layers), k=3,
                                    ci=cb.ci))
@@ -546,7 +555,9 @@ def record(P: Params, res: Results) -> records.ResultRecord:
             return True, (f"this cell could detect {cell.mde:.1f} points, below the {d.delta:.1f} the "
                           "instructions make (the judge sees a difference of that size)")
         if d is None or not d.differ:
-            return False, "the judge could not tell the positive- from the negative-instructed answers: no power shown"
+            change = f" ({change_text(d)})" if d is not None and change_text(d) else ""
+            return False, ("the reader could not tell the positive- from the negative-instructed answers"
+                           f"{change}: no power shown")
         return False, (f"this cell could detect only {cell.mde:.1f} points, not below the {d.delta:.1f} the "
                        "instructions make: it could have missed a real effect")
 

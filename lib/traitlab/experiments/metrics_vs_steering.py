@@ -48,6 +48,8 @@ from ..sites import SITE_NAMES, Site, check_sites
 from ..steered_eval import (
     Condition,
     at_ratio,
+    change_quantities,
+    change_text,
     check_reading,
     generate_answers,
     instructed_answers,
@@ -306,9 +308,9 @@ def conclusions(corr: pd.DataFrame, best: pd.DataFrame, cells: pd.DataFrame,
     """Plain-language findings, each number from the tables above."""
     out = []
     if control is not None:
-        out.append("Judge's positive control (positive- minus negative-instructed answers): " + ", ".join(
-            f"{t} {r.delta:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" if np.isfinite(r.delta) else f"{t} not run"
-            for t, r in control.iterrows()) + ".")
+        out.append("Reader's positive control (positive- minus negative-instructed answers): " + "; ".join(
+            f"{t} {r.delta:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" + (f", {change_text(r)}" if change_text(r) else "")
+            if np.isfinite(r.delta) else f"{t} not run" for t, r in control.iterrows()) + ".")
     ranked = corr.loc["pooled"].sort_values("pearson_r", ascending=False)
     out.append("Predictors of the steering delta by Pearson r over all cells: " + ", ".join(
         f"{m} {r.pearson_r:+.2f} {r.r_ci95}" for m, r in ranked.iterrows())
@@ -385,6 +387,7 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
             if np.isfinite(r.delta) and r.n > 1:
                 qs.append(records.estimate(f"control.{t}", float(r.delta), se=unc.score_se(float(r.se), int(r.n)),
                                            n=int(r.n), unit="points", k=3, ci=(float(r.ci_lo), float(r.ci_hi))))
+            qs += change_quantities(f"control.{t}", r)
     for (scope, m), r in corr.iterrows():
         name = f"{m}_r" if scope == "pooled" else f"{scope}.{m}_r"
         ci = (r.r_lo, r.r_hi) if np.isfinite([r.r_lo, r.r_hi]).all() else None
@@ -404,7 +407,12 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
         qs.append(records.rate("median_cell_coherent", float(cells.coherent.median()),
                                n=P.n_questions, items=2))
     by = {q.name: q for q in qs}
-    no_control = "the judge's positive control did not separate the instructed answers for any trait"
+    no_control = "the reader's positive control did not separate the instructed answers for any trait"
+    if control is not None and "similarity" in control.columns:
+        alike = control[control.similarity > 0.5]
+        if len(alike):
+            no_control += (" (" + "; ".join(f"{t}: {change_text(r)}" for t, r in alike.iterrows())
+                           + ": the model barely follows them)")
 
     es = by["effect_size_r"]
     v1, why1 = records.decide(holds=bool(es.ci is not None and es.ci[0] > 0), seed_effect=SEED["effect_size_r"],
