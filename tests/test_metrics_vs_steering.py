@@ -170,6 +170,13 @@ def test_record_quantities_claims_and_golden_check():
     c = {c.id: c for c in rec3.claims}["effect_size_predicts"]
     assert c.verdict == "inconclusive" and "optimism: the instructions left 8/8 answer pairs word for word" in c.reason
     assert rec3["control.optimism.same"].value == 1.0 and rec3["control.formality.similarity"].value == 1.0
+    assert "barely follows" in c.reason
+    # answers the instructions did change (similarity below steered_eval.ALIKE): no such excuse
+    followed = _control({"optimism": 0.0, "formality": 0.0}, sd=5.0)
+    followed.loc[followed.polarity == "positive", "answer"] = "something else entirely"
+    c = {c.id: c for c in mvs.record(P, flat, corr2, best2, jflat,
+                                     mvs.control_effects(followed, P.traits)).claims}["effect_size_predicts"]
+    assert c.verdict == "inconclusive" and "barely follows" not in c.reason
     assert records.compare(rec, rec) == []
     problems = records.compare(rec, rec2)
     assert any(p.startswith("metrics_vs_steering.effect_size_r:") for p in problems)

@@ -233,6 +233,13 @@ def instruction_change(answers: pd.DataFrame, *, by: Sequence[str] = ("trait",),
                          "similarity_se": g.similarity.sem()})
 
 
+ALIKE = 0.8
+"""Mean word similarity (``instruction_change``) at or above which the positive- and the
+negative-instructed answers count as alike: at 0.8 a 40-token answer keeps about 32 of its words
+in order, the rest a rewording ("I do not" / "I don't"), so the instructions changed little and a
+failed control says the model barely follows them, not that the reader is blind."""
+
+
 def change_text(row: Any) -> str:
     """One phrase for a row of ``instruction_change`` (or ``polarity_effects``): how much the
     instructions changed the answers; empty when the row has no such columns.

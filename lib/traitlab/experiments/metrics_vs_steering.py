@@ -46,6 +46,7 @@ from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steered_eval import (
+    ALIKE,
     Condition,
     at_ratio,
     change_quantities,
@@ -409,7 +410,7 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
     by = {q.name: q for q in qs}
     no_control = "the reader's positive control did not separate the instructed answers for any trait"
     if control is not None and "similarity" in control.columns:
-        alike = control[control.similarity > 0.5]
+        alike = control[control.similarity >= ALIKE]
         if len(alike):
             no_control += (" (" + "; ".join(f"{t}: {change_text(r)}" for t, r in alike.iterrows())
                            + ": the model barely follows them)")
