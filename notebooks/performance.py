@@ -24,6 +24,7 @@
 # | `memory.py` | peak RSS extracting 1,000 prompts × every layer, in memory and streamed to disk | ≤ 1.5× the weights |
 # | `scaling.py` | time and peak memory against prompt count and model size | curves and fitted log-log slopes |
 # | `steered_eval.py` | the two costs of every steering report: the local judge (one prompt per answer vs answers to a question batched on a shared prefill) and steered generation (one call per condition vs conditions decoded together) | judge ≥ 3×, scores within 1e-4; generation ≥ 2×, identical greedy texts |
+# | `decode_floor.py` | steered generation (nnsight, shared prefix) vs the same rows decoded by bare `transformers`; the achieved throughput and the unembedding's share of a step | ≤ 1.05× the bare time, identical tokens |
 #
 # Runs alternate between the compared sides on the same inputs, and the figures that matter
 # are ratios: on a shared 2-core machine absolute seconds move by ±20 % from run to run.
@@ -32,7 +33,7 @@
 
 # %% tags=["parameters"]
 results_dir = "reports/benchmarks"
-benchmarks = ["extraction_throughput", "peers", "refusal_sweep", "memory", "scaling", "steered_eval"]
+benchmarks = ["extraction_throughput", "peers", "refusal_sweep", "memory", "scaling", "steered_eval", "decode_floor"]
 
 # %% [markdown]
 # ## Setup
@@ -152,6 +153,19 @@ print(f"generation {g['model']}: {g['conditions']} conditions x {g['prompts']} p
       f"{g['steered_tokens_per_second']['old']:.1f} -> {g['steered_tokens_per_second']['new']:.1f} steered tokens/s, "
       f"{g['speedup']['value']:.2f}x (target {g['speedup']['target']}); identical texts "
       f"{g['identical_share']['value']:.0%}")
+
+# %% [markdown]
+# Decoding itself is bound by arithmetic: at 2 × parameters FLOPs per generated token, the
+# throughput below is what the machine's matrix units give, so a report's generated-token count
+# sets its floor (the refusal dial generates about 131,000 tokens).
+
+# %%
+d = results["decode_floor"]["figures"]
+print(f"decode {d['model']}: {d['rows']} rows x {d['new_tokens']} tokens: traitlab / bare transformers "
+      f"{d['overhead']['value']:.3f}x (target {d['overhead']['target']}), identical tokens "
+      f"{d['identical_share']['value']:.0%}; {d['generated_tokens_per_second']:.1f} generated tokens/s = "
+      f"{d['gflops']:.0f} GFLOP/s; lm_head {d['lm_head_share']:.0%} of a decode step; "
+      f"100k generated tokens take at least {d['minutes_per_100k_tokens']:.0f} min on this machine")
 
 # %% [markdown]
 # ## 4. Memory: 1,000 prompts × every layer

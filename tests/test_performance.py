@@ -90,3 +90,15 @@ def test_record_tolerances_from_repeats_and_verdicts():
                          q.ci, q.tolerance, q.tolerance_rule) for q in rec.quantities), claims=rec.claims)
     problems = records.compare(rec, moved)
     assert len(problems) == 1 and problems[0].startswith("performance.peers.train_speedup_vs_repeng:"), problems
+
+
+def test_decode_overhead_tolerance_comes_from_its_alternating_rounds():
+    results = {"decode_floor": _record({"seconds": {"bare": [20.0, 22.0, 24.0], "traitlab": [20.0, 22.0, 24.0]},
+                                         "overhead": {"value": 1.0, "target": "<= 1.05", "met": True},
+                                         "identical_share": {"value": 1.0, "target": ">= 1.0", "met": True}})}
+    rec = perf.record(perf.Params(benchmarks=["decode_floor"]), results)
+    # both medians 22, MAD 2 each: SE of each log median 1.2533·1.4826·2/(√3·22), combined in quadrature, k = 2
+    se = 1.2533 * 1.4826 * 2 / (3 ** 0.5 * 22)
+    assert rec["decode_floor.overhead"].tolerance == pytest.approx(2 * 1.0 * (2 * se ** 2) ** 0.5)
+    assert rec["decode_floor.identical_share"].tolerance == pytest.approx(0.1)  # measured once: 10%
+    assert {c.id: c.verdict for c in rec.claims}["decode_floor_overhead"] == "holds"

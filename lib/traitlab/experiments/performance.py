@@ -32,6 +32,7 @@ COMMANDS = {
     "memory": "python benchmarks/memory.py",
     "scaling": "python benchmarks/scaling.py",
     "steered_eval": "python benchmarks/steered_eval.py",
+    "decode_floor": "python benchmarks/decode_floor.py",
 }
 """How to (re)produce each result file (all of them: ``make bench``)."""
 BENCHMARKS = tuple(COMMANDS)
@@ -238,6 +239,10 @@ def record(P: Params, results: dict[str, dict[str, Any]]):
             num, den = _PEER_RATIOS[t.figure]
             q = records.estimate(name, t.value, se=_ratio_se(t.value, fig["seconds"][num], fig["seconds"][den]),
                                  n=len(fig["seconds"][num]), k=2)
+        elif t.benchmark == "decode_floor" and t.figure == "overhead":
+            sec = fig["seconds"]  # traitlab over bare transformers, alternating rounds
+            q = records.estimate(name, t.value, se=_ratio_se(t.value, sec["traitlab"], sec["bare"]),
+                                 n=len(sec["bare"]), k=2)
         elif t.benchmark == "steered_eval" and t.figure.endswith(".speedup"):
             sec = fig[t.figure.split(".")[0]]["seconds"]  # judge / grid: old and new, alternating rounds
             q = records.estimate(name, t.value, se=_ratio_se(t.value, sec["old"], sec["new"]), n=len(sec["old"]), k=2)

@@ -1,0 +1,99 @@
+"""Where steered generation's time goes: traitlab's decoding against the bare model, and the
+arithmetic floor it sits on.
+
+Steered generation (``steering.generate``: the prompt's prefix prefilled once and shared, the
+steer added at its last token through nnsight, then greedy decoding) against the same work done
+by bare ``transformers``: the same prefix prefilled once, the last token and the decoding run by
+``model.generate`` on a copy of that cache, no nnsight. Same rows (the dial's HARMFUL prompts ×
+conditions, zero deltas so both sides must give the same tokens), alternating rounds; the ratio
+of medians is nnsight's and traitlab's overhead (target ≤ 1.05×). Also the achieved throughput
+(generated tokens per second and GFLOP/s at 2 × parameters FLOPs per token) and the share of a
+decode step spent in the unembedding (``lm_head``): what a report's generated-token count costs
+at best on this machine.
+
+    TRAITLAB_DATA_ROOT=... python benchmarks/decode_floor.py --prompts 6 --conditions 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+from common import save, target
+
+from traitlab.experiments import refusal_dial as rd
+from traitlab.models import load_model
+from traitlab.steering import _pad_batch, generate, to_model
+
+
+@torch.no_grad()
+def bare(m, ex, n_cond: int, new_tokens: int) -> list[list[str]]:
+    """The same rows by bare transformers: prefix prefilled once, copied per condition."""
+    full = to_model(_pad_batch(ex, "left", m.tokenizer.pad_token_id), m)
+    out = m.hf(input_ids=full["input_ids"][:, :-1], attention_mask=full["attention_mask"][:, :-1],
+               position_ids=full["position_ids"][:, :-1], use_cache=True, logits_to_keep=1)
+    cache = copy.deepcopy(out.past_key_values)
+    cache.batch_repeat_interleave(n_cond)
+    ids = m.hf.generate(input_ids=full["input_ids"].repeat_interleave(n_cond, 0),
+                        attention_mask=full["attention_mask"].repeat_interleave(n_cond, 0), past_key_values=cache,
+                        max_new_tokens=new_tokens, do_sample=False, pad_token_id=m.tokenizer.pad_token_id)
+    new = m.tokenizer.batch_decode(ids[:, full["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [new[i * n_cond:(i + 1) * n_cond] for i in range(len(ex))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--prompts", type=int, default=6)
+    ap.add_argument("--conditions", type=int, default=8)
+    ap.add_argument("--layer", type=int, default=12)
+    ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    m = load_model(args.model, dtype="float32", quiet=True)
+    ex = rd.encode(m, rd.load_sets(rd.Params(model=args.model)).harmful[:args.prompts])
+    ex = sorted(ex, key=lambda e: -len(e.ids))  # steering.generate's own order: one batch, the same padding
+    rows = len(ex) * args.conditions
+    deltas = torch.zeros(args.conditions, m.d_model)
+    kw = {"max_new_tokens": args.new_tokens, "layer": args.layer, "deltas": deltas, "batch_size": rows}
+    bare(m, ex[:1], 1, 2)  # warm-up
+    old_s, new_s = [], []
+    for _ in range(args.rounds):
+        t = time.perf_counter()
+        old = bare(m, ex, args.conditions, args.new_tokens)
+        old_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        new = generate(m, ex, **kw)
+        new_s.append(time.perf_counter() - t)
+    same = sum(a == b for x, y in zip(old, new, strict=True) for a, b in zip(x, y, strict=True))
+    overhead = statistics.median(new_s) / statistics.median(old_s)
+    # the unembedding's share of one decode step at this batch
+    h = torch.randn(rows, m.d_model)
+    w = m.hf.get_output_embeddings().weight
+    t = time.perf_counter()
+    for _ in range(10):
+        h @ w.T
+    head_s = (time.perf_counter() - t) / 10
+    params = sum(p.numel() for p in m.hf.parameters())
+    tokens = rows * args.new_tokens
+    tok_s = tokens / statistics.median(new_s)
+    step_s = statistics.median(new_s) / args.new_tokens
+    print(f"{args.model}: {len(ex)} prompts x {args.conditions} conditions x {args.new_tokens} tokens: bare "
+          f"{statistics.median(old_s):.1f} s, traitlab {statistics.median(new_s):.1f} s, overhead {overhead:.3f}x "
+          f"(target <= 1.05x); identical {same}/{rows}; {tok_s:.1f} generated tokens/s = "
+          f"{tok_s * 2 * params / 1e9:.0f} GFLOP/s; lm_head {head_s:.3f} s of a {step_s:.3f} s step "
+          f"({head_s / step_s:.0%}); 100k generated tokens take >= {1e5 / tok_s / 60:.0f} min here")
+    save("decode_floor", {
+        "model": args.model, "prompts": len(ex), "conditions": args.conditions, "new_tokens": args.new_tokens,
+        "rows": rows, "parameters": params, "seconds": {"bare": old_s, "traitlab": new_s},
+        "overhead": target(overhead, 1.05, "<="), "identical_share": target(same / rows, 1.0, ">="),
+        "generated_tokens_per_second": tok_s, "gflops": tok_s * 2 * params / 1e9,
+        "lm_head_seconds": head_s, "step_seconds": step_s, "lm_head_share": head_s / step_s,
+        "minutes_per_100k_tokens": 1e5 / tok_s / 60, "threads": torch.get_num_threads(), "rounds": args.rounds})
+
+
+if __name__ == "__main__":
+    main()
