@@ -69,7 +69,8 @@ def main() -> None:
         new = generate(m, ex, **kw)
         new_s.append(time.perf_counter() - t)
     same = sum(a == b for x, y in zip(old, new, strict=True) for a, b in zip(x, y, strict=True))
-    overhead = statistics.median(new_s) / statistics.median(old_s)
+    t_old, t_new = statistics.median(old_s), statistics.median(new_s)
+    overhead = t_new / t_old
     # the unembedding's share of one decode step at this batch
     h = torch.randn(rows, m.d_model)
     w = m.hf.get_output_embeddings().weight
@@ -78,19 +79,19 @@ def main() -> None:
         h @ w.T
     head_s = (time.perf_counter() - t) / 10
     params = sum(p.numel() for p in m.hf.parameters())
-    tokens = rows * args.new_tokens
-    tok_s = tokens / statistics.median(new_s)
-    step_s = statistics.median(new_s) / args.new_tokens
+    tok_s = rows * args.new_tokens / t_new
+    step_s = t_new / args.new_tokens
+    gflops = tok_s * 2 * params / 1e9
     print(f"{args.model}: {len(ex)} prompts x {args.conditions} conditions x {args.new_tokens} tokens: bare "
-          f"{statistics.median(old_s):.1f} s, traitlab {statistics.median(new_s):.1f} s, overhead {overhead:.3f}x "
+          f"{t_old:.1f} s, traitlab {t_new:.1f} s, overhead {overhead:.3f}x "
           f"(target <= 1.05x); identical {same}/{rows}; {tok_s:.1f} generated tokens/s = "
-          f"{tok_s * 2 * params / 1e9:.0f} GFLOP/s; lm_head {head_s:.3f} s of a {step_s:.3f} s step "
+          f"{gflops:.0f} GFLOP/s; lm_head {head_s:.3f} s of a {step_s:.3f} s step "
           f"({head_s / step_s:.0%}); 100k generated tokens take >= {1e5 / tok_s / 60:.0f} min here")
     save("decode_floor", {
         "model": args.model, "prompts": len(ex), "conditions": args.conditions, "new_tokens": args.new_tokens,
         "rows": rows, "parameters": params, "seconds": {"bare": old_s, "traitlab": new_s},
         "overhead": target(overhead, 1.05, "<="), "identical_share": target(same / rows, 1.0, ">="),
-        "generated_tokens_per_second": tok_s, "gflops": tok_s * 2 * params / 1e9,
+        "generated_tokens_per_second": tok_s, "gflops": gflops,
         "lm_head_seconds": head_s, "step_seconds": step_s, "lm_head_share": head_s / step_s,
         "minutes_per_100k_tokens": 1e5 / tok_s / 60, "threads": torch.get_num_threads(), "rounds": args.rounds})
 

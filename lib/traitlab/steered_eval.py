@@ -240,6 +240,11 @@ in order, the rest a rewording ("I do not" / "I don't"), so the instructions cha
 failed control says the model barely follows them, not that the reader is blind."""
 
 
+def _has_change(row: Any) -> bool:
+    """Whether a row carries ``instruction_change``'s columns over at least one pair."""
+    return all(k in row.index for k in ("pairs", "same", "similarity")) and row.pairs > 0
+
+
 def change_text(row: Any) -> str:
     """One phrase for a row of ``instruction_change`` (or ``polarity_effects``): how much the
     instructions changed the answers; empty when the row has no such columns.
@@ -247,7 +252,7 @@ def change_text(row: Any) -> str:
     >>> change_text(pd.Series({"pairs": 16, "same": 0.25, "similarity": 0.71}))
     'the instructions left 4/16 answer pairs word for word the same (mean word similarity 0.71)'
     """
-    if not all(k in row.index for k in ("pairs", "same", "similarity")) or not row.pairs > 0:
+    if not _has_change(row):
         return ""
     return (f"the instructions left {round(row.same * row.pairs)}/{int(row.pairs)} answer pairs word for word "
             f"the same (mean word similarity {row.similarity:.2f})")
@@ -256,7 +261,7 @@ def change_text(row: Any) -> str:
 def change_quantities(name: str, row: Any) -> list[records.Quantity]:
     """Record quantities for a row of ``instruction_change``: ``<name>.same`` (a rate over the
     pairs) and ``<name>.similarity`` (a mean, 3 SEs); none when the row has no pairs."""
-    if not all(k in row.index for k in ("pairs", "same", "similarity")) or not row.pairs > 0:
+    if not _has_change(row):
         return []
     n = int(row.pairs)
     se = float(row.similarity_se) if np.isfinite(row.similarity_se) else 0.0

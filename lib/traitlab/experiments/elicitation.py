@@ -555,9 +555,9 @@ def record(P: Params, res: Results) -> records.ResultRecord:
             return True, (f"this cell could detect {cell.mde:.1f} points, below the {d.delta:.1f} the "
                           "instructions make (the judge sees a difference of that size)")
         if d is None or not d.differ:
-            change = f" ({change_text(d)})" if d is not None and change_text(d) else ""
+            change = change_text(d) if d is not None else ""
             return False, ("the reader could not tell the positive- from the negative-instructed answers"
-                           f"{change}: no power shown")
+                           f"{f' ({change})' if change else ''}: no power shown")
         return False, (f"this cell could detect only {cell.mde:.1f} points, not below the {d.delta:.1f} the "
                        "instructions make: it could have missed a real effect")
 

@@ -309,9 +309,14 @@ def conclusions(corr: pd.DataFrame, best: pd.DataFrame, cells: pd.DataFrame,
     """Plain-language findings, each number from the tables above."""
     out = []
     if control is not None:
-        out.append("Reader's positive control (positive- minus negative-instructed answers): " + "; ".join(
-            f"{t} {r.delta:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" + (f", {change_text(r)}" if change_text(r) else "")
-            if np.isfinite(r.delta) else f"{t} not run" for t, r in control.iterrows()) + ".")
+        def control_line(t: str, r: pd.Series) -> str:
+            if not np.isfinite(r.delta):
+                return f"{t} not run"
+            change = change_text(r)
+            return f"{t} {r.delta:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" + (f", {change}" if change else "")
+
+        out.append("Reader's positive control (positive- minus negative-instructed answers): "
+                   + "; ".join(control_line(t, r) for t, r in control.iterrows()) + ".")
     ranked = corr.loc["pooled"].sort_values("pearson_r", ascending=False)
     out.append("Predictors of the steering delta by Pearson r over all cells: " + ", ".join(
         f"{m} {r.pearson_r:+.2f} {r.r_ci95}" for m, r in ranked.iterrows())

@@ -177,6 +177,24 @@ _PEER_RATIOS = {"train_speedup_vs_repeng": ("train_repeng", "train_traitlab"),
                 "steered_over_unsteered_traitlab": ("generate_traitlab", "generate_plain_traitlab")}
 
 
+def _timings(benchmark: str, figure: str, name: str, fig: dict[str, Any]) -> tuple[list[float], list[float]] | None:
+    """The repeated timings behind a ratio figure (numerator seconds, denominator seconds), or
+    None for a figure that is not such a ratio."""
+    if benchmark == "extraction_throughput":
+        # ratio = traitlab tok/s / bare tok/s = bare seconds / traitlab seconds
+        run = next(r for r in fig["runs"] if r["batch_size"] == int(name.rsplit("bs", 1)[1]))
+        return run["bare_seconds"], run["traitlab_seconds"]
+    if benchmark == "peers" and figure in _PEER_RATIOS:
+        num, den = _PEER_RATIOS[figure]
+        return fig["seconds"][num], fig["seconds"][den]
+    if benchmark == "decode_floor" and figure == "overhead":  # traitlab over bare transformers
+        return fig["seconds"]["traitlab"], fig["seconds"]["bare"]
+    if benchmark == "steered_eval" and figure.endswith(".speedup"):  # judge / grid: old over new
+        sec = fig[figure.split(".")[0]]["seconds"]
+        return sec["old"], sec["new"]
+    return None
+
+
 def _log_median_se(xs: list[float]) -> float:
     """SE of log(median) of repeated timings: 1.2533 · (1.4826 · MAD) / (√n · median) (robust to one
     slow outlier run)."""
@@ -212,7 +230,7 @@ def record(P: Params, results: dict[str, dict[str, Any]]):
 
     - timing ratios with repeats (``extraction.ratio.bs<b>``, ``peers.train_speedup_*``,
       ``peers.steered_over_unsteered_traitlab``, ``steered_eval.judge.speedup``,
-      ``steered_eval.grid.speedup``): a ratio of medians, SE from the repeats' spread
+      ``steered_eval.grid.speedup``, ``decode_floor.overhead``; ``_timings``): a ratio of medians, SE from the repeats' spread
       (robust SE of each log median, combined), k = 2 (``estimate``);
     - ratios measured once (``refusal_sweep.speedup``, ``memory.*`` peak RSS / weights): no spread
       recorded, so ``NO_REPEAT_REL`` (10%) of the value, stated as such;
@@ -229,23 +247,10 @@ def record(P: Params, results: dict[str, dict[str, Any]]):
         name = _name(t.benchmark, t.figure)
         fig = results[t.benchmark]["figures"]
         bound = _bound(t.target)
-        if t.benchmark == "extraction_throughput":
-            bs = int(name.rsplit("bs", 1)[1])
-            run = next(r for r in fig["runs"] if r["batch_size"] == bs)
-            # ratio = traitlab tok/s / bare tok/s = bare seconds / traitlab seconds
-            q = records.estimate(name, t.value, se=_ratio_se(t.value, run["bare_seconds"], run["traitlab_seconds"]),
-                                 n=len(run["bare_seconds"]), k=2)
-        elif t.benchmark == "peers" and t.figure in _PEER_RATIOS:
-            num, den = _PEER_RATIOS[t.figure]
-            q = records.estimate(name, t.value, se=_ratio_se(t.value, fig["seconds"][num], fig["seconds"][den]),
-                                 n=len(fig["seconds"][num]), k=2)
-        elif t.benchmark == "decode_floor" and t.figure == "overhead":
-            sec = fig["seconds"]  # traitlab over bare transformers, alternating rounds
-            q = records.estimate(name, t.value, se=_ratio_se(t.value, sec["traitlab"], sec["bare"]),
-                                 n=len(sec["bare"]), k=2)
-        elif t.benchmark == "steered_eval" and t.figure.endswith(".speedup"):
-            sec = fig[t.figure.split(".")[0]]["seconds"]  # judge / grid: old and new, alternating rounds
-            q = records.estimate(name, t.value, se=_ratio_se(t.value, sec["old"], sec["new"]), n=len(sec["old"]), k=2)
+        timed = _timings(t.benchmark, t.figure, name, fig)
+        if timed is not None:  # a ratio of medians of alternating rounds: SE from their spread
+            num, den = timed
+            q = records.estimate(name, t.value, se=_ratio_se(t.value, num, den), n=len(num), k=2)
         elif "parity" in t.figure or "diff" in t.figure:
             q = records.Quantity(name, t.value, "max |Δ|", None, None, bound,
                                  f"up to its target ({t.target}): float noise under the target is no change")
