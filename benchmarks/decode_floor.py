@@ -5,8 +5,13 @@ Steered generation (``steering.generate``: the prompt's prefix prefilled once an
 steer added at its last token through nnsight, then greedy decoding) against the same work done
 by bare ``transformers``: the same prefix prefilled once, the last token and the decoding run by
 ``model.generate`` on a copy of that cache, no nnsight. Same rows (the dial's HARMFUL prompts ×
-conditions, zero deltas so both sides must give the same tokens), alternating rounds; the ratio
-of medians is nnsight's and traitlab's overhead (target ≤ 1.05×). Also the achieved throughput
+conditions, zero deltas so both sides must give the same tokens), alternating rounds. Two
+traitlab timings: with every row decoded to the longest answer, as ``transformers``' ``generate``
+does (``steering._decodes_itself`` off): the ratio of medians to bare is nnsight's and traitlab's
+overhead (target ≤ 1.05×); and as the reports run it, each row leaving the batch at its end token
+(``steering._decode``): the ratio of the two is what dropping finished rows saves (target ≥ 1.05×
+on these prompts, which the 0.5B mostly refuses in a dozen tokens), beside the ideal ratio
+rows × tokens / generated tokens. Also the achieved throughput
 (generated tokens per second and GFLOP/s at 2 × parameters FLOPs per token) and the share of a
 decode step spent in the unembedding (``lm_head``): what a report's generated-token count costs
 at best on this machine.
@@ -24,9 +29,20 @@ import time
 import torch
 from common import save, target
 
+from traitlab import steering
 from traitlab.experiments import refusal_dial as rd
 from traitlab.models import load_model
 from traitlab.steering import _pad_batch, generate, to_model
+
+
+def full_rows(m, ex, **kw) -> list[list[str]]:
+    """``generate`` with every row decoded to the longest answer (transformers' ``generate``)."""
+    keep = steering._decodes_itself
+    steering._decodes_itself = lambda model: False
+    try:
+        return generate(m, ex, **kw)
+    finally:
+        steering._decodes_itself = keep
 
 
 @torch.no_grad()
@@ -60,17 +76,28 @@ def main() -> None:
     deltas = torch.zeros(args.conditions, m.d_model)
     kw = {"max_new_tokens": args.new_tokens, "layer": args.layer, "deltas": deltas, "batch_size": rows}
     bare(m, ex[:1], 1, 2)  # warm-up
-    old_s, new_s = [], []
+    old_s, new_s, drop_s = [], [], []
     for _ in range(args.rounds):
         t = time.perf_counter()
         old = bare(m, ex, args.conditions, args.new_tokens)
         old_s.append(time.perf_counter() - t)
         t = time.perf_counter()
-        new = generate(m, ex, **kw)
+        new = full_rows(m, ex, **kw)
         new_s.append(time.perf_counter() - t)
-    same = sum(a == b for x, y in zip(old, new, strict=True) for a, b in zip(x, y, strict=True))
-    t_old, t_new = statistics.median(old_s), statistics.median(new_s)
-    overhead = t_new / t_old
+        t = time.perf_counter()
+        dropped = generate(m, ex, **kw)
+        drop_s.append(time.perf_counter() - t)
+
+    def same_as_bare(out):
+        return sum(a == b for x, y in zip(old, out, strict=True) for a, b in zip(x, y, strict=True))
+
+    same, same_drop = same_as_bare(new), same_as_bare(dropped)
+    t_old, t_new, t_drop = (statistics.median(x) for x in (old_s, new_s, drop_s))
+    overhead, saving = t_new / t_old, t_new / t_drop
+    eos = set(steering._eos_ids(m).tolist())
+    generated = sum(min(args.new_tokens, len(m.tokenizer(t, add_special_tokens=False).input_ids) + 1)
+                    for row in dropped for t in row) if eos else rows * args.new_tokens
+    ideal = rows * args.new_tokens / generated
     # the unembedding's share of one decode step at this batch
     h = torch.randn(rows, m.d_model)
     w = m.hf.get_output_embeddings().weight
@@ -86,11 +113,16 @@ def main() -> None:
           f"{t_old:.1f} s, traitlab {t_new:.1f} s, overhead {overhead:.3f}x "
           f"(target <= 1.05x); identical {same}/{rows}; {tok_s:.1f} generated tokens/s = "
           f"{gflops:.0f} GFLOP/s; lm_head {head_s:.3f} s of a {step_s:.3f} s step "
-          f"({head_s / step_s:.0%}); 100k generated tokens take >= {1e5 / tok_s / 60:.0f} min here")
+          f"({head_s / step_s:.0%}); 100k generated tokens take >= {1e5 / tok_s / 60:.0f} min here; "
+          f"dropping finished rows: {t_drop:.1f} s, {saving:.2f}x faster (ideal {ideal:.2f}x: {generated} of "
+          f"{rows * args.new_tokens} row-steps generate a token), identical {same_drop}/{rows}")
     save("decode_floor", {
         "model": args.model, "prompts": len(ex), "conditions": args.conditions, "new_tokens": args.new_tokens,
-        "rows": rows, "parameters": params, "seconds": {"bare": old_s, "traitlab": new_s},
+        "rows": rows, "parameters": params, "seconds": {"bare": old_s, "traitlab": new_s, "row_dropping": drop_s},
         "overhead": target(overhead, 1.05, "<="), "identical_share": target(same / rows, 1.0, ">="),
+        "row_dropping_speedup": target(saving, 1.05, ">="),
+        "row_dropping_identical_share": target(same_drop / rows, 1.0, ">="),
+        "row_dropping_ideal": ideal, "generated_tokens": generated,
         "generated_tokens_per_second": tok_s, "gflops": gflops,
         "lm_head_seconds": head_s, "step_seconds": step_s, "lm_head_share": head_s / step_s,
         "minutes_per_100k_tokens": 1e5 / tok_s / 60, "threads": torch.get_num_threads(), "rounds": args.rounds})

@@ -231,3 +231,88 @@ def test_generate_shares_the_prompt_prefix_and_equals_the_full_prefill(tiny, bat
                                    progress=False, sampling=steering.Sampling.parse(None))
     assert shared == full
     assert any(row[0] != row[c] for row in shared for c in range(1, 5))
+
+
+# ------------------------------------------------------------------ rows leave the batch at their end token
+
+ROWS = ["Tell me about the sea.", "Hi", "What is two plus two, in words?", "Write a poem", "Why?",
+        "How do I bake bread today?"]
+
+
+@contextmanager
+def _ending_on_a_mid_answer_token(model, examples, n):
+    """Set the end token to one that some greedy answers emit part-way (so rows finish at
+    different steps) and yield it; the generation config is restored afterwards."""
+    tok = model.tokenizer
+    with torch.no_grad():
+        batch = steering.to_model(steering._pad_batch(examples, "left", tok.pad_token_id), model)
+        ids = model.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+    new = ids[:, batch["input_ids"].shape[1]:]
+    firsts = set(new[:, 0].tolist())
+    counts = torch.bincount(new[:, 1:].flatten())
+    counts[list(firsts)] = 0  # a token that no row starts with, so no row is empty from step 0
+    eos = int(counts.argmax())
+    assert counts[eos] > 0
+    old = model.hf.generation_config.eos_token_id
+    model.hf.generation_config.eos_token_id = eos
+    try:
+        yield eos
+    finally:
+        model.hf.generation_config.eos_token_id = old
+
+
+def _batch_sizes(model):
+    """Record the batch size of every forward (a hook on the input embeddings)."""
+    sizes: list[int] = []
+    handle = model.hf.get_input_embeddings().register_forward_hook(lambda _m, a, _o: sizes.append(a[0].shape[0]))
+    return sizes, handle
+
+
+@pytest.mark.parametrize("sampling", [None, steering.Sampling(temperature=1.0, seed=4)])
+def test_finished_rows_leave_the_batch_and_no_token_changes(tiny, sampling, monkeypatch):
+    """Every generator drops a row from the batch once it ends; the texts equal transformers'
+    ``generate`` (which runs every row to the longest), greedy and sampled, for the steered grid,
+    the dial's prefix-sharing ``generate`` and unsteered generation."""
+    ex = [tiny.chat.encode(p) for p in ROWS]
+    g = torch.Generator().manual_seed(3)
+    conds = [[], [Steer("resid_pre@1", torch.randn(tiny.d_model, generator=g), 2.0)],
+             [Steer("attn_out@0", torch.randn(tiny.d_model, generator=g), 1.5)]]
+    deltas = 3 * torch.randn(3, tiny.d_model, generator=g)
+    n = 10
+    kw = dict(max_new_tokens=n, sampling=sampling)
+
+    def run():
+        return (steering.generate_steered_grid(tiny, ex, conds, batch_size=6, **kw),
+                steering.generate(tiny, ex, layer=1, deltas=deltas, batch_size=18, **kw),
+                steering.generate_steered(tiny, ex, [], batch_size=6, **kw))
+
+    with _ending_on_a_mid_answer_token(tiny, ex, n):
+        sizes, handle = _batch_sizes(tiny)
+        try:
+            steering.generate_steered_grid(tiny, ex, conds, batch_size=6, **kw)  # one batch of 18 rows
+        finally:
+            handle.remove()
+        fast = run()
+        with monkeypatch.context() as mp:
+            mp.setattr(steering, "_decodes_itself", lambda model: False)
+            slow = run()
+    assert fast == slow
+    assert sizes[0] == 18 and min(sizes) < 18, sizes  # rows ended early and left the batch
+
+
+def test_a_generation_config_with_logits_processors_keeps_transformers_generate(tiny):
+    """A repetition penalty in the model's generation config is applied (by transformers'
+    ``generate``), not silently dropped by the row-dropping decoder."""
+    ex = [tiny.chat.encode(p) for p in PROMPTS]
+    assert steering._decodes_itself(tiny)
+    cfg = tiny.hf.generation_config
+    old = cfg.repetition_penalty
+    cfg.repetition_penalty = 3.0
+    try:
+        assert not steering._decodes_itself(tiny)
+        penalised = generate_steered(tiny, ex, [], max_new_tokens=8)
+        assert penalised == _reference(tiny, ex, [], "response", 8)
+    finally:
+        cfg.repetition_penalty = old
+    assert steering._decodes_itself(tiny)

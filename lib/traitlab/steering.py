@@ -13,6 +13,11 @@
 - ``Sampling``: how every generator here picks tokens: greedy (the default) or seeded
   temperature / top-p sampling, reproducible per row whatever the batch size.
 
+On a local model every generator here decodes with ``_decode``: a row that has emitted its
+end-of-turn token leaves the batch (its KV cache rows are dropped), so a batch costs the tokens
+its rows generate, not rows × the longest answer. Remote models, and generation configs that
+add logits processors (a repetition penalty, …), keep transformers' ``generate``.
+
 Every addition is cast to the activation's device and dtype where it is made
 (``activations.cast_like``), so float32 vectors on the CPU steer a half-precision model
 on a GPU.
@@ -176,6 +181,85 @@ def _gen_kwargs(model: LoadedModel, max_new_tokens: int, sampling: Sampling, bas
     return gen
 
 
+def _eos_ids(model: LoadedModel) -> torch.Tensor:
+    """The token ids that end a row, as transformers' ``generate`` reads them: the generation
+    config's ``eos_token_id`` (an int or a list; none = rows run to ``max_new_tokens``)."""
+    eos = getattr(model.hf.generation_config, "eos_token_id", None)
+    return torch.tensor([eos] if isinstance(eos, int) else list(eos or []), dtype=torch.long)
+
+
+_PROCESSOR_FIELDS = ("repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "min_length",
+                     "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
+                     "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty",
+                     "renormalize_logits", "encoder_repetition_penalty", "encoder_no_repeat_ngram_size",
+                     "guidance_scale", "watermarking_config")
+"""Generation-config fields that make transformers' greedy ``generate`` change the logits
+(``_decode`` applies none of them, so a config that sets one keeps ``generate``)."""
+
+
+def _decodes_itself(model: LoadedModel) -> bool:
+    """True when ``_decode`` gives ``generate``'s tokens: a local model whose generation config
+    sets none of ``_PROCESSOR_FIELDS`` away from transformers' defaults."""
+    if model.remote:
+        return False
+    from transformers import GenerationConfig
+
+    cfg, default = model.hf.generation_config, GenerationConfig()
+    return all(getattr(cfg, f, None) == getattr(default, f, None) for f in _PROCESSOR_FIELDS)
+
+
+Step = Callable[[dict, Any, torch.Tensor, bool], tuple[torch.Tensor, Any]]
+"""``step(inputs, cache, rows, first) → (last-position logits [len(rows), vocab], cache)``: one
+forward of ``inputs`` (``input_ids``, ``attention_mask``, ``position_ids``) for the batch rows
+still decoding (``rows``: their indices in the starting batch, to pick their steering), on
+``cache`` (None before the first step); ``first`` is the pass over the prompt."""
+
+
+def _decode(model: LoadedModel, inputs: dict, step: Step, *, cache: Any = None, max_new_tokens: int,
+            sampling: Sampling, base_seed: int, seeds: Sequence[int]) -> list[str]:
+    """Decode a left-padded batch with ``step``, dropping each row from the batch (and its KV
+    cache) once it emits an end token; the texts, special tokens removed.
+
+    Tokens are transformers' ``generate``'s (greedy: the arg-max of the float32 logits; sampled:
+    ``sample_tokens`` with row ``seeds[r]``'s stream, one draw per step while the row decodes), so
+    only the float rounding of a smaller batch's matmuls can differ, which moves a token only in
+    a near-tie. ``inputs["position_ids"]`` must be the prompt positions (``_pad_batch``'s).
+    """
+    n = inputs["input_ids"].shape[0]
+    eos = _eos_ids(model).to(inputs["input_ids"].device)
+    streams = None if sampling.greedy else [torch.Generator().manual_seed(row_seed(base_seed, r)) for r in seeds]
+    rows = torch.arange(n)
+    out: list[list[int]] = [[] for _ in range(n)]
+    mask, pos = inputs["attention_mask"], inputs["position_ids"][:, -1:]
+    for t in range(max_new_tokens):
+        logits, cache = step(inputs, cache, rows, t == 0)
+        scores = logits.float()
+        if streams is None:
+            pick = scores.argmax(-1)
+        else:
+            u = torch.stack([torch.rand((), generator=streams[r], dtype=torch.float64) for r in rows.tolist()])
+            pick = sample_tokens(scores, u, sampling.temperature, sampling.top_p).to(scores.device)
+        for r, tok_id in zip(rows.tolist(), pick.tolist(), strict=True):
+            out[r].append(tok_id)
+        live = ~torch.isin(pick, eos)
+        if t == max_new_tokens - 1 or not live.any():
+            break
+        if not live.all():
+            keep = live.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, mask, pos, pick = rows[keep.cpu()], mask[keep], pos[keep], pick[keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+        pos = pos + 1
+        inputs = {"input_ids": pick[:, None], "attention_mask": mask, "position_ids": pos}
+    return model.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def _forward_step(model: LoadedModel, inputs: dict, cache: Any) -> tuple[torch.Tensor, Any]:
+    """One unsteered forward on the KV cache (a ``Step`` body)."""
+    o = model.hf(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return o.logits[:, -1], o.past_key_values
+
+
 @torch.no_grad()
 def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens: int,
              layer: int | None = None, deltas: torch.Tensor | None = None, batch_size: int = 32,
@@ -205,6 +289,7 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
                               batch_size=batch_size, progress=progress, sampling=sampling)
     n_cond = len(deltas)
     tok, hf = model.tokenizer, model.hf
+    fast = _decodes_itself(model)
     envoy = resolve(model.lm, f"{layout(model.arch).layers}.{layer}")
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
     per_prompt = max(1, batch_size // n_cond)  # prompts per batch; conditions split when they exceed it
@@ -224,16 +309,41 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
         cache.batch_repeat_interleave(len(conds))  # row = prompt × len(conds) + condition
         kwargs = {"input_ids": full["input_ids"].repeat_interleave(len(conds), 0),
                   "attention_mask": full["attention_mask"].repeat_interleave(len(conds), 0)}
-        gen = _gen_kwargs(model, max_new_tokens, sampling, base, [i * n_cond + c for i in idx for c in conds])
+        seeds = [i * n_cond + c for i in idx for c in conds]
         add = deltas[conds].repeat(len(idx), 1)
-        with model.lm.generate(kwargs, past_key_values=cache, **gen) as tracer:
-            h = envoy.input
-            h[:, -1] += cast_like(add, h)  # the first forward runs only the last prompt token
-            ids = tracer.result.save()
-        new = tok.batch_decode(ids[:, kwargs["input_ids"].shape[1]:], skip_special_tokens=True)
+        if fast:
+            last = {"input_ids": kwargs["input_ids"][:, -1:], "attention_mask": kwargs["attention_mask"],
+                    "position_ids": full["position_ids"][:, -1:].repeat_interleave(len(conds), 0)}
+            new = _decode(model, last, _prefill_steer(model, envoy, add), cache=cache,
+                          max_new_tokens=max_new_tokens, sampling=sampling, base_seed=base, seeds=seeds)
+        else:
+            gen = _gen_kwargs(model, max_new_tokens, sampling, base, seeds)
+            with model.lm.generate(kwargs, past_key_values=cache, **gen) as tracer:
+                h = envoy.input
+                h[:, -1] += cast_like(add, h)  # the first forward runs only the last prompt token
+                ids = tracer.result.save()
+            new = tok.batch_decode(ids[:, kwargs["input_ids"].shape[1]:], skip_special_tokens=True)
         for r, t in enumerate(new):
             texts[idx[r // len(conds)]][conds[r % len(conds)]] = t
     return texts
+
+
+def _prefill_steer(model: LoadedModel, envoy: Any, add: torch.Tensor) -> Step:
+    """``generate``'s ``Step``: ``add[row]`` at ``resid_pre`` of the last prompt token in the first
+    forward (which runs only that token on the prefix's cache), plain forwards after it."""
+
+    def step(inputs: dict, cache: Any, rows: torch.Tensor, first: bool) -> tuple[torch.Tensor, Any]:
+        if not first:
+            return _forward_step(model, inputs, cache)
+        pos = inputs["position_ids"]
+        with model.lm.trace({k: inputs[k] for k in ("input_ids", "attention_mask")}, position_ids=pos,
+                            past_key_values=cache, use_cache=True, logits_to_keep=1):
+            h = envoy.input
+            h[:, -1] += cast_like(add, h)
+            o = model.lm.output.save()
+        return o.logits[:, -1], o.past_key_values
+
+    return step
 
 
 @torch.no_grad()
@@ -253,6 +363,13 @@ def _generate_full(model: LoadedModel, examples: Sequence[Encoded], *, max_new_t
         inp = to_model(_pad_batch([examples[i] for i, _ in chunk], "left", tok.pad_token_id), model)
         kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
         gen = _gen_kwargs(model, max_new_tokens, sampling, base, [i * n_cond + c for i, c in chunk])
+        if envoy is None and _decodes_itself(model):
+            new = _decode(model, inp, lambda x, cache, rows, first: _forward_step(model, x, cache),
+                          max_new_tokens=max_new_tokens, sampling=sampling, base_seed=base,
+                          seeds=[i * n_cond + c for i, c in chunk])
+            for (i, c), t in zip(chunk, new, strict=True):
+                texts[i][c] = t
+            continue
         if envoy is None and not model.remote:
             ids = model.hf.generate(**kwargs, **gen)
         elif envoy is None:
@@ -417,6 +534,7 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
     envoys = {site: resolve(model.lm, module_path(model.arch, site)) for site in sites}
     per_cond = [{s.site: s.delta for s in steers} for steers in conditions]
     lm, tok, hf = model.lm, model.tokenizer, model.hf
+    fast = _decodes_itself(model)
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
     texts = [[""] * len(examples) for _ in conditions]
     base = sampling.base_seed()
@@ -431,14 +549,17 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
         gen = _gen_kwargs(model, max_new_tokens, sampling, base, idx * len(conds))
         kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
         used = [site for site in sites if any(site in per_cond[c] for c in conds)]
-        if not used and not model.remote:
+        plan = []
+        for site in used:
+            ref = next(per_cond[c][site] for c in conds if site in per_cond[c])
+            rows = [per_cond[c].get(site, torch.zeros_like(ref)) for c in conds for _ in idx]
+            plan.append((site, envoys[site], torch.stack(rows)))
+        if fast:
+            new = _decode(model, inp, _row_steer(model, plan, positions), max_new_tokens=max_new_tokens,
+                          sampling=sampling, base_seed=base, seeds=idx * len(conds))
+        elif not used and not model.remote:
             ids = hf.generate(**kwargs, **gen)
         else:
-            plan = []
-            for site in used:
-                ref = next(per_cond[c][site] for c in conds if site in per_cond[c])
-                rows = [per_cond[c].get(site, torch.zeros_like(ref)) for c in conds for _ in idx]
-                plan.append((site, envoys[site], torch.stack(rows)))
             with warnings.catch_warnings(), lm.generate(**gen, **_remote(model)) as tracer:
                 warnings.filterwarnings("ignore", message=".*was never reached.*")  # early stop: expected
                 with tracer.invoke(kwargs):
@@ -447,10 +568,30 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
                             _apply_rows(envoy_value(envoy, site), d, positions)
                 with tracer.invoke():
                     ids = tracer.result.save()
-        new = tok.batch_decode(ids[:, inp["input_ids"].shape[1]:], skip_special_tokens=True)
+        if not fast:
+            new = tok.batch_decode(ids[:, inp["input_ids"].shape[1]:], skip_special_tokens=True)
         for r, t in enumerate(new):
             texts[conds[r // len(idx)]][idx[r % len(idx)]] = t
     return texts
+
+
+def _row_steer(model: LoadedModel, plan: list[tuple], positions: Positions) -> Step:
+    """``generate_steered_grid``'s ``Step``: each ``(site, envoy, deltas)`` of ``plan`` adds
+    ``deltas[row]`` to the rows still decoding, at every forward (``_apply_rows``)."""
+
+    def step(inputs: dict, cache: Any, rows: torch.Tensor, first: bool) -> tuple[torch.Tensor, Any]:
+        if not plan:
+            return _forward_step(model, inputs, cache)
+        live = [(site, envoy, d[rows]) for site, envoy, d in plan]
+        with model.lm.trace({k: inputs[k] for k in ("input_ids", "attention_mask")},
+                            position_ids=inputs["position_ids"], past_key_values=cache, use_cache=True,
+                            logits_to_keep=1):
+            for site, envoy, d in live:
+                _apply_rows(envoy_value(envoy, site), d, positions)
+            o = model.lm.output.save()
+        return o.logits[:, -1], o.past_key_values
+
+    return step
 
 
 @torch.no_grad()

@@ -189,6 +189,8 @@ def _timings(benchmark: str, figure: str, name: str, fig: dict[str, Any]) -> tup
         return fig["seconds"][num], fig["seconds"][den]
     if benchmark == "decode_floor" and figure == "overhead":  # traitlab over bare transformers
         return fig["seconds"]["traitlab"], fig["seconds"]["bare"]
+    if benchmark == "decode_floor" and figure == "row_dropping_speedup":  # every row to the end / dropped
+        return fig["seconds"]["traitlab"], fig["seconds"]["row_dropping"]
     if benchmark == "steered_eval" and figure.endswith(".speedup"):  # judge / grid: old over new
         sec = fig[figure.split(".")[0]]["seconds"]
         return sec["old"], sec["new"]
@@ -230,7 +232,8 @@ def record(P: Params, results: dict[str, dict[str, Any]]):
 
     - timing ratios with repeats (``extraction.ratio.bs<b>``, ``peers.train_speedup_*``,
       ``peers.steered_over_unsteered_traitlab``, ``steered_eval.judge.speedup``,
-      ``steered_eval.grid.speedup``, ``decode_floor.overhead``; ``_timings``): a ratio of medians, SE from the repeats' spread
+      ``steered_eval.grid.speedup``, ``decode_floor.overhead``, ``decode_floor.row_dropping_speedup``;
+      ``_timings``): a ratio of medians, SE from the repeats' spread
       (robust SE of each log median, combined), k = 2 (``estimate``);
     - ratios measured once (``refusal_sweep.speedup``, ``memory.*`` peak RSS / weights): no spread
       recorded, so ``NO_REPEAT_REL`` (10%) of the value, stated as such;
