@@ -126,6 +126,17 @@ print(f"{len(cells)} cells ({len(P.traits)} traits × {len(P.layers)} layers × 
       f"{len(qs)} questions each; unscored answers: {int(judged.score.isna().sum())}")
 display(cells.drop(columns=["polarity_correct"], errors="ignore").round(3))
 
+# %% [markdown]
+# ### The reader's second positive control: steering itself
+# Where the model ignores its instructions, the instructed control cannot show what the reader
+# sees. A cell that steers (its interval above 0) while at least half of its answers stay
+# coherent by the text floors does: the vector changed this model's own, still readable, answers
+# and the reader saw the change. A trait passes when any of its cells does (`seen` of `cells`;
+# `best`: the cell with the highest interval's lower end). Nulls below need either control.
+
+# %%
+display(mvs.steering_control(cells, P.traits))
+
 # %%
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -192,7 +203,11 @@ display(records.verdict_table(record))
 # - Every trait here has a gold set, and judge_calibration measures each reading on it (held-out
 #   questions, the 0.5B judge): the probe sees the smallest effects for formality and humor, where the
 #   judge's own score is blind, and ties it on optimism. The probe is fitted on short written
-#   answers; steered answers are a shift of distribution, which the instructed control above checks.
+#   answers; steered answers are a shift of distribution, which the instructed control above checks
+#   where the model follows its instructions. The steering control assumes a steered change that
+#   the reader scores higher on the trait is a change in the trait; a reader that scored any change
+#   of style upward would pass it too (the blind labelling in `data/judge/checks/` found the probe
+#   ordering 12 of 14 differing instructed pairs as a reader did).
 # - Coherence is measured, not used to filter: a delta can still come from degraded text the reader
 #   reads as the trait (see each cell's `coherent`).
 # - Cells share traits and layers; the question bootstrap moves a trait's cells together, but a

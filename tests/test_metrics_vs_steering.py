@@ -214,3 +214,41 @@ def test_late_layer_trap_needs_power_and_a_readable_judge():
     assert c.verdict == "inconclusive"
     none = mvs.control_effects(_control({}), P.traits)
     assert none.delta.isna().all() and not none.differ.any()
+
+
+def test_steering_is_the_readers_second_positive_control():
+    """A model that ignores its instructions fails the instructed control; a cell that steers
+    (interval above 0) with at least half its answers coherent still shows the reader sees the trait,
+    so a powered null is 'not held' and says which control passed. Steering only on broken text, or
+    no coherence measured, is no control: the null stays inconclusive."""
+    P = mvs.Params(traits=["optimism", "formality"], layers=list(range(6)), methods=["probe"], n_boot=200)
+    flat = _cells(noise=0.0).assign(delta=lambda d: np.where(d.layer % 2 == 0, 1.0, -1.0) * (1 + d.layer % 3))
+    flat.loc[(flat.trait == "formality") & (flat.layer == 2), "delta"] = 12.0  # one cell clearly steers
+    judged = _judged_for(flat, spread=8.0)  # the ±1–3 cells' intervals span 0
+    cells = mvs.deltas(flat.drop(columns="delta"), judged)
+    corr, best = mvs.correlations(cells, judged, P), mvs.best_layers(cells)
+    ignored = mvs.control_effects(_control({"optimism": 0.0, "formality": 0.0}, sd=5.0), P.traits)
+    assert not ignored.differ.any()
+
+    def claim(coherent: float | None, control=ignored):
+        c = cells if coherent is None else cells.assign(coherent=coherent)
+        rec = mvs.record(P, c, corr, best, judged, control)
+        return rec, {x.id: x for x in rec.claims}["effect_size_predicts"]
+
+    rec, c = claim(0.75)
+    sc = rec.tables["steering_control"]
+    assert sc.loc["formality", "seen"] == 1 and sc.loc["optimism", "seen"] == 0
+    assert sc.loc["formality", "best"].startswith("L2 probe +12.0")
+    assert rec["steering_control.formality"].value == pytest.approx(1 / 6)
+    assert c.verdict == "not held" and "formality: steering (1/6 coherent cells, clearest L2 probe +12.0" in c.reason
+    _, c = claim(0.25)  # the steering cell's answers are mostly broken
+    assert c.verdict == "inconclusive" and "no cell steers with at least 50% of its answers coherent" in c.reason
+    _, c = claim(None)
+    assert c.verdict == "inconclusive" and "coherence was not measured" in c.reason
+    lines = mvs.conclusions(corr, best, cells.assign(coherent=0.75), ignored)
+    assert "Reader's positive control from steering (cells steering with ≥ 50% of their answers coherent): " \
+           "optimism 0/6; formality 1/6, clearest L2 probe +12.0" in lines[1]
+    # the instructed control passing is named too
+    seen = mvs.control_effects(_control({"optimism": 30.0, "formality": 0.0}), P.traits)
+    _, c = claim(0.25, seen)
+    assert c.verdict == "not held" and "optimism: instructed +30.0" in c.reason

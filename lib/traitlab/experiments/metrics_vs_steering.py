@@ -14,8 +14,11 @@ Each cell's delta carries a t-interval over questions (a cell "steers the wrong 
 it lies below 0) and the share of its answers that are coherent by their text (distinct-2 and
 perplexity floors fitted on the gold sets). Before any of this, the reader's positive control per
 trait: the model answers the same questions under system prompts asking for the trait and for
-its opposite (``data.system_prompts``); a trait whose two sets the reader cannot tell apart has
-deltas that say nothing, and its nulls are inconclusive.
+its opposite (``data.system_prompts``). A small model often ignores such instructions, so the
+steering itself is a second control (``steering_control``): a cell whose delta's interval lies above
+0 while at least ``CONTROL_COHERENT`` of its answers stay coherent shows that the reader sees a
+change this model's vectors make in its own, still readable, answers. A trait that passes neither
+control has deltas that may be reader noise, and its nulls are inconclusive.
 
 Example:
     >>> len(Params(traits=["optimism"], layers=[4, 8], methods=["probe"]).cells())
@@ -66,6 +69,11 @@ SEED = {"effect_size_r": 0.898, "accuracy_r": 0.705, "best_extraction_layer": 13
 """The seed's numbers (Gemma-2-2B, its traits and judge)."""
 
 METRICS = ("val_accuracy", "effect_size", "auroc")
+
+CONTROL_COHERENT = 0.5
+"""A steering-control cell needs at least this share of answers coherent by the text floors, so
+that its delta is a reading of answers, not of broken text (the reader can score word salad
+anywhere)."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +252,30 @@ def deltas(metrics: pd.DataFrame, judged: pd.DataFrame) -> pd.DataFrame:
     return metrics.merge(df.reset_index(), on=["trait", "layer", "method"])
 
 
+def steering_control(cells: pd.DataFrame, traits: list[str]) -> pd.DataFrame:
+    """Per trait, the reader's positive control from steering: ``cells`` (of the trait), ``seen``
+    (how many of them steer, their delta's 95% interval above 0, with at least ``CONTROL_COHERENT``
+    of their answers coherent), the clearest such cell (the highest interval's lower end) and
+    ``passes`` (any seen). Without a ``coherent`` column no cell qualifies: a delta read from broken
+    text proves nothing.
+
+    >>> c = pd.DataFrame({"trait": ["t", "t"], "layer": [4, 8], "method": ["probe"] * 2, "delta": [9.0, 20.0],
+    ...                   "ci_lo": [2.0, 5.0], "ci_hi": [16.0, 35.0], "steers": [True, True], "coherent": [0.75, 0.25]})
+    >>> r = steering_control(c, ["t"]).loc["t"]
+    >>> int(r.cells), int(r.seen), r.best, bool(r.passes)
+    (2, 1, 'L4 probe +9.0 [+2.0, +16.0]', True)
+    """
+    rows = []
+    for t in traits:
+        g = cells[cells.trait == t]
+        ok = g[g.steers & (g.coherent >= CONTROL_COHERENT)] if "coherent" in g.columns else g.iloc[:0]
+        b = ok.loc[ok.ci_lo.idxmax()] if len(ok) else None
+        rows.append({"trait": t, "cells": len(g), "seen": len(ok),
+                     "best": "" if b is None else f"L{b.layer} {b.method} {b.delta:+.1f} [{b.ci_lo:+.1f}, {b.ci_hi:+.1f}]",
+                     "passes": len(ok) > 0})
+    return pd.DataFrame(rows).set_index("trait")
+
+
 def _question_bootstrap(cells: pd.DataFrame, judged: pd.DataFrame, P: Params,
                         stat: Callable[[pd.DataFrame, np.ndarray], float]) -> unc.Bootstrap:
     """Bootstrap of ``stat(cells, deltas)`` over questions, resampled within trait: each draw
@@ -317,6 +349,12 @@ def conclusions(corr: pd.DataFrame, best: pd.DataFrame, cells: pd.DataFrame,
 
         out.append("Reader's positive control (positive- minus negative-instructed answers): "
                    + "; ".join(control_line(t, r) for t, r in control.iterrows()) + ".")
+    if "coherent" in cells.columns:
+        steered = steering_control(cells, list(cells.trait.unique()))
+        out.append(f"Reader's positive control from steering (cells steering with ≥ {CONTROL_COHERENT:.0%} of their "
+                   "answers coherent): " + "; ".join(
+                       f"{t} {r.seen}/{r.cells}" + (f", clearest {r.best}" if r.passes else "")
+                       for t, r in steered.iterrows()) + ".")
     ranked = corr.loc["pooled"].sort_values("pearson_r", ascending=False)
     out.append("Predictors of the steering delta by Pearson r over all cells: " + ", ".join(
         f"{m} {r.pearson_r:+.2f} {r.r_ci95}" for m, r in ranked.iterrows())
@@ -349,6 +387,21 @@ def conclusions(corr: pd.DataFrame, best: pd.DataFrame, cells: pd.DataFrame,
         out.append(f"Coherent answers per cell (text floors): median {100 * cells.coherent.median():.0f}%, "
                    f"range {100 * cells.coherent.min():.0f}–{100 * cells.coherent.max():.0f}%.")
     return out
+
+
+def _controls_text(control: pd.DataFrame | None, steered: pd.DataFrame) -> str:
+    """Which control shows the reader seeing each trait, e.g. "optimism: instructed +25.0; humor:
+    steering (6/12 coherent cells, clearest L12 probe +21.7 [+10.2, +33.2])"; "none" when neither."""
+    parts = []
+    for t, r in steered.iterrows():
+        got = []
+        if control is not None and t in control.index and bool(control.loc[t, "differ"]):
+            got.append(f"instructed {control.loc[t, 'delta']:+.1f}")
+        if r.passes:
+            got.append(f"steering ({r.seen}/{r.cells} coherent cells, clearest {r.best})")
+        if got:
+            parts.append(f"{t}: {' and '.join(got)}")
+    return "; ".join(parts) or "none"
 
 
 def questions(P: Params) -> pd.DataFrame:
@@ -412,22 +465,37 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
     if "coherent" in cells.columns:
         qs.append(records.rate("median_cell_coherent", float(cells.coherent.median()),
                                n=P.n_questions, items=2))
+    steered = steering_control(cells, P.traits)
+    for t, r in steered.iterrows():
+        qs.append(records.rate(f"steering_control.{t}", r.seen / max(r.cells, 1), n=max(int(r.cells), 1), items=2))
+        readable[str(t)] = readable[str(t)] or bool(r.passes)
     by = {q.name: q for q in qs}
-    no_control = "the reader's positive control did not separate the instructed answers for any trait"
+    no_control = ("neither of the reader's positive controls passed for any trait: the instructed answers were "
+                  "not separated")
     if control is not None and "similarity" in control.columns:
         alike = control[control.similarity >= ALIKE]
         if len(alike):
             no_control += (" (" + "; ".join(f"{t}: {change_text(r)}" for t, r in alike.iterrows())
                            + ": the model barely follows them)")
+    no_control += (f", and no cell steers with at least {CONTROL_COHERENT:.0%} of its answers coherent"
+                   if "coherent" in cells.columns else ", and coherence was not measured")
+    seen_by = _controls_text(control, steered)
+
+    def needs_control(verdict: str, why: str) -> tuple[str, str]:
+        """A null counts only where the reader demonstrably sees some trait (either control)."""
+        if verdict != "not held":
+            return verdict, why
+        if not any(readable.values()):
+            return "inconclusive", f"{why}; but {no_control}: the deltas may be reader noise"
+        return verdict, f"{why}; the reader's positive control: {seen_by}"
 
     es = by["effect_size_r"]
-    v1, why1 = records.decide(holds=bool(es.ci is not None and es.ci[0] > 0), seed_effect=SEED["effect_size_r"],
-                              mde=unc.r_mde(n))
-    if v1 == "not held" and not any(readable.values()):
-        v1, why1 = "inconclusive", f"{why1}; but {no_control}: the deltas may be judge noise"
+    v1, why1 = needs_control(*records.decide(holds=bool(es.ci is not None and es.ci[0] > 0),
+                                             seed_effect=SEED["effect_size_r"], mde=unc.r_mde(n)))
     g = by["effect_size_minus_accuracy_r"]
-    v2, why2 = records.decide(holds=bool(g.ci is not None and g.ci[0] > 0),
-                              seed_effect=SEED["effect_size_r"] - SEED["accuracy_r"], mde=unc.mde(gap_se))
+    v2, why2 = needs_control(*records.decide(holds=bool(g.ci is not None and g.ci[0] > 0),
+                                             seed_effect=SEED["effect_size_r"] - SEED["accuracy_r"],
+                                             mde=unc.mde(gap_se)))
     v3, why3 = records.decide(holds=by["best_layer_differs"].value > 0.5, comparable=len(P.layers) > 1,
                               comparable_reason="one layer: no best layer to compare")
     if v3 == "inconclusive":
@@ -470,7 +538,7 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
                       ours=f"{len(late_trap)}/{len(late_acc)} accurate cells at layers {late}",
                       verdict=v4, reason=why4, quantity="late_high_accuracy_negative_delta"),
     )
-    tables = {"cells": cells, "correlations": corr, "best_layers": best}
+    tables = {"cells": cells, "correlations": corr, "best_layers": best, "steering_control": steered}
     if control is not None:
         tables["control"] = control
     return records.ResultRecord("metrics_vs_steering", model=P.model, quantities=tuple(qs), claims=claims,
