@@ -254,9 +254,18 @@ def _decode(model: LoadedModel, inputs: dict, step: Step, *, cache: Any = None, 
     return model.tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
-def _forward_step(model: LoadedModel, inputs: dict, cache: Any) -> tuple[torch.Tensor, Any]:
-    """One unsteered forward on the KV cache (a ``Step`` body)."""
-    o = model.hf(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+def _forward_step(model: LoadedModel, inputs: dict, cache: Any,
+                  edit: Callable[[], None] | None = None) -> tuple[torch.Tensor, Any]:
+    """One forward on the KV cache (a ``Step`` body): plain, or inside an nnsight trace that
+    runs ``edit`` (the interventions on envoys) when one is given."""
+    if edit is None:
+        o = model.hf(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return o.logits[:, -1], o.past_key_values
+    with model.lm.trace({k: inputs[k] for k in ("input_ids", "attention_mask")},
+                        position_ids=inputs["position_ids"], past_key_values=cache, use_cache=True,
+                        logits_to_keep=1):
+        edit()
+        o = model.lm.output.save()
     return o.logits[:, -1], o.past_key_values
 
 
@@ -332,16 +341,12 @@ def _prefill_steer(model: LoadedModel, envoy: Any, add: torch.Tensor) -> Step:
     """``generate``'s ``Step``: ``add[row]`` at ``resid_pre`` of the last prompt token in the first
     forward (which runs only that token on the prefix's cache), plain forwards after it."""
 
+    def edit() -> None:
+        h = envoy.input
+        h[:, -1] += cast_like(add, h)
+
     def step(inputs: dict, cache: Any, rows: torch.Tensor, first: bool) -> tuple[torch.Tensor, Any]:
-        if not first:
-            return _forward_step(model, inputs, cache)
-        pos = inputs["position_ids"]
-        with model.lm.trace({k: inputs[k] for k in ("input_ids", "attention_mask")}, position_ids=pos,
-                            past_key_values=cache, use_cache=True, logits_to_keep=1):
-            h = envoy.input
-            h[:, -1] += cast_like(add, h)
-            o = model.lm.output.save()
-        return o.logits[:, -1], o.past_key_values
+        return _forward_step(model, inputs, cache, edit if first else None)
 
     return step
 
@@ -362,14 +367,14 @@ def _generate_full(model: LoadedModel, examples: Sequence[Encoded], *, max_new_t
         chunk = [rows[r] for r in order[start:start + batch_size]]
         inp = to_model(_pad_batch([examples[i] for i, _ in chunk], "left", tok.pad_token_id), model)
         kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
-        gen = _gen_kwargs(model, max_new_tokens, sampling, base, [i * n_cond + c for i, c in chunk])
+        seeds = [i * n_cond + c for i, c in chunk]
         if envoy is None and _decodes_itself(model):
-            new = _decode(model, inp, lambda x, cache, rows, first: _forward_step(model, x, cache),
-                          max_new_tokens=max_new_tokens, sampling=sampling, base_seed=base,
-                          seeds=[i * n_cond + c for i, c in chunk])
+            new = _decode(model, inp, lambda x, cache, _rows, _first: _forward_step(model, x, cache),
+                          max_new_tokens=max_new_tokens, sampling=sampling, base_seed=base, seeds=seeds)
             for (i, c), t in zip(chunk, new, strict=True):
                 texts[i][c] = t
             continue
+        gen = _gen_kwargs(model, max_new_tokens, sampling, base, seeds)
         if envoy is None and not model.remote:
             ids = model.hf.generate(**kwargs, **gen)
         elif envoy is None:
@@ -580,16 +585,13 @@ def _row_steer(model: LoadedModel, plan: list[tuple], positions: Positions) -> S
     ``deltas[row]`` to the rows still decoding, at every forward (``_apply_rows``)."""
 
     def step(inputs: dict, cache: Any, rows: torch.Tensor, first: bool) -> tuple[torch.Tensor, Any]:
-        if not plan:
-            return _forward_step(model, inputs, cache)
         live = [(site, envoy, d[rows]) for site, envoy, d in plan]
-        with model.lm.trace({k: inputs[k] for k in ("input_ids", "attention_mask")},
-                            position_ids=inputs["position_ids"], past_key_values=cache, use_cache=True,
-                            logits_to_keep=1):
+
+        def edit() -> None:
             for site, envoy, d in live:
                 _apply_rows(envoy_value(envoy, site), d, positions)
-            o = model.lm.output.save()
-        return o.logits[:, -1], o.past_key_values
+
+        return _forward_step(model, inputs, cache, edit if live else None)
 
     return step
 
