@@ -109,9 +109,13 @@ def test_tree_attention_expansion_equals_one_cache_row_per_node(arch):
             [("Will it rain?", "Sunny days ahead!"), ("Will it rain?", "No."),
              ("Will it rain?", "It will rain heavily and then clear up, with wind from the west.")]]
     ids = [be._prompt_ids(m) for m in msgs]
+    def prefill():  # the same whole prefill for both paths (no kept prefix: rounding would differ)
+        be._last_prefix = None
+        return be._prefill(ids)
+
     with torch.no_grad():
-        rows = be._expand_rows(*be._prefill(ids), [len(x) for x in ids], 5)
-        tree = be._expand_tree(*be._prefill(ids), [len(x) for x in ids], 5) if be._tree_ok else rows
+        rows = be._expand_rows(*prefill(), [len(x) for x in ids], 5)
+        tree = be._expand_tree(*prefill(), [len(x) for x in ids], 5) if be._tree_ok else rows
     if be._tree_ok:
         for (ta, ia), (tb, ib) in zip(rows, tree, strict=True):
             assert ta == tb and set(ia) == set(ib) and ia
@@ -753,3 +757,35 @@ def test_prefer_opposite_many_asks_for_the_opposite_and_reverses_every_probabili
     assert direct.cached and direct.p_first == pytest.approx(1 - p.p_first)
     with pytest.raises(ValueError, match="no opposite for trait 'optimism'"):
         j.prefer_opposite_many([("Q?", "a", "b")], trait="optimism", progress=False)
+
+
+def test_consecutive_batches_reuse_the_shared_opening_of_their_prefixes(tiny_judge):
+    """The answers to question 2 run after question 1's under the same (anchored) rubric: only the
+    tokens after the two prefixes' common opening are prefilled again, on the kept cache cut back
+    to it, and every score equals scoring the prompt alone (within float rounding)."""
+    anchors = [J.Anchor(10, "Will prices fall?", "Nothing will ever improve."),
+               J.Anchor(50, "Will prices fall?", "It may go either way."),
+               J.Anchor(90, "Will prices fall?", "It will be wonderful, I am sure of it!")]
+    qs = ["Will it rain tomorrow in the city?", "How will schools change over the next decade?"]
+    items = [(q, a) for q in qs for a in ("Sunny days ahead!", "No.", "Rain, then wind.")]
+    msgs = [J.judge_messages("trait", q, a, "optimism", None, anchors) for q, a in items]
+    ids = [tiny_judge._prompt_ids(m) for m in msgs]
+    p1, p2 = (ids[:3], ids[3:])
+    shared1, shared2 = J._common_prefix(p1), J._common_prefix(p2)
+    opening = J._common_prefix([p1[0][:shared1], p2[0][:shared2]])
+    assert opening >= tiny_judge.MIN_SHARED and tiny_judge._full_attention
+    lengths: list[int] = []
+    hook = tiny_judge.model.hf.get_input_embeddings().register_forward_hook(
+        lambda _m, a, _o: lengths.append(tuple(a[0].shape)))
+    tiny_judge._last_prefix = None
+    try:
+        batch = tiny_judge.complete_many(msgs, mode="logprob", top_logprobs=20, max_tokens=1,
+                                         groups=[q for q, _ in items])
+    finally:
+        hook.remove()
+    prefills = [n for b, n in lengths if b == 1]
+    assert prefills[:2] == [shared1, shared2 - opening]  # the second prefix ran only past the opening
+    for m, b in zip(msgs, batch, strict=True):
+        a = tiny_judge.complete(m, mode="logprob", top_logprobs=20, max_tokens=1)
+        assert max(abs(a.int_probs[k] - b.int_probs[k]) for k in a.int_probs) < 1e-6
+        assert abs(J.weighted_score(a.int_probs, 0.0)[0] - J.weighted_score(b.int_probs, 0.0)[0]) < 1e-4

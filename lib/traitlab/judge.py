@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import math
 import os
@@ -504,6 +505,7 @@ class LocalBackend:
         self._digit_start = starts_digit
         self._label_ids = labels  # every token spelling a choice label ("A", " B", "Yes", ...)
         self._lock = threading.Lock()
+        self._last_prefix: tuple[list[int], Any] | None = None  # ``_prefix_kv``'s memo
 
     def __repr__(self) -> str:
         return f"LocalBackend(model={self.model.spec!r})"
@@ -653,7 +655,7 @@ class LocalBackend:
         mask = torch.tensor([[1] * (shared + len(r)) + [0] * (width - len(r)) for r in rest])
         past = None
         if shared:
-            past = hf(input_ids=torch.tensor([ids[0][:shared]]), use_cache=True).past_key_values
+            past = self._prefix_kv(ids[0][:shared])
             past.batch_repeat_interleave(len(ids))
         # Right padding: every real token keeps its position. Logits only where some prompt ends
         # (through the model's own head, so e.g. Gemma's logit soft-capping applies).
@@ -663,6 +665,28 @@ class LocalBackend:
                logits_to_keep=torch.tensor(keep))
         at = torch.tensor([keep.index(x) for x in last])
         return torch.log_softmax(o.logits[torch.arange(len(ids)), at].float(), -1), o.past_key_values, mask
+
+    @torch.no_grad()
+    def _prefix_kv(self, prefix: list[int]) -> Any:
+        """The KV cache (one row) of a batch's shared prefix. The last one is kept: consecutive
+        batches under one rubric (the answers to different questions, an anchored rubric's scored
+        examples) share its opening, so only the tokens after their common start run again, on a
+        copy of the kept cache cut back to it. Models with sliding-window layers, whose cache holds
+        only the window, always prefill the whole prefix. Equal to a whole prefill up to float
+        rounding (the same tokens attended in two passes instead of one)."""
+        hf, start, past = self.model.hf, 0, None
+        if self._last_prefix is not None and self._full_attention:
+            kept, kv = self._last_prefix
+            start = _common_prefix([kept, prefix])
+            if start >= self.MIN_SHARED:
+                past = copy.deepcopy(kv)
+                past.crop(start - len(kept))  # transformers 5: a negative count of tokens to drop
+            else:
+                start = 0
+        out = hf(input_ids=torch.tensor([prefix[start:]]), past_key_values=past, use_cache=True).past_key_values
+        if self._full_attention:
+            self._last_prefix = (list(prefix), copy.deepcopy(out))
+        return out
 
     def _top(self, logp: torch.Tensor, top_k: int, extra: Sequence[int] = ()) -> dict[str, float]:
         """The ``top_k`` next tokens (and the ``extra`` token ids) as ``{decoded token: logprob}``;
@@ -690,11 +714,15 @@ class LocalBackend:
         """Whether a custom 4-D mask reaches every attention layer unchanged: true for models
         whose layers all attend fully (Qwen, Llama), not for sliding-window layers (Gemma 3),
         whose cache keeps only the window."""
+        return self.model.hf.config._attn_implementation in ("sdpa", "eager") and self._full_attention
+
+    @property
+    def _full_attention(self) -> bool:
+        """Whether every layer attends to the whole sequence (no sliding window), so a KV cache
+        can be cut back to any length and extended."""
         cfg = self.model.hf.config
         types = getattr(cfg, "layer_types", None) or ()
-        return (cfg._attn_implementation in ("sdpa", "eager")
-                and all(t == "full_attention" for t in types)
-                and not getattr(cfg, "sliding_window", None))
+        return all(t == "full_attention" for t in types) and not getattr(cfg, "sliding_window", None)
 
     def _expand_tree(self, logp0: torch.Tensor, cache: Any, mask: torch.Tensor, lengths: list[int], top_k: int
                      ) -> list[tuple[dict[str, float], dict[int, float]]]:
