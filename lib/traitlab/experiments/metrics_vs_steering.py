@@ -515,11 +515,11 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
         seen = late_acc[late_acc.trait.map(readable) & (late_acc.mde < seed_trap)]
         if len(seen):
             v4, why4 = "not held", (f"{len(seen)} late accurate cell(s) could detect a delta of −{seed_trap} (minimum "
-                                    f"detectable {seen.mde.max():.1f}) on traits the judge demonstrably reads, and "
+                                    f"detectable {seen.mde.max():.1f}) on traits the reader demonstrably sees (a positive control passed), and "
                                     "none steers the wrong way")
         else:
             v4, why4 = "inconclusive", (f"no late accurate cell both could detect −{seed_trap} points and belongs to a "
-                                        "trait the judge's positive control separates")
+                                        "trait whose reader passed a positive control")
     qs.append(records.rate("late_high_accuracy_negative_delta", len(late_trap) / max(len(late_acc), 1),
                            n=max(len(late_acc), 1), items=2))
     claims = (
