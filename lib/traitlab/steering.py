@@ -162,9 +162,15 @@ class RowSampler:
         self.sampling = sampling
         self.streams = [torch.Generator().manual_seed(row_seed(base_seed, r)) for r in rows]
 
+    def pick(self, scores: torch.Tensor, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Each row's sampled token; ``rows``: the streams of the rows still in ``scores`` (all
+        when None), each drawing one uniform."""
+        streams = self.streams if rows is None else [self.streams[r] for r in rows]
+        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in streams])
+        return sample_tokens(scores, u, self.sampling.temperature, self.sampling.top_p).to(scores.device)
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.streams])
-        pick = sample_tokens(scores, u, self.sampling.temperature, self.sampling.top_p).to(scores.device)
+        pick = self.pick(scores)
         out = torch.full_like(scores, -math.inf)
         out.scatter_(1, pick[:, None], 0.0)
         return out
@@ -227,18 +233,14 @@ def _decode(model: LoadedModel, inputs: dict, step: Step, *, cache: Any = None, 
     """
     n = inputs["input_ids"].shape[0]
     eos = _eos_ids(model).to(inputs["input_ids"].device)
-    streams = None if sampling.greedy else [torch.Generator().manual_seed(row_seed(base_seed, r)) for r in seeds]
+    sampler = None if sampling.greedy else RowSampler(sampling, base_seed, seeds)
     rows = torch.arange(n)
     out: list[list[int]] = [[] for _ in range(n)]
     mask, pos = inputs["attention_mask"], inputs["position_ids"][:, -1:]
     for t in range(max_new_tokens):
         logits, cache = step(inputs, cache, rows, t == 0)
         scores = logits.float()
-        if streams is None:
-            pick = scores.argmax(-1)
-        else:
-            u = torch.stack([torch.rand((), generator=streams[r], dtype=torch.float64) for r in rows.tolist()])
-            pick = sample_tokens(scores, u, sampling.temperature, sampling.top_p).to(scores.device)
+        pick = scores.argmax(-1) if sampler is None else sampler.pick(scores, rows.tolist())
         for r, tok_id in zip(rows.tolist(), pick.tolist(), strict=True):
             out[r].append(tok_id)
         live = ~torch.isin(pick, eos)
@@ -363,12 +365,13 @@ def _generate_full(model: LoadedModel, examples: Sequence[Encoded], *, max_new_t
     lm, tok = model.lm, model.tokenizer
     envoy = resolve(lm, f"{layout(model.arch).layers}.{layer}") if deltas is not None else None
     base = sampling.base_seed()
+    fast = envoy is None and _decodes_itself(model)  # unsteered and local: finished rows leave the batch
     for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
         chunk = [rows[r] for r in order[start:start + batch_size]]
         inp = to_model(_pad_batch([examples[i] for i, _ in chunk], "left", tok.pad_token_id), model)
         kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
         seeds = [i * n_cond + c for i, c in chunk]
-        if envoy is None and _decodes_itself(model):
+        if fast:
             new = _decode(model, inp, lambda x, cache, _rows, _first: _forward_step(model, x, cache),
                           max_new_tokens=max_new_tokens, sampling=sampling, base_seed=base, seeds=seeds)
             for (i, c), t in zip(chunk, new, strict=True):
@@ -538,7 +541,7 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
     sites = sorted({s.site for steers in conditions for s in steers}, key=lambda x: x.order)
     envoys = {site: resolve(model.lm, module_path(model.arch, site)) for site in sites}
     per_cond = [{s.site: s.delta for s in steers} for steers in conditions]
-    lm, tok, hf = model.lm, model.tokenizer, model.hf
+    tok = model.tokenizer
     fast = _decodes_itself(model)
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
     texts = [[""] * len(examples) for _ in conditions]
@@ -551,8 +554,6 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
     for idx, conds in tqdm(jobs, desc=desc, disable=not progress):
         one = _pad_batch([examples[i] for i in idx], "left", tok.pad_token_id)
         inp = to_model({k: v.repeat(len(conds), 1) for k, v in one.items()}, model)
-        gen = _gen_kwargs(model, max_new_tokens, sampling, base, idx * len(conds))
-        kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
         used = [site for site in sites if any(site in per_cond[c] for c in conds)]
         plan = []
         for site in used:
@@ -562,22 +563,32 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
         if fast:
             new = _decode(model, inp, _row_steer(model, plan, positions), max_new_tokens=max_new_tokens,
                           sampling=sampling, base_seed=base, seeds=idx * len(conds))
-        elif not used and not model.remote:
-            ids = hf.generate(**kwargs, **gen)
         else:
-            with warnings.catch_warnings(), lm.generate(**gen, **_remote(model)) as tracer:
-                warnings.filterwarnings("ignore", message=".*was never reached.*")  # early stop: expected
-                with tracer.invoke(kwargs):
-                    for _step in tracer.iter[:max_new_tokens]:
-                        for site, envoy, d in plan:
-                            _apply_rows(envoy_value(envoy, site), d, positions)
-                with tracer.invoke():
-                    ids = tracer.result.save()
-        if not fast:
-            new = tok.batch_decode(ids[:, inp["input_ids"].shape[1]:], skip_special_tokens=True)
+            new = _generate_rows(model, inp, plan, positions, max_new_tokens,
+                                 _gen_kwargs(model, max_new_tokens, sampling, base, idx * len(conds)))
         for r, t in enumerate(new):
             texts[conds[r // len(idx)]][idx[r % len(idx)]] = t
     return texts
+
+
+def _generate_rows(model: LoadedModel, inp: dict, plan: list[tuple], positions: Positions, max_new_tokens: int,
+                   gen: dict) -> list[str]:
+    """One grid batch by transformers' ``generate`` (every row decoded to the longest answer), for
+    remote models and generation configs with logits processors: ``plan``'s per-row additions at
+    every step inside one nnsight trace, or plain ``generate`` when nothing steers a local model."""
+    kwargs = {"input_ids": inp["input_ids"], "attention_mask": inp["attention_mask"]}
+    if not plan and not model.remote:
+        ids = model.hf.generate(**kwargs, **gen)
+    else:
+        with warnings.catch_warnings(), model.lm.generate(**gen, **_remote(model)) as tracer:
+            warnings.filterwarnings("ignore", message=".*was never reached.*")  # early stop: expected
+            with tracer.invoke(kwargs):
+                for _step in tracer.iter[:max_new_tokens]:
+                    for site, envoy, d in plan:
+                        _apply_rows(envoy_value(envoy, site), d, positions)
+            with tracer.invoke():
+                ids = tracer.result.save()
+    return model.tokenizer.batch_decode(ids[:, inp["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def _row_steer(model: LoadedModel, plan: list[tuple], positions: Positions) -> Step:
