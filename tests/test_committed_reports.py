@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from traitlab import records
-from traitlab.cli import indexable
+from traitlab.cli import indexable, notebook_drift
 from traitlab.paths import PROJECT_ROOT
 
 REPORTS = PROJECT_ROOT / "reports"
@@ -24,6 +24,13 @@ STALE: dict[str, str] = {
 """Reports rendered before result records existed, each with why it has not been re-rendered yet
 (they fail the checks below until it is; the list only shrinks)."""
 
+BEHIND: dict[str, str] = {
+    "base_to_instruct": "needs the 'refusing' model chain rebuilt (about 20 min) before its 16-min render",
+    "refusal_dial.qwen2.5-coder-1.5b": "about 70 min cold on 2 cores; the 0.5B default shows the current code",
+}
+"""Reports whose notebook's code changed since they were rendered, each with why it has not been
+re-rendered yet. A notebook edit that leaves a committed report behind fails
+``test_report_runs_its_notebooks_code`` until the report is re-rendered or named here."""
 
 def _outputs(nb: dict):
     for cell in nb["cells"]:
@@ -49,3 +56,29 @@ def test_report_is_clean_and_readable(path: Path):
     verdicts, first_section = html.find('dataframe verdicts"'), html.find("<h2")
     if rec.claims:
         assert 0 <= verdicts < first_section, f"{path.stem}.html: the verdict table is not above the first section"
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(reason=BEHIND[p.stem], strict=True))
+                                  if p.stem in BEHIND else p for p in NOTEBOOKS], ids=lambda p: p.stem)
+def test_report_runs_its_notebooks_code(path: Path):
+    """The code cells a report shows are its notebook's current ones (parameter cells aside)."""
+    assert notebook_drift(path) is None, f"{path.stem}: {notebook_drift(path)}"
+
+
+def test_notebook_drift_names_the_cell(tmp_path: Path):
+    import jupytext
+    import nbformat
+
+    (tmp_path / "nb").mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell("y = x + 1"), nbformat.v4.new_markdown_cell("# y")])
+    jupytext.write(nb, tmp_path / "nb" / "demo.py", fmt="py:percent")
+    ran = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 5", metadata={"tags": ["injected-parameters"]}),
+                                          *nb.cells])
+    nbformat.write(ran, tmp_path / "demo.profile.ipynb")
+    assert notebook_drift(tmp_path / "demo.profile.ipynb", tmp_path / "nb") is None  # parameters aside
+    nb.cells[1].source = "y = x + 2"
+    jupytext.write(nb, tmp_path / "nb" / "demo.py", fmt="py:percent")
+    assert notebook_drift(tmp_path / "demo.profile.ipynb", tmp_path / "nb") == \
+        "demo.py changed since this render (code cell 1 of 1 differs)"
+    assert notebook_drift(tmp_path / "other.ipynb", tmp_path / "nb") == "no notebook other.py for it"

@@ -208,6 +208,45 @@ def indexable(report_dir: Path) -> list[Path]:
             and not p.name.endswith(".failed.ipynb")]
 
 
+_NOT_CODE = {"parameters", "injected-parameters"}
+
+
+def _code_cells(nb) -> list[str]:
+    """The code a notebook runs, cell by cell, less its parameter cells (they differ by design)."""
+    return [c.source.strip() for c in nb.cells if c.cell_type == "code"
+            and not _NOT_CODE & set(c.metadata.get("tags", []))]
+
+
+def notebook_drift(ipynb: Path, notebooks_dir: Path | None = None) -> str | None:
+    """Why the rendered report ``ipynb`` no longer shows what its notebook runs, or None when its
+    code cells equal the notebook's (``notebooks/<name>.py``, name = the report's stem before its
+    first dot; parameter cells left out). Library changes are not seen here: the result checks
+    (``records.compare``) are what catch those.
+
+    Example:
+        >>> notebook_drift(Path("reports/no_such_report.profile.ipynb"))
+        'no notebook no_such_report.py for it'
+        >>> notebook_drift(Path("reports/refusal_dial.ipynb"))  # doctest: +SKIP
+        'refusal_dial.py changed since this render (code cell 12 of 30 differs)'
+    """
+    import jupytext
+    import nbformat
+
+    src = (notebooks_dir or PROJECT_ROOT / "notebooks") / f"{ipynb.name.split('.')[0]}.py"
+    if not src.exists():
+        return f"no notebook {src.name} for it"
+    try:
+        ran = _code_cells(nbformat.read(ipynb, as_version=4))
+    except (OSError, ValueError, KeyError, AttributeError) as err:  # missing, not JSON, not a notebook
+        return f"unreadable ({type(err).__name__})"
+    now = _code_cells(jupytext.read(src))
+    if ran == now:
+        return None
+    first = next((i for i, (a, b) in enumerate(zip(ran, now, strict=False)) if a != b), min(len(ran), len(now)))
+    return (f"{src.name} changed since this render (code cell {first + 1} of {len(now)} differs"
+            + (f"; {len(ran)} cells ran, {len(now)} now)" if len(ran) != len(now) else ")"))
+
+
 def _model_of(params: dict) -> str:
     """The model a report ran on: ``model``, else the first ``*_model`` parameter."""
     if params.get("model"):
@@ -266,6 +305,7 @@ def write_index(report_dir: Path) -> Path:
             f"<td>{html.escape(model)}</td><td><code>{html.escape(commit)}</code></td>"
             f"<td>{html.escape(str(meta.get('date', '?')))}</td>"
             f"<td>{html.escape(str(meta.get('seconds', '?')))}</td>"
+            f"<td>{html.escape(notebook_drift(nb_path) or 'current')}</td>"
             f"<td><code>{html.escape(json.dumps(params, sort_keys=True))}</code></td></tr>")
     no_matrix = ("<p>No report here has a result record yet: re-render them "
                  "(<code>make reports</code>) to fill the matrix.</p>")
@@ -281,7 +321,7 @@ def write_index(report_dir: Path) -> Path:
                "<th>why</th><th>report</th></tr>" + "".join(matrix) + "</table>" if matrix else no_matrix)
             + "<h2>Reports</h2><p>Rendered with <code>make reports</code> (default profiles).</p>"
             "<table><tr><th>report</th><th>profile</th><th>model</th><th>commit</th><th>date</th>"
-            "<th>seconds</th><th>parameters</th></tr>" + "".join(rows) + "</table>")
+            "<th>seconds</th><th>code</th><th>parameters</th></tr>" + "".join(rows) + "</table>")
     out = report_dir / "index.html"
     write_text(out, page)
     return out
