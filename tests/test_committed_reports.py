@@ -26,7 +26,6 @@ STALE: dict[str, str] = {
 
 BEHIND: dict[str, str] = {
     "base_to_instruct": "needs the 'refusing' model chain rebuilt (about 20 min) before its 16-min render",
-    "refusal_dial.qwen2.5-coder-1.5b": "about 70 min cold on 2 cores; the 0.5B default shows the current code",
 }
 """Reports whose notebook's code changed since they were rendered, each with why it has not been
 re-rendered yet. A notebook edit that leaves a committed report behind fails
