@@ -226,8 +226,6 @@ def notebook_drift(ipynb: Path, notebooks_dir: Path | None = None) -> str | None
     Example:
         >>> notebook_drift(Path("reports/no_such_report.profile.ipynb"))
         'no notebook no_such_report.py for it'
-        >>> notebook_drift(Path("reports/refusal_dial.ipynb"))  # doctest: +SKIP
-        'refusal_dial.py changed since this render (code cell 12 of 30 differs)'
     """
     import jupytext
     import nbformat
