@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from traitlab import records
-from traitlab.cli import indexable, notebook_drift
+from traitlab.cli import data_drift, indexable, notebook_drift
 from traitlab.paths import PROJECT_ROOT
 
 REPORTS = PROJECT_ROOT / "reports"
@@ -30,6 +30,12 @@ BEHIND: dict[str, str] = {
 """Reports whose notebook's code changed since they were rendered, each with why it has not been
 re-rendered yet. A notebook edit that leaves a committed report behind fails
 ``test_report_runs_its_notebooks_code`` until the report is re-rendered or named here."""
+
+DATA_BEHIND: dict[str, str] = {
+}
+"""Reports that read a data file (prompt set, gold set) changed since they were rendered, each with
+why it has not been re-rendered yet (``test_report_reads_todays_data``; the list only shrinks)."""
+
 
 def _outputs(nb: dict):
     for cell in nb["cells"]:
@@ -81,3 +87,38 @@ def test_notebook_drift_names_the_cell(tmp_path: Path):
     assert notebook_drift(tmp_path / "demo.profile.ipynb", tmp_path / "nb") == \
         "demo.py changed since this render (code cell 1 of 1 differs)"
     assert notebook_drift(tmp_path / "other.ipynb", tmp_path / "nb") == "no notebook other.py for it"
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(reason=DATA_BEHIND[p.stem], strict=True))
+                                  if p.stem in DATA_BEHIND else p for p in NOTEBOOKS], ids=lambda p: p.stem)
+def test_report_reads_todays_data(path: Path):
+    """Every data file a report read is unchanged since (reports rendered before records kept their
+    data files cannot be checked and are skipped)."""
+    record = path.with_suffix(".results.json")
+    if "data" not in json.loads(record.read_text()).get("run", {}):
+        pytest.skip("rendered before records kept their data files")
+    assert data_drift(record) is None, f"{path.stem}: {data_drift(record)}"
+
+
+def test_data_drift_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import hashlib
+
+    monkeypatch.setenv("TRAITLAB_DATA_ROOT", str(tmp_path / "root"))
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "x.csv").write_text("a\n1\n")
+    anchors = PROJECT_ROOT / "data" / "judge" / "anchors.jsonl"
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    record = tmp_path / "r.results.json"
+
+    def drift(data: dict[str, str]) -> str | None:
+        record.write_text(json.dumps({"run": {"data": data}}))
+        return data_drift(record)
+
+    same = {"data/judge/anchors.jsonl": sha(anchors), "$TRAITLAB_DATA_ROOT/x.csv": sha(tmp_path / "root" / "x.csv"),
+            "$TRAITLAB_DATA_ROOT/absent.csv": "0" * 64}   # a public file absent here is not drift
+    assert drift(same) is None
+    assert drift({**same, "data/judge/anchors.jsonl": "0" * 64}) == "data/judge/anchors.jsonl changed since this render"
+    assert drift({**same, "$TRAITLAB_DATA_ROOT/x.csv": "0" * 64}) == "$TRAITLAB_DATA_ROOT/x.csv changed since this render"
+    assert drift({**same, "data/gone.jsonl": "0" * 64}) == "data/gone.jsonl gone since this render"
+    record.write_text(json.dumps({"run": {}}))
+    assert data_drift(record) == "data files not recorded (rendered before records kept them)"

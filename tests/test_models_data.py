@@ -95,3 +95,22 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
             raise RuntimeError("interrupted")
     assert atomic.read_json(target) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_files_read_keeps_each_files_digest(tmp_path, monkeypatch):
+    import hashlib
+
+    from traitlab import data
+
+    monkeypatch.setattr(data, "_READ", {})
+    load_trait("optimism")
+    own = tmp_path / "mine.jsonl"
+    own.write_text('{"a": 1}\n')
+    data.read_jsonl(own)
+    read = data.files_read()
+    assert read == {"data/traits/optimism.jsonl": hashlib.sha256(
+                        (data.project_data("traits", "optimism.jsonl")).read_bytes()).hexdigest(),
+                    str(own.resolve()): hashlib.sha256(b'{"a": 1}\n').hexdigest()}
+    own.write_text('{"a": 2}\n')   # a later read of a changed file records what was read last
+    data.read_jsonl(own)
+    assert data.files_read()[str(own.resolve())] == hashlib.sha256(b'{"a": 2}\n').hexdigest()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import hashlib
 import html
 import json
 import os
@@ -245,6 +246,46 @@ def notebook_drift(ipynb: Path, notebooks_dir: Path | None = None) -> str | None
             + (f"; {len(ran)} cells ran, {len(now)} now)" if len(ran) != len(now) else ")"))
 
 
+def data_drift(record_path: Path) -> str | None:
+    """Why the data a report read (its record's ``run.data``: file label → sha256) is no longer
+    what is on disk, or None when every file it read is unchanged: a prompt or gold set we ship
+    edited since, or a public dataset under today's data root that differs from the one read
+    (a public file absent here is not drift). Reports rendered before records kept their data
+    files say so instead of passing.
+
+    Example:
+        >>> data_drift(Path("reports/no_such_report.results.json"))
+        'no result record'
+    """
+    from .data import DATA_ROOT_LABEL
+
+    try:
+        run = json.loads(record_path.read_text()).get("run", {})
+    except FileNotFoundError:
+        return "no result record"
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        return f"unreadable record ({type(err).__name__})"
+    read = run.get("data")
+    if read is None:
+        return "data files not recorded (rendered before records kept them)"
+    changed, missing = [], []
+    for label, digest in read.items():
+        if label.startswith(DATA_ROOT_LABEL):
+            path, ours = data_root() / label.removeprefix(DATA_ROOT_LABEL), False
+        else:
+            path, ours = (PROJECT_ROOT / label if label.startswith("data/") else Path(label)), True
+        if not path.is_file():
+            if ours:
+                missing.append(label)
+            continue
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            changed.append(label)
+    if not changed and not missing:
+        return None
+    parts = ([f"{', '.join(changed)} changed"] if changed else []) + ([f"{', '.join(missing)} gone"] if missing else [])
+    return "; ".join(parts) + " since this render"
+
+
 def _model_of(params: dict) -> str:
     """The model a report ran on: ``model``, else the first ``*_model`` parameter."""
     if params.get("model"):
@@ -278,7 +319,9 @@ def _matrix_rows(stem: str, record_path: Path, fallback_model: str) -> list[str]
 def write_index(report_dir: Path) -> Path:
     """reports/index.html: the replication matrix (one row per seed claim × model, from each
     report's result record: seed's value, ours, verdict, reason, link), then every report with its
-    model, commit, date and parameters (an unreadable notebook is named and left out)."""
+    model, commit, date, seconds, whether it still shows its notebook's code (``notebook_drift``)
+    and read today's data (``data_drift``), and its parameters (an unreadable notebook is named and
+    left out)."""
     rows, matrix = [], []
     for nb_path in indexable(report_dir):
         try:
@@ -304,6 +347,7 @@ def write_index(report_dir: Path) -> Path:
             f"<td>{html.escape(str(meta.get('date', '?')))}</td>"
             f"<td>{html.escape(str(meta.get('seconds', '?')))}</td>"
             f"<td>{html.escape(notebook_drift(nb_path) or 'current')}</td>"
+            f"<td>{html.escape(data_drift(record_path) or 'current')}</td>"
             f"<td><code>{html.escape(json.dumps(params, sort_keys=True))}</code></td></tr>")
     no_matrix = ("<p>No report here has a result record yet: re-render them "
                  "(<code>make reports</code>) to fill the matrix.</p>")
@@ -319,7 +363,7 @@ def write_index(report_dir: Path) -> Path:
                "<th>why</th><th>report</th></tr>" + "".join(matrix) + "</table>" if matrix else no_matrix)
             + "<h2>Reports</h2><p>Rendered with <code>make reports</code> (default profiles).</p>"
             "<table><tr><th>report</th><th>profile</th><th>model</th><th>commit</th><th>date</th>"
-            "<th>seconds</th><th>code</th><th>parameters</th></tr>" + "".join(rows) + "</table>")
+            "<th>seconds</th><th>code</th><th>data</th><th>parameters</th></tr>" + "".join(rows) + "</table>")
     out = report_dir / "index.html"
     write_text(out, page)
     return out

@@ -24,6 +24,8 @@ Example:
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .chat import ChatFormat, Encoded
-from .paths import data_root, project_data
+from .paths import PROJECT_ROOT, data_root, project_data
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -79,6 +81,48 @@ _FIELDS = {f for f in TraitPair.__dataclass_fields__}
 _TEXT_FIELDS = ("id", "group", "pos_prompt", "pos_response", "neg_prompt", "neg_response")
 
 
+_READ: dict[str, str] = {}
+"""sha256 of every data file this process has read, by its label (``files_read``)."""
+
+DATA_ROOT_LABEL = "$TRAITLAB_DATA_ROOT/"
+"""How a file under the data root is named in ``files_read`` (the root itself differs by machine)."""
+
+
+def data_label(path: Path) -> str:
+    """A data file's name in run records: ``data/...`` for the prompt sets we ship,
+    ``$TRAITLAB_DATA_ROOT/...`` for public datasets, else its absolute path (one's own folder).
+
+    >>> data_label(project_data("judge", "anchors.jsonl"))
+    'data/judge/anchors.jsonl'
+    """
+    p = Path(path).expanduser().resolve()
+    for root, tag in ((PROJECT_ROOT / "data", "data/"), (data_root(), DATA_ROOT_LABEL)):
+        try:
+            return tag + p.relative_to(Path(root).expanduser().resolve()).as_posix()
+        except ValueError:
+            continue
+    return str(p)
+
+
+def _read_bytes(path: Path) -> bytes:
+    raw = path.read_bytes()
+    _READ[data_label(path)] = hashlib.sha256(raw).hexdigest()
+    return raw
+
+
+def files_read() -> dict[str, str]:
+    """Every data file read so far in this process (``read_jsonl``, ``read_csv``: every prompt
+    set, gold set and public dataset), label (``data_label``) → sha256 of its bytes. The run record
+    keeps it, so a report whose inputs changed since it was rendered can be told
+    (``traitlab.cli.data_drift``).
+
+    >>> _ = load_trait("optimism")
+    >>> len(files_read()["data/traits/optimism.jsonl"])
+    64
+    """
+    return dict(sorted(_READ.items()))
+
+
 def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[tuple[int, dict]]:
     """(line number, object) for each non-blank line of ``path``; a one-line ``DataError``
     naming ``path:line`` for a line that is not JSON, not an object, or lacks a ``required``
@@ -94,7 +138,7 @@ def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[tuple[int, dict
     if not path.is_file():
         raise DataError(f"{path} is missing")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
                         ) from None
@@ -307,7 +351,7 @@ def read_csv(name: str) -> list[dict[str, str]]:
     path = public_path(name)
     want = REQUIRED_COLUMNS.get(name, ())
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with io.StringIO(_read_bytes(path).decode("utf-8"), newline="") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             missing = [c for c in want if c not in header]

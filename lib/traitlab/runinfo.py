@@ -94,7 +94,8 @@ def cpu() -> dict[str, Any]:
 
 
 def run_record(params: Any, model: Any = None) -> dict[str, Any]:
-    """Everything needed to know how a report was made."""
+    """Everything needed to know how a report was made, including every data file read so far
+    (``data``: label → sha256; call it after the work, as the notebooks' publishing cell does)."""
     p = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
     return {
         "params": p,
@@ -105,8 +106,15 @@ def run_record(params: Any, model: Any = None) -> dict[str, Any]:
         "cpu": cpu(),
         "git_commit": git_commit(),
         "dtype_auto": _dtype_decisions(),
+        "data": _files_read(),
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _files_read() -> dict[str, str]:
+    from .data import files_read
+
+    return files_read()
 
 
 def _dtype_decisions() -> dict[str, str]:
