@@ -25,7 +25,6 @@ STALE: dict[str, str] = {
 (they fail the checks below until it is; the list only shrinks)."""
 
 BEHIND: dict[str, str] = {
-    "base_to_instruct": "needs the 'refusing' model chain rebuilt (about 20 min) before its 16-min render",
 }
 """Reports whose notebook's code changed since they were rendered, each with why it has not been
 re-rendered yet. A notebook edit that leaves a committed report behind fails
