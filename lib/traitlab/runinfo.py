@@ -1,9 +1,10 @@
-"""The run record a report prints: parameters, model provenance, versions, commit, date.
+"""The run record a report prints: parameters, model provenance, versions, commit, date, and the
+data files read (with their sha256).
 
 Example:
     >>> rec = run_record({"seed": 0})
-    >>> sorted(rec)[:3]
-    ['cpu', 'date', 'dtype_auto']
+    >>> sorted(rec)[:4]
+    ['cpu', 'data', 'date', 'dtype_auto']
 """
 
 from __future__ import annotations
