@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import hashlib
 import html
 import json
 import os
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 from . import datasets, runinfo
-from .atomic import atomic_path, write_text
+from .atomic import atomic_path, sha256_file, write_text
 from .params import (
     ParamError,
     Resolved,
@@ -257,7 +256,7 @@ def data_drift(record_path: Path) -> str | None:
         >>> data_drift(Path("reports/no_such_report.results.json"))
         'no result record'
     """
-    from .data import DATA_ROOT_LABEL
+    from .data import labelled_path
 
     try:
         run = json.loads(record_path.read_text()).get("run", {})
@@ -270,15 +269,12 @@ def data_drift(record_path: Path) -> str | None:
         return "data files not recorded (rendered before records kept them)"
     changed, missing = [], []
     for label, digest in read.items():
-        if label.startswith(DATA_ROOT_LABEL):
-            path, ours = data_root() / label.removeprefix(DATA_ROOT_LABEL), False
-        else:
-            path, ours = (PROJECT_ROOT / label if label.startswith("data/") else Path(label)), True
+        path, ours = labelled_path(label)
         if not path.is_file():
             if ours:
                 missing.append(label)
             continue
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        if sha256_file(path) != digest:
             changed.append(label)
     if not changed and not missing:
         return None

@@ -104,6 +104,18 @@ def data_label(path: Path) -> str:
     return str(p)
 
 
+def labelled_path(label: str) -> tuple[Path, bool]:
+    """The file a ``data_label`` names on this machine, and whether it is ours (a file we ship or
+    one's own folder) rather than a public dataset under the data root.
+
+    >>> labelled_path("data/judge/anchors.jsonl") == (project_data("judge", "anchors.jsonl"), True)
+    True
+    """
+    if label.startswith(DATA_ROOT_LABEL):
+        return data_root() / label.removeprefix(DATA_ROOT_LABEL), False
+    return (PROJECT_ROOT / label if label.startswith("data/") else Path(label)), True
+
+
 def _read_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     _READ[data_label(path)] = hashlib.sha256(raw).hexdigest()
