@@ -298,7 +298,39 @@ def test_finished_rows_leave_the_batch_and_no_token_changes(tiny, sampling, monk
             mp.setattr(steering, "_decodes_itself", lambda model: False)
             slow = run()
     assert fast == slow
-    assert sizes[0] == 18 and min(sizes) < 18, sizes  # rows ended early and left the batch
+    # the 6 prompts' shared prefix once, then 18 rows (3 conditions) that end early and leave the batch
+    assert sizes[:2] == [6, 18] and min(sizes) < 18, sizes
+
+
+@pytest.mark.parametrize("sampling", [None, steering.Sampling(temperature=1.0, seed=5)])
+def test_grid_runs_each_prompt_prefix_once_when_steering_starts_at_the_response(tiny, sampling, monkeypatch):
+    """With ``positions="response"`` the grid prefills each prompt batch's prefix once for all its
+    condition chunks (the only forwards longer than one token) and gives the texts of whole prompts
+    run per row (transformers' ``generate``); with ``positions="all"`` every chunk runs whole prompts."""
+    ex = [tiny.chat.encode(p) for p in ROWS]
+    g = torch.Generator().manual_seed(5)
+    v = torch.randn(tiny.d_model, generator=g)
+    conds = [[]] + [[Steer("resid_pre@1", v, c)] for c in (-3.0, -1.0, 1.0, 3.0)] + \
+        [[Steer("mlp_out@0", v, 2.0), Steer("resid_pre@1", v, 1.0)]]
+    kw = dict(max_new_tokens=6, batch_size=3, max_rows=6, sampling=sampling)  # 2 prompt batches × 3 chunks
+
+    def long_forwards(positions):
+        lengths: list[int] = []
+        h = tiny.hf.get_input_embeddings().register_forward_hook(lambda _m, a, _o: lengths.append(a[0].shape[1]))
+        try:
+            out = steering.generate_steered_grid(tiny, ex, conds, positions=positions, **kw)
+        finally:
+            h.remove()
+        return out, sum(n > 1 for n in lengths)
+
+    shared, n_shared = long_forwards("response")
+    _, n_all = long_forwards("all")
+    assert (n_shared, n_all) == (2, 6)
+    with monkeypatch.context() as mp:
+        mp.setattr(steering, "_decodes_itself", lambda model: False)
+        whole = steering.generate_steered_grid(tiny, ex, conds, positions="response", **kw)
+    assert shared == whole
+    assert len({tuple(t) for t in shared}) > 1
 
 
 def test_a_generation_config_with_logits_processors_keeps_transformers_generate(tiny):

@@ -299,7 +299,7 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
         return _generate_full(model, examples, max_new_tokens=max_new_tokens, layer=layer, deltas=deltas,
                               batch_size=batch_size, progress=progress, sampling=sampling)
     n_cond = len(deltas)
-    tok, hf = model.tokenizer, model.hf
+    tok = model.tokenizer
     fast = _decodes_itself(model)
     envoy = resolve(model.lm, f"{layout(model.arch).layers}.{layer}")
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
@@ -313,9 +313,7 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
     for idx, conds in tqdm(jobs, desc="generate", disable=not progress):
         full = to_model(_pad_batch([examples[i] for i in idx], "left", tok.pad_token_id), model)
         if prefix_of is None or prefix_of[0] != tuple(idx):  # one unsteered prefill per prompt batch
-            out = hf(input_ids=full["input_ids"][:, :-1], attention_mask=full["attention_mask"][:, :-1],
-                     position_ids=full["position_ids"][:, :-1], use_cache=True, logits_to_keep=1)
-            prefix_of = (tuple(idx), out.past_key_values)
+            prefix_of = (tuple(idx), _prefix_cache(model, full))
         cache = copy.deepcopy(prefix_of[1])
         cache.batch_repeat_interleave(len(conds))  # row = prompt × len(conds) + condition
         kwargs = {"input_ids": full["input_ids"].repeat_interleave(len(conds), 0),
@@ -337,6 +335,14 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
         for r, t in enumerate(new):
             texts[idx[r // len(conds)]][conds[r % len(conds)]] = t
     return texts
+
+
+def _prefix_cache(model: LoadedModel, full: dict[str, torch.Tensor]) -> Any:
+    """The KV cache of a left-padded batch's prompts without their last token (one unsteered
+    forward): what every condition that steers only from the last prompt token on shares."""
+    out = model.hf(input_ids=full["input_ids"][:, :-1], attention_mask=full["attention_mask"][:, :-1],
+                   position_ids=full["position_ids"][:, :-1], use_cache=True, logits_to_keep=1)
+    return out.past_key_values
 
 
 def _prefill_steer(model: LoadedModel, envoy: Any, add: torch.Tensor) -> Step:
@@ -526,8 +532,20 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
     once per condition of a chunk, up to ``max_rows`` rows; every row carries its own condition's
     additions (zero where a condition does not steer a site). On a CPU, decoding is bound by
     reading the weights once per step, so a step for 8 conditions costs little more than for one.
-    Greedy tokens equal the per-condition calls' (tested); sampled rows seed their streams by
-    example, as ``generate_steered`` does, so each condition sees the same draws.
+    With ``positions="response"`` nothing is added before the last prompt token, so each prompt
+    batch's prefix (all but that token) is run once, unsteered, and its KV cache is copied to every
+    condition's rows; only the last prompt token and the decoding run per condition (local models
+    that decode themselves; others run every row's whole prompt). Greedy tokens equal the
+    per-condition calls' and transformers' ``generate`` on whole prompts (tested); sampled rows
+    seed their streams by example, as ``generate_steered`` does, so each condition sees the same draws.
+
+    >>> from traitlab.models import load_model
+    >>> m = load_model("tiny-llama")
+    >>> v = torch.ones(m.d_model)
+    >>> texts = generate_steered_grid(m, [m.chat.encode("Hi")], [[], [Steer("resid_pre@1", v, 4.0)]],
+    ...                               max_new_tokens=3)
+    >>> [len(t) for t in texts]  # conditions × examples
+    [1, 1]
     """
     if not examples:
         raise ValueError("no prompts to generate from")
@@ -543,6 +561,7 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
     per_cond = [{s.site: s.delta for s in steers} for steers in conditions]
     tok = model.tokenizer
     fast = _decodes_itself(model)
+    share = fast and positions == "response" and min(len(e.ids) for e in examples) >= 2
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
     texts = [[""] * len(examples) for _ in conditions]
     base = sampling.base_seed()
@@ -551,9 +570,10 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
     for idx in batches:
         per = max(1, max_rows // len(idx))
         jobs += [(idx, list(range(c, min(c + per, len(conditions))))) for c in range(0, len(conditions), per)]
+    prefix_of: tuple[tuple[int, ...], Any] | None = None
     for idx, conds in tqdm(jobs, desc=desc, disable=not progress):
-        one = _pad_batch([examples[i] for i in idx], "left", tok.pad_token_id)
-        inp = to_model({k: v.repeat(len(conds), 1) for k, v in one.items()}, model)
+        one = to_model(_pad_batch([examples[i] for i in idx], "left", tok.pad_token_id), model)
+        inp = {k: v.repeat(len(conds), 1) for k, v in one.items()}  # row = condition × len(idx) + prompt
         used = [site for site in sites if any(site in per_cond[c] for c in conds)]
         plan = []
         for site in used:
@@ -561,8 +581,16 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
             rows = [per_cond[c].get(site, torch.zeros_like(ref)) for c in conds for _ in idx]
             plan.append((site, envoys[site], torch.stack(rows)))
         if fast:
-            new = _decode(model, inp, _row_steer(model, plan, positions), max_new_tokens=max_new_tokens,
-                          sampling=sampling, base_seed=base, seeds=idx * len(conds))
+            cache = None
+            if share:
+                if prefix_of is None or prefix_of[0] != tuple(idx):  # one unsteered prefill per prompt batch
+                    prefix_of = (tuple(idx), _prefix_cache(model, one))
+                cache = copy.deepcopy(prefix_of[1])
+                cache.batch_select_indices(torch.arange(len(idx), device=one["input_ids"].device).repeat(len(conds)))
+                inp = {"input_ids": inp["input_ids"][:, -1:], "attention_mask": inp["attention_mask"],
+                       "position_ids": inp["position_ids"][:, -1:]}
+            new = _decode(model, inp, _row_steer(model, plan, positions), cache=cache,
+                          max_new_tokens=max_new_tokens, sampling=sampling, base_seed=base, seeds=idx * len(conds))
         else:
             new = _generate_rows(model, inp, plan, positions, max_new_tokens,
                                  _gen_kwargs(model, max_new_tokens, sampling, base, idx * len(conds)))
