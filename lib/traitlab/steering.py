@@ -309,13 +309,10 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
     base = sampling.base_seed()
     jobs = [(order[k:k + per_prompt], list(range(c, min(c + per_cond, n_cond))))
             for k in range(0, len(order), per_prompt) for c in range(0, n_cond, per_cond)]
-    prefix_of: tuple[tuple[int, ...], Any] | None = None
+    prefix = _Prefix(model)
     for idx, conds in tqdm(jobs, desc="generate", disable=not progress):
         full = to_model(_pad_batch([examples[i] for i in idx], "left", tok.pad_token_id), model)
-        if prefix_of is None or prefix_of[0] != tuple(idx):  # one unsteered prefill per prompt batch
-            prefix_of = (tuple(idx), _prefix_cache(model, full))
-        cache = copy.deepcopy(prefix_of[1])
-        cache.batch_repeat_interleave(len(conds))  # row = prompt × len(conds) + condition
+        cache = prefix.rows(idx, full, torch.arange(len(idx)).repeat_interleave(len(conds)))  # prompt × len(conds) + condition
         kwargs = {"input_ids": full["input_ids"].repeat_interleave(len(conds), 0),
                   "attention_mask": full["attention_mask"].repeat_interleave(len(conds), 0)}
         seeds = [i * n_cond + c for i in idx for c in conds]
@@ -337,12 +334,23 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
     return texts
 
 
-def _prefix_cache(model: LoadedModel, full: dict[str, torch.Tensor]) -> Any:
-    """The KV cache of a left-padded batch's prompts without their last token (one unsteered
-    forward): what every condition that steers only from the last prompt token on shares."""
-    out = model.hf(input_ids=full["input_ids"][:, :-1], attention_mask=full["attention_mask"][:, :-1],
-                   position_ids=full["position_ids"][:, :-1], use_cache=True, logits_to_keep=1)
-    return out.past_key_values
+class _Prefix:
+    """The KV cache of a left-padded prompt batch without its last token, what every condition
+    that steers only from the last prompt token on shares: one unsteered forward per prompt batch
+    (the last batch's is kept), handed out as copies with the rows each job needs."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model, self.idx, self.cache = model, None, None
+
+    def rows(self, idx: Sequence[int], full: dict[str, torch.Tensor], rows: torch.Tensor) -> Any:
+        """A copy of prompt batch ``idx``'s prefix cache whose row r is the batch's prompt ``rows[r]``."""
+        if self.idx != tuple(idx):
+            out = self.model.hf(input_ids=full["input_ids"][:, :-1], attention_mask=full["attention_mask"][:, :-1],
+                                position_ids=full["position_ids"][:, :-1], use_cache=True, logits_to_keep=1)
+            self.idx, self.cache = tuple(idx), out.past_key_values
+        cache = copy.deepcopy(self.cache)
+        cache.batch_select_indices(rows.to(full["input_ids"].device))
+        return cache
 
 
 def _prefill_steer(model: LoadedModel, envoy: Any, add: torch.Tensor) -> Step:
@@ -570,7 +578,7 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
     for idx in batches:
         per = max(1, max_rows // len(idx))
         jobs += [(idx, list(range(c, min(c + per, len(conditions))))) for c in range(0, len(conditions), per)]
-    prefix_of: tuple[tuple[int, ...], Any] | None = None
+    prefix = _Prefix(model)
     for idx, conds in tqdm(jobs, desc=desc, disable=not progress):
         one = to_model(_pad_batch([examples[i] for i in idx], "left", tok.pad_token_id), model)
         inp = {k: v.repeat(len(conds), 1) for k, v in one.items()}  # row = condition × len(idx) + prompt
@@ -583,10 +591,7 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
         if fast:
             cache = None
             if share:
-                if prefix_of is None or prefix_of[0] != tuple(idx):  # one unsteered prefill per prompt batch
-                    prefix_of = (tuple(idx), _prefix_cache(model, one))
-                cache = copy.deepcopy(prefix_of[1])
-                cache.batch_select_indices(torch.arange(len(idx), device=one["input_ids"].device).repeat(len(conds)))
+                cache = prefix.rows(idx, one, torch.arange(len(idx)).repeat(len(conds)))
                 inp = {"input_ids": inp["input_ids"][:, -1:], "attention_mask": inp["attention_mask"],
                        "position_ids": inp["position_ids"][:, -1:]}
             new = _decode(model, inp, _row_steer(model, plan, positions), cache=cache,
