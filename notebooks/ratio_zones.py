@@ -27,7 +27,9 @@
 # shows more (both orders averaged). The
 # judge-calibration report says which method each judge reads best, with a positive control on
 # this very kind of steering (the 0.5B judge: absolute) — and coherence from the **text** (distinct-2 and log-perplexity under the
-# unsteered model, floors fitted on our gold sets' coherence labels). The ratio's denominator is
+# unsteered model, floors fitted on our gold sets' coherence labels; the breaking ratios' and the
+# layer trend's intervals refit those floors on resampled gold questions in every bootstrap
+# replicate, since a floor fitted on a few hundred labels moves). The ratio's denominator is
 # stated and compared below, because the first (attention-sink) token's activation norm can be
 # many times the rest.
 
@@ -132,8 +134,9 @@ display(zones[["win_rate", "win_lo", "win_hi", "coherent", "distinct2", "log_ppl
 display(zones["coherent"].unstack("ratio").round(2))
 
 # %%
-cur = rz.curves(answers, P)
-trend = rz.layer_trend(answers, P)
+refits = judge_power.FloorRefits(gold)  # each bootstrap replicate refits the floors on resampled gold questions
+cur = rz.curves(answers, P, refits)
+trend = rz.layer_trend(answers, P, refits)
 display(cur.round(2))
 display(trend.round(2))
 

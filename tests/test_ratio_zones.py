@@ -82,6 +82,31 @@ def test_zones_breaking_ratios_trend_and_verdicts():
     assert list(records.verdict_table(rec).columns) == ["claim", "seed", "ours", "verdict", "why"]
 
 
+def test_refitting_the_floors_per_replicate_widens_only_what_the_floor_decides():
+    from traitlab import judge_power
+
+    P = _params()
+    judged = _answers(P, breaks={4: 2.0, 8: 1.3, 12: 0.8})
+    judged.loc[(judged.layer == 8) & (judged.ratio == 0.8), "distinct2"] = 0.9   # borderline answers
+    # gold question a puts the floor at 0.9 (its 0.9 answer is coherent), question b at 1.0
+    gold = pd.DataFrame({"trait": "t", "question": list("aaabbb"), "coherence": [90, 80, 10, 90, 20, 10],
+                         "distinct2": [1.0, 0.9, 0.2, 1.0, 0.9, 0.2], "log_ppl": 1.0})
+    refits = judge_power.FloorRefits(gold)
+    floors = refits.floors(np.arange(2))
+    assert (floors.distinct2_min, refits.floors(np.array([1, 1])).distinct2_min) == (0.9, 1.0)
+    judged["coherent"] = floors.coherent(judged)
+    plain, refit = rz.curves(judged, P), rz.curves(judged, P, refits)
+    assert plain.breaking_ratio.equals(refit.breaking_ratio)                # the estimate is the fitted floors'
+    assert (plain.loc[("probe", 8), "breaking_lo"], refit.loc[("probe", 8), "breaking_lo"]) == (1.3, 0.8)
+    assert refit.loc[("probe", 8), "breaking_hi"] == 1.3
+    others = [k for k in plain.index if k[1] != 8]
+    assert plain.loc[others].equals(refit.loc[others])                      # no borderline answers there
+    # a gold set whose every resample fits the same floors changes nothing, the trend included
+    same = judge_power.FloorRefits(gold.assign(question="a"))
+    assert same.units == 1 and rz.layer_trend(judged, P, same).equals(rz.layer_trend(judged, P))
+    assert rz.curves(judged, P, same).equals(plain)
+
+
 def test_a_judge_that_sees_nothing_makes_the_sweet_spot_inconclusive():
     P = _params()
     judged = _answers(P, breaks={4: 1.3, 8: 1.3, 12: 1.3})

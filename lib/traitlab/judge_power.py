@@ -140,6 +140,52 @@ def calibrate_floors(model: Any, traits: Sequence[str], *, context: bool = True,
     return textstats.fit_floors(gold[["distinct2", "log_ppl"]], gold.coherence.to_numpy()), gold
 
 
+class FloorRefits:
+    """The text floors' own sampling error, for a bootstrap: :meth:`floors` refits them on one
+    resample of the gold *questions* (the rows ``calibrate_floors`` returns: ``trait``,
+    ``question``, ``coherence``, ``distinct2``, ``log_ppl``). Resample ``units`` (the gold
+    questions) as a stratum of the same bootstrap that resamples the steered questions, and each
+    replicate judges coherence by its own floors, so an interval over a coherence-derived
+    statistic covers where the floor falls as well as which questions were asked. Refits are
+    memoised per draw (every statistic of one replicate shares one).
+
+    Example:
+        >>> gold = pd.DataFrame({"trait": "t", "question": list("aabbcc"),
+        ...                      "coherence": [90, 10, 80, 20, 85, 15],
+        ...                      "distinct2": [1.0, 0.3, 0.9, 0.5, 0.95, 0.2], "log_ppl": 1.0})
+        >>> refits, answers = FloorRefits(gold), pd.DataFrame({"distinct2": [0.92, 0.4], "log_ppl": 1.0})
+        >>> refits.units, refits.floors(np.arange(3)).distinct2_min, refits.floors(np.array([0, 0, 0])).distinct2_min
+        (3, 0.9, 1.0)
+        >>> refits.coherent(np.arange(3), answers).tolist(), refits.coherent(np.array([0, 0, 0]), answers).tolist()
+        ([True, False], [False, False])
+    """
+
+    def __init__(self, gold: pd.DataFrame, cut: float = 50.0) -> None:
+        codes, uniq = pd.factorize(gold.trait.astype(str) + "\n" + gold.question.astype(str))
+        self._rows = [np.flatnonzero(codes == g) for g in range(len(uniq))]
+        self._gold, self._cut = gold.reset_index(drop=True), cut
+        self._memo: dict[bytes, textstats.Floors | None] = {}
+        self.units = len(uniq)
+
+    def floors(self, draw: np.ndarray) -> textstats.Floors | None:
+        """Floors fitted on the gold questions ``draw`` (indices below ``units``, repeats allowed);
+        None when the resample holds one coherence class only."""
+        key = np.asarray(draw, np.int64).tobytes()
+        if key not in self._memo:
+            g = self._gold.iloc[np.concatenate([self._rows[i] for i in np.asarray(draw, int)])]
+            try:
+                self._memo[key] = textstats.fit_floors(g[["distinct2", "log_ppl"]], g.coherence.to_numpy(float),
+                                                       self._cut)
+            except ValueError:
+                self._memo[key] = None
+        return self._memo[key]
+
+    def coherent(self, draw: np.ndarray, answers: pd.DataFrame) -> np.ndarray | None:
+        """``answers``' coherent flags (bool, in their order) under :meth:`floors` of ``draw``."""
+        f = self.floors(draw)
+        return None if f is None else f.coherent(answers).to_numpy(bool)
+
+
 def gold_pairs(gold: pd.DataFrame, label: str = "label", min_gap: float = 0.0) -> pd.DataFrame:
     """Every pair of gold rows answering the same question (within trait) whose ``label`` differs
     by more than ``min_gap``, oriented so ``hi`` has the higher label: columns trait, question,

@@ -32,7 +32,10 @@ This module measures each of those on one trait, several layers and two methods:
    ``coherent_share`` of its answers are coherent.
 5. **Zones** per (method, layer): the *breaking ratio* (the smallest ratio whose condition is
    broken, with a bootstrap CI over questions) and the *best coherent ratio* (the highest win
-   rate among unbroken conditions).
+   rate among unbroken conditions). The floors are fitted, so they are uncertain too: with
+   ``judge_power.FloorRefits`` each bootstrap replicate also resamples the gold questions and
+   refits the floors, and the breaking-ratio and layer-trend intervals cover where the floor
+   falls as well as which questions were asked.
 
 Example:
     >>> p = Params(layers=[4, 8], ratios=[0.5, 1.0])
@@ -336,23 +339,55 @@ def _grid_percentile(values, q: float) -> float:
     return float(np.percentile(np.asarray(values, float), q, method="inverted_cdf"))
 
 
-def curves(judged: pd.DataFrame, P: Params) -> pd.DataFrame:
+def _coherent_matrices(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None):
+    """``of(draw)``: the (method, layer, ratio) × question coherent matrix as judged by the fitted
+    floors (``draw`` None) or by floors refitted on the gold questions ``draw`` (None when that
+    resample cannot be fitted); memoised per draw."""
+    memo: dict[bytes, pd.DataFrame | None] = {}
+
+    def of(draw: np.ndarray | None) -> pd.DataFrame | None:
+        key = b"" if draw is None else np.asarray(draw, np.int64).tobytes()
+        if key not in memo:
+            flags = judged.coherent.to_numpy(bool) if draw is None or refits is None else refits.coherent(draw, judged)
+            memo[key] = None if flags is None else _matrix(judged.assign(coherent=flags.astype(float)), P,
+                                                           "coherent")[0]
+        return memo[key]
+    return of
+
+
+def _draws(n_questions: int, P: Params, refits: judge_power.FloorRefits | None) -> dict:
+    """The bootstrap's unit draws: the steered questions (key None) and, with ``refits``, the gold
+    questions the floors are refitted on (key "gold"), from one seeded generator."""
+    sizes = {None: n_questions} if refits is None else {None: n_questions, "gold": refits.units}
+    return unc.unit_draws(sizes, P.n_boot, P.seed)
+
+
+def curves(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None = None) -> pd.DataFrame:
     """Per (method, layer): the breaking ratio and the best coherent ratio, each with a 95%
     bootstrap interval over questions (percentiles of the resampled grid values), the
-    unsteered answers' coherent share and the peak win rate among unbroken conditions."""
+    unsteered answers' coherent share and the peak win rate among unbroken conditions. With
+    ``refits`` (``judge_power.FloorRefits`` of ``judged``), each replicate also refits the
+    coherence floors on resampled gold questions, so the intervals cover the floors' error too."""
     wins, qs = _matrix(judged, P, "win")
-    coh, _ = _matrix(judged.assign(coherent=judged.coherent.astype(float)), P, "coherent")
+    coh_of = _coherent_matrices(judged, P, refits)
+    coh = coh_of(None)
     base = judged[judged.method == "none"].set_index("question").coherent.reindex(qs).astype(float).to_numpy()
-    draws = unc.unit_draws(len(qs), P.n_boot, P.seed)[None]
+    draws = _draws(len(qs), P, refits)
     ratios = np.asarray(P.ratios, float)
     rows = []
     for m in P.methods:
         for x in P.layers:
             W, C = wins.loc[(m, x)].to_numpy(float), coh.loc[(m, x)].to_numpy(float)  # [ratios, questions]
+            br, be = [], []
             with np.errstate(all="ignore"):
                 w, c = np.nanmean(W, axis=1), C.mean(axis=1)
-                br = [_breaking(C[:, d].mean(axis=1), ratios, P.coherent_share) for d in draws]
-                be = [_best(np.nanmean(W[:, d], axis=1), C[:, d].mean(axis=1), ratios, P.coherent_share) for d in draws]
+                for b, d in enumerate(draws[None]):
+                    Cb = C if refits is None else coh_of(draws["gold"][b])
+                    if Cb is None:
+                        continue
+                    Cb = Cb if refits is None else Cb.loc[(m, x)].to_numpy(float)
+                    br.append(_breaking(Cb[:, d].mean(axis=1), ratios, P.coherent_share))
+                    be.append(_best(np.nanmean(W[:, d], axis=1), Cb[:, d].mean(axis=1), ratios, P.coherent_share))
             ok = c >= P.coherent_share
             be_ok = np.asarray(be, float)[~np.isnan(be)]
             rows.append({"method": m, "layer": x, "breaking_ratio": _breaking(c, ratios, P.coherent_share),
@@ -365,25 +400,30 @@ def curves(judged: pd.DataFrame, P: Params) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["method", "layer"])
 
 
-def layer_trend(judged: pd.DataFrame, P: Params) -> pd.DataFrame:
+def layer_trend(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None = None) -> pd.DataFrame:
     """Per method: Spearman ρ between layer and breaking ratio (a curve that never breaks counts
-    as breaking above the grid), with a 95% bootstrap CI over questions. Negative: later layers
-    break earlier."""
+    as breaking above the grid), with a 95% bootstrap CI over questions (and, with ``refits``,
+    over the gold questions the coherence floors are refitted on, as in ``curves``). Negative:
+    later layers break earlier."""
     from scipy import stats
 
-    coh, qs = _matrix(judged.assign(coherent=judged.coherent.astype(float)), P, "coherent")
+    coh_of = _coherent_matrices(judged, P, refits)
+    qs = list(dict.fromkeys(judged.question))
     ratios = np.r_[np.asarray(P.ratios, float), 2 * P.ratios[-1]]  # "never" ranks above the grid
+    sizes = {None: len(qs)} if refits is None else {None: len(qs), "gold": refits.units}
     rows = []
     for m in P.methods:
-        Cs = [coh.loc[(m, x)].to_numpy(float) for x in P.layers]
-
-        def rho(idx, Cs=Cs) -> float:
+        def rho(idx, m=m) -> float:
+            coh = coh_of(idx.get("gold"))
+            if coh is None:
+                return math.nan
+            Cs = [coh.loc[(m, x)].to_numpy(float) for x in P.layers]
             br = [min(_breaking(C[:, idx[None]].mean(axis=1), ratios[:-1], P.coherent_share), ratios[-1]) for C in Cs]
             if len(set(br)) < 2:
                 return 0.0  # every layer breaks at the same grid ratio: no trend
             return float(stats.spearmanr(P.layers, br)[0])
 
-        b = unc.bootstrap(rho, len(qs), n_boot=P.n_boot, seed=P.seed)
+        b = unc.bootstrap(rho, sizes, n_boot=P.n_boot, seed=P.seed)
         rows.append({"method": m, "rho": b.value, "ci_lo": b.ci[0], "ci_hi": b.ci[1], "se": b.se})
     return pd.DataFrame(rows).set_index("method")
 
