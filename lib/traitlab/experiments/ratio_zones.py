@@ -355,11 +355,10 @@ def _coherent_matrices(judged: pd.DataFrame, P: Params, refits: judge_power.Floo
     return of
 
 
-def _draws(n_questions: int, P: Params, refits: judge_power.FloorRefits | None) -> dict:
-    """The bootstrap's unit draws: the steered questions (key None) and, with ``refits``, the gold
-    questions the floors are refitted on (key "gold"), from one seeded generator."""
-    sizes = {None: n_questions} if refits is None else {None: n_questions, "gold": refits.units}
-    return unc.unit_draws(sizes, P.n_boot, P.seed)
+def _units(n_questions: int, refits: judge_power.FloorRefits | None) -> dict:
+    """The bootstrap's strata: the steered questions (key None) and, with ``refits``, the gold
+    questions the floors are refitted on (key "gold")."""
+    return {None: n_questions} if refits is None else {None: n_questions, "gold": refits.units}
 
 
 def curves(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None = None) -> pd.DataFrame:
@@ -372,7 +371,7 @@ def curves(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | No
     coh_of = _coherent_matrices(judged, P, refits)
     coh = coh_of(None)
     base = judged[judged.method == "none"].set_index("question").coherent.reindex(qs).astype(float).to_numpy()
-    draws = _draws(len(qs), P, refits)
+    draws = unc.unit_draws(_units(len(qs), refits), P.n_boot, P.seed)
     ratios = np.asarray(P.ratios, float)
     rows = []
     for m in P.methods:
@@ -410,7 +409,6 @@ def layer_trend(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits
     coh_of = _coherent_matrices(judged, P, refits)
     qs = list(dict.fromkeys(judged.question))
     ratios = np.r_[np.asarray(P.ratios, float), 2 * P.ratios[-1]]  # "never" ranks above the grid
-    sizes = {None: len(qs)} if refits is None else {None: len(qs), "gold": refits.units}
     rows = []
     for m in P.methods:
         def rho(idx, m=m) -> float:
@@ -423,7 +421,7 @@ def layer_trend(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits
                 return 0.0  # every layer breaks at the same grid ratio: no trend
             return float(stats.spearmanr(P.layers, br)[0])
 
-        b = unc.bootstrap(rho, sizes, n_boot=P.n_boot, seed=P.seed)
+        b = unc.bootstrap(rho, _units(len(qs), refits), n_boot=P.n_boot, seed=P.seed)
         rows.append({"method": m, "rho": b.value, "ci_lo": b.ci[0], "ci_hi": b.ci[1], "se": b.se})
     return pd.DataFrame(rows).set_index("method")
 
