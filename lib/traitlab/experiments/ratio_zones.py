@@ -340,17 +340,18 @@ def _grid_percentile(values, q: float) -> float:
 
 
 def _coherent_matrices(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None):
-    """``of(draw)``: the (method, layer, ratio) × question coherent matrix as judged by the fitted
-    floors (``draw`` None) or by floors refitted on the gold questions ``draw`` (None when that
-    resample cannot be fitted); memoised per draw."""
-    memo: dict[bytes, pd.DataFrame | None] = {}
+    """``of(draw)``: per (method, layer), the ratio × question coherent matrix as judged by the
+    fitted floors (``draw`` None) or by floors refitted on the gold questions ``draw`` (None when
+    that resample cannot be fitted); memoised per draw."""
+    memo: dict[bytes, dict[tuple[str, int], np.ndarray] | None] = {}
 
-    def of(draw: np.ndarray | None) -> pd.DataFrame | None:
+    def of(draw: np.ndarray | None) -> dict[tuple[str, int], np.ndarray] | None:
         key = b"" if draw is None else np.asarray(draw, np.int64).tobytes()
         if key not in memo:
-            flags = judged.coherent.to_numpy(bool) if draw is None or refits is None else refits.coherent(draw, judged)
-            memo[key] = None if flags is None else _matrix(judged.assign(coherent=flags.astype(float)), P,
-                                                           "coherent")[0]
+            flags = judged.coherent.to_numpy(bool) if draw is None else refits.coherent(draw, judged)
+            coh = None if flags is None else _matrix(judged.assign(coherent=flags.astype(float)), P, "coherent")[0]
+            memo[key] = None if coh is None else {(m, x): coh.loc[(m, x)].to_numpy(float)
+                                                  for m in P.methods for x in P.layers}
         return memo[key]
     return of
 
@@ -369,24 +370,19 @@ def curves(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | No
     coherence floors on resampled gold questions, so the intervals cover the floors' error too."""
     wins, qs = _matrix(judged, P, "win")
     coh_of = _coherent_matrices(judged, P, refits)
-    coh = coh_of(None)
     base = judged[judged.method == "none"].set_index("question").coherent.reindex(qs).astype(float).to_numpy()
     draws = unc.unit_draws(_units(len(qs), refits), P.n_boot, P.seed)
+    per_draw = [coh_of(None if refits is None else g) for g in draws.get("gold", [None] * P.n_boot)]
     ratios = np.asarray(P.ratios, float)
     rows = []
     for m in P.methods:
         for x in P.layers:
-            W, C = wins.loc[(m, x)].to_numpy(float), coh.loc[(m, x)].to_numpy(float)  # [ratios, questions]
-            br, be = [], []
+            W, C = wins.loc[(m, x)].to_numpy(float), coh_of(None)[(m, x)]  # [ratios, questions]
             with np.errstate(all="ignore"):
                 w, c = np.nanmean(W, axis=1), C.mean(axis=1)
-                for b, d in enumerate(draws[None]):
-                    Cb = C if refits is None else coh_of(draws["gold"][b])
-                    if Cb is None:
-                        continue
-                    Cb = Cb if refits is None else Cb.loc[(m, x)].to_numpy(float)
-                    br.append(_breaking(Cb[:, d].mean(axis=1), ratios, P.coherent_share))
-                    be.append(_best(np.nanmean(W[:, d], axis=1), Cb[:, d].mean(axis=1), ratios, P.coherent_share))
+                kept = [(d, coh[(m, x)]) for d, coh in zip(draws[None], per_draw, strict=True) if coh is not None]
+                br = [_breaking(Cb[:, d].mean(axis=1), ratios, P.coherent_share) for d, Cb in kept]
+                be = [_best(np.nanmean(W[:, d], axis=1), Cb[:, d].mean(axis=1), ratios, P.coherent_share) for d, Cb in kept]
             ok = c >= P.coherent_share
             be_ok = np.asarray(be, float)[~np.isnan(be)]
             rows.append({"method": m, "layer": x, "breaking_ratio": _breaking(c, ratios, P.coherent_share),
@@ -415,7 +411,7 @@ def layer_trend(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits
             coh = coh_of(idx.get("gold"))
             if coh is None:
                 return math.nan
-            Cs = [coh.loc[(m, x)].to_numpy(float) for x in P.layers]
+            Cs = [coh[(m, x)] for x in P.layers]
             br = [min(_breaking(C[:, idx[None]].mean(axis=1), ratios[:-1], P.coherent_share), ratios[-1]) for C in Cs]
             if len(set(br)) < 2:
                 return 0.0  # every layer breaks at the same grid ratio: no trend
