@@ -95,7 +95,7 @@ metrics, vectors = mvs.fit_cells(P, lm, sites)
 answers = mvs.steer_cells(P, lm, vectors, qs)
 judged = mvs.judge_cells(judge, answers, P.reading)
 instructed = mvs.instructed_control(P, lm, judge, qs)
-floors, _ = judge_power.calibrate_floors(lm, P.gold_traits, batch_size=P.batch_size)
+floors, gold = judge_power.calibrate_floors(lm, P.gold_traits, batch_size=P.batch_size)
 judged = judged.join(textstats.coherence_measures(lm, judged, batch_size=P.batch_size))
 judged["coherent"] = floors.coherent(judged)
 
@@ -118,10 +118,12 @@ print(f"Coherence floors: distinct-2 ≥ {floors.distinct2_min:.2f}, log-perplex
 # %% [markdown]
 # ## 2. The cells
 # Per cell: extraction metrics, the steering delta with its 95% interval and MDE, `steers` /
-# `wrong_way` when the interval lies above / below 0, and the share of coherent answers.
+# `wrong_way` when the interval lies above / below 0, and the share of coherent answers with its
+# 95% interval over the floors refitted on resampled gold questions (`coherent_lo`, `coherent_hi`:
+# where the floor falls, not which questions were asked).
 
 # %%
-cells = mvs.deltas(metrics, judged)
+cells = mvs.deltas(metrics, judged, judge_power.FloorRefits(gold), n_boot=P.n_boot, seed=P.seed)
 print(f"{len(cells)} cells ({len(P.traits)} traits × {len(P.layers)} layers × {len(P.methods)} methods), "
       f"{len(qs)} questions each; unscored answers: {int(judged.score.isna().sum())}")
 display(cells.drop(columns=["polarity_correct"], errors="ignore").round(3))
@@ -131,8 +133,11 @@ display(cells.drop(columns=["polarity_correct"], errors="ignore").round(3))
 # Where the model ignores its instructions, the instructed control cannot show what the reader
 # sees. A cell that steers (its interval above 0) while at least half of its answers stay
 # coherent by the text floors does: the vector changed this model's own, still readable, answers
-# and the reader saw the change. A trait passes when any of its cells does (`seen` of `cells`;
-# `best`: the cell with the highest interval's lower end). Nulls below need either control.
+# and the reader saw the change. A cell counts only when it stays at least half coherent across
+# the floors' interval (`coherent_lo`), so the control does not hinge on one fitted floor;
+# `seen_at_fit` counts the cells that qualify by the fitted floors alone. A trait passes when any
+# of its cells does (`seen` of `cells`; `best`: the cell with the highest interval's lower end).
+# Nulls below need either control.
 
 # %%
 display(mvs.steering_control(cells, P.traits))

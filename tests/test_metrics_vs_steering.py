@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from traitlab import textstats
 from traitlab.experiments import metrics_vs_steering as mvs
+from traitlab.judge_power import FloorRefits
 from traitlab.params import ParamError, validate
 
 
@@ -252,3 +254,23 @@ def test_steering_is_the_readers_second_positive_control():
     seen = mvs.control_effects(_control({"optimism": 30.0, "formality": 0.0}), P.traits)
     _, c = claim(0.25, seen)
     assert c.verdict == "not held" and "optimism: instructed +30.0" in c.reason
+
+
+def test_the_steering_control_must_hold_wherever_the_floor_plausibly_falls():
+    """A cell half coherent by the fitted distinct-2 floor (0.80) but broken under the floor that
+    gold resamples without the lowest coherent answer fit (0.85) does not count as a control;
+    a cell coherent under every refit does. The fitted-floor count stays visible as seen_at_fit."""
+    gold = pd.DataFrame({"trait": "t", "question": np.repeat(list("abcd"), 2), "coherence": [90, 10] * 4,
+                         "distinct2": [0.95, 0.3, 0.9, 0.3, 0.85, 0.3, 0.8, 0.3], "log_ppl": 1.0})
+    floors = textstats.fit_floors(gold[["distinct2", "log_ppl"]], gold.coherence.to_numpy(float))
+    assert floors.distinct2_min == 0.8
+    judged = _judged().assign(log_ppl=1.0, distinct2=[0.99, 0.99, 0.99, 0.99, 0.82, 0.2, 0.2, 0.2])
+    judged["coherent"] = floors.coherent(judged)
+    cells = mvs.deltas(_metrics(), judged, FloorRefits(gold), n_boot=400, seed=0).set_index("layer")
+    assert cells.coherent.to_dict() == {4: 1.0, 8: 0.5, 12: 0.0}
+    assert cells.coherent_lo.to_dict() == {4: 1.0, 8: 0.0, 12: 0.0}
+    assert cells.coherent_hi.to_dict() == {4: 1.0, 8: 0.5, 12: 0.0}
+    sc = mvs.steering_control(cells.reset_index().assign(steers=True), ["optimism"]).loc["optimism"]
+    assert (sc.seen, sc.seen_at_fit, sc.passes) == (1, 2, True) and sc.best.startswith("L4 probe +25.0")
+    sc = mvs.steering_control(cells.reset_index().assign(steers=[False, True, True]), ["optimism"]).loc["optimism"]
+    assert (sc.seen, sc.seen_at_fit, sc.passes) == (0, 1, False)

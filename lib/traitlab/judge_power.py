@@ -48,6 +48,7 @@ from scipy import optimize
 from scipy.stats import norm
 
 from . import textstats
+from . import uncertainty as unc
 from .data import DataError, read_jsonl
 from .judge import Anchor
 from .paths import project_data
@@ -184,6 +185,38 @@ class FloorRefits:
         """``answers``' coherent flags (bool, in their order) under :meth:`floors` of ``draw``."""
         f = self.floors(draw)
         return None if f is None else f.coherent(answers).to_numpy(bool)
+
+    def share_interval(self, answers: pd.DataFrame, by: Sequence[str], *, n_boot: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> pd.DataFrame:
+        """Per group of ``answers`` (columns ``by``), the share coherent under floors refitted on
+        ``n_boot`` resamples of the gold questions: ``coherent_lo`` and ``coherent_hi``, the
+        percentile interval at ``level`` (resamples that fit no floor are skipped). The answers
+        are fixed: the interval is where the floor falls, not which questions were asked, so a
+        rule "at least half coherent" can ask that it holds wherever the floor plausibly lies.
+
+        Example:
+            >>> gold = pd.DataFrame({"trait": "t", "question": list("aabbcc"),
+            ...                      "coherence": [90, 10, 80, 20, 85, 15],
+            ...                      "distinct2": [1.0, 0.3, 0.9, 0.5, 0.95, 0.2], "log_ppl": 1.0})
+            >>> answers = pd.DataFrame({"cell": ["x", "x", "y"], "distinct2": [0.92, 1.0, 0.4], "log_ppl": 1.0})
+            >>> FloorRefits(gold).share_interval(answers, ["cell"], n_boot=200).round(2).to_dict("index")
+            {'x': {'coherent_lo': 0.5, 'coherent_hi': 1.0}, 'y': {'coherent_lo': 0.0, 'coherent_hi': 0.0}}
+        """
+        by = list(by)
+        codes, groups = pd.factorize(pd.MultiIndex.from_frame(answers[by]) if len(by) > 1 else answers[by[0]])
+        counts = np.bincount(codes, minlength=len(groups)).astype(float)
+        shares = [np.bincount(codes, weights=flags, minlength=len(groups)) / counts
+                  for d in unc.unit_draws(self.units, n_boot, seed)[None]
+                  if (flags := self.coherent(d, answers)) is not None]
+        if not shares:
+            raise ValueError("no resample of the gold questions holds both coherence classes: the floors' "
+                             "error cannot be estimated")
+        tail = 50 * (1 - level)
+        lo, hi = np.percentile(np.asarray(shares), [tail, 100 - tail], axis=0)
+        index = groups if len(by) > 1 else pd.Index(groups, name=by[0])
+        if len(by) > 1:
+            index.names = by
+        return pd.DataFrame({"coherent_lo": lo, "coherent_hi": hi}, index=index)
 
 
 def gold_pairs(gold: pd.DataFrame, label: str = "label", min_gap: float = 0.0) -> pd.DataFrame:

@@ -16,8 +16,9 @@ perplexity floors fitted on the gold sets). Before any of this, the reader's pos
 trait: the model answers the same questions under system prompts asking for the trait and for
 its opposite (``data.system_prompts``). A small model often ignores such instructions, so the
 steering itself is a second control (``steering_control``): a cell whose delta's interval lies above
-0 while at least ``CONTROL_COHERENT`` of its answers stay coherent shows that the reader sees a
-change this model's vectors make in its own, still readable, answers. A trait that passes neither
+0 while at least ``CONTROL_COHERENT`` of its answers stay coherent (wherever the floors, refitted on
+resampled gold questions, plausibly fall) shows that the reader sees a change this model's vectors
+make in its own, still readable, answers. A trait that passes neither
 control has deltas that may be reader noise, and its nulls are inconclusive.
 
 Example:
@@ -43,7 +44,7 @@ from ..activations import extract
 from ..data import load_trait, opinion_questions, system_prompts
 from ..directions import METHODS, fit_direction
 from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
-from ..judge_power import load_gold
+from ..judge_power import FloorRefits, load_gold
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
@@ -235,11 +236,14 @@ def control_effects(instructed: pd.DataFrame, traits: list[str]) -> pd.DataFrame
     return e.assign(differ=e.differ.fillna(False).astype(bool))
 
 
-def deltas(metrics: pd.DataFrame, judged: pd.DataFrame) -> pd.DataFrame:
+def deltas(metrics: pd.DataFrame, judged: pd.DataFrame, refits: FloorRefits | None = None, *,
+           n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per cell: steered mean trait score, the trait's unsteered mean over the same questions, and
     the paired delta with its SE, 95% t-interval and minimum detectable effect over questions;
     ``wrong_way`` / ``steers`` when the interval lies below / above 0; and, when the answers carry
-    a ``coherent`` column, the share of the cell's answers that are coherent. Joined to the metrics."""
+    a ``coherent`` column, the share of the cell's answers that are coherent. With ``refits``
+    (``judge_power.FloorRefits`` of the gold rows the floors were fitted on), that share's 95%
+    interval over ``n_boot`` floor refits: ``coherent_lo``, ``coherent_hi``. Joined to the metrics."""
     eff = paired_effects(judged, by=["trait", "layer", "method"], baseline=judged.method == "baseline",
                          within=["trait"])
     df = eff[["steered", "baseline", "delta", "se", "ci_lo", "ci_hi", "n"]].rename(columns={"se": "delta_se"})
@@ -247,8 +251,11 @@ def deltas(metrics: pd.DataFrame, judged: pd.DataFrame) -> pd.DataFrame:
     df["wrong_way"] = (df.n > 1) & (df.ci_hi < 0)
     df["steers"] = (df.n > 1) & (df.ci_lo > 0)
     if "coherent" in judged.columns:
-        coh = judged[judged.method != "baseline"].groupby(["trait", "layer", "method"]).coherent.mean()
-        df["coherent"] = coh.reindex(df.index)
+        steered = judged[judged.method != "baseline"]
+        df["coherent"] = steered.groupby(["trait", "layer", "method"]).coherent.mean().reindex(df.index)
+        if refits is not None:
+            iv = refits.share_interval(steered, ["trait", "layer", "method"], n_boot=n_boot, seed=seed)
+            df = df.join(iv.reindex(df.index))
     return metrics.merge(df.reset_index(), on=["trait", "layer", "method"])
 
 
@@ -256,21 +263,32 @@ def steering_control(cells: pd.DataFrame, traits: list[str]) -> pd.DataFrame:
     """Per trait, the reader's positive control from steering: ``cells`` (of the trait), ``seen``
     (how many of them steer, their delta's 95% interval above 0, with at least ``CONTROL_COHERENT``
     of their answers coherent), the clearest such cell (the highest interval's lower end) and
-    ``passes`` (any seen). Without a ``coherent`` column no cell qualifies: a delta read from broken
-    text proves nothing.
+    ``passes`` (any seen). Where the cells carry ``coherent_lo`` (``deltas`` with floor refits), a
+    cell must stay at least ``CONTROL_COHERENT`` coherent across the floors' 95% interval, so the
+    control does not hinge on where the floor fell; ``seen_at_fit`` then counts the cells that
+    qualify by the fitted floors alone. Without a ``coherent`` column no cell qualifies: a delta
+    read from broken text proves nothing.
 
     >>> c = pd.DataFrame({"trait": ["t", "t"], "layer": [4, 8], "method": ["probe"] * 2, "delta": [9.0, 20.0],
     ...                   "ci_lo": [2.0, 5.0], "ci_hi": [16.0, 35.0], "steers": [True, True], "coherent": [0.75, 0.25]})
     >>> r = steering_control(c, ["t"]).loc["t"]
     >>> int(r.cells), int(r.seen), r.best, bool(r.passes)
     (2, 1, 'L4 probe +9.0 [+2.0, +16.0]', True)
+    >>> r = steering_control(c.assign(coherent_lo=[0.4, 0.2]), ["t"]).loc["t"]
+    >>> int(r.seen), int(r.seen_at_fit), bool(r.passes)
+    (0, 1, False)
     """
     rows = []
     for t in traits:
         g = cells[cells.trait == t]
-        ok = g[g.steers & (g.coherent >= CONTROL_COHERENT)] if "coherent" in g.columns else g.iloc[:0]
+        if "coherent" not in g.columns:
+            ok = at_fit = g.iloc[:0]
+        else:
+            at_fit = g[g.steers & (g.coherent >= CONTROL_COHERENT)]
+            ok = at_fit[at_fit.coherent_lo >= CONTROL_COHERENT] if "coherent_lo" in g.columns else at_fit
         b = ok.loc[ok.ci_lo.idxmax()] if len(ok) else None
         rows.append({"trait": t, "cells": len(g), "seen": len(ok),
+                     **({"seen_at_fit": len(at_fit)} if "coherent_lo" in g.columns else {}),
                      "best": "" if b is None else f"L{b.layer} {b.method} {b.delta:+.1f} [{b.ci_lo:+.1f}, {b.ci_hi:+.1f}]",
                      "passes": len(ok) > 0})
     return pd.DataFrame(rows).set_index("trait")
@@ -351,9 +369,11 @@ def conclusions(corr: pd.DataFrame, best: pd.DataFrame, cells: pd.DataFrame,
                    + "; ".join(control_line(t, r) for t, r in control.iterrows()) + ".")
     if "coherent" in cells.columns:
         steered = steering_control(cells, list(cells.trait.unique()))
+        robust = "seen_at_fit" in steered.columns
         out.append(f"Reader's positive control from steering (cells steering with ≥ {CONTROL_COHERENT:.0%} of their "
-                   "answers coherent): " + "; ".join(
-                       f"{t} {r.seen}/{r.cells}" + (f", clearest {r.best}" if r.passes else "")
+                   "answers coherent" + (" across the floors' 95% interval" if robust else "") + "): " + "; ".join(
+                       f"{t} {r.seen}/{r.cells}" + (f" ({r.seen_at_fit} by the fitted floors)" if robust else "")
+                       + (f", clearest {r.best}" if r.passes else "")
                        for t, r in steered.iterrows()) + ".")
     ranked = corr.loc["pooled"].sort_values("pearson_r", ascending=False)
     out.append("Predictors of the steering delta by Pearson r over all cells: " + ", ".join(
