@@ -121,11 +121,13 @@ print(f"Coherence floors: distinct-2 ≥ {floors.distinct2_min:.2f}, log-perplex
 # %% [markdown]
 # ## Zones
 # Win rate (the share of questions where the steered answer shows more of the trait) and the
-# share of coherent answers, per condition, with 95% bootstrap CIs over questions. Green: the
-# seed's sweet spot; red: its breakdown band.
+# share of coherent answers, per condition, with 95% bootstrap CIs over questions (the coherent
+# share's also over the gold questions the floors are refitted on, so it covers where the floor
+# falls). Green: the seed's sweet spot; red: its breakdown band.
 
 # %%
-zones = rz.zone_table(answers, P)
+refits = judge_power.FloorRefits(gold)  # each bootstrap replicate refits the floors on resampled gold questions
+zones = rz.zone_table(answers, P, refits)
 fig = plots.ratio_zones(zones, rz.SEED["sweet_spot"], rz.SEED["breakdown"])
 
 # %%
@@ -134,7 +136,6 @@ display(zones[["win_rate", "win_lo", "win_hi", "coherent", "distinct2", "log_ppl
 display(zones["coherent"].unstack("ratio").round(2))
 
 # %%
-refits = judge_power.FloorRefits(gold)  # each bootstrap replicate refits the floors on resampled gold questions
 cur = rz.curves(answers, P, refits)
 trend = rz.layer_trend(answers, P, refits)
 display(cur.round(2))

@@ -105,6 +105,14 @@ def test_refitting_the_floors_per_replicate_widens_only_what_the_floor_decides()
     same = judge_power.FloorRefits(gold.assign(question="a"))
     assert same.units == 1 and rz.layer_trend(judged, P, same).equals(rz.layer_trend(judged, P))
     assert rz.curves(judged, P, same).equals(plain)
+    # the zone table's coherent-share intervals: only the borderline conditions' widen
+    zp, zr = rz.zone_table(judged, P), rz.zone_table(judged, P, refits)
+    borderline = [(m, 8, 0.8) for m in P.methods]
+    assert (zp.loc[borderline, ["coherent", "coh_lo"]].to_numpy().tolist(),
+            zr.loc[borderline, ["coherent", "coh_lo", "coh_hi"]].to_numpy().tolist()) == \
+        ([[1.0, 1.0]] * 2, [[1.0, 0.0, 1.0]] * 2)
+    rest = [k for k in zp.index if k not in borderline]
+    assert zp.loc[rest].equals(zr.loc[rest]) and rz.zone_table(judged, P, same).equals(zp)
 
 
 def test_a_judge_that_sees_nothing_makes_the_sweet_spot_inconclusive():

@@ -302,18 +302,32 @@ def _rate(values: np.ndarray, P: Params) -> tuple[float, float, float]:
     return b.value, *b.ci
 
 
-def zone_table(judged: pd.DataFrame, P: Params) -> pd.DataFrame:
+def zone_table(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None = None) -> pd.DataFrame:
     """Per (method, layer, ratio): the trait win rate and the coherent share, each with a 95%
     bootstrap CI over questions, the mean distinct-2 and log-perplexity, and whether the
-    condition is broken (coherent share below ``P.coherent_share``)."""
-    wins, _ = _matrix(judged, P, "win")
+    condition is broken (coherent share below ``P.coherent_share``). With ``refits``, the
+    coherent share's interval resamples the gold questions the floors are refitted on together
+    with the questions (the draws ``curves`` makes), so it covers the floors' error too."""
+    wins, qs = _matrix(judged, P, "win")
     coh, _ = _matrix(judged.assign(coherent=judged.coherent.astype(float)), P, "coherent")
     d2, lp = (_matrix(judged, P, col)[0].mean(axis=1) for col in ("distinct2", "log_ppl"))
+    refit_ci: dict[tuple, tuple[float, float]] = {}
+    if refits is not None:
+        coh_of = _coherent_matrices(judged, P, refits)
+        draws = unc.unit_draws(_units(len(qs), refits), P.n_boot, P.seed)
+        tail = (1 - 0.95) / 2
+        kept = [(d, C) for d, g in zip(draws[None], draws["gold"], strict=True) if (C := coh_of(g)) is not None]
+        for m in P.methods:
+            for x in P.layers:
+                S = np.array([C[(m, x)][:, d].mean(axis=1) for d, C in kept])  # [replicates, ratios]
+                lo, hi = np.quantile(S, [tail, 1 - tail], axis=0)  # as ``uncertainty.Bootstrap.ci``
+                refit_ci.update({(m, x, r): (float(a), float(b)) for r, a, b in zip(P.ratios, lo, hi, strict=True)})
     rows = []
     for key in wins.index:
         w, c = wins.loc[key].to_numpy(float), coh.loc[key].to_numpy(float)
         win, win_lo, win_hi = _rate(w, P)
         share, coh_lo, coh_hi = _rate(c, P)
+        coh_lo, coh_hi = refit_ci.get(key, (coh_lo, coh_hi))
         rows.append({"method": key[0], "layer": key[1], "ratio": key[2], "win_rate": win, "win_lo": win_lo,
                      "win_hi": win_hi, "coherent": share, "coh_lo": coh_lo, "coh_hi": coh_hi,
                      "distinct2": float(d2[key]), "log_ppl": float(lp[key]),
