@@ -64,6 +64,7 @@ judge_offline = False
 judge_dtype = "auto"
 min_mass = 0.25
 batch_size = 16
+n_boot = 2000
 seed = 0
 traits_dir = None
 

@@ -111,6 +111,34 @@ def test_record_verdicts_follow_the_controls():
     assert records.compare(rec, rec) == []
 
 
+def test_a_shared_best_layer_must_survive_resampling_the_questions():
+    """SFT's two layers tie on average and split the questions between them: its best layer is a
+    coin flip, so agreeing with DPO's (robustly L6) is inconclusive; a DPO model whose best layer
+    is robustly another one makes the claim not held."""
+    P = _P(n_boot=400)
+
+    def verdict(scored):
+        summ = tr.summary(scored, P)
+        rec = tr.record(P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ),
+                        tr.learned_vs_random(scored, P), None)
+        return rec, next(c for c in rec.claims if c.id == "optimal_layer_preserved")
+
+    rec, c = verdict(_scored(P))
+    assert c.verdict == "holds" and rec["best_layer_agreement"].value == 1.0
+    scored = _scored(P)
+    q, at3 = scored.question_id.to_numpy(), scored.layer.to_numpy() == 3
+    sft = ((scored.model == "sft") & (scored.kind == "single") & (scored.ratio == 0.4)).to_numpy()
+    scored.loc[sft, "trait"] = (70.0 + q + np.where((q % 2 == 0) == at3, 5.0, -5.0))[sft]
+    rec, c = verdict(scored)
+    share = rec["best_layer_agreement"].value
+    assert c.verdict == "inconclusive" and 0.3 < share < 0.7 and f"agree in {share:.0%}" in c.reason
+    scored = _scored(P)
+    dpo3 = ((scored.model == "dpo") & (scored.kind == "single") & (scored.layer == 3) & (scored.ratio == 0.4))
+    scored.loc[dpo3, "trait"] += 10.0
+    rec, c = verdict(scored)
+    assert c.verdict == "not held" and rec["best_layer_agreement"].value == 0.0 and "differ in 100%" in c.reason
+
+
 def test_transfer_not_held_needs_the_positive_control():
     P = _P()
 

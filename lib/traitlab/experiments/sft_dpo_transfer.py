@@ -34,6 +34,7 @@ Example (the condition grid of one chain model):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -108,6 +109,8 @@ class Params:
     judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     min_mass: float = 0.25
     batch_size: int = 16
+    n_boot: int = 2000
+    """Bootstrap resamples of the questions (how often SFT and DPO agree on their best layer)."""
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
@@ -141,8 +144,8 @@ class Params:
             raise ParamError(f"models must name exactly base, sft and dpo; got {sorted(self.models)}")
         if self.n_questions < 4:
             raise ParamError(f"n_questions must be >= 4 (intervals are over questions), got {self.n_questions}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ParamError("max_new_tokens and batch_size must be >= 1")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.n_boot < 1:
+            raise ParamError("max_new_tokens, batch_size and n_boot must be >= 1")
         if not 0 < self.coherent_share < 1:
             raise ParamError(f"coherent_share must be in (0, 1), got {self.coherent_share}")
         if not self.gold_traits:
@@ -418,6 +421,45 @@ def _best(summ: pd.DataFrame, model: str, kind: str, layer: int | None = None) -
     return ok.loc[ok.delta.idxmax()] if len(ok) else None
 
 
+def best_layer_agreement(scored: pd.DataFrame, summ: pd.DataFrame, P: Params) -> float:
+    """The share of ``P.n_boot`` bootstrap resamples of the questions in which the SFT and the DPO
+    model's best unbroken single-layer conditions (the largest mean trait delta, as ``_best``)
+    sit at the same layer; NaN when a model has no unbroken condition. Both models answer the
+    same questions, so one draw resamples both; which conditions are broken stays as measured.
+    A best layer is an argmax over noisy cells: this says how often the noise keeps it in place.
+
+    >>> sc = pd.DataFrame({"model": ["sft"] * 6 + ["dpo"] * 6, "kind": (["baseline"] * 2 + ["single"] * 4) * 2,
+    ...                    "layer": ([-1, -1, 3, 3, 12, 12]) * 2, "ratio": [0, 0, 1, 1, 1, 1] * 2,
+    ...                    "question_id": [0, 1] * 6, "trait": [50, 50, 51, 52, 80, 90] * 2})
+    >>> sm = pd.DataFrame({"model": ["sft", "sft", "dpo", "dpo"], "kind": "single", "layer": [3, 12] * 2,
+    ...                    "ratio": 1, "broken": False})
+    >>> best_layer_agreement(sc, sm, Params(n_boot=50))
+    1.0
+    """
+    deltas, layers = {}, {}
+    for m in ("sft", "dpo"):
+        ok = summ[(summ.model == m) & (summ.kind == "single") & ~summ.broken]
+        if not len(ok):
+            return float("nan")
+        deltas[m] = pd.concat([_delta(scored, m, "single", r.layer, r.ratio) for r in ok.itertuples()], axis=1)
+        layers[m] = ok.layer.to_numpy(int)
+    qs = sorted(set(deltas["sft"].index) | set(deltas["dpo"].index))
+    D = {m: d.reindex(qs).to_numpy(float) for m, d in deltas.items()}  # questions × conditions
+    agree = []
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a condition none of the drawn questions scored
+        for draw in unc.unit_draws(len(qs), P.n_boot, P.seed)[None]:
+            means = {m: np.nanmean(x[draw], axis=0) for m, x in D.items()}
+            if all(np.isfinite(v).any() for v in means.values()):
+                agree.append(layers["sft"][np.nanargmax(means["sft"])] == layers["dpo"][np.nanargmax(means["dpo"])])
+    return float(np.mean(agree)) if agree else float("nan")
+
+
+BEST_LAYER_SURE = 0.95
+"""``optimal_layer_preserved`` holds when the two best layers agree in at least this share of
+question resamples, and is not held when they differ in at least this share."""
+
+
 def multi_vs_single(scored: pd.DataFrame, summ: pd.DataFrame) -> pd.DataFrame:
     """Per chain model with a multi-layer condition: its best unbroken multi-layer condition vs
     its best unbroken single layer, and their per-question difference with a t-interval."""
@@ -587,16 +629,25 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
         seed=f"L8 of 32: SFT 82.5 vs DPO 65.8 (16.7 points; {ours(16.7):.1f} on our judge's scale)",
         ours=fmt(gq), verdict=v, reason=why, quantity="sft_minus_dpo_early"))
     s_top, d_top = _best(summ, "sft", "single"), _best(summ, "dpo", "single")
-    same = s_top is not None and d_top is not None and int(s_top.layer) == int(d_top.layer)
-    v, why = records.decide(holds=same, comparable=len(P.layers) > 1,
-                            comparable_reason=f"one steered layer ({P.layers}): no best layer to compare")
-    if v == "inconclusive":
-        why = ("the best layers differ or are missing, and a best layer is an argmax over noisy cells "
-               "with no test of the difference")
+    agree = best_layer_agreement(scored, summ, P)
+    if np.isfinite(agree):
+        qs.append(records.rate("best_layer_agreement", agree, n=P.n_questions, items=2))
+    sure = f"a best layer is an argmax over noisy cells: a verdict needs ≥ {BEST_LAYER_SURE:.0%} of resamples"
+    if len(P.layers) < 2:
+        v, why = "not comparable", f"one steered layer ({P.layers}): no best layer to compare"
+    elif not np.isfinite(agree):
+        v, why = "inconclusive", "a model has no unbroken condition: no best layer"
+    elif agree >= BEST_LAYER_SURE:
+        v, why = "holds", f"the best layers agree in {agree:.0%} of question resamples"
+    elif agree <= 1 - BEST_LAYER_SURE:
+        v, why = "not held", f"the best layers differ in {1 - agree:.0%} of question resamples"
+    else:
+        v, why = "inconclusive", f"the best layers agree in {agree:.0%} of question resamples; {sure}"
     where = (f"SFT L{int(s_top.layer)}, DPO L{int(d_top.layer)}" if s_top is not None and d_top is not None
              else "no unbroken condition in one model")
     claims.append(records.Claim("optimal_layer_preserved", "SFT and DPO share their best steering layer",
-                                seed="L12 for both", ours=where, verdict=v, reason=why))
+                                seed="L12 for both", ours=where, verdict=v, reason=why,
+                                quantity="best_layer_agreement" if np.isfinite(agree) else None))
     mq = by["dpo_multi_minus_single"]
     v, why = records.decide(holds=mq.ci is not None and mq.ci[0] > 0,
                             seed_effect=ours(SEED_MULTI["multi (layers 6–10)"] - SEED_MULTI["best single layer"]),
