@@ -274,3 +274,25 @@ def test_the_steering_control_must_hold_wherever_the_floor_plausibly_falls():
     assert (sc.seen, sc.seen_at_fit, sc.passes) == (1, 2, True) and sc.best.startswith("L4 probe +25.0")
     sc = mvs.steering_control(cells.reset_index().assign(steers=[False, True, True]), ["optimism"]).loc["optimism"]
     assert (sc.seen, sc.seen_at_fit, sc.passes) == (0, 1, False)
+
+
+def test_best_layers_differ_needs_question_resamples_that_agree():
+    """Best extraction layer 0 everywhere. Steering best at layer 5 on every question: holds;
+    best at layer 0: not held; layers 0 and 5 tied on noisy questions, so the best steering
+    layer is a coin flip: inconclusive, whatever the point estimate says."""
+    P = mvs.Params(traits=["optimism", "formality"], layers=list(range(6)), methods=["probe"], n_boot=300)
+
+    def verdict(delta, spread):
+        cells = _cells(noise=0.0).assign(delta=delta)
+        judged = _judged_for(cells, spread=spread)
+        cells = mvs.deltas(cells.drop(columns="delta"), judged)
+        rec = mvs.record(P, cells, mvs.correlations(cells, judged, P), mvs.best_layers(cells), judged)
+        return rec, next(c for c in rec.claims if c.id == "best_layers_differ")
+
+    rec, c = verdict(lambda d: 10.0 + 4 * d.layer, 1.0)
+    assert c.verdict == "holds" and rec["best_layer_differs"].ci == (1.0, 1.0)
+    rec, c = verdict(lambda d: 40.0 - 6 * d.layer, 1.0)
+    assert c.verdict == "not held" and rec["best_layer_differs"].ci == (0.0, 0.0)
+    rec, c = verdict(lambda d: np.where(d.layer.isin([0, 5]), 30.0, 10.0), 20.0)
+    assert c.verdict == "inconclusive" and "reaches one half" in c.reason
+    assert rec["best_layer_differs"].ci[0] <= 0.5 <= rec["best_layer_differs"].ci[1]

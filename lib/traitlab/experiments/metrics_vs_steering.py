@@ -478,7 +478,10 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
     _, acc_se, _ = unc.mean_se(cells.val_accuracy)
     qs.append(records.estimate("mean_val_accuracy", float(cells.val_accuracy.mean()),
                                se=max(acc_se if np.isfinite(acc_se) else 0.0, 1e-3), n=len(cells), k=2))
-    qs.append(records.rate("best_layer_differs", float((~best.same).mean()), n=len(best)))
+    differ = _question_bootstrap(cells, judged, P, lambda c, delta: float(
+        (~best_layers(c.assign(delta=delta)).same).mean()))
+    qs.append(records.rate("best_layer_differs", float((~best.same).mean()), n=len(best),
+                           ci=differ.ci if np.isfinite(differ.ci).all() else None))
     qs.append(records.rate("cells_steering", float(cells.steers.mean()), n=len(cells), items=2))
     trap = cells[(cells.val_accuracy >= 0.9) & cells.wrong_way]
     qs.append(records.rate("high_accuracy_negative_delta", len(trap) / max(len(cells), 1), n=len(cells), items=2))
@@ -516,11 +519,21 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
     v2, why2 = needs_control(*records.decide(holds=bool(g.ci is not None and g.ci[0] > 0),
                                              seed_effect=SEED["effect_size_r"] - SEED["accuracy_r"],
                                              mde=unc.mde(gap_se)))
-    v3, why3 = records.decide(holds=by["best_layer_differs"].value > 0.5, comparable=len(P.layers) > 1,
-                              comparable_reason="one layer: no best layer to compare")
-    if v3 == "inconclusive":
-        why3 = ("best layers differ in at most half the (trait, method) pairs, and an argmax over noisy cells "
-                "has no test")
+    # a best steering layer is an argmax over noisy cells: the share of (trait, method) pairs whose
+    # best layers differ, recomputed on question resamples, must stay above (or below) one half
+    share, (d_lo, d_hi) = by["best_layer_differs"].value, differ.ci
+    if len(P.layers) < 2:
+        v3, why3 = "not comparable", "one layer: no best layer to compare"
+    elif d_lo > 0.5:
+        v3, why3 = "holds", (f"the best layers differ in {share:.0%} of (trait, method) pairs, and in more than half "
+                             f"of them in 97.5% of question resamples (95% interval [{d_lo:.0%}, {d_hi:.0%}])")
+    elif d_hi < 0.5:
+        v3, why3 = "not held", (f"the best layers differ in {share:.0%} of (trait, method) pairs, and in fewer than "
+                                f"half in 97.5% of question resamples (95% interval [{d_lo:.0%}, {d_hi:.0%}])")
+    else:
+        v3, why3 = "inconclusive", (f"the best layers differ in {share:.0%} of (trait, method) pairs, but the share "
+                                    f"over question resamples reaches one half (95% interval [{d_lo:.0%}, "
+                                    f"{d_hi:.0%}]): a best layer is an argmax over noisy cells")
     # the trap: a late, accurate cell whose delta's interval lies below 0
     late = late_layers(P, n_layers) if n_layers else [max(P.layers)]
     late_acc = cells[cells.layer.isin(late) & (cells.val_accuracy >= 0.9)]
