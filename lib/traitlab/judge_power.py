@@ -203,7 +203,8 @@ class FloorRefits:
             {'x': {'coherent_lo': 0.5, 'coherent_hi': 1.0}, 'y': {'coherent_lo': 0.0, 'coherent_hi': 0.0}}
         """
         by = list(by)
-        codes, groups = pd.factorize(pd.MultiIndex.from_frame(answers[by]) if len(by) > 1 else answers[by[0]])
+        codes = answers.groupby(by, sort=False).ngroup().to_numpy()  # groups in order of appearance
+        groups = answers[by].drop_duplicates().set_index(by).index
         counts = np.bincount(codes, minlength=len(groups)).astype(float)
         shares = [np.bincount(codes, weights=flags, minlength=len(groups)) / counts
                   for d in unc.unit_draws(self.units, n_boot, seed)[None]
@@ -211,12 +212,8 @@ class FloorRefits:
         if not shares:
             raise ValueError("no resample of the gold questions holds both coherence classes: the floors' "
                              "error cannot be estimated")
-        tail = 50 * (1 - level)
-        lo, hi = np.percentile(np.asarray(shares), [tail, 100 - tail], axis=0)
-        index = groups if len(by) > 1 else pd.Index(groups, name=by[0])
-        if len(by) > 1:
-            index.names = by
-        return pd.DataFrame({"coherent_lo": lo, "coherent_hi": hi}, index=index)
+        lo, hi = unc.percentile_interval(np.asarray(shares), level, axis=0)
+        return pd.DataFrame({"coherent_lo": lo, "coherent_hi": hi}, index=groups)
 
 
 def gold_pairs(gold: pd.DataFrame, label: str = "label", min_gap: float = 0.0) -> pd.DataFrame:

@@ -201,6 +201,18 @@ def score_mde(values: Sequence[float] | np.ndarray) -> float:
 
 # ---- the bootstrap -----------------------------------------------------------------------------
 
+def percentile_interval(draws: Any, level: float = 0.95, axis: int | None = None) -> tuple[Any, Any]:
+    """The percentile interval of bootstrap ``draws`` at ``level`` (along ``axis``: one interval
+    per column of a [replicates, statistics] array), the one every interval here uses.
+
+    >>> [round(float(x), 6) for x in percentile_interval(np.arange(101.0), 0.9)]
+    [5.0, 95.0]
+    """
+    a = (1 - level) / 2
+    lo, hi = np.quantile(draws, [a, 1 - a], axis=axis)
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class Bootstrap:
     """A statistic on the observed data and on ``len(draws)`` resamples of its independent units.
@@ -223,8 +235,7 @@ class Bootstrap:
     def ci(self) -> tuple[float, float]:
         if self.draws.size < 2:
             return math.nan, math.nan
-        a = (1 - self.level) / 2
-        lo, hi = np.quantile(self.draws, [a, 1 - a])
+        lo, hi = percentile_interval(self.draws, self.level)
         return float(lo), float(hi)
 
     def share_above(self, x: float = 0.0) -> float:

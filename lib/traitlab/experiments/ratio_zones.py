@@ -313,14 +313,11 @@ def zone_table(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits 
     d2, lp = (_matrix(judged, P, col)[0].mean(axis=1) for col in ("distinct2", "log_ppl"))
     refit_ci: dict[tuple, tuple[float, float]] = {}
     if refits is not None:
-        coh_of = _coherent_matrices(judged, P, refits)
-        draws = unc.unit_draws(_units(len(qs), refits), P.n_boot, P.seed)
-        tail = (1 - 0.95) / 2
-        kept = [(d, C) for d, g in zip(draws[None], draws["gold"], strict=True) if (C := coh_of(g)) is not None]
+        kept = _replicates(judged, P, refits, len(qs))
         for m in P.methods:
             for x in P.layers:
                 S = np.array([C[(m, x)][:, d].mean(axis=1) for d, C in kept])  # [replicates, ratios]
-                lo, hi = np.quantile(S, [tail, 1 - tail], axis=0)  # as ``uncertainty.Bootstrap.ci``
+                lo, hi = unc.percentile_interval(S, axis=0)
                 refit_ci.update({(m, x, r): (float(a), float(b)) for r, a, b in zip(P.ratios, lo, hi, strict=True)})
     rows = []
     for key in wins.index:
@@ -354,20 +351,43 @@ def _grid_percentile(values, q: float) -> float:
 
 
 def _coherent_matrices(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None):
-    """``of(draw)``: per (method, layer), the ratio × question coherent matrix as judged by the
-    fitted floors (``draw`` None) or by floors refitted on the gold questions ``draw`` (None when
-    that resample cannot be fitted); memoised per draw."""
+    """``of(draw)``: per (method, layer), the ratio × question coherent matrix (as ``_matrix``
+    pivots it) as judged by the fitted floors (``draw`` None) or by floors refitted on the gold
+    questions ``draw`` (None when that resample cannot be fitted); memoised per draw. Each
+    answer's grid cell is located once, so a replicate costs one weighted count, not a pivot."""
+    conds = pd.MultiIndex.from_tuples(P.conditions())
+    qs = pd.Index(list(dict.fromkeys(judged.question)))
+    cell = conds.get_indexer(pd.MultiIndex.from_frame(judged[["method", "layer", "ratio"]]))
+    steered = cell >= 0  # the unsteered answers have no cell
+    code = cell[steered] * len(qs) + qs.get_indexer(judged.question[steered])
+    count = np.bincount(code, minlength=len(conds) * len(qs))
+    shape = (len(P.methods), len(P.layers), len(P.ratios), len(qs))  # P.conditions' nesting
     memo: dict[bytes, dict[tuple[str, int], np.ndarray] | None] = {}
 
     def of(draw: np.ndarray | None) -> dict[tuple[str, int], np.ndarray] | None:
         key = b"" if draw is None else np.asarray(draw, np.int64).tobytes()
         if key not in memo:
             flags = judged.coherent.to_numpy(bool) if draw is None else refits.coherent(draw, judged)
-            coh = None if flags is None else _matrix(judged.assign(coherent=flags.astype(float)), P, "coherent")[0]
-            memo[key] = None if coh is None else {(m, x): coh.loc[(m, x)].to_numpy(float)
-                                                  for m in P.methods for x in P.layers}
+            memo[key] = None
+            if flags is not None:
+                with np.errstate(invalid="ignore"):  # a cell without an answer: NaN, as the pivot gives
+                    M = (np.bincount(code, weights=flags[steered].astype(float), minlength=count.size) / count
+                         ).reshape(shape)
+                memo[key] = {(m, x): M[i, j] for i, m in enumerate(P.methods) for j, x in enumerate(P.layers)}
         return memo[key]
     return of
+
+
+def _replicates(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None, n_questions: int
+                ) -> list[tuple[np.ndarray, dict[tuple[str, int], np.ndarray]]]:
+    """The bootstrap's replicates that judge coherence (``curves`` and ``zone_table`` share
+    them): each replicate's resampled question indices and its coherent matrices (by the floors
+    refitted on its gold draw, with ``refits``; else by the fitted floors), dropping the
+    replicates whose gold draw fits no floor."""
+    coh_of = _coherent_matrices(judged, P, refits)
+    draws = unc.unit_draws(_units(n_questions, refits), P.n_boot, P.seed)
+    golds = draws["gold"] if refits is not None else [None] * P.n_boot
+    return [(d, C) for d, g in zip(draws[None], golds, strict=True) if (C := coh_of(g)) is not None]
 
 
 def _units(n_questions: int, refits: judge_power.FloorRefits | None) -> dict:
@@ -383,20 +403,19 @@ def curves(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | No
     ``refits`` (``judge_power.FloorRefits`` of ``judged``), each replicate also refits the
     coherence floors on resampled gold questions, so the intervals cover the floors' error too."""
     wins, qs = _matrix(judged, P, "win")
-    coh_of = _coherent_matrices(judged, P, refits)
+    fitted = _coherent_matrices(judged, P, None)(None)
     base = judged[judged.method == "none"].set_index("question").coherent.reindex(qs).astype(float).to_numpy()
-    draws = unc.unit_draws(_units(len(qs), refits), P.n_boot, P.seed)
-    per_draw = [coh_of(None if refits is None else g) for g in draws.get("gold", [None] * P.n_boot)]
+    kept = _replicates(judged, P, refits, len(qs))
     ratios = np.asarray(P.ratios, float)
     rows = []
     for m in P.methods:
         for x in P.layers:
-            W, C = wins.loc[(m, x)].to_numpy(float), coh_of(None)[(m, x)]  # [ratios, questions]
+            W, C = wins.loc[(m, x)].to_numpy(float), fitted[(m, x)]  # [ratios, questions]
             with np.errstate(all="ignore"):
                 w, c = np.nanmean(W, axis=1), C.mean(axis=1)
-                kept = [(d, coh[(m, x)]) for d, coh in zip(draws[None], per_draw, strict=True) if coh is not None]
-                br = [_breaking(Cb[:, d].mean(axis=1), ratios, P.coherent_share) for d, Cb in kept]
-                be = [_best(np.nanmean(W[:, d], axis=1), Cb[:, d].mean(axis=1), ratios, P.coherent_share) for d, Cb in kept]
+                br = [_breaking(Cb[(m, x)][:, d].mean(axis=1), ratios, P.coherent_share) for d, Cb in kept]
+                be = [_best(np.nanmean(W[:, d], axis=1), Cb[(m, x)][:, d].mean(axis=1), ratios, P.coherent_share)
+                      for d, Cb in kept]
             ok = c >= P.coherent_share
             be_ok = np.asarray(be, float)[~np.isnan(be)]
             rows.append({"method": m, "layer": x, "breaking_ratio": _breaking(c, ratios, P.coherent_share),
