@@ -78,8 +78,9 @@ runinfo.show(runinfo.run_record(P, lm))
 # NBVAL_IGNORE_OUTPUT
 dirs = jb.refusal_directions(P, lm, prompts)
 answers = jb.run(P, lm, prompts, dirs)
-floors, _ = judge_power.calibrate_floors(lm, P.gold_traits, context=False, batch_size=P.batch_size)
+floors, gold = judge_power.calibrate_floors(lm, P.gold_traits, context=False, batch_size=P.batch_size)
 answers = jb.add_coherence(answers, lm, floors, P.batch_size)
+refits = judge_power.FloorRefits(gold)  # the floors' own error, for the intervals
 
 # %%
 print(f"{prompts.attacks.request_id.nunique()} requests × ({len(jb.wrappers(P))} wrappers + plain) = "
@@ -126,11 +127,12 @@ _ = ax.set(xlabel="condition", ylabel="")
 # ## Jailbreaks blocked, and the price
 # "Blocked" follows the seed: among the wrapped prompts that the unsteered model answered, the
 # share refused under the condition (95% intervals resampling requests). `blocked_coherent_pct`
-# counts only refusals whose text clears the coherence rule; the benign column is over-refusal
-# (Wilson intervals). A random row pools its seeds; `seed_range` shows their spread.
+# counts only refusals whose text clears the coherence rule; its interval resamples the gold
+# questions the rule's floors are fitted on as well, so it covers where the floors fall. The
+# benign column is over-refusal (Wilson intervals). A random row pools its seeds; `seed_range` shows their spread.
 
 # %%
-blk = jb.blocked(answers, P)
+blk = jb.blocked(answers, P, refits)
 display(blk.drop(columns=jb.NUMERIC_CI).round(1))
 
 # %% [markdown]

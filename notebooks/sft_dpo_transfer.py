@@ -116,7 +116,7 @@ scale = tr.judge_scale(judge, P.trait)
 qs = tr.questions(P)
 answers, norms = tr.steer_all(P, specs, vectors, qs)
 scored = tr.judge_answers(judge, answers, P.trait)
-scored, floors = tr.coherence(P, scored)
+scored, floors, refits = tr.coherence(P, scored)
 print(f"{len(scored)} answers ({len(qs)} questions; {len(tr.conditions(P))} conditions per chain model) "
       f"in {(time.perf_counter() - t_start) / 60:.1f} min")
 
@@ -184,7 +184,7 @@ for r in ex[ex.kind.isin(["baseline", "single"])].groupby("model", sort=False).h
 # %% tags=["record"]
 from traitlab import records  # noqa: E402
 
-record = tr.record(P, scored, summ, best, multi, lvr, scale, floors, norms)
+record = tr.record(P, scored, summ, best, multi, lvr, scale, floors, norms, refits)
 records.publish(record.with_run(**runinfo.run_record(P), chain=specs))
 from traitlab import directions, vectors  # noqa: E402
 

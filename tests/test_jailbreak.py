@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from traitlab import data
+from traitlab import data, judge_power
 from traitlab.data import DataError, public_path
 from traitlab.experiments import jailbreak_blocking as jb
 from traitlab.params import ParamError, validate
@@ -193,3 +194,27 @@ def test_record_names_tolerances_and_verdicts():
                          q.tolerance, q.tolerance_rule) for q in rec.quantities), claims=rec.claims)
     problems = records.compare(rec, moved)
     assert len(problems) == 1 and problems[0].startswith("jailbreak_blocking.blocked.single_L3:"), problems
+
+
+def test_blocked_coherent_interval_covers_where_the_floors_fall():
+    """Ten requests, each answered unsteered and refused under L5; half the refusals read at
+    distinct-2 0.8, coherent under the fitted floor (0.75) but not under the 1.0 floor that gold
+    resamples without the borderline coherent question fit. As measured every block is a
+    coherent refusal, with no spread over requests; refitting the floors per replicate puts
+    half of them in doubt."""
+    req = np.arange(10)
+    df = pd.concat([pd.DataFrame({"set": "attack", "kind": "roleplay", "wrapper": "w", "request_id": req,
+                                  "condition": c, "refuses": c == "single L5", "log_ppl": 1.0,
+                                  "distinct2": np.where((c == "single L5") & (req % 2 == 1), 0.8, 1.0)})
+                    for c in ("none", "single L5")], ignore_index=True)
+    df["coherent"] = df.distinct2 >= 0.75
+    gold = pd.DataFrame({"trait": "t", "question": list("aabbccdd"), "coherence": [90, 10] * 4, "log_ppl": 1.0,
+                         "distinct2": [1.0, 0.3, 1.0, 0.3, 0.75, 0.3, 1.0, 0.85]})
+    fixed = jb.blocked_coherent(df, ["single L5"], n_boot=300)
+    refit = jb.blocked_coherent(df, ["single L5"], judge_power.FloorRefits(gold), n_boot=300)
+    assert fixed.value == refit.value == 1.0 and fixed.ci == (1.0, 1.0)
+    assert refit.ci[0] <= 0.6 and refit.ci[1] == 1.0
+    blk = jb.blocked(df, jb.Params(single_layers=[5], ensemble_layers=[], random_seeds=[1], n_boot=300),
+                     judge_power.FloorRefits(gold))
+    assert blk.loc["single L5", "blocked_coherent_lo"] <= 60 and blk.loc["single L5", "blocked_coherent_ci95"] == \
+        f"[{blk.loc['single L5', 'blocked_coherent_lo']:.0f}, 100]"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from traitlab import records, textstats
+from traitlab import judge_power, records, textstats
 from traitlab.experiments import sft_dpo_transfer as tr
 from traitlab.params import ParamError, validate
 
@@ -137,6 +137,49 @@ def test_a_shared_best_layer_must_survive_resampling_the_questions():
     scored.loc[dpo3, "trait"] += 10.0
     rec, c = verdict(scored)
     assert c.verdict == "not held" and rec["best_layer_agreement"].value == 0.0 and "differ in 100%" in c.reason
+
+
+def test_a_shared_best_layer_must_survive_where_the_floor_falls():
+    """SFT's best layer (L6) answers at distinct-2 0.8, coherent under the fitted floor (0.75) but
+    not under the 1.0 floor that every gold resample missing the borderline coherent question
+    fits: there SFT's best unbroken layer is L3, not DPO's L6. As measured the layers agree; with
+    the floors refitted per replicate the agreement is inconclusive."""
+    P = _P(n_boot=400)
+    scored = _scored(P)
+    sft6 = ((scored.model == "sft") & (scored.kind == "single") & (scored.layer == 6)).to_numpy()
+    scored["distinct2"] = np.where(scored.coherent, np.where(sft6, 0.8, 1.0), 0.2)
+    scored["log_ppl"] = 1.0
+    gold = pd.DataFrame({"trait": "t", "question": list("aabbccdd"), "coherence": [90, 10] * 4, "log_ppl": 1.0,
+                         "distinct2": [1.0, 0.3, 1.0, 0.3, 0.75, 0.3, 1.0, 0.85]})
+    refits = judge_power.FloorRefits(gold)
+    fitted = textstats.fit_floors(gold[["distinct2", "log_ppl"]], gold.coherence.to_numpy())
+    assert fitted.distinct2_min == 0.75 and fitted.coherent(scored).equals(scored.coherent)
+    assert refits.floors(np.array([0, 1, 3, 3])).distinct2_min == 1.0
+    summ = tr.summary(scored, P)
+
+    def claim(refits):
+        rec = tr.record(P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ),
+                        tr.learned_vs_random(scored, P), None, refits=refits)
+        return rec, next(c for c in rec.claims if c.id == "optimal_layer_preserved")
+
+    rec, c = claim(None)
+    assert c.verdict == "holds" and rec["best_layer_agreement"].value == 1.0 and "of question resamples" in c.reason
+    rec, c = claim(refits)
+    agreement = tr.best_layer_agreement(scored, P, refits)
+    assert c.verdict == "inconclusive" and rec["best_layer_agreement"].value == agreement.agree
+    assert 0.3 < agreement.agree < 0.9 and agreement.agree + agreement.differ == pytest.approx(1.0)
+    assert "question and gold-set resamples" in c.reason and c.ours == "SFT L6, DPO L6"
+
+
+def test_best_layer_agreement_counts_replicates_without_a_best_layer():
+    """A replicate in which a model has no unbroken condition decides nothing: it counts neither
+    as agreement nor as difference, and the reason says how many there were."""
+    P = _P(n_boot=400)
+    scored = _scored(P)
+    sft = ((scored.model == "sft") & (scored.kind == "single")).to_numpy()
+    scored.loc[sft, "coherent"] = (scored.question_id < N_Q // 2)[sft]  # half coherent: broken in ~half the draws
+    a = tr.best_layer_agreement(scored, P)
+    assert a.n == 400 and 0.2 < a.undecided < 0.8 and a.differ == 0.0 and a.agree == pytest.approx(1 - a.undecided)
 
 
 def test_transfer_not_held_needs_the_positive_control():

@@ -216,6 +216,29 @@ class FloorRefits:
         return pd.DataFrame({"coherent_lo": lo, "coherent_hi": hi}, index=groups)
 
 
+def bootstrap_strata(n_questions: int, refits: FloorRefits | None) -> dict[str | None, int]:
+    """The strata of a bootstrap over steered questions (key None) that, with ``refits``, also
+    resamples the gold questions the coherence floors are refitted on (key "gold"): pass it to
+    ``uncertainty.unit_draws`` or ``uncertainty.bootstrap``, so one seeded draw covers both.
+
+    >>> bootstrap_strata(16, None)
+    {None: 16}
+    """
+    return {None: n_questions} if refits is None else {None: n_questions, "gold": refits.units}
+
+
+def question_and_gold_draws(n_questions: int, refits: FloorRefits | None, n_boot: int, seed: int = 0
+                            ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """``n_boot`` bootstrap replicates as (question draw, gold draw) from one seeded
+    ``uncertainty.unit_draws`` over ``bootstrap_strata``; the gold draw is None without ``refits``.
+
+    >>> [(q.shape, g) for q, g in question_and_gold_draws(4, None, n_boot=2)]
+    [((4,), None), ((4,), None)]
+    """
+    d = unc.unit_draws(bootstrap_strata(n_questions, refits), n_boot, seed)
+    return list(zip(d[None], d["gold"] if refits is not None else [None] * n_boot, strict=True))
+
+
 def gold_pairs(gold: pd.DataFrame, label: str = "label", min_gap: float = 0.0) -> pd.DataFrame:
     """Every pair of gold rows answering the same question (within trait) whose ``label`` differs
     by more than ``min_gap``, oriented so ``hi`` has the higher label: columns trait, question,

@@ -385,15 +385,8 @@ def _replicates(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits
     refitted on its gold draw, with ``refits``; else by the fitted floors), dropping the
     replicates whose gold draw fits no floor."""
     coh_of = _coherent_matrices(judged, P, refits)
-    draws = unc.unit_draws(_units(n_questions, refits), P.n_boot, P.seed)
-    golds = draws["gold"] if refits is not None else [None] * P.n_boot
-    return [(d, C) for d, g in zip(draws[None], golds, strict=True) if (C := coh_of(g)) is not None]
-
-
-def _units(n_questions: int, refits: judge_power.FloorRefits | None) -> dict:
-    """The bootstrap's strata: the steered questions (key None) and, with ``refits``, the gold
-    questions the floors are refitted on (key "gold")."""
-    return {None: n_questions} if refits is None else {None: n_questions, "gold": refits.units}
+    return [(d, C) for d, g in judge_power.question_and_gold_draws(n_questions, refits, P.n_boot, P.seed)
+            if (C := coh_of(g)) is not None]
 
 
 def curves(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None = None) -> pd.DataFrame:
@@ -450,7 +443,7 @@ def layer_trend(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits
                 return 0.0  # every layer breaks at the same grid ratio: no trend
             return float(stats.spearmanr(P.layers, br)[0])
 
-        b = unc.bootstrap(rho, _units(len(qs), refits), n_boot=P.n_boot, seed=P.seed)
+        b = unc.bootstrap(rho, judge_power.bootstrap_strata(len(qs), refits), n_boot=P.n_boot, seed=P.seed)
         rows.append({"method": m, "rho": b.value, "ci_lo": b.ci[0], "ci_hi": b.ci[1], "se": b.se})
     return pd.DataFrame(rows).set_index("method")
 

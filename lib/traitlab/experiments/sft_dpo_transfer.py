@@ -319,14 +319,17 @@ def judge_scale(judge: Judge, trait: str, progress: bool = True) -> dict[str, fl
             "n": int(len(x))}
 
 
-def coherence(P: Params, answers: pd.DataFrame, progress: bool = True) -> tuple[pd.DataFrame, textstats.Floors]:
+def coherence(P: Params, answers: pd.DataFrame, progress: bool = True
+              ) -> tuple[pd.DataFrame, textstats.Floors, judge_power.FloorRefits]:
     """``answers`` with ``distinct2``, ``log_ppl`` (under ``reference_model``, after the question)
-    and ``coherent``, and the floors fitted on the gold sets under the same model."""
+    and ``coherent``; the floors fitted on the gold sets under the same model; and their refits
+    on resampled gold questions (``judge_power.FloorRefits``), for intervals that cover where the
+    floors fall."""
     ref = load_model(P.reference_model, quiet=True)
-    floors, _ = judge_power.calibrate_floors(ref, P.gold_traits, batch_size=P.batch_size)
+    floors, gold = judge_power.calibrate_floors(ref, P.gold_traits, batch_size=P.batch_size)
     out = answers.join(textstats.coherence_measures(ref, answers, batch_size=P.batch_size))
     out["coherent"] = floors.coherent(out)
-    return out, floors
+    return out, floors, judge_power.FloorRefits(gold)
 
 
 _KEYS = ["model", "kind", "layer", "ratio", "seed"]
@@ -421,38 +424,98 @@ def _best(summ: pd.DataFrame, model: str, kind: str, layer: int | None = None) -
     return ok.loc[ok.delta.idxmax()] if len(ok) else None
 
 
-def best_layer_agreement(scored: pd.DataFrame, summ: pd.DataFrame, P: Params) -> float:
-    """The share of ``P.n_boot`` bootstrap resamples of the questions in which the SFT and the DPO
-    model's best unbroken single-layer conditions (the largest mean trait delta, as ``_best``)
-    sit at the same layer; NaN when a model has no unbroken condition. Both models answer the
-    same questions, so one draw resamples both; which conditions are broken stays as measured.
-    A best layer is an argmax over noisy cells: this says how often the noise keeps it in place.
+@dataclass(frozen=True)
+class LayerAgreement:
+    """Over ``n`` bootstrap replicates: the share where the SFT and the DPO model's best unbroken
+    layers agree, the share where they differ; the rest left a model with no unbroken condition."""
+
+    agree: float
+    differ: float
+    n: int
+
+    @property
+    def undecided(self) -> float:
+        """The share of replicates in which a model had no unbroken condition (no best layer)."""
+        return 1.0 - self.agree - self.differ
+
+
+def best_layer_agreement(scored: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None = None
+                         ) -> LayerAgreement:
+    """How often the SFT and the DPO model's best unbroken single-layer conditions (the largest
+    mean trait delta among conditions at least ``P.coherent_share`` coherent, as ``_best``) sit at
+    the same layer, over ``P.n_boot`` bootstrap resamples of the questions. Both models answer
+    the same questions, so one draw resamples both. Each replicate decides anew which conditions
+    are broken, on its own questions and, with ``refits`` (``judge_power.FloorRefits`` of the
+    gold rows the floors were fitted on), by floors refitted on its own resample of the gold
+    questions. A best layer is an argmax over noisy cells, and which cells are unbroken rests on
+    a fitted floor: this says how often both stay in place.
 
     >>> sc = pd.DataFrame({"model": ["sft"] * 6 + ["dpo"] * 6, "kind": (["baseline"] * 2 + ["single"] * 4) * 2,
     ...                    "layer": ([-1, -1, 3, 3, 12, 12]) * 2, "ratio": [0, 0, 1, 1, 1, 1] * 2,
-    ...                    "question_id": [0, 1] * 6, "trait": [50, 50, 51, 52, 80, 90] * 2})
-    >>> sm = pd.DataFrame({"model": ["sft", "sft", "dpo", "dpo"], "kind": "single", "layer": [3, 12] * 2,
-    ...                    "ratio": 1, "broken": False})
-    >>> best_layer_agreement(sc, sm, Params(n_boot=50))
-    1.0
+    ...                    "question_id": [0, 1] * 6, "trait": [50, 50, 51, 52, 80, 90] * 2, "coherent": True})
+    >>> best_layer_agreement(sc, Params(n_boot=50))
+    LayerAgreement(agree=1.0, differ=0.0, n=50)
     """
-    deltas, layers = {}, {}
-    for m in ("sft", "dpo"):
-        ok = summ[(summ.model == m) & (summ.kind == "single") & ~summ.broken]
-        if not len(ok):
-            return float("nan")
-        deltas[m] = pd.concat([_delta(scored, m, "single", r.layer, r.ratio) for r in ok.itertuples()], axis=1)
-        layers[m] = ok.layer.to_numpy(int)
-    qs = sorted(set(deltas["sft"].index) | set(deltas["dpo"].index))
-    D = {m: d.reindex(qs).to_numpy(float) for m, d in deltas.items()}  # questions × conditions
-    agree = []
+    tables = {m: _condition_matrices(scored, m) for m in ("sft", "dpo")}
+    qs = pd.Index(sorted(set().union(*(t[0].index for t in tables.values()))))
+    if not len(qs):
+        return LayerAgreement(np.nan, np.nan, 0)
+    row_of = {m: t[0].index.get_indexer(qs) for m, t in tables.items()}  # a question's row in each model's matrix
+    D = {m: t[0].to_numpy(float) for m, t in tables.items()}
+    counts_of: dict[bytes, dict[str, tuple[np.ndarray, np.ndarray]] | None] = {}
+    agree = differ = n = 0
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a condition none of the drawn questions scored
-        for draw in unc.unit_draws(len(qs), P.n_boot, P.seed)[None]:
-            means = {m: np.nanmean(x[draw], axis=0) for m, x in D.items()}
-            if all(np.isfinite(v).any() for v in means.values()):
-                agree.append(layers["sft"][np.nanargmax(means["sft"])] == layers["dpo"][np.nanargmax(means["dpo"])])
-    return float(np.mean(agree)) if agree else float("nan")
+        for draw, gold in judge_power.question_and_gold_draws(len(qs), refits, P.n_boot, P.seed):
+            key = b"" if gold is None else gold.tobytes()
+            if key not in counts_of:
+                counts_of[key] = _coherent_counts(scored, tables, refits, gold)
+            counts = counts_of[key]
+            if counts is None:  # this gold resample fits no floor
+                continue
+            best = {}
+            for m, (_, _, layers) in tables.items():
+                rows = row_of[m][draw]
+                rows = rows[rows >= 0]  # the drawn questions this model answered, repeats kept
+                hits, count = counts[m]
+                mean = np.nanmean(D[m][rows], axis=0)
+                mean[~(hits[rows].sum(axis=0) / count[rows].sum(axis=0) >= P.coherent_share)] = np.nan
+                best[m] = layers[np.nanargmax(mean)] if np.isfinite(mean).any() else None
+            n += 1
+            if None not in best.values():
+                agree += int(best["sft"] == best["dpo"])
+                differ += int(best["sft"] != best["dpo"])
+    return LayerAgreement(float(agree / n), float(differ / n), n) if n else LayerAgreement(np.nan, np.nan, 0)
+
+
+def _coherent_counts(scored: pd.DataFrame, tables: dict, refits: judge_power.FloorRefits | None,
+                     gold: np.ndarray | None) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """Per model, its question × condition counts of coherent answers and of answers, the flags
+    as measured (``gold`` None) or by floors refitted on the gold questions ``gold`` (None when
+    that resample fits no floor)."""
+    out = {}
+    for m, (deltas, code, _) in tables.items():
+        s = scored[(scored.model == m) & (scored.kind == "single")]
+        flags = s.coherent.to_numpy(bool) if gold is None else refits.coherent(gold, s)
+        if flags is None:
+            return None
+        size = deltas.shape[0] * deltas.shape[1]
+        out[m] = tuple(np.bincount(code, weights=w, minlength=size).reshape(deltas.shape)
+                       for w in (flags.astype(float), None))
+    return out
+
+
+def _condition_matrices(scored: pd.DataFrame, model: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One model's single-layer conditions as matrices over its questions: (the question ×
+    condition trait deltas from its unsteered answers, each single-layer answer's flat cell code
+    in that matrix (row-major, in ``scored``'s order), each condition's layer)."""
+    s = scored[(scored.model == model) & (scored.kind == "single")]
+    conds = pd.MultiIndex.from_frame(s[["layer", "ratio"]].drop_duplicates())
+    qs = pd.Index(list(dict.fromkeys(s.question_id)))
+    deltas = (pd.concat([_delta(scored, model, "single", x, r) for x, r in conds], axis=1).reindex(qs)
+              if len(conds) else pd.DataFrame(index=qs))
+    code = qs.get_indexer(s.question_id) * len(conds) + conds.get_indexer(pd.MultiIndex.from_frame(s[["layer", "ratio"]]))
+    return deltas, code, conds.get_level_values("layer").to_numpy(int)
 
 
 BEST_LAYER_SURE = 0.95
@@ -528,13 +591,15 @@ def questions(P: Params) -> pd.DataFrame:
 
 def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFrame,
            multi: pd.DataFrame, lvr: pd.DataFrame, scale: dict[str, float] | None,
-           floors: textstats.Floors | None = None, norms: pd.DataFrame | None = None) -> records.ResultRecord:
+           floors: textstats.Floors | None = None, norms: pd.DataFrame | None = None,
+           refits: judge_power.FloorRefits | None = None) -> records.ResultRecord:
     """The transfer report's result record: per model the unsteered trait and the best unbroken
     steering effect (a Bonferroni t-interval over the conditions it was picked from), the
     positive control, learned minus random, the SFT − DPO gap at the earliest layer, multi vs
     single layer, the DPO model's coherence when pushed hardest, and the seed's claims.
 
-    Judge quantities use ``k = 3`` SEs over questions (``records.score_mean``); coherent shares
+    ``refits`` (``coherence``'s third value) carries the floors' error into the best-layer
+    agreement. Judge quantities use ``k = 3`` SEs over questions (``records.score_mean``); coherent shares
     are rates over questions. The seed's effects are stated on our judge's scale through
     ``scale`` (the judge's slope on the gold set) before they are compared with an MDE; with no
     scale they are compared as given.
@@ -629,25 +694,28 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
         seed=f"L8 of 32: SFT 82.5 vs DPO 65.8 (16.7 points; {ours(16.7):.1f} on our judge's scale)",
         ours=fmt(gq), verdict=v, reason=why, quantity="sft_minus_dpo_early"))
     s_top, d_top = _best(summ, "sft", "single"), _best(summ, "dpo", "single")
-    agree = best_layer_agreement(scored, summ, P)
-    if np.isfinite(agree):
-        qs.append(records.rate("best_layer_agreement", agree, n=P.n_questions, items=2))
+    agree = best_layer_agreement(scored, P, refits)
+    if agree.n:
+        qs.append(records.rate("best_layer_agreement", agree.agree, n=P.n_questions, items=2))
     sure = f"a best layer is an argmax over noisy cells: a verdict needs ≥ {BEST_LAYER_SURE:.0%} of resamples"
+    over = "question and gold-set resamples" if refits is not None else "question resamples"
     if len(P.layers) < 2:
         v, why = "not comparable", f"one steered layer ({P.layers}): no best layer to compare"
-    elif not np.isfinite(agree):
+    elif s_top is None or d_top is None or not agree.n:
         v, why = "inconclusive", "a model has no unbroken condition: no best layer"
-    elif agree >= BEST_LAYER_SURE:
-        v, why = "holds", f"the best layers agree in {agree:.0%} of question resamples"
-    elif agree <= 1 - BEST_LAYER_SURE:
-        v, why = "not held", f"the best layers differ in {1 - agree:.0%} of question resamples"
+    elif agree.agree >= BEST_LAYER_SURE:
+        v, why = "holds", f"the best layers agree in {agree.agree:.0%} of {over}"
+    elif agree.differ >= BEST_LAYER_SURE:
+        v, why = "not held", f"the best layers differ in {agree.differ:.0%} of {over}"
     else:
-        v, why = "inconclusive", f"the best layers agree in {agree:.0%} of question resamples; {sure}"
+        none = f" ({agree.undecided:.0%} leave a model no unbroken condition)" if agree.undecided > 0 else ""
+        v, why = "inconclusive", (f"the best layers agree in {agree.agree:.0%} and differ in {agree.differ:.0%} "
+                                  f"of {over}{none}; {sure}")
     where = (f"SFT L{int(s_top.layer)}, DPO L{int(d_top.layer)}" if s_top is not None and d_top is not None
              else "no unbroken condition in one model")
     claims.append(records.Claim("optimal_layer_preserved", "SFT and DPO share their best steering layer",
                                 seed="L12 for both", ours=where, verdict=v, reason=why,
-                                quantity="best_layer_agreement" if np.isfinite(agree) else None))
+                                quantity="best_layer_agreement" if agree.n else None))
     mq = by["dpo_multi_minus_single"]
     v, why = records.decide(holds=mq.ci is not None and mq.ci[0] > 0,
                             seed_effect=ours(SEED_MULTI["multi (layers 6–10)"] - SEED_MULTI["best single layer"]),
