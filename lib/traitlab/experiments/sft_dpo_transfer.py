@@ -427,16 +427,13 @@ def _best(summ: pd.DataFrame, model: str, kind: str, layer: int | None = None) -
 @dataclass(frozen=True)
 class LayerAgreement:
     """Over ``n`` bootstrap replicates: the share where the SFT and the DPO model's best unbroken
-    layers agree, the share where they differ; the rest left a model with no unbroken condition."""
+    layers agree, the share where they differ, and the share that left a model with no unbroken
+    condition (no best layer)."""
 
     agree: float
     differ: float
+    undecided: float
     n: int
-
-    @property
-    def undecided(self) -> float:
-        """The share of replicates in which a model had no unbroken condition (no best layer)."""
-        return 1.0 - self.agree - self.differ
 
 
 def best_layer_agreement(scored: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None = None
@@ -454,12 +451,12 @@ def best_layer_agreement(scored: pd.DataFrame, P: Params, refits: judge_power.Fl
     ...                    "layer": ([-1, -1, 3, 3, 12, 12]) * 2, "ratio": [0, 0, 1, 1, 1, 1] * 2,
     ...                    "question_id": [0, 1] * 6, "trait": [50, 50, 51, 52, 80, 90] * 2, "coherent": True})
     >>> best_layer_agreement(sc, Params(n_boot=50))
-    LayerAgreement(agree=1.0, differ=0.0, n=50)
+    LayerAgreement(agree=1.0, differ=0.0, undecided=0.0, n=50)
     """
     tables = {m: _condition_matrices(scored, m) for m in ("sft", "dpo")}
     qs = pd.Index(sorted(set().union(*(t[0].index for t in tables.values()))))
     if not len(qs):
-        return LayerAgreement(np.nan, np.nan, 0)
+        return LayerAgreement(np.nan, np.nan, np.nan, 0)
     row_of = {m: t[0].index.get_indexer(qs) for m, t in tables.items()}  # a question's row in each model's matrix
     D = {m: t[0].to_numpy(float) for m, t in tables.items()}
     counts_of: dict[bytes, dict[str, tuple[np.ndarray, np.ndarray]] | None] = {}
@@ -485,7 +482,9 @@ def best_layer_agreement(scored: pd.DataFrame, P: Params, refits: judge_power.Fl
             if None not in best.values():
                 agree += int(best["sft"] == best["dpo"])
                 differ += int(best["sft"] != best["dpo"])
-    return LayerAgreement(float(agree / n), float(differ / n), n) if n else LayerAgreement(np.nan, np.nan, 0)
+    if not n:
+        return LayerAgreement(np.nan, np.nan, np.nan, 0)
+    return LayerAgreement(agree / n, differ / n, (n - agree - differ) / n, n)
 
 
 def _coherent_counts(scored: pd.DataFrame, tables: dict, refits: judge_power.FloorRefits | None,
