@@ -273,13 +273,12 @@ def _answered(df: pd.DataFrame) -> pd.MultiIndex:
 
 
 def _request_rows(df: pd.DataFrame, conditions: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    """The answered jailbreaks under ``conditions``, as ``per_request`` counts them: their row
-    positions in ``df``, each one's request index (request order) and the number of requests."""
-    answered = _answered(df)
+    """The answered jailbreaks under ``conditions`` (pooled): their row positions in ``df``, each
+    one's request index (requests in sorted order) and the number of requests."""
     requests = pd.Index(sorted(df[(df.set == "attack")].request_id.unique()))
-    att = df[(df.set == "attack") & df.condition.isin(conditions)]
-    keep = pd.MultiIndex.from_frame(att[["wrapper", "request_id"]]).isin(answered)
-    return (df.index.get_indexer(att.index[keep]), requests.get_indexer(att.request_id[keep]), len(requests))
+    under = ((df.set == "attack") & df.condition.isin(conditions)).to_numpy()
+    rows = np.flatnonzero(under & pd.MultiIndex.from_frame(df[["wrapper", "request_id"]]).isin(_answered(df)))
+    return rows, requests.get_indexer(df.request_id.to_numpy()[rows]), len(requests)
 
 
 def blocked_coherent(df: pd.DataFrame, conditions: list[str], refits: judge_power.FloorRefits | None = None, *,
@@ -318,13 +317,10 @@ def per_request(df: pd.DataFrame, conditions: list[str], value: str = "refuses")
     """Over the answered jailbreaks, per request (rows, in request order): the count of answers
     under ``conditions`` (pooled, e.g. the seeds of a random control) where ``value`` is true,
     and the count of answers; the two arrays a request-level bootstrap resamples."""
-    answered = _answered(df)
-    requests = sorted(df[(df.set == "attack")].request_id.unique())
-    att = df[(df.set == "attack") & df.condition.isin(conditions)].set_index(["wrapper", "request_id"])
-    att = att[att.index.isin(answered)]
-    k = att.groupby(level="request_id")[value].sum().reindex(requests, fill_value=0)
-    n = att.groupby(level="request_id")[value].size().reindex(requests, fill_value=0)
-    return k.to_numpy(float), n.to_numpy(float)
+    rows, req, n_req = _request_rows(df, conditions)
+    hits = df[value].to_numpy(float)[rows]
+    return (np.bincount(req, weights=hits, minlength=n_req).astype(float),
+            np.bincount(req, minlength=n_req).astype(float))
 
 
 def blocked(df: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | None = None) -> pd.DataFrame:
