@@ -453,7 +453,8 @@ def best_layer_agreement(scored: pd.DataFrame, P: Params, refits: judge_power.Fl
     >>> best_layer_agreement(sc, Params(n_boot=50))
     LayerAgreement(agree=1.0, differ=0.0, undecided=0.0, n=50)
     """
-    tables = {m: _condition_matrices(scored, m) for m in ("sft", "dpo")}
+    answers = {m: scored[(scored.model == m) & (scored.kind == "single")] for m in ("sft", "dpo")}
+    tables = {m: _condition_matrices(scored, a, m) for m, a in answers.items()}
     qs = pd.Index(sorted(set().union(*(t[0].index for t in tables.values()))))
     if not len(qs):
         return LayerAgreement(np.nan, np.nan, np.nan, 0)
@@ -466,7 +467,7 @@ def best_layer_agreement(scored: pd.DataFrame, P: Params, refits: judge_power.Fl
         for draw, gold in judge_power.question_and_gold_draws(len(qs), refits, P.n_boot, P.seed):
             key = b"" if gold is None else gold.tobytes()
             if key not in counts_of:
-                counts_of[key] = _coherent_counts(scored, tables, refits, gold)
+                counts_of[key] = _coherent_counts(answers, tables, refits, gold)
             counts = counts_of[key]
             if counts is None:  # this gold resample fits no floor
                 continue
@@ -487,15 +488,15 @@ def best_layer_agreement(scored: pd.DataFrame, P: Params, refits: judge_power.Fl
     return LayerAgreement(agree / n, differ / n, (n - agree - differ) / n, n)
 
 
-def _coherent_counts(scored: pd.DataFrame, tables: dict, refits: judge_power.FloorRefits | None,
+def _coherent_counts(answers: dict[str, pd.DataFrame], tables: dict, refits: judge_power.FloorRefits | None,
                      gold: np.ndarray | None) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
-    """Per model, its question × condition counts of coherent answers and of answers, the flags
-    as measured (``gold`` None) or by floors refitted on the gold questions ``gold`` (None when
-    that resample fits no floor)."""
+    """Per model, its question × condition counts of coherent answers and of answers (``answers``:
+    each model's single-layer answers, in ``tables``' code order), the flags as measured (``gold``
+    None) or by floors refitted on the gold questions ``gold`` (None when that resample fits no
+    floor)."""
     out = {}
     for m, (deltas, code, _) in tables.items():
-        s = scored[(scored.model == m) & (scored.kind == "single")]
-        flags = s.coherent.to_numpy(bool) if gold is None else refits.coherent(gold, s)
+        flags = answers[m].coherent.to_numpy(bool) if gold is None else refits.coherent(gold, answers[m])
         if flags is None:
             return None
         size = deltas.shape[0] * deltas.shape[1]
@@ -504,11 +505,12 @@ def _coherent_counts(scored: pd.DataFrame, tables: dict, refits: judge_power.Flo
     return out
 
 
-def _condition_matrices(scored: pd.DataFrame, model: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """One model's single-layer conditions as matrices over its questions: (the question ×
-    condition trait deltas from its unsteered answers, each single-layer answer's flat cell code
-    in that matrix (row-major, in ``scored``'s order), each condition's layer)."""
-    s = scored[(scored.model == model) & (scored.kind == "single")]
+def _condition_matrices(scored: pd.DataFrame, s: pd.DataFrame, model: str
+                        ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One model's single-layer conditions (``s``, its single-layer rows of ``scored``) as matrices
+    over its questions: (the question × condition trait deltas from its unsteered answers, each
+    answer of ``s``'s flat cell code in that matrix (row-major, in ``s``'s order), each
+    condition's layer)."""
     conds = pd.MultiIndex.from_frame(s[["layer", "ratio"]].drop_duplicates())
     qs = pd.Index(list(dict.fromkeys(s.question_id)))
     deltas = (pd.concat([_delta(scored, model, "single", x, r) for x, r in conds], axis=1).reindex(qs)
