@@ -180,6 +180,11 @@ for r in ex[ex.kind.isin(["baseline", "single"])].groupby("model", sort=False).h
 
 # %% [markdown]
 # ## Result record and conclusions
+# Which conditions are unbroken rests on fitted floors, so every verdict that picks among them
+# carries the floors' error: each model's best effect keeps its selection-adjusted interval
+# (Bonferroni over the conditions it was picked from), widened to where that interval lands
+# under the floors refitted on `n_boot` resampled gold sets; the early-layer SFT − DPO gap
+# likewise; the shared best layer is decided anew in each question-and-gold resample.
 
 # %% tags=["record"]
 from traitlab import records  # noqa: E402

@@ -274,6 +274,11 @@ def test_the_steering_control_must_hold_wherever_the_floor_plausibly_falls():
     assert (sc.seen, sc.seen_at_fit, sc.passes) == (1, 2, True) and sc.best.startswith("L4 probe +25.0")
     sc = mvs.steering_control(cells.reset_index().assign(steers=[False, True, True]), ["optimism"]).loc["optimism"]
     assert (sc.seen, sc.seen_at_fit, sc.passes) == (0, 1, False)
+    # the descriptive median coherent share carries where the refitted floors put it
+    P = mvs.Params(traits=["optimism"], layers=[4, 8, 12], methods=["probe"], n_questions=2)
+    c = cells.reset_index()
+    rec = mvs.record(P, c, mvs.correlations(c, judged, P), mvs.best_layers(c), judged)
+    assert (rec["median_cell_coherent"].value, rec["median_cell_coherent"].ci) == (0.5, (0.0, 0.5))
 
 
 def test_best_layers_differ_needs_question_resamples_that_agree():

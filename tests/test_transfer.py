@@ -172,6 +172,62 @@ def test_a_shared_best_layer_must_survive_where_the_floor_falls():
     assert "question and gold-set resamples" in c.reason and c.ours == "SFT L6, DPO L6"
 
 
+def _borderline(scored: pd.DataFrame, rows: np.ndarray) -> tuple[pd.DataFrame, judge_power.FloorRefits]:
+    """``rows``' coherent answers at distinct-2 0.8: coherent under the fitted floor (0.75), not
+    under the 1.0 floor that every gold resample missing the borderline coherent question fits
+    (about a third of them)."""
+    scored = scored.assign(distinct2=np.where(scored.coherent, np.where(rows, 0.8, 1.0), 0.2), log_ppl=1.0)
+    gold = pd.DataFrame({"trait": "t", "question": list("aabbccdd"), "coherence": [90, 10] * 4, "log_ppl": 1.0,
+                         "distinct2": [1.0, 0.3, 1.0, 0.3, 0.75, 0.3, 1.0, 0.85]})
+    return scored, judge_power.FloorRefits(gold)
+
+
+def _record(P: tr.Params, scored: pd.DataFrame, refits=None) -> records.ResultRecord:
+    summ = tr.summary(scored, P)
+    return tr.record(P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ),
+                     tr.learned_vs_random(scored, P), None, refits=refits)
+
+
+def test_a_best_effect_must_survive_where_the_floor_falls():
+    """SFT steers only at L6, whose answers clear the fitted floor but not the refitted ones that
+    miss the borderline gold question; there its best unbroken condition is the flat L3. As
+    measured SFT steers and transfer holds; with the floors' error the best effect's interval
+    reaches below 0 and transfer no longer holds. The effect itself is unchanged."""
+    P = _P(n_boot=400)
+    scored = _scored(P)
+    sft = ((scored.model == "sft") & (scored.kind == "single")).to_numpy()
+    sft3 = sft & (scored.layer == 3).to_numpy()
+    q = scored.question_id.to_numpy()
+    scored.loc[sft3, "trait"] = (50.0 + q + np.where(q % 2, 1.0, -1.0))[sft3]  # L3 moves nothing
+    scored, refits = _borderline(scored, sft & (scored.layer == 6).to_numpy())
+    measured, widened = _record(P, scored), _record(P, scored, refits)
+    assert measured["sft_best_delta"].value == widened["sft_best_delta"].value == pytest.approx(19.2)
+    assert measured["sft_best_delta"].ci[0] > 0 > widened["sft_best_delta"].ci[0]
+    assert widened["sft_best_delta"].ci[1] == measured["sft_best_delta"].ci[1]
+    assert widened["dpo_best_delta"].ci == measured["dpo_best_delta"].ci  # DPO's answers clear every floor
+    verdict = {r: next(c for c in x.claims if c.id == "transfer_works").verdict
+               for r, x in (("measured", measured), ("widened", widened))}
+    assert verdict["measured"] == "holds" and verdict["widened"] != "holds"
+
+
+def test_the_early_gap_needs_a_ratio_unbroken_wherever_the_floor_falls():
+    """SFT's early-layer answers are borderline: as measured DPO resists early (holds); under a
+    third of the refitted floors no ratio at L3 leaves SFT unbroken, so the gap has no interval
+    there and the claim is inconclusive, saying why."""
+    P = _P(n_boot=400)
+    scored = _scored(P)
+    sft3 = ((scored.model == "sft") & (scored.kind == "single") & (scored.layer == 3)).to_numpy()
+    scored, refits = _borderline(scored, sft3)
+    rec = _record(P, scored, refits)
+    claim = {r: next(c for c in x.claims if c.id == "dpo_resists_early")
+             for r, x in (("measured", _record(P, scored)), ("widened", rec))}
+    assert claim["measured"].verdict == "holds"
+    assert claim["widened"].verdict == "inconclusive" and "no ratio at L3" in claim["widened"].reason
+    lost = float(claim["widened"].reason.split("%")[0]) / 100
+    assert 0.2 < lost < 0.5 and rec["sft_minus_dpo_early"].ci is None
+    assert rec["sft_minus_dpo_early"].value == pytest.approx((12.0 - 4.0) * 1.3 * (0.25 + 1) / 2)
+
+
 def test_best_layer_agreement_counts_replicates_without_a_best_layer():
     """A replicate in which a model has no unbroken condition decides nothing: it counts neither
     as agreement nor as difference, and the reason says how many there were."""

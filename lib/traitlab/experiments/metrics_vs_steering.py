@@ -486,8 +486,12 @@ def record(P: Params, cells: pd.DataFrame, corr: pd.DataFrame, best: pd.DataFram
     trap = cells[(cells.val_accuracy >= 0.9) & cells.wrong_way]
     qs.append(records.rate("high_accuracy_negative_delta", len(trap) / max(len(cells), 1), n=len(cells), items=2))
     if "coherent" in cells.columns:
+        # with floor refits (``deltas``): the median of the cells' lower ends to that of their upper
+        # ends; one floor moves every cell the same way, so this spans where the median falls
+        env = ((float(cells.coherent_lo.median()), float(cells.coherent_hi.median()))
+               if {"coherent_lo", "coherent_hi"} <= set(cells.columns) else None)
         qs.append(records.rate("median_cell_coherent", float(cells.coherent.median()),
-                               n=P.n_questions, items=2))
+                               n=P.n_questions, items=2, ci=env))
     steered = steering_control(cells, P.traits)
     for t, r in steered.iterrows():
         qs.append(records.rate(f"steering_control.{t}", r.seen / max(r.cells, 1), n=max(int(r.cells), 1), items=2))

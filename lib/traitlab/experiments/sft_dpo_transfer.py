@@ -557,6 +557,96 @@ def _selected(delta: pd.Series, n_candidates: int) -> tuple[float, float, float]
     return mean, lo, hi
 
 
+def _best_effect(scored: pd.DataFrame, summ: pd.DataFrame, model: str) -> tuple[pd.Series, float, float, float]:
+    """The model's best unbroken single-layer condition (``_best``): its per-question trait deltas
+    and their (mean, lo, hi), the interval Bonferroni-adjusted over every single-layer condition
+    it was picked from (empty and NaN when none is unbroken)."""
+    top = _best(summ, model, "single")
+    if top is None:
+        return pd.Series(dtype=float), np.nan, np.nan, np.nan
+    d = _delta(scored, model, "single", top.layer, top.ratio)
+    return (d, *_selected(d, int(((summ.model == model) & (summ.kind == "single")).sum())))
+
+
+def _early_gap(scored: pd.DataFrame, summ: pd.DataFrame, P: Params) -> pd.Series:
+    """Per question at the earliest steered layer: the SFT model's trait delta minus the DPO
+    model's, averaged over the ratios where both are unbroken (empty when there is none)."""
+    early = min(P.layers)
+    parts = [(_delta(scored, "sft", "single", early, r) - _delta(scored, "dpo", "single", early, r))
+             for r in P.ratios if _unbroken(summ, "sft", early, r) and _unbroken(summ, "dpo", early, r)]
+    return pd.concat(parts, axis=1).mean(axis=1).dropna() if parts else pd.Series(dtype=float)
+
+
+def _refit_broken(scored: pd.DataFrame, summ: pd.DataFrame, P: Params,
+                  refits: judge_power.FloorRefits | None) -> list[np.ndarray]:
+    """``summ``'s ``broken`` column as the floors refitted on each gold resample would set it (on
+    every question): one array per resample that fits a floor, none without ``refits``. The gold
+    draws are those of ``best_layer_agreement``'s bootstrap (same seed and strata), so one memo of
+    refits serves both."""
+    if refits is None:
+        return []
+    row = summ.set_index(_KEYS).index.get_indexer(pd.MultiIndex.from_frame(scored[_KEYS]))
+    if (row < 0).any():
+        raise ValueError("scored has conditions the summary lacks: summarise the same frame")
+    count = np.bincount(row, minlength=len(summ))
+    out = []
+    for _, gold in judge_power.question_and_gold_draws(scored.question_id.nunique(), refits, P.n_boot, P.seed):
+        flags = refits.coherent(gold, scored)
+        if flags is not None:
+            out.append(np.bincount(row, weights=flags.astype(float), minlength=len(summ)) / count < P.coherent_share)
+    return out
+
+
+@dataclass(frozen=True)
+class FloorWidened:
+    """An interval as measured, widened to cover where it lands under the floors refitted on
+    resampled gold questions: ``lo`` and ``hi`` span the central 95% of the refits' intervals
+    (and the measured one); ``lost`` is the share of refits under which there is no interval
+    (nothing unbroken to measure). With ``lost`` above the 2.5% tail the interval is unbounded
+    and ``ci`` is None.
+
+    >>> FloorWidened(1.0, 3.0, 0.0).ci, FloorWidened(1.0, 3.0, 0.2).ci
+    ((1.0, 3.0), None)
+    """
+
+    lo: float
+    hi: float
+    lost: float
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        ok = np.isfinite(self.lo) and np.isfinite(self.hi) and self.lost <= FLOOR_TAIL
+        return (float(self.lo), float(self.hi)) if ok else None
+
+
+FLOOR_TAIL = 0.025
+"""Each tail of the floor refits left out of ``FloorWidened``: its interval spans the central 95%."""
+
+
+def floor_widened(ci: tuple[float, float], interval, refit_broken: list[np.ndarray], rows: np.ndarray
+                  ) -> FloorWidened:
+    """``ci`` widened by ``interval(broken)`` (an interval, NaN when nothing is unbroken) under each
+    of ``refit_broken`` (``_refit_broken``), computed once per distinct flags on ``rows`` (the
+    summary rows the interval depends on).
+
+    >>> flags = [np.array([False, True]), np.array([False, False])] * 10
+    >>> floor_widened((1.0, 2.0), lambda b: (0.5, 2.0) if b[1] else (1.0, 2.5), flags, np.array([0, 1]))
+    FloorWidened(lo=0.5, hi=2.5, lost=0.0)
+    """
+    if not refit_broken or not np.isfinite(ci).all():
+        return FloorWidened(*ci, lost=0.0)
+    memo: dict[bytes, tuple[float, float]] = {}
+    for b in refit_broken:
+        key = b[rows].tobytes()
+        if key not in memo:
+            memo[key] = interval(b)
+    per = np.array([memo[b[rows].tobytes()] for b in refit_broken], dtype=float)
+    los, his = np.where(np.isnan(per[:, 0]), -np.inf, per[:, 0]), np.where(np.isnan(per[:, 1]), np.inf, per[:, 1])
+    lo = min(ci[0], float(np.quantile(los, FLOOR_TAIL, method="lower")))
+    hi = max(ci[1], float(np.quantile(his, 1 - FLOOR_TAIL, method="higher")))
+    return FloorWidened(lo, hi, float(np.isnan(per[:, 0]).mean()))
+
+
 def conclusions(summ: pd.DataFrame, best: pd.DataFrame, multi: pd.DataFrame, lvr: pd.DataFrame,
                 record: records.ResultRecord) -> list[str]:
     """Plain-language findings, verdicts first, each number from the tables and the record."""
@@ -599,8 +689,10 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     positive control, learned minus random, the SFT − DPO gap at the earliest layer, multi vs
     single layer, the DPO model's coherence when pushed hardest, and the seed's claims.
 
-    ``refits`` (``coherence``'s third value) carries the floors' error into the best-layer
-    agreement. Judge quantities use ``k = 3`` SEs over questions (``records.score_mean``); coherent shares
+    ``refits`` (``coherence``'s third value) carries the floors' error into every verdict that
+    rests on which conditions are unbroken: the best-layer agreement (per bootstrap replicate),
+    and the best effects' and the early gap's intervals, widened to where they land under the
+    floors refitted on resampled gold questions (``FloorWidened``). Judge quantities use ``k = 3`` SEs over questions (``records.score_mean``); coherent shares
     are rates over questions. The seed's effects are stated on our judge's scale through
     ``scale`` (the judge's slope on the gold set) before they are compared with an MDE; with no
     scale they are compared as given.
@@ -612,16 +704,22 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
         records.exact("n_conditions", len(conditions(P)), unit="conditions"),
         records.exact("n_models", len(models), unit="models")]
     steers: dict[str, bool] = {}
+    refit_broken = _refit_broken(scored, summ, P, refits)
+    lost: list[str] = []  # models whose best effect some floors leave unmeasured
+
+    def widened(ci: tuple[float, float], interval, rows: np.ndarray) -> FloorWidened:
+        return floor_widened(ci, interval, refit_broken, np.flatnonzero(rows))
+
     for m in models:
         qs.append(records.score_mean(f"{m}_baseline_trait", _cell(scored, m, "baseline"), k=3))
-        n_cand = int(((summ.model == m) & (summ.kind == "single")).sum())
-        top = _best(summ, m, "single")
-        d = _delta(scored, m, "single", top.layer, top.ratio) if top is not None else pd.Series(dtype=float)
-        mean, lo, hi = _selected(d, n_cand) if len(d) else (np.nan, np.nan, np.nan)
+        d, mean, lo, hi = _best_effect(scored, summ, m)
+        w = widened((lo, hi), lambda b, m=m: _best_effect(scored, summ.assign(broken=b), m)[2:],
+                    ((summ.model == m) & (summ.kind == "single")).to_numpy())
+        if w.lost > FLOOR_TAIL:
+            lost.append(f"{m}: {w.lost:.0%} of the refitted floors leave no unbroken condition")
         q = records.score_mean(f"{m}_best_delta", d, k=3) if len(d) else records.exact(f"{m}_best_delta", np.nan)
-        qs.append(records.Quantity(q.name, q.value, q.unit, q.n, None if np.isnan(lo) else (lo, hi),
-                                   q.tolerance, q.tolerance_rule))
-        steers[m] = bool(np.isfinite(lo) and lo > 0)
+        qs.append(records.Quantity(q.name, q.value, q.unit, q.n, w.ci, q.tolerance, q.tolerance_rule))
+        steers[m] = bool(w.ci is not None and w.ci[0] > 0)
         worst = summ[(summ.model == m) & (summ.kind == "single")].coherent.min()
         qs.append(records.rate(f"{m}_min_coherent_share", float(worst), n=P.n_questions))
     for m in chain_models:
@@ -630,10 +728,15 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
                               axis=1).mean(axis=1)
             qs.append(records.score_mean(f"{m}_learned_minus_random", per_q.dropna(), k=3))
     early = min(P.layers)
-    gap_parts = [(_delta(scored, "sft", "single", early, r) - _delta(scored, "dpo", "single", early, r))
-                 for r in P.ratios if _unbroken(summ, "sft", early, r) and _unbroken(summ, "dpo", early, r)]
-    gap = pd.concat(gap_parts, axis=1).mean(axis=1).dropna() if gap_parts else pd.Series(dtype=float)
-    qs.append(records.score_mean("sft_minus_dpo_early", gap, k=3))
+    gap = _early_gap(scored, summ, P)
+    gap_q = records.score_mean("sft_minus_dpo_early", gap, k=3)
+    gap_w = widened(gap_q.ci or (np.nan, np.nan),
+                    lambda b: records.score_mean("gap", _early_gap(scored, summ.assign(broken=b), P), k=3).ci
+                    or (np.nan, np.nan),
+                    summ.model.isin(["sft", "dpo"]).to_numpy() & (summ.kind == "single").to_numpy()
+                    & (summ.layer == early).to_numpy())
+    qs.append(records.Quantity(gap_q.name, gap_q.value, gap_q.unit, gap_q.n, gap_w.ci if gap_q.ci else None,
+                               gap_q.tolerance, gap_q.tolerance_rule))
     mv = multi[multi.model == "dpo"]
     mvs = pd.Series(dtype=float)
     if len(mv) and np.isfinite(mv.difference.iloc[0]):
@@ -666,6 +769,8 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
                else np.inf) for m in ("sft", "dpo"))
     v, why = records.decide(holds=both, positive_control=control,
                             seed_effect=ours(min(84.0, 83.0) - SEED_BASELINE), mde=mde)
+    if lost:
+        why = f"{why}; " + "; ".join(lost)
     if v == "not held" and control:
         ctl = CONTROL if CONTROL in models else "base"
         why = (f"the same pipeline steers the positive control ({control_name}, its own vectors: "
@@ -684,7 +789,10 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
                             comparable=len(gap) > 0,
                             comparable_reason=f"no ratio at L{early} leaves both fine-tunes unbroken")
     sft_early = _best(summ, "sft", "single", early)
-    if v == "not held" and not (sft_early is not None and sft_early.ci_lo > 0):
+    if gap_q.ci is not None and gap_w.ci is None:  # measured, but some floors leave no ratio to compare
+        v, why = "inconclusive", (f"{gap_w.lost:.0%} of the floors refitted on resampled gold questions leave "
+                                  f"no ratio at L{early} where both fine-tunes are unbroken")
+    elif v == "not held" and not (sft_early is not None and sft_early.ci_lo > 0):
         # the seed's gap is DPO resisting a push that moves SFT: with SFT unmoved there is nothing to resist
         v, why = "inconclusive", (f"base vectors do not move the SFT model at L{early} either (best unbroken Δ "
                                   + ("none" if sft_early is None else f"{sft_early.delta:+.1f} [{sft_early.ci_lo:+.1f}, "
