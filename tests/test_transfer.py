@@ -210,6 +210,19 @@ def test_a_best_effect_must_survive_where_the_floor_falls():
     assert verdict["measured"] == "holds" and verdict["widened"] != "holds"
 
 
+def test_a_best_effect_that_some_floors_leave_unmeasured_is_not_a_negative():
+    """Every SFT answer is borderline: under about a third of the refitted floors SFT has no
+    unbroken condition, so its best effect has no interval and transfer cannot hold; that is
+    an unmeasured effect, not an absent one, so the verdict is inconclusive and says why."""
+    P = _P(n_boot=400)
+    scored = _scored(P)
+    scored, refits = _borderline(scored, ((scored.model == "sft") & (scored.kind == "single")).to_numpy())
+    rec = _record(P, scored, refits)
+    c = next(c for c in rec.claims if c.id == "transfer_works")
+    assert rec["sft_best_delta"].ci is None and rec["sft_best_delta"].value == pytest.approx(19.2)
+    assert c.verdict == "inconclusive" and "sft: " in c.reason and "leave no unbroken condition" in c.reason
+
+
 def test_the_early_gap_needs_a_ratio_unbroken_wherever_the_floor_falls():
     """SFT's early-layer answers are borderline: as measured DPO resists early (holds); under a
     third of the refitted floors no ratio at L3 leaves SFT unbroken, so the gap has no interval

@@ -35,6 +35,7 @@ Example (the condition grid of one chain model):
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -623,8 +624,8 @@ FLOOR_TAIL = 0.025
 """Each tail of the floor refits left out of ``FloorWidened``: its interval spans the central 95%."""
 
 
-def floor_widened(ci: tuple[float, float], interval, refit_broken: list[np.ndarray], rows: np.ndarray
-                  ) -> FloorWidened:
+def floor_widened(ci: tuple[float, float], interval: Callable[[np.ndarray], tuple[float, float]],
+                  refit_broken: list[np.ndarray], rows: np.ndarray) -> FloorWidened:
     """``ci`` widened by ``interval(broken)`` (an interval, NaN when nothing is unbroken) under each
     of ``refit_broken`` (``_refit_broken``), computed once per distinct flags on ``rows`` (the
     summary rows the interval depends on).
@@ -707,12 +708,13 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     refit_broken = _refit_broken(scored, summ, P, refits)
     lost: list[str] = []  # models whose best effect some floors leave unmeasured
 
-    def widened(ci: tuple[float, float], interval, rows: np.ndarray) -> FloorWidened:
+    def widened(ci: tuple[float, float], interval: Callable[[np.ndarray], tuple[float, float]],
+                rows: np.ndarray) -> FloorWidened:
         return floor_widened(ci, interval, refit_broken, np.flatnonzero(rows))
 
     for m in models:
         qs.append(records.score_mean(f"{m}_baseline_trait", _cell(scored, m, "baseline"), k=3))
-        d, mean, lo, hi = _best_effect(scored, summ, m)
+        d, _, lo, hi = _best_effect(scored, summ, m)
         w = widened((lo, hi), lambda b, m=m: _best_effect(scored, summ.assign(broken=b), m)[2:],
                     ((summ.model == m) & (summ.kind == "single")).to_numpy())
         if w.lost > FLOOR_TAIL:
@@ -769,8 +771,6 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
                else np.inf) for m in ("sft", "dpo"))
     v, why = records.decide(holds=both, positive_control=control,
                             seed_effect=ours(min(84.0, 83.0) - SEED_BASELINE), mde=mde)
-    if lost:
-        why = f"{why}; " + "; ".join(lost)
     if v == "not held" and control:
         ctl = CONTROL if CONTROL in models else "base"
         why = (f"the same pipeline steers the positive control ({control_name}, its own vectors: "
@@ -778,6 +778,9 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     elif v != "holds" and control is False:  # a blind pipeline: no MDE can stand in for the control
         v, why = "inconclusive", (f"the positive control ({control_name}, its own vectors) was not seen to "
                                   "steer either: this pipeline's power to see steering is not shown")
+    if lost:  # some floors leave a model nothing unbroken: its effect is unmeasured there, not absent
+        v = "inconclusive" if v == "not held" else v
+        why = f"{why}; " + "; ".join(lost)
     claims.append(records.Claim(
         "transfer_works", "Base-model vectors steer the SFT and the DPO model (best unbroken Δ trait > 0, "
         "selection-adjusted interval)", seed="trait 84 (SFT), 83 (DPO) at L12 vs baseline 61.3",
