@@ -628,7 +628,7 @@ def floor_widened(ci: tuple[float, float], interval: Callable[[np.ndarray], tupl
                   refit_broken: list[np.ndarray], rows: np.ndarray) -> FloorWidened:
     """``ci`` widened by ``interval(broken)`` (an interval, NaN when nothing is unbroken) under each
     of ``refit_broken`` (``_refit_broken``), computed once per distinct flags on ``rows`` (the
-    summary rows the interval depends on).
+    summary rows the interval depends on: positions or a boolean mask).
 
     >>> flags = [np.array([False, True]), np.array([False, False])] * 10
     >>> floor_widened((1.0, 2.0), lambda b: (0.5, 2.0) if b[1] else (1.0, 2.5), flags, np.array([0, 1]))
@@ -707,17 +707,12 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     steers: dict[str, bool] = {}
     refit_broken = _refit_broken(scored, summ, P, refits)
     lost: list[str] = []  # models whose best effect some floors leave unmeasured
-
-    def widened(ci: tuple[float, float], interval: Callable[[np.ndarray], tuple[float, float]],
-                rows: np.ndarray) -> FloorWidened:
-        return floor_widened(ci, interval, refit_broken, np.flatnonzero(rows))
-
     for m in models:
         qs.append(records.score_mean(f"{m}_baseline_trait", _cell(scored, m, "baseline"), k=3))
         d, _, lo, hi = _best_effect(scored, summ, m)
-        w = widened((lo, hi), lambda b, m=m: _best_effect(scored, summ.assign(broken=b), m)[2:],
-                    ((summ.model == m) & (summ.kind == "single")).to_numpy())
-        if w.lost > FLOOR_TAIL:
+        w = floor_widened((lo, hi), lambda b, m=m: _best_effect(scored, summ.assign(broken=b), m)[2:],
+                          refit_broken, ((summ.model == m) & (summ.kind == "single")).to_numpy())
+        if w.ci is None and np.isfinite(lo):  # measured, but some floors leave nothing unbroken
             lost.append(f"{m}: {w.lost:.0%} of the refitted floors leave no unbroken condition")
         q = records.score_mean(f"{m}_best_delta", d, k=3) if len(d) else records.exact(f"{m}_best_delta", np.nan)
         qs.append(records.Quantity(q.name, q.value, q.unit, q.n, w.ci, q.tolerance, q.tolerance_rule))
@@ -732,12 +727,11 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     early = min(P.layers)
     gap = _early_gap(scored, summ, P)
     gap_q = records.score_mean("sft_minus_dpo_early", gap, k=3)
-    gap_w = widened(gap_q.ci or (np.nan, np.nan),
-                    lambda b: records.score_mean("gap", _early_gap(scored, summ.assign(broken=b), P), k=3).ci
-                    or (np.nan, np.nan),
-                    summ.model.isin(["sft", "dpo"]).to_numpy() & (summ.kind == "single").to_numpy()
-                    & (summ.layer == early).to_numpy())
-    qs.append(records.Quantity(gap_q.name, gap_q.value, gap_q.unit, gap_q.n, gap_w.ci if gap_q.ci else None,
+    gap_w = floor_widened(gap_q.ci or (np.nan, np.nan),
+                          lambda b: records.score_mean("gap", _early_gap(scored, summ.assign(broken=b), P), k=3).ci
+                          or (np.nan, np.nan), refit_broken,
+                          (summ.model.isin(["sft", "dpo"]) & (summ.kind == "single") & (summ.layer == early)).to_numpy())
+    qs.append(records.Quantity(gap_q.name, gap_q.value, gap_q.unit, gap_q.n, gap_w.ci,
                                gap_q.tolerance, gap_q.tolerance_rule))
     mv = multi[multi.model == "dpo"]
     mvs = pd.Series(dtype=float)
