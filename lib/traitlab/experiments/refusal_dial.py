@@ -91,7 +91,7 @@ class Params:
     direction); ``jailbreak_blocking``, the jailbreak run's answers; ``""``, all of them."""
     logit_threshold: float = 0.0
     batch_size: int = 16
-    gen_batch_size: int = 48
+    gen_batch_size: int = 288
     max_rows: int = 512
     n_boot: int = 2000
     seed: int = 0
