@@ -14,20 +14,28 @@ on these prompts, which the 0.5B mostly refuses in a dozen tokens), beside the i
 rows × tokens / generated tokens. Also the achieved throughput
 (generated tokens per second and GFLOP/s at 2 × parameters FLOPs per token) and the share of a
 decode step spent in the unembedding (``lm_head``): what a report's generated-token count costs
-at best on this machine.
+at best on this machine, at this many rows.
+
+Then rows per decode step (``--rows-prompts`` of the dial's HARMFUL prompts × ``--conditions``
+deltas at the dial's scale, ``steering.generate`` as the dial runs it): ``--small-rows`` (the
+dial's old batch) against ``--large-rows`` (its batch now) per decode batch, alternating. A decode
+step's matmuls take [rows, d] activations: at a few dozen rows they run well below the machine's
+matrix throughput, at a few hundred close to it (target ≥ 1.2× faster; identical tokens).
 
     TRAITLAB_DATA_ROOT=... python benchmarks/decode_floor.py --prompts 6 --conditions 8
+    TRAITLAB_DATA_ROOT=... python benchmarks/decode_floor.py --only rows   # keeps the first part's figures
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import time
 
 import torch
-from common import save, target
+from common import RESULTS, save, target
 
 from traitlab import steering
 from traitlab.experiments import refusal_dial as rd
@@ -68,8 +76,58 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=12)
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rows-prompts", type=int, default=32, help="rows part: HARMFUL prompts")
+    ap.add_argument("--rows-conditions", type=int, default=9, help="rows part: conditions (the dial's chunk)")
+    ap.add_argument("--small-rows", type=int, default=48)
+    ap.add_argument("--large-rows", type=int, default=288)
+    ap.add_argument("--rows-rounds", type=int, default=2)
+    ap.add_argument("--only", choices=("floor", "rows"), default=None,
+                    help="rerun one part; the other keeps its figures from the last saved result")
     args = ap.parse_args()
     m = load_model(args.model, dtype="float32", quiet=True)
+    figures = {}
+    if args.only is not None:
+        last = json.loads((RESULTS / "decode_floor.json").read_text())["figures"]
+        figures = {k: v for k, v in last.items() if (k == "batch_rows") != (args.only == "rows")}
+    if args.only in (None, "floor"):
+        figures |= floor(m, args)
+    if args.only in (None, "rows"):
+        figures["batch_rows"] = rows_bench(m, args)
+    save("decode_floor", figures)
+
+
+def rows_bench(m, args) -> dict:
+    """The dial's generation at two row counts per decode batch, alternating rounds."""
+    ex = rd.encode(m, rd.load_sets(rd.Params(model=args.model)).harmful[:args.rows_prompts])
+    v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(0))
+    deltas = torch.linspace(-2, 2, args.rows_conditions)[:, None] * 8.0 * v / v.norm()  # the dial's scale
+    kw = {"max_new_tokens": args.new_tokens, "layer": args.layer, "deltas": deltas}
+    secs: dict[int, list[float]] = {args.small_rows: [], args.large_rows: []}
+    outs = {}
+    for _ in range(args.rows_rounds):
+        for rows in secs:
+            t = time.perf_counter()
+            outs[rows] = generate(m, ex, batch_size=rows, **kw)
+            secs[rows].append(time.perf_counter() - t)
+    small, large = (outs[r] for r in secs)
+    n = len(ex) * args.rows_conditions
+    same = sum(a == b for x, y in zip(small, large, strict=True) for a, b in zip(x, y, strict=True))
+    generated = sum(min(args.new_tokens, len(m.tokenizer(t, add_special_tokens=False).input_ids) + 1)
+                    for row in large for t in row)
+    t_small, t_large = (statistics.median(secs[r]) for r in secs)
+    print(f"rows per decode batch: {args.small_rows} {t_small:.1f} s, {args.large_rows} {t_large:.1f} s, "
+          f"{t_small / t_large:.2f}x; identical {same}/{n}; {generated} generated tokens: "
+          f"{generated / t_small:.1f} vs {generated / t_large:.1f} tokens/s")
+    return {"prompts": len(ex), "conditions": args.rows_conditions, "new_tokens": args.new_tokens,
+            "small_rows": args.small_rows, "large_rows": args.large_rows, "generated_tokens": generated,
+            "seconds": {"small": secs[args.small_rows], "large": secs[args.large_rows]},
+            "tokens_per_second": {"small": generated / t_small, "large": generated / t_large},
+            "speedup": target(t_small / t_large, 1.2, ">="), "identical_share": target(same / n, 1.0, ">="),
+            "rounds": args.rows_rounds}
+
+
+def floor(m, args) -> dict:
+    """traitlab's decoding against bare transformers, and with finished rows dropped."""
     ex = rd.encode(m, rd.load_sets(rd.Params(model=args.model)).harmful[:args.prompts])
     ex = sorted(ex, key=lambda e: -len(e.ids))  # steering.generate's own order: one batch, the same padding
     rows = len(ex) * args.conditions
@@ -116,7 +174,7 @@ def main() -> None:
           f"({head_s / step_s:.0%}); 100k generated tokens take >= {1e5 / tok_s / 60:.0f} min here; "
           f"dropping finished rows: {t_drop:.1f} s, {saving:.2f}x faster (ideal {ideal:.2f}x: {generated} of "
           f"{rows * args.new_tokens} row-steps generate a token), identical {same_drop}/{rows}")
-    save("decode_floor", {
+    return {
         "model": args.model, "prompts": len(ex), "conditions": args.conditions, "new_tokens": args.new_tokens,
         "rows": rows, "parameters": params, "seconds": {"bare": old_s, "traitlab": new_s, "row_dropping": drop_s},
         "overhead": target(overhead, 1.05, "<="), "identical_share": target(same / rows, 1.0, ">="),
@@ -125,7 +183,7 @@ def main() -> None:
         "row_dropping_ideal": ideal, "generated_tokens": generated,
         "generated_tokens_per_second": tok_s, "gflops": gflops,
         "lm_head_seconds": head_s, "step_seconds": step_s, "lm_head_share": head_s / step_s,
-        "minutes_per_100k_tokens": 1e5 / tok_s / 60, "threads": torch.get_num_threads(), "rounds": args.rounds})
+        "minutes_per_100k_tokens": 1e5 / tok_s / 60, "threads": torch.get_num_threads(), "rounds": args.rounds}
 
 
 if __name__ == "__main__":

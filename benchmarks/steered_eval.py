@@ -11,6 +11,9 @@
 2. **Steered generation** over a grid of conditions. Old: one ``generate_steered`` call per
    condition. New: ``generate_steered_grid`` (conditions decoded together). Target ≥ 2×;
    identical greedy texts.
+3. **Rows per decode step** in that grid: ``generate_steered_grid`` with ``max_rows`` 64 (its old
+   default) against ``steering.DECODE_ROWS`` (256), 16 prompts × 16 conditions. Target ≥ 1.2×;
+   identical greedy texts.
 
 Each side runs ``--rounds`` times in A/B/A/B order; the ratio is of the medians.
 
@@ -32,7 +35,13 @@ from common import RESULTS, save, target
 from traitlab.data import opinion_questions
 from traitlab.judge import Judge, JudgeConfig, LocalBackend, judge_messages, weighted_score
 from traitlab.models import load_model
-from traitlab.steering import Steer, activation_norms, generate_steered, generate_steered_grid
+from traitlab.steering import (
+    DECODE_ROWS,
+    Steer,
+    activation_norms,
+    generate_steered,
+    generate_steered_grid,
+)
 
 ANSWERS = ("I think it will be great and full of opportunities for everyone.",
            "It's hard to say; there are many risks and some of them are serious.",
@@ -136,6 +145,41 @@ def grid_bench(spec: str, n_prompts: int, n_new: int, rounds: int) -> dict:
             "speedup": target(ratio, 2.0, ">="), "identical_share": target(same / (len(conds) * len(ex)), 1.0, ">=")}
 
 
+def grid_rows_bench(spec: str, n_prompts: int, n_new: int, rounds: int, small: int = 64,
+                    large: int = DECODE_ROWS) -> dict:
+    """``generate_steered_grid`` decoding ``small`` vs ``large`` rows per step, alternating."""
+    m = load_model(spec, dtype="float32", quiet=True)
+    ex = [m.chat.encode(q) for q in opinion_questions("test", n_prompts).question]
+    site = f"resid_pre@{max(m.n_layers // 2, 1)}"
+    norm = activation_norms(m, ex, [site])[site]
+    gen = torch.Generator().manual_seed(0)
+    vs = [v / v.norm() for v in torch.randn(8, m.d_model, generator=gen)]
+    conds = [[Steer(site, v, r * norm)] for v in vs for r in (0.25, 0.5)]  # 16 conditions
+    secs: dict[int, list[float]] = {small: [], large: []}
+    outs = {}
+    for _ in range(rounds):
+        for rows in secs:
+            t, outs[rows] = _timed(lambda rows=rows: generate_steered_grid(
+                m, ex, conds, max_new_tokens=n_new, batch_size=16, max_rows=rows))
+            secs[rows].append(t)
+    n = len(conds) * len(ex)
+    same = sum(a == b for x, y in zip(outs[small], outs[large], strict=True) for a, b in zip(x, y, strict=True))
+    ratio = statistics.median(secs[small]) / statistics.median(secs[large])
+    tokens = n * n_new
+    print(f"grid rows {spec}: {len(conds)} conditions x {len(ex)} prompts x {n_new} tokens: {small} rows "
+          f"{statistics.median(secs[small]):.1f} s, {large} rows {statistics.median(secs[large]):.1f} s, "
+          f"{ratio:.2f}x; identical {same}/{n}")
+    return {"model": spec, "conditions": len(conds), "prompts": len(ex), "new_tokens": n_new,
+            "small_rows": small, "large_rows": large,
+            "seconds": {"old": secs[small], "new": secs[large]},
+            "steered_tokens_per_second": {"old": tokens / statistics.median(secs[small]),
+                                          "new": tokens / statistics.median(secs[large])},
+            "speedup": target(ratio, 1.2, ">="), "identical_share": target(same / n, 1.0, ">=")}
+
+
+PARTS = {"judge": ("judge", "judge_one_per_question"), "grid": ("grid",), "grid_rows": ("grid_rows",)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--judge", default="qwen2.5-coder-0.5b-instruct")
@@ -144,20 +188,22 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="generation: prompts")
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--only", choices=("judge", "grid"), default=None,
+    ap.add_argument("--only", choices=tuple(PARTS), default=None,
                     help="rerun one part; the other keeps its figures from the last saved result")
     args = ap.parse_args()
     figures = {"threads": torch.get_num_threads(), "rounds": args.rounds}
     if args.only is not None:
         last = json.loads((RESULTS / "steered_eval.json").read_text())["figures"]
-        figures = {k: v for k, v in last.items() if k in ("judge", "judge_one_per_question", "grid")
-                                                        and not k.startswith(args.only)} | figures
+        figures = {k: v for k, v in last.items()
+                   if any(k in ks for ks in PARTS.values()) and k not in PARTS[args.only]} | figures
     if args.only in (None, "judge"):
         figures["judge"] = judge_bench(args.judge, args.questions, args.rounds)
         # natural elicitation's checks: one answer per question (no question prefix to share)
         figures["judge_one_per_question"] = judge_bench(args.judge, len(ANSWERS) * args.questions, args.rounds, 1)
     if args.only in (None, "grid"):
         figures["grid"] = grid_bench(args.model, args.prompts, args.new_tokens, args.rounds)
+    if args.only in (None, "grid_rows"):
+        figures["grid_rows"] = grid_rows_bench(args.model, 16, args.new_tokens, args.rounds)
     assert math.isfinite(figures["judge"]["max_abs_score_diff"]["value"])
     save("steered_eval", figures)
 

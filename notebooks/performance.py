@@ -139,7 +139,7 @@ print(f"naive {sw['naive_seconds']:.1f} s, reuse {sw['reuse_seconds']:.1f} s: "
 # trie nodes join its own cache row under a tree-attention mask (no cache row copied per
 # node). Answers to different questions, one each, share the rubric's prefill and the batch. Steered
 # generation decodes every condition (coefficients, layers, random directions) of a prompt
-# batch together, each row with its own additions.
+# batch together, each row with its own additions, up to `steering.DECODE_ROWS` (256) rows a step.
 
 # %%
 se_ = results["steered_eval"]["figures"]
@@ -153,13 +153,22 @@ print(f"generation {g['model']}: {g['conditions']} conditions x {g['prompts']} p
       f"{g['steered_tokens_per_second']['old']:.1f} -> {g['steered_tokens_per_second']['new']:.1f} steered tokens/s, "
       f"{g['speedup']['value']:.2f}x (target {g['speedup']['target']}); identical texts "
       f"{g['identical_share']['value']:.0%}")
+if "grid_rows" in se_:
+    r = se_["grid_rows"]
+    print(f"rows decoded together, {r['conditions']} conditions x {r['prompts']} prompts: {r['large_rows']} rows "
+          f"{r['speedup']['value']:.2f}x faster than {r['small_rows']} (target {r['speedup']['target']}; "
+          f"{r['steered_tokens_per_second']['old']:.1f} -> {r['steered_tokens_per_second']['new']:.1f} steered "
+          f"tokens/s), identical texts {r['identical_share']['value']:.0%}")
 
 # %% [markdown]
 # Decoding itself is bound by arithmetic: at 2 × parameters FLOPs per generated token, the
-# throughput below is what the machine's matrix units give, so a report's generated-token count
-# sets its floor (the refusal dial generates about 131,000 tokens). A batch decodes until its
-# longest answer ends; rows that end earlier leave the batch (`steering._decode`), so only the
-# tokens actually generated cost arithmetic.
+# throughput below is what the machine's matrix units give at this many rows per step, so a
+# report's generated-token count sets its floor (the refusal dial generates about 131,000 tokens).
+# A batch decodes until its longest answer ends; rows that end earlier leave the batch
+# (`steering._decode`), so only the tokens actually generated cost arithmetic. How much a step's
+# matrix units give depends on its rows: a decode step multiplies [rows, d] activations by every
+# weight matrix, and at a few dozen rows those products run well below the throughput they reach
+# at a few hundred, so the dial decodes a few hundred rows at once (`gen_batch_size`).
 
 # %%
 d = results["decode_floor"]["figures"]
@@ -174,6 +183,12 @@ if "row_dropping_speedup" in d:
           f"longest (target {r['target']}; ideal {d['row_dropping_ideal']:.2f}x, {d['generated_tokens']} of "
           f"{d['rows'] * d['new_tokens']} row-steps generate a token), identical tokens "
           f"{d['row_dropping_identical_share']['value']:.0%}")
+if "batch_rows" in d:
+    b = d["batch_rows"]
+    print(f"rows per decode batch, {b['prompts']} prompts x {b['conditions']} conditions x {b['new_tokens']} tokens: "
+          f"{b['large_rows']} rows {b['speedup']['value']:.2f}x faster than {b['small_rows']} (target "
+          f"{b['speedup']['target']}; {b['tokens_per_second']['small']:.1f} -> {b['tokens_per_second']['large']:.1f} "
+          f"generated tokens/s), identical tokens {b['identical_share']['value']:.0%}")
 
 # %% [markdown]
 # ## 4. Memory: 1,000 prompts × every layer

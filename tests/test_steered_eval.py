@@ -43,6 +43,29 @@ def test_generate_answers_equals_per_condition_generation_and_shares_duplicates(
         se.generate_answers(tiny, qs, conds, text="prompt", max_new_tokens=1)
 
 
+def test_rows_decoded_together_are_a_speed_knob_not_a_cache_key(tiny, tmp_cache, monkeypatch):
+    """``max_rows`` reaches the grid, leaves the answers alone, and a cached answer made with other
+    rows per step is served (it can differ only in float rounding, like the CPU's)."""
+    qs = pd.DataFrame({"question": ["Hello there", "What is up?", "Tell me more"]})
+    v = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(2))
+    conds = [se.Condition((se.at_ratio("resid_pre@1", v, r, {"resid_pre@1": 5.0}),), ratio=r) for r in (1.0, 2.0)]
+    seen = []
+    real = steering.generate_steered_grid
+
+    def spy(*a, **k):
+        seen.append(k["max_rows"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(se, "generate_steered_grid", spy)
+    few = se.generate_answers(tiny, qs, conds, max_new_tokens=4, batch_size=2, max_rows=2)
+    assert seen == [2]
+    many = se.generate_answers(tiny, qs, conds, max_new_tokens=4, batch_size=2, max_rows=64)
+    assert seen == [2]  # served from the cache
+    assert many.answer.tolist() == few.answer.tolist()
+    fresh = se.generate_answers(tiny, qs, conds, max_new_tokens=4, batch_size=2, cache=False)
+    assert seen == [2, steering.DECODE_ROWS] and fresh.answer.tolist() == few.answer.tolist()
+
+
 def test_grid_generation_equals_per_condition_generation(tiny):
     """Conditions decoded together (rows of one batch, per-row additions at one or two sites, all
     or response positions, greedy or sampled) give each condition's own generate_steered texts."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -104,6 +106,26 @@ def test_bad_sweep_and_patch_input(tiny):
         patch_last_k(tiny, ex, ex + ex, [Site("resid_pre", 0)], 1, _reduce)
     with pytest.raises(ValueError, match="k must be"):
         patch_last_k(tiny, ex, ex, [Site("resid_pre", 0)], 999, _reduce)
+
+
+def _log_odds_float64(logits, ids):
+    """The reference: a float64 softmax over the whole vocabulary."""
+    lp = torch.logsumexp(torch.log_softmax(logits.double(), -1)[:, ids], -1)
+    return lp - torch.log1p(-lp.exp().clamp(max=1 - 1e-12))
+
+
+def test_log_odds_equals_the_float64_softmax_at_any_probability():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50_000, generator=g) * 3
+    ids = [3, 17, 4096]
+    logits[1, ids] += 25.0  # p near 1: 1 − p resolved by its own log-sum-exp, not by subtraction
+    logits[2, ids] -= 30.0  # p near 0
+    logits[3, 17] += 80.0   # p = 1 − 1e-30: log(1 − p) capped as before (about 27.6)
+    got, ref = log_odds(logits, ids), _log_odds_float64(logits, ids)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), ref, atol=1e-4, rtol=1e-5), (got, ref)
+    assert float(got[3]) == pytest.approx(-math.log(1e-12), abs=1e-3)
+    assert torch.equal(log_odds(logits, ids + [17]), got)  # a repeated id counts once
 
 
 def test_refusal_scores(tiny):

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +60,23 @@ def opening_token_ids(fmt: ChatFormat, openings: Sequence[str]) -> list[int]:
     return sorted(set(ids))
 
 
+LOG_ODDS_CAP = math.log1p(-(1 - 1e-12))
+"""log(1 − p) never goes below log(1e-12): a refusal opening's log-odds stops at about 27.6."""
+
+
 def log_odds(logits: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
-    """log p − log(1 − p), p = softmax(logits)[token_ids].sum(); logits [rows, vocab] → [rows]."""
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    lp = torch.logsumexp(logp[:, list(token_ids)], dim=-1)
-    return (lp - torch.log1p(-lp.exp().clamp(max=1 - 1e-12))).float()
+    """log p − log(1 − p), p = softmax(logits)[token_ids].sum(); logits [rows, vocab] → [rows].
+
+    Both terms are log-sum-exps over disjoint sets of logits (the listed tokens, the rest), so
+    neither is a difference of near-equal numbers: float32 is exact to rounding at any p, without
+    a float64 softmax over the whole vocabulary (which cost more than the forward's upper layers in
+    the refusal dial's sweep). ``log(1 − p)`` is capped at ``LOG_ODDS_CAP``.
+    """
+    x = logits.float()
+    ids = torch.tensor(sorted(set(token_ids)), device=x.device)
+    lp = torch.logsumexp(x[:, ids], dim=-1)
+    rest = torch.logsumexp(x.index_fill(1, ids, -math.inf), dim=-1)
+    return lp - torch.maximum(rest, LOG_ODDS_CAP + torch.logaddexp(lp, rest))
 
 
 def _head(text: str, window: int) -> str:

@@ -53,7 +53,7 @@ from .models import LoadedModel
 from .params import ParamError
 from .probe_reader import ProbeReader
 from .sites import Site
-from .steering import Positions, Sampling, Steer, generate_steered_grid
+from .steering import DECODE_ROWS, Positions, Sampling, Steer, generate_steered_grid
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def at_ratio(site: Site | str, vector: torch.Tensor, ratio: float, norms: Mappin
 def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequence[Condition], *,
                      text: str = "question", encode: Callable[[str], Encoded] | None = None,
                      max_new_tokens: int, positions: Positions = "response", batch_size: int = 16,
-                     sampling: Sampling | None = None, progress: bool = False,
+                     max_rows: int = DECODE_ROWS, sampling: Sampling | None = None, progress: bool = False,
                      desc: str = "steer", cache: bool = True) -> pd.DataFrame:
     """Every condition's answers to every prompt: one row per (condition, prompt), in condition
     order then prompt order, with the condition's labels, the prompt's columns and ``answer``
@@ -116,6 +116,8 @@ def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequ
     (sites, coefficients, vector bytes), ``max_new_tokens``, ``positions``, ``batch_size`` and a
     seeded ``sampling``; so a re-render, or another report asking for the same answers, reuses
     them, and a changed input can never be served an old answer. ``cache=False`` skips it.
+    ``max_rows`` (rows decoded together, ``steering.DECODE_ROWS``) is a speed knob and not part of
+    the key: like the CPU the answers were made on, it can move only float rounding.
     """
     if text not in prompts.columns:
         raise KeyError(f"prompts have no {text!r} column (columns: {', '.join(map(str, prompts.columns))})")
@@ -128,7 +130,7 @@ def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequ
     def run(conds: list[Condition]) -> list[list[str]]:
         texts = generate_steered_grid(model, examples, [list(c.steers) for c in conds],
                                       max_new_tokens=max_new_tokens, positions=positions, batch_size=batch_size,
-                                      sampling=sampling, progress=progress, desc=desc)
+                                      max_rows=max_rows, sampling=sampling, progress=progress, desc=desc)
         return [[t.strip() for t in ts] for ts in texts]
 
     done = generate_cached(model, examples, unique, run, method=GENERATION_METHOD,

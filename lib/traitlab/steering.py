@@ -527,10 +527,17 @@ def _apply_rows(value: torch.Tensor, deltas: torch.Tensor, positions: Positions)
         value[:, -1] += deltas
 
 
+DECODE_ROWS = 256
+"""Rows (prompts × conditions) ``generate_steered_grid`` decodes together by default. A decode step
+multiplies [rows, d] activations by every weight matrix; on a 2-core CPU those products run at
+about 100 GFLOP/s with 48 rows and 150 with a few hundred (``benchmarks/decode_floor.py``), and
+the KV cache of 256 short answers is small beside the weights."""
+
+
 @torch.no_grad()
 def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
                           conditions: Sequence[Sequence[Steer]], *, max_new_tokens: int,
-                          positions: Positions = "response", batch_size: int = 16, max_rows: int = 64,
+                          positions: Positions = "response", batch_size: int = 16, max_rows: int = DECODE_ROWS,
                           progress: bool = False, sampling: Sampling | None = None,
                           desc: str = "generate") -> list[list[str]]:
     """``texts[condition][example]``: ``generate_steered`` for every condition (a list of

@@ -191,6 +191,9 @@ def _timings(benchmark: str, figure: str, name: str, fig: dict[str, Any]) -> tup
         return fig["seconds"]["traitlab"], fig["seconds"]["bare"]
     if benchmark == "decode_floor" and figure == "row_dropping_speedup":  # every row to the end / dropped
         return fig["seconds"]["traitlab"], fig["seconds"]["row_dropping"]
+    if benchmark == "decode_floor" and figure == "batch_rows.speedup":  # few rows per decode step / many
+        sec = fig["batch_rows"]["seconds"]
+        return sec["small"], sec["large"]
     if benchmark == "steered_eval" and figure.endswith(".speedup"):  # judge / grid: old over new
         sec = fig[figure.split(".")[0]]["seconds"]
         return sec["old"], sec["new"]
@@ -232,7 +235,8 @@ def record(P: Params, results: dict[str, dict[str, Any]]):
 
     - timing ratios with repeats (``extraction.ratio.bs<b>``, ``peers.train_speedup_*``,
       ``peers.steered_over_unsteered_traitlab``, ``steered_eval.judge.speedup``,
-      ``steered_eval.grid.speedup``, ``decode_floor.overhead``, ``decode_floor.row_dropping_speedup``;
+      ``steered_eval.grid.speedup``, ``steered_eval.grid_rows.speedup``, ``decode_floor.overhead``,
+      ``decode_floor.row_dropping_speedup``, ``decode_floor.batch_rows.speedup``;
       ``_timings``): a ratio of medians, SE from the repeats' spread
       (robust SE of each log median, combined), k = 2 (``estimate``);
     - ratios measured once (``refusal_sweep.speedup``, ``memory.*`` peak RSS / weights): no spread
