@@ -16,7 +16,7 @@ rows × tokens / generated tokens. Also the achieved throughput
 decode step spent in the unembedding (``lm_head``): what a report's generated-token count costs
 at best on this machine, at this many rows.
 
-Then rows per decode step (``--rows-prompts`` of the dial's HARMFUL prompts × ``--conditions``
+Then rows per decode step (``--rows-prompts`` of the dial's HARMFUL prompts × ``--rows-conditions``
 deltas at the dial's scale, ``steering.generate`` as the dial runs it): ``--small-rows`` (the
 dial's old batch) against ``--large-rows`` (its batch now) per decode batch, alternating. A decode
 step's matmuls take [rows, d] activations: at a few dozen rows they run well below the machine's
