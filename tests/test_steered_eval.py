@@ -64,6 +64,8 @@ def test_rows_decoded_together_are_a_speed_knob_not_a_cache_key(tiny, tmp_cache,
     assert many.answer.tolist() == few.answer.tolist()
     fresh = se.generate_answers(tiny, qs, conds, max_new_tokens=4, batch_size=2, cache=False)
     assert seen == [2, steering.DECODE_ROWS] and fresh.answer.tolist() == few.answer.tolist()
+    with pytest.raises(ValueError, match="max_rows must be >= 1, got 2 and 0"):
+        se.generate_answers(tiny, qs, conds, max_new_tokens=4, batch_size=2, max_rows=0, cache=False)
 
 
 def test_grid_generation_equals_per_condition_generation(tiny):

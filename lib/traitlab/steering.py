@@ -570,6 +570,8 @@ def generate_steered_grid(model: LoadedModel, examples: Sequence[Encoded],
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if positions not in ("all", "response"):
         raise ValueError(f"positions must be 'all' or 'response', got {positions!r}")
+    if batch_size < 1 or max_rows < 1:
+        raise ValueError(f"batch_size and max_rows must be >= 1, got {batch_size} and {max_rows}")
     sampling = Sampling.parse(sampling)
     for steers in conditions:
         _check_steers(model, steers)
