@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,32 @@ def target(value: float, goal: float, direction: str) -> dict[str, Any]:
     """A measured ratio next to its target; ``direction`` is '>=' or '<='."""
     ok = value >= goal if direction == ">=" else value <= goal
     return {"value": float(value), "target": f"{direction} {goal}", "met": bool(ok)}
+
+
+def rows_speedup(generate: Callable[[int], list[list[str]]], small: int, large: int, rounds: int,
+                 count_tokens: Callable[[list[list[str]]], int]) -> dict[str, Any]:
+    """One generation timed at ``small`` and at ``large`` rows per decode step, alternating rounds:
+    ``generate(rows)`` returns texts [prompt][condition]; ``count_tokens(texts)`` the tokens they
+    took. Seconds and throughput under ``old`` (small) and ``new`` (large), the ratio of medians
+    against a 1.2× target, and the share of identical texts."""
+    secs: dict[int, list[float]] = {small: [], large: []}
+    outs: dict[int, list[list[str]]] = {}
+    for _ in range(rounds):
+        for rows in secs:
+            t = time.perf_counter()
+            outs[rows] = generate(rows)
+            secs[rows].append(time.perf_counter() - t)
+    pairs = [(a, b) for x, y in zip(outs[small], outs[large], strict=True) for a, b in zip(x, y, strict=True)]
+    same = sum(a == b for a, b in pairs)
+    tokens = count_tokens(outs[large])
+    t_old, t_new = statistics.median(secs[small]), statistics.median(secs[large])
+    print(f"rows per decode step: {small} {t_old:.1f} s, {large} {t_new:.1f} s, {t_old / t_new:.2f}x; "
+          f"identical {same}/{len(pairs)}; {tokens / t_old:.1f} -> {tokens / t_new:.1f} tokens/s")
+    return {"small_rows": small, "large_rows": large, "tokens": tokens,
+            "seconds": {"old": secs[small], "new": secs[large]},
+            "tokens_per_second": {"old": tokens / t_old, "new": tokens / t_new},
+            "speedup": target(t_old / t_new, 1.2, ">="), "identical_share": target(same / len(pairs), 1.0, ">="),
+            "rounds": rounds}
 
 
 def current_rss_bytes() -> int:

@@ -35,7 +35,7 @@ import statistics
 import time
 
 import torch
-from common import RESULTS, save, target
+from common import RESULTS, rows_speedup, save, target
 
 from traitlab import steering
 from traitlab.experiments import refusal_dial as rd
@@ -101,29 +101,15 @@ def rows_bench(m, args) -> dict:
     ex = rd.encode(m, rd.load_sets(rd.Params(model=args.model)).harmful[:args.rows_prompts])
     v = torch.randn(m.d_model, generator=torch.Generator().manual_seed(0))
     deltas = torch.linspace(-2, 2, args.rows_conditions)[:, None] * 8.0 * v / v.norm()  # the dial's scale
-    kw = {"max_new_tokens": args.new_tokens, "layer": args.layer, "deltas": deltas}
-    secs: dict[int, list[float]] = {args.small_rows: [], args.large_rows: []}
-    outs = {}
-    for _ in range(args.rows_rounds):
-        for rows in secs:
-            t = time.perf_counter()
-            outs[rows] = generate(m, ex, batch_size=rows, **kw)
-            secs[rows].append(time.perf_counter() - t)
-    small, large = (outs[r] for r in secs)
-    n = len(ex) * args.rows_conditions
-    same = sum(a == b for x, y in zip(small, large, strict=True) for a, b in zip(x, y, strict=True))
-    generated = sum(min(args.new_tokens, len(m.tokenizer(t, add_special_tokens=False).input_ids) + 1)
-                    for row in large for t in row)
-    t_small, t_large = (statistics.median(secs[r]) for r in secs)
-    print(f"rows per decode batch: {args.small_rows} {t_small:.1f} s, {args.large_rows} {t_large:.1f} s, "
-          f"{t_small / t_large:.2f}x; identical {same}/{n}; {generated} generated tokens: "
-          f"{generated / t_small:.1f} vs {generated / t_large:.1f} tokens/s")
+
+    def generated(texts: list[list[str]]) -> int:
+        return sum(min(args.new_tokens, len(m.tokenizer(t, add_special_tokens=False).input_ids) + 1)
+                   for row in texts for t in row)
+
     return {"prompts": len(ex), "conditions": args.rows_conditions, "new_tokens": args.new_tokens,
-            "small_rows": args.small_rows, "large_rows": args.large_rows, "generated_tokens": generated,
-            "seconds": {"small": secs[args.small_rows], "large": secs[args.large_rows]},
-            "tokens_per_second": {"small": generated / t_small, "large": generated / t_large},
-            "speedup": target(t_small / t_large, 1.2, ">="), "identical_share": target(same / n, 1.0, ">="),
-            "rounds": args.rows_rounds}
+            **rows_speedup(lambda rows: generate(m, ex, max_new_tokens=args.new_tokens, layer=args.layer,
+                                                 deltas=deltas, batch_size=rows),
+                           args.small_rows, args.large_rows, args.rows_rounds, generated)}
 
 
 def floor(m, args) -> dict:

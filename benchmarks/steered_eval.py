@@ -30,7 +30,7 @@ import statistics
 import time
 
 import torch
-from common import RESULTS, save, target
+from common import RESULTS, rows_speedup, save, target
 
 from traitlab.data import opinion_questions
 from traitlab.judge import Judge, JudgeConfig, LocalBackend, judge_messages, weighted_score
@@ -155,26 +155,10 @@ def grid_rows_bench(spec: str, n_prompts: int, n_new: int, rounds: int, small: i
     gen = torch.Generator().manual_seed(0)
     vs = [v / v.norm() for v in torch.randn(8, m.d_model, generator=gen)]
     conds = [[Steer(site, v, r * norm)] for v in vs for r in (0.25, 0.5)]  # 16 conditions
-    secs: dict[int, list[float]] = {small: [], large: []}
-    outs = {}
-    for _ in range(rounds):
-        for rows in secs:
-            t, outs[rows] = _timed(lambda rows=rows: generate_steered_grid(
-                m, ex, conds, max_new_tokens=n_new, batch_size=16, max_rows=rows))
-            secs[rows].append(t)
-    n = len(conds) * len(ex)
-    same = sum(a == b for x, y in zip(outs[small], outs[large], strict=True) for a, b in zip(x, y, strict=True))
-    ratio = statistics.median(secs[small]) / statistics.median(secs[large])
-    tokens = n * n_new
-    print(f"grid rows {spec}: {len(conds)} conditions x {len(ex)} prompts x {n_new} tokens: {small} rows "
-          f"{statistics.median(secs[small]):.1f} s, {large} rows {statistics.median(secs[large]):.1f} s, "
-          f"{ratio:.2f}x; identical {same}/{n}")
     return {"model": spec, "conditions": len(conds), "prompts": len(ex), "new_tokens": n_new,
-            "small_rows": small, "large_rows": large,
-            "seconds": {"old": secs[small], "new": secs[large]},
-            "steered_tokens_per_second": {"old": tokens / statistics.median(secs[small]),
-                                          "new": tokens / statistics.median(secs[large])},
-            "speedup": target(ratio, 1.2, ">="), "identical_share": target(same / n, 1.0, ">=")}
+            **rows_speedup(lambda rows: generate_steered_grid(m, ex, conds, max_new_tokens=n_new, batch_size=16,
+                                                              max_rows=rows),
+                           small, large, rounds, lambda texts: len(conds) * len(ex) * n_new)}
 
 
 PARTS = {"judge": ("judge", "judge_one_per_question"), "grid": ("grid",), "grid_rows": ("grid_rows",)}

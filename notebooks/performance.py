@@ -157,7 +157,7 @@ if "grid_rows" in se_:
     r = se_["grid_rows"]
     print(f"rows decoded together, {r['conditions']} conditions x {r['prompts']} prompts: {r['large_rows']} rows "
           f"{r['speedup']['value']:.2f}x faster than {r['small_rows']} (target {r['speedup']['target']}; "
-          f"{r['steered_tokens_per_second']['old']:.1f} -> {r['steered_tokens_per_second']['new']:.1f} steered "
+          f"{r['tokens_per_second']['old']:.1f} -> {r['tokens_per_second']['new']:.1f} steered "
           f"tokens/s), identical texts {r['identical_share']['value']:.0%}")
 
 # %% [markdown]
@@ -187,7 +187,7 @@ if "batch_rows" in d:
     b = d["batch_rows"]
     print(f"rows per decode batch, {b['prompts']} prompts x {b['conditions']} conditions x {b['new_tokens']} tokens: "
           f"{b['large_rows']} rows {b['speedup']['value']:.2f}x faster than {b['small_rows']} (target "
-          f"{b['speedup']['target']}; {b['tokens_per_second']['small']:.1f} -> {b['tokens_per_second']['large']:.1f} "
+          f"{b['speedup']['target']}; {b['tokens_per_second']['old']:.1f} -> {b['tokens_per_second']['new']:.1f} "
           f"generated tokens/s), identical tokens {b['identical_share']['value']:.0%}")
 
 # %% [markdown]

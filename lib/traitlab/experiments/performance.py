@@ -191,10 +191,7 @@ def _timings(benchmark: str, figure: str, name: str, fig: dict[str, Any]) -> tup
         return fig["seconds"]["traitlab"], fig["seconds"]["bare"]
     if benchmark == "decode_floor" and figure == "row_dropping_speedup":  # every row to the end / dropped
         return fig["seconds"]["traitlab"], fig["seconds"]["row_dropping"]
-    if benchmark == "decode_floor" and figure == "batch_rows.speedup":  # few rows per decode step / many
-        sec = fig["batch_rows"]["seconds"]
-        return sec["small"], sec["large"]
-    if benchmark == "steered_eval" and figure.endswith(".speedup"):  # judge / grid: old over new
+    if figure.endswith(".speedup"):  # a part's old path over its new one (steered_eval, decode_floor rows)
         sec = fig[figure.split(".")[0]]["seconds"]
         return sec["old"], sec["new"]
     return None
