@@ -42,8 +42,8 @@ def test_stats_sees_a_loop_that_fresh_text_does_not_show():
 def test_perplexity_equals_a_plain_forward_and_ignores_padding():
     m = load_model("tiny-qwen2")
     items = [("Will it rain?", "Sunny days ahead, I think."), ("Hi?", "Hello."), ("Hi?", "")]
-    batched = T.perplexity(m, items, batch_size=3)
-    alone = [T.perplexity(m, [it])[0] for it in items]
+    batched = T.perplexity(m, items, batch_size=3, cache=False)
+    alone = [T.perplexity(m, [it], cache=False)[0] for it in items]
     for q, a in items[:2]:
         e = m.chat.encode(q, a)
         with torch.no_grad():
@@ -54,6 +54,41 @@ def test_perplexity_equals_a_plain_forward_and_ignores_padding():
         assert batched[i] == pytest.approx(math.exp(nll), rel=1e-4)
         assert alone[i] == pytest.approx(batched[i], rel=1e-4)
     assert math.isnan(batched[2])
+
+
+def test_perplexity_cache_serves_each_answer_once_and_never_a_damaged_or_foreign_entry(tmp_cache, monkeypatch):
+    """Stored values come back bit for bit without a forward; another model, question or answer
+    is another key; a damaged entry is recomputed with a warning, never served."""
+    import json
+
+    from traitlab import chain, nllcache
+
+    m = load_model("tiny-qwen2")
+    items = [("Will it rain?", "Sunny days ahead, I think."), ("Hi?", "Hello."), ("Hi?", "")]
+    forwards = []
+    real = chain.answer_logprobs
+    monkeypatch.setattr(chain, "answer_logprobs", lambda hf, ids, *a: forwards.append(len(ids)) or real(hf, ids, *a))
+    first = T.perplexity(m, items, batch_size=2)
+    assert forwards == [2, 1] and len(list(tmp_cache.glob("nll/*/*.json"))) == 3
+    again = T.perplexity(m, items)
+    assert forwards == [2, 1] and again[:2] == first[:2] and math.isnan(again[2])  # exact, no forward
+    assert first == pytest.approx(T.perplexity(m, items, cache=False), rel=1e-4, nan_ok=True)
+    forwards.clear()
+    T.perplexity(m, [("Hi!", "Hello."), ("Hi?", "Hello!")])  # a changed question, a changed answer
+    T.perplexity(load_model("tiny-qwen2", seed=1), items[:1])  # other weights
+    assert forwards == [2, 1]
+    # damage: bad JSON, a count that does not match the answer, another entry's key
+    e = m.chat.encode(*items[1])
+    path = nllcache.entry_path(m, e)
+    good = json.loads(path.read_text())
+    for bad in ("{not json", json.dumps({**good, "count": good["count"] + 1}), json.dumps({**good, "key": "x"}),
+                json.dumps({**good, "nll": -1.0})):
+        path.write_text(bad)
+        forwards.clear()
+        with pytest.warns(UserWarning, match="unreadable"):
+            assert T.perplexity(m, [items[1]]) == pytest.approx([first[1]], rel=1e-4)
+        stored = json.loads(path.read_text())  # recomputed and stored again
+        assert forwards == [1] and stored["key"] == good["key"] and stored["count"] == good["count"]
 
 
 def test_fit_coherence_recovers_an_exact_line_and_clips_to_the_scale():
@@ -100,8 +135,8 @@ def test_relevance_is_the_log_perplexity_the_question_saves():
                       "answer": ["Sunny days ahead.", "Hello.", "Sunny days ahead."]}, index=[7, 3, 5])
     out = T.coherence_measures(m, d, relevance=True, batch_size=2)
     assert list(out.index) == [7, 3, 5] and list(out.columns) == ["distinct2", "log_ppl", "relevance"]
-    with_q = np.log(T.perplexity(m, list(zip(d.question, d.answer, strict=True))))
-    without = np.log(T.perplexity(m, [("", a) for a in d.answer]))
+    with_q = np.log(T.perplexity(m, list(zip(d.question, d.answer, strict=True)), cache=False))
+    without = np.log(T.perplexity(m, [("", a) for a in d.answer], cache=False))
     assert out.log_ppl.to_numpy() == pytest.approx(with_q, rel=1e-4)
     assert out.relevance.to_numpy() == pytest.approx(without - with_q, abs=1e-4)
     # one answer after two questions: one free log-perplexity, two relevances

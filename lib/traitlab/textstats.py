@@ -100,10 +100,16 @@ def stats(text: str) -> TextStats:
     return TextStats(len(words(text)), repetition(text, 3), distinct(text, 2))
 
 
-def perplexity(model: Any, items: Sequence[tuple[str, str]], *, batch_size: int = 8) -> list[float]:
+def perplexity(model: Any, items: Sequence[tuple[str, str]], *, batch_size: int = 8,
+               cache: bool = True) -> list[float]:
     """Per-token perplexity of each (question, answer) answer under ``model`` (a
     ``traitlab.models.LoadedModel``), the answer scored after the model's chat prompt for the
     question; ``nan`` for an empty answer.
+
+    With ``cache`` each answer's log-likelihood is read from ``traitlab.nllcache`` when stored
+    there (the same model, dtype, device and tokens), and stored as soon as its batch is scored:
+    the gold answers every steering report calibrates its floors on, and a re-render's answers,
+    are scored once.
 
     Example (a tiny random model: the values are near its vocabulary size, the plumbing is real):
         >>> from traitlab.models import load_model
@@ -113,18 +119,22 @@ def perplexity(model: Any, items: Sequence[tuple[str, str]], *, batch_size: int 
     """
     import torch
 
+    from . import nllcache
     from .chain import answer_batch, answer_logprobs
 
     encoded = [model.chat.encode(q, a) for q, a in items]
+    paths = [nllcache.entry_path(model, e) if cache else None for e in encoded]
+    got = [nllcache.read(p, e) for p, e in zip(paths, encoded, strict=True)]
+    todo = [i for i, g in enumerate(got) if g is None]
     pad = model.tokenizer.pad_token_id or 0
-    out: list[float] = []
     with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            part = encoded[start:start + batch_size]
-            total, count = answer_logprobs(model.hf, *answer_batch(part, pad))
-            out += [math.exp(-float(t) / int(c)) if int(c) > 0 else math.nan
-                    for t, c in zip(total.tolist(), count.tolist(), strict=True)]
-    return out
+        for start in range(0, len(todo), batch_size):
+            part = todo[start:start + batch_size]
+            total, n = answer_logprobs(model.hf, *answer_batch([encoded[i] for i in part], pad))
+            for i, t, c in zip(part, total.tolist(), n.tolist(), strict=True):
+                got[i] = (-float(t), int(c))
+                nllcache.write(paths[i], encoded[i], -float(t), int(c))
+    return [math.exp(nll / c) if c > 0 else math.nan for nll, c in got]  # type: ignore[misc]
 
 
 def _log_ppl(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int) -> list[float]:
