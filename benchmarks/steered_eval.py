@@ -14,6 +14,11 @@
 3. **Rows per decode step** in that grid: ``generate_steered_grid`` with ``max_rows`` 64 (its old
    default) against ``steering.DECODE_ROWS`` (256), 16 prompts × 16 conditions. Target ≥ 1.2×;
    identical greedy texts.
+4. **Perplexity** of steered answers (the text-coherence measure of every steering report):
+   answers to a few questions, many per question, as a steering grid makes them. Old: one forward
+   over each whole (prompt + answer) sequence, in length-sorted batches (``chain.answer_logprobs``,
+   the code before). New: ``textstats.answer_nll`` (each prompt once, its answers on copies of its
+   KV cache). Target ≥ 1.2×; log-perplexities equal within 1e-4.
 
 Each side runs ``--rounds`` times in A/B/A/B order; the ratio is of the medians.
 
@@ -161,7 +166,58 @@ def grid_rows_bench(spec: str, n_prompts: int, n_new: int, rounds: int, small: i
                            small, large, rounds, lambda texts: len(conds) * len(ex) * n_new)}
 
 
-PARTS = {"judge": ("judge", "judge_one_per_question"), "grid": ("grid",), "grid_rows": ("grid_rows",)}
+def perplexity_bench(spec: str, n_questions: int, per_question: int, rounds: int, batch_size: int = 16) -> dict:
+    """Answers' summed log-likelihoods, whole sequences (old) vs each prompt shared (new), alternating."""
+    from traitlab.chain import answer_batch, answer_logprobs
+    from traitlab.judge_power import load_gold
+    from traitlab.textstats import answer_nll
+
+    m = load_model(spec, dtype="float32", quiet=True)
+    pool = list(dict.fromkeys(load_gold("optimism").response))  # answers of steering length
+    qs = opinion_questions("test", n_questions).question
+    ex = [m.chat.encode(q, pool[(i * per_question + j) % len(pool)]) for i, q in enumerate(qs)
+          for j in range(per_question)]
+    pad = m.tokenizer.pad_token_id or 0
+
+    @torch.no_grad()
+    def old() -> list[float]:
+        order = sorted(range(len(ex)), key=lambda i: len(ex[i].ids))
+        out = [0.0] * len(ex)
+        for start in range(0, len(order), batch_size):
+            part = order[start:start + batch_size]
+            total, _ = answer_logprobs(m.hf, *answer_batch([ex[i] for i in part], pad))
+            for i, t in zip(part, total.tolist(), strict=True):
+                out[i] = -t
+        return out
+
+    def new() -> list[float]:
+        out = [0.0] * len(ex)
+        for part, sums in answer_nll(m, ex, batch_size=batch_size):
+            for i, (nll, _) in zip(part, sums, strict=True):
+                out[i] = nll
+        return out
+
+    secs: dict[str, list[float]] = {"old": [], "new": []}
+    got = {}
+    for _ in range(rounds):
+        for side, fn in (("old", old), ("new", new)):
+            t = time.perf_counter()
+            got[side] = fn()
+            secs[side].append(time.perf_counter() - t)
+    n = [len(e.ids) - e.prompt_len for e in ex]
+    diff = max(abs(a - b) / max(k, 1) for a, b, k in zip(got["old"], got["new"], n, strict=True))
+    tokens = sum(len(e.ids) for e in ex)
+    ratio = statistics.median(secs["old"]) / statistics.median(secs["new"])
+    print(f"perplexity {spec}: {len(qs)} questions x {per_question} answers ({tokens} tokens): old "
+          f"{statistics.median(secs['old']):.1f} s, new {statistics.median(secs['new']):.1f} s, {ratio:.2f}x; "
+          f"max |d log ppl| {diff:.2e}")
+    return {"model": spec, "questions": len(qs), "answers_per_question": per_question, "tokens": tokens,
+            "batch_size": batch_size, "seconds": secs, "speedup": target(ratio, 1.2, ">="),
+            "max_abs_log_ppl_diff": target(diff, 1e-4, "<=")}
+
+
+PARTS = {"judge": ("judge", "judge_one_per_question"), "grid": ("grid",), "grid_rows": ("grid_rows",),
+         "perplexity": ("perplexity",)}
 
 
 def main() -> None:
@@ -188,6 +244,8 @@ def main() -> None:
         figures["grid"] = grid_bench(args.model, args.prompts, args.new_tokens, args.rounds)
     if args.only in (None, "grid_rows"):
         figures["grid_rows"] = grid_rows_bench(args.model, 16, args.new_tokens, args.rounds)
+    if args.only in (None, "perplexity"):
+        figures["perplexity"] = perplexity_bench(args.model, 8, 16, args.rounds)
     assert math.isfinite(figures["judge"]["max_abs_score_diff"]["value"])
     save("steered_eval", figures)
 

@@ -56,22 +56,51 @@ def test_perplexity_equals_a_plain_forward_and_ignores_padding():
     assert math.isnan(batched[2])
 
 
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-qwen2", "tiny-gemma3"])
+def test_answers_sharing_a_prompt_score_as_whole_sequences_do(arch):
+    """``answer_nll`` runs each prompt once and its answers on copies of its cache: the same sums as
+    one forward over each whole sequence (``chain.answer_logprobs``), at any batch size, with
+    empty answers, a one-token prompt and answers to different prompts mixed."""
+    from traitlab.chain import answer_batch, answer_logprobs
+    from traitlab.chat import Encoded
+
+    m = load_model(arch)
+    qa = [("Will it rain?", "Sunny days ahead, I think."), ("Hi?", "Hello."), ("Will it rain?", ""),
+          ("Will it rain?", "No."), ("Hi?", "Hello there, how are you doing today my friend?"),
+          ("Will it rain?", "Storms all week, sadly, and then more storms after that.")]
+    ex = [m.chat.encode(q, a) for q, a in qa] + [Encoded((5, 6, 7, 8), 1), Encoded((5, 9), 1)]
+    pad = m.tokenizer.pad_token_id or 0
+    want = []
+    for e in ex:
+        with torch.no_grad():
+            t, c = answer_logprobs(m.hf, *answer_batch([e], pad))
+        want.append((-float(t[0]), int(c[0])))
+    for bs in (1, 2, 8):
+        got = {}
+        for part, sums in T.answer_nll(m, ex, batch_size=bs):
+            assert len(part) <= bs
+            got.update(zip(part, sums, strict=True))
+        assert sorted(got) == list(range(len(ex)))
+        for i, (nll, n) in enumerate(want):
+            assert got[i][1] == n and got[i][0] == pytest.approx(nll, rel=1e-5, abs=1e-5)
+
+
 def test_perplexity_cache_serves_each_answer_once_and_never_a_damaged_or_foreign_entry(tmp_cache, monkeypatch):
     """Stored values come back bit for bit without a forward; another model, question or answer
     is another key; a damaged entry is recomputed with a warning, never served."""
     import json
 
-    from traitlab import chain, nllcache
+    from traitlab import nllcache
 
     m = load_model("tiny-qwen2")
     items = [("Will it rain?", "Sunny days ahead, I think."), ("Hi?", "Hello."), ("Hi?", "")]
-    forwards = []
-    real = chain.answer_logprobs
-    monkeypatch.setattr(chain, "answer_logprobs", lambda hf, ids, *a: forwards.append(len(ids)) or real(hf, ids, *a))
+    forwards = []  # answers scored by the model, per call
+    real = T.answer_nll
+    monkeypatch.setattr(T, "answer_nll", lambda model, ex, **kw: forwards.append(len(ex)) or real(model, ex, **kw))
     first = T.perplexity(m, items, batch_size=2)
-    assert forwards == [2, 1] and len(list(tmp_cache.glob("nll/*/*.json"))) == 3
+    assert forwards == [3] and len(list(tmp_cache.glob("nll/*/*.json"))) == 3
     again = T.perplexity(m, items)
-    assert forwards == [2, 1] and again[:2] == first[:2] and math.isnan(again[2])  # exact, no forward
+    assert forwards == [3, 0] and again[:2] == first[:2] and math.isnan(again[2])  # exact, no forward
     assert first == pytest.approx(T.perplexity(m, items, cache=False), rel=1e-4, nan_ok=True)
     forwards.clear()
     T.perplexity(m, [("Hi!", "Hello."), ("Hi?", "Hello!")])  # a changed question, a changed answer

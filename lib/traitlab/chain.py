@@ -115,17 +115,27 @@ def answer_logprobs(hf: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor,
     """
     dev = _device(hf)
     ids, attn, answer = ids.to(dev), attn.to(dev), answer.to(dev)
-    body = hf.get_decoder() if hasattr(hf, "get_decoder") else hf.model
-    hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state
+    hidden = decoder(hf)(input_ids=ids, attention_mask=attn).last_hidden_state
     pos = answer[:, 1:]                                   # position t predicts token t + 1
     rows, cols = pos.nonzero(as_tuple=True)
-    logits = hf.get_output_embeddings()(hidden[rows, cols])
+    lp = head_logprobs(hf, hidden[rows, cols], ids[rows, cols + 1])
+    total = torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
+    return total, pos.sum(1)
+
+
+def decoder(hf: torch.nn.Module) -> torch.nn.Module:
+    """The model without its LM head (hidden states out)."""
+    return hf.get_decoder() if hasattr(hf, "get_decoder") else hf.model
+
+
+def head_logprobs(hf: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(``targets[i]``) from final hidden states ``hidden[i]`` [n, d], through the model's own
+    LM head (with its logit soft-capping, e.g. Gemma's), in float32."""
+    logits = hf.get_output_embeddings()(hidden)
     cap = getattr(hf.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[rows, cols + 1][:, None])[:, 0]
-    total = torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
-    return total, pos.sum(1)
+    return torch.log_softmax(logits.float(), -1).gather(-1, targets[:, None])[:, 0]
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:

@@ -30,10 +30,11 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,28 +118,73 @@ def perplexity(model: Any, items: Sequence[tuple[str, str]], *, batch_size: int 
         >>> ppl[0] > 1, math.isnan(ppl[1])
         (True, True)
     """
-    import torch
-
     from . import nllcache
-    from .chain import answer_batch, answer_logprobs
 
     encoded = [model.chat.encode(q, a) for q, a in items]
     paths = [nllcache.entry_path(model, e) if cache else None for e in encoded]
     got = [nllcache.read(p, e) for p, e in zip(paths, encoded, strict=True)]
     todo = [i for i, g in enumerate(got) if g is None]
-    pad = model.tokenizer.pad_token_id or 0
-    with torch.no_grad():
-        for start in range(0, len(todo), batch_size):
-            part = todo[start:start + batch_size]
-            total, n = answer_logprobs(model.hf, *answer_batch([encoded[i] for i in part], pad))
-            for i, t, c in zip(part, total.tolist(), n.tolist(), strict=True):
-                got[i] = (-float(t), int(c))
-                nllcache.write(paths[i], encoded[i], -float(t), int(c))
+    for part, sums in answer_nll(model, [encoded[i] for i in todo], batch_size=batch_size):
+        for k, (nll, n) in zip(part, sums, strict=True):
+            i = todo[k]
+            got[i] = (nll, n)
+            nllcache.write(paths[i], encoded[i], nll, n)
     return [math.exp(nll / c) if c > 0 else math.nan for nll, c in got]  # type: ignore[misc]
 
 
+def answer_nll(model: Any, examples: Sequence[Any], *, batch_size: int = 8
+               ) -> Iterator[tuple[list[int], list[tuple[float, int]]]]:
+    """(indices into ``examples``, their (summed negative log-likelihood of the answer tokens after
+    the first, that count)) batch by batch, under ``model``.
+
+    Answers to one prompt share its forward: each distinct prompt less its last token runs once,
+    and its answers (each led by that last token) run on copies of its KV cache, right-padded, at
+    their own positions, ``batch_size`` answers a forward. A steering grid asks one question under
+    every condition, and the chat template's opening is most of a short prompt, so this is most of
+    the work saved. Equal to one forward over each whole sequence (``chain.answer_logprobs``) up
+    to float rounding (the same tokens attended in two passes instead of one).
+    """
+    import torch
+
+    from .chain import decoder, head_logprobs
+
+    hf = model.hf
+    body, dev = decoder(hf), next(hf.parameters()).device
+    pad = model.tokenizer.pad_token_id or 0
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, e in enumerate(examples):
+        by_prompt.setdefault(tuple(e.ids[:e.prompt_len]), []).append(i)
+    with torch.no_grad():
+        for prompt, members in by_prompt.items():
+            k = len(prompt) - 1  # the shared part: the prompt less its last token
+            past = body(input_ids=torch.tensor([prompt[:k]], device=dev), use_cache=True).past_key_values if k else None
+            members = sorted(members, key=lambda i: len(examples[i].ids))  # similar lengths share a batch
+            for start in range(0, len(members), batch_size):
+                part = members[start:start + batch_size]
+                rest = [examples[i].ids[k:] for i in part]
+                width = max(len(r) for r in rest)
+                ids = torch.full((len(part), width), pad, dtype=torch.long)
+                mask = torch.zeros(len(part), k + width, dtype=torch.long)
+                mask[:, :k] = 1
+                for r, x in enumerate(rest):
+                    ids[r, :len(x)] = torch.tensor(x)
+                    mask[r, k:k + len(x)] = 1
+                cache = None
+                if past is not None:
+                    cache = copy.deepcopy(past)
+                    cache.batch_repeat_interleave(len(part))
+                pos = torch.arange(k, k + width).expand(len(part), width)
+                hidden = body(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                              past_key_values=cache, use_cache=cache is not None).last_hidden_state
+                rows = torch.tensor([r for r, x in enumerate(rest) for _ in range(len(x) - 1)], dtype=torch.long)
+                cols = torch.tensor([j for x in rest for j in range(len(x) - 1)], dtype=torch.long)
+                lp = head_logprobs(hf, hidden[rows.to(dev), cols.to(dev)], ids[rows, cols + 1].to(dev)).cpu()
+                total = torch.zeros(len(part), dtype=lp.dtype).index_add(0, rows, lp)
+                yield part, [(-float(t), len(x) - 1) for t, x in zip(total.tolist(), rest, strict=True)]
+
+
 def _log_ppl(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int) -> list[float]:
-    """Log-perplexity of each (question, answer), each distinct pair scored once, in length order."""
+    """Log-perplexity of each (question, answer), each distinct pair scored once."""
     unique = sorted(set(pairs), key=lambda p: (len(p[0]) + len(p[1]), p))
     ppl = dict(zip(unique, perplexity(model, unique, batch_size=batch_size), strict=True))
     return np.log(np.asarray([ppl[p] for p in pairs], float)).tolist()
@@ -150,8 +196,9 @@ def coherence_measures(model: Any, df: pd.DataFrame, *, context: bool = True, re
     frame with ``question`` (or ``prompt``) and ``answer`` (or ``response``) columns, indexed like
     ``df``. ``context=True`` scores the answer after its question; ``False`` after an empty user
     turn (the text's own fluency: far cheaper where prompts are long, e.g. jailbreak templates,
-    and identical answers are scored once). Each distinct (question, answer) is scored once,
-    in length order.
+    and identical answers are scored once). Each distinct (question, answer) is scored once, each
+    question's prompt once for all its answers (``answer_nll``), and values stored by
+    ``traitlab.nllcache`` are read back.
 
     ``relevance=True`` (with ``context``) adds ``relevance``: how much the question lowers the
     answer's log-perplexity (log-perplexity after an empty user turn minus after the question).
