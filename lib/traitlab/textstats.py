@@ -139,10 +139,18 @@ def answer_nll(model: Any, examples: Sequence[Any], *, batch_size: int = 8
 
     Answers to one prompt share its forward: each distinct prompt less its last token runs once,
     and its answers (each led by that last token) run on copies of its KV cache, right-padded, at
-    their own positions, ``batch_size`` answers a forward. A steering grid asks one question under
-    every condition, and the chat template's opening is most of a short prompt, so this is most of
-    the work saved. Equal to one forward over each whole sequence (``chain.answer_logprobs``) up
-    to float rounding (the same tokens attended in two passes instead of one).
+    their own positions, ``batch_size`` answers a forward. A steering grid asks each question under
+    every condition, so its prompts' share of the work is done once: 1.22x the whole-sequence path
+    on 8 questions × 16 answers with Qwen2.5-Coder-0.5B (``benchmarks/steered_eval.py``). Equal to
+    one forward over each whole sequence (``chain.answer_logprobs``) up to float rounding (the same
+    tokens attended in two passes instead of one).
+
+    Example (a tiny random model: the values mean nothing, the plumbing is real):
+        >>> from traitlab.models import load_model
+        >>> m = load_model("tiny-qwen2")
+        >>> ex = [m.chat.encode("Hi?", "Hello there."), m.chat.encode("Hi?", ""), m.chat.encode("Yo?", "Hey.")]
+        >>> [(part, [n for _, n in sums]) for part, sums in answer_nll(m, ex, batch_size=2)]  # one token a character
+        [([1, 0], [0, 12]), ([2], [4])]
     """
     import torch
 
