@@ -124,7 +124,7 @@ def load_gold(trait: str, split: str | None = None, folder: str | Path | None = 
 
 
 def calibrate_floors(model: Any, traits: Sequence[str], *, context: bool = True, batch_size: int = 16,
-                     folder: str | Path | None = None) -> tuple[textstats.Floors, pd.DataFrame]:
+                     folder: str | Path | None = None, progress: bool = True) -> tuple[textstats.Floors, pd.DataFrame]:
     """Text-coherence floors (``textstats.fit_floors``) fitted on the coherence labels of the gold
     sets of ``traits`` (both splits), the answers' perplexity read under ``model`` (after their
     question, or with ``context=False`` after an empty turn: calibrate as you will measure);
@@ -137,7 +137,8 @@ def calibrate_floors(model: Any, traits: Sequence[str], *, context: bool = True,
         (True, True)
     """
     gold = pd.concat([load_gold(t, folder=folder) for t in traits], ignore_index=True)
-    gold = gold.join(textstats.coherence_measures(model, gold, context=context, batch_size=batch_size))
+    gold = gold.join(textstats.coherence_measures(model, gold, context=context, batch_size=batch_size,
+                                                  progress=progress))
     return textstats.fit_floors(gold[["distinct2", "log_ppl"]], gold.coherence.to_numpy()), gold
 
 

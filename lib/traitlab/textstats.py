@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .progress import tqdm
+
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
 
@@ -102,7 +104,7 @@ def stats(text: str) -> TextStats:
 
 
 def perplexity(model: Any, items: Sequence[tuple[str, str]], *, batch_size: int = 8,
-               cache: bool = True) -> list[float]:
+               cache: bool = True, progress: bool = True) -> list[float]:
     """Per-token perplexity of each (question, answer) answer under ``model`` (a
     ``traitlab.models.LoadedModel``), the answer scored after the model's chat prompt for the
     question; ``nan`` for an empty answer.
@@ -110,7 +112,7 @@ def perplexity(model: Any, items: Sequence[tuple[str, str]], *, batch_size: int 
     With ``cache`` each answer's log-likelihood is read from ``traitlab.nllcache`` when stored
     there (the same model, dtype, device and tokens), and stored as soon as its batch is scored:
     the gold answers every steering report calibrates its floors on, and a re-render's answers,
-    are scored once.
+    are scored once. ``progress`` shows a bar over the answers still to score.
 
     Example (a tiny random model: the values are near its vocabulary size, the plumbing is real):
         >>> from traitlab.models import load_model
@@ -124,11 +126,13 @@ def perplexity(model: Any, items: Sequence[tuple[str, str]], *, batch_size: int 
     paths = [nllcache.entry_path(model, e) if cache else None for e in encoded]
     got = [nllcache.read(p, e) for p, e in zip(paths, encoded, strict=True)]
     todo = [i for i, g in enumerate(got) if g is None]
-    for part, sums in answer_nll(model, [encoded[i] for i in todo], batch_size=batch_size):
-        for k, (nll, n) in zip(part, sums, strict=True):
-            i = todo[k]
-            got[i] = (nll, n)
-            nllcache.write(paths[i], encoded[i], nll, n)
+    with tqdm(total=len(todo), desc="perplexity", disable=not progress or not todo) as bar:
+        for part, sums in answer_nll(model, [encoded[i] for i in todo], batch_size=batch_size):
+            for k, (nll, n) in zip(part, sums, strict=True):
+                i = todo[k]
+                got[i] = (nll, n)
+                nllcache.write(paths[i], encoded[i], nll, n)
+            bar.update(len(part))
     return [math.exp(nll / c) if c > 0 else math.nan for nll, c in got]  # type: ignore[misc]
 
 
@@ -191,15 +195,15 @@ def answer_nll(model: Any, examples: Sequence[Any], *, batch_size: int = 8
                 yield part, [(-float(t), len(x) - 1) for t, x in zip(total.tolist(), rest, strict=True)]
 
 
-def _log_ppl(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int) -> list[float]:
+def _log_ppl(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int, progress: bool = True) -> list[float]:
     """Log-perplexity of each (question, answer), each distinct pair scored once."""
     unique = sorted(set(pairs), key=lambda p: (len(p[0]) + len(p[1]), p))
-    ppl = dict(zip(unique, perplexity(model, unique, batch_size=batch_size), strict=True))
+    ppl = dict(zip(unique, perplexity(model, unique, batch_size=batch_size, progress=progress), strict=True))
     return np.log(np.asarray([ppl[p] for p in pairs], float)).tolist()
 
 
 def coherence_measures(model: Any, df: pd.DataFrame, *, context: bool = True, relevance: bool = False,
-                       batch_size: int = 16) -> pd.DataFrame:
+                       batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
     """``distinct2`` and ``log_ppl`` (log-perplexity of the answer under ``model``) per row of a
     frame with ``question`` (or ``prompt``) and ``answer`` (or ``response``) columns, indexed like
     ``df``. ``context=True`` scores the answer after its question; ``False`` after an empty user
@@ -230,7 +234,7 @@ def coherence_measures(model: Any, df: pd.DataFrame, *, context: bool = True, re
     answers = list(df[a])
     pairs = list(zip(df[q] if context else [""] * len(df), answers, strict=True))
     free = [("", t) for t in answers]
-    both = _log_ppl(model, pairs + free if relevance else pairs, batch_size)
+    both = _log_ppl(model, pairs + free if relevance else pairs, batch_size, progress)
     out = pd.DataFrame({"distinct2": [distinct(t, 2) for t in answers], "log_ppl": both[:len(df)]}, index=df.index)
     if relevance:
         out["relevance"] = np.asarray(both[len(df):]) - out.log_ppl.to_numpy()

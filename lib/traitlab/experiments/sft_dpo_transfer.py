@@ -327,8 +327,8 @@ def coherence(P: Params, answers: pd.DataFrame, progress: bool = True
     on resampled gold questions (``judge_power.FloorRefits``), for intervals that cover where the
     floors fall."""
     ref = load_model(P.reference_model, quiet=True)
-    floors, gold = judge_power.calibrate_floors(ref, P.gold_traits, batch_size=P.batch_size)
-    out = answers.join(textstats.coherence_measures(ref, answers, batch_size=P.batch_size))
+    floors, gold = judge_power.calibrate_floors(ref, P.gold_traits, batch_size=P.batch_size, progress=progress)
+    out = answers.join(textstats.coherence_measures(ref, answers, batch_size=P.batch_size, progress=progress))
     out["coherent"] = floors.coherent(out)
     return out, floors, judge_power.FloorRefits(gold)
 
