@@ -105,7 +105,15 @@ def test_perplexity_cache_serves_each_answer_once_and_never_a_damaged_or_foreign
     forwards.clear()
     T.perplexity(m, [("Hi!", "Hello."), ("Hi?", "Hello!")])  # a changed question, a changed answer
     T.perplexity(load_model("tiny-qwen2", seed=1), items[:1])  # other weights
-    assert forwards == [2, 1]
+    T.perplexity(load_model("tiny-qwen2", dtype="bfloat16"), items[:1])  # another dtype
+    assert forwards == [2, 1, 1]
+    n_files = len(list(tmp_cache.glob("nll/*/*.json")))
+
+    class Unnamed:  # a model nothing identifies: scored, never stored
+        hf, chat, tokenizer = m.hf, m.chat, m.tokenizer
+
+    assert T.perplexity(Unnamed(), [("Brand new?", "Yes.")]) == T.perplexity(m, [("Brand new?", "Yes.")], cache=False)
+    assert len(list(tmp_cache.glob("nll/*/*.json"))) == n_files
     # damage: bad JSON, a count that does not match the answer, another entry's key
     e = m.chat.encode(*items[1])
     path = nllcache.entry_path(m, e)
