@@ -201,9 +201,8 @@ def perplexity_bench(spec: str, n_questions: int, per_question: int, rounds: int
     got = {}
     for _ in range(rounds):
         for side, fn in (("old", old), ("new", new)):
-            t = time.perf_counter()
-            got[side] = fn()
-            secs[side].append(time.perf_counter() - t)
+            t, got[side] = _timed(fn)
+            secs[side].append(t)
     n = [len(e.ids) - e.prompt_len for e in ex]
     diff = max(abs(a - b) / max(k, 1) for a, b, k in zip(got["old"], got["new"], n, strict=True))
     tokens = sum(len(e.ids) for e in ex)

@@ -155,10 +155,8 @@ print(f"generation {g['model']}: {g['conditions']} conditions x {g['prompts']} p
       f"{g['identical_share']['value']:.0%}")
 if "grid_rows" in se_:
     r = se_["grid_rows"]
-    print(f"rows decoded together, {r['conditions']} conditions x {r['prompts']} prompts: {r['large_rows']} rows "
-          f"{r['speedup']['value']:.2f}x faster than {r['small_rows']} (target {r['speedup']['target']}; "
-          f"{r['tokens_per_second']['old']:.1f} -> {r['tokens_per_second']['new']:.1f} steered "
-          f"tokens/s), identical texts {r['identical_share']['value']:.0%}")
+    print(perf.rows_line(f"rows decoded together, {r['conditions']} conditions x {r['prompts']} prompts", r,
+                         "steered", "texts"))
 
 # %% [markdown]
 # Decoding itself is bound by arithmetic: at 2 × parameters FLOPs per generated token, the
@@ -185,10 +183,8 @@ if "row_dropping_speedup" in d:
           f"{d['row_dropping_identical_share']['value']:.0%}")
 if "batch_rows" in d:
     b = d["batch_rows"]
-    print(f"rows per decode batch, {b['prompts']} prompts x {b['conditions']} conditions x {b['new_tokens']} tokens: "
-          f"{b['large_rows']} rows {b['speedup']['value']:.2f}x faster than {b['small_rows']} (target "
-          f"{b['speedup']['target']}; {b['tokens_per_second']['old']:.1f} -> {b['tokens_per_second']['new']:.1f} "
-          f"generated tokens/s), identical tokens {b['identical_share']['value']:.0%}")
+    print(perf.rows_line(f"rows per decode batch, {b['prompts']} prompts x {b['conditions']} conditions x "
+                         f"{b['new_tokens']} tokens", b, "generated", "tokens"))
 
 # %% [markdown]
 # ## 4. Memory: 1,000 prompts × every layer

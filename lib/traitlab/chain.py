@@ -106,19 +106,30 @@ def answer_batch(examples: Sequence[Encoded], pad_id: int,
 
 
 def answer_logprobs(hf: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor,
-                    answer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    answer: torch.Tensor, past: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of answer-token log-probs per row, answer-token count per row).
 
     Only answer positions go through the LM head: for a 262k-token vocabulary (Gemma) that
-    head is most of the model's compute. The inputs are moved to the model's device; the
-    results stay there.
+    head is most of the model's compute. ``past``: the KV cache of a prefix every row continues
+    (one row per row of ``ids``; ``attn`` covers only ``ids``), so each row's tokens sit after
+    it. The inputs are moved to the model's device; the results stay there.
     """
     dev = _device(hf)
     ids, attn, answer = ids.to(dev), attn.to(dev), answer.to(dev)
-    hidden = decoder(hf)(input_ids=ids, attention_mask=attn).last_hidden_state
+    kw: dict[str, Any] = {}
+    if past is not None:
+        k = past.get_seq_length()
+        attn = torch.cat([torch.ones(len(ids), k, dtype=attn.dtype, device=dev), attn], 1)
+        kw = {"past_key_values": past, "use_cache": True,
+              "position_ids": torch.arange(k, k + ids.shape[1], device=dev).expand(len(ids), -1)}
+    hidden = decoder(hf)(input_ids=ids, attention_mask=attn, **kw).last_hidden_state
     pos = answer[:, 1:]                                   # position t predicts token t + 1
     rows, cols = pos.nonzero(as_tuple=True)
-    lp = head_logprobs(hf, hidden[rows, cols], ids[rows, cols + 1])
+    logits = hf.get_output_embeddings()(hidden[rows, cols])
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[rows, cols + 1][:, None])[:, 0]
     total = torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
     return total, pos.sum(1)
 
@@ -126,16 +137,6 @@ def answer_logprobs(hf: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor,
 def decoder(hf: torch.nn.Module) -> torch.nn.Module:
     """The model without its LM head (hidden states out)."""
     return hf.get_decoder() if hasattr(hf, "get_decoder") else hf.model
-
-
-def head_logprobs(hf: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(``targets[i]``) from final hidden states ``hidden[i]`` [n, d], through the model's own
-    LM head (with its logit soft-capping, e.g. Gemma's), in float32."""
-    logits = hf.get_output_embeddings()(hidden)
-    cap = getattr(hf.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return torch.log_softmax(logits.float(), -1).gather(-1, targets[:, None])[:, 0]
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:

@@ -158,10 +158,10 @@ def answer_nll(model: Any, examples: Sequence[Any], *, batch_size: int = 8
     """
     import torch
 
-    from .chain import decoder, head_logprobs
+    from .chain import answer_batch, answer_logprobs, decoder
+    from .chat import Encoded
 
     hf = model.hf
-    body, dev = decoder(hf), next(hf.parameters()).device
     pad = model.tokenizer.pad_token_id or 0
     by_prompt: dict[tuple[int, ...], list[int]] = {}
     for i, e in enumerate(examples):
@@ -169,30 +169,18 @@ def answer_nll(model: Any, examples: Sequence[Any], *, batch_size: int = 8
     with torch.no_grad():
         for prompt, members in by_prompt.items():
             k = len(prompt) - 1  # the shared part: the prompt less its last token
-            past = body(input_ids=torch.tensor([prompt[:k]], device=dev), use_cache=True).past_key_values if k else None
+            past = (decoder(hf)(input_ids=torch.tensor([prompt[:k]], device=next(hf.parameters()).device),
+                                use_cache=True).past_key_values if k else None)
             members = sorted(members, key=lambda i: len(examples[i].ids))  # similar lengths share a batch
             for start in range(0, len(members), batch_size):
                 part = members[start:start + batch_size]
-                rest = [examples[i].ids[k:] for i in part]
-                width = max(len(r) for r in rest)
-                ids = torch.full((len(part), width), pad, dtype=torch.long)
-                mask = torch.zeros(len(part), k + width, dtype=torch.long)
-                mask[:, :k] = 1
-                for r, x in enumerate(rest):
-                    ids[r, :len(x)] = torch.tensor(x)
-                    mask[r, k:k + len(x)] = 1
                 cache = None
                 if past is not None:
                     cache = copy.deepcopy(past)
                     cache.batch_repeat_interleave(len(part))
-                pos = torch.arange(k, k + width).expand(len(part), width)
-                hidden = body(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                              past_key_values=cache, use_cache=cache is not None).last_hidden_state
-                rows = torch.tensor([r for r, x in enumerate(rest) for _ in range(len(x) - 1)], dtype=torch.long)
-                cols = torch.tensor([j for x in rest for j in range(len(x) - 1)], dtype=torch.long)
-                lp = head_logprobs(hf, hidden[rows.to(dev), cols.to(dev)], ids[rows, cols + 1].to(dev)).cpu()
-                total = torch.zeros(len(part), dtype=lp.dtype).index_add(0, rows, lp)
-                yield part, [(-float(t), len(x) - 1) for t, x in zip(total.tolist(), rest, strict=True)]
+                rest = [Encoded(tuple(examples[i].ids[k:]), 1) for i in part]  # led by the prompt's last token
+                total, n = answer_logprobs(hf, *answer_batch(rest, pad), past=cache)
+                yield part, [(-float(t), int(c)) for t, c in zip(total.tolist(), n.tolist(), strict=True)]
 
 
 def _log_ppl(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int, progress: bool = True) -> list[float]:

@@ -177,6 +177,22 @@ _PEER_RATIOS = {"train_speedup_vs_repeng": ("train_repeng", "train_traitlab"),
                 "steered_over_unsteered_traitlab": ("generate_traitlab", "generate_plain_traitlab")}
 
 
+def rows_line(head: str, fig: dict[str, Any], tokens: str, same: str) -> str:
+    """One line for a rows-per-step figure (``benchmarks/common.rows_speedup``): ``head``, then the
+    large-rows side's speed-up over the small one, the throughput of each (``tokens`` tokens/s) and
+    the share of identical ``same``.
+
+    >>> fig = {"large_rows": 256, "small_rows": 64, "speedup": {"value": 1.39, "target": ">= 1.2"},
+    ...        "tokens_per_second": {"old": 50.0, "new": 69.5}, "identical_share": {"value": 1.0}}
+    >>> rows_line("rows decoded together", fig, "steered", "texts")
+    'rows decoded together: 256 rows 1.39x faster than 64 (target >= 1.2; 50.0 -> 69.5 steered tokens/s), identical texts 100%'
+    """
+    return (f"{head}: {fig['large_rows']} rows {fig['speedup']['value']:.2f}x faster than {fig['small_rows']} "
+            f"(target {fig['speedup']['target']}; {fig['tokens_per_second']['old']:.1f} -> "
+            f"{fig['tokens_per_second']['new']:.1f} {tokens} tokens/s), identical {same} "
+            f"{fig['identical_share']['value']:.0%}")
+
+
 def _timings(benchmark: str, figure: str, name: str, fig: dict[str, Any]) -> tuple[list[float], list[float]] | None:
     """The repeated timings behind a ratio figure (numerator seconds, denominator seconds), or
     None for a figure that is not such a ratio."""
