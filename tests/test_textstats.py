@@ -24,6 +24,21 @@ def test_repetition_and_distinct_count_ngrams_exactly():
         T.distinct("a b", 0)
 
 
+def test_a_loop_without_spaces_counts_as_one_as_loops_with_spaces_do():
+    """Answers of randomly steered models seen in the transfer report: one unit written again and
+    again with no space, or symbols only. Read as one long word they had no word pair, so distinct-2
+    was 1.0 (a fresh answer) and they passed the coherence floors."""
+    for loop in ["гот" * 32, "3" * 32, "viet" * 32, "@ " * 32, "綴" * 24, "\u200b" * 56]:
+        assert T.distinct(loop, 2) <= 1 / 20 and T.repetition(loop, 3) > 0.9, loop
+    spaced = T.distinct("viet " * 32, 2)
+    assert T.distinct("viet" * 32, 2) == spaced == 1 / 31   # the same loop, with or without spaces
+    assert T.words("Outlookvietvietvietviet now") == ["outlook"] + ["viet"] * 4 + ["now"]
+    assert T.distinct("Using tools such as" + "كتر" * 8, 2) == pytest.approx(5 / 11)
+    # doubled letters, short runs and numbers are words, not loops
+    for fresh in ["The bookkeeper saw www.example.org", "Call 0170 222 0000 or 1000000 today", "Hmmm, fine."]:
+        assert T.distinct(fresh, 2) == 1.0 and T.words(fresh) == [w.lower() for w in T._WORD.findall(fresh)]
+
+
 def test_similarity_is_the_share_of_matched_words():
     """2 × matched words / all words, on lower-cased words: punctuation and case do not count."""
     assert T.similarity("It will be fine.", "it will BE fine") == 1.0

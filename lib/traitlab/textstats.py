@@ -17,7 +17,11 @@ will be good. …"), word salad, truncation. Three judge-free measures see them:
 sets' labels: ``judge_power.calibrate_floors``), and ``Floors.coherent`` applies the rule.
 
 Words are lower-cased runs of letters, digits and apostrophes, so punctuation and spacing do not
-count as novelty.
+count as novelty. A loop needs no spaces: a steered model may write one unit again and again
+("готготгот…", "33333…", "vietviet…"), which is one long "word" with no word pair to repeat. So a
+unit repeated at least ``LOOP_MIN`` times in a row inside a word, over ``LOOP_CHARS`` characters or
+more, counts as that many words, and an answer with no word at all ("@ @ @ …") is read as its
+visible characters (``words``).
 
 Example:
     >>> repetition("it will be good. it will be good. it will be good.", n=3)   # 6 of 10 trigrams repeat
@@ -45,10 +49,44 @@ from .progress import tqdm
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
+LOOP_MIN = 4
+"""Repeats in a row of one unit inside a word that make it a loop, read as that many words: four,
+so words with a doubled or tripled letter or syllable ("bookkeeper", "www") stay whole."""
+
+LOOP_CHARS = 8
+"""Characters a loop inside a word spans at least: numbers such as "0000" or "1000000" stay whole."""
+
+_LOOP = re.compile(rf"(.+?)\1{{{LOOP_MIN - 1},}}", re.DOTALL)
+
+
+def _unloop(word: str) -> list[str]:
+    """``word`` with each run of one unit repeated ≥ ``LOOP_MIN`` times over ≥ ``LOOP_CHARS``
+    characters split into its units."""
+    out, pos = [], 0
+    for m in _LOOP.finditer(word):
+        if len(m.group(0)) < LOOP_CHARS:
+            continue
+        unit = m.group(1)
+        out += ([word[pos:m.start()]] if m.start() > pos else []) + [unit] * (len(m.group(0)) // len(unit))
+        pos = m.end()
+    return out + ([word[pos:]] if pos < len(word) else [])
+
 
 def words(text: str) -> list[str]:
-    """Lower-cased word tokens of ``text``."""
-    return [w.lower() for w in _WORD.findall(text or "")]
+    """Lower-cased word tokens of ``text``: runs of letters, digits and apostrophes, a loop inside a
+    run split into its repeated units, and, where the text has no such run, its visible characters.
+
+    >>> words("Don't STOP—now!")
+    ["don't", 'stop', 'now']
+    >>> words("Outlookvietvietvietviet"), words("bookkeeper www 10000")
+    (['outlook', 'viet', 'viet', 'viet', 'viet'], ['bookkeeper', 'www', '10000'])
+    >>> words("@ @ @")
+    ['@', '@', '@']
+    """
+    found = _WORD.findall((text or "").lower())
+    if not found:
+        return [c for c in (text or "") if not c.isspace()]
+    return [u for w in found for u in _unloop(w)]
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
