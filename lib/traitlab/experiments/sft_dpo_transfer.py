@@ -82,7 +82,7 @@ class Params:
     layers: list[int] = field(default_factory=lambda: [3, 8, 13])
     ratios: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.8, 1.6])
     multi_layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
-    multi_ratios: list[float] = field(default_factory=lambda: [0.2])
+    multi_ratios: list[float] = field(default_factory=lambda: [0.05, 0.2])
     """Per-layer ratios of multi-layer steering (each of ``multi_layers`` gets this push)."""
     random_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     random_layers: list[int] | None = None
