@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,6 +79,13 @@ def test_best_skips_broken_and_learned_vs_random():
     assert list(lvr.model) == ["base", "sft", "dpo"]  # no random control in the positive control
     r = lvr.set_index("model").loc["sft"]
     assert r.difference == pytest.approx(12.0 * 1.6) and r.random == pytest.approx(0.0) and r.ci_lo > 0
+    assert (r.learned_coherent, r.random_coherent) == (1.0, 1.0)
+    # at 1.6 both sides break (coherent only on question 0): the table says so beside the difference
+    P16 = dataclasses.replace(P, random_ratios=[1.6])
+    hard = tr.learned_vs_random(_scored(P16), P16).set_index("model")
+    assert (hard.learned_coherent == 1 / N_Q).all() and (hard.random_coherent == 1 / N_Q).all()
+    assert lvr.drop(columns=["learned_coherent", "random_coherent"]).equals(
+        tr.learned_vs_random(scored.drop(columns="coherent"), P).drop(columns=["learned_coherent", "random_coherent"]))
     multi = tr.multi_vs_single(scored, summ).set_index("model")
     # multi 1.5 × 12 = 18 vs best single L6 r=0.4 1.6 × 12 = 19.2
     assert multi.loc["sft", "difference"] == pytest.approx(18.0 - 19.2)

@@ -402,20 +402,30 @@ def _learned_and_random(scored: pd.DataFrame, P: Params, model: str, ratio: floa
                  for kind in ("single", "random"))
 
 
+LVR_COLUMNS = ["model", "ratio", "learned", "random", "difference", "ci_lo", "ci_hi", "n",
+               "learned_coherent", "random_coherent"]
+
+
 def learned_vs_random(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
     """Per chain model and ratio where the random control ran: the learned vector's trait delta
     and the random directions' (mean over seeds), both averaged over the random layers, and
-    their per-question difference with a t-interval."""
+    their per-question difference with a t-interval; beside them the share of each side's answers
+    that are coherent (where ``scored`` has ``coherent``), since a difference between two broken
+    conditions compares loops with loops."""
     rows: list[dict] = []
+    layers, ratios = _random_grid(P)
     for m in [x for x in dict.fromkeys(scored.model) if x != CONTROL] if P.random_seeds else []:
-        for r in _random_grid(P)[1]:
+        for r in ratios:
             learned, rand = _learned_and_random(scored, P, m, r)
             d = (learned - rand).dropna().to_numpy(float)
             mean, se, n = unc.mean_se(d)
             lo, hi = unc.t_interval(mean, se, n)
+            share = {kind: (float(np.mean([_cell(scored, m, kind, x, r, col="coherent").mean() for x in layers]))
+                            if "coherent" in scored.columns else np.nan) for kind in ("single", "random")}
             rows.append({"model": m, "ratio": r, "learned": float(learned.mean()), "random": float(rand.mean()),
-                         "difference": mean, "ci_lo": lo, "ci_hi": hi, "n": n})
-    return pd.DataFrame(rows, columns=["model", "ratio", "learned", "random", "difference", "ci_lo", "ci_hi", "n"])
+                         "difference": mean, "ci_lo": lo, "ci_hi": hi, "n": n,
+                         "learned_coherent": share["single"], "random_coherent": share["random"]})
+    return pd.DataFrame(rows, columns=LVR_COLUMNS)
 
 
 def _best(summ: pd.DataFrame, model: str, kind: str, layer: int | None = None) -> pd.Series | None:
@@ -663,10 +673,11 @@ def conclusions(summ: pd.DataFrame, best: pd.DataFrame, multi: pd.DataFrame, lvr
                        f"({100 * top.coherent:.0f}% coherent).")
         else:
             out.append(f"{model}: every learned condition is broken.")
-    if len(lvr):
-        d = lvr.groupby("model", sort=False).difference.mean()
-        out.append("Learned minus random trait delta, averaged over the random control's ratios: "
-                   + ", ".join(f"{m} {v:+.1f}" for m, v in d.items()) + ".")
+    for m, g in lvr.groupby("model", sort=False):
+        cells = [f"{r.ratio:g}: {r.difference:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]"
+                 + (f" ({100 * r.learned_coherent:.0f}% / {100 * r.random_coherent:.0f}% coherent)"
+                    if np.isfinite(r.learned_coherent) else "") for r in g.itertuples()]
+        out.append(f"{m}: learned minus random trait delta by ratio (learned / random coherent): " + "; ".join(cells) + ".")
     for r in multi.itertuples():
         if np.isfinite(r.difference):
             out.append(f"{r.model}: multi-layer best Δ {r.multi_delta:+.1f} ({r.multi_at}) vs best single layer "
