@@ -157,10 +157,10 @@ def test_cpu_vectors_steer_a_cuda_model(dtype):
         torch.testing.assert_close(a[Site("resid_post", 1)], b[Site("resid_post", 1)], **tol)
 
 
-def test_dtype_auto_picks_bf16_only_where_native_and_faster(monkeypatch):
+def test_dtype_auto_picks_bf16_only_where_native_and_faster(monkeypatch, tmp_cache):
     """No native-bf16 flag: float32 without timing anything; native and 3× faster: bfloat16;
     native but barely faster: float32; every decision is named in the run record."""
-    from traitlab import models, runinfo
+    from traitlab import models, paths, runinfo
 
     monkeypatch.setattr(models, "_RESOLVED", {})
     monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx2", "fma"})
@@ -177,10 +177,43 @@ def test_dtype_auto_picks_bf16_only_where_native_and_faster(monkeypatch):
     assert d == "bfloat16" and "amx_bf16" in why and "3.0×" in why
     assert runinfo.run_record({})["dtype_auto"] == {"cpu": f"bfloat16 ({why})"}
 
+    # the measurement is stored per machine: a later process on it (a fresh _RESOLVED) reads it back
+    # even where its own timing would come out otherwise (a loaded machine); measured anew once removed
     monkeypatch.setattr(models, "_RESOLVED", {})
     times[torch.bfloat16] = 2.5
-    assert models.resolve_dtype("auto")[0] == "float32"
+    assert models.resolve_dtype("auto") == (d, why)
+    stored = list(paths.cache_dir("dtype").glob("*.json"))
+    assert len(stored) == 1 and "stored in $TRAITLAB_CACHE/dtype" in why
+    stored[0].unlink()
+    monkeypatch.setattr(models, "_RESOLVED", {})
+    d, why = models.resolve_dtype("auto")
+    assert d == "float32" and "only 1.2× float32" in why
     # a tiny model loads in the resolved dtype and says so
     monkeypatch.setattr(models, "_RESOLVED", {"cpu": ("float32", "auto: test")})
     m = models.load_model("tiny-llama", dtype="auto")
     assert m.dtype == "float32" and next(m.hf.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("damage", ["not json", "other machine", "wrong dtype for its speed", "nan speed"])
+def test_a_damaged_stored_dtype_decision_is_measured_again(monkeypatch, tmp_cache, damage):
+    """A stored decision is read only when its key is this machine's and its content is whole."""
+    import json
+
+    from traitlab import models, paths
+
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx512_bf16"})
+    times = {torch.float32: 3.0, torch.bfloat16: 1.0}
+    monkeypatch.setattr(models, "_matmul_seconds", lambda dtype, device, reps=5: times[dtype])
+    monkeypatch.setattr(models, "_RESOLVED", {})
+    assert models.resolve_dtype("auto")[0] == "bfloat16"
+    [path] = paths.cache_dir("dtype").glob("*.json")
+    entry = json.loads(path.read_text())
+    bad = {"not json": "{", "other machine": json.dumps({**entry, "key": {**entry["key"], "cpu": "other"}}),
+           "wrong dtype for its speed": json.dumps({**entry, "dtype": "float32"}),
+           "nan speed": json.dumps({**entry, "speed": float("nan")})}[damage]
+    path.write_text(bad)
+    times[torch.bfloat16] = 2.5  # measured anew: now float32, and stored in place of the damage
+    monkeypatch.setattr(models, "_RESOLVED", {})
+    with pytest.warns(UserWarning, match="measuring again"):
+        assert models.resolve_dtype("auto")[0] == "float32"
+    assert json.loads(path.read_text())["dtype"] == "float32"

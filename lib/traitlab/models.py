@@ -24,18 +24,20 @@ Example:
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from . import runinfo, tiny, zoo
-from .atomic import stable_hash
+from . import paths, runinfo, tiny, zoo
+from .atomic import read_json, stable_hash, write_json
 from .chat import ChatFormat
 from .progress import hf_bars
 
@@ -74,9 +76,12 @@ def resolve_dtype(name: str, device: str | None = None) -> tuple[str, str]:
 
     ``auto`` picks bfloat16 only where it is computed natively and measured faster: on a CUDA
     device that supports bf16; on a CPU whose flags include AMX-BF16 or AVX512-BF16 *and* where a
-    64×512×512 bf16 matmul beats float32 by 1.5× (best of 5, alternating). Everywhere else
-    float32. The decision is made once per process and device, and ``dtype_decisions()`` lists
-    it for the run record.
+    64×512×512 bf16 matmul beats float32 by ``BF16_MIN_SPEEDUP`` (best of 5 each). Everywhere else
+    float32. On a CPU the measurement is made once per machine (CPU model, bf16 flags, torch
+    version, threads) and stored under ``$TRAITLAB_CACHE/dtype``: a timing taken while other work
+    loads the cores could otherwise pick float32 in one render and bfloat16 in the next, and with
+    them different judge replies. Delete that folder to measure again. The decision is made once
+    per process and device, and ``dtype_decisions()`` lists it for the run record.
 
     >>> resolve_dtype("float32")
     ('float32', 'asked for float32')
@@ -100,15 +105,47 @@ def resolve_dtype(name: str, device: str | None = None) -> tuple[str, str]:
             out = ("float32", f"auto: the CPU has no native bf16 ({cap}; no {' or '.join(_BF16_FLAGS)} flag), "
                               "where bf16 is emulated and several times slower")
         else:
-            f32, b16 = _matmul_seconds(torch.float32, dev), _matmul_seconds(torch.bfloat16, dev)
-            f32 = min(f32, _matmul_seconds(torch.float32, dev))
-            speed = f32 / b16
-            out = (("bfloat16", f"auto: native bf16 ({', '.join(native)}), {speed:.1f}× float32 in a test matmul")
-                   if speed >= 1.5 else
-                   ("float32", f"auto: native bf16 ({', '.join(native)}) but only {speed:.1f}× float32 in a test "
-                               "matmul (< 1.5×)"))
+            out = _cpu_bf16_choice(native, dev)
     _RESOLVED[dev] = out
     return out
+
+
+BF16_MIN_SPEEDUP = 1.5
+"""How much faster than float32 a bf16 test matmul must run for ``auto`` to pick bfloat16 on a CPU."""
+
+DTYPE_METHOD = "dtype-auto-v1"
+"""Version of the CPU measurement behind ``auto``; part of each stored decision's key."""
+
+
+def _cpu_bf16_choice(native: list[str], dev: str) -> tuple[str, str]:
+    """bfloat16 or float32 on a CPU with native bf16, from the stored measurement of this machine
+    (measured and stored atomically when there is none, or a stored one is damaged)."""
+    key = {"method": DTYPE_METHOD, "cpu": runinfo.cpu()["model"], "flags": native, "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "device": dev}
+    path = paths.cache_dir("dtype") / f"{stable_hash(key)}.json"
+    entry = None
+    if path.exists():
+        try:
+            entry = read_json(path)
+            ok = (entry["key"] == key and math.isfinite(entry["speed"]) and entry["speed"] > 0
+                  and entry["dtype"] == ("bfloat16" if entry["speed"] >= BF16_MIN_SPEEDUP else "float32"))
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            warnings.warn(f"dtype decision {path} is damaged or not this machine's; measuring again", stacklevel=3)
+            entry = None
+    if entry is None:
+        f32, b16 = _matmul_seconds(torch.float32, dev), _matmul_seconds(torch.bfloat16, dev)
+        speed = min(f32, _matmul_seconds(torch.float32, dev)) / b16
+        entry = {"key": key, "speed": speed, "dtype": "bfloat16" if speed >= BF16_MIN_SPEEDUP else "float32",
+                 "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")}
+        write_json(path, entry)
+    flags, speed = ", ".join(native), entry["speed"]
+    when = f"measured {entry['date']}, stored in $TRAITLAB_CACHE/dtype"
+    if entry["dtype"] == "bfloat16":
+        return "bfloat16", f"auto: native bf16 ({flags}), {speed:.1f}× float32 in a test matmul ({when})"
+    return "float32", (f"auto: native bf16 ({flags}) but only {speed:.1f}× float32 in a test matmul "
+                       f"(< {BF16_MIN_SPEEDUP}×; {when})")
 
 
 def dtype_decisions() -> dict[str, str]:
