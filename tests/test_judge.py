@@ -481,6 +481,31 @@ def test_a_damaged_cache_entry_is_recomputed_never_served(tmp_path, damage):
     assert "is unreadable" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_reply_to_another_request_or_impossible_values_are_refused(tmp_path):
+    """Each entry names the key it answers: a reply copied over another's file is refused, as are
+    NaN, log-probabilities above 0 and probabilities outside [0, 1] (each one asked again)."""
+    with StubServer() as srv:
+        _judge(srv, tmp_path).score("trait", "q", "a")
+        _judge(srv, tmp_path).score("trait", "q", "other answer")
+        first, second = sorted(_cached_files(tmp_path), key=lambda f: f.stat().st_mtime_ns)
+        assert json.loads(first.read_text())["key"] == first.stem
+        good = json.loads(first.read_text())
+        for bad in [second.read_text(), json.dumps({**good, "top_logprobs": {"80": float("nan")}}),
+                    json.dumps({**good, "top_logprobs": {"80": 0.5}}),
+                    json.dumps({**good, "int_probs": {"80": 1.5}}),
+                    json.dumps({**good, "int_probs": {"80": 0.7, "20": 0.7}}),
+                    json.dumps({**good, "int_probs": {"80": -0.2}})]:
+            first.write_text(bad)
+            n = len(srv.requests)
+            with pytest.warns(UserWarning, match="unreadable.*asking the judge again"):
+                assert not _judge(srv, tmp_path).score("trait", "q", "a").cached
+            assert len(srv.requests) == n + 1 and json.loads(first.read_text()) == good
+        # an entry from before keys were stored is served once its values pass, and named then
+        first.write_text(json.dumps({k: v for k, v in good.items() if k != "key"}))
+        assert _judge(srv, tmp_path).score("trait", "q", "a").cached
+        assert json.loads(first.read_text()) == good
+
+
 def test_retry_after_parser():
     assert J.retry_after_seconds(None) is None and J.retry_after_seconds("nan") is None
     assert J.retry_after_seconds("-5") == 0.0 and J.retry_after_seconds(" 7 ") == 7.0

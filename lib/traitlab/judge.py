@@ -1125,6 +1125,11 @@ class Judge:
             if cached is not None:
                 with self._stats_lock:
                     self.stats["cache_hits"] += 1
+                if problem == LEGACY:  # written before entries named their key: name it now
+                    try:
+                        write_json(path, {**cached.to_json(), "key": path.stem})
+                    except OSError:
+                        pass
                 return cached
             if self.config.offline:
                 raise JudgeError(f"offline judge: cached reply {path} is unreadable ({problem}); "
@@ -1140,7 +1145,7 @@ class Judge:
     def _store(self, messages: list[dict[str, str]], mode: Request, reply: Reply) -> None:
         path = self._path(messages, mode)
         if path is not None:
-            write_json(path, reply.to_json())
+            write_json(path, {**reply.to_json(), "key": path.stem})
 
     def _request(self, messages: list[dict[str, str]], mode: Request) -> tuple[Reply, bool]:
         c = self.config
@@ -1371,21 +1376,43 @@ class Judge:
         return out  # type: ignore[return-value]
 
 
+LEGACY = "an entry written before entries named their key"
+"""``_read_cached``'s note on an entry without ``key``: its values pass every check, but whether
+it answers this request cannot be told; ``Judge`` names the key in it on first read."""
+
+_PROB_SLACK = 1e-4
+"""Float rounding allowed above a probability of 1 (or a log-probability of 0) and in their sum."""
+
+
 def _read_cached(path: Path) -> tuple[Reply | None, str]:
-    """(the reply stored at ``path``, "") or (None, why it cannot be used)."""
+    """(the reply stored at ``path``, "" or ``LEGACY``) or (None, why it cannot be used).
+
+    An entry names the key it answers (its file name): a reply copied from another request's
+    entry is refused, as are log-probabilities above 0, probabilities outside [0, 1] or summing
+    above 1, and values that are not finite numbers.
+    """
     try:
         d = read_json(path)
     except (OSError, ValueError) as err:
         return None, f"{type(err).__name__}: {err}"
     if not isinstance(d, dict) or not isinstance(d.get("text"), str):
         return None, "not a reply object"
+    if "key" in d and d["key"] != path.stem:
+        return None, f"it holds the reply to another request (key {str(d['key'])[:12]}…)"
     for k in ("top_logprobs", "int_probs"):
         v = d.get(k)
-        if v is not None and not (isinstance(v, dict) and all(
-                isinstance(x, int | float) and not isinstance(x, bool) for x in v.values())):
-            return None, f"{k} is not a mapping to numbers"
+        if v is None:
+            continue
+        if not (isinstance(v, dict) and all(isinstance(x, int | float) and not isinstance(x, bool)
+                                            and math.isfinite(x) for x in v.values())):
+            return None, f"{k} is not a mapping to finite numbers"
+        if k == "top_logprobs" and any(x > _PROB_SLACK for x in v.values()):
+            return None, "a log-probability above 0"
+        if k == "int_probs" and (any(not -_PROB_SLACK <= x <= 1 + _PROB_SLACK for x in v.values())
+                                 or sum(v.values()) > 1 + _PROB_SLACK):
+            return None, "probabilities outside [0, 1] or summing above 1"
     try:
-        return Reply.from_json(d), ""
+        return Reply.from_json(d), ("" if "key" in d else LEGACY)
     except (TypeError, ValueError) as err:
         return None, f"{type(err).__name__}: {err}"
 
