@@ -203,3 +203,25 @@ def test_dead_kernel_is_one_line_and_keeps_what_ran(tiny_project, tmp_path, caps
     assert rc == 2 and len(line) == 1 and "Traceback" not in err, err
     assert "tinynb stopped (DeadKernelError" in line[0] and "tinynb.failed.ipynb" in line[0]
     assert [p.name for p in out.iterdir()] == ["tinynb.failed.ipynb"]
+
+
+# --- found by a fault sweep: each used to pass `check` ------------------------------------------
+
+@pytest.mark.parametrize("notebook, setting, needles", [
+    ("ratio_zones", "n_questions=10000", ("asked for 10000 test questions", "optimism_questions.jsonl has 40")),
+    ("sft_dpo_transfer", "n_questions=41", ("asked for 41 test questions",)),
+    ("metrics_vs_steering", "n_questions=500", ("asked for 500 test questions",)),
+    ("method_comparison", "layers=[1,1]", ("layers must be a list without repeats",)),
+])
+def test_check_refuses_what_a_render_would_silently_cap_or_repeat(capsys, notebook, setting, needles):
+    """More questions than the file holds were capped without a word (while the record still said
+    the number asked for); a repeated layer was computed twice."""
+    _fails(capsys, ["check", notebook, "--profile", "ci", "--set", setting], *needles)
+
+
+def test_a_key_repeated_in_a_parameter_file_is_an_error(capsys, tmp_path):
+    """YAML keeps the last of two equal keys without a word: `seed: 1` … `seed: 7` ran with 7."""
+    f = tmp_path / "p.yaml"
+    f.write_text("seed: 1\nn_questions: 4\nseed: 7\n")
+    _fails(capsys, ["check", "ratio_zones", "--profile", "ci", "--params", str(f)],
+           f"{f}:3:1", "key 'seed' repeated (first on line 1)")

@@ -148,6 +148,25 @@ def _csv(root: Path, name: str, text: str) -> Path:
     return path
 
 
+def test_a_public_csv_cut_short_or_edited_is_refused_unless_allowed(tmp_path, monkeypatch):
+    """A copy of AdvBench cut mid-row still parses (its last goal is whole, its target cut), so only
+    its pinned sha256 tells it from the published file."""
+    src = data.public_path("advbench") if (data.data_root() / data.PUBLIC_FILES["advbench"]).exists() else None
+    if src is None:
+        pytest.skip("public datasets not found (set TRAITLAB_DATA_ROOT)")
+    raw = src.read_bytes()
+    cut = raw[: raw.index(b"\n", len(raw) // 2)] + b',"Sure, here is a pl"\n'
+    monkeypatch.setenv("TRAITLAB_DATA_ROOT", str(tmp_path))
+    path = _csv(tmp_path, "advbench", "")
+    path.write_bytes(raw)
+    assert len(read_csv("advbench")) == 520                      # the pinned file reads
+    path.write_bytes(cut)
+    msg = _error(read_csv, "advbench")
+    assert "advbench" in msg and "not the pinned" in msg and "traitlab datasets fetch" in msg and "\n" not in msg
+    monkeypatch.setenv(data.UNPINNED_ENV, "1")
+    assert 200 < len(read_csv("advbench")) < 520
+
+
 def test_a_csv_with_the_wrong_columns(data_root):
     _csv(data_root, "advbench", "prompt,target\nDo a bad thing,Sure\n")
     msg = _error(read_csv, "advbench")

@@ -27,6 +27,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -382,7 +383,28 @@ def read_csv(name: str) -> list[dict[str, str]]:
             if not (row.get(c) or "").strip():
                 raise DataError(f"dataset {name!r} at {path}:{i}: column {c} is empty; the file is "
                                 "damaged or not the published one")
+    check_pinned(name, path)
     return rows
+
+
+UNPINNED_ENV = "TRAITLAB_UNPINNED_DATA"
+"""Set to 1 to read public files whose bytes differ from their pinned sha256 (another version of
+a dataset, one's own edit): the run record still names the sha256 each render read."""
+
+
+def check_pinned(name: str, path: Path) -> None:
+    """A one-line ``DataError`` when public file ``name`` (already read) differs from the sha256
+    ``traitlab.datasets`` pins for it: a file cut short or edited can still parse, and a report
+    would rest on other prompts than it says. ``$TRAITLAB_UNPINNED_DATA=1`` allows it."""
+    from .datasets import MANIFEST
+
+    pin = MANIFEST[name].sha256 if name in MANIFEST else None
+    got = _READ.get(data_label(path))
+    if pin is None or got is None or got == pin or os.environ.get(UNPINNED_ENV) == "1":
+        return
+    raise DataError(f"dataset {name!r} at {path} has sha256 {got[:12]}…, not the pinned {pin[:12]}… (damaged, "
+                    f"cut short or another version): `traitlab datasets verify` checks every file and "
+                    f"`traitlab datasets fetch` restores them; set {UNPINNED_ENV}=1 to use it as it is")
 
 
 def nonempty(items: Sequence, what: str) -> Sequence:
@@ -407,6 +429,9 @@ def opinion_questions(split: str = "test", n: int | None = None) -> pd.DataFrame
     df = df[df.split == split].reset_index(drop=True)
     if df.empty:
         raise DataError(f"data/steering/optimism_questions.jsonl has no {split!r} questions")
+    if n is not None and n > len(df):
+        raise DataError(f"asked for {n} {split} questions but data/steering/optimism_questions.jsonl has "
+                        f"{len(df)}: lower n_questions (or add questions to the file)")
     return df.head(n) if n is not None else df
 
 
@@ -465,7 +490,9 @@ def harmless_prompts(n: int, seed: int) -> list[Prompt]:
     """``n`` harmless instructions (Self-Instruct seed tasks without an input field)."""
     import random
 
-    rows = [r for _, r in read_jsonl(public_path("alpaca_seed"), required=("instruction",))]
+    path = public_path("alpaca_seed")
+    rows = [r for _, r in read_jsonl(path, required=("instruction",))]
+    check_pinned("alpaca_seed", path)
     pool = [Prompt(r["instruction"], "alpaca_seed") for r in rows
             if not any(isinstance(i, dict) and i.get("input") for i in r.get("instances") or [])]
     if n > len(pool):

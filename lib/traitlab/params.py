@@ -243,7 +243,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ParamError(f"parameter file {path} does not exist; give an existing YAML file")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.load(path.read_text(), Loader=_UniqueKeys)  # noqa: S506 — a SafeLoader subclass
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
@@ -257,6 +257,25 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ParamError(f"{path}: expected a mapping of parameter names to values "
                          f"(`name: value` lines), got {type(values).__name__}")
     return dict(values)
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (PyYAML keeps the last value
+    without a word, so a file saying ``seed: 1`` and later ``seed: 7`` would run with 7)."""
+
+
+def _unique_mapping(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in first:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} repeated (first on line {first[key]})", key_node.start_mark)
+        first[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

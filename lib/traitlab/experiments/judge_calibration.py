@@ -130,6 +130,8 @@ class Params:
 
     def check(self) -> None:
         """Checks that need the models' identity (no weights are read)."""
+        if self.control_questions is not None:
+            opinion_questions("test", self.control_questions)  # enough questions, before model work
         info = describe(self.responder_model)
         if self.control_questions is not None and not 0 <= self.control_layer < info.n_layers:
             raise ParamError(f"control_layer {self.control_layer} is outside {self.responder_model}'s "

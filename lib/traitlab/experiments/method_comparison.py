@@ -108,6 +108,8 @@ class Params(SourceParams, _Grid):
         layers = list(range(info.n_layers)) if self.layers is None else self.layers
         if not layers:
             raise ParamError("layers is empty; use null for every layer")
+        if len(set(layers)) != len(layers):
+            raise ParamError(f"layers must be a list without repeats, got {layers}")
         sites = [Site(self.site, layer) for layer in layers]  # type: ignore[arg-type]
         try:
             check_sites(sites, info.arch, info.n_layers)

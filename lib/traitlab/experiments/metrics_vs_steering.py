@@ -143,6 +143,7 @@ class Params:
         return [(t, x, m) for t in self.traits for x in self.layers for m in self.methods]
 
     def check(self) -> list[Site]:
+        opinion_questions("test", self.n_questions)  # enough questions, before any model work
         check_reading(self.reading, self.judge_backend, self.traits)
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]

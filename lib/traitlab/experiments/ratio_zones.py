@@ -153,6 +153,7 @@ class Params:
     def check(self, n_layers: int | None = None) -> list[Site]:
         """The steered sites, after checking the model, layers, prompt sets and gold sets exist
         (before any model work)."""
+        opinion_questions("test", self.n_questions)  # enough questions, before any model work
         if self.trait_method != "pairwise":
             check_reading(self.trait_method, self.judge_backend, [self.trait], key="trait_method")
         info = describe(self.model, self.revision)

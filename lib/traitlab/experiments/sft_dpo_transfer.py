@@ -161,6 +161,7 @@ class Params:
     def check(self) -> None:
         """Layer ranges against the base and control models' configs, the prompt and gold sets
         (no weights read)."""
+        opinion_questions("test", self.n_questions)  # enough questions, before any model work
         base = self.models["base"] if self.models else self.chain_params().base_model
         info = describe(base)
         bad = [x for x in set(self.layers) | set(self.multi_layers) if not 0 <= x < info.n_layers]
