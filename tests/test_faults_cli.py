@@ -225,3 +225,12 @@ def test_a_key_repeated_in_a_parameter_file_is_an_error(capsys, tmp_path):
     f.write_text("seed: 1\nn_questions: 4\nseed: 7\n")
     _fails(capsys, ["check", "ratio_zones", "--profile", "ci", "--params", str(f)],
            f"{f}:3:1", "key 'seed' repeated (first on line 1)")
+
+
+def test_an_out_folder_that_is_a_file_or_cannot_be_made_fails_in_one_line(capsys, tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    _fails(capsys, ["render", "ratio_zones", "--profile", "ci", "--out", str(f)], f"{f} is a file, not a folder")
+    _fails(capsys, ["render", "ratio_zones", "--profile", "ci", "--out", str(f / "below")], "is a file, not a folder")
+    _fails(capsys, ["render", "ratio_zones", "--profile", "ci", "--out", "/proc/traitlab-out"],
+           "--out /proc/traitlab-out cannot be created", "choose another folder")

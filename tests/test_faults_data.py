@@ -93,6 +93,27 @@ def test_missing_and_unknown_keys(tmp_path):
     assert "mine.jsonl:3: missing keys ['neg_response']; unknown keys ['neg_answer']" in msg
 
 
+def test_a_pair_without_contrast_or_a_repeated_pair(tmp_path):
+    """A pair whose two sides are the same text gives a zero difference; a pair repeated under a
+    new id counts twice and narrows every interval. Both passed before a fault sweep found them."""
+    rows = [_pair(i) for i in range(1, 11)]
+    rows[3].update(neg_prompt=rows[3]["pos_prompt"], neg_response=rows[3]["pos_response"])
+    msg = _error(load_trait, "mine", folder=_trait_file(tmp_path / "a", rows=rows).parent)
+    assert "mine.jsonl:4: the pos and neg prompt and response are identical" in msg
+    rows = [_pair(i) for i in range(1, 11)] + [_pair(2, id="mine-copy")]
+    msg = _error(load_trait, "mine", folder=_trait_file(tmp_path / "b", rows=rows).parent)
+    assert "mine.jsonl:11: repeats the pair on line 2" in msg
+    rows = [_pair(i, split="train") for i in range(1, 11)]
+    assert 'has 0 val pairs; at least 2 are needed (mark more lines of its file "split": "val")' in _error(
+        load_trait, "mine", folder=_trait_file(tmp_path / "c", rows=rows).parent)
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    path = _trait_file(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_trait("mine", folder=tmp_path).pairs[0].id == "mine-001"
+
+
 def test_a_bad_split(tmp_path):
     rows = [_pair(i) for i in range(1, 11)]
     rows[0]["split"] = "test"

@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -411,6 +412,29 @@ def _add_sources(p: argparse.ArgumentParser) -> None:
                         "e.g. --set layers=[8,12,16] --set runtime.device=cuda:0")
 
 
+def check_out_dir(out: Path) -> None:
+    """A one-line ``RenderError`` unless ``out`` is (or can be made) a folder this process can
+    write in, found before any model work.
+
+    >>> check_out_dir(Path("/proc/traitlab-out"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    traitlab.cli.RenderError: --out /proc/traitlab-out cannot be created (...); choose another folder
+    """
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise RenderError(f"--out {out}: {blocker} is a file, not a folder; choose another folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RenderError(f"--out {out} cannot be created ({err.strerror or err}); choose another folder") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".traitlab-write-test-"):
+            pass
+    except OSError as err:
+        raise RenderError(f"--out {out} is not writable ({err.strerror or err}); choose another folder") from None
+
+
 def _render_cmd(args: argparse.Namespace) -> int:
     everything = args.notebook == ["all"]
     names = notebooks() if everything else [notebook_name(a) for a in args.notebook]
@@ -418,6 +442,7 @@ def _render_cmd(args: argparse.Namespace) -> int:
     if args.params is not None and not Path(args.params).expanduser().is_file():
         raise ParamError(f"--params {args.params}: no such file; give the path of a YAML parameter file")
     out = Path(args.out) if args.out else reports_root()
+    check_out_dir(out)
     todo, skipped = [], []
     for name in names:  # validate every profile before any model work
         r = resolve(name, args.profile, args.params, sets)

@@ -151,7 +151,7 @@ def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[tuple[int, dict
     if not path.is_file():
         raise DataError(f"{path} is missing")
     try:
-        text = _read_bytes(path).decode("utf-8")
+        text = _read_bytes(path).decode("utf-8-sig")  # a byte-order mark (some editors write one) is not text
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8"
                         ) from None
@@ -242,17 +242,26 @@ def _check_pair(path: Path, n: int, rec: dict) -> TraitPair:
             raise DataError(f"{path}:{n}: {k} is empty; every prompt and response needs text")
     if rec["split"] not in ("train", "val"):
         raise DataError(f"{path}:{n}: split must be 'train' or 'val', got {rec['split']!r}")
+    if (rec["pos_prompt"], rec["pos_response"]) == (rec["neg_prompt"], rec["neg_response"]):
+        raise DataError(f"{path}:{n}: the pos and neg prompt and response are identical; a pair must contrast")
     return TraitPair(**rec)
 
 
 def _check_leaks(path: Path, lines: list[int], pairs: list[TraitPair]) -> None:
-    """Duplicate ids, and one example (prompt + response) in both splits, are errors."""
+    """Duplicate ids, a pair repeated under another id (it would count twice and narrow every
+    interval), and one example (prompt + response) in both splits, are errors."""
     first_id: dict[str, int] = {}
+    first_pair: dict[tuple[str, ...], int] = {}
     seen: dict[tuple[str, str, str], tuple[str, int]] = {}
     for n, p in zip(lines, pairs, strict=True):
         if p.id in first_id:
             raise DataError(f"{path}:{n}: id {p.id!r} already used on line {first_id[p.id]}; ids must be unique")
         first_id[p.id] = n
+        texts = (p.pos_prompt, p.pos_response, p.neg_prompt, p.neg_response)
+        if texts in first_pair:
+            raise DataError(f"{path}:{n}: repeats the pair on line {first_pair[texts]} (same prompts and "
+                            "responses); remove one")
+        first_pair[texts] = n
         for side, ex in (("pos", (p.pos_prompt, p.pos_response)), ("neg", (p.neg_prompt, p.neg_response))):
             key = (side, *ex)
             if key in seen and seen[key][0] != p.split:
@@ -290,7 +299,8 @@ def _limited(ds: TraitDataset, max_pairs_per_split: int | None) -> TraitDataset:
     ds = TraitDataset(ds.trait, pairs)
     for s in ("train", "val"):
         if len(ds.split(s)) < 2:
-            raise DataError(f"{ds.trait!r} has {len(ds.split(s))} {s} pairs; at least 2 are needed")
+            raise DataError(f"{ds.trait!r} has {len(ds.split(s))} {s} pairs; at least 2 are needed "
+                            f"(mark more lines of its file \"split\": \"{s}\")")
     return ds
 
 
@@ -364,7 +374,7 @@ def read_csv(name: str) -> list[dict[str, str]]:
     path = public_path(name)
     want = REQUIRED_COLUMNS.get(name, ())
     try:
-        with io.StringIO(_read_bytes(path).decode("utf-8"), newline="") as f:
+        with io.StringIO(_read_bytes(path).decode("utf-8-sig"), newline="") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             missing = [c for c in want if c not in header]
