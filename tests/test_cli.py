@@ -254,3 +254,18 @@ def test_rendered_outputs_do_not_make_the_tree_dirty(tmp_path, monkeypatch):
     assert runinfo.dirty_files() == [] and not runinfo.git_commit().endswith("+dirty")
     (repo / "lib" / "f.txt").write_text("b")
     assert runinfo.dirty_files() == ["lib/f.txt"] and runinfo.git_commit().endswith("+dirty")
+
+
+def test_warnings_inside_a_rendered_notebook_reach_the_terminal():
+    """A damaged cache entry is recomputed with a warning inside the notebook's cell output; the
+    CLI repeats each on stderr (at most five, then a count), so they are not missed."""
+    from traitlab.cli import notebook_warnings
+
+    stream = lambda text: {"output_type": "stream", "name": "stderr", "text": text}  # noqa: E731
+    cells = [{"cell_type": "code", "outputs": [stream(f"a.py:1: UserWarning: entry {i} unreadable\n  warn(x)\n")]}
+             for i in range(7)] + [{"cell_type": "code", "outputs": [stream("progress 10%\n")]},
+                                   {"cell_type": "markdown", "source": "UserWarning: not output"}]
+    got = notebook_warnings({"cells": cells})
+    assert got[:2] == ["warning: entry 0 unreadable", "warning: entry 1 unreadable"]
+    assert len(got) == 6 and got[-1] == "… and 2 more warnings in the notebook"
+    assert notebook_warnings({"cells": cells[7:]}) == []

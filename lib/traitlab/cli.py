@@ -20,6 +20,7 @@ import datetime as _dt
 import html
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -388,8 +389,29 @@ def render(notebook: str, profile: str | None = "default", out_dir: Path | None 
     write_text(nb, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     if html_too:
         to_html(nb)
+    for line in notebook_warnings(data):
+        print(f"[traitlab] {notebook}: {line}", file=sys.stderr, flush=True)
     print(f"[traitlab] done in {time.time() - t0:.0f} s", flush=True)
     return nb
+
+
+def notebook_warnings(nb: dict, limit: int = 5) -> list[str]:
+    """The warnings a rendered notebook's cells wrote to stderr (a damaged cache entry recomputed,
+    a judge asked again), so the terminal shows them too: a clean render writes none. At most
+    ``limit`` lines, then a count of the rest.
+
+    >>> text = "/x/gencache.py:88: UserWarning: generation cache entry g.json unreadable"
+    >>> cell = {"cell_type": "code", "outputs": [{"output_type": "stream", "name": "stderr", "text": text}]}
+    >>> notebook_warnings({"cells": [cell]})
+    ['warning: generation cache entry g.json unreadable']
+    """
+    found = []
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = "".join(out.get("text", ""))
+                found += [f"warning: {m.group(1).strip()}" for m in re.finditer(r"Warning: (.+)", text)]
+    return found[:limit] + ([f"… and {len(found) - limit} more warnings in the notebook"] if len(found) > limit else [])
 
 
 def missing_inputs(notebook: str, values: dict) -> str | None:
