@@ -8,6 +8,7 @@ import json
 import pytest
 
 from traitlab import cli, params
+from traitlab.paths import data_root
 
 TINY_NB = '''# ---
 # jupyter:
@@ -234,3 +235,11 @@ def test_an_out_folder_that_is_a_file_or_cannot_be_made_fails_in_one_line(capsys
     _fails(capsys, ["render", "ratio_zones", "--profile", "ci", "--out", str(f / "below")], "is a file, not a folder")
     _fails(capsys, ["render", "ratio_zones", "--profile", "ci", "--out", "/proc/traitlab-out"],
            "--out /proc/traitlab-out cannot be created", "choose another folder")
+
+
+@pytest.mark.parametrize("setting, needle", [("n_xstest=100000", "n_xstest 100000 asks for 50000 safe"),
+                                             ("n_edge_xstest=1000", "n_edge_xstest 1000 asks for more safe")])
+def test_refusal_dial_refuses_more_xstest_prompts_than_exist(capsys, setting, needle):
+    if not (data_root() / "xstest").exists():
+        pytest.skip("public datasets not found (set TRAITLAB_DATA_ROOT)")
+    _fails(capsys, ["check", "refusal_dial", "--profile", "ci", "--set", setting], needle)

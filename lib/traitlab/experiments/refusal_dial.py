@@ -165,9 +165,17 @@ def load_sets(p: Params) -> Sets:
     if p.n_xstest is not None:  # a seeded, label-balanced subsample (for quick profiles)
         rng = random.Random(p.seed + 2)
         by = {lab: [x for x in xstest if x.label == lab] for lab in ("safe", "unsafe")}
-        xstest = [x for lab in by for x in rng.sample(by[lab], min(p.n_xstest // 2, len(by[lab])))]
+        short = {lab: len(xs) for lab, xs in by.items() if len(xs) < p.n_xstest // 2}
+        if short:
+            raise data.DataError(f"n_xstest {p.n_xstest} asks for {p.n_xstest // 2} safe and {p.n_xstest // 2} unsafe "
+                                 f"XSTest prompts, but it holds {', '.join(f'{n} {lab}' for lab, n in short.items())}: "
+                                 "lower n_xstest, or null for all of them")
+        xstest = [x for lab in by for x in rng.sample(by[lab], p.n_xstest // 2)]
     safe = [x for x in xstest if x.label == "safe"]
-    edge = data.edge_prompts() + random.Random(p.seed).sample(safe, min(p.n_edge_xstest, len(safe)))
+    if p.n_edge_xstest > len(safe):
+        raise data.DataError(f"n_edge_xstest {p.n_edge_xstest} asks for more safe XSTest prompts than the "
+                             f"{len(safe)} in use: lower it")
+    edge = data.edge_prompts() + random.Random(p.seed).sample(safe, p.n_edge_xstest)
     order = list(range(len(edge)))
     random.Random(p.seed + 1).shuffle(order)
     half = len(order) // 2
