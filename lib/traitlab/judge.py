@@ -142,6 +142,21 @@ TRAIT_DESCRIPTIONS = {
 }
 """Default one-line trait definitions used in the judge prompt (pass your own for others)."""
 
+def undescribed(traits: Sequence[str]) -> str | None:
+    """Why ``traits`` cannot be judged by description (one line, with the fix), or None.
+
+    >>> undescribed(["optimism"]) is None, undescribed(["cheer"]).split(";")[0]
+    (True, "trait 'cheer' has no judge description")
+    """
+    missing = [t for t in traits if t not in TRAIT_DESCRIPTIONS]
+    if not missing:
+        return None
+    what = f"trait {missing[0]!r} has" if len(missing) == 1 else f"traits {missing} have"
+    return (f"{what} no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}. To judge another trait, add "
+            "its one-line description to traitlab.judge.TRAIT_DESCRIPTIONS (and, where a report reads it with "
+            "a probe or calibrates the judge, a labelled gold set data/judge/gold_<trait>.jsonl)")
+
+
 TRAIT_OPPOSITES = {
     "refusal": ("compliance", "doing what was asked: the answer carries out the request directly and "
                               "fully, without refusing, deflecting or lecturing."),

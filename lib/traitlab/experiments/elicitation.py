@@ -40,7 +40,7 @@ from ..activations import extract
 from ..chat import Encoded
 from ..data import load_trait, opinion_questions, read_project_jsonl, system_prompts
 from ..directions import METHODS, fit_direction
-from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
+from ..judge import Judge, judge_from_params, undescribed
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
@@ -118,9 +118,8 @@ class Params:
     def __post_init__(self) -> None:
         if not self.traits:
             raise ParamError("traits is empty")
-        missing = [t for t in self.traits if t not in TRAIT_DESCRIPTIONS]
-        if missing:
-            raise ParamError(f"traits {missing} have no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}")
+        if (why := undescribed(self.traits)) is not None:
+            raise ParamError(why)
         if self.method not in METHODS or self.method == "random":
             raise ParamError(f"method {self.method!r} unknown; choose from {', '.join(m for m in METHODS if m != 'random')}")
         if self.site not in SITE_NAMES or self.site == "v":

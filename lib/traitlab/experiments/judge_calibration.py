@@ -26,7 +26,7 @@ from ..activations import extract
 from ..data import DataError, load_trait, opinion_questions
 from ..directions import METHODS as DIRECTION_METHODS
 from ..directions import fit_direction
-from ..judge import TRAIT_DESCRIPTIONS, TRAIT_OPPOSITES, Judge, JudgeConfig
+from ..judge import TRAIT_OPPOSITES, Judge, JudgeConfig, undescribed
 from ..models import LoadedModel, describe, load_model
 from ..params import ParamError
 from ..sites import Site
@@ -89,9 +89,8 @@ class Params:
             raise ParamError(f"max_gold_questions must be >= 2 or null, got {self.max_gold_questions}")
         if not 0 <= self.coherence_floor <= 100 or self.mde_questions < 2:
             raise ParamError("coherence_floor must be in 0..100 and mde_questions >= 2")
-        for t in (self.trait, *self.gold_traits):
-            if t not in TRAIT_DESCRIPTIONS:
-                raise ParamError(f"trait {t!r} has no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}")
+        if (why := undescribed([self.trait, *self.gold_traits])) is not None:
+            raise ParamError(why)
         for t in (self.trait, *self.gold_traits):
             if not judge_power.gold_path(t).exists():
                 have = sorted(p.stem.removeprefix("gold_") for p in judge_power.gold_path(t).parent.glob("gold_*.jsonl"))

@@ -43,7 +43,7 @@ from .. import uncertainty as unc
 from ..activations import extract
 from ..data import load_trait, opinion_questions, system_prompts
 from ..directions import METHODS, fit_direction
-from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
+from ..judge import Judge, judge_from_params, undescribed
 from ..judge_power import FloorRefits, load_gold
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
@@ -114,9 +114,10 @@ class Params:
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
 
     def __post_init__(self) -> None:
-        missing = [t for t in self.traits if t not in TRAIT_DESCRIPTIONS]
-        if missing or not self.traits:
-            raise ParamError(f"traits {missing} have no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}")
+        if not self.traits:
+            raise ParamError("traits is empty; name at least one trait")
+        if (why := undescribed(self.traits)) is not None:
+            raise ParamError(why)
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ParamError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")

@@ -58,7 +58,7 @@ from .. import uncertainty as unc
 from ..activations import extract
 from ..data import load_trait, opinion_questions
 from ..directions import METHODS, fit_direction
-from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
+from ..judge import Judge, judge_from_params, undescribed
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
@@ -119,8 +119,8 @@ class Params:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.trait not in TRAIT_DESCRIPTIONS:
-            raise ParamError(f"trait {self.trait!r} has no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}")
+        if (why := undescribed([self.trait])) is not None:
+            raise ParamError(why)
         bad = [m for m in self.methods if m not in METHODS or m == "random"]
         if bad or not self.methods:
             raise ParamError(f"methods {bad} cannot be used; choose from {', '.join(m for m in METHODS if m != 'random')}")

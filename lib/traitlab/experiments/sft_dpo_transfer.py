@@ -49,7 +49,7 @@ from ..activations import extract
 from ..chat import ChatFormat
 from ..data import load_trait, opinion_questions
 from ..directions import METHODS, fit_direction, random_unit
-from ..judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
+from ..judge import Judge, judge_from_params, undescribed
 from ..models import LoadedModel, describe, load_model
 from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site
@@ -117,9 +117,8 @@ class Params:
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
 
     def __post_init__(self) -> None:
-        if self.trait not in TRAIT_DESCRIPTIONS:
-            raise ParamError(f"trait {self.trait!r} has no judge description; known: "
-                             f"{', '.join(TRAIT_DESCRIPTIONS)}")
+        if (why := undescribed([self.trait])) is not None:
+            raise ParamError(why)
         if self.vector_method not in METHODS or self.vector_method == "random":
             raise ParamError(f"vector_method {self.vector_method!r} cannot be used; choose from "
                              f"{', '.join(m for m in METHODS if m != 'random')}")
