@@ -77,7 +77,7 @@ def resolve_dtype(name: str, device: str | None = None) -> tuple[str, str]:
     ``auto`` picks bfloat16 only where it is computed natively and measured faster: on a CUDA
     device that supports bf16; on a CPU whose flags include AMX-BF16 or AVX512-BF16 *and* where a
     64×512×512 bf16 matmul beats float32 by ``BF16_MIN_SPEEDUP`` (best of 5 each). Everywhere else
-    float32. On a CPU the measurement is made once per machine (CPU model, bf16 flags, torch
+    float32. On a CPU the measurement is made once per machine (CPU model and flags, torch
     version, threads) and stored under ``$TRAITLAB_CACHE/dtype``: a timing taken while other work
     loads the cores could otherwise pick float32 in one render and bfloat16 in the next, and with
     them different judge replies. Delete that folder to measure again. The decision is made once
@@ -120,8 +120,9 @@ DTYPE_METHOD = "dtype-auto-v1"
 def _cpu_bf16_choice(native: list[str], dev: str) -> tuple[str, str]:
     """bfloat16 or float32 on a CPU with native bf16, from the stored measurement of this machine
     (measured and stored atomically when there is none, or a stored one is damaged)."""
-    key = {"method": DTYPE_METHOD, "cpu": runinfo.cpu()["model"], "flags": native, "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "device": dev}
+    cpu = runinfo.cpu()  # "AMD EPYC" names several machines: its ISA flags tell them apart
+    key = {"method": DTYPE_METHOD, "cpu": cpu["model"], "isa": cpu["isa"], "flags": native,
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "device": dev}
     path = paths.cache_dir("dtype") / f"{stable_hash(key)}.json"
     entry = None
     if path.exists():
@@ -129,7 +130,7 @@ def _cpu_bf16_choice(native: list[str], dev: str) -> tuple[str, str]:
             entry = read_json(path)
             ok = (entry["key"] == key and math.isfinite(entry["speed"]) and entry["speed"] > 0
                   and entry["dtype"] == ("bfloat16" if entry["speed"] >= BF16_MIN_SPEEDUP else "float32"))
-        except (ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError):
             ok = False
         if not ok:
             warnings.warn(f"dtype decision {path} is damaged or not this machine's; measuring again", stacklevel=3)
@@ -139,7 +140,10 @@ def _cpu_bf16_choice(native: list[str], dev: str) -> tuple[str, str]:
         speed = min(f32, _matmul_seconds(torch.float32, dev)) / b16
         entry = {"key": key, "speed": speed, "dtype": "bfloat16" if speed >= BF16_MIN_SPEEDUP else "float32",
                  "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")}
-        write_json(path, entry)
+        try:
+            write_json(path, entry)
+        except OSError as err:  # a read-only cache: decide anyway, measured again next time
+            warnings.warn(f"could not store the dtype decision at {path} ({err})", stacklevel=3)
     flags, speed = ", ".join(native), entry["speed"]
     when = f"measured {entry['date']}, stored in $TRAITLAB_CACHE/dtype"
     if entry["dtype"] == "bfloat16":
