@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +86,36 @@ def write_json(target: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def write_entry(path: Path, payload: dict[str, Any]) -> None:
+    """Write one cache entry atomically, naming its key (``path``'s stem) inside it, so a file
+    copied over another entry's is told apart when read (``read_entry``)."""
+    write_json(path, {**payload, "key": path.stem})
+
+
+def read_entry(path: Path, valid: Callable[[dict[str, Any]], bool], what: str, mismatch: str,
+               redo: str, *, stacklevel: int = 3) -> dict[str, Any] | None:
+    """The cache entry at ``path`` (a dict naming its own key, for which ``valid`` holds), or None:
+    missing, or unreadable, then with a warning (``"<what> cache entry <path> is unreadable
+    (<why>); <redo>"``, ``mismatch`` as the why when it parses but is not the entry asked for);
+    a damaged entry is never served.
+
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "ab12.json"
+    >>> write_entry(f, {"n": 3}); read_entry(f, lambda d: d.get("n") == 3, "test", "not 3", "again")["n"]
+    3
+    """
+    if not path.exists():
+        return None
+    try:
+        d = read_json(path)
+        if isinstance(d, dict) and d.get("key") == path.stem and valid(d):
+            return d
+        problem = mismatch
+    except (OSError, ValueError) as err:
+        problem = f"{type(err).__name__}: {err}"
+    warnings.warn(f"{what} cache entry {path} is unreadable ({problem}); {redo}", stacklevel=stacklevel)
+    return None
 
 
 def save_tensors(target: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:

@@ -86,7 +86,7 @@ def encode_pair(fmt: ChatFormat, instruction: str, response: str, max_len: int) 
     return Encoded(tuple(ids[:max_len]), e.prompt_len)
 
 
-def _device(hf: torch.nn.Module) -> torch.device:
+def input_device(hf: torch.nn.Module) -> torch.device:
     """Where the model's inputs go: its input embeddings' device."""
     return hf.get_input_embeddings().weight.device
 
@@ -114,7 +114,7 @@ def answer_logprobs(hf: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor,
     (one row per row of ``ids``; ``attn`` covers only ``ids``), so each row's tokens sit after
     it. The inputs are moved to the model's device; the results stay there.
     """
-    dev = _device(hf)
+    dev = input_device(hf)
     ids, attn, answer = ids.to(dev), attn.to(dev), answer.to(dev)
     kw: dict[str, Any] = {}
     if past is not None:
@@ -201,7 +201,7 @@ def sft(model: LoadedModel, pairs: Sequence[tuple[str, str]], cfg: ChainConfig, 
             rng.shuffle(order)
             for b in range(0, len(order), cfg.batch_size):
                 ids, attn, ans = answer_batch([data[i] for i in order[b:b + cfg.batch_size]],
-                                        model.tokenizer.pad_token_id, _device(hf))
+                                        model.tokenizer.pad_token_id, input_device(hf))
                 for g in opt.param_groups:
                     g["lr"] = cfg.sft_lr * _schedule(step, total, warmup)
                 lp, n = answer_logprobs(hf, ids, attn, ans)
@@ -230,7 +230,7 @@ def dpo(model: LoadedModel, triples: Sequence[tuple[str, str, str]], cfg: ChainC
     chosen = [encode_pair(fmt, q, c, cfg.max_len) for q, c, _ in triples]
     rejected = [encode_pair(fmt, q, r, cfg.max_len) for q, _, r in triples]
     hf, pad = model.hf, model.tokenizer.pad_token_id
-    dev = _device(hf)
+    dev = input_device(hf)
     with torch.no_grad():
         ref = []
         for b in range(0, len(triples), cfg.batch_size):

@@ -23,12 +23,11 @@ Example (a stand-in generator; real callers pass the model's steered generation)
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .atomic import read_json, stable_hash, write_json
+from .atomic import read_entry, stable_hash, write_entry
 from .chat import Encoded
 from .models import LoadedModel
 from .paths import cache_dir
@@ -64,7 +63,7 @@ def generate_cached(model: LoadedModel, examples: Sequence[Encoded], conditions:
         for k, ts in zip(keys, texts, strict=True):
             done[k] = list(ts)
             if store:
-                write_json(paths[k], {"key": paths[k].stem, "texts": done[k]})
+                write_entry(paths[k], {"texts": done[k]})
     return {k: done[k] for k in conditions}
 
 
@@ -80,15 +79,7 @@ def cache_path(model: LoadedModel, examples: Sequence[Encoded], condition: str, 
 def _read(path: Path, n: int) -> list[str] | None:
     """The cached answers at ``path``, or None (missing, or unreadable: then recomputed, with a
     warning, never served)."""
-    if not path.exists():
-        return None
-    try:
-        d = read_json(path)
-        if (isinstance(d, dict) and d.get("key") == path.stem and isinstance(d.get("texts"), list)
-                and len(d["texts"]) == n and all(isinstance(t, str) for t in d["texts"])):
-            return d["texts"]
-        problem = "not a cached generation of these prompts"
-    except (OSError, ValueError) as err:
-        problem = f"{type(err).__name__}: {err}"
-    warnings.warn(f"generation cache entry {path} is unreadable ({problem}); generating again", stacklevel=3)
-    return None
+    d = read_entry(path, lambda d: isinstance(d.get("texts"), list) and len(d["texts"]) == n
+                   and all(isinstance(t, str) for t in d["texts"]),
+                   "generation", "not a cached generation of these prompts", "generating again", stacklevel=4)
+    return None if d is None else d["texts"]

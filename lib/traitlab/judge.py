@@ -58,7 +58,7 @@ from typing import Any, Literal
 
 import torch
 
-from .atomic import read_json, stable_hash, write_json
+from .atomic import read_json, stable_hash, write_entry
 from .paths import cache_dir
 from .progress import tqdm
 
@@ -1142,7 +1142,7 @@ class Judge:
                     self.stats["cache_hits"] += 1
                 if problem == LEGACY:  # written before entries named their key: name it now
                     try:
-                        write_json(path, {**cached.to_json(), "key": path.stem})
+                        write_entry(path, cached.to_json())
                     except OSError:
                         pass
                 return cached
@@ -1160,7 +1160,7 @@ class Judge:
     def _store(self, messages: list[dict[str, str]], mode: Request, reply: Reply) -> None:
         path = self._path(messages, mode)
         if path is not None:
-            write_json(path, {**reply.to_json(), "key": path.stem})
+            write_entry(path, reply.to_json())
 
     def _request(self, messages: list[dict[str, str]], mode: Request) -> tuple[Reply, bool]:
         c = self.config

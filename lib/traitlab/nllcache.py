@@ -24,11 +24,10 @@ Example:
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
-from .atomic import read_json, stable_hash, write_json
+from .atomic import read_entry, stable_hash, write_entry
 from .chat import Encoded
 from .paths import cache_dir
 
@@ -62,20 +61,12 @@ def entry_path(model: Any, example: Encoded) -> Path | None:
 def read(path: Path | None, example: Encoded) -> tuple[float, int] | None:
     """(summed negative log-likelihood, answer tokens) stored at ``path``, or None when missing or
     unreadable (then recomputed, with a warning, never served)."""
-    if path is None or not path.exists():
+    if path is None:
         return None
-    try:
-        d = read_json(path)
-        nll, n = (d.get("nll"), d.get("count")) if isinstance(d, dict) else (None, None)
-        if (isinstance(d, dict) and d.get("key") == path.stem and isinstance(n, int) and n == count(example)
-                and isinstance(nll, float) and math.isfinite(nll) and nll >= 0):
-            return nll, n
-        problem = "not a stored log-likelihood of this answer"
-    except (OSError, ValueError) as err:
-        problem = f"{type(err).__name__}: {err}"
-    warnings.warn(f"log-likelihood cache entry {path} is unreadable ({problem}); computing it again",
-                  stacklevel=3)
-    return None
+    d = read_entry(path, lambda d: (isinstance(d.get("count"), int) and d["count"] == count(example)
+                                    and isinstance(d.get("nll"), float) and math.isfinite(d["nll"]) and d["nll"] >= 0),
+                   "log-likelihood", "not a stored log-likelihood of this answer", "computing it again", stacklevel=4)
+    return None if d is None else (d["nll"], d["count"])
 
 
 def write(path: Path | None, example: Encoded, nll: float, n: int) -> None:
@@ -84,4 +75,4 @@ def write(path: Path | None, example: Encoded, nll: float, n: int) -> None:
         return
     if n != count(example):
         raise ValueError(f"{n} answer tokens scored, the example has {count(example)}")
-    write_json(path, {"key": path.stem, "nll": float(nll), "count": int(n)})
+    write_entry(path, {"nll": float(nll), "count": int(n)})

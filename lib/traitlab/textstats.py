@@ -196,7 +196,7 @@ def answer_nll(model: Any, examples: Sequence[Any], *, batch_size: int = 8
     """
     import torch
 
-    from .chain import answer_batch, answer_logprobs, decoder
+    from .chain import answer_batch, answer_logprobs, decoder, input_device
     from .chat import Encoded
 
     hf = model.hf
@@ -207,7 +207,7 @@ def answer_nll(model: Any, examples: Sequence[Any], *, batch_size: int = 8
     with torch.no_grad():
         for prompt, members in by_prompt.items():
             k = len(prompt) - 1  # the shared part: the prompt less its last token
-            past = (decoder(hf)(input_ids=torch.tensor([prompt[:k]], device=next(hf.parameters()).device),
+            past = (decoder(hf)(input_ids=torch.tensor([prompt[:k]], device=input_device(hf)),
                                 use_cache=True).past_key_values if k else None)
             members = sorted(members, key=lambda i: len(examples[i].ids))  # similar lengths share a batch
             for start in range(0, len(members), batch_size):
