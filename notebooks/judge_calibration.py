@@ -43,6 +43,7 @@ judge_dtype = "auto"
 trait = "optimism"
 top_logprobs = 20
 min_mass = 0.25
+trait_descriptions = {}
 max_gold = None
 responder_model = "qwen2.5-coder-0.5b-instruct"
 n_baseline = None

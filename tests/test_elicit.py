@@ -10,7 +10,7 @@ from traitlab import elicit
 from traitlab.activations import extract
 from traitlab.data import DataError, TraitDataset, TraitPair, load_trait
 from traitlab.experiments import method_comparison as mc
-from traitlab.judge import Score
+from traitlab.judge import JudgeConfig, Score
 from traitlab.models import load_model
 from traitlab.params import ParamError
 from traitlab.sites import Site
@@ -61,6 +61,8 @@ def test_too_few_kept_pairs_is_one_clear_error(monkeypatch):
 class _Judge:
     """Scores an answer by a number written in it: the judge's arithmetic, not its opinion."""
 
+    config = JudgeConfig()
+
     def __init__(self):
         self.calls: list[tuple[str, int]] = []
 
@@ -91,8 +93,9 @@ def test_checks_and_contrasts_fail_before_model_work():
     assert elicit.check_for("uncertainty_zh", "auto") == "judge"
     with pytest.raises(ParamError, match="only for refusal"):
         elicit.check_for("optimism", "rule")
-    with pytest.raises(ParamError, match="needs a judge description for 'kindness'"):
+    with pytest.raises(ParamError, match=r"'kindness' has no judge description.*set trait_descriptions: \{kindness: "):
         elicit.check_for("kindness", "judge")
+    assert elicit.check_for("kindness", "judge", {"kindness": "warm and caring toward the user."}) == "judge"
     assert elicit.check_for("kindness", "none") == "none"
     with pytest.raises(DataError, match="'optimism': 110 of 110 pairs use one prompt for both sides"):
         elicit.contrasting(load_trait("optimism"), "generated")

@@ -195,12 +195,10 @@ def test_steering_nulls_need_power():
     assert blind["optimism_instructed.same"].value == 1.0 and blind["sycophancy_instructed.similarity"].value == 1.0
 
 
-def test_the_probe_reading_needs_a_local_judge_and_a_gold_set_per_trait(monkeypatch):
-    from traitlab.judge import TRAIT_DESCRIPTIONS
-
+def test_the_probe_reading_needs_a_local_judge_and_a_gold_set_per_trait():
     with pytest.raises(ParamError, match="reading 'probe' reads the judge model's activations"):
         el.Params(judge_backend="openai", judge_model="gpt-4.1-mini")
     assert el.Params(judge_backend="openai", judge_model="gpt-4.1-mini", reading="absolute").reading == "absolute"
-    monkeypatch.setitem(TRAIT_DESCRIPTIONS, "candour", "saying plainly what one thinks.")  # a trait without gold
+    candour = {"candour": "saying plainly what one thinks."}  # a trait without gold
     with pytest.raises(ParamError, match=r"\['candour'\] have none"):
-        el.Params(traits=["optimism", "candour"]).check()
+        el.Params(traits=["optimism", "candour"], trait_descriptions=candour).check()

@@ -7,6 +7,7 @@ offline-zoo GGUF, which returns real logprobs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -306,6 +307,39 @@ def test_cache_key_depends_on_judge_model_and_settings(tmp_path):
         cfg = J.JudgeConfig(backend="openai", model="stub-judge", base_url=srv.base_url, mode="text")
         J.Judge(cfg, cache=tmp_path).score("trait", "q", "a")
     assert len(srv.requests) == 3 and len(_cached_files(tmp_path)) == 3
+
+
+class _Recorder:
+    """An HTTP-judge stand-in that keeps every prompt it is sent and answers "50"."""
+
+    identity = "recorder"
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def complete(self, messages, *, mode, top_logprobs, max_tokens):
+        self.sent.append(messages[0]["content"])
+        return J.Reply(text="50", top_logprobs={"50": 0.0, "Yes": -0.1, "A": -0.1})
+
+
+def test_a_trait_description_from_the_parameters_reaches_every_prompt_and_the_cache_key(tmp_path):
+    cheer = "bright, upbeat and encouraging."
+    with pytest.raises(ValueError, match=r"trait_descriptions\['cheer'\] must be a one-line definition"):
+        J.JudgeConfig(descriptions=(("cheer", "two\nlines"),))
+    cfg = J.JudgeConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1", max_concurrency=1,
+                        descriptions=J.described({"cheer": f" {cheer} "}))
+    rec = _Recorder()
+    j = J.Judge(cfg, backend=rec, cache=tmp_path)
+    assert j.score_many("trait", [("q?", "a")], trait="cheer", progress=False)[0].value == 50.0
+    j.yesno_many("trait", [("q?", "a")], trait="cheer", progress=False)
+    j.prefer_many([("q?", "a", "b")], trait="cheer", progress=False)
+    assert len(rec.sent) == 4 and all(cheer.rstrip(".") in m for m in rec.sent)
+    with pytest.raises(ValueError, match="no description for trait 'cheer'"):  # not given: no guess
+        J.Judge(J.JudgeConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1"),
+                backend=rec, cache=None).score("trait", "q?", "a", trait="cheer")
+    other = J.Judge(dataclasses.replace(cfg, descriptions=J.described({"cheer": "merry."})), backend=rec, cache=tmp_path)
+    other.score_many("trait", [("q?", "a")], trait="cheer", progress=False)
+    assert len(rec.sent) == 5 and "merry" in rec.sent[-1]  # another definition is not served from the cache
 
 
 def test_official_endpoint_without_key_fails_before_any_request(monkeypatch):

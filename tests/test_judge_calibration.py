@@ -70,12 +70,11 @@ def test_calibration_params_fail_early(kw, msg):
         validate(jc.Params, kw)
 
 
-def test_a_trait_without_a_gold_set_fails_naming_the_file_and_the_sets_there(monkeypatch):
-    from traitlab.judge import TRAIT_DESCRIPTIONS
-
-    monkeypatch.setitem(TRAIT_DESCRIPTIONS, "candour", "saying plainly what one thinks.")
-    with pytest.raises(ParamError, match=r"has no gold set .*gold_candour\.jsonl; gold sets: formality, humor, optimism"):
+def test_a_trait_without_a_gold_set_fails_naming_the_file_and_the_sets_there():
+    with pytest.raises(ParamError, match=r"trait 'candour' has no judge description"):
         jc.Params(gold_traits=["candour"])
+    with pytest.raises(ParamError, match=r"has no gold set .*gold_candour\.jsonl; gold sets: formality, humor, optimism"):
+        jc.Params(gold_traits=["candour"], trait_descriptions={"candour": "saying plainly what one thinks."})
 
 
 def test_judge_config_carries_every_knob():

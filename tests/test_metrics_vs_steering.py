@@ -79,17 +79,15 @@ def test_metrics_vs_steering_params_fail_early(kw, msg):
         validate(mvs.Params, kw)
 
 
-def test_the_probe_reading_needs_a_local_judge_and_a_gold_set_per_trait(monkeypatch):
-    from traitlab.judge import TRAIT_DESCRIPTIONS
-
+def test_the_probe_reading_needs_a_local_judge_and_a_gold_set_per_trait():
     with pytest.raises(ParamError, match="reading must be one of absolute, yesno, opposite, probe"):
         mvs.Params(reading="vibes")
     with pytest.raises(ParamError, match="set judge_backend: local"):
         mvs.Params(judge_backend="openai", judge_model="gpt-4.1-mini")
     assert mvs.Params(judge_backend="openai", judge_model="gpt-4.1-mini", reading="absolute").reading == "absolute"
-    monkeypatch.setitem(TRAIT_DESCRIPTIONS, "candour", "saying plainly what one thinks.")  # a trait without gold
+    candour = {"candour": "saying plainly what one thinks."}  # a trait without gold
     with pytest.raises(ParamError, match=r"\['candour'\] have none \(write .*gold_candour\.jsonl\) or set reading: absolute"):
-        mvs.Params(traits=["optimism", "candour"]).check()
+        mvs.Params(traits=["optimism", "candour"], trait_descriptions=candour).check()
 
 
 def _cells(n_layers=6, noise=1.0, seed=0):

@@ -253,12 +253,12 @@ def test_probe_wins_compare_the_probe_readings_of_each_answer_and_its_own_questi
     assert wins.iloc[:2].tolist() == want.tolist() and np.isnan(wins.iloc[2])  # the empty answer: no reading
 
 
-def test_probe_trait_method_needs_a_local_judge_and_the_traits_gold_set(monkeypatch):
-    from traitlab.judge import TRAIT_DESCRIPTIONS
-
+def test_probe_trait_method_needs_a_local_judge_and_the_traits_gold_set():
     with pytest.raises(ParamError, match="set judge_backend: local"):
         _params(trait_method="probe", judge_backend="openai", judge_model="gpt-4.1-mini")
-    monkeypatch.setitem(TRAIT_DESCRIPTIONS, "candour", "saying plainly what one thinks.")  # a trait without gold
+    with pytest.raises(ParamError, match=r"trait 'candour' has no judge description.*set trait_descriptions"):
+        _params(trait="candour")
+    candour = {"candour": "saying plainly what one thinks."}  # a trait without gold
     with pytest.raises(ParamError, match=r"trait_method 'probe' fits a probe on each trait's gold answers; \['candour'\]"):
-        _params(trait="candour", trait_method="probe").check()
+        _params(trait="candour", trait_method="probe", trait_descriptions=candour).check()
     assert _params(trait_method="opposite").trait_method == "opposite"

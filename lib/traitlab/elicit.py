@@ -37,15 +37,15 @@ pair — ``none`` keeps all):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import pandas as pd
 
 from . import records
 from .data import DataError, TraitDataset, load_trait
-from .judge import TRAIT_DESCRIPTIONS, Judge, judge_from_params
+from .judge import Judge, judge_from_params, undescribed
 from .models import LoadedModel
 from .params import ParamError, traits_folder
 from .refusal import is_refusal
@@ -74,6 +74,9 @@ class SourceParams:
     judge_offline: bool = False
     judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     min_mass: float = 0.25
+    trait_descriptions: dict[str, str] = field(default_factory=dict)
+    """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks, for a
+    ``judge`` check of their generated sets, e.g. ``{candour: "saying plainly what one thinks."}``."""
 
     def check_source(self, position: str) -> None:
         """Parameter checks that need no model: one ``ParamError`` line naming the key and fix."""
@@ -112,17 +115,17 @@ def judged_trait(spec: str) -> str:
     return spec.split(":")[0].split("_")[0]
 
 
-def check_for(spec: str, check: Check) -> Check:
+def check_for(spec: str, check: Check, descriptions: Mapping[str, str] | None = None) -> Check:
     """The check a set gets: ``auto`` → ``rule`` for refusal sets, ``judge`` otherwise; a ``rule``
-    for a non-refusal set or a ``judge`` for a trait without a description is a ``ParamError``."""
+    for a non-refusal set or a ``judge`` for a trait without a description (in
+    ``TRAIT_DESCRIPTIONS`` or ``descriptions``, a report's ``trait_descriptions``) is a ``ParamError``."""
     trait = judged_trait(spec)
     if check == "auto":
         check = "rule" if trait == "refusal" else "judge"
     if check == "rule" and trait != "refusal":
         raise ParamError(f"elicit_check 'rule' exists only for refusal sets, not {spec!r}; use judge or none")
-    if check == "judge" and trait not in TRAIT_DESCRIPTIONS:
-        raise ParamError(f"elicit_check 'judge' needs a judge description for {trait!r} (set {spec!r}); "
-                         f"known: {', '.join(TRAIT_DESCRIPTIONS)}; or use elicit_check: none")
+    if check == "judge" and (why := undescribed([trait], descriptions)) is not None:
+        raise ParamError(f"elicit_check 'judge' (set {spec!r}): {why}; or use elicit_check: none")
     return check
 
 
@@ -169,7 +172,7 @@ def generate(model: LoadedModel, ds: TraitDataset, config: ElicitConfig, *, judg
     Raises ``DataError`` when fewer than 2 train or 2 val pairs survive the check, naming the
     keep rates so a reader sees which side failed."""
     contrasting(ds, "generated")
-    check = check_for(ds.trait, config.check)
+    check = check_for(ds.trait, config.check, dict(judge.config.descriptions) if judge is not None else None)
     if check == "judge" and judge is None:
         raise ValueError(f"{ds.trait!r}: the judge check needs a judge (or elicit_check: none)")
     rows = pd.DataFrame([{"id": p.id, "split": p.split, "pos_prompt": p.pos_prompt, "neg_prompt": p.neg_prompt}
@@ -242,7 +245,7 @@ def check_sets(p: Any) -> None:
         if p.source != "written":
             contrasting(ds, p.source)
         if p.source == "generated":
-            check_for(ds.trait, p.elicit_check)
+            check_for(ds.trait, p.elicit_check, p.trait_descriptions)
 
 
 def trait_sets(p: Any, model: LoadedModel, *, sets: dict[str, TraitDataset] | None = None,
@@ -261,7 +264,7 @@ def trait_sets(p: Any, model: LoadedModel, *, sets: dict[str, TraitDataset] | No
     judge: Judge | None = None
     out, tables = {}, {}
     for name, ds in sets.items():
-        if check_for(ds.trait, cfg.check) == "judge" and judge is None:
+        if check_for(ds.trait, cfg.check, p.trait_descriptions) == "judge" and judge is None:
             judge = judge_factory() if judge_factory else judge_from_params(p)
         e = generate(model, ds, cfg, judge=judge, progress=progress)
         out[name], tables[name] = e.dataset, e

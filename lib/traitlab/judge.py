@@ -142,19 +142,30 @@ TRAIT_DESCRIPTIONS = {
 }
 """Default one-line trait definitions used in the judge prompt (pass your own for others)."""
 
-def undescribed(traits: Sequence[str]) -> str | None:
+def undescribed(traits: Sequence[str], given: Mapping[str, str] | None = None) -> str | None:
     """Why ``traits`` cannot be judged by description (one line, with the fix), or None.
+    ``given``: a report's ``trait_descriptions`` parameter, one-line definitions that add to (or
+    replace) ``TRAIT_DESCRIPTIONS``.
 
     >>> undescribed(["optimism"]) is None, undescribed(["cheer"]).split(";")[0]
     (True, "trait 'cheer' has no judge description")
+    >>> undescribed(["cheer"], {"cheer": "bright, upbeat and encouraging."}) is None
+    True
+    >>> undescribed(["cheer"], {"cheer": "  "})
+    "trait_descriptions['cheer'] must be a one-line definition, got '  '"
     """
-    missing = [t for t in traits if t not in TRAIT_DESCRIPTIONS]
+    given = dict(given or {})
+    for trait, desc in given.items():
+        if not isinstance(trait, str) or not isinstance(desc, str) or not desc.strip() or "\n" in desc.strip():
+            return f"trait_descriptions[{trait!r}] must be a one-line definition, got {desc!r}"
+    missing = [t for t in traits if t not in given and t not in TRAIT_DESCRIPTIONS]
     if not missing:
         return None
     what = f"trait {missing[0]!r} has" if len(missing) == 1 else f"traits {missing} have"
-    return (f"{what} no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}. To judge another trait, add "
-            "its one-line description to traitlab.judge.TRAIT_DESCRIPTIONS (and, where a report reads it with "
-            "a probe or calibrates the judge, a labelled gold set data/judge/gold_<trait>.jsonl)")
+    return (f"{what} no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}. To judge another trait, set "
+            f"trait_descriptions: {{{missing[0]}: <one-line definition>}} in the parameters (and, where a report "
+            f"reads it with a probe or calibrates the judge, write a labelled gold set "
+            f"data/judge/gold_{missing[0]}.jsonl)")
 
 
 TRAIT_OPPOSITES = {
@@ -903,8 +914,13 @@ class JudgeConfig:
     and faster, else float32; ``models.resolve_dtype``), ``float32``, ``bfloat16`` or
     ``float16``. bf16 is ~4× faster on CPUs with AMX and 5–60× *slower* on CPUs without native
     bf16; it changes scores slightly. The resolved dtype is part of the cache key."""
+    descriptions: tuple[tuple[str, str], ...] = ()
+    """(trait, one-line definition) pairs for traits not in ``TRAIT_DESCRIPTIONS`` (or to replace
+    one there); a report's ``trait_descriptions`` parameter. They enter the prompt, so the cache key."""
 
     def __post_init__(self) -> None:
+        if (why := undescribed((), dict(self.descriptions))) is not None:
+            raise ValueError(why)
         if self.backend not in ("openai", "local"):
             raise ValueError(f"judge backend must be 'openai' or 'local', got {self.backend!r}")
         if self.mode not in ("logprob", "text"):
@@ -924,6 +940,15 @@ class JudgeConfig:
             normalize_base_url(self.base_url)  # a bad URL fails here, in one line
         if self.max_concurrency < 1 or self.max_retries < 0 or self.max_tokens < 1:
             raise ValueError("max_concurrency and max_tokens must be >= 1, max_retries >= 0")
+
+    def description(self, trait: str, given: str | None = None) -> str | None:
+        """The definition the judge is shown for ``trait``: ``given``, else this config's
+        ``descriptions`` entry, else None (the prompt builders then use ``TRAIT_DESCRIPTIONS``).
+
+        >>> JudgeConfig(descriptions=(("cheer", "bright and upbeat."),)).description("cheer")
+        'bright and upbeat.'
+        """
+        return given or dict(self.descriptions).get(trait)
 
 
 @dataclass(frozen=True)
@@ -1201,6 +1226,7 @@ class Judge:
               description: str | None = None, anchors: Sequence[Anchor] = ()) -> Score:
         """Judge one answer for ``metric`` ("trait" or "coherence"); ``anchors``: scored examples
         shown first (see ``score_many``)."""
+        description = self.config.description(trait, description)
         reply, cached = self._request(judge_messages(metric, question, answer, trait, description, anchors),
                                       self.config.mode)
         return self._score(reply, cached)
@@ -1217,6 +1243,7 @@ class Judge:
         A local judge scores the answers to one question together: their shared prompt prefix
         (rubric and question) is computed once (``LocalBackend.complete_many``); every reply
         still goes through the replay cache one by one."""
+        description = self.config.description(trait, description)
         msgs = [judge_messages(metric, q, a, trait, description, anchors) for q, a in items]
         replies = self._replies(msgs, [(metric, trait, description, q) for q, _ in items], self.config.mode,
                                 progress, desc=f"judge {metric}")
@@ -1258,7 +1285,7 @@ class Judge:
             ...              trait="refusal")[0].value                         # doctest: +SKIP
             97.2
         """
-        q = ask or yesno_question(metric, trait, description)
+        q = ask or yesno_question(metric, trait, self.config.description(trait, description))
         msgs = [yesno_messages(question, answer, q) for question, answer in items]
         replies = self._replies(msgs, [("yesno", q.ask, question) for question, _ in items], "choice",
                                 progress, desc=f"judge {metric} yes/no")
@@ -1293,6 +1320,7 @@ class Judge:
         """
         # Requests sharing a question share the rubric and question as a prefix; those whose
         # answer A is also shared (many answers compared with one reference) share it too.
+        description = self.config.description(trait, description)
         firsts = Counter((q, a) for q, x, y in items for a in (x, y))
         msgs, groups = [], []
         for q, x, y in items:
@@ -1434,7 +1462,18 @@ def _read_cached(path: Path) -> tuple[Reply | None, str]:
 
 def judge_from_params(p: Any) -> Judge:
     """The judge a report's Params name (fields ``judge_backend``, ``judge_model``,
-    ``judge_base_url``, ``judge_api_key_env``, ``judge_offline``, ``judge_dtype``, ``min_mass``)."""
+    ``judge_base_url``, ``judge_api_key_env``, ``judge_offline``, ``judge_dtype``, ``min_mass``,
+    ``trait_descriptions``)."""
     return Judge(JudgeConfig(backend=p.judge_backend, model=p.judge_model, base_url=p.judge_base_url,
                              api_key_env=p.judge_api_key_env, min_mass=p.min_mass,
-                             offline=p.judge_offline, dtype=p.judge_dtype))
+                             offline=p.judge_offline, dtype=p.judge_dtype,
+                             descriptions=described(p.trait_descriptions)))
+
+
+def described(trait_descriptions: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """A ``trait_descriptions`` parameter as ``JudgeConfig.descriptions`` (sorted pairs, stripped).
+
+    >>> described({"cheer": " bright. ", "awe": "wonder."})
+    (('awe', 'wonder.'), ('cheer', 'bright.'))
+    """
+    return tuple(sorted((t, d.strip()) for t, d in trait_descriptions.items()))

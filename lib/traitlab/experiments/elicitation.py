@@ -109,6 +109,9 @@ class Params:
     judge_offline: bool = False
     judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     min_mass: float = 0.25
+    trait_descriptions: dict[str, str] = field(default_factory=dict)
+    """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks (or to
+    replace one there), e.g. ``{candour: "saying plainly what one thinks."}``."""
     batch_size: int = 16
     n_boot: int = 1000
     seed: int = 0
@@ -118,7 +121,7 @@ class Params:
     def __post_init__(self) -> None:
         if not self.traits:
             raise ParamError("traits is empty")
-        if (why := undescribed(self.traits)) is not None:
+        if (why := undescribed(self.traits, self.trait_descriptions)) is not None:
             raise ParamError(why)
         if self.method not in METHODS or self.method == "random":
             raise ParamError(f"method {self.method!r} unknown; choose from {', '.join(m for m in METHODS if m != 'random')}")

@@ -26,7 +26,7 @@ from ..activations import extract
 from ..data import DataError, load_trait, opinion_questions
 from ..directions import METHODS as DIRECTION_METHODS
 from ..directions import fit_direction
-from ..judge import TRAIT_OPPOSITES, Judge, JudgeConfig, undescribed
+from ..judge import TRAIT_OPPOSITES, Judge, JudgeConfig, described, undescribed
 from ..models import LoadedModel, describe, load_model
 from ..params import ParamError
 from ..sites import Site
@@ -45,6 +45,9 @@ class Params:
     trait: str = "optimism"
     top_logprobs: int = 20
     min_mass: float = 0.25
+    trait_descriptions: dict[str, str] = field(default_factory=dict)
+    """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks (or to
+    replace one there), e.g. ``{candour: "saying plainly what one thinks."}``."""
     max_gold: int | None = None
     responder_model: str = "qwen2.5-coder-0.5b-instruct"
     n_baseline: int | None = None
@@ -89,7 +92,7 @@ class Params:
             raise ParamError(f"max_gold_questions must be >= 2 or null, got {self.max_gold_questions}")
         if not 0 <= self.coherence_floor <= 100 or self.mde_questions < 2:
             raise ParamError("coherence_floor must be in 0..100 and mde_questions >= 2")
-        if (why := undescribed([self.trait, *self.gold_traits])) is not None:
+        if (why := undescribed([self.trait, *self.gold_traits], self.trait_descriptions)) is not None:
             raise ParamError(why)
         for t in (self.trait, *self.gold_traits):
             if not judge_power.gold_path(t).exists():
@@ -144,7 +147,8 @@ class Params:
         return JudgeConfig(backend=self.judge_backend, model=self.judge_model,
                            base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
                            mode=mode, top_logprobs=self.top_logprobs, min_mass=self.min_mass,
-                           offline=self.judge_offline, dtype=self.judge_dtype)
+                           offline=self.judge_offline, dtype=self.judge_dtype,
+                           descriptions=described(self.trait_descriptions))
 
 
 def load_gold(trait: str = "optimism", max_items: int | None = None, seed: int = 0) -> pd.DataFrame:

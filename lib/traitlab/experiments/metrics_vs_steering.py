@@ -107,6 +107,9 @@ class Params:
     judge_offline: bool = False
     judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     min_mass: float = 0.25
+    trait_descriptions: dict[str, str] = field(default_factory=dict)
+    """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks (or to
+    replace one there), e.g. ``{candour: "saying plainly what one thinks."}``."""
     batch_size: int = 16
     n_boot: int = 2000
     seed: int = 0
@@ -116,7 +119,7 @@ class Params:
     def __post_init__(self) -> None:
         if not self.traits:
             raise ParamError("traits is empty; name at least one trait")
-        if (why := undescribed(self.traits)) is not None:
+        if (why := undescribed(self.traits, self.trait_descriptions)) is not None:
             raise ParamError(why)
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:

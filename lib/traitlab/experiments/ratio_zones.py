@@ -114,12 +114,15 @@ class Params:
     judge_offline: bool = False
     judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     min_mass: float = 0.25
+    trait_descriptions: dict[str, str] = field(default_factory=dict)
+    """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks (or to
+    replace one there), e.g. ``{candour: "saying plainly what one thinks."}``."""
     batch_size: int = 16
     n_boot: int = 2000
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if (why := undescribed([self.trait])) is not None:
+        if (why := undescribed([self.trait], self.trait_descriptions)) is not None:
             raise ParamError(why)
         bad = [m for m in self.methods if m not in METHODS or m == "random"]
         if bad or not self.methods:

@@ -109,6 +109,9 @@ class Params:
     judge_offline: bool = False
     judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     min_mass: float = 0.25
+    trait_descriptions: dict[str, str] = field(default_factory=dict)
+    """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks (or to
+    replace one there), e.g. ``{candour: "saying plainly what one thinks."}``."""
     batch_size: int = 16
     n_boot: int = 2000
     """Bootstrap resamples of the questions (how often SFT and DPO agree on their best layer)."""
@@ -117,7 +120,7 @@ class Params:
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
 
     def __post_init__(self) -> None:
-        if (why := undescribed([self.trait])) is not None:
+        if (why := undescribed([self.trait], self.trait_descriptions)) is not None:
             raise ParamError(why)
         if self.vector_method not in METHODS or self.vector_method == "random":
             raise ParamError(f"vector_method {self.vector_method!r} cannot be used; choose from "
