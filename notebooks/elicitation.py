@@ -62,6 +62,7 @@ batch_size = 16
 n_boot = 1000
 seed = 0
 traits_dir = None
+questions_file = None
 
 # %% [markdown]
 # ## Setup

@@ -58,6 +58,7 @@ mde_questions = 16
 perplexity = True
 anchored = True
 control_questions = 16
+questions_file = None
 control_layer = 12
 control_ratio = 0.75
 control_method = "mean_diff"

@@ -59,6 +59,7 @@ batch_size = 16
 n_boot = 2000
 seed = 0
 traits_dir = None
+questions_file = None
 
 # %% [markdown]
 # ## Setup

@@ -39,6 +39,7 @@ revision = None
 dtype = "float32"
 trait = "optimism"
 traits_dir = None
+questions_file = None
 site = "resid_pre"
 layers = [6, 10, 14, 18]
 methods = ["mean_diff", "probe"]

@@ -243,3 +243,20 @@ def test_refusal_dial_refuses_more_xstest_prompts_than_exist(capsys, setting, ne
     if not (data_root() / "xstest").exists():
         pytest.skip("public datasets not found (set TRAITLAB_DATA_ROOT)")
     _fails(capsys, ["check", "refusal_dial", "--profile", "ci", "--set", setting], needle)
+
+
+def test_questions_file_missing_bad_or_relative(capsys, tmp_path):
+    _fails(capsys, ["check", "ratio_zones", "--profile", "ci", "--set", f"questions_file={tmp_path}/none.jsonl"],
+           "--set questions_file", "is not a file")
+    bad = tmp_path / "qs.jsonl"
+    bad.write_text('{"id": "a", "question": "Will it rain?", "split": "test"}\n')
+    _fails(capsys, ["check", "ratio_zones", "--profile", "ci", "--set", f"questions_file={bad}"],
+           "asked for 4 test questions", str(bad))
+    good = tmp_path / "sub" / "qs.jsonl"
+    good.parent.mkdir()
+    good.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What next for field {i}?", "split": "test"}) + "\n"
+                            for i in range(4)))
+    mine = tmp_path / "p.yaml"
+    mine.write_text("questions_file: sub/qs.jsonl\n")  # read from the parameter file's folder
+    assert cli.main(["check", "ratio_zones", "--profile", "ci", "--params", str(mine)]) == 0
+    assert json.loads(capsys.readouterr().out)["questions_file"] == str(good)

@@ -226,3 +226,37 @@ def test_the_real_public_csvs_pass(monkeypatch):
 def test_the_shipped_trait_files_pass():
     for trait in data.available_traits():
         assert load_trait(trait).pairs
+
+
+# --- a question set of one's own (questions_file) --------------------------------------------
+
+def _questions(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def _q(i: int, split: str = "test", **kw) -> dict:
+    return {"id": f"q{i}", "question": f"What will change in field {i}?", "split": split} | kw
+
+
+def test_ones_own_question_file_is_read_and_recorded(tmp_path):
+    f = _questions(tmp_path / "qs.jsonl", [_q(1, "train"), _q(2), _q(3)])
+    got = data.opinion_questions("test", 2, f)
+    assert got.id.tolist() == ["q2", "q3"] and data.opinion_questions("train", path=f).id.tolist() == ["q1"]
+    assert str(f) in data.files_read()  # the run record names it, so a later edit shows as drift
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ([_q(1), {"id": "q2", "split": "test"}], ":2: missing key(s) question"),
+    ([_q(1), _q(2, question="  ")], ":2: question must be non-empty text"),
+    ([_q(1), _q(2, question=7)], ":2: question must be non-empty text, got 7"),
+    ([_q(1), _q(2, split="val")], ":2: split must be one of train, test, got 'val'"),
+    ([_q(1), _q(2, id="q1")], ":2: repeats the id on line 1"),
+    ([_q(1), _q(2, question="what will CHANGE in field  1?")], ":2: repeats the question on line 1"),
+    ([_q(1, "train")], "has no 'test' questions"),
+    ([_q(1), _q(2)], "asked for 3 test questions but"),
+])
+def test_a_bad_question_file_is_one_line_naming_file_and_line(tmp_path, rows, needle):
+    f = _questions(tmp_path / "qs.jsonl", rows)
+    msg = _error(data.opinion_questions, "test", 3, f)
+    assert str(f) in msg and needle in msg, msg

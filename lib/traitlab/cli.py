@@ -77,6 +77,9 @@ def check_resolved(r: Resolved) -> dict:
             traits_folder(r.values["traits_dir"])
         except ParamError as err:
             raise ParamError(f"{r.where('traits_dir')}: {err}") from None
+    if (qf := r.values.get("questions_file")) is not None and not Path(qf).expanduser().is_file():
+        raise ParamError(f"{r.where('questions_file')}: questions_file {qf!r} is not a file; give a JSONL file of "
+                         '{"id", "question", "split"} lines, or null for the shipped questions')
     p = validate(cls, r.values, where=r.where())
     if hasattr(p, "check"):
         try:

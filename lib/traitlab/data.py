@@ -424,10 +424,17 @@ def nonempty(items: Sequence, what: str) -> Sequence:
     return items
 
 
-def opinion_questions(split: str = "test", n: int | None = None) -> pd.DataFrame:
-    """Open opinion questions the steering reports generate answers to
-    (``data/steering/optimism_questions.jsonl``: ``id``, ``question``, ``split``), the first ``n``
-    of ``split``.
+QUESTION_SPLITS = ("train", "test")
+"""The splits of a question set: ``train`` (what instructed answers are fitted on) and ``test``
+(what steered answers are judged on)."""
+
+
+def opinion_questions(split: str = "test", n: int | None = None, path: str | Path | None = None) -> pd.DataFrame:
+    """Open questions the steering reports generate answers to, the first ``n`` of ``split``:
+    ``path`` (a JSONL file anywhere, one ``{"id", "question", "split"}`` object per line; a
+    report's ``questions_file``) or the shipped ``data/steering/optimism_questions.jsonl``. Ids
+    and questions must be unique and ``split`` one of ``QUESTION_SPLITS``; each fault is a
+    one-line ``DataError`` naming the file and line.
 
     >>> q = opinion_questions("test", 3)
     >>> len(q), {"id", "question"} <= set(q.columns)
@@ -435,13 +442,29 @@ def opinion_questions(split: str = "test", n: int | None = None) -> pd.DataFrame
     """
     import pandas as pd
 
-    df = pd.DataFrame(read_project_jsonl("steering", "optimism_questions.jsonl"))
+    file = project_data("steering", "optimism_questions.jsonl") if path is None else Path(path).expanduser()
+    if path is None and not file.exists():
+        raise DataError(f"{file} is missing; it ships with the repository (data/)")
+    rows, ids, texts = [], {}, {}
+    for line, r in read_jsonl(file, ["id", "question", "split"]):
+        q = r["question"]
+        if not isinstance(q, str) or not q.strip():
+            raise DataError(f"{file}:{line}: question must be non-empty text, got {json.dumps(q)}")
+        if r["split"] not in QUESTION_SPLITS:
+            raise DataError(f"{file}:{line}: split must be one of {', '.join(QUESTION_SPLITS)}, got {r['split']!r}")
+        for seen, key, what in ((ids, str(r["id"]), "id"), (texts, " ".join(q.split()).lower(), "question")):
+            if key in seen:
+                raise DataError(f"{file}:{line}: repeats the {what} on line {seen[key]}; "
+                                f"each {what} appears once (a repeat counts twice and narrows every interval)")
+            seen[key] = line
+        rows.append(r)
+    df = pd.DataFrame(rows)
     df = df[df.split == split].reset_index(drop=True)
     if df.empty:
-        raise DataError(f"data/steering/optimism_questions.jsonl has no {split!r} questions")
+        raise DataError(f"{file} has no {split!r} questions")
     if n is not None and n > len(df):
-        raise DataError(f"asked for {n} {split} questions but data/steering/optimism_questions.jsonl has "
-                        f"{len(df)}: lower n_questions (or add questions to the file)")
+        raise DataError(f"asked for {n} {split} questions but {file} has {len(df)}: lower n_questions "
+                        "(or add questions to the file)")
     return df.head(n) if n is not None else df
 
 

@@ -335,6 +335,11 @@ class Resolved:
         return runtime_env(check_runtime(self.runtime or None, where=self.where("runtime")))
 
 
+PATH_KEYS = ("traits_dir", "questions_file")
+"""Parameters that name a file or folder: a relative path in a parameter file is read from that
+file's folder, one in ``--set`` from the current directory."""
+
+
 def resolve(notebook: str, profile: str | None = None, params: str | Path | None = None,
             sets: dict[str, Any] | None = None) -> Resolved:
     """Merge ``params/<notebook>/<profile>.yaml`` (default ``default`` unless a ``params`` file
@@ -375,7 +380,7 @@ def resolve(notebook: str, profile: str | None = None, params: str | Path | None
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ParamError(f"{key_where}: unknown parameter {key!r}{hint} "
                                  f"(the notebook declares {', '.join(declared)})")
-            if key == "traits_dir" and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            if key in PATH_KEYS and isinstance(value, str) and not Path(value).expanduser().is_absolute():
                 base = Path.cwd() if where == "--set" else Path(where).parent
                 value = str((base / value).resolve())  # the kernel runs in notebooks/
             values[key] = value

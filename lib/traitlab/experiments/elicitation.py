@@ -71,13 +71,14 @@ def instructions() -> dict[str, dict[str, list[str]]]:
     return system_prompts()
 
 
-def questions(trait: str, split: str, n: int | None) -> pd.DataFrame:
-    """Neutral questions for a trait: sycophancy has its own set; others use the opinion questions."""
+def questions(trait: str, split: str, n: int | None, path: str | None = None) -> pd.DataFrame:
+    """Neutral questions for a trait: sycophancy has its own set; others use the opinion questions
+    (``path``: a report's ``questions_file``, null for the shipped ones)."""
     if trait == "sycophancy":
         df = pd.DataFrame(read_project_jsonl("elicitation", "sycophancy_questions.jsonl"))
         df = df[df.split == split].reset_index(drop=True)
     else:
-        df = opinion_questions(split)
+        df = opinion_questions(split, path=path)
     return df.head(n) if n is not None else df
 
 
@@ -117,6 +118,9 @@ class Params:
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    questions_file: str | None = None
+    """A JSONL file of ``{"id", "question", "split"}`` questions the steered answers respond to
+    (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
 
     def __post_init__(self) -> None:
         if not self.traits:
@@ -158,8 +162,8 @@ class Params:
                     raise ParamError(f"{t}: data/elicitation/instructions.jsonl has {len(ps)} {pol} system "
                                      f"prompts, n_system_prompts asks for {self.n_system_prompts}")
             for split, n in (("train", self.n_instruction_questions), ("test", self.n_test_questions)):
-                if len(questions(t, split, n)) < n:
-                    raise ParamError(f"{t}: only {len(questions(t, split, None))} {split} questions, asked for {n}")
+                if len(questions(t, split, n, self.questions_file)) < n:
+                    raise ParamError(f"{t}: only {len(questions(t, split, None, self.questions_file))} {split} questions, asked for {n}")
         if self.judge_backend == "local":
             describe(self.judge_model)
         return sites
@@ -189,7 +193,7 @@ def _instructed_answers(P: Params, lm: LoadedModel, trait: str, progress: bool =
     first ``n_system_prompts`` paraphrases per polarity; test question i under paraphrase
     i mod ``n_system_prompts`` (once per polarity). Cached like every generation."""
     sysp = {pol: ps[:P.n_system_prompts] for pol, ps in instructions()[trait].items()}
-    parts = [instructed_answers(lm, questions(trait, split, n)[["question"]].assign(split=split), sysp,
+    parts = [instructed_answers(lm, questions(trait, split, n, P.questions_file)[["question"]].assign(split=split), sysp,
                                 every=split == "train", max_new_tokens=P.max_new_tokens, batch_size=P.batch_size,
                                 progress=progress, desc=f"instructed {trait} ({split})")
              for split, n in (("train", P.n_instruction_questions), ("test", P.n_test_questions))]
@@ -324,7 +328,7 @@ def instructed_effect(judged: pd.DataFrame) -> pd.DataFrame:
 
 def steer(P: Params, lm: LoadedModel, trait: str, tv: TraitVectors, progress: bool = True) -> pd.DataFrame:
     """Unsteered and steered answers (no system prompt) to the trait's test questions."""
-    qs = questions(trait, "test", P.n_test_questions)[["question"]]
+    qs = questions(trait, "test", P.n_test_questions, P.questions_file)[["question"]]
     sites = [Site(P.site, x) for x in P.steer_layers]  # type: ignore[arg-type]
     norms = activation_norms(lm, [lm.chat.encode(q) for q in qs.question], sites, batch_size=P.batch_size)
     conds = [Condition.unsteered(trait=trait, vector="none", layer=-1)]

@@ -72,6 +72,9 @@ class Params:
     control_questions: int | None = 16
     """Positive control: steer the responder's optimism at ± ``control_ratio`` on this many
     held-out opinion questions and ask whether each judge method sees the change (null: skip)."""
+    questions_file: str | None = None
+    """A JSONL file of ``{"id", "question", "split"}`` questions the control's steered answers respond to
+    (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
     control_layer: int = 12
     """The responder layer (``resid_pre``) the control steers at."""
     control_ratio: float = 0.75
@@ -133,7 +136,7 @@ class Params:
     def check(self) -> None:
         """Checks that need the models' identity (no weights are read)."""
         if self.control_questions is not None:
-            opinion_questions("test", self.control_questions)  # enough questions, before model work
+            opinion_questions("test", self.control_questions, self.questions_file)  # enough questions, before model work
         info = describe(self.responder_model)
         if self.control_questions is not None and not 0 <= self.control_layer < info.n_layers:
             raise ParamError(f"control_layer {self.control_layer} is outside {self.responder_model}'s "
@@ -744,7 +747,7 @@ def control_answers(P: Params, responder: LoadedModel, progress: bool = True) ->
     train = torch.from_numpy(np.flatnonzero(np.array([p.split for p in ds.pairs]) == "train"))
     d = fit_direction(P.control_method, acts[train], acts[len(ds.pairs) + train], seed=P.seed,
                       site=str(site), trait="optimism")
-    qs = opinion_questions("test", P.control_questions)
+    qs = opinion_questions("test", P.control_questions, P.questions_file)
     norms = activation_norms(responder, [responder.chat.encode(q) for q in qs.question], [site], batch_size=8)
     conds = [Condition.unsteered(ratio=0.0)] + [
         Condition((at_ratio(site, d.vector, r, norms),), ratio=r) for r in (-P.control_ratio, P.control_ratio)]

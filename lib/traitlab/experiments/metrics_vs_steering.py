@@ -115,6 +115,9 @@ class Params:
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    questions_file: str | None = None
+    """A JSONL file of ``{"id", "question", "split"}`` questions the steered answers respond to
+    (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
 
     def __post_init__(self) -> None:
         if not self.traits:
@@ -147,7 +150,7 @@ class Params:
         return [(t, x, m) for t in self.traits for x in self.layers for m in self.methods]
 
     def check(self) -> list[Site]:
-        opinion_questions("test", self.n_questions)  # enough questions, before any model work
+        opinion_questions("test", self.n_questions, self.questions_file)  # enough questions, before any model work
         check_reading(self.reading, self.judge_backend, self.traits)
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
@@ -430,7 +433,7 @@ def _controls_text(control: pd.DataFrame | None, steered: pd.DataFrame) -> str:
 
 
 def questions(P: Params) -> pd.DataFrame:
-    return opinion_questions("test", P.n_questions)
+    return opinion_questions("test", P.n_questions, P.questions_file)
 
 
 def _r_gap(cells: pd.DataFrame, judged: pd.DataFrame, P: Params) -> tuple[float, float, tuple[float, float]]:

@@ -93,6 +93,9 @@ class Params:
     trait: str = "optimism"
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    questions_file: str | None = None
+    """A JSONL file of ``{"id", "question", "split"}`` questions the steered answers respond to
+    (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
     site: str = "resid_pre"
     layers: list[int] = field(default_factory=lambda: [6, 10, 14, 18])
     methods: list[str] = field(default_factory=lambda: ["mean_diff", "probe"])
@@ -156,7 +159,7 @@ class Params:
     def check(self, n_layers: int | None = None) -> list[Site]:
         """The steered sites, after checking the model, layers, prompt sets and gold sets exist
         (before any model work)."""
-        opinion_questions("test", self.n_questions)  # enough questions, before any model work
+        opinion_questions("test", self.n_questions, self.questions_file)  # enough questions, before any model work
         if self.trait_method != "pairwise":
             check_reading(self.trait_method, self.judge_backend, [self.trait], key="trait_method")
         info = describe(self.model, self.revision)
@@ -177,7 +180,7 @@ class Params:
 
 
 def questions(P: Params) -> pd.DataFrame:
-    return opinion_questions("test", P.n_questions)[["question"]]
+    return opinion_questions("test", P.n_questions, P.questions_file)[["question"]]
 
 
 # ----------------------------------------------------------------------------------------

@@ -118,6 +118,9 @@ class Params:
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    questions_file: str | None = None
+    """A JSONL file of ``{"id", "question", "split"}`` questions the steered answers respond to
+    (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
 
     def __post_init__(self) -> None:
         if (why := undescribed([self.trait], self.trait_descriptions)) is not None:
@@ -163,7 +166,7 @@ class Params:
     def check(self) -> None:
         """Layer ranges against the base and control models' configs, the prompt and gold sets
         (no weights read)."""
-        opinion_questions("test", self.n_questions)  # enough questions, before any model work
+        opinion_questions("test", self.n_questions, self.questions_file)  # enough questions, before any model work
         base = self.models["base"] if self.models else self.chain_params().base_model
         info = describe(base)
         bad = [x for x in set(self.layers) | set(self.multi_layers) if not 0 <= x < info.n_layers]
@@ -692,7 +695,7 @@ def conclusions(summ: pd.DataFrame, best: pd.DataFrame, multi: pd.DataFrame, lvr
 
 
 def questions(P: Params) -> pd.DataFrame:
-    return opinion_questions("test", P.n_questions)
+    return opinion_questions("test", P.n_questions, P.questions_file)
 
 
 def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFrame,
