@@ -63,6 +63,7 @@ n_boot = 1000
 seed = 0
 traits_dir = None
 questions_file = None
+instructions_file = None
 
 # %% [markdown]
 # ## Setup

@@ -60,6 +60,7 @@ n_boot = 2000
 seed = 0
 traits_dir = None
 questions_file = None
+instructions_file = None
 
 # %% [markdown]
 # ## Setup

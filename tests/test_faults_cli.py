@@ -260,3 +260,12 @@ def test_questions_file_missing_bad_or_relative(capsys, tmp_path):
     mine.write_text("questions_file: sub/qs.jsonl\n")  # read from the parameter file's folder
     assert cli.main(["check", "ratio_zones", "--profile", "ci", "--params", str(mine)]) == 0
     assert json.loads(capsys.readouterr().out)["questions_file"] == str(good)
+
+
+def test_instructions_file_missing_or_lacking_the_trait(capsys, tmp_path):
+    _fails(capsys, ["check", "elicitation", "--profile", "ci", "--set", f"instructions_file={tmp_path}/no.jsonl"],
+           "--set instructions_file", "is not a file")
+    mine = tmp_path / "sys.jsonl"
+    mine.write_text(json.dumps({"trait": "humor", "positive": ["Be funny."], "negative": ["Be dry."]}) + "\n")
+    _fails(capsys, ["check", "elicitation", "--profile", "ci", "--set", f"instructions_file={mine}"],
+           "no system prompts for 'optimism' in", str(mine))

@@ -260,3 +260,31 @@ def test_a_bad_question_file_is_one_line_naming_file_and_line(tmp_path, rows, ne
     f = _questions(tmp_path / "qs.jsonl", rows)
     msg = _error(data.opinion_questions, "test", 3, f)
     assert str(f) in msg and needle in msg, msg
+
+
+# --- system prompts of one's own (instructions_file) ------------------------------------------
+
+def _sys(trait: str = "cheer", **kw) -> dict:
+    return {"trait": trait, "positive": ["Be cheerful.", "Look on the bright side."],
+            "negative": ["Be glum.", "Expect the worst."]} | kw
+
+
+def test_ones_own_system_prompts_are_read(tmp_path):
+    f = _questions(tmp_path / "sys.jsonl", [_sys(), _sys("calm", positive="Stay calm.")])
+    got = data.system_prompts(f)
+    assert got["cheer"]["negative"] == ["Be glum.", "Expect the worst."] and got["calm"]["positive"] == ["Stay calm."]
+    assert str(f) in data.files_read()
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ([_sys(), _sys()], ":2: trait 'cheer' already has its system prompts on line 1"),
+    ([_sys(positive=[])], ":1: positive must be a non-empty string or list"),
+    ([_sys(negative=["Be glum.", ""])], ":1: negative must be a non-empty string or list"),
+    ([_sys(trait="")], ":1: trait must be a trait's name"),
+    ([_sys(negative=["Be cheerful."])], ":1: a system prompt is both positive and negative"),
+    ([{"trait": "cheer", "positive": "Be cheerful."}], ":1: missing key(s) negative"),
+])
+def test_bad_system_prompts_are_one_line_naming_file_and_line(tmp_path, rows, needle):
+    f = _questions(tmp_path / "sys.jsonl", rows)
+    msg = _error(data.system_prompts, f)
+    assert str(f) in msg and needle in msg, msg

@@ -365,3 +365,24 @@ def test_a_run_without_random_or_multi_layer_conditions():
     rec = tr.record(P, scored, summ, tr.best_per_layer(summ), multi, lvr, None)
     assert not any(q.name.endswith("learned_minus_random") for q in rec.quantities)
     assert {c.id: c.verdict for c in rec.claims}["multi_beats_single"] == "not comparable"
+
+
+def test_a_model_not_seen_is_not_held_only_when_its_interval_excludes_the_seeds_push():
+    """The control steers and DPO moves, SFT does not: "not held" names SFT. On a judge scale
+    where the seed's push shrinks inside SFT's interval, SFT's effect is neither seen nor ruled
+    out, so the claim is inconclusive and says so."""
+    P = _P()
+    scored = _scored(P, {"base": 10.0, "sft": 0.0, "dpo": 10.0, "control": 15.0}, wiggle=3.0)
+    summ = tr.summary(scored, P)
+    args = (P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ), tr.learned_vs_random(scored, P))
+
+    def claim(slope):
+        rec = tr.record(*args, {"slope": slope, "lo": slope, "hi": slope, "r": 0.9, "n": 72})
+        return rec, next(c for c in rec.claims if c.id == "transfer_works")
+
+    rec, sharp = claim(1.0)  # the seed's push: 21.7 points, far above SFT's interval
+    assert sharp.verdict == "not held" and "and the DPO model but not the SFT model (Δ" in sharp.reason
+    rec, flat = claim(0.01)  # 0.217 points: inside SFT's interval
+    lo, hi = rec["sft_best_delta"].ci
+    assert lo < 0.217 < hi
+    assert flat.verdict == "inconclusive" and "still holds the seed's push (0.2 points" in flat.reason

@@ -53,6 +53,11 @@ class RenderError(RuntimeError):
     """A notebook whose execution failed (the partly executed notebook is kept)."""
 
 
+FILE_KEYS = {"questions_file": '{"id", "question", "split"}',
+             "instructions_file": '{"trait", "positive", "negative"}'}
+"""Parameters naming a JSONL file of one's own, and what each line holds."""
+
+
 def check_resolved(r: Resolved) -> dict:
     """Validate resolved parameters fully, without loading weights: keys (done by ``resolve``),
     the runtime block, each key's type, dtype names, every model spec, then the notebook's own
@@ -77,9 +82,10 @@ def check_resolved(r: Resolved) -> dict:
             traits_folder(r.values["traits_dir"])
         except ParamError as err:
             raise ParamError(f"{r.where('traits_dir')}: {err}") from None
-    if (qf := r.values.get("questions_file")) is not None and not Path(qf).expanduser().is_file():
-        raise ParamError(f"{r.where('questions_file')}: questions_file {qf!r} is not a file; give a JSONL file of "
-                         '{"id", "question", "split"} lines, or null for the shipped questions')
+    for key, lines in FILE_KEYS.items():
+        if (f := r.values.get(key)) is not None and not Path(f).expanduser().is_file():
+            raise ParamError(f"{r.where(key)}: {key} {f!r} is not a file; give a JSONL file of {lines} lines, "
+                             "or null for the shipped one")
     p = validate(cls, r.values, where=r.where())
     if hasattr(p, "check"):
         try:

@@ -186,28 +186,39 @@ def read_project_jsonl(*parts: str) -> list[dict]:
     return [rec for _, rec in read_jsonl(path)]
 
 
-def system_prompts() -> dict[str, dict[str, list[str]]]:
+def system_prompts(path: str | Path | None = None) -> dict[str, dict[str, list[str]]]:
     """trait → {"positive": [...], "negative": [...]}: paraphrased system prompts that ask for a
-    trait and for its opposite (``data/elicitation/instructions.jsonl``, one line per trait; a
-    single string counts as a list of one). The elicitation report fits vectors from the answers
+    trait and for its opposite, one line per trait (a single string counts as a list of one):
+    ``path`` (a JSONL file anywhere; a report's ``instructions_file``) or the shipped
+    ``data/elicitation/instructions.jsonl``. The elicitation report fits vectors from the answers
     they produce; the steering reports use them as the judge's positive control.
 
     >>> sp = system_prompts()
     >>> len(sp["optimism"]["positive"]) >= 5
     True
     """
-    path = project_data("elicitation", "instructions.jsonl")
-    if not path.exists():
-        raise DataError(f"{path} is missing; it ships with the repository (data/)")
-    out = {}
-    for n, r in read_jsonl(path, ["trait", "positive", "negative"]):
+    file = project_data("elicitation", "instructions.jsonl") if path is None else Path(path).expanduser()
+    if path is None and not file.exists():
+        raise DataError(f"{file} is missing; it ships with the repository (data/)")
+    out: dict[str, dict[str, list[str]]] = {}
+    lines: dict[str, int] = {}
+    for n, r in read_jsonl(file, ["trait", "positive", "negative"]):
+        trait = r["trait"]
+        if not isinstance(trait, str) or not trait.strip():
+            raise DataError(f"{file}:{n}: trait must be a trait's name, got {json.dumps(trait)}")
+        if trait in lines:
+            raise DataError(f"{file}:{n}: trait {trait!r} already has its system prompts on line {lines[trait]}; "
+                            "put every paraphrase in that line's lists")
         pols = {}
         for pol in ("positive", "negative"):
             v = [r[pol]] if isinstance(r[pol], str) else r[pol]
             if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
-                raise DataError(f"{path}:{n}: {pol} must be a non-empty string or list of non-empty strings")
+                raise DataError(f"{file}:{n}: {pol} must be a non-empty string or list of non-empty strings")
             pols[pol] = list(v)
-        out[str(r["trait"])] = pols
+        if set(pols["positive"]) & set(pols["negative"]):
+            raise DataError(f"{file}:{n}: a system prompt is both positive and negative; the two must ask "
+                            "for opposite things")
+        out[trait], lines[trait] = pols, n
     return out
 
 

@@ -335,7 +335,7 @@ class Resolved:
         return runtime_env(check_runtime(self.runtime or None, where=self.where("runtime")))
 
 
-PATH_KEYS = ("traits_dir", "questions_file")
+PATH_KEYS = ("traits_dir", "questions_file", "instructions_file")
 """Parameters that name a file or folder: a relative path in a parameter file is read from that
 file's folder, one in ``--set`` from the current directory."""
 

@@ -66,9 +66,10 @@ SEED = pd.DataFrame([("optimism", 0.63, np.nan, 97.0, True, True), ("sycophancy"
 cross-projection accuracy (optimism 97–100%, sycophancy ~50%), whether each vector steers."""
 
 
-def instructions() -> dict[str, dict[str, list[str]]]:
-    """trait → {positive: [system prompts], negative: [system prompts]} (``data.system_prompts``)."""
-    return system_prompts()
+def instructions(path: str | None = None) -> dict[str, dict[str, list[str]]]:
+    """trait → {positive: [system prompts], negative: [system prompts]} (``data.system_prompts``;
+    ``path``: a report's ``instructions_file``, null for the shipped ones)."""
+    return system_prompts(path)
 
 
 def questions(trait: str, split: str, n: int | None, path: str | None = None) -> pd.DataFrame:
@@ -121,6 +122,9 @@ class Params:
     questions_file: str | None = None
     """A JSONL file of ``{"id", "question", "split"}`` questions the steered answers respond to
     (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
+    instructions_file: str | None = None
+    """A JSONL file of ``{"trait", "positive": [...], "negative": [...]}`` system prompts per trait
+    (``data.system_prompts``); null: the shipped ``data/elicitation/instructions.jsonl``."""
 
     def __post_init__(self) -> None:
         if not self.traits:
@@ -151,15 +155,16 @@ class Params:
             check_sites(sites, info.arch, info.n_layers)
         except ValueError as err:
             raise ParamError(str(err)) from None
-        known = instructions()
+        known = instructions(self.instructions_file)
+        where = self.instructions_file or "data/elicitation/instructions.jsonl"
         for t in self.traits:
             load_trait(t, folder=traits_folder(self.traits_dir))
             if t not in known:
-                raise ParamError(f"no system prompts for {t!r} in data/elicitation/instructions.jsonl "
+                raise ParamError(f"no system prompts for {t!r} in {where} "
                                  f"(have {', '.join(known)})")
             for pol, ps in known[t].items():
                 if len(ps) < self.n_system_prompts:
-                    raise ParamError(f"{t}: data/elicitation/instructions.jsonl has {len(ps)} {pol} system "
+                    raise ParamError(f"{t}: {where} has {len(ps)} {pol} system "
                                      f"prompts, n_system_prompts asks for {self.n_system_prompts}")
             for split, n in (("train", self.n_instruction_questions), ("test", self.n_test_questions)):
                 if len(questions(t, split, n, self.questions_file)) < n:
@@ -192,7 +197,7 @@ def _instructed_answers(P: Params, lm: LoadedModel, trait: str, progress: bool =
     """The model's own answers under the system prompts: every train question under each of the
     first ``n_system_prompts`` paraphrases per polarity; test question i under paraphrase
     i mod ``n_system_prompts`` (once per polarity). Cached like every generation."""
-    sysp = {pol: ps[:P.n_system_prompts] for pol, ps in instructions()[trait].items()}
+    sysp = {pol: ps[:P.n_system_prompts] for pol, ps in instructions(P.instructions_file)[trait].items()}
     parts = [instructed_answers(lm, questions(trait, split, n, P.questions_file)[["question"]].assign(split=split), sysp,
                                 every=split == "train", max_new_tokens=P.max_new_tokens, batch_size=P.batch_size,
                                 progress=progress, desc=f"instructed {trait} ({split})")
@@ -209,7 +214,7 @@ def trait_vectors(P: Params, lm: LoadedModel, trait: str, sites: list[Site], pro
     n = len(ds.pairs)
     tr, va = torch.from_numpy(np.flatnonzero(split == "train")), torch.from_numpy(np.flatnonzero(split == "val"))
     ans = _instructed_answers(P, lm, trait, progress)
-    sysp = instructions()[trait]
+    sysp = instructions(P.instructions_file)[trait]
     enc: list[Encoded] = [lm.chat.encode(r.question, r.answer or " ", system=sysp[r.polarity][r.prompt])
                           for r in ans.itertuples()]
     iacts = extract(lm, enc, sites, position="mean", batch_size=P.batch_size, progress=progress)

@@ -118,6 +118,9 @@ class Params:
     questions_file: str | None = None
     """A JSONL file of ``{"id", "question", "split"}`` questions the steered answers respond to
     (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
+    instructions_file: str | None = None
+    """A JSONL file of ``{"trait", "positive": [...], "negative": [...]}`` system prompts per trait
+    (``data.system_prompts``); null: the shipped ``data/elicitation/instructions.jsonl``."""
 
     def __post_init__(self) -> None:
         if not self.traits:
@@ -151,6 +154,8 @@ class Params:
 
     def check(self) -> list[Site]:
         opinion_questions("test", self.n_questions, self.questions_file)  # enough questions, before any model work
+        if self.n_system_prompts:
+            system_prompts(self.instructions_file)  # readable, before any model work
         check_reading(self.reading, self.judge_backend, self.traits)
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
@@ -218,7 +223,7 @@ def instructed_control(P: Params, lm: LoadedModel, judge: Judge, questions: pd.D
     under the first ``n_system_prompts`` paraphrases asking for the trait and for its opposite
     (question i under paraphrase i mod n), each judged for that trait (``score``). Empty when
     ``n_system_prompts`` is 0 or no trait has system prompts. Read by ``P.reading``, as the cells."""
-    known = system_prompts() if P.n_system_prompts else {}
+    known = system_prompts(P.instructions_file) if P.n_system_prompts else {}
     parts = []
     for t in P.traits:
         if t not in known:

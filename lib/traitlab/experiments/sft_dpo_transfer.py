@@ -780,12 +780,21 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     both = steers.get("sft", False) and steers.get("dpo", False)
     mde = max((unc.score_mde(_delta(scored, m, "single", *_at(summ, m))) if _at(summ, m)[0] is not None
                else np.inf) for m in ("sft", "dpo"))
-    v, why = records.decide(holds=both, positive_control=control,
-                            seed_effect=ours(min(84.0, 83.0) - SEED_BASELINE), mde=mde)
+    seed_push = ours(min(84.0, 83.0) - SEED_BASELINE)
+    v, why = records.decide(holds=both, positive_control=control, seed_effect=seed_push, mde=mde)
     if v == "not held" and control:
         ctl = CONTROL if CONTROL in models else "base"
+        seen = [m.upper() for m in ("sft", "dpo") if steers.get(m, False)]
+        unseen = [m for m in ("sft", "dpo") if not steers.get(m, False)]
         why = (f"the same pipeline steers the positive control ({control_name}, its own vectors: "
-               f"Δ {fmt(by[f'{ctl}_best_delta'])}) but not both fine-tunes with base vectors")
+               f"Δ {fmt(by[f'{ctl}_best_delta'])})" + (f" and the {seen[0]} model" if seen else "")
+               + " but not " + " or ".join(f"the {m.upper()} model (Δ {fmt(by[f'{m}_best_delta'])})" for m in unseen))
+        # a control shows the pipeline can see a push; an interval that still holds the seed's push
+        # has neither seen the effect nor ruled it out
+        open_ = [m.upper() for m in unseen if (ci := by[f"{m}_best_delta"].ci) is not None and ci[1] >= seed_push]
+        if open_:
+            v, why = "inconclusive", (f"{why}, whose interval still holds the seed's push ({seed_push:.1f} points "
+                                      "on this judge's scale): it is neither seen nor ruled out")
     elif v != "holds" and control is False:  # a blind pipeline: no MDE can stand in for the control
         v, why = "inconclusive", (f"the positive control ({control_name}, its own vectors) was not seen to "
                                   "steer either: this pipeline's power to see steering is not shown")
