@@ -32,7 +32,9 @@
 # pipeline on Qwen2.5-Coder-0.5B-Instruct, in its chat template, with its own vectors, where
 # the metrics-vs-steering and ratio-zones reports show this judge sees optimism steering. A "not held" needs that control (or a minimum
 # detectable effect below the seed's, stated on our judge's scale through its slope on the
-# gold set); otherwise the verdict is "inconclusive".
+# gold set); otherwise the verdict is "inconclusive". With the control seen, a fine-tune whose
+# best effect is not seen still leaves "transfer works" inconclusive while its interval holds the
+# seed's push on our judge's scale: its effect is then neither seen nor ruled out.
 
 # %% tags=["parameters"]
 chain_profile = "default"
