@@ -262,3 +262,11 @@ def test_probe_trait_method_needs_a_local_judge_and_the_traits_gold_set():
     with pytest.raises(ParamError, match=r"trait_method 'probe' fits a probe on each trait's gold answers; \['candour'\]"):
         _params(trait="candour", trait_method="probe", trait_descriptions=candour).check()
     assert _params(trait_method="opposite").trait_method == "opposite"
+
+
+def test_a_new_traits_definition_reaches_the_judge_the_report_builds():
+    with pytest.raises(ParamError, match=r"trait_descriptions\['candour'\] must be a one-line definition"):
+        _params(trait="candour", trait_descriptions={"candour": "says\nplainly"})
+    P = _params(trait="candour", trait_descriptions={"candour": " saying plainly what one thinks. "})
+    assert P.judge().config.descriptions == (("candour", "saying plainly what one thinks."),)
+    assert P.judge().config.description("candour") == "saying plainly what one thinks."
