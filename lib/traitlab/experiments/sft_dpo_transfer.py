@@ -780,8 +780,10 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     both = steers.get("sft", False) and steers.get("dpo", False)
     mde = max((unc.score_mde(_delta(scored, m, "single", *_at(summ, m))) if _at(summ, m)[0] is not None
                else np.inf) for m in ("sft", "dpo"))
-    seed_push = ours(min(84.0, 83.0) - SEED_BASELINE)
-    v, why = records.decide(holds=both, positive_control=control, seed_effect=seed_push, mde=mde)
+    # the seed's best push into each fine-tune (its L12 rows), on our judge's scale
+    best = SEED[SEED.layer == 12]
+    seed_push = {m.lower(): ours(t - SEED_BASELINE) for m, t in zip(best.model, best.trait, strict=True)}
+    v, why = records.decide(holds=both, positive_control=control, seed_effect=min(seed_push.values()), mde=mde)
     if v == "not held" and control:
         ctl = CONTROL if CONTROL in models else "base"
         seen = [m.upper() for m in ("sft", "dpo") if steers.get(m, False)]
@@ -791,9 +793,10 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
                + " but not " + " or ".join(f"the {m.upper()} model (Δ {fmt(by[f'{m}_best_delta'])})" for m in unseen))
         # a control shows the pipeline can see a push; an interval that still holds the seed's push
         # has neither seen the effect nor ruled it out
-        open_ = [m.upper() for m in unseen if (ci := by[f"{m}_best_delta"].ci) is not None and ci[1] >= seed_push]
+        open_ = [m for m in unseen if (ci := by[f"{m}_best_delta"].ci) is not None and ci[1] >= seed_push[m]]
         if open_:
-            v, why = "inconclusive", (f"{why}, whose interval still holds the seed's push ({seed_push:.1f} points "
+            pushes = ", ".join(f"{seed_push[m]:.1f} points for {m.upper()}" for m in open_)
+            v, why = "inconclusive", (f"{why}, whose interval still holds the seed's push ({pushes} "
                                       "on this judge's scale): it is neither seen nor ruled out")
     elif v != "holds" and control is False:  # a blind pipeline: no MDE can stand in for the control
         v, why = "inconclusive", (f"the positive control ({control_name}, its own vectors) was not seen to "
