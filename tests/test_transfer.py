@@ -191,10 +191,12 @@ def _borderline(scored: pd.DataFrame, rows: np.ndarray) -> tuple[pd.DataFrame, j
     return scored, judge_power.FloorRefits(gold)
 
 
-def _record(P: tr.Params, scored: pd.DataFrame, refits=None) -> records.ResultRecord:
+def _record(P: tr.Params, scored: pd.DataFrame, refits=None, slope: float | None = None) -> records.ResultRecord:
+    """The record of ``scored``; with ``slope``, the seed's effects put on a judge scale of that slope."""
     summ = tr.summary(scored, P)
+    scale = None if slope is None else {"slope": slope, "lo": slope, "hi": slope, "r": 0.9, "n": 72}
     return tr.record(P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ),
-                     tr.learned_vs_random(scored, P), None, refits=refits)
+                     tr.learned_vs_random(scored, P), scale, refits=refits)
 
 
 def test_a_best_effect_must_survive_where_the_floor_falls():
@@ -265,11 +267,7 @@ def test_transfer_not_held_needs_the_positive_control():
     P = _P()
 
     def verdict(effect, claim="transfer_works"):
-        scored = _scored(P, effect)
-        summ = tr.summary(scored, P)
-        rec = tr.record(P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ),
-                        tr.learned_vs_random(scored, P), None)
-        return next(c for c in rec.claims if c.id == claim)
+        return next(c for c in _record(P, _scored(P, effect)).claims if c.id == claim)
 
     flat = {"base": 10.0, "sft": 0.0, "dpo": 0.0, "control": 15.0}
     c = verdict(flat)
@@ -286,12 +284,9 @@ def test_seed_effects_are_put_on_our_judge_scale():
     P = _P()
     # SFT and DPO move alike at the early layer (no gap), so the verdict rests on power
     scored = _scored(P, {"base": 10.0, "sft": 6.0, "dpo": 6.0, "control": 15.0}, wiggle=3.0)
-    summ = tr.summary(scored, P)
-    args = (P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ), tr.learned_vs_random(scored, P))
 
     def gap(slope):
-        rec = tr.record(*args, {"slope": slope, "lo": slope, "hi": slope, "r": 0.9, "n": 72})
-        return next(c for c in rec.claims if c.id == "dpo_resists_early")
+        return next(c for c in _record(P, scored, slope=slope).claims if c.id == "dpo_resists_early")
 
     assert gap(1.0).verdict == "not held"          # the seed's 16.7 points > our MDE
     sharp, flat = gap(1.0), gap(0.01)
@@ -373,11 +368,9 @@ def test_a_model_not_seen_is_not_held_only_when_its_interval_excludes_the_seeds_
     out, so the claim is inconclusive and says so."""
     P = _P()
     scored = _scored(P, {"base": 10.0, "sft": 0.0, "dpo": 10.0, "control": 15.0}, wiggle=3.0)
-    summ = tr.summary(scored, P)
-    args = (P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ), tr.learned_vs_random(scored, P))
 
     def claim(slope):
-        rec = tr.record(*args, {"slope": slope, "lo": slope, "hi": slope, "r": 0.9, "n": 72})
+        rec = _record(P, scored, slope=slope)
         return rec, next(c for c in rec.claims if c.id == "transfer_works")
 
     rec, sharp = claim(1.0)  # the seed's push: 21.7 points, far above SFT's interval
@@ -386,3 +379,10 @@ def test_a_model_not_seen_is_not_held_only_when_its_interval_excludes_the_seeds_
     lo, hi = rec["sft_best_delta"].ci
     assert lo < 0.227 < hi
     assert flat.verdict == "inconclusive" and "still holds the seed's push (0.2 points for SFT" in flat.reason
+
+
+def test_the_record_keeps_the_best_per_layer_table_it_was_given():
+    P = _P()
+    scored = _scored(P, {"base": 10.0, "sft": 0.0, "dpo": 10.0, "control": 15.0})
+    rec = _record(P, scored, slope=1.0)  # the verdict path that reads the seed's own best rows
+    pd.testing.assert_frame_equal(rec.tables["best_per_layer"], tr.best_per_layer(tr.summary(scored, P)))

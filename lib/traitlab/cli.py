@@ -30,6 +30,7 @@ from pathlib import Path
 from . import datasets, runinfo
 from .atomic import atomic_path, sha256_file, write_text
 from .params import (
+    FILE_KEYS,
     ParamError,
     Resolved,
     check_dtypes,
@@ -51,11 +52,6 @@ def notebooks() -> list[str]:
 
 class RenderError(RuntimeError):
     """A notebook whose execution failed (the partly executed notebook is kept)."""
-
-
-FILE_KEYS = {"questions_file": '{"id", "question", "split"}',
-             "instructions_file": '{"trait", "positive", "negative"}'}
-"""Parameters naming a JSONL file of one's own, and what each line holds."""
 
 
 def check_resolved(r: Resolved) -> dict:

@@ -178,12 +178,24 @@ def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[tuple[int, dict
     return rows
 
 
+def own_or_shipped(path: str | Path | None, *parts: str) -> Path:
+    """``path`` (one's own file, anywhere) or, when None, the file we ship under ``data/<parts>``,
+    which must exist.
+
+    >>> own_or_shipped(None, "judge", "anchors.jsonl") == project_data("judge", "anchors.jsonl")
+    True
+    """
+    if path is not None:
+        return Path(path).expanduser()
+    file = project_data(*parts)
+    if not file.exists():
+        raise DataError(f"{file} is missing; it ships with the repository (data/)")
+    return file
+
+
 def read_project_jsonl(*parts: str) -> list[dict]:
     """Rows of a JSONL file we ship under ``data/``; ``DataError`` if missing, empty or malformed."""
-    path = project_data(*parts)
-    if not path.exists():
-        raise DataError(f"{path} is missing; it ships with the repository (data/)")
-    return [rec for _, rec in read_jsonl(path)]
+    return [rec for _, rec in read_jsonl(own_or_shipped(None, *parts))]
 
 
 def system_prompts(path: str | Path | None = None) -> dict[str, dict[str, list[str]]]:
@@ -197,9 +209,7 @@ def system_prompts(path: str | Path | None = None) -> dict[str, dict[str, list[s
     >>> len(sp["optimism"]["positive"]) >= 5
     True
     """
-    file = project_data("elicitation", "instructions.jsonl") if path is None else Path(path).expanduser()
-    if path is None and not file.exists():
-        raise DataError(f"{file} is missing; it ships with the repository (data/)")
+    file = own_or_shipped(path, "elicitation", "instructions.jsonl")
     out: dict[str, dict[str, list[str]]] = {}
     lines: dict[str, int] = {}
     for n, r in read_jsonl(file, ["trait", "positive", "negative"]):
@@ -453,9 +463,7 @@ def opinion_questions(split: str = "test", n: int | None = None, path: str | Pat
     """
     import pandas as pd
 
-    file = project_data("steering", "optimism_questions.jsonl") if path is None else Path(path).expanduser()
-    if path is None and not file.exists():
-        raise DataError(f"{file} is missing; it ships with the repository (data/)")
+    file = own_or_shipped(path, "steering", "optimism_questions.jsonl")
     rows, ids, texts = [], {}, {}
     for line, r in read_jsonl(file, ["id", "question", "split"]):
         q = r["question"]

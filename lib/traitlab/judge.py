@@ -168,6 +168,20 @@ def undescribed(traits: Sequence[str], given: Mapping[str, str] | None = None) -
             f"data/judge/gold_{missing[0]}.jsonl)")
 
 
+def definition(trait: str, description: str | None = None) -> str:
+    """The one-line definition a judge prompt shows for ``trait``: ``description`` when given, else
+    ``TRAIT_DESCRIPTIONS[trait]``; a ``ValueError`` for a trait with neither.
+
+    >>> definition("humor", "witty.")
+    'witty.'
+    """
+    desc = description or TRAIT_DESCRIPTIONS.get(trait)
+    if not desc:
+        raise ValueError(f"no description for trait {trait!r}; pass description=... "
+                         f"(known: {', '.join(TRAIT_DESCRIPTIONS)})")
+    return desc
+
+
 TRAIT_OPPOSITES = {
     "refusal": ("compliance", "doing what was asked: the answer carries out the request directly and "
                               "fully, without refusing, deflecting or lecturing."),
@@ -249,10 +263,7 @@ def yesno_question(metric: Metric, trait: str = "optimism", description: str | N
         raise ValueError(f"metric must be 'trait' or 'coherence', got {metric!r}")
     if description is None and trait in YESNO_QUESTIONS:
         return YESNO_QUESTIONS[trait]
-    desc = description or TRAIT_DESCRIPTIONS.get(trait)
-    if not desc:
-        raise ValueError(f"no description for trait {trait!r}; pass description=... "
-                         f"(known: {', '.join(TRAIT_DESCRIPTIONS)})")
+    desc = definition(trait, description)
     return YesNo(f'Does the answer show the trait "{trait}": {desc.strip().rstrip(".")}?')
 
 _INT = re.compile(r"^\d{1,3}$")
@@ -999,10 +1010,7 @@ def judge_messages(metric: Metric, question: str, answer: str, trait: str = "opt
     rubric shows those scored examples first (an anchored rubric)."""
     examples = anchor_block(anchors)
     if metric == "trait":
-        desc = description or TRAIT_DESCRIPTIONS.get(trait)
-        if not desc:
-            raise ValueError(f"no description for trait {trait!r}; pass description=... "
-                             f"(known: {', '.join(TRAIT_DESCRIPTIONS)})")
+        desc = definition(trait, description)
         content = TRAIT_PROMPT.format(trait=trait, description=desc, question=question, answer=answer,
                                       examples=examples)
     elif metric == "coherence":
@@ -1015,10 +1023,7 @@ def judge_messages(metric: Metric, question: str, answer: str, trait: str = "opt
 def pairwise_messages(question: str, answer_a: str, answer_b: str, trait: str = "optimism",
                       description: str | None = None) -> list[dict[str, str]]:
     """The chat messages of one pairwise question: which of two answers shows ``trait`` more."""
-    desc = description or TRAIT_DESCRIPTIONS.get(trait)
-    if not desc:
-        raise ValueError(f"no description for trait {trait!r}; pass description=... "
-                         f"(known: {', '.join(TRAIT_DESCRIPTIONS)})")
+    desc = definition(trait, description)
     return [{"role": "user", "content": PAIRWISE_PROMPT.format(trait=trait, description=desc, question=question,
                                                                answer_a=answer_a, answer_b=answer_b)}]
 

@@ -335,7 +335,11 @@ class Resolved:
         return runtime_env(check_runtime(self.runtime or None, where=self.where("runtime")))
 
 
-PATH_KEYS = ("traits_dir", "questions_file", "instructions_file")
+FILE_KEYS = {"questions_file": '{"id", "question", "split"}',
+             "instructions_file": '{"trait", "positive", "negative"}'}
+"""Parameters naming a JSONL file of one's own, and what each line holds."""
+
+PATH_KEYS = ("traits_dir", *FILE_KEYS)
 """Parameters that name a file or folder: a relative path in a parameter file is read from that
 file's folder, one in ``--set`` from the current directory."""
 

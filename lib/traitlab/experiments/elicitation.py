@@ -167,8 +167,8 @@ class Params:
                     raise ParamError(f"{t}: {where} has {len(ps)} {pol} system "
                                      f"prompts, n_system_prompts asks for {self.n_system_prompts}")
             for split, n in (("train", self.n_instruction_questions), ("test", self.n_test_questions)):
-                if len(questions(t, split, n, self.questions_file)) < n:
-                    raise ParamError(f"{t}: only {len(questions(t, split, None, self.questions_file))} {split} questions, asked for {n}")
+                if (have := len(questions(t, split, None, self.questions_file))) < n:
+                    raise ParamError(f"{t}: only {have} {split} questions, asked for {n}")
         if self.judge_backend == "local":
             describe(self.judge_model)
         return sites

@@ -781,8 +781,8 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     mde = max((unc.score_mde(_delta(scored, m, "single", *_at(summ, m))) if _at(summ, m)[0] is not None
                else np.inf) for m in ("sft", "dpo"))
     # the seed's best push into each fine-tune (its L12 rows), on our judge's scale
-    best = SEED[SEED.layer == 12]
-    seed_push = {m.lower(): ours(t - SEED_BASELINE) for m, t in zip(best.model, best.trait, strict=True)}
+    seed_best = SEED[SEED.layer == 12]
+    seed_push = {m.lower(): ours(t - SEED_BASELINE) for m, t in zip(seed_best.model, seed_best.trait, strict=True)}
     v, why = records.decide(holds=both, positive_control=control, seed_effect=min(seed_push.values()), mde=mde)
     if v == "not held" and control:
         ctl = CONTROL if CONTROL in models else "base"
