@@ -57,6 +57,7 @@ judge_api_key_env = "OPENAI_API_KEY"
 judge_offline = False
 judge_dtype = "auto"
 min_mass = 0.25
+gold_dir = None
 trait_descriptions = {}
 batch_size = 16
 n_boot = 1000

@@ -44,6 +44,7 @@ ensemble_layers = [10, 12, 14]
 ensemble_ratio = 0.5
 random_seeds = [1, 2, 3, 4, 5]
 gold_traits = ["optimism", "uncertainty", "refusal"]
+gold_dir = None
 max_new_tokens = 32
 batch_size = 16
 n_boot = 2000
@@ -78,7 +79,8 @@ runinfo.show(runinfo.run_record(P, lm))
 # NBVAL_IGNORE_OUTPUT
 dirs = jb.refusal_directions(P, lm, prompts)
 answers = jb.run(P, lm, prompts, dirs)
-floors, gold = judge_power.calibrate_floors(lm, P.gold_traits, context=False, batch_size=P.batch_size)
+floors, gold = judge_power.calibrate_floors(lm, P.gold_traits, context=False, batch_size=P.batch_size,
+                                             folder=P.gold_dir)
 answers = jb.add_coherence(answers, lm, floors, P.batch_size)
 refits = judge_power.FloorRefits(gold)  # the floors' own error, for the intervals
 

@@ -51,6 +51,7 @@ max_new_tokens = 64
 n_boot = 1000
 seed = 0
 gold_traits = ["optimism", "uncertainty", "refusal"]
+gold_dir = None
 gold_split = "heldout"
 max_gold_questions = None
 coherence_floor = 50.0
@@ -84,7 +85,7 @@ from traitlab.params import from_namespace
 
 P = from_namespace(jc.Params, globals())
 P.check()
-gold = jc.load_gold(P.trait, P.max_gold, P.seed)
+gold = jc.load_gold(P.trait, P.max_gold, P.seed, P.gold_dir)
 questions = opinion_questions("test", P.n_baseline)
 responder = load_model(P.responder_model, quiet=True)
 judge = Judge(P.judge_config("logprob"))
@@ -210,7 +211,8 @@ for line in jc.conclusions(agree, modes_df, base_scored, P.judge_model, trait=P.
 method_rows = jc.method_gold(P)
 text_line = jc.text_fit(P, responder) if P.perplexity and P.gold_split == "heldout" else None
 reader = jc.probe_reader_model(P, judge, responder) if P.gold_split == "heldout" else None
-probes = probe_reader.fit_gold(reader, P.gold_traits) if reader is not None else {}  # tune part only
+# tune part only
+probes = probe_reader.fit_gold(reader, P.gold_traits, folder=P.gold_dir) if reader is not None else {}
 if probes:
     method_rows = jc.probe_columns(probes, reader, method_rows)
 method_scored, method_pairs = jc.score_methods(judge, method_rows, responder if P.perplexity else None,

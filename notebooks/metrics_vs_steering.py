@@ -46,6 +46,7 @@ max_new_tokens = 40
 late_frac = 0.75
 n_system_prompts = 5
 gold_traits = ["optimism", "uncertainty", "refusal"]
+gold_dir = None
 reading = "probe"
 judge_backend = "local"
 judge_model = "qwen2.5-coder-0.5b-instruct"
@@ -98,7 +99,8 @@ metrics, vectors = mvs.fit_cells(P, lm, sites)
 answers = mvs.steer_cells(P, lm, vectors, qs)
 judged = mvs.judge_cells(judge, answers, P.reading)
 instructed = mvs.instructed_control(P, lm, judge, qs)
-floors, gold = judge_power.calibrate_floors(lm, P.gold_traits, batch_size=P.batch_size)
+floors, gold = judge_power.calibrate_floors(lm, P.gold_traits, batch_size=P.batch_size,
+                                             folder=P.gold_dir)
 judged = judged.join(textstats.coherence_measures(lm, judged, batch_size=P.batch_size))
 judged["coherent"] = floors.coherent(judged)
 

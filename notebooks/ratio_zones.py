@@ -50,6 +50,7 @@ max_new_tokens = 32
 coherent_share = 0.5
 trait_method = "absolute"
 gold_traits = ["optimism", "uncertainty", "refusal"]
+gold_dir = None
 judge_backend = "local"
 judge_model = "qwen2.5-coder-0.5b-instruct"
 judge_base_url = None
@@ -110,7 +111,8 @@ display(sep.reset_index().pivot(index="layer", columns="method", values="separat
 # %%
 steered = rz.steered_answers(P, lm, vectors, qs, rz.steering_norms(norms, P))
 steered["win"] = rz.trait_wins(P.judge(), steered, base, P.trait, P.trait_method)
-floors, gold = judge_power.calibrate_floors(lm, P.gold_traits, batch_size=P.batch_size)
+floors, gold = judge_power.calibrate_floors(lm, P.gold_traits, batch_size=P.batch_size,
+                                             folder=P.gold_dir)
 answers = pd.concat([base.assign(win=np.nan), steered], ignore_index=True)
 answers = answers.join(textstats.coherence_measures(lm, answers, batch_size=P.batch_size))
 answers["coherent"] = floors.coherent(answers)

@@ -57,6 +57,7 @@ n_questions = 16
 max_new_tokens = 32
 coherent_share = 0.5
 gold_traits = ["optimism", "uncertainty", "refusal"]
+gold_dir = None
 reference_model = "qwen2.5-coder-0.5b-instruct"
 judge_backend = "local"
 judge_model = "qwen2.5-coder-0.5b-instruct"

@@ -200,5 +200,5 @@ def test_the_probe_reading_needs_a_local_judge_and_a_gold_set_per_trait():
         el.Params(judge_backend="openai", judge_model="gpt-4.1-mini")
     assert el.Params(judge_backend="openai", judge_model="gpt-4.1-mini", reading="absolute").reading == "absolute"
     candour = {"candour": "saying plainly what one thinks."}  # a trait without gold
-    with pytest.raises(ParamError, match=r"\['candour'\] have none"):
+    with pytest.raises(ParamError, match=r"no gold set for \['candour'\]"):
         el.Params(traits=["optimism", "candour"], trait_descriptions=candour).check()

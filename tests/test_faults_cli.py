@@ -136,6 +136,14 @@ def test_missing_traits_dir(capsys, tmp_path):
            "--set traits_dir", "is not a folder")
 
 
+def test_missing_gold_dir_and_a_trait_without_gold(capsys, tmp_path):
+    _fails(capsys, ["check", "ratio_zones", "--profile", "ci", "--set", f"gold_dir={tmp_path}/none"],
+           "--set gold_dir", "is not a folder; give a folder of gold_<trait>.jsonl gold sets")
+    _fails(capsys, ["check", "metrics_vs_steering", "--profile", "ci", "--set", f"gold_dir={tmp_path}",
+                    "--set", "gold_traits=[optimism, cheer]"],
+           "no gold set for ['cheer']", f"write {tmp_path}/gold_cheer.jsonl")
+
+
 def test_missing_profile_and_notebook(capsys):
     _fails(capsys, ["check", "method_comparison", "--profile", "nope"], "no profile 'nope'", "have ")
     _fails(capsys, ["render", "method_comparsion"], "unknown notebook 'method_comparsion'")

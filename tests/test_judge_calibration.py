@@ -73,7 +73,7 @@ def test_calibration_params_fail_early(kw, msg):
 def test_a_trait_without_a_gold_set_fails_naming_the_file_and_the_sets_there():
     with pytest.raises(ParamError, match=r"trait 'candour' has no judge description"):
         jc.Params(gold_traits=["candour"])
-    with pytest.raises(ParamError, match=r"has no gold set .*gold_candour\.jsonl; gold sets: formality, humor, optimism"):
+    with pytest.raises(ParamError, match=r"no gold set for \['candour'\]: write gold_candour\.jsonl .* \(formality, humor, optimism"):
         jc.Params(gold_traits=["candour"], trait_descriptions={"candour": "saying plainly what one thinks."})
 
 

@@ -67,6 +67,28 @@ def test_a_missing_key_and_a_question_in_both_splits_fail(tmp_path):
         JP.load_gold("nothing", folder=tmp_path)
 
 
+def test_ones_own_gold_folder_adds_and_replaces_gold_sets_and_falls_back_to_ours(tmp_path):
+    mine = {**GOOD, "cheer": 80}
+    del mine["x"]
+    (tmp_path / "gold_cheer.jsonl").write_text(json.dumps(mine) + "\n")
+    shipped = JP.load_gold("optimism")
+    relabelled = [{**r, "optimism": 100 - r["optimism"]} for r in map(json.loads, open(JP.gold_path("optimism")))]
+    (tmp_path / "gold_optimism.jsonl").write_text("".join(json.dumps(r) + "\n" for r in relabelled))
+    assert JP.gold_path("cheer", tmp_path) == tmp_path / "gold_cheer.jsonl"
+    assert JP.gold_path("refusal", tmp_path) == JP.gold_path("refusal")  # not in the folder: ours
+    assert JP.load_gold("cheer", folder=tmp_path).label.tolist() == [80]
+    np.testing.assert_array_equal(JP.load_gold("optimism", folder=tmp_path).label, 100 - shipped.label)
+    assert JP.missing_gold(["cheer", "refusal"], tmp_path) is None
+    JP.check_gold(["cheer", "refusal"], tmp_path)
+    assert JP.missing_gold(["cheer"]).startswith("no gold set for ['cheer']: write gold_cheer.jsonl in a folder "
+                                                 "of your own and name it with gold_dir, or use a trait with one")
+    with pytest.raises(DataError, match=f"write {tmp_path}/gold_awe.jsonl"):
+        JP.check_gold(["cheer", "awe"], tmp_path)
+    (tmp_path / "gold_cheer.jsonl").write_text(json.dumps({**mine, "cheer": 120}) + "\n")
+    with pytest.raises(DataError, match="gold_cheer.jsonl:1: cheer must be a number in 0..100"):
+        JP.check_gold(["cheer"], tmp_path)
+
+
 def test_pairs_are_within_question_and_oriented():
     g = pd.DataFrame({"trait": ["t"] * 4, "question": ["a", "a", "a", "b"], "label": [10, 90, 50, 70]})
     p = JP.gold_pairs(g)

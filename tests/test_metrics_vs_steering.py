@@ -86,7 +86,7 @@ def test_the_probe_reading_needs_a_local_judge_and_a_gold_set_per_trait():
         mvs.Params(judge_backend="openai", judge_model="gpt-4.1-mini")
     assert mvs.Params(judge_backend="openai", judge_model="gpt-4.1-mini", reading="absolute").reading == "absolute"
     candour = {"candour": "saying plainly what one thinks."}  # a trait without gold
-    with pytest.raises(ParamError, match=r"\['candour'\] have none \(write .*gold_candour\.jsonl\) or set reading: absolute"):
+    with pytest.raises(ParamError, match=r"\['candour'\]: write gold_candour\.jsonl .*, or set reading: absolute"):
         mvs.Params(traits=["optimism", "candour"], trait_descriptions=candour).check()
 
 

@@ -3,6 +3,8 @@ on training rows only, features from a tiny model, and the calibration's use of 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -244,5 +246,50 @@ def test_reading_by_probe_needs_a_local_judge_and_a_gold_set():
         judge_answers(http, answers, trait="optimism", reading="probe")
     local = Judge(JudgeConfig(backend="local", model="tiny-qwen2"), backend=LocalBackend(load_model("tiny-qwen2")),
                   cache=None)
-    with pytest.raises(DataError, match=r"gold_candour\.jsonl does not exist: label answers for 'candour'"):
+    with pytest.raises(DataError, match=r"no gold set for \['candour'\]: write gold_candour\.jsonl in a folder .* gold_dir"):
         judge_answers(local, answers, trait="candour", reading="probe")
+
+
+def test_a_new_traits_probe_fits_on_the_gold_set_in_the_judges_gold_dir(tmp_path, monkeypatch):
+    """A trait of one's own, read by probe: its gold set comes from the judge config's gold_dir,
+    the others from ours. Relabelling our optimism set as 'candour' must give the optimism probe."""
+    from traitlab.judge import Judge, JudgeConfig, LocalBackend
+    from traitlab.steered_eval import judge_probes
+
+    monkeypatch.setenv("TRAITLAB_CACHE", str(tmp_path / "cache"))
+    mine = tmp_path / "gold"
+    mine.mkdir()
+    rows = [json.loads(x) for x in JP.gold_path("optimism").read_text().splitlines()]
+    (mine / "gold_candour.jsonl").write_text("".join(
+        json.dumps({("candour" if k == "optimism" else k): v for k, v in r.items()}) + "\n" for r in rows))
+    m = load_model("tiny-qwen2")
+    judge = Judge(JudgeConfig(backend="local", model="tiny-qwen2", gold_dir=str(mine),
+                              descriptions=(("candour", "saying plainly what one thinks."),)),
+                  backend=LocalBackend(m), cache=None)
+    got = judge_probes(judge, ["candour", "refusal"], coherence=False)
+    ours = PR.fit_gold(m, ["optimism", "refusal"], coherence=False, progress=False)
+    assert got["candour"].target == "candour" and got["candour"].layer == ours["optimism"].layer
+    np.testing.assert_allclose(got["candour"].weights, ours["optimism"].weights, rtol=1e-6)
+    np.testing.assert_allclose(got["refusal"].weights, ours["refusal"].weights, rtol=1e-6)
+
+
+def test_a_gold_set_a_probe_cannot_fit_on_fails_before_model_work(tmp_path):
+    from traitlab.params import ParamError
+    from traitlab.steered_eval import check_reading
+
+    rows = [json.loads(x) for x in JP.gold_path("optimism").read_text().splitlines()]
+    tune = [r for r in rows if r["split"] == "tune"]
+    few = [r for r in tune if r["question"] in list(dict.fromkeys(x["question"] for x in tune))[:3]]
+    (tmp_path / "gold_optimism.jsonl").write_text("".join(json.dumps(r) + "\n" for r in few))
+    with pytest.raises(ParamError, match=r"reading 'probe': .*gold_optimism\.jsonl: a probe needs answers to at "
+                                         r"least 5 questions in its tune split to cross-validate; it has 3"):
+        check_reading("probe", "local", ["optimism"], gold_dir=str(tmp_path))
+    (tmp_path / "gold_optimism.jsonl").write_text("".join(json.dumps({**r, "optimism": 50}) + "\n" for r in tune))
+    with pytest.raises(ParamError, match="the optimism labels of the tune split do not vary"):
+        check_reading("probe", "local", ["optimism"], gold_dir=str(tmp_path))
+    check_reading("probe", "local", ["optimism"])  # ours fits
+    flat = [{**r, "coherence": 90} for r in tune]
+    (tmp_path / "gold_optimism.jsonl").write_text("".join(json.dumps(r) + "\n" for r in flat))
+    check_reading("probe", "local", ["optimism"], gold_dir=str(tmp_path))  # the trait probe needs no coherence
+    with pytest.raises(PR.ProbeError, match="coherence labels .* do not vary"):
+        PR.check_gold_fit(["optimism"], folder=tmp_path)

@@ -259,9 +259,23 @@ def test_probe_trait_method_needs_a_local_judge_and_the_traits_gold_set():
     with pytest.raises(ParamError, match=r"trait 'candour' has no judge description.*set trait_descriptions"):
         _params(trait="candour")
     candour = {"candour": "saying plainly what one thinks."}  # a trait without gold
-    with pytest.raises(ParamError, match=r"trait_method 'probe' fits a probe on each trait's gold answers; \['candour'\]"):
+    with pytest.raises(ParamError, match=r"trait_method 'probe' fits a probe on each trait's gold answers; no gold set for \['candour'\]"):
         _params(trait="candour", trait_method="probe", trait_descriptions=candour).check()
     assert _params(trait_method="opposite").trait_method == "opposite"
+
+
+def test_a_new_traits_gold_set_and_prompt_set_come_from_its_own_folders(tmp_path):
+    from traitlab import judge_power
+    from traitlab.paths import project_data
+
+    candour = {"candour": "saying plainly what one thinks."}
+    rows = judge_power.gold_path("optimism").read_text().replace('"optimism":', '"candour":')
+    (tmp_path / "gold_candour.jsonl").write_text(rows)
+    (tmp_path / "candour.jsonl").write_text(project_data("traits", "optimism.jsonl").read_text())
+    P = _params(trait="candour", trait_method="probe", trait_descriptions=candour, gold_dir=str(tmp_path),
+                traits_dir=str(tmp_path), model="tiny-qwen2", layers=[0, 1], judge_model="tiny-qwen2")
+    P.check()  # before model work: prompt set, gold set and the floors' gold sets (ours) all found
+    assert P.judge().config.gold_dir == str(tmp_path)
 
 
 def test_a_new_traits_definition_reaches_the_judge_the_report_builds():

@@ -31,16 +31,17 @@ from . import datasets, runinfo
 from .atomic import atomic_path, sha256_file, write_text
 from .params import (
     FILE_KEYS,
+    FOLDER_KEYS,
     ParamError,
     Resolved,
     check_dtypes,
     check_models,
     check_types,
     notebook_name,
+    own_folder,
     parse_set,
     profile_path,
     resolve,
-    traits_folder,
     validate,
 )
 from .paths import PROJECT_ROOT, build_root, data_root, reports_root
@@ -73,11 +74,11 @@ def check_resolved(r: Resolved) -> dict:
         return r.values
     check_types(cls, r)
     check_models(r, dataclasses.asdict(cls()))
-    if r.values.get("traits_dir") is not None:
+    for key in FOLDER_KEYS:
         try:
-            traits_folder(r.values["traits_dir"])
+            own_folder(key, r.values.get(key))
         except ParamError as err:
-            raise ParamError(f"{r.where('traits_dir')}: {err}") from None
+            raise ParamError(f"{r.where(key)}: {err}") from None
     for key, lines in FILE_KEYS.items():
         if (f := r.values.get(key)) is not None and not Path(f).expanduser().is_file():
             raise ParamError(f"{r.where(key)}: {key} {f!r} is not a file; give a JSONL file of {lines} lines, "

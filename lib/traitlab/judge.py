@@ -164,8 +164,8 @@ def undescribed(traits: Sequence[str], given: Mapping[str, str] | None = None) -
     what = f"trait {missing[0]!r} has" if len(missing) == 1 else f"traits {missing} have"
     return (f"{what} no judge description; known: {', '.join(TRAIT_DESCRIPTIONS)}. To judge another trait, set "
             f"trait_descriptions: {{{missing[0]}: <one-line definition>}} in the parameters (and, where a report "
-            f"reads it with a probe or calibrates the judge, write a labelled gold set "
-            f"data/judge/gold_{missing[0]}.jsonl)")
+            f"reads it with a probe or calibrates the judge, a labelled gold set gold_{missing[0]}.jsonl "
+            f"in a folder named by gold_dir)")
 
 
 def definition(trait: str, description: str | None = None) -> str:
@@ -928,6 +928,10 @@ class JudgeConfig:
     descriptions: tuple[tuple[str, str], ...] = ()
     """(trait, one-line definition) pairs for traits not in ``TRAIT_DESCRIPTIONS`` (or to replace
     one there); a report's ``trait_descriptions`` parameter. They enter the prompt, so the cache key."""
+    gold_dir: str | None = None
+    """A folder of one's own ``gold_<trait>.jsonl`` gold sets, read in place of ours for the traits
+    it holds (``judge_power.gold_path``); a report's ``gold_dir`` parameter. The ``probe`` reading
+    fits on them. Not part of the cache key: no judge prompt shows a gold set."""
 
     def __post_init__(self) -> None:
         if (why := undescribed((), dict(self.descriptions))) is not None:
@@ -1468,11 +1472,11 @@ def _read_cached(path: Path) -> tuple[Reply | None, str]:
 def judge_from_params(p: Any) -> Judge:
     """The judge a report's Params name (fields ``judge_backend``, ``judge_model``,
     ``judge_base_url``, ``judge_api_key_env``, ``judge_offline``, ``judge_dtype``, ``min_mass``,
-    ``trait_descriptions``)."""
+    ``trait_descriptions``, ``gold_dir``)."""
     return Judge(JudgeConfig(backend=p.judge_backend, model=p.judge_model, base_url=p.judge_base_url,
                              api_key_env=p.judge_api_key_env, min_mass=p.min_mass,
                              offline=p.judge_offline, dtype=p.judge_dtype,
-                             descriptions=described(p.trait_descriptions)))
+                             descriptions=described(p.trait_descriptions), gold_dir=p.gold_dir))
 
 
 def described(trait_descriptions: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -20,7 +20,7 @@ pairs of gold answers to one question whose labels differ by Δ points:
   ``Φ(Δ/σ) − ½ = POWER_Z · ½ / √n``, i.e. ``MDE = σ · Φ⁻¹(½ + POWER_Z / (2√n))`` (∞ when the
   right side reaches 1: no gap is detectable with so few questions).
 
-Gold sets: ``data/judge/gold_<trait>.jsonl``, one labelled response per line with ``question``,
+Gold sets: ``data/judge/gold_<trait>.jsonl`` (or one's own folder: a report's ``gold_dir``), one labelled response per line with ``question``,
 ``response``, the trait's own label column (0–100), ``coherence`` (0–100), ``shape`` (the
 failure shape: fluent, repetition, truncation, topic_drift, one_line, off_topic, word_salad)
 and ``split`` (``tune``/``heldout``: no judge design is tuned on the held-out questions).
@@ -84,14 +84,52 @@ def load_anchors(trait: str, folder: str | Path | None = None) -> tuple[Anchor, 
 
 
 def gold_path(trait: str, folder: str | Path | None = None) -> Path:
-    """``<folder>/gold_<trait>.jsonl``; the folder defaults to the gold sets we ship (``data/judge``)."""
-    return (Path(folder).expanduser() if folder is not None else project_data("judge")) / f"gold_{trait}.jsonl"
+    """The gold set of ``trait``: ``<folder>/gold_<trait>.jsonl`` where ``folder`` (one's own, a
+    report's ``gold_dir``) holds one, else the one we ship (``data/judge/gold_<trait>.jsonl``),
+    so one's own folder needs only the traits it adds or relabels.
+
+    >>> gold_path("optimism", "/no/such/dir") == gold_path("optimism")
+    True
+    """
+    name = f"gold_{trait}.jsonl"
+    own = Path(folder).expanduser() / name if folder is not None else None
+    return own if own is not None and own.is_file() else project_data("judge") / name
+
+
+def missing_gold(traits: Sequence[str], folder: str | Path | None = None) -> str | None:
+    """None when every trait in ``traits`` has a gold set (``gold_path``), else a one-line
+    sentence naming those without one and the file to write.
+
+    >>> missing_gold(["optimism"]) is None
+    True
+    >>> missing_gold(["optimism", "cheer"], "/my/gold")
+    "no gold set for ['cheer']: write /my/gold/gold_cheer.jsonl"
+    >>> missing_gold(["cheer"]).split(", or")[0]
+    "no gold set for ['cheer']: write gold_cheer.jsonl in a folder of your own and name it with gold_dir"
+    """
+    none = [t for t in traits if not gold_path(t, folder).is_file()]
+    if not none:
+        return None
+    if folder is not None:
+        return f"no gold set for {none}: write {Path(folder).expanduser() / f'gold_{none[0]}.jsonl'}"
+    ours = sorted(p.stem.removeprefix("gold_") for p in project_data("judge").glob("gold_*.jsonl"))
+    return (f"no gold set for {none}: write gold_{none[0]}.jsonl in a folder of your own and name it with "
+            f"gold_dir, or use a trait with one ({', '.join(ours)})")
+
+
+def check_gold(traits: Sequence[str], folder: str | Path | None = None) -> None:
+    """Before model work: every trait in ``traits`` has a gold set (``missing_gold``) that reads
+    cleanly (``load_gold``'s checks); else a one-line ``DataError``."""
+    if (why := missing_gold(traits, folder)) is not None:
+        raise DataError(why)
+    for t in dict.fromkeys(traits):
+        load_gold(t, folder=folder)
 
 
 def load_gold(trait: str, split: str | None = None, folder: str | Path | None = None) -> pd.DataFrame:
     """The gold set of ``trait`` with a uniform schema: id, trait, question, response, ``label``
-    (the trait's 0–100 label), coherence, shape, split; ``split`` keeps one part. ``folder``
-    reads your own ``gold_<trait>.jsonl`` instead of ours.
+    (the trait's 0–100 label), coherence, shape, split; ``split`` keeps one part. A ``folder``
+    holding ``gold_<trait>.jsonl`` is read instead of ours (``gold_path``).
 
     Raises ``DataError`` naming the file and line of the first bad row (a missing key, a label
     outside 0–100, an unknown shape or split) or a question that sits in both splits.

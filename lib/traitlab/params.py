@@ -339,7 +339,10 @@ FILE_KEYS = {"questions_file": '{"id", "question", "split"}',
              "instructions_file": '{"trait", "positive", "negative"}'}
 """Parameters naming a JSONL file of one's own, and what each line holds."""
 
-PATH_KEYS = ("traits_dir", *FILE_KEYS)
+FOLDER_KEYS = {"traits_dir": "<trait>.jsonl prompt sets", "gold_dir": "gold_<trait>.jsonl gold sets"}
+"""Parameters naming a folder of one's own files, and what it holds."""
+
+PATH_KEYS = (*FOLDER_KEYS, *FILE_KEYS)
 """Parameters that name a file or folder: a relative path in a parameter file is read from that
 file's folder, one in ``--set`` from the current directory."""
 
@@ -451,6 +454,25 @@ def check_models(resolved: Resolved, defaults: dict[str, Any]) -> None:
             raise ParamError(f"{resolved.where(key)}: {key}: {err}") from None
 
 
+def own_folder(key: str, value: str | None) -> Path | None:
+    """The folder a ``FOLDER_KEYS`` parameter names (``None``: the shipped one); a missing folder
+    is a one-line ``ParamError`` naming the key and what the folder should hold.
+
+    Example:
+        >>> own_folder("gold_dir", "/no/such/dir")
+        Traceback (most recent call last):
+        ...
+        traitlab.params.ParamError: gold_dir '/no/such/dir' is not a folder; give a folder of gold_<trait>.jsonl gold sets, or null for the shipped ones
+    """
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ParamError(f"{key} {value!r} is not a folder; give a folder of {FOLDER_KEYS[key]}, "
+                         "or null for the shipped ones")
+    return path
+
+
 def traits_folder(traits_dir: str | None) -> Path | None:
     """The folder of ``<trait>.jsonl`` prompt sets a ``traits_dir`` parameter names (``None``:
     the shipped ``data/traits``); a missing folder is a one-line ``ParamError``.
@@ -458,15 +480,5 @@ def traits_folder(traits_dir: str | None) -> Path | None:
     Example:
         >>> traits_folder(None) is None
         True
-        >>> traits_folder("/no/such/dir")
-        Traceback (most recent call last):
-        ...
-        traitlab.params.ParamError: traits_dir '/no/such/dir' is not a folder; give a folder of <trait>.jsonl files, or null for the shipped data/traits
     """
-    if traits_dir is None:
-        return None
-    path = Path(traits_dir).expanduser()
-    if not path.is_dir():
-        raise ParamError(f"traits_dir {traits_dir!r} is not a folder; give a folder of "
-                         "<trait>.jsonl files, or null for the shipped data/traits")
-    return path
+    return own_folder("traits_dir", traits_dir)

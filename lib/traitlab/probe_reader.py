@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -180,15 +181,38 @@ def fit(features: Mapping[int, np.ndarray], labels: Sequence[float], groups: Seq
                        weights=w, intercept=float(y.mean()), cv_r=float(r), n_train=len(y), n_groups=n_groups)
 
 
+def check_gold_fit(traits: Sequence[str], *, split: str = "tune", folder: str | Path | None = None,
+                   coherence: bool = True, folds: int = FOLDS) -> None:
+    """Before model work: ``fit_gold`` can fit on the ``split`` part of each trait's gold set
+    (answers to at least ``folds`` questions, labels that vary; with ``coherence``, coherence
+    labels that vary over them all); else a one-line ``ProbeError`` naming the file.
+
+    >>> check_gold_fit(["optimism", "refusal"])
+    """
+    parts = []
+    for t in traits:
+        g = judge_power.load_gold(t, split, folder)
+        where = judge_power.gold_path(t, folder)
+        if g.question.nunique() < folds:
+            raise ProbeError(f"{where}: a probe needs answers to at least {folds} questions in its {split} "
+                             f"split to cross-validate; it has {g.question.nunique()}")
+        if np.ptp(g.label.to_numpy(float)) == 0:
+            raise ProbeError(f"{where}: the {t} labels of the {split} split do not vary: nothing to fit")
+        parts.append(g.coherence.to_numpy(float))
+    if coherence and parts and np.ptp(np.concatenate(parts)) == 0:
+        raise ProbeError(f"the coherence labels of {list(traits)}' {split} splits do not vary: nothing to fit")
+
+
 def fit_gold(model: LoadedModel, traits: Sequence[str], *, split: str = "tune", coherence: bool = True,
-             progress: bool = True) -> dict[str, ProbeReader]:
-    """One probe per trait in ``traits`` (its gold label, ``data/judge/gold_<trait>.jsonl``) and,
+             folder: str | Path | None = None, progress: bool = True) -> dict[str, ProbeReader]:
+    """One probe per trait in ``traits`` (its gold label: ``judge_power.gold_path``, in ``folder``
+    where it holds one, else ``data/judge/gold_<trait>.jsonl``) and,
     with ``coherence``, one for ``"coherence"`` (every named gold set's coherence labels together),
     each fitted through ``model`` on the gold sets' ``split`` part (the *tune* part: a report that
     reads the held-out part reads it out of sample). Answers to one question share a fold."""
     if not traits:
         raise ProbeError("fit_gold needs at least one trait with a gold set")
-    parts = [judge_power.load_gold(t, split) for t in traits]
+    parts = [judge_power.load_gold(t, split, folder) for t in traits]
     gold = pd.concat(parts, ignore_index=True)
     # one extraction per gold set, so its activation cache serves any other choice of traits
     per = [answer_features(model, list(zip(g.question, g.response, strict=True)), progress=progress) for g in parts]

@@ -284,11 +284,12 @@ local judge model's activations (``judge_probes``; a trait needs a gold set). Th
 judge-calibration report says which sees more."""
 
 
-def check_reading(reading: str, judge_backend: str, traits: Sequence[str] = (), *, key: str = "reading") -> None:
+def check_reading(reading: str, judge_backend: str, traits: Sequence[str] = (), *, key: str = "reading",
+                  gold_dir: str | None = None) -> None:
     """A report's trait ``reading`` (``JUDGE_READINGS``), checked before model work: a one-line
     ``ParamError`` for an unknown reading, for ``probe`` with an HTTP judge (it shows no
-    activations), and for ``probe`` with any of ``traits`` lacking a gold set to fit on. ``key``
-    names the parameter in the messages."""
+    activations), and for ``probe`` with any of ``traits`` lacking a gold set to fit on (in
+    ``gold_dir`` or ours: ``judge_power.gold_path``). ``key`` names the parameter in the messages."""
     if reading not in JUDGE_READINGS:
         raise ParamError(f"{key} must be one of {', '.join(JUDGE_READINGS)}, got {reading!r}")
     if reading != "probe":
@@ -296,10 +297,12 @@ def check_reading(reading: str, judge_backend: str, traits: Sequence[str] = (), 
     if judge_backend != "local":
         raise ParamError(f"{key} 'probe' reads the judge model's activations: set judge_backend: local "
                          f"(an HTTP judge shows none) or choose another {key}")
-    no_gold = [t for t in traits if not judge_power.gold_path(t).is_file()]
-    if no_gold:
-        raise ParamError(f"{key} 'probe' fits a probe on each trait's gold answers; {no_gold} have none "
-                         f"(write {judge_power.gold_path(no_gold[0])}) or set {key}: absolute")
+    if (why := judge_power.missing_gold(traits, gold_dir)) is not None:
+        raise ParamError(f"{key} 'probe' fits a probe on each trait's gold answers; {why}, or set {key}: absolute")
+    try:
+        probe_reader.check_gold_fit(traits, folder=gold_dir, coherence=False)  # the trait's probe
+    except ValueError as err:
+        raise ParamError(f"{key} 'probe': {err}") from None
 
 
 def judge_answers(judge: Judge, answers: pd.DataFrame, metrics: Mapping[str, str] | Sequence[str] = ("trait",),
@@ -337,16 +340,16 @@ def judge_probes(judge: Judge, traits: Sequence[str], *, coherence: bool = True,
     The activation cache makes a refit cheap.
 
     Raises ``ValueError`` for an HTTP judge (it shows no activations) and ``DataError`` naming the
-    missing ``gold_<trait>.jsonl`` for a trait without a gold set.
+    missing ``gold_<trait>.jsonl`` for a trait without a gold set (the judge config's ``gold_dir``
+    is read before ours: ``judge_power.gold_path``).
     """
     if judge.config.backend != "local":
         raise ValueError(f"reading='probe' reads the judge model's activations; the {judge.config.backend!r} "
                          f"judge {judge.config.model!r} shows none: use a local judge (judge_backend: local)")
-    for t in traits:
-        if not judge_power.gold_path(t).is_file():
-            raise DataError(f"reading='probe' fits its probe on gold answers, and {judge_power.gold_path(t)} "
-                            f"does not exist: label answers for {t!r} there or read it with the judge")
-    return probe_reader.fit_gold(judge.backend.model, list(traits), coherence=coherence, progress=progress)
+    if (why := judge_power.missing_gold(traits, judge.config.gold_dir)) is not None:
+        raise DataError(f"reading='probe' fits its probe on gold answers: {why}, or read it with the judge")
+    return probe_reader.fit_gold(judge.backend.model, list(traits), coherence=coherence,
+                                 folder=judge.config.gold_dir, progress=progress)
 
 
 def probe_answers(probes: Mapping[str, ProbeReader], reader: LoadedModel, answers: pd.DataFrame,

@@ -111,6 +111,9 @@ class Params:
     judge_offline: bool = False
     judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     min_mass: float = 0.25
+    gold_dir: str | None = None
+    """A folder of one's own ``gold_<trait>.jsonl`` gold sets, read in place of ours (``data/judge``)
+    for the traits it holds (``judge_power.gold_path``); null: ours only."""
     trait_descriptions: dict[str, str] = field(default_factory=dict)
     """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks (or to
     replace one there), e.g. ``{candour: "saying plainly what one thinks."}``."""
@@ -148,7 +151,7 @@ class Params:
         check_reading(self.reading, self.judge_backend)
 
     def check(self) -> list[Site]:
-        check_reading(self.reading, self.judge_backend, self.traits)
+        check_reading(self.reading, self.judge_backend, self.traits, gold_dir=self.gold_dir)
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
         try:

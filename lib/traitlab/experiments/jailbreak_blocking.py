@@ -78,6 +78,9 @@ class Params:
     at every ensemble layer."""
     gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
     """Gold sets whose coherence labels calibrate the text floors (``data/judge/gold_<trait>.jsonl``)."""
+    gold_dir: str | None = None
+    """A folder of one's own ``gold_<trait>.jsonl`` gold sets, read in place of ours (``data/judge``)
+    for the traits it holds (``judge_power.gold_path``); null: ours only."""
     max_new_tokens: int = 32
     batch_size: int = 16
     n_boot: int = 2000
@@ -134,8 +137,7 @@ class Params:
             raise ParamError(str(err)) from None
         wrappers(self)
         load_prompts(self)
-        for t in self.gold_traits:
-            judge_power.load_gold(t)
+        judge_power.check_gold(self.gold_traits, self.gold_dir)
         return sites
 
 

@@ -56,6 +56,9 @@ class Params:
     seed: int = 0
     gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
     """Traits whose gold sets (``data/judge/gold_<trait>.jsonl``) the judge methods are compared on."""
+    gold_dir: str | None = None
+    """A folder of one's own ``gold_<trait>.jsonl`` gold sets, read in place of ours (``data/judge``)
+    for the traits it holds (``judge_power.gold_path``); null: ours only."""
     gold_split: Literal["heldout", "tune"] | None = "heldout"
     """Which part of each gold set the comparison reads (null: both)."""
     max_gold_questions: int | None = None
@@ -97,10 +100,10 @@ class Params:
             raise ParamError("coherence_floor must be in 0..100 and mde_questions >= 2")
         if (why := undescribed([self.trait, *self.gold_traits], self.trait_descriptions)) is not None:
             raise ParamError(why)
-        for t in (self.trait, *self.gold_traits):
-            if not judge_power.gold_path(t).exists():
-                have = sorted(p.stem.removeprefix("gold_") for p in judge_power.gold_path(t).parent.glob("gold_*.jsonl"))
-                raise ParamError(f"trait {t!r} has no gold set {judge_power.gold_path(t)}; gold sets: {', '.join(have)}")
+        try:
+            judge_power.check_gold([self.trait, *self.gold_traits], self.gold_dir)
+        except DataError as err:
+            raise ParamError(str(err)) from None
         if self.anchored:
             for t in (*self.gold_traits, "coherence"):
                 try:
@@ -151,13 +154,15 @@ class Params:
                            base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
                            mode=mode, top_logprobs=self.top_logprobs, min_mass=self.min_mass,
                            offline=self.judge_offline, dtype=self.judge_dtype,
-                           descriptions=described(self.trait_descriptions))
+                           descriptions=described(self.trait_descriptions), gold_dir=self.gold_dir)
 
 
-def load_gold(trait: str = "optimism", max_items: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """The labelled gold set of ``trait`` (``data/judge/gold_<trait>.jsonl``, both splits), its
-    label in a column named after the trait; ``max_items`` takes a seeded sample."""
-    df = judge_power.load_gold(trait).rename(columns={"label": trait})
+def load_gold(trait: str = "optimism", max_items: int | None = None, seed: int = 0,
+              folder: str | None = None) -> pd.DataFrame:
+    """The labelled gold set of ``trait`` (``judge_power.gold_path``: in ``folder`` where it holds
+    one, else ``data/judge/gold_<trait>.jsonl``; both splits), its label in a column named after
+    the trait; ``max_items`` takes a seeded sample."""
+    df = judge_power.load_gold(trait, folder=folder).rename(columns={"label": trait})
     df["level"] = np.select([df.coherence < 25, df.coherence < 70], ["word salad", "degraded"],
                             "coherent")
     if max_items is not None and max_items < len(df):
@@ -445,7 +450,7 @@ def method_gold(P: Params) -> pd.DataFrame:
     part, at most ``P.max_gold_questions`` questions per trait (first in file order)."""
     parts = []
     for t in P.gold_traits:
-        g = judge_power.load_gold(t, P.gold_split)
+        g = judge_power.load_gold(t, P.gold_split, P.gold_dir)
         if P.max_gold_questions is not None:
             g = g[g.question.isin(list(dict.fromkeys(g.question))[:P.max_gold_questions])]
         parts.append(g)
@@ -468,7 +473,7 @@ def text_fit(P: Params, reference: LoadedModel) -> textstats.CoherenceFit:
     """The judge-free coherence line (``textstats.fit_coherence`` on ``TEXT_FIT_FEATURES``, perplexity
     under ``reference``) fitted on the *tune* part of every ``P.gold_traits`` gold set, so a report
     that reads the held-out part reads it out of sample."""
-    tune = pd.concat([judge_power.load_gold(t, "tune") for t in P.gold_traits], ignore_index=True)
+    tune = pd.concat([judge_power.load_gold(t, "tune", P.gold_dir) for t in P.gold_traits], ignore_index=True)
     return textstats.fit_coherence(text_measures(tune, reference), tune.coherence, TEXT_FIT_FEATURES)
 
 

@@ -44,7 +44,7 @@ from ..activations import extract
 from ..data import load_trait, opinion_questions, system_prompts
 from ..directions import METHODS, fit_direction
 from ..judge import Judge, judge_from_params, undescribed
-from ..judge_power import FloorRefits, load_gold
+from ..judge_power import FloorRefits, check_gold
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
@@ -95,6 +95,9 @@ class Params:
     """Paraphrased system prompts per polarity in the judge's positive control (0: no control)."""
     gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
     """Gold sets whose coherence labels fit the text-coherence floors."""
+    gold_dir: str | None = None
+    """A folder of one's own ``gold_<trait>.jsonl`` gold sets, read in place of ours (``data/judge``)
+    for the traits it holds (``judge_power.gold_path``); null: ours only."""
     reading: Literal["absolute", "yesno", "opposite", "probe"] = "probe"
     """How each answer's trait is read (``steered_eval.JUDGE_READINGS``): ``probe`` (the default)
     reads the local judge model's activations with a probe fitted on each trait's gold answers —
@@ -156,7 +159,7 @@ class Params:
         opinion_questions("test", self.n_questions, self.questions_file)  # enough questions, before any model work
         if self.n_system_prompts:
             system_prompts(self.instructions_file)  # readable, before any model work
-        check_reading(self.reading, self.judge_backend, self.traits)
+        check_reading(self.reading, self.judge_backend, self.traits, gold_dir=self.gold_dir)
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
         try:
@@ -165,8 +168,7 @@ class Params:
             raise ParamError(str(err)) from None
         for t in self.traits:
             load_trait(t, folder=traits_folder(self.traits_dir))
-        for t in self.gold_traits:
-            load_gold(t)
+        check_gold(self.gold_traits, self.gold_dir)
         if self.judge_backend == "local":
             describe(self.judge_model)
         return sites

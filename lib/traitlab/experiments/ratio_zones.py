@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -110,6 +111,9 @@ class Params:
     the judge-calibration report). ``probe`` needs a local judge and a gold set for ``trait``."""
     gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
     """Gold sets whose coherence labels calibrate the text floors (``data/judge/gold_<trait>.jsonl``)."""
+    gold_dir: str | None = None
+    """A folder of one's own ``gold_<trait>.jsonl`` gold sets, read in place of ours (``data/judge``)
+    for the traits it holds (``judge_power.gold_path``); null: ours only."""
     judge_backend: Literal["local", "openai"] = "local"
     judge_model: str = "qwen2.5-coder-0.5b-instruct"
     judge_base_url: str | None = None
@@ -161,7 +165,8 @@ class Params:
         (before any model work)."""
         opinion_questions("test", self.n_questions, self.questions_file)  # enough questions, before any model work
         if self.trait_method != "pairwise":
-            check_reading(self.trait_method, self.judge_backend, [self.trait], key="trait_method")
+            check_reading(self.trait_method, self.judge_backend, [self.trait], key="trait_method",
+                          gold_dir=self.gold_dir)
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
         try:
@@ -169,8 +174,7 @@ class Params:
         except ValueError as err:
             raise ParamError(str(err)) from None
         load_trait(self.trait, folder=traits_folder(self.traits_dir))
-        for t in self.gold_traits:
-            judge_power.load_gold(t)
+        judge_power.check_gold(self.gold_traits, self.gold_dir)
         if self.judge_backend == "local":
             describe(self.judge_model)
         return sites
@@ -411,7 +415,8 @@ def curves(judged: pd.DataFrame, P: Params, refits: judge_power.FloorRefits | No
     for m in P.methods:
         for x in P.layers:
             W, C = wins.loc[(m, x)].to_numpy(float), fitted[(m, x)]  # [ratios, questions]
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a ratio with no readable answer: NaN
                 w, c = np.nanmean(W, axis=1), C.mean(axis=1)
                 br = [_breaking(Cb[(m, x)][:, d].mean(axis=1), ratios, P.coherent_share) for d, Cb in kept]
                 be = [_best(np.nanmean(W[:, d], axis=1), Cb[(m, x)][:, d].mean(axis=1), ratios, P.coherent_share)

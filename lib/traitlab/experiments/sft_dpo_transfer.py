@@ -100,6 +100,9 @@ class Params:
     """A condition is broken when fewer than this share of its answers are coherent."""
     gold_traits: list[str] = field(default_factory=lambda: ["optimism", "uncertainty", "refusal"])
     """Gold sets whose coherence labels fit the text floors (``data/judge/gold_<trait>.jsonl``)."""
+    gold_dir: str | None = None
+    """A folder of one's own ``gold_<trait>.jsonl`` gold sets, read in place of ours (``data/judge``)
+    for the traits it holds (``judge_power.gold_path``); null: ours only."""
     reference_model: str = "qwen2.5-coder-0.5b-instruct"
     """The model whose perplexity of each answer (after its question) measures coherence."""
     judge_backend: Literal["local", "openai"] = "local"
@@ -179,8 +182,7 @@ class Params:
                 raise ParamError(f"control_layers {sorted(bad)} out of range for {self.control_model} (0..{n - 1})")
         describe(self.reference_model)
         load_trait(self.trait, folder=traits_folder(self.traits_dir))
-        for t in self.gold_traits:
-            judge_power.load_gold(t)
+        judge_power.check_gold([self.trait, *self.gold_traits], self.gold_dir)  # the judge's scale reads the trait's
 
     def judge(self) -> Judge:
         return judge_from_params(self)
@@ -306,7 +308,7 @@ def judge_scale(judge: Judge, trait: str, progress: bool = True) -> dict[str, fl
     """The judge's slope on the trait's gold set (judge points per gold-label point, least squares
     over every labelled answer) with its 95% bootstrap CI over answers, and Pearson r: how many
     of our judge's points one point of the seed's 0–100 scale is worth."""
-    gold = judge_power.load_gold(trait)
+    gold = judge_power.load_gold(trait, folder=judge.config.gold_dir)
     got = judge.score_many("trait", list(zip(gold.question, gold.response, strict=True)), trait=trait,
                            progress=progress)
     y = np.array([np.nan if g.value is None else g.value for g in got], float)
@@ -333,7 +335,8 @@ def coherence(P: Params, answers: pd.DataFrame, progress: bool = True
     on resampled gold questions (``judge_power.FloorRefits``), for intervals that cover where the
     floors fall."""
     ref = load_model(P.reference_model, quiet=True)
-    floors, gold = judge_power.calibrate_floors(ref, P.gold_traits, batch_size=P.batch_size, progress=progress)
+    floors, gold = judge_power.calibrate_floors(ref, P.gold_traits, batch_size=P.batch_size, folder=P.gold_dir,
+                                                progress=progress)
     out = answers.join(textstats.coherence_measures(ref, answers, batch_size=P.batch_size, progress=progress))
     out["coherent"] = floors.coherent(out)
     return out, floors, judge_power.FloorRefits(gold)
