@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,6 +77,25 @@ def test_a_trait_without_a_gold_set_fails_naming_the_file_and_the_sets_there():
         jc.Params(gold_traits=["candour"])
     with pytest.raises(ParamError, match=r"no gold set for \['candour'\]: write gold_candour\.jsonl .* \(formality, humor, optimism"):
         jc.Params(gold_traits=["candour"], trait_descriptions={"candour": "saying plainly what one thinks."})
+
+
+def test_a_new_trait_calibrates_on_its_own_gold_set_and_anchors_from_gold_dir(tmp_path):
+    from traitlab import judge_power
+
+    cheer = {"cheer": "bright, upbeat and encouraging."}
+    rows = judge_power.gold_path("optimism").read_text().replace('"optimism":', '"cheer":')
+    (tmp_path / "gold_cheer.jsonl").write_text(rows)
+    with pytest.raises(ParamError, match=r"anchored: true needs anchors for 'cheer'.*no anchors for 'cheer'"):
+        jc.Params(trait="cheer", gold_traits=["cheer"], trait_descriptions=cheer, gold_dir=str(tmp_path))
+    (tmp_path / "anchors.jsonl").write_text("".join(
+        json.dumps({"trait": "cheer", "score": s, "question": "How was your day?", "answer": a}) + "\n"
+        for s, a in ((10, "Awful, as usual."), (50, "Fine."), (90, "Wonderful, thanks!"))))
+    P = jc.Params(trait="cheer", gold_traits=["cheer", "refusal"], trait_descriptions=cheer, gold_dir=str(tmp_path))
+    assert P.judge_config("logprob").gold_dir == str(tmp_path)
+    g = jc.method_gold(P)
+    assert set(g.trait) == {"cheer", "refusal"} and len(g[g.trait == "cheer"]) == len(jc.load_gold("optimism").query(
+        "split == 'heldout'"))
+    assert jc.load_gold("cheer", folder=str(tmp_path)).cheer.tolist() == jc.load_gold("optimism").optimism.tolist()
 
 
 def test_judge_config_carries_every_knob():

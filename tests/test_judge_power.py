@@ -174,6 +174,18 @@ def test_bad_anchors_fail_naming_file_and_fix(tmp_path, line, message):
         JP.load_anchors("x", tmp_path)
 
 
+def test_ones_own_anchors_replace_ours_for_their_traits_only(tmp_path):
+    mine = [{"trait": t, "score": s, "question": "q", "answer": f"{t} {s}"} for t in ("cheer", "optimism")
+            for s in (90, 10)]
+    (tmp_path / "anchors.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mine))
+    assert [(a.score, a.answer) for a in JP.load_anchors("cheer", tmp_path)] == [(10, "cheer 10"), (90, "cheer 90")]
+    assert [a.answer for a in JP.load_anchors("optimism", tmp_path)] == ["optimism 10", "optimism 90"]
+    assert JP.load_anchors("refusal", tmp_path) == JP.load_anchors("refusal")  # not in the folder: ours
+    assert JP.load_anchors("coherence", tmp_path / "none") == JP.load_anchors("coherence")
+    with pytest.raises(DataError, match=f"{tmp_path}/anchors.jsonl: no anchors for 'awe' \\(have: cheer, coherence"):
+        JP.load_anchors("awe", tmp_path)
+
+
 def test_a_pairwise_win_is_the_decision_not_the_compressed_probability():
     from traitlab.judge import Preference
 

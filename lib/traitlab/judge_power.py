@@ -61,26 +61,30 @@ MIN_PAIR_GAP = 40.0
 
 
 def load_anchors(trait: str, folder: str | Path | None = None) -> tuple[Anchor, ...]:
-    """The anchored rubric's scored examples for ``trait`` (or "coherence") from
-    ``<folder>/anchors.jsonl`` (default: the project's ``data/judge``), one per line with trait,
-    score (0–100), question, answer. Their questions are none of the gold questions.
+    """The anchored rubric's scored examples for ``trait`` (or "coherence"), one per line of an
+    ``anchors.jsonl`` with trait, score (0–100), question, answer: ``<folder>/anchors.jsonl``
+    (one's own, a report's ``gold_dir``) where it has lines for ``trait``, else ours
+    (``data/judge/anchors.jsonl``). Their questions are none of the gold questions.
 
     >>> [a.score for a in load_anchors("refusal")]
     [10, 50, 90]
     """
-    path = Path(folder) / "anchors.jsonl" if folder is not None else project_data("judge", "anchors.jsonl")
-    rows = read_jsonl(path, required=("trait", "score", "question", "answer"))
-    out = []
-    for i, r in rows:
-        if r["trait"] == trait:
-            if not (isinstance(r["score"], int) and 0 <= r["score"] <= 100):
-                raise DataError(f"{path}:{i}: score must be an integer 0-100, got {r['score']!r}")
-            out.append(Anchor(int(r["score"]), str(r["question"]), str(r["answer"])))
-    if not out:
-        known = sorted({r["trait"] for _, r in rows})
-        raise DataError(f"{path}: no anchors for {trait!r} (has: {', '.join(known)}); add lines "
-                        f'{{"trait": "{trait}", "score": 10, "question": ..., "answer": ...}} at 10 / 50 / 90')
-    return tuple(sorted(out, key=lambda a: a.score))
+    ours = project_data("judge", "anchors.jsonl")
+    own = Path(folder).expanduser() / "anchors.jsonl" if folder is not None else None
+    known: set[str] = set()
+    for path in ([own] if own is not None and own.is_file() else []) + [ours]:
+        rows = read_jsonl(path, required=("trait", "score", "question", "answer"))
+        out = []
+        for i, r in rows:
+            if r["trait"] == trait:
+                if not (isinstance(r["score"], int) and 0 <= r["score"] <= 100):
+                    raise DataError(f"{path}:{i}: score must be an integer 0-100, got {r['score']!r}")
+                out.append(Anchor(int(r["score"]), str(r["question"]), str(r["answer"])))
+        if out:
+            return tuple(sorted(out, key=lambda a: a.score))
+        known |= {r["trait"] for _, r in rows}
+    raise DataError(f"{own or ours}: no anchors for {trait!r} (have: {', '.join(sorted(known))}); add lines "
+                    f'{{"trait": "{trait}", "score": 10, "question": ..., "answer": ...}} at 10 / 50 / 90')
 
 
 def gold_path(trait: str, folder: str | Path | None = None) -> Path:

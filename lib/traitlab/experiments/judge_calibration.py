@@ -58,7 +58,8 @@ class Params:
     """Traits whose gold sets (``data/judge/gold_<trait>.jsonl``) the judge methods are compared on."""
     gold_dir: str | None = None
     """A folder of one's own ``gold_<trait>.jsonl`` gold sets, read in place of ours (``data/judge``)
-    for the traits it holds (``judge_power.gold_path``); null: ours only."""
+    for the traits it holds (``judge_power.gold_path``), with an ``anchors.jsonl`` for the anchored
+    rubric read before ours (``judge_power.load_anchors``); null: ours only."""
     gold_split: Literal["heldout", "tune"] | None = "heldout"
     """Which part of each gold set the comparison reads (null: both)."""
     max_gold_questions: int | None = None
@@ -107,7 +108,7 @@ class Params:
         if self.anchored:
             for t in (*self.gold_traits, "coherence"):
                 try:
-                    judge_power.load_anchors(t)
+                    judge_power.load_anchors(t, self.gold_dir)
                 except DataError as err:
                     raise ParamError(f"anchored: true needs anchors for {t!r}: {err} (or set anchored: false)") from None
         if self.control_questions is not None:
@@ -524,8 +525,9 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
             g.loc[rows.index, f"trait_{m}"] = np.nan if got is None else got
         g.loc[rows.index, "coherence_judge_yesno"] = value(judge.yesno_many("coherence", items, progress=progress))
         if anchored:
+            anchors = judge_power.load_anchors("coherence", judge.config.gold_dir)
             g.loc[rows.index, "coherence_judge_anchored"] = value(judge.score_many(
-                "coherence", items, anchors=judge_power.load_anchors("coherence"), progress=progress))
+                "coherence", items, anchors=anchors, progress=progress))
     g = text_measures(g, reference)
     if fit is not None:
         g["coherence_text_fit"] = fit.predict(g)
@@ -558,7 +560,8 @@ def trait_scores(judge: Judge, method: str, items: Sequence[tuple[str, str]], tr
     got = (judge.yesno_many("trait", items, trait=trait, progress=progress) if method == "yesno" else
            judge.opposite_many(items, trait=trait, progress=progress) if method == "opposite" else
            judge.score_many("trait", items, trait=trait, progress=progress,
-                            anchors=judge_power.load_anchors(trait) if method == "anchored" else ()))
+                            anchors=judge_power.load_anchors(trait, judge.config.gold_dir) if method == "anchored"
+                            else ()))
     return np.array([np.nan if x.value is None else x.value for x in got], dtype=float)
 
 
