@@ -102,11 +102,12 @@ def test_traits_dir_reads_ones_own_prompt_sets(tmp_path, capsys):
     assert "no prompt set for trait 'cheer'" in capsys.readouterr().err
 
 
-def test_traits_dir_relative_to_the_params_file(tmp_path):
+@pytest.mark.parametrize(("notebook", "key"), [("method_comparison", "traits_dir"), ("ratio_zones", "gold_dir")])
+def test_a_folder_parameter_is_relative_to_the_params_file(tmp_path, notebook, key):
     (tmp_path / "t").mkdir()
     mine = tmp_path / "p.yaml"
-    mine.write_text("traits_dir: t\n")
-    assert resolve("method_comparison", None, mine).values["traits_dir"] == str(tmp_path / "t")
+    mine.write_text(f"{key}: t\n")
+    assert resolve(notebook, None, mine).values[key] == str(tmp_path / "t")
 
 
 def test_render_shows_progress_and_keeps_it_out_of_the_report(project, tmp_path, capsys):
