@@ -340,6 +340,9 @@ def test_a_trait_description_from_the_parameters_reaches_every_prompt_and_the_ca
     other = J.Judge(dataclasses.replace(cfg, descriptions=J.described({"cheer": "merry."})), backend=rec, cache=tmp_path)
     other.score_many("trait", [("q?", "a")], trait="cheer", progress=False)
     assert len(rec.sent) == 5 and "merry" in rec.sent[-1]  # another definition is not served from the cache
+    mine = J.Judge(dataclasses.replace(cfg, gold_dir=str(tmp_path)), backend=rec, cache=tmp_path)
+    mine.score_many("trait", [("q?", "a")], trait="cheer", progress=False)
+    assert len(rec.sent) == 5  # a gold folder shows in no prompt: the same replies serve it
 
 
 def test_official_endpoint_without_key_fails_before_any_request(monkeypatch):
