@@ -1469,14 +1469,19 @@ def _read_cached(path: Path) -> tuple[Reply | None, str]:
         return None, f"{type(err).__name__}: {err}"
 
 
-def judge_from_params(p: Any) -> Judge:
+def judge_from_params(p: Any, *, gold_dir: str | None = None) -> Judge:
     """The judge a report's Params name (fields ``judge_backend``, ``judge_model``,
     ``judge_base_url``, ``judge_api_key_env``, ``judge_offline``, ``judge_dtype``, ``min_mass``,
-    ``trait_descriptions``, ``gold_dir``)."""
+    ``trait_descriptions``); ``gold_dir``: a report's folder of its own gold sets (``JudgeConfig.gold_dir``).
+
+    >>> from traitlab.elicit import SourceParams
+    >>> judge_from_params(SourceParams(), gold_dir="~/gold").config.gold_dir
+    '~/gold'
+    """
     return Judge(JudgeConfig(backend=p.judge_backend, model=p.judge_model, base_url=p.judge_base_url,
                              api_key_env=p.judge_api_key_env, min_mass=p.min_mass,
                              offline=p.judge_offline, dtype=p.judge_dtype,
-                             descriptions=described(p.trait_descriptions), gold_dir=p.gold_dir))
+                             descriptions=described(p.trait_descriptions), gold_dir=gold_dir))
 
 
 def described(trait_descriptions: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -177,7 +177,7 @@ class Params:
         return sites
 
     def judge(self) -> Judge:
-        return judge_from_params(self)
+        return judge_from_params(self, gold_dir=self.gold_dir)
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ class Params:
         return sites
 
     def judge(self) -> Judge:
-        return judge_from_params(self)
+        return judge_from_params(self, gold_dir=self.gold_dir)
 
 
 def fit_cells(P: Params, lm: LoadedModel, sites: list[Site], progress: bool = True

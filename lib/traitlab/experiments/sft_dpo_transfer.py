@@ -185,7 +185,7 @@ class Params:
         judge_power.check_gold([self.trait, *self.gold_traits], self.gold_dir)  # the judge's scale reads the trait's
 
     def judge(self) -> Judge:
-        return judge_from_params(self)
+        return judge_from_params(self, gold_dir=self.gold_dir)
 
 
 def chain_models(P: Params, progress: bool = True) -> dict[str, str]:
