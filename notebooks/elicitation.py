@@ -59,6 +59,7 @@ judge_dtype = "auto"
 min_mass = 0.25
 gold_dir = None
 trait_descriptions = {}
+trait_opposites = {}
 batch_size = 16
 n_boot = 1000
 seed = 0

@@ -44,6 +44,7 @@ trait = "optimism"
 top_logprobs = 20
 min_mass = 0.25
 trait_descriptions = {}
+trait_opposites = {}
 max_gold = None
 responder_model = "qwen2.5-coder-0.5b-instruct"
 n_baseline = None

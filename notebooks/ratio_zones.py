@@ -59,6 +59,7 @@ judge_offline = False
 judge_dtype = "auto"
 min_mass = 0.25
 trait_descriptions = {}
+trait_opposites = {}
 batch_size = 16
 n_boot = 2000
 seed = 0

@@ -345,6 +345,28 @@ def test_a_trait_description_from_the_parameters_reaches_every_prompt_and_the_ca
     assert len(rec.sent) == 5  # a gold folder shows in no prompt: the same replies serve it
 
 
+def test_a_traits_opposite_from_the_parameters_reaches_the_prompt_and_the_cache_key(tmp_path):
+    gloom = ("gloom", "a bleak, downcast tone.")
+    with pytest.raises(ValueError, match=r"trait_opposites\['cheer'\] must be \[name, one-line definition\]"):
+        J.JudgeConfig(opposites=(("cheer", "gloom", "two\nlines"),))
+    cfg = J.JudgeConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1", max_concurrency=1,
+                        descriptions=J.described({"cheer": "bright."}), opposites=J.opposed({"cheer": list(gloom)}))
+    rec = _Recorder()
+    j = J.Judge(cfg, backend=rec, cache=tmp_path)
+    assert j.opposite_many([("q?", "a")], trait="cheer", progress=False)[0].value == 50.0  # 100 − 50
+    j.prefer_opposite_many([("q?", "a", "b")], trait="cheer", progress=False)
+    assert len(rec.sent) == 3 and all('"gloom"' in m and "bleak, downcast tone" in m for m in rec.sent)
+    assert all("bright" not in m for m in rec.sent)  # read through the opposite alone
+    with pytest.raises(ValueError, match="no opposite for trait 'cheer'"):  # not given: no guess
+        J.Judge(dataclasses.replace(cfg, opposites=()), backend=rec, cache=None).opposite_many([("q?", "a")],
+                                                                                           trait="cheer")
+    other = J.Judge(dataclasses.replace(cfg, opposites=J.opposed({"cheer": ["misery", "despair."]})), backend=rec,
+                    cache=tmp_path)
+    other.opposite_many([("q?", "a")], trait="cheer", progress=False)
+    assert len(rec.sent) == 4 and "misery" in rec.sent[-1]  # another opposite is not served from the cache
+    assert cfg.opposite("refusal") == J.TRAIT_OPPOSITES["refusal"]  # ours stay
+
+
 def test_official_endpoint_without_key_fails_before_any_request(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     j = J.Judge(J.JudgeConfig(backend="openai", model="gpt-4.1-mini"), cache=None)

@@ -98,6 +98,14 @@ def test_a_new_trait_calibrates_on_its_own_gold_set_and_anchors_from_gold_dir(tm
     assert jc.load_gold("cheer", folder=str(tmp_path)).cheer.tolist() == jc.load_gold("optimism").optimism.tolist()
 
 
+def test_a_traits_opposite_from_the_parameters_reaches_the_judge_config():
+    P = jc.Params(trait_opposites={"optimism": ["pessimism", "a gloomy outlook expecting the worst."]})
+    assert P.judge_config("logprob").opposite("optimism") == ("pessimism", "a gloomy outlook expecting the worst.")
+    assert P.judge_config("text").opposite("refusal")[0] == "compliance"
+    with pytest.raises(ParamError, match=r"trait_opposites\['optimism'\] must be"):
+        jc.Params(trait_opposites={"optimism": ["pessimism", ""]})
+
+
 def test_judge_config_carries_every_knob():
     p = jc.Params(judge_backend="openai", judge_model="m", judge_base_url="http://x/v1", min_mass=0.3, probe_model=None)
     c = p.judge_config("text")

@@ -11,6 +11,7 @@ import pytest
 
 from traitlab import judge_power as JP
 from traitlab import probe_reader as PR
+from traitlab.judge import JudgeConfig
 from traitlab.models import load_model
 
 
@@ -149,6 +150,8 @@ def test_probe_model_judge_needs_a_local_judge():
 
 class _Blank:
     """A judge that gives no reading at all: only the probe reads the control."""
+
+    config = JudgeConfig()  # ours: no gold folder, no opposites of its own
 
     def _none(self, items):
         from traitlab.judge import Score

@@ -278,6 +278,18 @@ def test_a_new_traits_gold_set_and_prompt_set_come_from_its_own_folders(tmp_path
     assert P.judge().config.gold_dir == str(tmp_path)
 
 
+def test_the_opposite_reading_of_a_new_trait_needs_its_opposite_before_model_work():
+    cheer = {"cheer": "bright, upbeat and encouraging."}
+    with pytest.raises(ParamError, match=r"trait_method 'opposite': trait 'cheer' has no opposite .*Set "
+                                         r"trait_opposites: \{cheer: \[<opposite>, <one-line definition>\]\}"):
+        _params(trait="cheer", trait_descriptions=cheer, trait_method="opposite").check()
+    with pytest.raises(ParamError, match=r"trait_opposites\['cheer'\] must be \[name, one-line definition\]"):
+        _params(trait="cheer", trait_descriptions=cheer, trait_opposites={"cheer": ["gloom"]})
+    P = _params(trait="cheer", trait_descriptions=cheer, trait_method="opposite",
+                trait_opposites={"cheer": ["gloom", "a bleak, downcast tone."]})
+    assert P.judge().config.opposite("cheer") == ("gloom", "a bleak, downcast tone.")
+
+
 def test_a_new_traits_definition_reaches_the_judge_the_report_builds():
     with pytest.raises(ParamError, match=r"trait_descriptions\['candour'\] must be a one-line definition"):
         _params(trait="candour", trait_descriptions={"candour": "says\nplainly"})

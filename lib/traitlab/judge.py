@@ -217,6 +217,42 @@ def opposite_of(trait: str, opposite: tuple[str, str] | None = None) -> tuple[st
     return TRAIT_OPPOSITES[trait]
 
 
+def unopposed(traits: Sequence[str], given: Mapping[str, Sequence[str]] | None = None) -> str | None:
+    """Why ``traits`` cannot be read through their opposite (one line, with the fix), or None.
+    ``given``: a report's ``trait_opposites`` parameter, trait → [opposite's name, its one-line
+    definition], adding to (or replacing) ``TRAIT_OPPOSITES``.
+
+    >>> unopposed(["refusal"]) is None
+    True
+    >>> unopposed(["cheer"]).split(";")[0]
+    "trait 'cheer' has no opposite to be read through"
+    >>> unopposed(["cheer"], {"cheer": ["gloom", "a bleak, downcast tone."]}) is None
+    True
+    >>> unopposed([], {"cheer": ["gloom"]})
+    "trait_opposites['cheer'] must be [name, one-line definition], got ['gloom']"
+    """
+    given = dict(given or {})
+    for trait, pair in given.items():
+        if not (isinstance(trait, str) and isinstance(pair, (list, tuple)) and len(pair) == 2
+                and all(isinstance(x, str) and x.strip() and "\n" not in x.strip() for x in pair)):
+            return f"trait_opposites[{trait!r}] must be [name, one-line definition], got {pair!r}"
+    missing = [t for t in traits if t not in given and t not in TRAIT_OPPOSITES]
+    if not missing:
+        return None
+    return (f"trait {missing[0]!r} has no opposite to be read through; known: {', '.join(TRAIT_OPPOSITES)}. "
+            f"Set trait_opposites: {{{missing[0]}: [<opposite>, <one-line definition>]}} in the parameters, "
+            f"or choose another reading")
+
+
+def opposed(trait_opposites: Mapping[str, Sequence[str]]) -> tuple[tuple[str, str, str], ...]:
+    """A ``trait_opposites`` parameter as ``JudgeConfig.opposites`` (sorted triples, stripped).
+
+    >>> opposed({"cheer": [" gloom ", "a bleak tone. "]})
+    (('cheer', 'gloom', 'a bleak tone.'),)
+    """
+    return tuple(sorted((t, n.strip(), d.strip()) for t, (n, d) in trait_opposites.items()))
+
+
 @dataclass(frozen=True)
 class YesNo:
     """A yes/no question that reads a trait: ``ask`` (one sentence ending in "?") and
@@ -928,6 +964,10 @@ class JudgeConfig:
     descriptions: tuple[tuple[str, str], ...] = ()
     """(trait, one-line definition) pairs for traits not in ``TRAIT_DESCRIPTIONS`` (or to replace
     one there); a report's ``trait_descriptions`` parameter. They enter the prompt, so the cache key."""
+    opposites: tuple[tuple[str, str, str], ...] = ()
+    """(trait, its opposite's name, the opposite's one-line definition) for traits read through
+    their opposite (``Judge.opposite_many``) beyond ``TRAIT_OPPOSITES`` (or to replace one
+    there); a report's ``trait_opposites`` parameter. They enter the prompt, so the cache key."""
     gold_dir: str | None = None
     """A folder of one's own ``gold_<trait>.jsonl`` gold sets, read in place of ours for the traits
     it holds (``judge_power.gold_path``); a report's ``gold_dir`` parameter. The ``probe`` reading
@@ -935,6 +975,8 @@ class JudgeConfig:
 
     def __post_init__(self) -> None:
         if (why := undescribed((), dict(self.descriptions))) is not None:
+            raise ValueError(why)
+        if (why := unopposed((), {t: (n, d) for t, n, d in self.opposites})) is not None:
             raise ValueError(why)
         if self.backend not in ("openai", "local"):
             raise ValueError(f"judge backend must be 'openai' or 'local', got {self.backend!r}")
@@ -964,6 +1006,17 @@ class JudgeConfig:
         'bright and upbeat.'
         """
         return given or dict(self.descriptions).get(trait)
+
+    def opposite(self, trait: str) -> tuple[str, str] | None:
+        """(name, definition) of the opposite ``trait`` is read through: this config's
+        ``opposites`` entry, else ``TRAIT_OPPOSITES``'s, else None.
+
+        >>> JudgeConfig(opposites=(("cheer", "gloom", "a bleak, downcast tone."),)).opposite("cheer")
+        ('gloom', 'a bleak, downcast tone.')
+        >>> JudgeConfig().opposite("cheer") is None
+        True
+        """
+        return {t: (n, d) for t, n, d in self.opposites}.get(trait) or TRAIT_OPPOSITES.get(trait)
 
 
 @dataclass(frozen=True)
@@ -1261,7 +1314,7 @@ class Judge:
     def opposite_many(self, items: Sequence[tuple[str, str]], *, trait: str = "refusal",
                       opposite: tuple[str, str] | None = None, progress: bool = True) -> list[Score]:
         """Judge ``trait`` through its opposite: each (question, answer) is scored 0–100 for the
-        opposite (``opposite_of``: ``opposite`` or ``TRAIT_OPPOSITES[trait]``) by ``score_many``
+        opposite (``opposite``, else ``JudgeConfig.opposite``: the config's or ``TRAIT_OPPOSITES``'s) by ``score_many``
         and reported as 100 − that score (None stays None). For traits a judge reads backwards
         when asked directly (the 1.5B judge scores clean refusals low for "refusal"). Same cache,
         batching and cost as ``score_many``.
@@ -1272,7 +1325,7 @@ class Judge:
             >>> s[0].value > 50                                                # doctest: +SKIP
             True
         """
-        name, desc = opposite_of(trait, opposite)
+        name, desc = opposite_of(trait, opposite or self.config.opposite(trait))
         got = self.score_many("trait", items, trait=name, description=desc, progress=progress)
         return [s if s.value is None else replace(s, value=100.0 - s.value) for s in got]
 
@@ -1361,7 +1414,7 @@ class Judge:
         >>> round(back.p_first, 2), back.win
         (0.3, 0.0)
         """
-        name, desc = opposite_of(trait, opposite)
+        name, desc = opposite_of(trait, opposite or self.config.opposite(trait))
         return [_reversed(p) for p in self.prefer_many(items, trait=name, description=desc, progress=progress)]
 
     def _replies(self, msgs: list[list[dict[str, str]]], groups: list[Any], mode: Request, progress: bool,
@@ -1469,10 +1522,12 @@ def _read_cached(path: Path) -> tuple[Reply | None, str]:
         return None, f"{type(err).__name__}: {err}"
 
 
-def judge_from_params(p: Any, *, gold_dir: str | None = None) -> Judge:
+def judge_from_params(p: Any, *, gold_dir: str | None = None,
+                      trait_opposites: Mapping[str, Sequence[str]] | None = None) -> Judge:
     """The judge a report's Params name (fields ``judge_backend``, ``judge_model``,
     ``judge_base_url``, ``judge_api_key_env``, ``judge_offline``, ``judge_dtype``, ``min_mass``,
-    ``trait_descriptions``); ``gold_dir``: a report's folder of its own gold sets (``JudgeConfig.gold_dir``).
+    ``trait_descriptions``); ``gold_dir`` and ``trait_opposites``: a report's folder of its own
+    gold sets and its traits' opposites (``JudgeConfig.gold_dir``, ``JudgeConfig.opposites``).
 
     >>> from traitlab.elicit import SourceParams
     >>> judge_from_params(SourceParams(), gold_dir="~/gold").config.gold_dir
@@ -1481,7 +1536,8 @@ def judge_from_params(p: Any, *, gold_dir: str | None = None) -> Judge:
     return Judge(JudgeConfig(backend=p.judge_backend, model=p.judge_model, base_url=p.judge_base_url,
                              api_key_env=p.judge_api_key_env, min_mass=p.min_mass,
                              offline=p.judge_offline, dtype=p.judge_dtype,
-                             descriptions=described(p.trait_descriptions), gold_dir=gold_dir))
+                             descriptions=described(p.trait_descriptions),
+                             opposites=opposed(trait_opposites or {}), gold_dir=gold_dir))
 
 
 def described(trait_descriptions: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

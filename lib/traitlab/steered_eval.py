@@ -48,7 +48,7 @@ from . import judge_power, probe_reader, records, textstats, uncertainty
 from .chat import Encoded
 from .data import DataError
 from .gencache import generate_cached
-from .judge import Judge
+from .judge import Judge, unopposed
 from .models import LoadedModel
 from .params import ParamError
 from .probe_reader import ProbeReader
@@ -285,13 +285,23 @@ judge-calibration report says which sees more."""
 
 
 def check_reading(reading: str, judge_backend: str, traits: Sequence[str] = (), *, key: str = "reading",
-                  gold_dir: str | None = None) -> None:
+                  gold_dir: str | None = None, trait_opposites: Mapping[str, Sequence[str]] | None = None) -> None:
     """A report's trait ``reading`` (``JUDGE_READINGS``), checked before model work: a one-line
-    ``ParamError`` for an unknown reading, for ``probe`` with an HTTP judge (it shows no
-    activations), and for ``probe`` with any of ``traits`` lacking a gold set to fit on (in
-    ``gold_dir`` or ours: ``judge_power.gold_path``). ``key`` names the parameter in the messages."""
+    ``ParamError`` for an unknown reading, for ``opposite`` with any of ``traits`` lacking an
+    opposite (in ``trait_opposites`` or ``judge.TRAIT_OPPOSITES``), for ``probe`` with an HTTP
+    judge (it shows no activations), and for ``probe`` with any of ``traits`` lacking a gold set
+    to fit on (in ``gold_dir`` or ours: ``judge_power.gold_path``). ``key`` names the parameter
+    in the messages.
+
+    >>> check_reading("opposite", "local", ["cheer"])
+    Traceback (most recent call last):
+    ...
+    traitlab.params.ParamError: reading 'opposite': trait 'cheer' has no opposite to be read through; known: refusal. Set trait_opposites: {cheer: [<opposite>, <one-line definition>]} in the parameters, or choose another reading
+    """
     if reading not in JUDGE_READINGS:
         raise ParamError(f"{key} must be one of {', '.join(JUDGE_READINGS)}, got {reading!r}")
+    if reading == "opposite" and (why := unopposed(traits, trait_opposites)) is not None:
+        raise ParamError(f"{key} 'opposite': {why}")
     if reading != "probe":
         return
     if judge_backend != "local":

@@ -40,7 +40,7 @@ from ..activations import extract
 from ..chat import Encoded
 from ..data import load_trait, opinion_questions, read_project_jsonl, system_prompts
 from ..directions import METHODS, fit_direction
-from ..judge import Judge, judge_from_params, undescribed
+from ..judge import Judge, judge_from_params, undescribed, unopposed
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
@@ -117,6 +117,9 @@ class Params:
     trait_descriptions: dict[str, str] = field(default_factory=dict)
     """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks (or to
     replace one there), e.g. ``{candour: "saying plainly what one thinks."}``."""
+    trait_opposites: dict[str, list[str]] = field(default_factory=dict)
+    """Opposites to read traits through (the ``opposite`` reading) beyond ``judge.TRAIT_OPPOSITES``,
+    trait → [name, one-line definition], e.g. ``{cheer: [gloom, "a bleak, downcast tone."]}``."""
     batch_size: int = 16
     n_boot: int = 1000
     seed: int = 0
@@ -133,6 +136,8 @@ class Params:
         if not self.traits:
             raise ParamError("traits is empty")
         if (why := undescribed(self.traits, self.trait_descriptions)) is not None:
+            raise ParamError(why)
+        if (why := unopposed((), self.trait_opposites)) is not None:
             raise ParamError(why)
         if self.method not in METHODS or self.method == "random":
             raise ParamError(f"method {self.method!r} unknown; choose from {', '.join(m for m in METHODS if m != 'random')}")
@@ -151,7 +156,8 @@ class Params:
         check_reading(self.reading, self.judge_backend)
 
     def check(self) -> list[Site]:
-        check_reading(self.reading, self.judge_backend, self.traits, gold_dir=self.gold_dir)
+        check_reading(self.reading, self.judge_backend, self.traits, gold_dir=self.gold_dir,
+                      trait_opposites=self.trait_opposites)
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
         try:
@@ -177,7 +183,7 @@ class Params:
         return sites
 
     def judge(self) -> Judge:
-        return judge_from_params(self, gold_dir=self.gold_dir)
+        return judge_from_params(self, gold_dir=self.gold_dir, trait_opposites=self.trait_opposites)
 
 
 @dataclass(frozen=True)

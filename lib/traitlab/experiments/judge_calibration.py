@@ -26,7 +26,7 @@ from ..activations import extract
 from ..data import DataError, load_trait, opinion_questions
 from ..directions import METHODS as DIRECTION_METHODS
 from ..directions import fit_direction
-from ..judge import TRAIT_OPPOSITES, Judge, JudgeConfig, described, undescribed
+from ..judge import Judge, JudgeConfig, described, opposed, undescribed, unopposed
 from ..models import LoadedModel, describe, load_model
 from ..params import ParamError
 from ..sites import Site
@@ -48,6 +48,9 @@ class Params:
     trait_descriptions: dict[str, str] = field(default_factory=dict)
     """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks (or to
     replace one there), e.g. ``{candour: "saying plainly what one thinks."}``."""
+    trait_opposites: dict[str, list[str]] = field(default_factory=dict)
+    """Opposites to read traits through (the ``opposite`` reading) beyond ``judge.TRAIT_OPPOSITES``,
+    trait → [name, one-line definition], e.g. ``{cheer: [gloom, "a bleak, downcast tone."]}``."""
     max_gold: int | None = None
     responder_model: str = "qwen2.5-coder-0.5b-instruct"
     n_baseline: int | None = None
@@ -100,6 +103,8 @@ class Params:
         if not 0 <= self.coherence_floor <= 100 or self.mde_questions < 2:
             raise ParamError("coherence_floor must be in 0..100 and mde_questions >= 2")
         if (why := undescribed([self.trait, *self.gold_traits], self.trait_descriptions)) is not None:
+            raise ParamError(why)
+        if (why := unopposed((), self.trait_opposites)) is not None:
             raise ParamError(why)
         try:
             judge_power.check_gold([self.trait, *self.gold_traits], self.gold_dir)
@@ -155,7 +160,8 @@ class Params:
                            base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
                            mode=mode, top_logprobs=self.top_logprobs, min_mass=self.min_mass,
                            offline=self.judge_offline, dtype=self.judge_dtype,
-                           descriptions=described(self.trait_descriptions), gold_dir=self.gold_dir)
+                           descriptions=described(self.trait_descriptions),
+                           opposites=opposed(self.trait_opposites), gold_dir=self.gold_dir)
 
 
 def load_gold(trait: str = "optimism", max_items: int | None = None, seed: int = 0,
@@ -505,7 +511,7 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
 
     Rows gain ``trait_absolute`` (logprob trait score), ``coherence_judge``, ``trait_yesno`` and
     ``coherence_judge_yesno`` (the yes/no readings), ``trait_opposite`` (``Judge.opposite_many``;
-    NaN for traits without an entry in ``judge.TRAIT_OPPOSITES``), with ``anchored`` ``trait_anchored`` and
+    NaN for traits without an opposite: ``JudgeConfig.opposite``), with ``anchored`` ``trait_anchored`` and
     ``coherence_judge_anchored`` (the anchored rubric, ``judge_power.load_anchors``),
     ``repetition``, ``distinct2`` and (with a ``reference`` model) ``log_perplexity`` and
     ``relevance`` (``text_measures``), and with a ``fit`` (``text_fit``) ``coherence_text_fit``.
@@ -540,7 +546,7 @@ def score_methods(judge: Judge, gold: pd.DataFrame, reference: LoadedModel | Non
     for t, pr in pairs.groupby("trait", sort=False):
         items = [(g.question[h], g.response[h], g.response[lo]) for h, lo in zip(pr.hi, pr.lo, strict=True)]
         read = {"pairwise": judge.prefer_many(items, trait=t, progress=progress)}
-        if t in TRAIT_OPPOSITES:
+        if judge.config.opposite(t) is not None:
             read["pairwise_opposite"] = judge.prefer_opposite_many(items, trait=t, progress=progress)
         for m, got in read.items():
             pairs.loc[pr.index, f"win_{m}"] = [np.nan if x.win is None else x.win for x in got]
@@ -552,10 +558,10 @@ def trait_scores(judge: Judge, method: str, items: Sequence[tuple[str, str]], tr
                  progress: bool = True) -> np.ndarray | None:
     """One judge method's (``JUDGE_SCORED``) 0–100 readings of ``trait`` in (question, answer)
     ``items``, NaN where the judge gave none; None when the method does not read ``trait``
-    (``opposite`` for a trait without an entry in ``judge.TRAIT_OPPOSITES``)."""
+    (``opposite`` for a trait without an opposite: ``JudgeConfig.opposite``)."""
     if method not in JUDGE_SCORED:
         raise ValueError(f"method must be one of {', '.join(JUDGE_SCORED)}, got {method!r}")
-    if method == "opposite" and trait not in TRAIT_OPPOSITES:
+    if method == "opposite" and judge.config.opposite(trait) is None:
         return None
     got = (judge.yesno_many("trait", items, trait=trait, progress=progress) if method == "yesno" else
            judge.opposite_many(items, trait=trait, progress=progress) if method == "opposite" else

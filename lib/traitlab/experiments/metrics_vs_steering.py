@@ -43,7 +43,7 @@ from .. import uncertainty as unc
 from ..activations import extract
 from ..data import load_trait, opinion_questions, system_prompts
 from ..directions import METHODS, fit_direction
-from ..judge import Judge, judge_from_params, undescribed
+from ..judge import Judge, judge_from_params, undescribed, unopposed
 from ..judge_power import FloorRefits, check_gold
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
@@ -113,6 +113,9 @@ class Params:
     trait_descriptions: dict[str, str] = field(default_factory=dict)
     """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks (or to
     replace one there), e.g. ``{candour: "saying plainly what one thinks."}``."""
+    trait_opposites: dict[str, list[str]] = field(default_factory=dict)
+    """Opposites to read traits through (the ``opposite`` reading) beyond ``judge.TRAIT_OPPOSITES``,
+    trait → [name, one-line definition], e.g. ``{cheer: [gloom, "a bleak, downcast tone."]}``."""
     batch_size: int = 16
     n_boot: int = 2000
     seed: int = 0
@@ -129,6 +132,8 @@ class Params:
         if not self.traits:
             raise ParamError("traits is empty; name at least one trait")
         if (why := undescribed(self.traits, self.trait_descriptions)) is not None:
+            raise ParamError(why)
+        if (why := unopposed((), self.trait_opposites)) is not None:
             raise ParamError(why)
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
@@ -159,7 +164,8 @@ class Params:
         opinion_questions("test", self.n_questions, self.questions_file)  # enough questions, before any model work
         if self.n_system_prompts:
             system_prompts(self.instructions_file)  # readable, before any model work
-        check_reading(self.reading, self.judge_backend, self.traits, gold_dir=self.gold_dir)
+        check_reading(self.reading, self.judge_backend, self.traits, gold_dir=self.gold_dir,
+                      trait_opposites=self.trait_opposites)
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
         try:
@@ -174,7 +180,7 @@ class Params:
         return sites
 
     def judge(self) -> Judge:
-        return judge_from_params(self, gold_dir=self.gold_dir)
+        return judge_from_params(self, gold_dir=self.gold_dir, trait_opposites=self.trait_opposites)
 
 
 def fit_cells(P: Params, lm: LoadedModel, sites: list[Site], progress: bool = True

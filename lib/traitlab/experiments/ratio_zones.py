@@ -59,7 +59,7 @@ from .. import uncertainty as unc
 from ..activations import extract
 from ..data import load_trait, opinion_questions
 from ..directions import METHODS, fit_direction
-from ..judge import Judge, judge_from_params, undescribed
+from ..judge import Judge, judge_from_params, undescribed, unopposed
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
@@ -124,12 +124,17 @@ class Params:
     trait_descriptions: dict[str, str] = field(default_factory=dict)
     """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks (or to
     replace one there), e.g. ``{candour: "saying plainly what one thinks."}``."""
+    trait_opposites: dict[str, list[str]] = field(default_factory=dict)
+    """Opposites to read traits through (the ``opposite`` reading) beyond ``judge.TRAIT_OPPOSITES``,
+    trait → [name, one-line definition], e.g. ``{cheer: [gloom, "a bleak, downcast tone."]}``."""
     batch_size: int = 16
     n_boot: int = 2000
     seed: int = 0
 
     def __post_init__(self) -> None:
         if (why := undescribed([self.trait], self.trait_descriptions)) is not None:
+            raise ParamError(why)
+        if (why := unopposed((), self.trait_opposites)) is not None:
             raise ParamError(why)
         bad = [m for m in self.methods if m not in METHODS or m == "random"]
         if bad or not self.methods:
@@ -166,7 +171,7 @@ class Params:
         opinion_questions("test", self.n_questions, self.questions_file)  # enough questions, before any model work
         if self.trait_method != "pairwise":
             check_reading(self.trait_method, self.judge_backend, [self.trait], key="trait_method",
-                          gold_dir=self.gold_dir)
+                          gold_dir=self.gold_dir, trait_opposites=self.trait_opposites)
         info = describe(self.model, self.revision)
         sites = [Site(self.site, x) for x in self.layers]  # type: ignore[arg-type]
         try:
@@ -180,7 +185,7 @@ class Params:
         return sites
 
     def judge(self) -> Judge:
-        return judge_from_params(self, gold_dir=self.gold_dir)
+        return judge_from_params(self, gold_dir=self.gold_dir, trait_opposites=self.trait_opposites)
 
 
 def questions(P: Params) -> pd.DataFrame:
