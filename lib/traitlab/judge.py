@@ -1314,8 +1314,9 @@ class Judge:
     def opposite_many(self, items: Sequence[tuple[str, str]], *, trait: str = "refusal",
                       opposite: tuple[str, str] | None = None, progress: bool = True) -> list[Score]:
         """Judge ``trait`` through its opposite: each (question, answer) is scored 0–100 for the
-        opposite (``opposite``, else ``JudgeConfig.opposite``: the config's or ``TRAIT_OPPOSITES``'s) by ``score_many``
-        and reported as 100 − that score (None stays None). For traits a judge reads backwards
+        opposite (``opposite``, else ``JudgeConfig.opposite``: the config's or
+        ``TRAIT_OPPOSITES``'s) by ``score_many`` and reported as 100 − that score (None stays
+        None). For traits a judge reads backwards
         when asked directly (the 1.5B judge scores clean refusals low for "refusal"). Same cache,
         batching and cost as ``score_many``.
 

@@ -20,10 +20,11 @@ pairs of gold answers to one question whose labels differ by Δ points:
   ``Φ(Δ/σ) − ½ = POWER_Z · ½ / √n``, i.e. ``MDE = σ · Φ⁻¹(½ + POWER_Z / (2√n))`` (∞ when the
   right side reaches 1: no gap is detectable with so few questions).
 
-Gold sets: ``data/judge/gold_<trait>.jsonl`` (or one's own folder: a report's ``gold_dir``), one labelled response per line with ``question``,
-``response``, the trait's own label column (0–100), ``coherence`` (0–100), ``shape`` (the
-failure shape: fluent, repetition, truncation, topic_drift, one_line, off_topic, word_salad)
-and ``split`` (``tune``/``heldout``: no judge design is tuned on the held-out questions).
+Gold sets: ``data/judge/gold_<trait>.jsonl`` (or one's own folder: a report's ``gold_dir``),
+one labelled response per line with ``question``, ``response``, the trait's own label column
+(0–100), ``coherence`` (0–100), ``shape`` (the failure shape: fluent, repetition, truncation,
+topic_drift, one_line, off_topic, word_salad) and ``split`` (``tune``/``heldout``: no judge
+design is tuned on the held-out questions).
 
 Example:
     >>> import numpy as np

@@ -200,7 +200,8 @@ def check_gold_fit(traits: Sequence[str], *, split: str = "tune", folder: str | 
             raise ProbeError(f"{where}: the {t} labels of the {split} split do not vary: nothing to fit")
         parts.append(g.coherence.to_numpy(float))
     if coherence and parts and np.ptp(np.concatenate(parts)) == 0:
-        raise ProbeError(f"the coherence labels of {list(traits)}' {split} splits do not vary: nothing to fit")
+        raise ProbeError(f"the coherence labels of the {split} splits of {list(traits)} do not vary: "
+                         "nothing to fit")
 
 
 def fit_gold(model: LoadedModel, traits: Sequence[str], *, split: str = "tune", coherence: bool = True,
