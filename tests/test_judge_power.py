@@ -84,6 +84,11 @@ def test_ones_own_gold_folder_adds_and_replaces_gold_sets_and_falls_back_to_ours
                                                  "of your own and name it with gold_dir, or use a trait with one")
     with pytest.raises(DataError, match=f"write {tmp_path}/gold_awe.jsonl"):
         JP.check_gold(["cheer", "awe"], tmp_path)
+    (tmp_path / "gold_refusl.jsonl").write_text("")  # a typo would silently read our refusal set
+    with pytest.raises(DataError, match=r"gold_refusl\.jsonl: no trait 'refusl' is read here; did you mean "
+                                        r"gold_refusal\.jsonl\?"):
+        JP.check_gold(["cheer", "refusal"], tmp_path)
+    (tmp_path / "gold_refusl.jsonl").unlink()
     (tmp_path / "gold_cheer.jsonl").write_text(json.dumps({**mine, "cheer": 120}) + "\n")
     with pytest.raises(DataError, match="gold_cheer.jsonl:1: cheer must be a number in 0..100"):
         JP.check_gold(["cheer"], tmp_path)

@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,6 +114,8 @@ def missing_gold(traits: Sequence[str], folder: str | Path | None = None) -> str
     "no gold set for ['cheer']: write gold_cheer.jsonl in a folder of your own and name it with gold_dir"
     """
     none = [t for t in traits if not gold_path(t, folder).is_file()]
+    if folder is not None and (slip := _misnamed(traits, folder)) is not None:
+        return slip
     if not none:
         return None
     if folder is not None:
@@ -120,6 +123,26 @@ def missing_gold(traits: Sequence[str], folder: str | Path | None = None) -> str
     ours = sorted(p.stem.removeprefix("gold_") for p in project_data("judge").glob("gold_*.jsonl"))
     return (f"no gold set for {none}: write gold_{none[0]}.jsonl in a folder of your own and name it with "
             f"gold_dir, or use a trait with one ({', '.join(ours)})")
+
+
+def _misnamed(traits: Sequence[str], folder: str | Path) -> str | None:
+    """A gold file in ``folder`` whose name nearly spells a trait that is read from elsewhere (a
+    typo would otherwise read ours, or fail, without a word), as a one-line sentence; else None.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); _ = (d / "gold_optimsim.jsonl").write_text("")
+    >>> _misnamed(["optimism"], d).split(":")[0].endswith("gold_optimsim.jsonl")
+    True
+    """
+    own = Path(folder).expanduser()
+    stems = [p.stem.removeprefix("gold_") for p in sorted(own.glob("gold_*.jsonl"))]
+    for t in traits:
+        if t in stems:
+            continue
+        close = difflib.get_close_matches(t, stems, n=1, cutoff=0.8)
+        if close:
+            return (f"{own / f'gold_{close[0]}.jsonl'}: no trait {close[0]!r} is read here; did you mean "
+                    f"gold_{t}.jsonl? (rename it, or move it out of gold_dir to read {t!r} from ours)")
+    return None
 
 
 def check_gold(traits: Sequence[str], folder: str | Path | None = None) -> None:
