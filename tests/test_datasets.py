@@ -137,4 +137,7 @@ def test_manifest_covers_every_public_file():
 
 @pytest.mark.skipif(not os.environ.get("TRAITLAB_DATA_ROOT"), reason="TRAITLAB_DATA_ROOT not set")
 def test_pins_match_the_data_root():
-    assert set(datasets.verify().values()) == {"ok"}
+    got = datasets.verify()
+    if set(got.values()) == {"missing"}:  # as the notebooks that read them do: skip, naming why
+        pytest.skip(f"public datasets not found under {os.environ['TRAITLAB_DATA_ROOT']}")
+    assert set(got.values()) == {"ok"}, {k: v for k, v in got.items() if v != "ok"}
