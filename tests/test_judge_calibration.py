@@ -98,6 +98,27 @@ def test_a_new_trait_calibrates_on_its_own_gold_set_and_anchors_from_gold_dir(tm
     assert jc.load_gold("cheer", folder=str(tmp_path)).cheer.tolist() == jc.load_gold("optimism").optimism.tolist()
 
 
+def test_a_gold_set_the_comparison_or_the_probe_cannot_use_fails_before_model_work(tmp_path):
+    from traitlab import judge_power
+
+    cheer = {"cheer": "bright, upbeat and encouraging."}
+    rows = [json.loads(x.replace('"optimism":', '"cheer":'))
+            for x in judge_power.gold_path("optimism").read_text().splitlines()]
+    tune = [r for r in rows if r["split"] == "tune"]
+    (tmp_path / "gold_cheer.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tune))
+    kw = {"gold_traits": ["cheer"], "trait_descriptions": cheer, "gold_dir": str(tmp_path), "anchored": False}
+    with pytest.raises(ParamError, match=r"gold_cheer\.jsonl: the method comparison reads its heldout part, which "
+                                         r"has answers to 0 question\(s\); it needs 2 or more \(or set gold_split\)"):
+        jc.Params(**kw)
+    assert jc.Params(**kw, gold_split="tune").gold_split == "tune"
+    heldout = [r for r in rows if r["split"] == "heldout"]
+    few = [r for r in tune if r["question"] in list(dict.fromkeys(x["question"] for x in tune))[:3]]
+    (tmp_path / "gold_cheer.jsonl").write_text("".join(json.dumps(r) + "\n" for r in few + heldout))
+    with pytest.raises(ParamError, match=r"a probe needs answers to at least 5 questions in its tune split"):
+        jc.Params(**kw)
+    assert jc.Params(**kw, probe_model=None, perplexity=False).probe_model is None  # nothing fitted on tune
+
+
 def test_a_traits_opposite_from_the_parameters_reaches_the_judge_config():
     P = jc.Params(trait_opposites={"optimism": ["pessimism", "a gloomy outlook expecting the worst."]})
     assert P.judge_config("logprob").opposite("optimism") == ("pessimism", "a gloomy outlook expecting the worst.")

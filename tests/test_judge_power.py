@@ -191,6 +191,15 @@ def test_ones_own_anchors_replace_ours_for_their_traits_only(tmp_path):
         JP.load_anchors("awe", tmp_path)
 
 
+def test_floors_need_gold_answers_on_both_sides_of_the_coherence_cut(tmp_path):
+    rows = [{**r, "coherence": max(r["coherence"], 60)} for r in map(json.loads, open(JP.gold_path("optimism")))]
+    (tmp_path / "gold_optimism.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"every answer in the gold sets of \['optimism'\] is labelled at or above "
+                                        r"coherence 50: the text-coherence floors need labelled answers on both sides"):
+        JP.check_floor_gold(["optimism"], tmp_path)
+    JP.check_floor_gold(["optimism", "refusal"], tmp_path)  # ours for refusal brings the incoherent ones
+
+
 def test_a_pairwise_win_is_the_decision_not_the_compressed_probability():
     from traitlab.judge import Preference
 

@@ -154,6 +154,22 @@ def check_gold(traits: Sequence[str], folder: str | Path | None = None) -> None:
         load_gold(t, folder=folder)
 
 
+def check_floor_gold(traits: Sequence[str], folder: str | Path | None = None, cut: float = 50.0) -> None:
+    """Before model work: the gold sets ``calibrate_floors`` fits on (``check_gold``) label
+    answers on both sides of coherence ``cut``, as ``textstats.fit_floors`` needs; else a
+    one-line ``DataError``.
+
+    >>> check_floor_gold(["optimism"])
+    """
+    check_gold(traits, folder)
+    coherent = np.concatenate([load_gold(t, folder=folder).coherence.to_numpy(float) >= cut for t in traits])
+    if coherent.all() or not coherent.any():
+        side = "at or above" if coherent.all() else "below"
+        raise DataError(f"every answer in the gold sets of {list(traits)} is labelled {side} coherence {cut:g}: "
+                        "the text-coherence floors need labelled answers on both sides (add incoherent or "
+                        "coherent ones, or name another set in gold_traits)")
+
+
 def load_gold(trait: str, split: str | None = None, folder: str | Path | None = None) -> pd.DataFrame:
     """The gold set of ``trait`` with a uniform schema: id, trait, question, response, ``label``
     (the trait's 0–100 label), coherence, shape, split; ``split`` keeps one part. A ``folder``

@@ -137,7 +137,7 @@ class Params:
             raise ParamError(str(err)) from None
         wrappers(self)
         load_prompts(self)
-        judge_power.check_gold(self.gold_traits, self.gold_dir)
+        judge_power.check_floor_gold(self.gold_traits, self.gold_dir)
         return sites
 
 

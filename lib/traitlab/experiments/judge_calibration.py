@@ -108,7 +108,15 @@ class Params:
             raise ParamError(why)
         try:
             judge_power.check_gold([self.trait, *self.gold_traits], self.gold_dir)
-        except DataError as err:
+            for t in self.gold_traits:  # the methods compare answers to one question, question by question
+                n = judge_power.load_gold(t, self.gold_split, self.gold_dir).question.nunique()
+                if n < 2:
+                    raise DataError(f"{judge_power.gold_path(t, self.gold_dir)}: the method comparison reads its "
+                                    f"{self.gold_split or 'whole'} part, which has answers to {n} question(s); "
+                                    "it needs 2 or more (or set gold_split)")
+            if self.gold_split == "heldout" and (self.probe_model is not None or self.perplexity):
+                probe_reader.check_gold_fit(self.gold_traits, folder=self.gold_dir)  # fitted on the tune part
+        except (DataError, probe_reader.ProbeError) as err:
             raise ParamError(str(err)) from None
         if self.anchored:
             for t in (*self.gold_traits, "coherence"):

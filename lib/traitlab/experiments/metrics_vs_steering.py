@@ -44,7 +44,7 @@ from ..activations import extract
 from ..data import load_trait, opinion_questions, system_prompts
 from ..directions import METHODS, fit_direction
 from ..judge import Judge, judge_from_params, undescribed, unopposed
-from ..judge_power import FloorRefits, check_gold
+from ..judge_power import FloorRefits, check_floor_gold
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, traits_folder
@@ -174,7 +174,7 @@ class Params:
             raise ParamError(str(err)) from None
         for t in self.traits:
             load_trait(t, folder=traits_folder(self.traits_dir))
-        check_gold(self.gold_traits, self.gold_dir)
+        check_floor_gold(self.gold_traits, self.gold_dir)
         if self.judge_backend == "local":
             describe(self.judge_model)
         return sites

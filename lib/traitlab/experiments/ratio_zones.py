@@ -179,7 +179,7 @@ class Params:
         except ValueError as err:
             raise ParamError(str(err)) from None
         load_trait(self.trait, folder=traits_folder(self.traits_dir))
-        judge_power.check_gold(self.gold_traits, self.gold_dir)
+        judge_power.check_floor_gold(self.gold_traits, self.gold_dir)
         if self.judge_backend == "local":
             describe(self.judge_model)
         return sites
