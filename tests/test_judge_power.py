@@ -56,11 +56,20 @@ def test_a_bad_gold_row_fails_naming_file_line_and_key(tmp_path, change, message
         JP.load_gold("x", folder=tmp_path)
 
 
+def test_a_repeated_id_or_answer_fails_naming_both_lines(tmp_path):
+    _write(tmp_path, [GOOD, {**GOOD, "response": "other"}])
+    with pytest.raises(DataError, match=r"gold_x\.jsonl:2: id '1' is already used on line 1"):
+        JP.load_gold("x", folder=tmp_path)
+    _write(tmp_path, [GOOD, {**GOOD, "id": "2", "response": " r ", "x": 70}])
+    with pytest.raises(DataError, match=r"gold_x\.jsonl:2: the same question and response as line 1"):
+        JP.load_gold("x", folder=tmp_path)
+
+
 def test_a_missing_key_and_a_question_in_both_splits_fail(tmp_path):
     _write(tmp_path, [{k: v for k, v in GOOD.items() if k != "shape"}])
     with pytest.raises(DataError, match="gold_x.jsonl:1: missing key"):
         JP.load_gold("x", folder=tmp_path)
-    _write(tmp_path, [GOOD, {**GOOD, "id": "2", "split": "heldout"}])
+    _write(tmp_path, [GOOD, {**GOOD, "id": "2", "response": "another", "split": "heldout"}])
     with pytest.raises(DataError, match="in both splits"):
         JP.load_gold("x", folder=tmp_path)
     with pytest.raises(DataError, match="is missing"):

@@ -176,7 +176,8 @@ def load_gold(trait: str, split: str | None = None, folder: str | Path | None = 
     holding ``gold_<trait>.jsonl`` is read instead of ours (``gold_path``).
 
     Raises ``DataError`` naming the file and line of the first bad row (a missing key, a label
-    outside 0–100, an unknown shape or split) or a question that sits in both splits.
+    outside 0–100, an unknown shape or split, a repeated id or answer) or a question that sits
+    in both splits.
     """
     if split is not None and split not in SPLITS:
         raise DataError(f"split must be one of {SPLITS} or None, got {split!r}")
@@ -184,7 +185,15 @@ def load_gold(trait: str, split: str | None = None, folder: str | Path | None = 
     need = ("id", "question", "response", trait, "coherence", "shape", "split")
     numbered = read_jsonl(path, required=need)
     rows = [r for _, r in numbered]
+    seen_id: dict[Any, int] = {}
+    seen_answer: dict[tuple[str, str], int] = {}
     for i, r in numbered:
+        if (first := seen_id.setdefault(r["id"], i)) != i:
+            raise DataError(f"{path}:{i}: id {r['id']!r} is already used on line {first}; ids must be unique")
+        answer = (str(r["question"]).strip(), str(r["response"]).strip())
+        if (first := seen_answer.setdefault(answer, i)) != i:
+            raise DataError(f"{path}:{i}: the same question and response as line {first}; an answer counted "
+                            "twice would weigh twice in every fit")
         for k in (trait, "coherence"):
             v = r[k]
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100:
