@@ -169,8 +169,9 @@ class Params:
         for t in self.traits:
             load_trait(t, folder=traits_folder(self.traits_dir))
             if t not in known:
-                raise ParamError(f"no system prompts for {t!r} in {where} "
-                                 f"(have {', '.join(known)})")
+                raise ParamError(f"no system prompts for {t!r} in {where} (have {', '.join(known)}); give "
+                                 f"your own with instructions_file: a JSONL file of "
+                                 f'{{"trait": "{t}", "positive": [...], "negative": [...]}} lines')
             for pol, ps in known[t].items():
                 if len(ps) < self.n_system_prompts:
                     raise ParamError(f"{t}: {where} has {len(ps)} {pol} system "
