@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,24 +145,25 @@ def _misnamed(traits: Sequence[str], folder: str | Path) -> str | None:
     return None
 
 
-def check_gold(traits: Sequence[str], folder: str | Path | None = None) -> None:
+def check_gold(traits: Sequence[str], folder: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """Before model work: every trait in ``traits`` has a gold set (``missing_gold``) that reads
-    cleanly (``load_gold``'s checks); else a one-line ``DataError``."""
+    cleanly (``load_gold``'s checks); else a one-line ``DataError``. Returns each set (both
+    splits), read once, for the caller's own checks."""
     if (why := missing_gold(traits, folder)) is not None:
         raise DataError(why)
-    for t in dict.fromkeys(traits):
-        load_gold(t, folder=folder)
+    return {t: load_gold(t, folder=folder) for t in dict.fromkeys(traits)}
 
 
-def check_floor_gold(traits: Sequence[str], folder: str | Path | None = None, cut: float = 50.0) -> None:
-    """Before model work: the gold sets ``calibrate_floors`` fits on (``check_gold``) label
-    answers on both sides of coherence ``cut``, as ``textstats.fit_floors`` needs; else a
-    one-line ``DataError``.
+def check_floor_gold(traits: Sequence[str], folder: str | Path | None = None, cut: float = 50.0, *,
+                     gold: Mapping[str, pd.DataFrame] | None = None) -> None:
+    """Before model work: the gold sets ``calibrate_floors`` fits on (``check_gold``, or the
+    sets ``gold`` already read) label answers on both sides of coherence ``cut``, as
+    ``textstats.fit_floors`` needs; else a one-line ``DataError``.
 
     >>> check_floor_gold(["optimism"])
     """
-    check_gold(traits, folder)
-    coherent = np.concatenate([load_gold(t, folder=folder).coherence.to_numpy(float) >= cut for t in traits])
+    gold = check_gold(traits, folder) if gold is None else gold
+    coherent = np.concatenate([gold[t].coherence.to_numpy(float) >= cut for t in traits])
     if coherent.all() or not coherent.any():
         side = "at or above" if coherent.all() else "below"
         raise DataError(f"every answer in the gold sets of {list(traits)} is labelled {side} coherence {cut:g}: "

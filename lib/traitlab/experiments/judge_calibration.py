@@ -107,9 +107,10 @@ class Params:
         if (why := unopposed((), self.trait_opposites)) is not None:
             raise ParamError(why)
         try:
-            judge_power.check_gold([self.trait, *self.gold_traits], self.gold_dir)
+            gold = judge_power.check_gold([self.trait, *self.gold_traits], self.gold_dir)
             for t in self.gold_traits:  # the methods compare answers to one question, question by question
-                n = judge_power.load_gold(t, self.gold_split, self.gold_dir).question.nunique()
+                part = gold[t] if self.gold_split is None else gold[t][gold[t].split == self.gold_split]
+                n = part.question.nunique()
                 if n < 2:
                     raise DataError(f"{judge_power.gold_path(t, self.gold_dir)}: the method comparison reads its "
                                     f"{self.gold_split or 'whole'} part, which has answers to {n} question(s); "

@@ -182,8 +182,9 @@ class Params:
                 raise ParamError(f"control_layers {sorted(bad)} out of range for {self.control_model} (0..{n - 1})")
         describe(self.reference_model)
         load_trait(self.trait, folder=traits_folder(self.traits_dir))
-        judge_power.check_gold([self.trait], self.gold_dir)  # the judge's scale is read on the trait's own set
-        judge_power.check_floor_gold(self.gold_traits, self.gold_dir)
+        # the trait's own set gives the judge's scale; gold_traits' sets the coherence floors
+        gold = judge_power.check_gold([self.trait, *self.gold_traits], self.gold_dir)
+        judge_power.check_floor_gold(self.gold_traits, gold=gold)
 
     def judge(self) -> Judge:
         return judge_from_params(self, gold_dir=self.gold_dir)
