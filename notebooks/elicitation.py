@@ -64,6 +64,7 @@ batch_size = 16
 n_boot = 1000
 seed = 0
 traits_dir = None
+max_pairs_per_split = None
 questions_file = None
 instructions_file = None
 

@@ -39,6 +39,7 @@ revision = None
 dtype = "float32"
 trait = "optimism"
 traits_dir = None
+max_pairs_per_split = None
 questions_file = None
 site = "resid_pre"
 layers = [6, 10, 14, 18]

@@ -27,6 +27,7 @@ revision = None
 dtype = "float32"
 harmful_sources = ["advbench", "harmbench_test", "jailbreakbench", "strongreject"]
 n_harmful = 64
+n_edge = None
 n_edge_xstest = 0
 n_xstest = None
 n_patch_pairs = 16
@@ -88,7 +89,8 @@ runinfo.show(runinfo.run_record(P, lm))
 # %% [markdown]
 # ## 1–2. Prompt sets and the two refusal scores
 # HARMFUL: requests sampled from the public sets in the data root. EDGE: benign or borderline
-# requests a good assistant answers — the 160 we wrote (`data/refusal/edge.jsonl`), plus
+# requests a good assistant answers — the 160 we wrote (`data/refusal/edge.jsonl`; `n_edge` takes a
+# seeded subsample of them, for quick profiles), plus
 # `n_edge_xstest` of XSTest's safe prompts (0 by default, so the direction never sees the XSTest
 # prompts evaluated in section 7) — split at random into halves (train / holdout) with a fixed seed.
 #

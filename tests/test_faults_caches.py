@@ -386,3 +386,28 @@ def test_a_deleted_cache_folder_is_a_clean_first_run(fake):
     shutil.rmtree(fake.folder)
     assert load_model(FAKE).fingerprint == f"gguf:{fake.entry.sha256}"
     assert fake.downloads == 2 and len(fake.builds) == 2
+
+
+def test_exclusive_makes_a_second_holder_wait(tmp_path):
+    """Two renders that would train the same chain stage take turns (``chain.build``)."""
+    import threading
+    import time
+
+    from traitlab.atomic import exclusive
+
+    order: list[str] = []
+    started = threading.Event()
+
+    def second() -> None:
+        started.set()
+        with exclusive(tmp_path / ".stage.lock"):
+            order.append("second")
+
+    with exclusive(tmp_path / ".stage.lock"):
+        t = threading.Thread(target=second)
+        t.start()
+        started.wait()
+        time.sleep(0.2)
+        order.append("first")
+    t.join(5)
+    assert order == ["first", "second"]

@@ -246,7 +246,9 @@ def test_an_out_folder_that_is_a_file_or_cannot_be_made_fails_in_one_line(capsys
 
 
 @pytest.mark.parametrize("setting, needle", [("n_xstest=100000", "n_xstest 100000 asks for 50000 safe"),
-                                             ("n_edge_xstest=1000", "n_edge_xstest 1000 asks for more safe")])
+                                             ("n_edge_xstest=1000", "n_edge_xstest 1000 asks for more safe"),
+                                             ("n_edge=1000", "n_edge 1000 asks for more EDGE prompts than the 160"),
+                                             ("n_edge=3", "n_edge must be >= 4 or null")])
 def test_refusal_dial_refuses_more_xstest_prompts_than_exist(capsys, setting, needle):
     if not (data_root() / "xstest").exists():
         pytest.skip("public datasets not found (set TRAITLAB_DATA_ROOT)")

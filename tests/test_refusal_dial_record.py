@@ -180,3 +180,21 @@ def test_dial_generations_are_cached_per_delta_and_resume(tmp_cache, monkeypatch
     calls.clear()
     rd.generations(m, prompts, dirs, grid, 0, P, "S")  # another layer: nothing reused
     assert sum(calls) == 4
+
+
+def test_n_edge_takes_a_seeded_subsample_in_file_order():
+    from traitlab import data
+    from traitlab.paths import data_root
+
+    if not (data_root() / "xstest").exists():
+        pytest.skip("public datasets not found (set TRAITLAB_DATA_ROOT)")
+    ours = [x.text for x in data.edge_prompts()]
+    small = rd.load_sets(rd.Params(n_harmful=4, n_edge=40, n_xstest=20))
+    assert len(small.edge) == 40 and sorted(small.edge_train + small.edge_holdout) == list(range(40))
+    picked = [ours.index(x.text) for x in small.edge]
+    assert picked == sorted(picked)  # file order
+    again = rd.load_sets(rd.Params(n_harmful=4, n_edge=40, n_xstest=20))
+    assert [x.text for x in again.edge] == [x.text for x in small.edge]  # seeded
+    other = rd.load_sets(rd.Params(n_harmful=4, n_edge=40, n_xstest=20, seed=1))
+    assert [x.text for x in other.edge] != [x.text for x in small.edge]
+    assert len(rd.load_sets(rd.Params(n_harmful=4, n_xstest=20)).edge) == len(ours)  # null: all

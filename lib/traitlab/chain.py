@@ -39,7 +39,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .atomic import stable_hash, write_json, write_text
+from .atomic import exclusive, stable_hash, write_json, write_text
 from .chat import ChatFormat, Encoded
 from .data import HARMFUL_SOURCES, DataError, harmful_prompts, read_project_jsonl
 from .models import LoadedModel, describe, load_model
@@ -289,6 +289,11 @@ def stage_dir(key: dict[str, Any]) -> Path:
     return cache_dir("chain") / stable_hash(key, 16)
 
 
+def stage_lock(folder: Path) -> Path:
+    """The lock file beside a stage's folder (``atomic.exclusive``): one process trains it."""
+    return folder.parent / f".{folder.name}.lock"
+
+
 def save_stage(model: LoadedModel, folder: Path, record: dict[str, Any], curve: pd.DataFrame) -> Path:
     """Write the model, tokenizer, record and curve to a temp folder, then rename it in place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -455,12 +460,13 @@ def build(P: ChainParams, progress: bool = True) -> BuiltChain:
                "config": {k: v for k, v in asdict(cfg).items() if not k.startswith("dpo")}}
     sft_dir = stage_dir(sft_key)
     t0 = time.perf_counter()
-    done = load_stage(sft_dir)
-    if done is None:
-        curve = sft(base, list(zip(train.instruction, train.teacher, strict=True)), cfg,
-                          progress=progress)
-        save_stage(base, sft_dir, sft_key, curve)
+    with exclusive(stage_lock(sft_dir)):  # a second render building the same chain waits, then loads it
         done = load_stage(sft_dir)
+        if done is None:
+            curve = sft(base, list(zip(train.instruction, train.teacher, strict=True)), cfg,
+                        progress=progress)
+            save_stage(base, sft_dir, sft_key, curve)
+            done = load_stage(sft_dir)
     seconds["sft"] = time.perf_counter() - t0
     sft_record, sft_curve = done
     del base
@@ -470,15 +476,16 @@ def build(P: ChainParams, progress: bool = True) -> BuiltChain:
                           or k in ("max_len", "batch_size", "warmup_frac", "seed", "train_embeddings")}}
     dpo_dir = stage_dir(dpo_key)
     t0 = time.perf_counter()
-    done = load_stage(dpo_dir)
-    if done is None:
-        sft_model = load_model(str(sft_dir), quiet=True)
-        triples = [(q, c, r) for q, c, r in zip(train.instruction, train.teacher, train.base, strict=True)
-                   if c.strip() and c.strip() != r.strip()]
-        curve = dpo(sft_model, triples, cfg, progress=progress)
-        save_stage(sft_model, dpo_dir, dpo_key, curve)
+    with exclusive(stage_lock(dpo_dir)):
         done = load_stage(dpo_dir)
-        del sft_model
+        if done is None:
+            sft_model = load_model(str(sft_dir), quiet=True)
+            triples = [(q, c, r) for q, c, r in zip(train.instruction, train.teacher, train.base, strict=True)
+                       if c.strip() and c.strip() != r.strip()]
+            curve = dpo(sft_model, triples, cfg, progress=progress)
+            save_stage(sft_model, dpo_dir, dpo_key, curve)
+            done = load_stage(dpo_dir)
+            del sft_model
     seconds["dpo"] = time.perf_counter() - t0
     dpo_record, dpo_curve = done
     paths = {"base": P.base_model, "sft": str(sft_dir), "dpo": str(dpo_dir)}

@@ -125,6 +125,9 @@ class Params:
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    max_pairs_per_split: int | None = None
+    """The natural vector's pairs: the first N train and first N val pairs of each trait
+    (``data.load_trait``; for quick profiles); null: all of them."""
     questions_file: str | None = None
     """A JSONL file of ``{"id", "question", "split"}`` questions the steered answers respond to
     (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
@@ -150,6 +153,8 @@ class Params:
         for name in ("n_instruction_questions", "n_test_questions"):
             if getattr(self, name) < 2:
                 raise ParamError(f"{name} must be >= 2, got {getattr(self, name)}")
+        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
+            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
         for name in ("max_new_tokens", "batch_size", "n_system_prompts", "n_boot"):
             if getattr(self, name) < 1:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -217,7 +222,7 @@ def _instructed_answers(P: Params, lm: LoadedModel, trait: str, progress: bool =
 
 def trait_vectors(P: Params, lm: LoadedModel, trait: str, sites: list[Site], progress: bool = True) -> TraitVectors:
     """Both vectors per layer, and each source's held-out activations for cross-projection."""
-    ds = load_trait(trait, folder=traits_folder(P.traits_dir))
+    ds = load_trait(trait, max_pairs_per_split=P.max_pairs_per_split, folder=traits_folder(P.traits_dir))
     pos, neg = ds.encode(lm.chat)
     acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
     split = np.array([p.split for p in ds.pairs])

@@ -121,6 +121,9 @@ class Params:
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    max_pairs_per_split: int | None = None
+    """The vector's pairs: the first N train and first N val pairs of the trait (``data.load_trait``;
+    for quick profiles); null: all of them."""
     questions_file: str | None = None
     """A JSONL file of ``{"id", "question", "split"}`` questions the steered answers respond to
     (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
@@ -129,6 +132,8 @@ class Params:
     (``data.system_prompts``); null: the shipped ``data/elicitation/instructions.jsonl``."""
 
     def __post_init__(self) -> None:
+        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
+            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
         if not self.traits:
             raise ParamError("traits is empty; name at least one trait")
         if (why := undescribed(self.traits, self.trait_descriptions)) is not None:
@@ -188,7 +193,7 @@ def fit_cells(P: Params, lm: LoadedModel, sites: list[Site], progress: bool = Tr
     """Extraction metrics per cell (fit on train pairs, scored on val pairs) and the unit vectors."""
     rows, vectors = [], {}
     for trait in P.traits:
-        ds = load_trait(trait, folder=traits_folder(P.traits_dir))
+        ds = load_trait(trait, max_pairs_per_split=P.max_pairs_per_split, folder=traits_folder(P.traits_dir))
         pos, neg = ds.encode(lm.chat)
         acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
         split = np.array([p.split for p in ds.pairs])

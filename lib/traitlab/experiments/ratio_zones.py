@@ -94,6 +94,9 @@ class Params:
     trait: str = "optimism"
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    max_pairs_per_split: int | None = None
+    """The vector's pairs: the first N train and first N val pairs of the trait (``data.load_trait``;
+    for quick profiles); null: all of them."""
     questions_file: str | None = None
     """A JSONL file of ``{"id", "question", "split"}`` questions the steered answers respond to
     (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
@@ -132,6 +135,8 @@ class Params:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
+            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
         if (why := undescribed([self.trait], self.trait_descriptions)) is not None:
             raise ParamError(why)
         if (why := unopposed((), self.trait_opposites)) is not None:
@@ -200,7 +205,7 @@ def fit_vectors(P: Params, lm: LoadedModel, progress: bool = True) -> tuple[dict
     """Each method's unit direction at every layer of ``P.site`` (train pairs, mean over
     response tokens), and per (method, layer) the class-mean gap along it: ``gap`` (activation
     units) and ``raw_norm`` (the method's own vector norm before normalising)."""
-    ds = load_trait(P.trait, folder=traits_folder(P.traits_dir))
+    ds = load_trait(P.trait, max_pairs_per_split=P.max_pairs_per_split, folder=traits_folder(P.traits_dir))
     pos, neg = ds.encode(lm.chat)
     sites = [Site(P.site, x) for x in range(lm.n_layers)]  # type: ignore[arg-type]
     acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)

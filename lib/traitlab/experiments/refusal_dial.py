@@ -57,6 +57,9 @@ class Params:
     harmful_sources: list[str] = field(default_factory=lambda: ["advbench", "harmbench_test",
                                                                "jailbreakbench", "strongreject"])
     n_harmful: int = 64
+    n_edge: int | None = None
+    """A seeded subsample of our EDGE prompts (``data/refusal/edge.jsonl``, 160) for quick profiles;
+    null: all of them."""
     n_edge_xstest: int = 0
     """XSTest safe prompts added to EDGE. 0 (the default): the direction never sees XSTest, which
     the XSTest section then evaluates."""
@@ -103,6 +106,9 @@ class Params:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_xstest is not None and self.n_xstest < 2:
             raise ParamError(f"n_xstest must be >= 2 or null (all 450), got {self.n_xstest}")
+        if self.n_edge is not None and self.n_edge < 4:
+            raise ParamError(f"n_edge must be >= 4 or null (all of them), got {self.n_edge}: the EDGE set is "
+                             "split in two halves, each steered and generated")
         if self.n_edge_xstest < 0:
             raise ParamError("n_edge_xstest must be >= 0")
         bad = [s for s in self.harmful_sources if s not in data.HARMFUL_SOURCES]
@@ -175,7 +181,14 @@ def load_sets(p: Params) -> Sets:
     if p.n_edge_xstest > len(safe):
         raise data.DataError(f"n_edge_xstest {p.n_edge_xstest} asks for more safe XSTest prompts than the "
                              f"{len(safe)} in use: lower it")
-    edge = data.edge_prompts() + random.Random(p.seed).sample(safe, p.n_edge_xstest)
+    ours = data.edge_prompts()
+    if p.n_edge is not None:
+        if p.n_edge > len(ours):
+            raise data.DataError(f"n_edge {p.n_edge} asks for more EDGE prompts than the {len(ours)} in "
+                                 "data/refusal/edge.jsonl: lower it, or null for all of them")
+        keep = sorted(random.Random(p.seed + 3).sample(range(len(ours)), p.n_edge))
+        ours = [ours[i] for i in keep]  # file order, so the seeded split below stays readable
+    edge = ours + random.Random(p.seed).sample(safe, p.n_edge_xstest)
     order = list(range(len(edge)))
     random.Random(p.seed + 1).shuffle(order)
     half = len(order) // 2

@@ -121,11 +121,16 @@ class Params:
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    max_pairs_per_split: int | None = None
+    """The vector's pairs: the first N train and first N val pairs of the trait (``data.load_trait``;
+    for quick profiles); null: all of them."""
     questions_file: str | None = None
     """A JSONL file of ``{"id", "question", "split"}`` questions the steered answers respond to
     (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
 
     def __post_init__(self) -> None:
+        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
+            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
         if (why := undescribed([self.trait], self.trait_descriptions)) is not None:
             raise ParamError(why)
         if self.vector_method not in METHODS or self.vector_method == "random":
@@ -206,7 +211,7 @@ def _fmt(P: Params, m: LoadedModel, control: bool = False) -> ChatFormat:
 def fit_vectors(P: Params, lm: LoadedModel, layers: list[int], control: bool = False,
                 progress: bool = True) -> dict[int, torch.Tensor]:
     """One unit trait vector per layer, fitted on ``lm``'s activations of the train-split pairs."""
-    ds = load_trait(P.trait, folder=traits_folder(P.traits_dir))
+    ds = load_trait(P.trait, max_pairs_per_split=P.max_pairs_per_split, folder=traits_folder(P.traits_dir))
     pos, neg = ds.encode(_fmt(P, lm, control), "train")
     sites = [Site(P.site, x) for x in sorted(set(layers))]  # type: ignore[arg-type]
     acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
