@@ -50,6 +50,7 @@ batch_size = 8
 n_boot = 2000
 seed = 0
 traits_dir = None
+max_pairs_per_split = None
 
 # %% [markdown]
 # ## Setup

@@ -248,6 +248,10 @@ def test_steering_is_the_readers_second_positive_control():
     lines = mvs.conclusions(corr, best, cells.assign(coherent=0.75), ignored)
     assert "Reader's positive control from steering (cells steering with ≥ 50% of their answers coherent): " \
            "optimism 0/6; formality 1/6, clearest L2 probe +12.0" in lines[1]
+    # a trait without system prompts has no instructed control, and the line says how to give it one
+    partial = mvs.control_effects(_control({"optimism": 30.0}), P.traits)
+    assert "formality not run (no system prompts for it: add them with instructions_file)" in \
+        mvs.conclusions(corr, best, cells, partial)[0]
     # the instructed control passing is named too
     seen = mvs.control_effects(_control({"optimism": 30.0, "formality": 0.0}), P.traits)
     _, c = claim(0.25, seen)

@@ -454,6 +454,21 @@ def check_models(resolved: Resolved, defaults: dict[str, Any]) -> None:
             raise ParamError(f"{resolved.where(key)}: {key}: {err}") from None
 
 
+def check_max_pairs(value: int | None) -> None:
+    """The ``max_pairs_per_split`` every report that reads trait pairs takes (``data.load_trait``):
+    null (all pairs), or 2 or more per split.
+
+    >>> check_max_pairs(None), check_max_pairs(2)
+    (None, None)
+    >>> check_max_pairs(1)
+    Traceback (most recent call last):
+    ...
+    traitlab.params.ParamError: max_pairs_per_split must be >= 2 or null (all pairs), got 1
+    """
+    if value is not None and value < 2:
+        raise ParamError(f"max_pairs_per_split must be >= 2 or null (all pairs), got {value}")
+
+
 def own_folder(key: str, value: str | None) -> Path | None:
     """The folder a ``FOLDER_KEYS`` parameter names (``None``: the shipped one); a missing folder
     is a one-line ``ParamError`` naming the key and what the folder should hold.

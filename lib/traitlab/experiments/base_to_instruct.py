@@ -41,7 +41,7 @@ from ..directions import METHODS, fit_direction, random_unit
 from ..metrics import auroc, auroc_se, midpoint_accuracy
 from ..models import LoadedModel, describe
 from ..monitor import TokenTrace, Watch, monitor
-from ..params import ParamError, traits_folder
+from ..params import ParamError, check_max_pairs, traits_folder
 from ..refusal import DEFAULT_OPENINGS, is_refusal, log_odds, opening_token_ids
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steered_eval import at_ratio
@@ -73,6 +73,9 @@ class Params:
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    max_pairs_per_split: int | None = None
+    """The vector's pairs: the first N train and first N val pairs of the trait (``data.load_trait``;
+    for quick profiles); null: all of them."""
     claim_layer: int | None = None
     """The layer the verdicts read, fixed before the run (e.g. the seed's relative depth); null:
     the best of ``layers`` by AUROC, chosen after the fact (the record says which)."""
@@ -88,6 +91,7 @@ class Params:
     """Random unit directions added at ``steer_claim_ratio``: the null of steering strength."""
 
     def __post_init__(self) -> None:
+        check_max_pairs(self.max_pairs_per_split)
         if self.method not in METHODS or self.method == "random":
             raise ParamError(f"method {self.method!r} unknown; choose from "
                              f"{', '.join(m for m in METHODS if m != 'random')}")
@@ -155,7 +159,7 @@ def chain_models(P: Params, progress: bool = True) -> dict[str, str]:
 def base_vectors(P: Params, lm: LoadedModel, fmt: ChatFormat, layers: list[int],
                  progress: bool = True) -> dict[Site, torch.Tensor]:
     """One unit vector per layer from the trait's train pairs, read in format ``fmt``."""
-    ds = load_trait(P.trait, folder=traits_folder(P.traits_dir))
+    ds = load_trait(P.trait, max_pairs_per_split=P.max_pairs_per_split, folder=traits_folder(P.traits_dir))
     pos, neg = ds.encode(fmt, "train")
     sites = [Site(P.site, x) for x in layers]  # type: ignore[arg-type]
     acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)

@@ -29,7 +29,7 @@ from ..elicit import SourceParams, check_sets, summary_table
 from ..elicit import quantities as elicit_quantities
 from ..metrics import cell_draws, evaluate, heldout_scores
 from ..models import describe
-from ..params import ParamError
+from ..params import ParamError, check_max_pairs
 from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
 
@@ -89,8 +89,7 @@ class Params(SourceParams, _Grid):
         for name in ("n_random_seeds", "batch_size", "n_boot"):
             if getattr(self, name) < 1:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
-            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
+        check_max_pairs(self.max_pairs_per_split)
         if self.probe_C <= 0:
             raise ParamError(f"probe_C must be > 0, got {self.probe_C}")
         if self.matched_dim is not None and self.matched_dim < 0:

@@ -43,7 +43,7 @@ from ..directions import METHODS, fit_direction
 from ..judge import Judge, judge_from_params, undescribed, unopposed
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
-from ..params import ParamError, traits_folder
+from ..params import ParamError, check_max_pairs, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steered_eval import (
     Condition,
@@ -153,8 +153,7 @@ class Params:
         for name in ("n_instruction_questions", "n_test_questions"):
             if getattr(self, name) < 2:
                 raise ParamError(f"{name} must be >= 2, got {getattr(self, name)}")
-        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
-            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
+        check_max_pairs(self.max_pairs_per_split)
         for name in ("max_new_tokens", "batch_size", "n_system_prompts", "n_boot"):
             if getattr(self, name) < 1:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")

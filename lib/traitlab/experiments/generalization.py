@@ -53,7 +53,7 @@ from ..data import TraitDataset, load_group
 from ..directions import METHODS, fit_direction
 from ..metrics import auroc, cosine_scores, resampled_metrics
 from ..models import LoadedModel, describe
-from ..params import ParamError, traits_folder
+from ..params import ParamError, check_max_pairs, traits_folder
 from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
 from ..surface import fit_bag_of_words, pair_texts
@@ -134,8 +134,7 @@ class Params:
             raise ParamError("matrix_layers is empty; name the layers to show as train × test matrices")
         if self.layers is not None and not set(self.matrix_layers) <= set(self.layers):
             raise ParamError(f"matrix_layers {self.matrix_layers} must be among layers {self.layers}")
-        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
-            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
+        check_max_pairs(self.max_pairs_per_split)
         if self.probe_C <= 0 or self.gradient_shrinkage < 0:
             raise ParamError("probe_C must be > 0 and gradient_shrinkage >= 0")
 

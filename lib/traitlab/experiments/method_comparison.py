@@ -25,7 +25,7 @@ from ..elicit import Elicited, SourceParams, check_sets, summary_table, written_
 from ..elicit import quantities as elicit_quantities
 from ..metrics import cell_draws, evaluate, heldout_scores
 from ..models import LoadedModel, describe
-from ..params import ParamError
+from ..params import ParamError, check_max_pairs
 from ..progress import tqdm
 from ..sites import SITE_NAMES, Site, check_sites
 from ..surface import surface_metrics
@@ -94,8 +94,7 @@ class Params(SourceParams, _Grid):
         for name in ("n_random_seeds", "batch_size", "gradient_steps", "ica_components", "n_boot"):
             if getattr(self, name) < 1:
                 raise ParamError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
-            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
+        check_max_pairs(self.max_pairs_per_split)
         if not 0 < self.acc_threshold < 1:
             raise ParamError(f"acc_threshold must be in (0, 1), got {self.acc_threshold}")
         if self.probe_C <= 0 or self.gradient_shrinkage < 0:

@@ -47,7 +47,7 @@ from ..judge import Judge, judge_from_params, undescribed, unopposed
 from ..judge_power import FloorRefits, check_floor_gold
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
-from ..params import ParamError, traits_folder
+from ..params import ParamError, check_max_pairs, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steered_eval import (
     ALIKE,
@@ -132,8 +132,7 @@ class Params:
     (``data.system_prompts``); null: the shipped ``data/elicitation/instructions.jsonl``."""
 
     def __post_init__(self) -> None:
-        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
-            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
+        check_max_pairs(self.max_pairs_per_split)
         if not self.traits:
             raise ParamError("traits is empty; name at least one trait")
         if (why := undescribed(self.traits, self.trait_descriptions)) is not None:
@@ -387,7 +386,7 @@ def conclusions(corr: pd.DataFrame, best: pd.DataFrame, cells: pd.DataFrame,
     if control is not None:
         def control_line(t: str, r: pd.Series) -> str:
             if not np.isfinite(r.delta):
-                return f"{t} not run"
+                return f"{t} not run (no system prompts for it: add them with instructions_file)"
             change = change_text(r)
             return f"{t} {r.delta:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]" + (f", {change}" if change else "")
 

@@ -61,7 +61,7 @@ from ..data import load_trait, opinion_questions
 from ..directions import METHODS, fit_direction
 from ..judge import Judge, judge_from_params, undescribed, unopposed
 from ..models import LoadedModel, describe
-from ..params import ParamError, traits_folder
+from ..params import ParamError, check_max_pairs, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
 from ..steered_eval import (
     JUDGE_READINGS,
@@ -135,8 +135,7 @@ class Params:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
-            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
+        check_max_pairs(self.max_pairs_per_split)
         if (why := undescribed([self.trait], self.trait_descriptions)) is not None:
             raise ParamError(why)
         if (why := unopposed((), self.trait_opposites)) is not None:

@@ -51,7 +51,7 @@ from ..data import load_trait, opinion_questions
 from ..directions import METHODS, fit_direction, random_unit
 from ..judge import Judge, judge_from_params, undescribed
 from ..models import LoadedModel, describe, load_model
-from ..params import ParamError, traits_folder
+from ..params import ParamError, check_max_pairs, traits_folder
 from ..sites import SITE_NAMES, Site
 from ..steered_eval import Condition, at_ratio, generate_answers, paired_effects
 from ..steering import position_norms
@@ -129,8 +129,7 @@ class Params:
     (``data.opinion_questions``); null: the shipped ``data/steering/optimism_questions.jsonl``."""
 
     def __post_init__(self) -> None:
-        if self.max_pairs_per_split is not None and self.max_pairs_per_split < 2:
-            raise ParamError(f"max_pairs_per_split must be >= 2 or null, got {self.max_pairs_per_split}")
+        check_max_pairs(self.max_pairs_per_split)
         if (why := undescribed([self.trait], self.trait_descriptions)) is not None:
             raise ParamError(why)
         if self.vector_method not in METHODS or self.vector_method == "random":

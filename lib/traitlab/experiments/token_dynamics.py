@@ -34,7 +34,7 @@ from ..directions import METHODS, fit_direction
 from ..metrics import auroc, auroc_se
 from ..models import LoadedModel, describe
 from ..monitor import TokenTrace, Watch, monitor
-from ..params import ParamError, traits_folder
+from ..params import ParamError, check_max_pairs, traits_folder
 from ..refusal import is_refusal
 from ..sites import SITE_NAMES, Site, check_sites
 from ..uncertainty import bootstrap_difference, bootstrap_mean
@@ -69,8 +69,12 @@ class Params:
     seed: int = 0
     traits_dir: str | None = None
     """A folder of ``<trait>.jsonl`` prompt sets; null: the shipped ``data/traits``."""
+    max_pairs_per_split: int | None = None
+    """The vector's pairs: the first N train and first N val pairs of the trait (``data.load_trait``;
+    for quick profiles); null: all of them."""
 
     def __post_init__(self) -> None:
+        check_max_pairs(self.max_pairs_per_split)
         bad = [g for g in self.groups if g not in GROUPS]
         if bad or not self.groups:
             raise ParamError(f"unknown groups {bad}; choose from {', '.join(GROUPS)}")
@@ -133,7 +137,7 @@ def prompts(P: Params) -> pd.DataFrame:
 
 def trait_vectors(P: Params, lm: LoadedModel, sites: list[Site], progress: bool = True) -> dict[Site, torch.Tensor]:
     """One unit vector per monitored site, from the trait's train-split pairs."""
-    ds = load_trait(P.trait, folder=traits_folder(P.traits_dir))
+    ds = load_trait(P.trait, max_pairs_per_split=P.max_pairs_per_split, folder=traits_folder(P.traits_dir))
     pos, neg = ds.encode(lm.chat, "train")
     acts = extract(lm, pos + neg, sites, position="mean", batch_size=P.batch_size, progress=progress)
     n = len(pos)
