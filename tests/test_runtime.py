@@ -61,7 +61,10 @@ def test_remote_errors_are_clear_and_come_before_model_work(monkeypatch):
     monkeypatch.setenv("NDIF_API_KEY", "test-key")
     with pytest.raises(ModelError, match="hub models"):
         load_model("smollm2-135m-instruct", remote=True)
-    # no network: the hub config cannot be read
+    # no network: the hub config cannot be read (huggingface_hub's five retries, without their 23 s of backoff)
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(_http.time, "sleep", lambda seconds: None)
     with pytest.raises(ModelError, match="cannot reach hub model"):
         load_model("meta-llama/Llama-3.1-70B", remote=True)
     # a hub model whose config is known, but NDIF is unreachable
