@@ -64,6 +64,7 @@ questions_file = None
 control_layer = 12
 control_ratio = 0.75
 control_method = "mean_diff"
+max_pairs_per_split = None
 probe_model = "judge"
 
 # %% [markdown]

@@ -28,7 +28,7 @@ from ..directions import METHODS as DIRECTION_METHODS
 from ..directions import fit_direction
 from ..judge import Judge, JudgeConfig, described, opposed, undescribed, unopposed
 from ..models import LoadedModel, describe, load_model
-from ..params import ParamError
+from ..params import ParamError, check_max_pairs
 from ..sites import Site
 from ..steered_eval import Condition, at_ratio, generate_answers, probe_answers
 from ..steering import activation_norms
@@ -88,6 +88,9 @@ class Params:
     """The control's perturbation ratio (‖added vector‖ / mean ‖activation‖ at that site)."""
     control_method: str = "mean_diff"
     """How the control's optimism direction is fitted (``directions.fit_direction``)."""
+    max_pairs_per_split: int | None = None
+    """The control direction's pairs: the first N train and first N val optimism pairs
+    (``data.load_trait``; for quick profiles); null: all of them."""
     probe_model: str | None = "judge"
     """Also read each trait and coherence with a linear probe on a model's activations
     (``traitlab.probe_reader``, fitted on the gold sets' tune part; read only when ``gold_split``
@@ -125,6 +128,7 @@ class Params:
                     judge_power.load_anchors(t, self.gold_dir)
                 except DataError as err:
                     raise ParamError(f"anchored: true needs anchors for {t!r}: {err} (or set anchored: false)") from None
+        check_max_pairs(self.max_pairs_per_split)
         if self.control_questions is not None:
             if self.control_questions < 2:
                 raise ParamError(f"control_questions must be >= 2 or null, got {self.control_questions}")
@@ -764,7 +768,7 @@ def control_answers(P: Params, responder: LoadedModel, progress: bool = True) ->
     ``P.control_layer``) added at ratio −r, 0 and +r (r = ``P.control_ratio``) while answering
     ``P.control_questions`` held-out opinion questions. One row per (ratio, question)."""
     site = Site("resid_pre", P.control_layer)
-    ds = load_trait("optimism")
+    ds = load_trait("optimism", max_pairs_per_split=P.max_pairs_per_split)
     pos, neg = ds.encode(responder.chat)
     acts = extract(responder, pos + neg, [site], position="mean", batch_size=8, progress=progress)[site]
     train = torch.from_numpy(np.flatnonzero(np.array([p.split for p in ds.pairs]) == "train"))
