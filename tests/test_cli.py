@@ -110,6 +110,20 @@ def test_a_folder_parameter_is_relative_to_the_params_file(tmp_path, notebook, k
     assert resolve(notebook, None, mine).values[key] == str(tmp_path / "t")
 
 
+def test_check_says_where_each_gold_set_comes_from(tmp_path, capsys):
+    """With gold_dir, `traitlab check` names each trait's gold file: a file named for another trait
+    than meant (gold_hope.jsonl: too far from "optimism" for the near-miss guard) would otherwise read ours silently."""
+    from traitlab.judge_power import gold_path
+
+    (tmp_path / "gold_hope.jsonl").write_text(gold_path("optimism").read_text())
+    assert cli.main(["check", "ratio_zones", "--profile", "ci", "--set", f"gold_dir={tmp_path}"]) == 0
+    err = capsys.readouterr().err
+    assert f"gold sets: optimism from ours (data/judge/gold_optimism.jsonl; no {tmp_path}/gold_optimism.jsonl)" in err
+    (tmp_path / "gold_hope.jsonl").rename(tmp_path / "gold_optimism.jsonl")
+    assert cli.main(["check", "ratio_zones", "--profile", "ci", "--set", f"gold_dir={tmp_path}"]) == 0
+    assert f"gold sets: optimism from {tmp_path}/gold_optimism.jsonl" in capsys.readouterr().err
+
+
 def test_render_shows_progress_and_keeps_it_out_of_the_report(project, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main(["render", "tinynb", "--profile", "ci", "--out", str(out), "--no-html",

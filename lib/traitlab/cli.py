@@ -373,6 +373,17 @@ def write_index(report_dir: Path) -> Path:
     return out
 
 
+def gold_line(values: dict) -> str | None:
+    """With a ``gold_dir``, where each trait the parameters name (``trait``, ``traits``,
+    ``gold_traits``) reads its gold set from (``judge_power.gold_sources``); None without one."""
+    if values.get("gold_dir") is None:
+        return None
+    from .judge_power import gold_sources
+
+    named = [values.get("trait"), *(values.get("traits") or []), *(values.get("gold_traits") or [])]
+    return gold_sources([t for t in named if t], values["gold_dir"])
+
+
 def render(notebook: str, profile: str | None = "default", out_dir: Path | None = None,
            html_too: bool = True, suffix: str | None = None, *, params: str | Path | None = None,
            sets: dict | None = None, progress: bool = True) -> Path:
@@ -386,6 +397,8 @@ def render(notebook: str, profile: str | None = "default", out_dir: Path | None 
     if suffix is None:
         suffix = "" if r.label == "default" else f".{r.label}"
     print(f"[traitlab] {notebook} ({r.where()}) → {out_dir}/{notebook}{suffix}.ipynb", flush=True)
+    if (line := gold_line(values)) is not None:
+        print(f"[traitlab] {line}", flush=True)
     nb = execute(notebook, r, out_dir, notebook + suffix, progress=progress)
     data = json.loads(nb.read_text())
     data["metadata"]["traitlab"] = {"profile": r.label, "params": values, "seconds": round(time.time() - t0),
@@ -564,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
             values = check(notebook_name(args.notebook), args.profile, params=args.params,
                            sets=parse_set(args.sets))
             print(json.dumps(values, indent=2))
+            if (line := gold_line(values)) is not None:
+                print(line, file=sys.stderr)
         elif args.cmd == "datasets":
             unknown = [n for n in args.names if n not in datasets.MANIFEST]
             if unknown:

@@ -102,6 +102,26 @@ def gold_path(trait: str, folder: str | Path | None = None) -> Path:
     return own if own is not None and own.is_file() else project_data("judge") / name
 
 
+def gold_sources(traits: Sequence[str], folder: str | Path | None) -> str:
+    """One line saying where each trait's gold set is read from (``gold_path``): one's own
+    ``folder`` or ours, so a file named for another trait than meant is seen before a render.
+
+    >>> gold_sources(["optimism", "cheer"], "/my/gold")
+    'gold sets: optimism from ours (data/judge/gold_optimism.jsonl; no /my/gold/gold_optimism.jsonl); cheer has none (no /my/gold/gold_cheer.jsonl)'
+    """
+    parts = []
+    for t in dict.fromkeys(traits):
+        path = gold_path(t, folder)
+        own = folder is not None and path.parent != project_data("judge")
+        if not path.is_file():
+            parts.append(f"{t} has none" + (f" (no {Path(folder).expanduser() / path.name})" if folder is not None else ""))
+            continue
+        parts.append(f"{t} from {path}" if own else
+                     f"{t} from ours (data/judge/{path.name}"
+                     + (f"; no {Path(folder).expanduser() / path.name})" if folder is not None else ")"))
+    return "gold sets: " + "; ".join(parts)
+
+
 def missing_gold(traits: Sequence[str], folder: str | Path | None = None) -> str | None:
     """None when every trait in ``traits`` has a gold set (``gold_path``), else a one-line
     sentence naming those without one and the file to write.
