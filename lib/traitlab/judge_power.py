@@ -112,13 +112,13 @@ def gold_sources(traits: Sequence[str], folder: str | Path | None) -> str:
     parts = []
     for t in dict.fromkeys(traits):
         path = gold_path(t, folder)
-        own = folder is not None and path.parent != project_data("judge")
+        no_own = f"no {Path(folder).expanduser() / path.name}" if folder is not None else None
         if not path.is_file():
-            parts.append(f"{t} has none" + (f" (no {Path(folder).expanduser() / path.name})" if folder is not None else ""))
-            continue
-        parts.append(f"{t} from {path}" if own else
-                     f"{t} from ours (data/judge/{path.name}"
-                     + (f"; no {Path(folder).expanduser() / path.name})" if folder is not None else ")"))
+            parts.append(f"{t} has none" + (f" ({no_own})" if no_own else ""))
+        elif path.parent != project_data("judge"):
+            parts.append(f"{t} from {path}")
+        else:
+            parts.append(f"{t} from ours (data/judge/{path.name}" + (f"; {no_own})" if no_own else ")"))
     return "gold sets: " + "; ".join(parts)
 
 
@@ -133,9 +133,9 @@ def missing_gold(traits: Sequence[str], folder: str | Path | None = None) -> str
     >>> missing_gold(["cheer"]).split(", or")[0]
     "no gold set for ['cheer']: write gold_cheer.jsonl in a folder of your own and name it with gold_dir"
     """
-    none = [t for t in traits if not gold_path(t, folder).is_file()]
     if folder is not None and (slip := _misnamed(traits, folder)) is not None:
         return slip
+    none = [t for t in traits if not gold_path(t, folder).is_file()]
     if not none:
         return None
     if folder is not None:
