@@ -57,6 +57,7 @@ def test_report_is_clean_and_readable(path: Path):
     html = path.with_suffix(".html").read_text()
     for host in ("cdnjs", "unpkg", "cdn.jsdelivr", "<script src=\"http"):
         assert host not in html, f"{path.stem}.html loads {host} (reports open offline)"
+    assert "stderr" not in html, f"{path.stem}.html mentions stderr (a box, or nbconvert's style for one)"
     verdicts, first_section = html.find('dataframe verdicts"'), html.find("<h2")
     if rec.claims:
         assert 0 <= verdicts < first_section, f"{path.stem}.html: the verdict table is not above the first section"

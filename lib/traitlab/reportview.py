@@ -36,6 +36,9 @@ RECORD_TAG = "record"
 HIDDEN_TAGS = frozenset({"parameters"})
 _MARKER = re.compile(r"^\s*# NBVAL_[A-Z_]+\s*\n?", re.M)
 _SCRIPT = re.compile(r"<script\b[^>]*>.*?</script\s*>", re.S | re.I)
+# nbconvert's stylesheet styles stderr boxes; our reports have none (tests), so the rule is dead
+# weight that makes a text search for "stderr" in a page find one.
+_STDERR_CSS = re.compile(r"\.jp-RenderedText\[data-mime-type='application/vnd\.jupyter\.stderr'\]\s*\{[^}]*\}\s*")
 _REMOTE = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*["']https?://""", re.I)
 
 
@@ -80,14 +83,15 @@ def reader_notebook(nb: nbformat.NotebookNode, table: str | None = None) -> nbfo
         first = next((i for i, c in enumerate(cells) if c.cell_type == "markdown"), -1)
         note = ("**Verdicts** (from this report's result record; the evidence for each is in the "
                 "sections below, and the record itself is `<report>.results.json`):\n\n")
-        cells.insert(first + 1, nbformat.v4.new_markdown_cell(note + table))
+        cells.insert(first + 1, nbformat.v4.new_markdown_cell(note + table, id="verdicts"))  # a fixed id: re-exports are identical
     nb.cells = cells
     return nb
 
 
 def offline_html(html: str) -> str:
-    """Drop every ``<script>``; a page that still names a remote resource is an error."""
-    html = _SCRIPT.sub("", html)
+    """Drop every ``<script>`` and the dead stderr-box style; a page that still names a remote
+    resource is an error."""
+    html = _STDERR_CSS.sub("", _SCRIPT.sub("", html))
     remote = _REMOTE.search(html)
     if remote:
         raise ValueError(f"report still loads a remote resource: {html[remote.start():remote.start() + 120]!r}")
