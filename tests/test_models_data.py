@@ -58,6 +58,29 @@ def test_zoo_registry_is_complete():
         zoo.entry("llama-70b")
 
 
+def test_a_gguf_is_parsed_once_per_dequantisation_and_each_loader_gets_its_own_metadata(monkeypatch):
+    import gguf
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
+
+    calls = []
+
+    def parse(path, return_tensors=False, **kw):
+        calls.append((path, return_tensors))
+        return {"config": {"model_type": "llama"}}
+
+    monkeypatch.setattr(hf_gguf, "load_gguf_checkpoint", parse)
+    name_map = gguf.get_tensor_name_map
+    with zoo._parse_gguf_once():
+        first = hf_gguf.load_gguf_checkpoint("m.gguf")
+        first["config"].pop("model_type")  # transformers' config loader pops keys from what it gets
+        assert hf_gguf.load_gguf_checkpoint("m.gguf") == {"config": {"model_type": "llama"}}
+        hf_gguf.load_gguf_checkpoint("m.gguf", return_tensors=True)  # the weights: always read
+        arch = next(iter(gguf.MODEL_ARCH_NAMES))
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert calls == [("m.gguf", False), ("m.gguf", True)]
+    assert hf_gguf.load_gguf_checkpoint is parse and gguf.get_tensor_name_map is name_map  # restored
+
+
 @pytest.mark.parametrize("trait", ["refusal", "uncertainty", "formality", "optimism", "sycophancy", "humor"])
 def test_trait_sets(trait):
     ds = load_trait(trait)
