@@ -102,7 +102,7 @@ def test_a_pair_without_contrast_or_a_repeated_pair(tmp_path):
     assert "mine.jsonl:4: the pos and neg prompt and response are identical" in msg
     rows = [_pair(i) for i in range(1, 11)] + [_pair(2, id="mine-copy")]
     msg = _error(load_trait, "mine", folder=_trait_file(tmp_path / "b", rows=rows).parent)
-    assert "mine.jsonl:11: repeats the pair on line 2" in msg
+    assert "mine.jsonl:11: the same pair (prompts and responses) already on line 2" in msg
     rows = [_pair(i, split="train") for i in range(1, 11)]
     assert 'has 0 val pairs; at least 2 are needed (mark more lines of its file "split": "val")' in _error(
         load_trait, "mine", folder=_trait_file(tmp_path / "c", rows=rows).parent)
@@ -124,7 +124,7 @@ def test_duplicate_ids(tmp_path):
     rows = [_pair(i) for i in range(1, 11)]
     rows[8]["id"] = rows[2]["id"]
     msg = _error(load_trait, "mine", folder=_trait_file(tmp_path, rows=rows).parent)
-    assert "mine.jsonl:9: id 'mine-003' already used on line 3" in msg
+    assert "mine.jsonl:9: id 'mine-003' already on line 3" in msg
 
 
 def test_the_same_example_in_both_splits_would_leak(tmp_path):
@@ -251,8 +251,8 @@ def test_ones_own_question_file_is_read_and_recorded(tmp_path):
     ([_q(1), _q(2, question="  ")], ":2: question must be non-empty text"),
     ([_q(1), _q(2, question=7)], ":2: question must be non-empty text, got 7"),
     ([_q(1), _q(2, split="val")], ":2: split must be one of train, test, got 'val'"),
-    ([_q(1), _q(2, id="q1")], ":2: repeats the id on line 1"),
-    ([_q(1), _q(2, question="what will CHANGE in field  1?")], ":2: repeats the question on line 1"),
+    ([_q(1), _q(2, id="q1")], ":2: id 'q1' already on line 1"),
+    ([_q(1), _q(2, question="what will CHANGE in field  1?")], ":2: the same question already on line 1"),
     ([_q(1, "train")], "has no 'test' questions"),
     ([_q(1), _q(2)], "asked for 3 test questions but"),
 ])

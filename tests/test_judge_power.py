@@ -58,10 +58,10 @@ def test_a_bad_gold_row_fails_naming_file_line_and_key(tmp_path, change, message
 
 def test_a_repeated_id_or_answer_fails_naming_both_lines(tmp_path):
     _write(tmp_path, [GOOD, {**GOOD, "response": "other"}])
-    with pytest.raises(DataError, match=r"gold_x\.jsonl:2: id '1' is already used on line 1"):
+    with pytest.raises(DataError, match=r"gold_x\.jsonl:2: id '1' already on line 1"):
         JP.load_gold("x", folder=tmp_path)
     _write(tmp_path, [GOOD, {**GOOD, "id": "2", "response": " r ", "x": 70}])
-    with pytest.raises(DataError, match=r"gold_x\.jsonl:2: the same question and response as line 1"):
+    with pytest.raises(DataError, match=r"gold_x\.jsonl:2: the same question and response already on line 1"):
         JP.load_gold("x", folder=tmp_path)
 
 

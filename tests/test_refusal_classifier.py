@@ -59,7 +59,7 @@ def test_labels_fail_early_with_file_and_line(tmp_path):
         refusal.load_labels(folder=tmp_path)
     rows[1] = {**good}
     (tmp_path / "labelled_answers.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(DataError, match="repeats an earlier row"):
+    with pytest.raises(DataError, match=r"id '\w+' already on line \d+; ids must be unique"):
         refusal.load_labels(folder=tmp_path)
     with pytest.raises(DataError, match="split must be one of"):
         refusal.load_labels(split="test", folder=tmp_path)

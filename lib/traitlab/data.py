@@ -28,7 +28,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -134,6 +134,23 @@ def files_read() -> dict[str, str]:
     64
     """
     return dict(sorted(_READ.items()))
+
+
+def check_once(seen: dict, key: Hashable, path: str | os.PathLike, line: int, what: str, why: str) -> None:
+    """Note that ``key`` is on ``line`` of ``path``; a ``DataError`` naming both lines when an
+    earlier line already had it (a repeated row counts twice and narrows every interval). ``what``
+    names the repeated thing, ``why`` says why it must not repeat or what to do.
+
+    >>> seen = {}
+    >>> check_once(seen, "q1", "my.jsonl", 3, "id 'q1'", "ids must be unique")
+    >>> check_once(seen, "q1", "my.jsonl", 7, "id 'q1'", "ids must be unique")
+    Traceback (most recent call last):
+    ...
+    traitlab.data.DataError: my.jsonl:7: id 'q1' already on line 3; ids must be unique
+    """
+    first = seen.setdefault(key, line)
+    if first != line:
+        raise DataError(f"{path}:{line}: {what} already on line {first}; {why}")
 
 
 def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[tuple[int, dict]]:
@@ -275,14 +292,9 @@ def _check_leaks(path: Path, lines: list[int], pairs: list[TraitPair]) -> None:
     first_pair: dict[tuple[str, ...], int] = {}
     seen: dict[tuple[str, str, str], tuple[str, int]] = {}
     for n, p in zip(lines, pairs, strict=True):
-        if p.id in first_id:
-            raise DataError(f"{path}:{n}: id {p.id!r} already used on line {first_id[p.id]}; ids must be unique")
-        first_id[p.id] = n
-        texts = (p.pos_prompt, p.pos_response, p.neg_prompt, p.neg_response)
-        if texts in first_pair:
-            raise DataError(f"{path}:{n}: repeats the pair on line {first_pair[texts]} (same prompts and "
-                            "responses); remove one")
-        first_pair[texts] = n
+        check_once(first_id, p.id, path, n, f"id {p.id!r}", "ids must be unique")
+        check_once(first_pair, (p.pos_prompt, p.pos_response, p.neg_prompt, p.neg_response), path, n,
+                   "the same pair (prompts and responses)", "remove one")
         for side, ex in (("pos", (p.pos_prompt, p.pos_response)), ("neg", (p.neg_prompt, p.neg_response))):
             key = (side, *ex)
             if key in seen and seen[key][0] != p.split:
@@ -471,11 +483,9 @@ def opinion_questions(split: str = "test", n: int | None = None, path: str | Pat
             raise DataError(f"{file}:{line}: question must be non-empty text, got {json.dumps(q)}")
         if r["split"] not in QUESTION_SPLITS:
             raise DataError(f"{file}:{line}: split must be one of {', '.join(QUESTION_SPLITS)}, got {r['split']!r}")
-        for seen, key, what in ((ids, str(r["id"]), "id"), (texts, " ".join(q.split()).lower(), "question")):
-            if key in seen:
-                raise DataError(f"{file}:{line}: repeats the {what} on line {seen[key]}; "
-                                f"each {what} appears once (a repeat counts twice and narrows every interval)")
-            seen[key] = line
+        check_once(ids, str(r["id"]), file, line, f"id {r['id']!r}", "ids must be unique")
+        check_once(texts, " ".join(q.split()).lower(), file, line, "the same question",
+                   "each question appears once (a repeat counts twice and narrows every interval)")
         rows.append(r)
     df = pd.DataFrame(rows)
     df = df[df.split == split].reset_index(drop=True)

@@ -244,6 +244,20 @@ def unopposed(traits: Sequence[str], given: Mapping[str, Sequence[str]] | None =
             f"or choose another reading")
 
 
+def unjudgeable(traits: Sequence[str], descriptions: Mapping[str, str] | None = None,
+                opposites: Mapping[str, Sequence[str]] | None = None) -> str | None:
+    """Why a report's judge parameters fail (one line, with the fix), or None: ``traits`` each need
+    a description (``undescribed``), and every opposite given must be well formed (``unopposed``;
+    a trait needs an opposite only where it is read through one, which that reading checks).
+
+    >>> unjudgeable(["optimism"], {}, {"optimism": ["pessimism", "a gloomy outlook."]}) is None
+    True
+    >>> unjudgeable(["optimism"], {}, {"cheer": ["gloom"]})
+    "trait_opposites['cheer'] must be [name, one-line definition], got ['gloom']"
+    """
+    return undescribed(traits, descriptions) or unopposed((), opposites)
+
+
 def opposed(trait_opposites: Mapping[str, Sequence[str]]) -> tuple[tuple[str, str, str], ...]:
     """A ``trait_opposites`` parameter as ``JudgeConfig.opposites`` (sorted triples, stripped).
 
@@ -974,9 +988,7 @@ class JudgeConfig:
     fits on them. Not part of the cache key: no judge prompt shows a gold set."""
 
     def __post_init__(self) -> None:
-        if (why := undescribed((), dict(self.descriptions))) is not None:
-            raise ValueError(why)
-        if (why := unopposed((), {t: (n, d) for t, n, d in self.opposites})) is not None:
+        if (why := unjudgeable((), dict(self.descriptions), {t: (n, d) for t, n, d in self.opposites})) is not None:
             raise ValueError(why)
         if self.backend not in ("openai", "local"):
             raise ValueError(f"judge backend must be 'openai' or 'local', got {self.backend!r}")

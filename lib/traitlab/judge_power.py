@@ -51,7 +51,7 @@ from scipy.stats import norm
 
 from . import textstats
 from . import uncertainty as unc
-from .data import DataError, read_jsonl
+from .data import DataError, check_once, read_jsonl
 from .judge import Anchor
 from .paths import project_data
 from .uncertainty import POWER_Z
@@ -209,12 +209,9 @@ def load_gold(trait: str, split: str | None = None, folder: str | Path | None = 
     seen_id: dict[Any, int] = {}
     seen_answer: dict[tuple[str, str], int] = {}
     for i, r in numbered:
-        if (first := seen_id.setdefault(r["id"], i)) != i:
-            raise DataError(f"{path}:{i}: id {r['id']!r} is already used on line {first}; ids must be unique")
-        answer = (str(r["question"]).strip(), str(r["response"]).strip())
-        if (first := seen_answer.setdefault(answer, i)) != i:
-            raise DataError(f"{path}:{i}: the same question and response as line {first}; an answer counted "
-                            "twice would weigh twice in every fit")
+        check_once(seen_id, r["id"], path, i, f"id {r['id']!r}", "ids must be unique")
+        check_once(seen_answer, (str(r["question"]).strip(), str(r["response"]).strip()), path, i,
+                   "the same question and response", "an answer counted twice would weigh twice in every fit")
         for k in (trait, "coherence"):
             v = r[k]
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100:

@@ -120,20 +120,18 @@ def load_labels(split: str | None = None, folder: str | Path | None = None, *,
     >>> bool(lab.source.str.startswith("refusal_dial").all()), set(lab.split)
     (True, {'heldout'})
     """
-    from .data import DataError, read_jsonl
+    from .data import DataError, check_once, read_jsonl
 
     if split is not None and split not in LABEL_SPLITS:
         raise DataError(f"split must be one of {LABEL_SPLITS} or None, got {split!r}")
     path = labels_path(folder)
-    rows, seen = [], set()
+    rows, seen = [], {}
     for i, r in read_jsonl(path, required=("id", "prompt", "answer", "refusal", "source", "split")):
         if not isinstance(r["refusal"], bool):
             raise DataError(f"{path}:{i}: refusal must be true or false, got {r['refusal']!r}")
         if r["split"] not in LABEL_SPLITS:
             raise DataError(f"{path}:{i}: split {r['split']!r} is not one of {LABEL_SPLITS}")
-        if r["id"] in seen:
-            raise DataError(f"{path}:{i}: id {r['id']!r} repeats an earlier row; ids must be unique")
-        seen.add(r["id"])
+        check_once(seen, r["id"], path, i, f"id {r['id']!r}", "ids must be unique")
         rows.append(r)
     df = pd.DataFrame(rows)[["id", "prompt", "answer", "refusal", "source", "split"]]
     if source is not None:

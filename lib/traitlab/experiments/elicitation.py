@@ -40,7 +40,7 @@ from ..activations import extract
 from ..chat import Encoded
 from ..data import load_trait, opinion_questions, read_project_jsonl, system_prompts
 from ..directions import METHODS, fit_direction
-from ..judge import Judge, judge_from_params, undescribed, unopposed
+from ..judge import Judge, judge_from_params, unjudgeable
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
 from ..params import ParamError, check_max_pairs, traits_folder
@@ -138,9 +138,7 @@ class Params:
     def __post_init__(self) -> None:
         if not self.traits:
             raise ParamError("traits is empty")
-        if (why := undescribed(self.traits, self.trait_descriptions)) is not None:
-            raise ParamError(why)
-        if (why := unopposed((), self.trait_opposites)) is not None:
+        if (why := unjudgeable(self.traits, self.trait_descriptions, self.trait_opposites)) is not None:
             raise ParamError(why)
         if self.method not in METHODS or self.method == "random":
             raise ParamError(f"method {self.method!r} unknown; choose from {', '.join(m for m in METHODS if m != 'random')}")

@@ -26,7 +26,7 @@ from ..activations import extract
 from ..data import DataError, load_trait, opinion_questions
 from ..directions import METHODS as DIRECTION_METHODS
 from ..directions import fit_direction
-from ..judge import Judge, JudgeConfig, described, opposed, undescribed, unopposed
+from ..judge import Judge, JudgeConfig, described, opposed, unjudgeable
 from ..models import LoadedModel, describe, load_model
 from ..params import ParamError, check_max_pairs
 from ..sites import Site
@@ -105,9 +105,7 @@ class Params:
             raise ParamError(f"max_gold_questions must be >= 2 or null, got {self.max_gold_questions}")
         if not 0 <= self.coherence_floor <= 100 or self.mde_questions < 2:
             raise ParamError("coherence_floor must be in 0..100 and mde_questions >= 2")
-        if (why := undescribed([self.trait, *self.gold_traits], self.trait_descriptions)) is not None:
-            raise ParamError(why)
-        if (why := unopposed((), self.trait_opposites)) is not None:
+        if (why := unjudgeable([self.trait, *self.gold_traits], self.trait_descriptions, self.trait_opposites)) is not None:
             raise ParamError(why)
         try:
             gold = judge_power.check_gold([self.trait, *self.gold_traits], self.gold_dir)

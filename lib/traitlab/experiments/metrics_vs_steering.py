@@ -43,7 +43,7 @@ from .. import uncertainty as unc
 from ..activations import extract
 from ..data import load_trait, opinion_questions, system_prompts
 from ..directions import METHODS, fit_direction
-from ..judge import Judge, judge_from_params, undescribed, unopposed
+from ..judge import Judge, judge_from_params, unjudgeable
 from ..judge_power import FloorRefits, check_floor_gold
 from ..metrics import evaluate
 from ..models import LoadedModel, describe
@@ -135,9 +135,7 @@ class Params:
         check_max_pairs(self.max_pairs_per_split)
         if not self.traits:
             raise ParamError("traits is empty; name at least one trait")
-        if (why := undescribed(self.traits, self.trait_descriptions)) is not None:
-            raise ParamError(why)
-        if (why := unopposed((), self.trait_opposites)) is not None:
+        if (why := unjudgeable(self.traits, self.trait_descriptions, self.trait_opposites)) is not None:
             raise ParamError(why)
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:

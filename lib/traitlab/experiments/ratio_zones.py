@@ -59,7 +59,7 @@ from .. import uncertainty as unc
 from ..activations import extract
 from ..data import load_trait, opinion_questions
 from ..directions import METHODS, fit_direction
-from ..judge import Judge, judge_from_params, undescribed, unopposed
+from ..judge import Judge, judge_from_params, unjudgeable
 from ..models import LoadedModel, describe
 from ..params import ParamError, check_max_pairs, traits_folder
 from ..sites import SITE_NAMES, Site, check_sites
@@ -136,9 +136,7 @@ class Params:
 
     def __post_init__(self) -> None:
         check_max_pairs(self.max_pairs_per_split)
-        if (why := undescribed([self.trait], self.trait_descriptions)) is not None:
-            raise ParamError(why)
-        if (why := unopposed((), self.trait_opposites)) is not None:
+        if (why := unjudgeable([self.trait], self.trait_descriptions, self.trait_opposites)) is not None:
             raise ParamError(why)
         bad = [m for m in self.methods if m not in METHODS or m == "random"]
         if bad or not self.methods:
