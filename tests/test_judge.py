@@ -149,6 +149,49 @@ def test_small_groups_of_one_rubric_are_packed_and_score_as_alone(tiny_judge):
     assert J.LocalBackend.chunks(big) == [[0, 1, 2, 3, 4], [5, 6, 7, 8]]
 
 
+def test_one_prefill_serves_the_logprob_and_the_text_reply_and_each_equals_its_mode_alone(tiny_judge):
+    qs = ["Will it rain tomorrow in the city?", "How will schools change?"]
+    items = [(q, a) for q in qs for a in ["Sunny days ahead!", "No.", "It will hold for decades."]]
+    msgs = [J.judge_messages("trait", q, a) for q, a in items]
+    groups = [("trait", "optimism", None, q) for q, _ in items]
+    prefills, real = [], tiny_judge._prefill
+    tiny_judge._prefill = lambda ids, **kw: prefills.append(len(ids)) or real(ids, **kw)
+    try:
+        both = tiny_judge.complete_both(msgs, top_logprobs=20, max_tokens=6, groups=groups)
+        assert prefills == [len(part) for part in J.LocalBackend.chunks(groups)]  # one per batch, for both modes
+        lp = tiny_judge.complete_many(msgs, mode="logprob", top_logprobs=20, max_tokens=6, groups=groups)
+        text = tiny_judge.complete_many(msgs, mode="text", top_logprobs=20, max_tokens=6, groups=groups)
+    finally:
+        del tiny_judge._prefill
+    assert [t.text for _, t in both] == [t.text for t in text] and any(t.text for t in text)
+    for (a, _), b in zip(both, lp, strict=True):
+        assert a.top_logprobs == pytest.approx(b.top_logprobs, abs=1e-6)
+        assert set(a.int_probs) == set(b.int_probs)
+        assert max(abs(a.int_probs[k] - b.int_probs[k]) for k in a.int_probs) < 1e-6
+
+
+def test_score_modes_reads_both_modes_from_one_prefill_counted_and_cached_per_mode(tmp_path):
+    model = load_model("tiny-llama")
+    items = [("Will it rain?", "Sunny days ahead!"), ("Will it rain?", "No."), ("Will it rain?", "No.")]
+    alone = J.Judge(J.JudgeConfig(backend="local", model="tiny-llama"), backend=J.LocalBackend(model), cache=None)
+    want = {m: alone.with_mode(m).score_many("coherence", items, progress=False) for m in ("logprob", "text")}
+    lp = J.Judge(J.JudgeConfig(backend="local", model="tiny-llama"), backend=J.LocalBackend(model), cache=tmp_path)
+    judges = {"logprob": lp, "text": lp.with_mode("text")}
+    calls = []
+    real = lp.backend.complete_both
+    lp.backend.complete_both = lambda batch, **kw: calls.append(len(batch)) or real(batch, **kw)
+    got = J.score_modes(judges, "coherence", items, progress=False)
+    assert calls == [2]  # the repeated answer is asked once; no complete_many call is left to make
+    for m in ("logprob", "text"):
+        assert [s.value for s in got[m]] == pytest.approx([s.value for s in want[m]], abs=1e-4, nan_ok=True)
+        assert not any(s.cached for s in got[m])
+        assert judges[m].stats["requests"] == 2 and judges[m].stats["cache_hits"] == 0
+    assert "ahead" not in lp._shared or not lp._shared["ahead"]  # every reply computed ahead was taken
+    again = J.score_modes(judges, "coherence", items, progress=False)  # now replayed, per mode
+    assert calls == [2] and all(s.cached for m in again for s in again[m])
+    assert [s.value for s in again["text"]] == [s.value for s in got["text"]]
+
+
 def test_batched_text_replies_equal_one_prompt_at_a_time(tiny_judge):
     """Text mode shares the rubric+question prefill too and decodes the answers of one question
     together (right padding, per-row positions): every greedy reply equals ``generate`` alone,

@@ -666,6 +666,30 @@ class LocalBackend:
                     on_chunk(part, replies)
         return out  # type: ignore[return-value]
 
+    @torch.no_grad()
+    def complete_both(self, batch: Sequence[list[dict[str, str]]], *, top_logprobs: int, max_tokens: int,
+                      groups: Sequence[Any],
+                      on_chunk: Callable[[list[int], list[tuple[Reply, Reply]]], None] | None = None
+                      ) -> list[tuple[Reply, Reply]]:
+        """(``logprob`` reply, ``text`` reply) to each prompt, from one prefill of each batch: the
+        text is decoded greedily on a copy of the prefilled cache, then the integer trie is
+        expanded on the cache itself. The batches are ``complete_many``'s (``chunks``), so each
+        reply equals what ``complete_many`` gives in its mode, for one prefill instead of two."""
+        out: list[tuple[Reply, Reply] | None] = [None] * len(batch)
+        with self._lock:
+            for part in self.chunks(groups):
+                ids = [self._prompt_ids(batch[i]) for i in part]
+                logp0, cache, mask = self._prefill(ids, keep_cache=True)
+                texts = self._decode(logp0, copy.deepcopy(cache), mask, ids, max_tokens)
+                scored = self._expand(logp0, cache, mask, [len(x) for x in ids], top_logprobs)
+                replies = [(Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=ip), Reply(text=t))
+                           for (top, ip), t in zip(scored, texts, strict=True)]
+                for i, r in zip(part, replies, strict=True):
+                    out[i] = r
+                if on_chunk is not None:
+                    on_chunk(part, replies)
+        return out  # type: ignore[return-value]
+
     @classmethod
     def chunks(cls, groups: Sequence[Any]) -> list[list[int]]:
         """Request indices in batches: each group's members together (at most ``MAX_GROUP`` a
@@ -705,11 +729,16 @@ class LocalBackend:
         """Greedy replies to several prompts in one batch, from one prefill of their shared prefix:
         each row decodes at its own positions (right padding, masked) until an end-of-sequence
         token or ``max_tokens``; the text equals ``complete``'s ``generate`` up to float rounding."""
+        logp, cache, mask = self._prefill(ids, keep_cache=max_tokens > 1)
+        return self._decode(logp, cache, mask, ids, max_tokens)
+
+    def _decode(self, logp: torch.Tensor, cache: Any, mask: torch.Tensor, ids: list[list[int]],
+                max_tokens: int) -> list[str]:
+        """Greedy replies continuing a prefilled batch (``_prefill``'s logprobs, cache and mask)."""
         hf, tok = self.model.hf, self.model.tokenizer
         eos = hf.generation_config.eos_token_id  # what ``generate`` stops at
         eos = tok.eos_token_id if eos is None else eos
         stop = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-        logp, cache, mask = self._prefill(ids, keep_cache=max_tokens > 1)
         out: list[list[int]] = [[] for _ in ids]
         done = [False] * len(ids)
         for step in range(max_tokens):
@@ -1323,6 +1352,42 @@ class Judge:
                                 progress, desc=f"judge {metric}")
         return [self._score(r, cached) for r, cached in replies]
 
+    def _both_ahead(self, metric: Metric, items: Sequence[tuple[str, str]], *, trait: str,
+                    description: str | None, anchors: Sequence[Anchor], progress: bool) -> None:
+        """Compute the logprob and text replies of the prompts neither mode has cached, one
+        prefill each (``LocalBackend.complete_both``), and keep them for this judge's logprob
+        and text readers to take as they ask (``_replies``: each is then stored and counted
+        under its own mode, as if asked alone)."""
+        c = self.config
+        description = c.description(trait, description)
+        msgs = [judge_messages(metric, q, a, trait, description, anchors) for q, a in items]
+        todo, seen = [], set()
+        for i, m in enumerate(msgs):
+            keys = (self._key(m, "logprob"), self._key(m, "text"))
+            paths = [self._path(m, mode) for mode in ("logprob", "text")]
+            if keys in seen or any(p is not None and p.exists() for p in paths):
+                continue  # a repeat, or a prompt whose modes are read one at a time
+            seen.add(keys)
+            todo.append(i)
+        if not todo:
+            return
+        ahead = self._shared.setdefault("ahead", {})
+        bar = tqdm(total=len(todo), desc=f"judge {metric} (logprob + text)", disable=not progress)
+
+        def keep(part: list[int], replies: list[tuple[Reply, Reply]]) -> None:
+            for k, (lp, text) in zip(part, replies, strict=True):
+                m = msgs[todo[k]]
+                ahead[("logprob", self._key(m, "logprob"))] = lp
+                ahead[("text", self._key(m, "text"))] = text
+            bar.update(len(part))
+
+        try:
+            self.backend.complete_both([msgs[i] for i in todo], top_logprobs=c.top_logprobs, max_tokens=c.max_tokens,
+                                       groups=[(metric, trait, description, items[i][0]) for i in todo],
+                                       on_chunk=keep)
+        finally:
+            bar.close()
+
     def opposite_many(self, items: Sequence[tuple[str, str]], *, trait: str = "refusal",
                       opposite: tuple[str, str] | None = None, progress: bool = True) -> list[Score]:
         """Judge ``trait`` through its opposite: each (question, answer) is scored 0–100 for the
@@ -1478,12 +1543,19 @@ class Judge:
         try:
             with self._stats_lock:
                 self.stats["requests"] += len(misses)
-            batch = [msgs[i] for i in misses]
+            ahead = self._shared.get("ahead", {})  # computed with another mode's (``score_modes``)
+            keys = {k: (mode, self._key(msgs[i], mode)) for k, i in enumerate(misses)}
+            ready = [k for k in range(len(misses)) if keys[k] in ahead]
+            if ready:
+                done(ready, [ahead.pop(keys[k]) for k in ready])
+            todo = [k for k in range(len(misses)) if k not in set(ready)]
+            batch = [msgs[misses[k]] for k in todo]
             if batch and hasattr(self.backend, "complete_many"):  # (all replayed: no model is loaded)
                 self.backend.complete_many(batch, mode=mode, top_logprobs=c.top_logprobs, max_tokens=c.max_tokens,
-                                           groups=[groups[i] for i in misses], on_chunk=done)
+                                           groups=[groups[misses[k]] for k in todo],
+                                           on_chunk=lambda part, replies: done([todo[p] for p in part], replies))
             else:
-                for k, m in enumerate(batch):
+                for k, m in zip(todo, batch, strict=True):
                     done([k], [self.backend.complete(m, mode=mode, top_logprobs=c.top_logprobs,
                                                      max_tokens=c.max_tokens)])
         finally:
@@ -1492,6 +1564,35 @@ class Judge:
             for j in same:
                 out[j] = out[i]
         return out  # type: ignore[return-value]
+
+
+def score_modes(judges: Mapping[str, Judge], metric: Metric, items: Sequence[tuple[str, str]], *,
+                trait: str = "optimism", description: str | None = None, anchors: Sequence[Anchor] = (),
+                progress: bool = True) -> dict[str, list[Score]]:
+    """``Judge.score_many`` under each of ``judges``: the same answers read several ways, e.g.
+    ``{"logprob": j, "text": j.with_mode("text")}``. Where two of them are one local judge (the
+    same model and settings) reading by logprob and by text, the replies neither has cached are
+    computed together first, one prefill per prompt for both (``LocalBackend.complete_both``);
+    each reply is still cached, counted and returned under its own mode, equal to the one that
+    mode gives alone.
+
+    Example (a tiny random model: the scores mean nothing, the plumbing is real):
+        >>> from traitlab.models import load_model
+        >>> j = Judge(JudgeConfig(backend="local", model="tiny-qwen2"),
+        ...           backend=LocalBackend(load_model("tiny-qwen2")), cache=None)
+        >>> got = score_modes({"logprob": j, "text": j.with_mode("text")}, "trait",
+        ...                   [("Will it rain?", "Sunny days ahead!")], progress=False)
+        >>> [(mode, len(s)) for mode, s in got.items()]
+        [('logprob', 1), ('text', 1)]
+    """
+    by_mode = {j.config.mode: j for j in judges.values()}
+    lp, text = by_mode.get("logprob"), by_mode.get("text")
+    if (lp is not None and text is not None and lp._shared is text._shared and lp.config.backend == "local"
+            and not lp.config.offline and replace(text.config, mode="logprob") == lp.config
+            and hasattr(lp.backend, "complete_both")):
+        lp._both_ahead(metric, items, trait=trait, description=description, anchors=anchors, progress=progress)
+    return {name: j.score_many(metric, items, trait=trait, description=description, anchors=anchors,
+                               progress=progress) for name, j in judges.items()}
 
 
 LEGACY = "an entry written before entries named their key"

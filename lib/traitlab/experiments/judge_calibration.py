@@ -26,7 +26,7 @@ from ..activations import extract
 from ..data import DataError, load_trait, opinion_questions
 from ..directions import METHODS as DIRECTION_METHODS
 from ..directions import fit_direction
-from ..judge import Judge, JudgeConfig, described, opposed, unjudgeable
+from ..judge import Judge, JudgeConfig, described, opposed, score_modes, unjudgeable
 from ..models import LoadedModel, describe, load_model
 from ..params import ParamError, check_max_pairs
 from ..sites import Site
@@ -193,9 +193,12 @@ def score(judges: dict[str, Judge], df: pd.DataFrame, trait: str, progress: bool
     """Add ``<metric>_<mode>`` columns (and the logprob mass) for every judge mode."""
     out = df.copy()
     items = list(zip(df.question, df.response, strict=True))
-    for mode, judge in judges.items():
+    # one local judge read both ways prefills each prompt once for both (``score_modes``)
+    got = {metric: score_modes(judges, metric, items, trait=trait, progress=progress)
+           for metric in ("trait", "coherence")}
+    for mode in judges:
         for metric in ("trait", "coherence"):
-            s = judge.score_many(metric, items, trait=trait, progress=progress)
+            s = got[metric][mode]
             out[f"{metric}_{mode}"] = np.array([np.nan if x.value is None else x.value for x in s],
                                                dtype=float)
             if mode == "logprob":
