@@ -1548,7 +1548,8 @@ class Judge:
             ready = [k for k in range(len(misses)) if keys[k] in ahead]
             if ready:
                 done(ready, [ahead.pop(keys[k]) for k in ready])
-            todo = [k for k in range(len(misses)) if k not in set(ready)]
+            taken = set(ready)
+            todo = [k for k in range(len(misses)) if k not in taken]
             batch = [msgs[misses[k]] for k in todo]
             if batch and hasattr(self.backend, "complete_many"):  # (all replayed: no model is loaded)
                 self.backend.complete_many(batch, mode=mode, top_logprobs=c.top_logprobs, max_tokens=c.max_tokens,
