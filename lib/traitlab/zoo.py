@@ -280,14 +280,14 @@ def _parse_gguf_once() -> Iterator[None]:
     element; 2.6-3.2 s for SmolLM2-135M), and its weight-name mapping rebuilds gguf's whole tensor
     name table for every submodule (397 times for SmolLM2). Both are pure functions of their
     arguments; each caller gets its own copy of the metadata (they pop keys from it). The model's
-    own call, which reads the tensors, is left alone. A first load of a zoo model: 18 → 12 s."""
+    own call, which reads the tensors, is left alone. A first load of SmolLM2 from the zoo: 18 → 14 s."""
     import gguf as gguf_lib
     import transformers.modeling_gguf_pytorch_utils as hf_gguf
 
     load, name_map = hf_gguf.load_gguf_checkpoint, gguf_lib.get_tensor_name_map
     parsed: dict[str, Any] = {}
 
-    def load_once(path, return_tensors=False, **kw):  # noqa: ANN001, ANN202 (transformers' signature)
+    def load_once(path: str, return_tensors: bool = False, **kw: Any) -> Any:  # transformers' signature
         if return_tensors or kw:
             return load(path, return_tensors, **kw)
         if str(path) not in parsed:
