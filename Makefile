@@ -53,8 +53,8 @@ test: install
 		--nbval-current-env -p no:cacheprovider
 
 # The first `make test` on a fresh machine, on this one: every traitlab cache empty (a new
-# TRAITLAB_CACHE, removed afterwards; the public datasets and pip's cache as they are). About 9 minutes on 2 cores, against
-# 3.5 with the caches warm; keep it under 10 (README, "Tests").
+# TRAITLAB_CACHE, removed afterwards; the public datasets and pip's cache as they are). 8-9
+# minutes on 2 cores, against about 3 with the caches warm; with the install it must stay under 10.
 test-cold: install
 	@d=$$(mktemp -d "$${TMPDIR:-/tmp}/traitlab-cold.XXXXXX"); trap 'rm -rf "$$d"' EXIT; \
 		TRAITLAB_DATA_ROOT="$${TRAITLAB_DATA_ROOT:-$${TRAITLAB_CACHE:-$$HOME/.cache/traitlab}/datasets}" \
