@@ -569,6 +569,11 @@ def _parse_chat_response(resp: Any, mode: Request, where: str | None) -> Reply:
     return Reply(text=text, top_logprobs=top)
 
 
+def _scored(top: dict[str, float], int_probs: dict[int, float] | None) -> Reply:
+    """A logprob (or choice) reply: its text is the most likely first token."""
+    return Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=int_probs)
+
+
 class LocalBackend:
     """An in-process judge: a ``traitlab.models.LoadedModel`` scored with plain forwards.
 
@@ -617,9 +622,9 @@ class LocalBackend:
                 return Reply(text=tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
             if mode == "choice":
                 (top, _), = self._score_batch([ids[0].tolist()], top_logprobs, expand=False)
-                return Reply(text=max(top, key=top.get), top_logprobs=top)
+                return _scored(top, None)
             top, int_probs = self.integer_distribution(ids, top_logprobs)
-            return Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=int_probs)
+            return _scored(top, int_probs)
 
     MIN_SHARED = 16
     """Shortest shared token prefix worth a prefill of its own."""
@@ -651,20 +656,27 @@ class LocalBackend:
                 if on_chunk is not None:
                     on_chunk([i], alone[-1:])
             return alone
-        out: list[Reply | None] = [None] * len(batch)
+        def run(ids: list[list[int]]) -> list[Reply]:
+            if mode == "text":
+                return [Reply(text=text) for text in self._generate_batch(ids, max_tokens)]
+            return [_scored(top, ip) for top, ip in self._score_batch(ids, top_logprobs, expand=mode == "logprob")]
+
+        return self._by_chunk(batch, groups, run, on_chunk)
+
+    def _by_chunk(self, batch: Sequence[list[dict[str, str]]], groups: Sequence[Any],
+                  run: Callable[[list[list[int]]], list[Any]], on_chunk: Callable[[list[int], list[Any]], None] | None
+                  ) -> list[Any]:
+        """``run``'s replies to the prompts of each batch (``chunks``), in request order;
+        ``on_chunk(indices, replies)`` after each batch."""
+        out: list[Any] = [None] * len(batch)
         with self._lock:
             for part in self.chunks(groups):
-                ids = [self._prompt_ids(batch[i]) for i in part]
-                if mode == "text":
-                    replies = [Reply(text=text) for text in self._generate_batch(ids, max_tokens)]
-                else:
-                    replies = [Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=ip)
-                               for top, ip in self._score_batch(ids, top_logprobs, expand=mode == "logprob")]
+                replies = run([self._prompt_ids(batch[i]) for i in part])
                 for i, r in zip(part, replies, strict=True):
                     out[i] = r
                 if on_chunk is not None:
                     on_chunk(part, replies)
-        return out  # type: ignore[return-value]
+        return out
 
     @torch.no_grad()
     def complete_both(self, batch: Sequence[list[dict[str, str]]], *, top_logprobs: int, max_tokens: int,
@@ -675,20 +687,13 @@ class LocalBackend:
         text is decoded greedily on a copy of the prefilled cache, then the integer trie is
         expanded on the cache itself. The batches are ``complete_many``'s (``chunks``), so each
         reply equals what ``complete_many`` gives in its mode, for one prefill instead of two."""
-        out: list[tuple[Reply, Reply] | None] = [None] * len(batch)
-        with self._lock:
-            for part in self.chunks(groups):
-                ids = [self._prompt_ids(batch[i]) for i in part]
-                logp0, cache, mask = self._prefill(ids, keep_cache=True)
-                texts = self._decode(logp0, copy.deepcopy(cache), mask, ids, max_tokens)
-                scored = self._expand(logp0, cache, mask, [len(x) for x in ids], top_logprobs)
-                replies = [(Reply(text=max(top, key=top.get), top_logprobs=top, int_probs=ip), Reply(text=t))
-                           for (top, ip), t in zip(scored, texts, strict=True)]
-                for i, r in zip(part, replies, strict=True):
-                    out[i] = r
-                if on_chunk is not None:
-                    on_chunk(part, replies)
-        return out  # type: ignore[return-value]
+        def run(ids: list[list[int]]) -> list[tuple[Reply, Reply]]:
+            logp0, cache, mask = self._prefill(ids, keep_cache=True)
+            texts = self._decode(logp0, copy.deepcopy(cache), mask, ids, max_tokens)
+            scored = self._expand(logp0, cache, mask, [len(x) for x in ids], top_logprobs)
+            return [(_scored(top, ip), Reply(text=t)) for (top, ip), t in zip(scored, texts, strict=True)]
+
+        return self._by_chunk(batch, groups, run, on_chunk)
 
     @classmethod
     def chunks(cls, groups: Sequence[Any]) -> list[list[int]]:
@@ -1253,10 +1258,10 @@ class Judge:
         return stable_hash({"judge": self.identity(), "messages": messages, "settings": settings}, 32)
 
     def _path(self, messages: list[dict[str, str]], mode: Request) -> Path | None:
-        if self.cache_root is None:
-            return None
-        key = self._key(messages, mode)
-        return self.cache_root / key[:2] / f"{key}.json"
+        return None if self.cache_root is None else self._key_path(self._key(messages, mode))
+
+    def _key_path(self, key: str) -> Path | None:
+        return None if self.cache_root is None else self.cache_root / key[:2] / f"{key}.json"
 
     def _cached(self, messages: list[dict[str, str]], mode: Request) -> Reply | None:
         """The replayed reply, or None when the judge must be asked (an error when offline)."""
@@ -1346,11 +1351,16 @@ class Judge:
         A local judge scores the answers to one question together: their shared prompt prefix
         (rubric and question) is computed once (``LocalBackend.complete_many``); every reply
         still goes through the replay cache one by one."""
-        description = self.config.description(trait, description)
-        msgs = [judge_messages(metric, q, a, trait, description, anchors) for q, a in items]
-        replies = self._replies(msgs, [(metric, trait, description, q) for q, _ in items], self.config.mode,
-                                progress, desc=f"judge {metric}")
+        msgs, groups = self._score_requests(metric, items, trait, description, anchors)
+        replies = self._replies(msgs, groups, self.config.mode, progress, desc=f"judge {metric}")
         return [self._score(r, cached) for r, cached in replies]
+
+    def _score_requests(self, metric: Metric, items: Sequence[tuple[str, str]], trait: str,
+                        description: str | None, anchors: Sequence[Anchor]) -> tuple[list, list]:
+        """``score_many``'s prompts and their batching groups (metric, trait, description, question)."""
+        description = self.config.description(trait, description)
+        return ([judge_messages(metric, q, a, trait, description, anchors) for q, a in items],
+                [(metric, trait, description, q) for q, _ in items])
 
     def _both_ahead(self, metric: Metric, items: Sequence[tuple[str, str]], *, trait: str,
                     description: str | None, anchors: Sequence[Anchor], progress: bool) -> None:
@@ -1359,31 +1369,26 @@ class Judge:
         and text readers to take as they ask (``_replies``: each is then stored and counted
         under its own mode, as if asked alone)."""
         c = self.config
-        description = c.description(trait, description)
-        msgs = [judge_messages(metric, q, a, trait, description, anchors) for q, a in items]
-        todo, seen = [], set()
+        msgs, groups = self._score_requests(metric, items, trait, description, anchors)
+        todo: dict[tuple[str, str], int] = {}  # (logprob key, text key) → first request
         for i, m in enumerate(msgs):
             keys = (self._key(m, "logprob"), self._key(m, "text"))
-            paths = [self._path(m, mode) for mode in ("logprob", "text")]
-            if keys in seen or any(p is not None and p.exists() for p in paths):
-                continue  # a repeat, or a prompt whose modes are read one at a time
-            seen.add(keys)
-            todo.append(i)
+            paths = [self._key_path(k) for k in keys]
+            if keys not in todo and not any(p is not None and p.exists() for p in paths):
+                todo[keys] = i  # (a prompt with either mode cached is read one mode at a time)
         if not todo:
             return
-        ahead = self._shared.setdefault("ahead", {})
+        ahead, keys = self._shared.setdefault("ahead", {}), list(todo)
         bar = tqdm(total=len(todo), desc=f"judge {metric} (logprob + text)", disable=not progress)
 
         def keep(part: list[int], replies: list[tuple[Reply, Reply]]) -> None:
             for k, (lp, text) in zip(part, replies, strict=True):
-                m = msgs[todo[k]]
-                ahead[("logprob", self._key(m, "logprob"))] = lp
-                ahead[("text", self._key(m, "text"))] = text
+                ahead[("logprob", keys[k][0])], ahead[("text", keys[k][1])] = lp, text
             bar.update(len(part))
 
         try:
-            self.backend.complete_both([msgs[i] for i in todo], top_logprobs=c.top_logprobs, max_tokens=c.max_tokens,
-                                       groups=[(metric, trait, description, items[i][0]) for i in todo],
+            self.backend.complete_both([msgs[i] for i in todo.values()], top_logprobs=c.top_logprobs,
+                                       max_tokens=c.max_tokens, groups=[groups[i] for i in todo.values()],
                                        on_chunk=keep)
         finally:
             bar.close()
@@ -1521,8 +1526,9 @@ class Judge:
         misses = []
         copies: dict[int, list[int]] = {}  # first request → later identical ones (asked once)
         first: dict[str, int] = {}
+        key_of: dict[int, str] = {}
         for i, m in enumerate(msgs):
-            key = self._key(m, mode)
+            key_of[i] = key = self._key(m, mode)
             if key in first:
                 copies.setdefault(first[key], []).append(i)
                 continue
@@ -1544,7 +1550,7 @@ class Judge:
             with self._stats_lock:
                 self.stats["requests"] += len(misses)
             ahead = self._shared.get("ahead", {})  # computed with another mode's (``score_modes``)
-            keys = {k: (mode, self._key(msgs[i], mode)) for k, i in enumerate(misses)}
+            keys = {k: (mode, key_of[i]) for k, i in enumerate(misses)}
             ready = [k for k in range(len(misses)) if keys[k] in ahead]
             if ready:
                 done(ready, [ahead.pop(keys[k]) for k in ready])
