@@ -160,7 +160,10 @@ display(tr.SEED)
 # ## Strength as a perturbation ratio
 # Trait effect and coherent share against the ratio (learned vectors averaged over layers,
 # random directions over seeds and layers); the seed's sweet spot (0.5–0.8) is shaded and its
-# "broken" threshold (1.3) marked.
+# "broken" threshold (1.3) marked. Below it, learned minus random at each layer and ratio where
+# the random control ran (by default every steered layer and ratio, so no layer is picked after
+# seeing the results), with each side's coherent share: a difference between two broken cells
+# compares loops with loops.
 
 # %%
 fig = plots.ratio_curves(tr.by_ratio(summ), tr.SWEET_SPOT, tr.BROKEN_FROM)

@@ -77,6 +77,7 @@ def test_best_skips_broken_and_learned_vs_random():
     assert best.set_index(["model", "layer"]).delta[("dpo", 3)] == pytest.approx(4.0 * 1.3)
     lvr = tr.learned_vs_random(scored, P)
     assert list(lvr.model) == ["base", "sft", "dpo"]  # no random control in the positive control
+    assert set(lvr.layer) == {6}
     r = lvr.set_index("model").loc["sft"]
     assert r.difference == pytest.approx(12.0 * 1.6) and r.random == pytest.approx(0.0) and r.ci_lo > 0
     assert (r.learned_coherent, r.random_coherent) == (1.0, 1.0)
@@ -86,6 +87,13 @@ def test_best_skips_broken_and_learned_vs_random():
     assert (hard.learned_coherent == 1 / N_Q).all() and (hard.random_coherent == 1 / N_Q).all()
     assert lvr.drop(columns=["learned_coherent", "random_coherent"]).equals(
         tr.learned_vs_random(scored.drop(columns="coherent"), P).drop(columns=["learned_coherent", "random_coherent"]))
+    # random_layers null: the control at every steered layer, one row per (model, layer, ratio),
+    # each learned cell against the random directions at its own layer
+    Pall = dataclasses.replace(P, random_layers=None)
+    every = tr.learned_vs_random(_scored(Pall), Pall).set_index(["model", "layer", "ratio"])
+    assert len(every) == 3 * 2 * 1
+    assert every.difference[("sft", 3, 0.4)] == pytest.approx(12.0 * 1.3)
+    assert every.difference[("sft", 6, 0.4)] == pytest.approx(12.0 * 1.6)
     multi = tr.multi_vs_single(scored, summ).set_index("model")
     # multi 1.5 × 12 = 18 vs best single L6 r=0.4 1.6 × 12 = 19.2
     assert multi.loc["sft", "difference"] == pytest.approx(18.0 - 19.2)
@@ -111,6 +119,7 @@ def test_record_verdicts_follow_the_controls():
     assert rec["sft_minus_dpo_early"].value == pytest.approx((12.0 - 4.0) * 1.3 * (0.25 + 1) / 2)
     assert rec["dpo_coherent_max_push"].value == pytest.approx(1 / N_Q)
     assert rec["judge_slope"].value == 0.5 and rec["floors_balanced_accuracy"].value == 0.9
+    assert rec["sft_learned_minus_random"].value == pytest.approx(12.0 * 1.6)  # the one random cell, L6 r=0.4
     v = {c.id: c.verdict for c in rec.claims}
     assert v == {"transfer_works": "holds", "dpo_resists_early": "holds", "optimal_layer_preserved": "holds",
                  "multi_beats_single": "inconclusive", "dpo_cliff": "holds"}
@@ -118,6 +127,19 @@ def test_record_verdicts_follow_the_controls():
     # below what 8 questions can detect, so not "not held"
     assert "0.75" in next(c for c in rec.claims if c.id == "multi_beats_single").reason
     assert records.compare(rec, rec) == []
+
+
+def test_learned_minus_random_pools_every_cell_of_the_random_grid():
+    """With the control at every steered layer, the record's learned − random is the per-question
+    mean over all of its (layer, ratio) cells, not the best one."""
+    P = _P(random_layers=None, random_ratios=[0.1, 0.4])
+    scored = _scored(P)
+    summ = tr.summary(scored, P)
+    lvr = tr.learned_vs_random(scored, P)
+    rec = tr.record(P, scored, summ, tr.best_per_layer(summ), tr.multi_vs_single(scored, summ), lvr, None)
+    cells = [12.0 * (1 + x / 10) * r / 0.4 for x in (3, 6) for r in (0.1, 0.4)]
+    assert rec["sft_learned_minus_random"].value == pytest.approx(np.mean(cells))
+    assert rec["sft_learned_minus_random"].value == pytest.approx(lvr[lvr.model == "sft"].difference.mean())
 
 
 def test_a_shared_best_layer_must_survive_resampling_the_questions():

@@ -409,37 +409,37 @@ def _random_grid(P: Params) -> tuple[list[int], list[float]]:
             P.ratios if P.random_ratios is None else P.random_ratios)
 
 
-def _learned_and_random(scored: pd.DataFrame, P: Params, model: str, ratio: float) -> tuple[pd.Series, pd.Series]:
-    """Per question at ``ratio``: the learned vector's trait delta and the random directions'
-    (mean over seeds), each averaged over the random control's layers."""
-    layers, _ = _random_grid(P)
-    return tuple(pd.concat([_delta(scored, model, kind, x, ratio) for x in layers], axis=1).mean(axis=1)  # type: ignore[return-value]
-                 for kind in ("single", "random"))
+def _learned_and_random(scored: pd.DataFrame, model: str, layer: int, ratio: float) -> tuple[pd.Series, pd.Series]:
+    """Per question at ``layer`` and ``ratio``: the learned vector's trait delta and the random
+    directions' (mean over seeds)."""
+    return _delta(scored, model, "single", layer, ratio), _delta(scored, model, "random", layer, ratio)
 
 
-LVR_COLUMNS = ["model", "ratio", "learned", "random", "difference", "ci_lo", "ci_hi", "n",
+LVR_COLUMNS = ["model", "layer", "ratio", "learned", "random", "difference", "ci_lo", "ci_hi", "n",
                "learned_coherent", "random_coherent"]
 
 
 def learned_vs_random(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
-    """Per chain model and ratio where the random control ran: the learned vector's trait delta
-    and the random directions' (mean over seeds), both averaged over the random layers, and
-    their per-question difference with a t-interval; beside them the share of each side's answers
-    that are coherent (where ``scored`` has ``coherent``), since a difference between two broken
-    conditions compares loops with loops."""
+    """Per chain model, layer and ratio where the random control ran: the learned vector's trait
+    delta and the random directions' (mean over seeds), and their per-question difference with
+    a t-interval; beside them the share of each side's answers that are coherent (where
+    ``scored`` has ``coherent``), since a difference between two broken conditions compares
+    loops with loops. One row per cell, so no layer is picked after the fact: with
+    ``random_layers`` null (the default) the control runs at every steered layer."""
     rows: list[dict] = []
     layers, ratios = _random_grid(P)
     for m in [x for x in dict.fromkeys(scored.model) if x != CONTROL] if P.random_seeds else []:
-        for r in ratios:
-            learned, rand = _learned_and_random(scored, P, m, r)
-            d = (learned - rand).dropna().to_numpy(float)
-            mean, se, n = unc.mean_se(d)
-            lo, hi = unc.t_interval(mean, se, n)
-            share = {kind: (float(np.mean([_cell(scored, m, kind, x, r, col="coherent").mean() for x in layers]))
-                            if "coherent" in scored.columns else np.nan) for kind in ("single", "random")}
-            rows.append({"model": m, "ratio": r, "learned": float(learned.mean()), "random": float(rand.mean()),
-                         "difference": mean, "ci_lo": lo, "ci_hi": hi, "n": n,
-                         "learned_coherent": share["single"], "random_coherent": share["random"]})
+        for x in layers:
+            for r in ratios:
+                learned, rand = _learned_and_random(scored, m, x, r)
+                d = (learned - rand).dropna().to_numpy(float)
+                mean, se, n = unc.mean_se(d)
+                lo, hi = unc.t_interval(mean, se, n)
+                share = {kind: (float(_cell(scored, m, kind, x, r, col="coherent").mean())
+                                if "coherent" in scored.columns else np.nan) for kind in ("single", "random")}
+                rows.append({"model": m, "layer": x, "ratio": r, "learned": float(learned.mean()),
+                             "random": float(rand.mean()), "difference": mean, "ci_lo": lo, "ci_hi": hi, "n": n,
+                             "learned_coherent": share["single"], "random_coherent": share["random"]})
     return pd.DataFrame(rows, columns=LVR_COLUMNS)
 
 
@@ -688,11 +688,12 @@ def conclusions(summ: pd.DataFrame, best: pd.DataFrame, multi: pd.DataFrame, lvr
                        f"({100 * top.coherent:.0f}% coherent).")
         else:
             out.append(f"{model}: every learned condition is broken.")
-    for m, g in lvr.groupby("model", sort=False):
+    for (m, x), g in lvr.groupby(["model", "layer"], sort=False):
         cells = [f"{r.ratio:g}: {r.difference:+.1f} [{r.ci_lo:+.1f}, {r.ci_hi:+.1f}]"
                  + (f" ({100 * r.learned_coherent:.0f}% / {100 * r.random_coherent:.0f}% coherent)"
                     if np.isfinite(r.learned_coherent) else "") for r in g.itertuples()]
-        out.append(f"{m}: learned minus random trait delta by ratio (learned / random coherent): " + "; ".join(cells) + ".")
+        out.append(f"{m} L{x}: learned minus random trait delta by ratio (learned / random coherent): "
+                   + "; ".join(cells) + ".")
     for r in multi.itertuples():
         if np.isfinite(r.difference):
             out.append(f"{r.model}: multi-layer best Δ {r.multi_delta:+.1f} ({r.multi_at}) vs best single layer "
@@ -747,7 +748,8 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
         qs.append(records.rate(f"{m}_min_coherent_share", float(worst), n=P.n_questions))
     for m in chain_models:
         if len(lvr) and m in set(lvr.model):
-            per_q = pd.concat([a - b for a, b in (_learned_and_random(scored, P, m, r) for r in _random_grid(P)[1])],
+            layers, ratios = _random_grid(P)  # every cell of the random grid, pooled per question
+            per_q = pd.concat([a - b for a, b in (_learned_and_random(scored, m, x, r) for x in layers for r in ratios)],
                               axis=1).mean(axis=1)
             qs.append(records.score_mean(f"{m}_learned_minus_random", per_q.dropna(), k=3))
     early = min(P.layers)
