@@ -1257,17 +1257,16 @@ class Judge:
                     "max_tokens": c.max_tokens if mode == "text" else 1, "temperature": 0}
         return stable_hash({"judge": self.identity(), "messages": messages, "settings": settings}, 32)
 
-    def _path(self, messages: list[dict[str, str]], mode: Request) -> Path | None:
-        return None if self.cache_root is None else self._key_path(self._key(messages, mode))
-
     def _key_path(self, key: str) -> Path | None:
         return None if self.cache_root is None else self.cache_root / key[:2] / f"{key}.json"
 
-    def _cached(self, messages: list[dict[str, str]], mode: Request) -> Reply | None:
-        """The replayed reply, or None when the judge must be asked (an error when offline)."""
-        path = self._path(messages, mode)
-        if path is None:
+    def _cached(self, messages: list[dict[str, str]], mode: Request, key: str | None = None) -> Reply | None:
+        """The replayed reply, or None when the judge must be asked (an error when offline).
+        ``key``: the request's ``_key`` where the caller has computed it already."""
+        if self.cache_root is None:
             return None
+        path = self._key_path(key or self._key(messages, mode))
+        assert path is not None
         if path.exists():
             cached, problem = _read_cached(path)
             if cached is not None:
@@ -1290,8 +1289,8 @@ class Judge:
                 "offline=False (and a reachable judge) to fill the replay cache.")
         return None
 
-    def _store(self, messages: list[dict[str, str]], mode: Request, reply: Reply) -> None:
-        path = self._path(messages, mode)
+    def _store(self, messages: list[dict[str, str]], mode: Request, reply: Reply, key: str | None = None) -> None:
+        path = None if self.cache_root is None else self._key_path(key or self._key(messages, mode))
         if path is not None:
             write_entry(path, reply.to_json())
 
@@ -1533,7 +1532,7 @@ class Judge:
                 copies.setdefault(first[key], []).append(i)
                 continue
             first[key] = i
-            hit = self._cached(m, mode)
+            hit = self._cached(m, mode, key)
             if hit is not None:
                 out[i] = (hit, True)
             else:
@@ -1542,7 +1541,7 @@ class Judge:
 
         def done(part: list[int], replies: list[Reply]) -> None:  # stored as each batch comes back
             for k, r in zip(part, replies, strict=True):
-                self._store(msgs[misses[k]], mode, r)
+                self._store(msgs[misses[k]], mode, r, key_of[misses[k]])
                 out[misses[k]] = (r, False)
             bar.update(len(part))
 
