@@ -1257,16 +1257,19 @@ class Judge:
                     "max_tokens": c.max_tokens if mode == "text" else 1, "temperature": 0}
         return stable_hash({"judge": self.identity(), "messages": messages, "settings": settings}, 32)
 
-    def _key_path(self, key: str) -> Path | None:
-        return None if self.cache_root is None else self.cache_root / key[:2] / f"{key}.json"
-
-    def _cached(self, messages: list[dict[str, str]], mode: Request, key: str | None = None) -> Reply | None:
-        """The replayed reply, or None when the judge must be asked (an error when offline).
-        ``key``: the request's ``_key`` where the caller has computed it already."""
+    def _path(self, messages: list[dict[str, str]], mode: Request, key: str | None = None) -> Path | None:
+        """Where the request's reply is cached (None without a cache); ``key``: its ``_key`` where
+        the caller has computed it already."""
         if self.cache_root is None:
             return None
-        path = self._key_path(key or self._key(messages, mode))
-        assert path is not None
+        key = key or self._key(messages, mode)
+        return self.cache_root / key[:2] / f"{key}.json"
+
+    def _cached(self, messages: list[dict[str, str]], mode: Request, key: str | None = None) -> Reply | None:
+        """The replayed reply, or None when the judge must be asked (an error when offline)."""
+        path = self._path(messages, mode, key)
+        if path is None:
+            return None
         if path.exists():
             cached, problem = _read_cached(path)
             if cached is not None:
@@ -1290,7 +1293,7 @@ class Judge:
         return None
 
     def _store(self, messages: list[dict[str, str]], mode: Request, reply: Reply, key: str | None = None) -> None:
-        path = None if self.cache_root is None else self._key_path(key or self._key(messages, mode))
+        path = self._path(messages, mode, key)
         if path is not None:
             write_entry(path, reply.to_json())
 
@@ -1372,7 +1375,7 @@ class Judge:
         todo: dict[tuple[str, str], int] = {}  # (logprob key, text key) → first request
         for i, m in enumerate(msgs):
             keys = (self._key(m, "logprob"), self._key(m, "text"))
-            paths = [self._key_path(k) for k in keys]
+            paths = [self._path(m, mode, k) for mode, k in zip(("logprob", "text"), keys, strict=True)]
             if keys not in todo and not any(p is not None and p.exists() for p in paths):
                 todo[keys] = i  # (a prompt with either mode cached is read one mode at a time)
         if not todo:
@@ -1549,12 +1552,10 @@ class Judge:
             with self._stats_lock:
                 self.stats["requests"] += len(misses)
             ahead = self._shared.get("ahead", {})  # computed with another mode's (``score_modes``)
-            keys = {k: (mode, key_of[i]) for k, i in enumerate(misses)}
-            ready = [k for k in range(len(misses)) if keys[k] in ahead]
+            ready = [k for k, i in enumerate(misses) if (mode, key_of[i]) in ahead]
             if ready:
-                done(ready, [ahead.pop(keys[k]) for k in ready])
-            taken = set(ready)
-            todo = [k for k in range(len(misses)) if k not in taken]
+                done(ready, [ahead.pop((mode, key_of[misses[k]])) for k in ready])
+            todo = [k for k, i in enumerate(misses) if out[i] is None]
             batch = [msgs[misses[k]] for k in todo]
             if batch and hasattr(self.backend, "complete_many"):  # (all replayed: no model is loaded)
                 self.backend.complete_many(batch, mode=mode, top_logprobs=c.top_logprobs, max_tokens=c.max_tokens,

@@ -746,9 +746,9 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
         steers[m] = bool(w.ci is not None and w.ci[0] > 0)
         worst = summ[(summ.model == m) & (summ.kind == "single")].coherent.min()
         qs.append(records.rate(f"{m}_min_coherent_share", float(worst), n=P.n_questions))
+    layers, ratios = _random_grid(P)
     for m in chain_models:
-        if len(lvr) and m in set(lvr.model):
-            layers, ratios = _random_grid(P)  # every cell of the random grid, pooled per question
+        if len(lvr) and m in set(lvr.model):  # every cell of the random grid, pooled per question
             per_q = pd.concat([a - b for a, b in (_learned_and_random(scored, m, x, r) for x in layers for r in ratios)],
                               axis=1).mean(axis=1)
             qs.append(records.score_mean(f"{m}_learned_minus_random", per_q.dropna(), k=3))
