@@ -50,6 +50,7 @@ multi_ratios = [0.05, 0.2]
 random_seeds = [1, 2, 3, 4, 5]
 random_layers = None
 random_ratios = None
+random_design = "rotated"
 control_model = "qwen2.5-coder-0.5b-instruct"
 control_layers = [12]
 positions = "response"

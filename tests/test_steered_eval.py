@@ -211,3 +211,49 @@ def test_instruction_change_pairs_answers_by_question_and_paraphrase():
     # without answers (or pairs) there is nothing to say
     assert "same" not in se.polarity_effects(one.drop(columns="answer")).columns
     assert se.change_text(pd.Series({"delta": 1.0})) == "" and se.change_quantities("x", pd.Series({"pairs": 0.0})) == []
+
+
+def test_rotate_spreads_draws_over_the_prompts():
+    draws = [se.Condition(seed=s) for s in (7, 8, 9)]
+    got = se.rotate(draws, 7, offset=2)
+    assert [dict(c.labels)["seed"] for c in got] == [7, 8, 9]
+    assert [c.only for c in got] == [(1, 4), (2, 5), (0, 3, 6)]  # prompt i under draw (i + 2) mod 3
+    assert sorted(i for c in got for i in c.only) == list(range(7))  # each prompt answered once
+    with pytest.raises(ValueError, match="at least as many prompts"):
+        se.rotate(draws, 2)
+    with pytest.raises(ValueError, match="already answer only some"):
+        se.rotate(got, 7)
+    with pytest.raises(ValueError, match="no draws"):
+        se.rotate([], 3)
+
+
+def test_conditions_that_answer_some_prompts(tiny, tmp_cache, monkeypatch):
+    """A condition with ``only`` answers just those prompts, as a generation on them alone would;
+    conditions with the same prompts are decoded together; a bad position fails before any model work."""
+    qs = pd.DataFrame({"question_id": ["a", "b", "c"], "question": ["Hello there", "What is up?", "Tell me more"]})
+    vs = [torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(s)) for s in (3, 4)]
+    steers = [se.at_ratio("resid_pre@1", v, 2.0, {"resid_pre@1": 5.0}) for v in vs]
+    conds = [se.Condition.unsteered(kind="baseline"),
+             *se.rotate([se.Condition((s,), kind="random", seed=k) for k, s in enumerate(steers)], 3),
+             se.Condition((steers[0],), kind="learned", only=[0, 2])]
+    calls = []
+    real = steering.generate_steered_grid
+
+    def counting(model, examples, conditions, **k):
+        calls.append((len(examples), len(conditions)))
+        return real(model, examples, conditions, **k)
+
+    monkeypatch.setattr(se, "generate_steered_grid", counting)
+    df = se.generate_answers(tiny, qs, conds, max_new_tokens=4)
+    assert sorted(calls) == [(1, 1), (2, 1), (3, 1)]  # "learned" has seed 0's steers and prompts: made once
+    assert df.kind.tolist() == ["baseline"] * 3 + ["random"] * 3 + ["learned"] * 2
+    assert df.question_id.tolist() == ["a", "b", "c", "a", "c", "b", "a", "c"]
+    ex = [tiny.chat.encode(q) for q in qs.question]
+    alone = [t.strip() for t in steering.generate_steered(tiny, [ex[0], ex[2]], [steers[0]], max_new_tokens=4)]
+    assert df.answer.tolist()[3:5] == df.answer.tolist()[6:] == alone
+    assert df.answer.tolist()[5] == steering.generate_steered(tiny, [ex[1]], [steers[1]], max_new_tokens=4)[0].strip()
+    calls.clear()
+    for bad in ([0, 3], [1, 1], [-1]):
+        with pytest.raises(ValueError, match="each must be one of 0..2, once"):
+            se.generate_answers(tiny, qs, [se.Condition((steers[0],), kind="x", only=bad)], max_new_tokens=4)
+    assert not calls

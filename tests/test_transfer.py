@@ -12,6 +12,7 @@ import torch
 from traitlab import judge_power, records, textstats
 from traitlab.experiments import sft_dpo_transfer as tr
 from traitlab.params import ParamError, validate
+from traitlab.steered_eval import Condition
 
 N_Q = 8
 EFFECT = {"base": 10.0, "sft": 12.0, "dpo": 4.0, "control": 15.0}
@@ -140,6 +141,37 @@ def test_learned_minus_random_pools_every_cell_of_the_random_grid():
     cells = [12.0 * (1 + x / 10) * r / 0.4 for x in (3, 6) for r in (0.1, 0.4)]
     assert rec["sft_learned_minus_random"].value == pytest.approx(np.mean(cells))
     assert rec["sft_learned_minus_random"].value == pytest.approx(lvr[lvr.model == "sft"].difference.mean())
+
+
+def test_rotated_random_control_gives_each_question_one_seed_per_cell():
+    """Rotated (the default): in each random cell question i is answered under one seed,
+    ``random_seeds[(i + j) mod n]`` at the j-th random layer; the tables then read that one
+    seed's answer per question, and the summary keeps one row per seed over its questions."""
+    P = _P(random_layers=None)  # random at L3 and L6, ratio 0.4, seeds 1 and 2
+    conds = [Condition((), **c) for c in tr.conditions(P)]
+    rot = tr._rotated(P, conds, N_Q)
+    assert [c.labels for c in rot] == [c.labels for c in conds]  # same conditions, same order
+    assert all(c.only is None for c in rot if dict(c.labels)["kind"] != "random")
+    only = {(lab["layer"], lab["seed"]): c.only for c in rot if (lab := dict(c.labels))["kind"] == "random"}
+    assert only[(3, 1)] == (0, 2, 4, 6) and only[(3, 2)] == (1, 3, 5, 7)
+    assert only[(6, 1)] == (1, 3, 5, 7) and only[(6, 2)] == (0, 2, 4, 6)  # the next layer pairs other seeds
+    full = _scored(P)
+    full.loc[full.kind == "random", "trait"] += 2.0 * full.seed  # seed s pushes 2s points
+    answered = pd.Series(False, index=full.index)  # the random rows the rotation generates
+    for (x, s), q in only.items():
+        answered |= (full.kind == "random") & (full.layer == x) & (full.seed == s) & full.question_id.isin(q)
+    scored = full[(full.kind != "random") | answered]
+    assert (scored.kind == "random").sum() == 3 * 2 * N_Q  # 3 chain models × 2 cells × one answer per question
+    lvr = tr.learned_vs_random(scored, P).set_index(["model", "layer"])
+    # L3: even questions under seed 1 (+2, wiggle −1), odd under seed 2 (+4, wiggle +1): random mean 3
+    assert lvr.random[("sft", 3)] == pytest.approx(3.0) and lvr.n[("sft", 3)] == N_Q
+    assert lvr.difference[("sft", 3)] == pytest.approx(12.0 * 1.3 - 3.0)
+    assert lvr.random[("sft", 6)] == pytest.approx(3.0)  # the other pairing: seed 1 odd (+2+1), seed 2 even (+4−1)
+    summ = tr.summary(scored, P)
+    r = summ[(summ.model == "sft") & (summ.kind == "random")]
+    assert len(r) == 4 and (r.n == N_Q // 2).all()
+    assert tr.summary(full, dataclasses.replace(P, random_design="crossed"))[
+        lambda d: d.kind == "random"].n.eq(N_Q).all()
 
 
 def test_a_shared_best_layer_must_survive_resampling_the_questions():
@@ -353,6 +385,8 @@ def test_random_control_is_unit_seeded_and_the_random_method():
     ({"random_ratios": [2.0]}, "must be a subset of ratios"),
     ({"random_layers": [99]}, "must be a subset of layers"),
     ({"random_seeds": [1, 1]}, "repeat"),
+    ({"random_seeds": [1, 2, 3, 4, 5], "n_questions": 4}, "rotated spreads 5 random_seeds over 4 questions"),
+    ({"random_design": "paired"}, "random_design"),
     ({"control_layers": []}, "control_layers is empty"),
     ({"n_questions": 2}, "n_questions"),
     ({"gold_traits": []}, "gold_traits"),

@@ -9,7 +9,8 @@ fix to one step reaches all of them:
 - ``generate_answers``: one row per (condition, prompt) — the condition's labels, the prompt's
   columns and the stripped ``answer``. Conditions with the same steers (every unsteered
   baseline, say) are generated once and shared, and all conditions are decoded together
-  (``steering.generate_steered_grid``);
+  (``steering.generate_steered_grid``). ``rotate`` spreads a cell's alternative draws (random
+  directions at several seeds) over the prompts, one draw per prompt;
 - ``judge_answers``: the judge's scores as columns, each answer judged for its row's trait
   (``probe_answers``: the same columns read by probes on a model's activations instead);
 - ``paired_effects``: per condition, the mean score against the unsteered answer *to the same
@@ -58,15 +59,18 @@ from .steering import DECODE_ROWS, Positions, Sampling, Steer, generate_steered_
 
 @dataclass(frozen=True)
 class Condition:
-    """One steering condition: the ``Steer``s it applies (none: unsteered) and the labels that
-    name it in the answers table (``trait``, ``layer``, ``ratio``, …, one column each)."""
+    """One steering condition: the ``Steer``s it applies (none: unsteered), the labels that
+    name it in the answers table (``trait``, ``layer``, ``ratio``, …, one column each) and
+    ``only``, the positions of the prompts it answers (None: every prompt; ``rotate`` sets it)."""
 
     steers: tuple[Steer, ...]
     labels: tuple[tuple[str, Any], ...]
+    only: tuple[int, ...] | None
 
-    def __init__(self, steers: Iterable[Steer] = (), **labels: Any) -> None:
+    def __init__(self, steers: Iterable[Steer] = (), *, only: Iterable[int] | None = None, **labels: Any) -> None:
         object.__setattr__(self, "steers", tuple(steers))
         object.__setattr__(self, "labels", tuple(labels.items()))
+        object.__setattr__(self, "only", None if only is None else tuple(int(i) for i in only))
 
     @classmethod
     def unsteered(cls, **labels: Any) -> Condition:
@@ -79,6 +83,28 @@ class Condition:
             h.update(f"{s.site}|{s.coef!r}|".encode())
             h.update(s.vector.detach().to("cpu", torch.float64).numpy().tobytes())
         return h.hexdigest()
+
+
+def rotate(draws: Sequence[Condition], n_prompts: int, offset: int = 0) -> list[Condition]:
+    """One cell's alternative draws (random directions at several seeds, say) spread over the
+    prompts: prompt i is answered under draw ``(i + offset) mod len(draws)`` only, so the cell
+    still sees every draw but costs one answer per prompt instead of one per prompt and draw.
+    Each draw comes back with ``only`` set to its prompts; a different ``offset`` per cell pairs
+    each prompt with different draws across cells.
+
+    >>> ds = [Condition(seed=s) for s in (1, 2)]
+    >>> [(dict(c.labels)["seed"], c.only) for c in rotate(ds, 5, offset=1)]
+    [(1, (1, 3)), (2, (0, 2, 4))]
+    """
+    if not draws:
+        raise ValueError("no draws to rotate")
+    if n_prompts < len(draws):
+        raise ValueError(f"{len(draws)} draws need at least as many prompts to each answer one, got {n_prompts}")
+    if any(d.only is not None for d in draws):
+        raise ValueError("rotate spreads draws over every prompt; these already answer only some")
+    k = len(draws)
+    return [Condition(d.steers, only=[i for i in range(n_prompts) if (i + offset) % k == j], **dict(d.labels))
+            for j, d in enumerate(draws)]
 
 
 def at_ratio(site: Site | str, vector: torch.Tensor, ratio: float, norms: Mapping[str, float]) -> Steer:
@@ -105,10 +131,11 @@ def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequ
                      max_new_tokens: int, positions: Positions = "response", batch_size: int = 16,
                      max_rows: int = DECODE_ROWS, sampling: Sampling | None = None, progress: bool = False,
                      desc: str = "steer", cache: bool = True) -> pd.DataFrame:
-    """Every condition's answers to every prompt: one row per (condition, prompt), in condition
-    order then prompt order, with the condition's labels, the prompt's columns and ``answer``
-    (stripped). ``encode`` turns a prompt into model input (default: the model's chat format);
-    conditions with the same steers are generated once; ``desc`` names the progress bar.
+    """Every condition's answers to its prompts (every prompt, or those of its ``only``): one row
+    per (condition, prompt), in condition order then prompt order, with the condition's labels,
+    the prompt's columns and ``answer`` (stripped). ``encode`` turns a prompt into model input
+    (default: the model's chat format); conditions with the same steers and prompts are generated
+    once, those with the same prompts together; ``desc`` names the progress bar.
 
     Each condition's answers are cached (``$TRAITLAB_CACHE/generations``, written atomically,
     checked when read) under a key of everything they depend on: the generation method, the
@@ -121,26 +148,37 @@ def generate_answers(model: LoadedModel, prompts: pd.DataFrame, conditions: Sequ
     """
     if text not in prompts.columns:
         raise KeyError(f"prompts have no {text!r} column (columns: {', '.join(map(str, prompts.columns))})")
+    for c in conditions:
+        if c.only is not None and (len(set(c.only)) != len(c.only) or not all(0 <= i < len(prompts) for i in c.only)):
+            raise ValueError(f"condition {dict(c.labels)} answers prompts {list(c.only)}: each must be one of "
+                             f"0..{len(prompts) - 1}, once")
     encode = encode or model.chat.encode
     examples = [encode(t) for t in prompts[text]]
-    keys = [c.key() for c in conditions]
-    unique = {k: c for k, c in zip(keys, conditions, strict=True)}
     sampling = Sampling.parse(sampling)
+    keys = [c.key() for c in conditions]
+    groups: dict[tuple[int, ...] | None, dict[str, Condition]] = {}  # conditions by the prompts they answer
+    for c, k in zip(conditions, keys, strict=True):
+        groups.setdefault(c.only, {})[k] = c
+    done: dict[tuple[tuple[int, ...] | None, str], list[str]] = {}
+    for only, unique in groups.items():
+        subset = examples if only is None else [examples[i] for i in only]
 
-    def run(conds: list[Condition]) -> list[list[str]]:
-        texts = generate_steered_grid(model, examples, [list(c.steers) for c in conds],
-                                      max_new_tokens=max_new_tokens, positions=positions, batch_size=batch_size,
-                                      max_rows=max_rows, sampling=sampling, progress=progress, desc=desc)
-        return [[t.strip() for t in ts] for ts in texts]
+        def run(conds: list[Condition], subset: list[Encoded] = subset) -> list[list[str]]:
+            texts = generate_steered_grid(model, subset, [list(c.steers) for c in conds],
+                                          max_new_tokens=max_new_tokens, positions=positions, batch_size=batch_size,
+                                          max_rows=max_rows, sampling=sampling, progress=progress, desc=desc)
+            return [[t.strip() for t in ts] for ts in texts]
 
-    done = generate_cached(model, examples, unique, run, method=GENERATION_METHOD,
-                           store=cache and (sampling.greedy or sampling.seed is not None),  # unseeded: not a result
-                           max_new_tokens=max_new_tokens, positions=positions, batch_size=batch_size,
-                           sampling=None if sampling.greedy else asdict(sampling))
+        got = generate_cached(model, subset, unique, run, method=GENERATION_METHOD,
+                              store=cache and (sampling.greedy or sampling.seed is not None),  # unseeded: not a result
+                              max_new_tokens=max_new_tokens, positions=positions, batch_size=batch_size,
+                              sampling=None if sampling.greedy else asdict(sampling))
+        done.update({(only, k): texts for k, texts in got.items()})
     rows = []
     records = prompts.to_dict("records")
     for c, k in zip(conditions, keys, strict=True):
-        rows += [{**dict(c.labels), **r, "answer": a} for r, a in zip(records, done[k], strict=True)]
+        mine = records if c.only is None else [records[i] for i in c.only]
+        rows += [{**dict(c.labels), **r, "answer": a} for r, a in zip(mine, done[c.only, k], strict=True)]
     return pd.DataFrame(rows)
 
 

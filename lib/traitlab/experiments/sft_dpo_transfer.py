@@ -19,7 +19,10 @@ What each answer is scored on:
   is *broken* when fewer than ``coherent_share`` of its answers clear both floors.
 
 Controls, all in the same run: the unsteered baseline; norm-matched random unit directions at
-``random_seeds`` × ``random_layers`` × ``random_ratios``; and a **positive control**: the same
+``random_seeds`` in every cell of ``random_layers`` × ``random_ratios`` (``random_design``
+rotated, the default: each question answered under one of the seeds per cell, the seed
+rotating over the questions, so a cell sees every seed for the cost of one condition; crossed:
+every seed answers every question); and a **positive control**: the same
 pipeline on ``control_model`` (in its own chat template) steered with its own vectors (at
 ``control_layers``), the setting in which the ratio-zones report shows this judge sees optimism
 steering. Without the control a flat
@@ -89,6 +92,12 @@ class Params:
     """Layers of the random control (null: every steered layer)."""
     random_ratios: list[float] | None = None
     """Ratios of the random control (null: every ratio); a subset of ``ratios``."""
+    random_design: Literal["rotated", "crossed"] = "rotated"
+    """rotated: in each random cell question i is answered under ``random_seeds[(i + j) mod n]``
+    only, j the cell's layer's position in the random layers (``steered_eval.rotate``): every seed
+    per cell at the cost of one answer per question, and each question meets other seeds at other
+    layers. crossed: every seed answers every question (n times the answers; the per-question
+    random delta is then a mean over the n seeds, the rotated one a single draw)."""
     control_model: str | None = "qwen2.5-coder-0.5b-instruct"
     """The positive control: this model, prompted with its own chat template, steered with its own
     vectors (null: no control; the base model steering itself then stands in)."""
@@ -151,12 +160,18 @@ class Params:
                              "(the control is compared at the same layer)")
         if len(set(self.random_seeds)) != len(self.random_seeds):
             raise ParamError(f"random_seeds repeat: {self.random_seeds}")
+        if self.random_design not in ("rotated", "crossed"):
+            raise ParamError(f"random_design must be 'rotated' or 'crossed', got {self.random_design!r}")
         if self.judge_dtype not in ("auto", "float32", "bfloat16"):
             raise ParamError(f"judge_dtype must be 'auto', 'float32' or 'bfloat16', got {self.judge_dtype!r}")
         if self.models is not None and set(self.models) != set(CHAIN):
             raise ParamError(f"models must name exactly base, sft and dpo; got {sorted(self.models)}")
         if self.n_questions < 4:
             raise ParamError(f"n_questions must be >= 4 (intervals are over questions), got {self.n_questions}")
+        if self.random_design == "rotated" and len(self.random_seeds) > self.n_questions:
+            raise ParamError(f"random_design rotated spreads {len(self.random_seeds)} random_seeds over "
+                             f"{self.n_questions} questions, one seed per question: use at most n_questions "
+                             "seeds, more questions, or random_design: crossed")
         if self.max_new_tokens < 1 or self.batch_size < 1 or self.n_boot < 1:
             raise ParamError("max_new_tokens, batch_size and n_boot must be >= 1")
         if not 0 < self.coherent_share < 1:
@@ -277,11 +292,30 @@ def steer_model(P: Params, name: str, lm: LoadedModel, vectors: dict[int, torch.
         steers = _steers(P, c, vectors, lm.d_model, by_site)
         coef = steers[0].coef if c["kind"] in ("single", "random") else np.nan
         conds.append(Condition(steers, model=name, **c, coef=coef))
+    if P.random_design == "rotated":
+        conds = _rotated(P, conds, len(questions))
     prompts = questions[["id", "question"]].rename(columns={"id": "question_id"})
     answers = generate_answers(lm, prompts, conds, encode=fmt.encode, max_new_tokens=P.max_new_tokens,
                                positions=P.positions, batch_size=P.batch_size, progress=progress,
                                desc=f"steer {name}")
     return answers, norms.assign(model=name)
+
+
+def _rotated(P: Params, conds: list[Condition], n_questions: int) -> list[Condition]:
+    """``conds`` with each random cell's seeds spread over the questions (``steered_eval.rotate``;
+    offset: the layer's position in the random layers), in the same order."""
+    layers, _ = _random_grid(P)
+    cells: dict[tuple[int, float], list[int]] = {}
+    for i, c in enumerate(conds):
+        lab = dict(c.labels)
+        if lab["kind"] == "random":
+            cells.setdefault((lab["layer"], lab["ratio"]), []).append(i)
+    out = list(conds)
+    for (x, _), idx in cells.items():
+        for i, c in zip(idx, steered_eval.rotate([conds[i] for i in idx], n_questions, offset=layers.index(x)),
+                        strict=True):
+            out[i] = c
+    return out
 
 
 def steer_all(P: Params, specs: dict[str, str], vectors: dict[int, torch.Tensor],
@@ -388,7 +422,8 @@ def by_ratio(summ: pd.DataFrame) -> pd.DataFrame:
 
 def _cell(scored: pd.DataFrame, model: str, kind: str, layer: int | None = None,
           ratio: float | None = None, col: str = "trait") -> pd.Series:
-    """One condition's per-question values (random: the mean over seeds), indexed by question."""
+    """One condition's per-question values (random: the mean over the seeds that answered the
+    question, one when rotated), indexed by question."""
     m = (scored.model == model) & (scored.kind == kind)
     if layer is not None:
         m &= scored.layer == layer
@@ -411,7 +446,7 @@ def _random_grid(P: Params) -> tuple[list[int], list[float]]:
 
 def _learned_and_random(scored: pd.DataFrame, model: str, layer: int, ratio: float) -> tuple[pd.Series, pd.Series]:
     """Per question at ``layer`` and ``ratio``: the learned vector's trait delta and the random
-    directions' (mean over seeds)."""
+    directions' (``_cell``: one seed per question when rotated, the mean over seeds when crossed)."""
     return _delta(scored, model, "single", layer, ratio), _delta(scored, model, "random", layer, ratio)
 
 
@@ -421,7 +456,7 @@ LVR_COLUMNS = ["model", "layer", "ratio", "learned", "random", "difference", "ci
 
 def learned_vs_random(scored: pd.DataFrame, P: Params) -> pd.DataFrame:
     """Per chain model, layer and ratio where the random control ran: the learned vector's trait
-    delta and the random directions' (mean over seeds), and their per-question difference with
+    delta and the random directions' (``_cell``), and their per-question difference with
     a t-interval; beside them the share of each side's answers that are coherent (where
     ``scored`` has ``coherent``), since a difference between two broken conditions compares
     loops with loops. One row per cell, so no layer is picked after the fact: with
