@@ -43,6 +43,7 @@ xstest_random_alphas = [-2.0, 0.0, 2.0]
 gen_alphas = [-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]
 gen_random = 5
 random_gen_alphas = [-2.0, 0.0, 2.0]
+random_design = "rotated"
 xstest_gen_direction = "holdout"
 xstest_gen_alphas = [-1.0, 0.0, 1.0]
 max_new_tokens = 24
@@ -236,7 +237,9 @@ display(ldiff[["layers", "slope_a", "slope_b", "difference", "lo", "hi", "differ
 # %% [markdown]
 # Generated refusal (any refusal phrase) at the main layer on a fine alpha grid for the learned
 # and holdout directions, and for `gen_random` norm-matched random directions at
-# `random_gen_alphas` (Wilson 95% intervals over prompts; random directions pooled).
+# `random_gen_alphas` (Wilson 95% intervals; random directions pooled, and with
+# `random_design: rotated` each prompt answers one of them, taking turns, so their interval too
+# is over prompts).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -346,5 +349,6 @@ display(records.verdict_table(record))
 # - The refusal phrases were checked against readers' labels of this report's own answers on
 #   Qwen2.5-Coder-0.5B (section 1 prints the agreement): under another model (e.g. the 1.5B
 #   profile) the check reads the 0.5B's answers, so it shows how the rule behaves on answers of
-#   this kind, not on that model's. The random directions' generated rates pool `gen_random` directions, so their intervals treat
-#   direction × prompt as independent.
+#   this kind, not on that model's. The random directions' generated rates pool `gen_random` directions; with
+#   `random_design: crossed` every prompt answers each of them, so their intervals treat direction × prompt as
+#   independent (rotated, the default, gives each prompt one of them).

@@ -28,7 +28,7 @@
 # judge's 0–100 score, compared with the same model's unsteered answer to the same question;
 # its **coherence** is read from the text (distinct-2 and perplexity under a reference model,
 # floors fitted on our gold sets' coherence labels), not from the judge. Controls in the same
-# run: norm-matched random directions at several seeds, and a **positive control** — the same
+# run: norm-matched random directions at several seeds (rotated over the questions), and a **positive control** — the same
 # pipeline on Qwen2.5-Coder-0.5B-Instruct, in its chat template, with its own vectors, where
 # the metrics-vs-steering and ratio-zones reports show this judge sees optimism steering. A "not held" needs that control (or a minimum
 # detectable effect below the seed's, stated on our judge's scale through its slope on the
@@ -164,7 +164,9 @@ display(tr.SEED)
 # "broken" threshold (1.3) marked. Below it, learned minus random at each layer and ratio where
 # the random control ran (by default every steered layer and ratio, so no layer is picked after
 # seeing the results), with each side's coherent share: a difference between two broken cells
-# compares loops with loops.
+# compares loops with loops. With `random_design: rotated` (the default) each question meets one
+# random direction per cell, the `random_seeds` rotating over the questions, so the interval over
+# questions carries the spread between directions as well as between questions.
 
 # %%
 fig = plots.ratio_curves(tr.by_ratio(summ), tr.SWEET_SPOT, tr.BROKEN_FROM)

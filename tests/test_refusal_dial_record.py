@@ -198,3 +198,50 @@ def test_n_edge_takes_a_seeded_subsample_in_file_order():
     other = rd.load_sets(rd.Params(n_harmful=4, n_edge=40, n_xstest=20, seed=1))
     assert [x.text for x in other.edge] != [x.text for x in small.edge]
     assert len(rd.load_sets(rd.Params(n_harmful=4, n_xstest=20)).edge) == len(ours)  # null: all
+
+
+def test_random_directions_take_turns_over_the_prompts(tmp_cache, monkeypatch):
+    """rotated (the default): prompt i answers random_{i mod 2} only, its alpha-0 answer is the
+    shared unsteered one, and its steered answers are those of a generation on its prompts alone;
+    crossed: every random direction answers every prompt."""
+    import dataclasses
+
+    import torch
+
+    from traitlab import steering
+    from traitlab.models import load_model
+    from traitlab.params import ParamError
+
+    m = load_model("tiny-llama")
+    prompts = [Prompt(t, "test") for t in ("Hello there", "How do I bake bread?", "Hi", "Why?", "Tell me a story")]
+    g = torch.Generator().manual_seed(0)
+    dirs = {name: torch.randn(m.d_model, generator=g) for name in ("learned", "random_0", "random_1")}
+    grid = {"learned": [-1.0, 0.0, 1.0], "random_0": [0.0, 2.0], "random_1": [0.0, 2.0]}
+    calls = []
+    real = rd.generate
+
+    def counting(model, examples, **kw):
+        calls.append((len(examples), len(kw["deltas"])))
+        return real(model, examples, **kw)
+
+    monkeypatch.setattr(rd, "generate", counting)
+    P = rd.Params(max_new_tokens=3, gen_batch_size=4)
+    got = rd.generations(m, prompts, dirs, grid, 1, P, "S")
+    assert sorted(calls) == [(2, 1), (3, 1), (5, 3)]  # learned's 3 deltas on all; each random's +2 on its turn
+    rand = got[got.dir_kind == "random"]
+    assert sorted(zip(rand.prompt, rand.direction, rand.alpha, strict=True)) == sorted(
+        (i, f"random_{i % 2}", a) for i in range(5) for a in (0.0, 2.0))
+    t = got.set_index(["prompt", "direction", "alpha"]).text
+    assert all(t[(i, f"random_{i % 2}", 0.0)] == t[(i, "learned", 0.0)] for i in range(5))
+    mine = [prompts[i] for i in (1, 3)]
+    alone = steering.generate(m, rd.encode(m, mine), max_new_tokens=3, layer=1, deltas=(2 * dirs["random_1"])[None],
+                              batch_size=4)
+    assert [t[(1, "random_1", 2.0)], t[(3, "random_1", 2.0)]] == [row[0] for row in alone]
+    calls.clear()
+    crossed = rd.generations(m, prompts, dirs, grid, 1, dataclasses.replace(P, random_design="crossed"), "S")
+    assert len(crossed) == 5 * (3 + 2 + 2) and {n for n, _ in calls} == {5}  # learned's answers come from the cache
+    assert crossed.set_index(["prompt", "direction", "alpha"]).text[(1, "random_1", 2.0)] == t[(1, "random_1", 2.0)]
+    with pytest.raises(KeyError, match="cannot rotate"):
+        rd.generations(m, prompts, dirs, grid, 1, P, "S", rotate=["random_9"])
+    with pytest.raises(ParamError, match="random_design must be"):
+        rd.Params(random_design="paired")

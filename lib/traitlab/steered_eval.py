@@ -96,15 +96,24 @@ def rotate(draws: Sequence[Condition], n_prompts: int, offset: int = 0) -> list[
     >>> [(dict(c.labels)["seed"], c.only) for c in rotate(ds, 5, offset=1)]
     [(1, (1, 3)), (2, (0, 2, 4))]
     """
-    if not draws:
-        raise ValueError("no draws to rotate")
-    if n_prompts < len(draws):
-        raise ValueError(f"{len(draws)} draws need at least as many prompts to each answer one, got {n_prompts}")
     if any(d.only is not None for d in draws):
         raise ValueError("rotate spreads draws over every prompt; these already answer only some")
-    k = len(draws)
-    return [Condition(d.steers, only=[i for i in range(n_prompts) if (i + offset) % k == j], **dict(d.labels))
-            for j, d in enumerate(draws)]
+    return [Condition(d.steers, only=only, **dict(d.labels))
+            for d, only in zip(draws, rotation(n_prompts, len(draws), offset), strict=True)]
+
+
+def rotation(n_prompts: int, n_draws: int, offset: int = 0) -> list[tuple[int, ...]]:
+    """``rotate``'s rule: the prompts each of ``n_draws`` draws answers when prompt i goes to draw
+    ``(i + offset) mod n_draws``.
+
+    >>> rotation(5, 2)
+    [(0, 2, 4), (1, 3)]
+    """
+    if n_draws < 1:
+        raise ValueError("no draws to rotate")
+    if n_prompts < n_draws:
+        raise ValueError(f"{n_draws} draws need at least as many prompts to each answer one, got {n_prompts}")
+    return [tuple(i for i in range(n_prompts) if (i + offset) % n_draws == j) for j in range(n_draws)]
 
 
 def at_ratio(site: Site | str, vector: torch.Tensor, ratio: float, norms: Mapping[str, float]) -> Steer:

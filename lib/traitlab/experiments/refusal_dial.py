@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,7 @@ from ..refusal import (
     opening_token_ids,
 )
 from ..sites import SITE_NAMES, Site, check_sites
+from ..steered_eval import rotation
 from ..steering import generate
 from ..sweep import multi_layer_sweep
 from ..uncertainty import wilson_rates
@@ -80,6 +83,12 @@ class Params:
     gen_random: int = 5
     """Random directions (norm-matched) also answered in generation, at ``random_gen_alphas``."""
     random_gen_alphas: list[float] = field(default_factory=lambda: [-2.0, 0.0, 2.0])
+    random_design: Literal["rotated", "crossed"] = "rotated"
+    """rotated: the ``gen_random`` directions take turns over the prompts, prompt i answered under
+    direction i mod ``gen_random`` (``generations``' ``rotate``), so each prompt gives one random
+    answer per alpha and the random rates' intervals over prompts are honest, at the cost of one
+    direction; crossed: every direction answers every prompt (``gen_random`` times the answers,
+    pooled, so their intervals treat direction × prompt as independent)."""
     xstest_gen_direction: str = "holdout"
     """The direction XSTest is generated with (``holdout`` never saw the EDGE-holdout half)."""
     xstest_gen_alphas: list[float] = field(default_factory=lambda: [-1.0, 0.0, 1.0])
@@ -119,6 +128,8 @@ class Params:
             raise ParamError(f"unknown patch sites {bad}; choose from {', '.join(SITE_NAMES)}")
         if not 0 <= self.gen_random <= self.n_random:
             raise ParamError(f"gen_random must be in 0..n_random ({self.n_random}), got {self.gen_random}")
+        if self.random_design not in ("rotated", "crossed"):
+            raise ParamError(f"random_design must be 'rotated' or 'crossed', got {self.random_design!r}")
         if self.xstest_gen_direction not in ("learned", "holdout"):
             raise ParamError(f"xstest_gen_direction must be 'learned' or 'holdout', got {self.xstest_gen_direction!r}")
         if sorted(set(self.alphas)) != list(self.alphas):
@@ -146,8 +157,14 @@ class Params:
         for layer in self.steer_layers or []:
             if not 0 <= layer < info.n_layers:
                 raise ParamError(f"steer layer {layer} out of range; the model has layers 0..{info.n_layers - 1}")
-        load_sets(self)
+        sets = load_sets(self)
         load_labels(source=self.label_source or None)
+        if self.random_design == "rotated":
+            for name, n in (("HARMFUL", len(sets.harmful)), ("EDGE-holdout", len(sets.edge_holdout))):
+                if n < self.gen_random:
+                    raise ParamError(f"random_design rotated gives each of {name}'s {n} prompts one of "
+                                     f"gen_random = {self.gen_random} directions: lower gen_random to at most {n}, "
+                                     "use more prompts, or random_design: crossed")
 
     def reduce(self, model: LoadedModel):
         ids = opening_token_ids(model.chat, self.refusal_openings)
@@ -372,39 +389,71 @@ def separation(c: pd.DataFrame) -> pd.DataFrame:
 
 
 def generations(model: LoadedModel, prompts: list[data.Prompt], dirs: dict[str, torch.Tensor],
-                alphas: list[float] | dict[str, list[float]], layer: int, p: Params, set_name: str) -> pd.DataFrame:
+                alphas: list[float] | dict[str, list[float]], layer: int, p: Params, set_name: str,
+                rotate: Sequence[str] | None = None) -> pd.DataFrame:
     """Greedy continuations at each (direction, alpha), with their refusal kind; ``alphas`` is one
-    grid for every direction or a grid per direction name. Conditions with the same delta (every
-    alpha = 0) are generated once; each distinct delta's answers are cached
-    (``traitlab.gencache``) as soon as they exist, so an interrupted render resumes."""
+    grid for every direction or a grid per direction name. The directions named in ``rotate``
+    (default: the ``random_*`` ones when ``p.random_design`` is rotated, none when crossed) are
+    spread over the prompts: prompt i is answered under ``rotate[i mod len(rotate)]`` only
+    (``steered_eval.rotation``), so together they cost what one direction does and each prompt
+    gives one answer per alpha. Conditions with the same delta (every alpha = 0) are generated
+    once; each distinct delta's answers are cached (``traitlab.gencache``) as soon as they exist,
+    so an interrupted render resumes."""
     grid = alphas if isinstance(alphas, dict) else {name: alphas for name in dirs}
+    if rotate is None:
+        rotate = [n for n in dirs if n.startswith("random")] if p.random_design == "rotated" else []
+    unknown = [n for n in rotate if n not in dirs]
+    if unknown:
+        raise KeyError(f"cannot rotate {unknown}: not among the directions ({', '.join(dirs)})")
+    only = dict(zip(rotate, rotation(len(prompts), len(rotate)), strict=True)) if rotate else {}
     conds = [(name, a) for name in dirs for a in grid[name]]
-    deltas, inverse = torch.unique(torch.stack([a * dirs[name] for name, a in conds]), dim=0,
-                                   return_inverse=True)  # alpha = 0 once, not once per direction
     examples = encode(model, prompts)
-    keyed = {_delta_key(d): d for d in deltas}
-
-    def run(ds: list[torch.Tensor]) -> list[list[str]]:
-        out = generate(model, examples, max_new_tokens=p.max_new_tokens, layer=layer, deltas=torch.stack(ds),
-                       batch_size=p.gen_batch_size)
-        return [list(col) for col in zip(*out, strict=True)]
-
-    cached = gencache.generate_cached(model, examples, keyed, run, method=GENERATION_METHOD,
-                                      chunk=GEN_CHUNK,
-                                      layer=layer, max_new_tokens=p.max_new_tokens, batch_size=p.gen_batch_size)
-    by_delta = list(cached.values())
-    distinct = [[by_delta[j][i] for j in range(len(by_delta))] for i in range(len(examples))]
-    texts = [[row[j] for j in inverse.tolist()] for row in distinct]
+    everyone = [(name, a) for name, a in conds if name not in only]
+    texts = _generate_deltas(model, examples, range(len(examples)),
+                             [a * dirs[name] for name, a in everyone], layer, p)  # prompt → delta index → text
+    made = {c: i for i, c in enumerate(everyone)}  # condition → its delta's column in texts
+    zero = next((made[c] for c in everyone if c[1] == 0), None)
+    by_prompt: dict[tuple[int, str, float], str] = {}
+    for name, idx in only.items():
+        mine = [a for a in grid[name] if not (a == 0 and zero is not None)]  # alpha 0: everyone's unsteered answer
+        got = _generate_deltas(model, examples, idx, [a * dirs[name] for a in mine], layer, p)
+        by_prompt.update({(i, name, a): got[k][j] for k, i in enumerate(idx) for j, a in enumerate(mine)})
     rows = []
     for i, x in enumerate(prompts):
-        for c, (name, a) in enumerate(conds):
-            t = texts[i][c]
+        for name, a in conds:
+            if name in only:
+                if i not in only[name]:
+                    continue
+                t = by_prompt[i, name, a] if (i, name, a) in by_prompt else texts[i][zero]
+            else:
+                t = texts[i][made[name, a]]
             rows.append({"set": set_name, "prompt": i, "category": x.category, "label": x.label,
                          "direction": name, "alpha": a, "text": t, "kind": refusal_kind(t, p)})
     df = pd.DataFrame(rows)
     df["refused"] = df.kind != "compliance"
     df["dir_kind"] = np.where(df.direction.str.startswith("random"), "random", df.direction)
     return df
+
+
+def _generate_deltas(model: LoadedModel, examples: list, idx: Sequence[int], deltas: list[torch.Tensor],
+                     layer: int, p: Params) -> list[list[str]]:
+    """Per example of ``idx``, its answer under each of ``deltas`` (in order): equal deltas made
+    once, each distinct delta's answers read from or written to the generation cache."""
+    if not deltas:
+        return [[] for _ in idx]
+    unique, inverse = torch.unique(torch.stack(deltas), dim=0, return_inverse=True)
+    subset = [examples[i] for i in idx]
+    keyed = {_delta_key(d): d for d in unique}
+
+    def run(ds: list[torch.Tensor]) -> list[list[str]]:
+        out = generate(model, subset, max_new_tokens=p.max_new_tokens, layer=layer, deltas=torch.stack(ds),
+                       batch_size=p.gen_batch_size)
+        return [list(col) for col in zip(*out, strict=True)]
+
+    cached = gencache.generate_cached(model, subset, keyed, run, method=GENERATION_METHOD, chunk=GEN_CHUNK,
+                                      layer=layer, max_new_tokens=p.max_new_tokens, batch_size=p.gen_batch_size)
+    by_delta = list(cached.values())
+    return [[by_delta[j][e] for j in inverse.tolist()] for e in range(len(subset))]
 
 
 GEN_CHUNK = 9
@@ -423,9 +472,9 @@ def _delta_key(delta: torch.Tensor) -> str:
 
 def gen_rates(gen: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     """Generated refusal rate (any refusal, full or partial) per (set, dir_kind, alpha) or ``by``,
-    with a Wilson 95% interval over the prompts (random directions pooled: each prompt answers
-    each random direction, so their interval is narrower than their prompts warrant; ``n_dirs``
-    says how many are pooled)."""
+    with a Wilson 95% interval over the answers (random directions pooled, ``n_dirs`` of them:
+    rotated, each prompt answered one of them, so the interval is over prompts; crossed, each
+    prompt answered each, so the interval is narrower than the prompts warrant)."""
     by = by or ["set", "dir_kind", "alpha"]
     out = wilson_rates(gen, by, "refused")
     out.insert(len(by) + 1, "n_dirs", gen.groupby(by, sort=True).direction.nunique().to_numpy())
