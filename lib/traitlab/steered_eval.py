@@ -102,6 +102,22 @@ def rotate(draws: Sequence[Condition], n_prompts: int, offset: int = 0) -> list[
             for d, only in zip(draws, rotation(n_prompts, len(draws), offset), strict=True)]
 
 
+RANDOM_DESIGNS = ("rotated", "crossed")
+"""How a report's random directions meet its prompts (its ``random_design`` parameter): rotated,
+each prompt answers one of them (``rotation``); crossed, each prompt answers every one."""
+
+
+def check_random_design(value: str) -> None:
+    """A ``random_design`` parameter's one-line error.
+
+    >>> check_random_design("paired")
+    Traceback (most recent call last):
+    traitlab.params.ParamError: random_design must be 'rotated' or 'crossed', got 'paired'
+    """
+    if value not in RANDOM_DESIGNS:
+        raise ParamError(f"random_design must be 'rotated' or 'crossed', got {value!r}")
+
+
 def rotation(n_prompts: int, n_draws: int, offset: int = 0) -> list[tuple[int, ...]]:
     """``rotate``'s rule: the prompts each of ``n_draws`` draws answers when prompt i goes to draw
     ``(i + offset) mod n_draws``.

@@ -34,7 +34,7 @@ from ..refusal import (
     opening_token_ids,
 )
 from ..sites import SITE_NAMES, Site, check_sites
-from ..steered_eval import rotation
+from ..steered_eval import check_random_design, rotation
 from ..steering import generate
 from ..sweep import multi_layer_sweep
 from ..uncertainty import wilson_rates
@@ -128,8 +128,7 @@ class Params:
             raise ParamError(f"unknown patch sites {bad}; choose from {', '.join(SITE_NAMES)}")
         if not 0 <= self.gen_random <= self.n_random:
             raise ParamError(f"gen_random must be in 0..n_random ({self.n_random}), got {self.gen_random}")
-        if self.random_design not in ("rotated", "crossed"):
-            raise ParamError(f"random_design must be 'rotated' or 'crossed', got {self.random_design!r}")
+        check_random_design(self.random_design)
         if self.xstest_gen_direction not in ("learned", "holdout"):
             raise ParamError(f"xstest_gen_direction must be 'learned' or 'holdout', got {self.xstest_gen_direction!r}")
         if sorted(set(self.alphas)) != list(self.alphas):

@@ -160,8 +160,7 @@ class Params:
                              "(the control is compared at the same layer)")
         if len(set(self.random_seeds)) != len(self.random_seeds):
             raise ParamError(f"random_seeds repeat: {self.random_seeds}")
-        if self.random_design not in ("rotated", "crossed"):
-            raise ParamError(f"random_design must be 'rotated' or 'crossed', got {self.random_design!r}")
+        steered_eval.check_random_design(self.random_design)
         if self.judge_dtype not in ("auto", "float32", "bfloat16"):
             raise ParamError(f"judge_dtype must be 'auto', 'float32' or 'bfloat16', got {self.judge_dtype!r}")
         if self.models is not None and set(self.models) != set(CHAIN):
