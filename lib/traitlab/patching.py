@@ -32,6 +32,7 @@ import torch
 from .activations import _pad_batch, cast_like, to_model
 from .chat import Encoded
 from .models import LoadedModel
+from .prefill import prefill
 from .progress import tqdm
 from .sites import Site, check_sites, envoy_value, module_path, reads_input, resolve
 from .sweep import Reduce
@@ -96,13 +97,13 @@ def patch_last_k(model: LoadedModel, targets: Sequence[Encoded], sources: Sequen
         b = len(tb)
         t_in, s_in = to_model(_pad_batch(tb, "left", pad), model), to_model(_pad_batch(sb, "left", pad), model)
         src_vals: list = [None] * n_sites
-        with lm.trace(s_in):
+        with lm.trace({**s_in, "logits_to_keep": 1}):  # the last position's logits only
             for i in order:
                 src_vals[i] = envoy_value(envoys[i], sites[i])[:, -k:].save()
             s_logits = lm.output.logits[:, -1].save()
         clean_s[start:start + b] = reduce(s_logits.float()).cpu()
         prefix = {key: v[:, :-k] for key, v in t_in.items()}
-        cache = hf(**prefix, use_cache=True, logits_to_keep=1).past_key_values
+        cache = prefill(hf, prefix)
         rows = b * (n_sites + 1)  # condition 0: clean target
         with lm.trace(_suffix_inputs(t_in, k, _expand(cache, n_sites + 1), rows)):
             for i in order:  # condition i + 1 patches site i

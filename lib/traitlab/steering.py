@@ -48,6 +48,7 @@ import torch
 from .activations import _pad_batch, _remote, cast_like, to_model
 from .chat import Encoded
 from .models import LoadedModel
+from .prefill import prefill
 from .progress import tqdm
 from .sites import Site, check_sites, envoy_value, layout, module_path, resolve
 
@@ -280,7 +281,9 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
     row ``prompt × n_cond + condition`` seeds its own stream); no steering when ``deltas`` is None.
 
     Every condition sees the same prompt up to its last token, so each prompt's prefix (all but
-    the last token) is run once, unsteered, and its KV cache is shared by all conditions; only
+    the last token) is run once, unsteered, with prompts of similar length together
+    (``traitlab.prefill``: no forward pays for another prompt's padding), and its KV cache is
+    shared by all conditions; only
     the last token (steered in one nnsight trace) and the decoding run per condition, ``batch_size``
     rows at a time. Identical greedy tokens to running each full prompt per condition (tested),
     up to float rounding in near-ties. Remote models, and prompts of one token, take that full path.
@@ -309,7 +312,7 @@ def generate(model: LoadedModel, examples: Sequence[Encoded], *, max_new_tokens:
     base = sampling.base_seed()
     jobs = [(order[k:k + per_prompt], list(range(c, min(c + per_cond, n_cond))))
             for k in range(0, len(order), per_prompt) for c in range(0, n_cond, per_cond)]
-    prefix = _Prefix(model)
+    prefix = _Prefix(model, grouped=True)
     for idx, conds in tqdm(jobs, desc="generate", disable=not progress):
         full = to_model(_pad_batch([examples[i] for i in idx], "left", tok.pad_token_id), model)
         cache = prefix.rows(idx, full, torch.arange(len(idx)).repeat_interleave(len(conds)))  # prompt × len(conds) + condition
@@ -339,15 +342,17 @@ class _Prefix:
     that steers only from the last prompt token on shares: one unsteered forward per prompt batch
     (the last batch's is kept), handed out as copies with the rows each job needs."""
 
-    def __init__(self, model: LoadedModel) -> None:
-        self.model, self.idx, self.cache = model, None, None
+    def __init__(self, model: LoadedModel, grouped: bool = False) -> None:
+        self.model, self.grouped, self.idx, self.cache = model, grouped, None, None
 
     def rows(self, idx: Sequence[int], full: dict[str, torch.Tensor], rows: torch.Tensor) -> Any:
-        """A copy of prompt batch ``idx``'s prefix cache whose row r is the batch's prompt ``rows[r]``."""
+        """A copy of prompt batch ``idx``'s prefix cache whose row r is the batch's prompt ``rows[r]``
+        (``grouped``: prompts of similar length prefilled together, ``traitlab.prefill``)."""
         if self.idx != tuple(idx):
-            out = self.model.hf(input_ids=full["input_ids"][:, :-1], attention_mask=full["attention_mask"][:, :-1],
-                                position_ids=full["position_ids"][:, :-1], use_cache=True, logits_to_keep=1)
-            self.idx, self.cache = tuple(idx), out.past_key_values
+            prefix = {k: full[k][:, :-1] for k in ("input_ids", "attention_mask", "position_ids")}
+            self.idx = tuple(idx)
+            self.cache = (prefill(self.model.hf, prefix) if self.grouped else
+                          self.model.hf(**prefix, use_cache=True, logits_to_keep=1).past_key_values)
         cache = copy.deepcopy(self.cache)
         cache.batch_select_indices(rows.to(full["input_ids"].device))
         return cache

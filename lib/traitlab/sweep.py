@@ -36,6 +36,7 @@ import torch
 from .activations import _pad_batch, cast_like, to_model
 from .chat import Encoded
 from .models import LoadedModel
+from .prefill import prefill
 from .progress import tqdm
 from .sites import layout, resolve
 
@@ -105,12 +106,14 @@ def multi_layer_sweep(model: LoadedModel, examples: Sequence[Encoded], deltas: M
     # Skipping layers below L needs every layer to see the same cache length; models with
     # sliding-window layers (Gemma 2/3) keep the prefix reuse but run all layers.
     skip_lower = "sliding_attention" not in (getattr(hf.config, "layer_types", None) or [])
-    for start in tqdm(range(0, len(examples), batch_size), desc="sweep", disable=not progress):
-        batch = examples[start:start + batch_size]
-        inp = to_model(_pad_batch(batch, "left", model.tokenizer.pad_token_id), model)
+    # Batches of similar length (longest first), each prefix prefilled in length groups: no
+    # forward pays for another prompt's padding. Scores are put back in the caller's order.
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
+    for start in tqdm(range(0, len(order), batch_size), desc="sweep", disable=not progress):
+        idx = order[start:start + batch_size]
+        inp = to_model(_pad_batch([examples[i] for i in idx], "left", model.tokenizer.pad_token_id), model)
         b = inp["input_ids"].shape[0]
-        prefix = {k: v[:, :-1] for k, v in inp.items()}
-        cache = hf(**prefix, use_cache=True, logits_to_keep=1).past_key_values
+        cache = prefill(hf, {k: v[:, :-1] for k, v in inp.items()})
         last = {"input_ids": inp["input_ids"][:, -1:], "attention_mask": inp["attention_mask"],
                 "position_ids": inp["position_ids"][:, -1:], "past_key_values": copy.deepcopy(cache)}
         hs = []
@@ -139,7 +142,7 @@ def multi_layer_sweep(model: LoadedModel, examples: Sequence[Encoded], deltas: M
                                    "past_key_values": big, "logits_to_keep": 1}):
                         envoys[layer].input[:, -1] = rows[:, 0]
                         logits = lm.output.logits[:, -1].save()
-                out[layer][start:start + b, c0:c0 + k] = reduce(logits.float()).view(b, k).cpu()
+                out[layer][idx, c0:c0 + k] = reduce(logits.float()).view(b, k).cpu()
     return out
 
 

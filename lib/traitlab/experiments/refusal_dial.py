@@ -455,14 +455,17 @@ def _generate_deltas(model: LoadedModel, examples: list, idx: Sequence[int], del
     return [[by_delta[j][e] for j in inverse.tolist()] for e in range(len(subset))]
 
 
-GEN_CHUNK = 9
+GEN_CHUNK = 20
 """Conditions per ``steering.generate`` call in the dial: they share each prompt's prefill (more
 share it, the less each costs), and each call's answers are cached before the next starts (fewer,
-the less an interruption loses)."""
+the less an interruption loses). 20 holds the default grid's 19 distinct deltas (learned and
+holdout at 8 nonzero alphas, ±2 for a random direction, and 0), so each prompt is prefilled once
+per set: with 9 it was prefilled three times, about 70 s of a cold render."""
 
-GENERATION_METHOD = "last-token-prefix-v2"
+GENERATION_METHOD = "last-token-prefix-v3"
 """Version of the dial's generation (the delta added at the prompt's last token in the prefill,
-``steering.generate``); part of every cached answer's key."""
+``steering.generate``); part of every cached answer's key. v3: prefixes prefilled in length
+groups (``traitlab.prefill``), equal to v2's up to float rounding."""
 
 
 def _delta_key(delta: torch.Tensor) -> str:
