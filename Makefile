@@ -79,6 +79,7 @@ bench: install
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/steered_eval.py
+	$(BIN)/python benchmarks/prefill_groups.py
 	$(BIN)/python benchmarks/decode_floor.py
 	$(BIN)/traitlab render performance --profile default
 

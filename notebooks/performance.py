@@ -33,7 +33,8 @@
 
 # %% tags=["parameters"]
 results_dir = "reports/benchmarks"
-benchmarks = ["extraction_throughput", "peers", "refusal_sweep", "memory", "scaling", "steered_eval", "decode_floor"]
+benchmarks = ["extraction_throughput", "peers", "refusal_sweep", "memory", "scaling", "steered_eval", "decode_floor",
+              "prefill_groups"]
 
 # %% [markdown]
 # ## Setup
@@ -185,6 +186,23 @@ if "batch_rows" in d:
     b = d["batch_rows"]
     print(perf.rows_line(f"rows per decode batch, {b['prompts']} prompts x {b['conditions']} conditions x "
                          f"{b['new_tokens']} tokens", b, "generated", "tokens"))
+
+# %% [markdown]
+# **Prefill in length groups.** A left-padded batch pays for its longest prompt in every row.
+# The dial's HARMFUL requests are mostly ~50 tokens with a few long HarmBench ones, so one batch
+# of them is mostly padding; `traitlab.prefill` runs each group of similar length at its own
+# width and joins their caches (the dial's shared prefix, its sweep and its patching use it).
+
+# %%
+if "prefill_groups" in results:
+    pg = results["prefill_groups"]["figures"]
+    print(f"{pg['model']}, {pg['n_prompts']} prompts: {pg['prefix_tokens']} prefix tokens, padded to "
+          f"{pg['padded_tokens_whole']} whole and {pg['padded_tokens_grouped']} in {pg['groups']} groups")
+    for part, what in (("prefill", "max |key/value diff|"), ("generation", "identical texts")):
+        f = pg[part]
+        other = f["max_abs_kv_diff"] if part == "prefill" else f["identical_share"]
+        print(f"{part}: {f['speedup']['value']:.2f}x (target {f['speedup']['target']}); {what} "
+              f"{other['value']:.2g} (target {other['target']})")
 
 # %% [markdown]
 # ## 4. Memory: 1,000 prompts × every layer
