@@ -33,6 +33,7 @@ COMMANDS = {
     "scaling": "python benchmarks/scaling.py",
     "steered_eval": "python benchmarks/steered_eval.py",
     "decode_floor": "python benchmarks/decode_floor.py",
+    "prefill_groups": "python benchmarks/prefill_groups.py",
 }
 """How to (re)produce each result file (all of them: ``make bench``)."""
 BENCHMARKS = tuple(COMMANDS)
@@ -249,7 +250,8 @@ def record(P: Params, results: dict[str, dict[str, Any]]):
     - timing ratios with repeats (``extraction.ratio.bs<b>``, ``peers.train_speedup_*``,
       ``peers.steered_over_unsteered_traitlab``, ``steered_eval.judge.speedup``,
       ``steered_eval.grid.speedup``, ``steered_eval.grid_rows.speedup``, ``decode_floor.overhead``,
-      ``decode_floor.row_dropping_speedup``, ``decode_floor.batch_rows.speedup``;
+      ``decode_floor.row_dropping_speedup``, ``decode_floor.batch_rows.speedup``,
+      ``prefill_groups.prefill.speedup``, ``prefill_groups.generation.speedup``;
       ``_timings``): a ratio of medians, SE from the repeats' spread
       (robust SE of each log median, combined), k = 2 (``estimate``);
     - ratios measured once (``refusal_sweep.speedup``, ``memory.*`` peak RSS / weights): no spread
