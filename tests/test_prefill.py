@@ -75,14 +75,17 @@ def test_prefill_equals_the_whole_batch_and_pays_only_for_its_groups(tiny):
             assert not a.keys[r][:, ~real[r]].any()  # padding is zeros, and masked
 
 
-def test_one_group_is_the_plain_forward(tiny):
-    batch = _batch(tiny, ["Hello there", "Hello here"])
-    shapes, handle = _forwards(tiny)
-    try:
-        prefill(tiny.hf, batch)
-    finally:
-        handle.remove()
-    assert shapes == [tuple(batch["input_ids"].shape)]
+def test_one_group_or_a_row_of_padding_only_is_the_plain_forward(tiny):
+    one = _batch(tiny, ["Hello there", "Hello here"])
+    empty = _batch(tiny, [LONG, "Hi"])
+    empty["attention_mask"][1] = 0  # a row with no real token (a one-token prompt's prefix)
+    for batch in (one, empty):
+        shapes, handle = _forwards(tiny)
+        try:
+            prefill(tiny.hf, batch)
+        finally:
+            handle.remove()
+        assert shapes == [tuple(batch["input_ids"].shape)]
 
 
 @pytest.mark.parametrize("batch_size", [3, 64])

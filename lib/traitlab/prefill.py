@@ -61,10 +61,12 @@ def prefill(hf: torch.nn.Module, inputs: Mapping[str, torch.Tensor], keep: float
     """``hf(**inputs, use_cache=True, logits_to_keep=1).past_key_values`` for a left-padded batch
     (``input_ids``, ``attention_mask``, ``position_ids``), each of its ``length_groups`` run at
     its own width. Where a group's cache is not plain full attention (sliding-window layers keep
-    a window, not the whole prompt) the batch is run whole, as is a batch of one group."""
+    a window, not the whole prompt) the batch is run whole, as is a batch of one group or one
+    with a row of padding only."""
     mask = inputs["attention_mask"]
     width = mask.shape[1]
-    groups = length_groups(mask.sum(1).tolist(), keep)
+    lengths = mask.sum(1).tolist()
+    groups = length_groups(lengths, keep)
 
     def run(rows: list[int] | None, w: int) -> Any:
         sub = {k: (v if rows is None else v[torch.tensor(rows, device=v.device)])[:, width - w:]
@@ -72,7 +74,7 @@ def prefill(hf: torch.nn.Module, inputs: Mapping[str, torch.Tensor], keep: float
         return hf(**sub, use_cache=True, logits_to_keep=1).past_key_values
 
     sliding = "sliding_attention" in (getattr(getattr(hf, "config", None), "layer_types", None) or [])
-    if len(groups) == 1 or sliding:
+    if len(groups) == 1 or sliding or min(lengths) == 0:  # a row of padding only has no width of its own
         return run(None, width)
     parts = []
     for rows in groups:
