@@ -43,6 +43,7 @@ def main() -> None:
     prefix = {k: v[:, :-1] for k, v in batch.items()}
     lengths = prefix["attention_mask"].sum(1).tolist()
     groups = prefill_mod.length_groups(lengths)
+    grouped_tokens = sum(len(g) * lengths[g[0]] for g in groups)
 
     def whole(hf, inputs, keep=None):
         return hf(**inputs, use_cache=True, logits_to_keep=1).past_key_values
@@ -81,7 +82,7 @@ def main() -> None:
     speed = statistics.median(old_s) / statistics.median(new_s)
     gen_speed = statistics.median(gen_old) / statistics.median(gen_new)
     print(f"{len(ex)} prompts: {sum(lengths)} prefix tokens, {real.numel()} padded whole, "
-          f"{sum(len(g) * lengths[g[0]] for g in groups)} in {len(groups)} groups")
+          f"{grouped_tokens} in {len(groups)} groups")
     print(f"prefill: whole {statistics.median(old_s):.2f} s, grouped {statistics.median(new_s):.2f} s: "
           f"{speed:.2f}x; max |key/value diff| {diff:.1e}")
     print(f"generation: {statistics.median(gen_old):.1f} s vs {statistics.median(gen_new):.1f} s: {gen_speed:.2f}x; "
@@ -89,7 +90,7 @@ def main() -> None:
     save("prefill_groups", {
         "model": args.model, "n_prompts": len(ex), "prefix_tokens": int(sum(lengths)),
         "padded_tokens_whole": int(real.numel()),
-        "padded_tokens_grouped": int(sum(len(g) * lengths[g[0]] for g in groups)), "groups": len(groups),
+        "padded_tokens_grouped": int(grouped_tokens), "groups": len(groups),
         "rounds": args.rounds, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
         "prefill": {"seconds": {"old": old_s, "new": new_s}, "speedup": target(speed, 2.0, ">="),
                     "max_abs_kv_diff": target(diff, 1e-4, "<=")},

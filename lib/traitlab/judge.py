@@ -841,9 +841,9 @@ class LocalBackend:
     def _full_attention(self) -> bool:
         """Whether every layer attends to the whole sequence (no sliding window), so a KV cache
         can be cut back to any length and extended."""
-        cfg = self.model.hf.config
-        types = getattr(cfg, "layer_types", None) or ()
-        return all(t == "full_attention" for t in types) and not getattr(cfg, "sliding_window", None)
+        from .models import full_attention
+
+        return full_attention(self.model.hf.config)
 
     def _expand_tree(self, logp0: torch.Tensor, cache: Any, mask: torch.Tensor, lengths: list[int], top_k: int
                      ) -> list[tuple[dict[str, float], dict[int, float]]]:

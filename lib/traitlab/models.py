@@ -260,6 +260,19 @@ class LoadedModel:
                 "weights_sha256": self.weights_sha256}
 
 
+def full_attention(config: Any) -> bool:
+    """Whether every layer of a model with this transformers ``config`` attends to the whole
+    sequence (no sliding window), so its KV cache holds every position: it can be cut back,
+    extended, padded and joined along the batch. A model without a config counts as full.
+
+    >>> from traitlab.tiny import build
+    >>> full_attention(build("tiny-qwen2")[0].config), full_attention(build("tiny-gemma3")[0].config)
+    (True, False)
+    """
+    types = getattr(config, "layer_types", None) or ()
+    return all(t == "full_attention" for t in types) and not getattr(config, "sliding_window", None)
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 

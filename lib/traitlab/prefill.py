@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
+from .models import full_attention
+
 KEEP = 0.75
 """A group holds rows at least this fraction of its longest row's length, so padding is at most
 a third of a group's tokens; lower merges more rows into fewer, wider forwards."""
@@ -73,12 +75,12 @@ def prefill(hf: torch.nn.Module, inputs: Mapping[str, torch.Tensor], keep: float
                for k, v in inputs.items()}
         return hf(**sub, use_cache=True, logits_to_keep=1).past_key_values
 
-    sliding = "sliding_attention" in (getattr(getattr(hf, "config", None), "layer_types", None) or [])
-    if len(groups) == 1 or sliding or min(lengths) == 0:  # a row of padding only has no width of its own
+    full = full_attention(getattr(hf, "config", None))
+    if len(groups) == 1 or not full or min(lengths) == 0:  # a row of padding only has no width of its own
         return run(None, width)
     parts = []
     for rows in groups:
-        part = run(rows, int(mask[rows[0]].sum()))
+        part = run(rows, lengths[rows[0]])
         if not all(type(layer) is DynamicLayer for layer in part.layers):
             return run(None, width)
         parts.append(part)

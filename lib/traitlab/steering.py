@@ -347,7 +347,8 @@ class _Prefix:
 
     def rows(self, idx: Sequence[int], full: dict[str, torch.Tensor], rows: torch.Tensor) -> Any:
         """A copy of prompt batch ``idx``'s prefix cache whose row r is the batch's prompt ``rows[r]``
-        (``grouped``: prompts of similar length prefilled together, ``traitlab.prefill``)."""
+        (``grouped``: prompts of similar length prefilled together, ``traitlab.prefill``; the
+        steering grid keeps the plain prefill, as its cached answers were made with it)."""
         if self.idx != tuple(idx):
             prefix = {k: full[k][:, :-1] for k in ("input_ids", "attention_mask", "position_ids")}
             self.idx = tuple(idx)

@@ -35,7 +35,7 @@ import torch
 
 from .activations import _pad_batch, cast_like, to_model
 from .chat import Encoded
-from .models import LoadedModel
+from .models import LoadedModel, full_attention
 from .prefill import prefill
 from .progress import tqdm
 from .sites import layout, resolve
@@ -105,7 +105,7 @@ def multi_layer_sweep(model: LoadedModel, examples: Sequence[Encoded], deltas: M
     envoys = {layer: resolve(lm, f"{layout(model.arch).layers}.{layer}") for layer in layers}
     # Skipping layers below L needs every layer to see the same cache length; models with
     # sliding-window layers (Gemma 2/3) keep the prefix reuse but run all layers.
-    skip_lower = "sliding_attention" not in (getattr(hf.config, "layer_types", None) or [])
+    skip_lower = full_attention(hf.config)
     # Batches of similar length (longest first), each prefix prefilled in length groups: no
     # forward pays for another prompt's padding. Scores are put back in the caller's order.
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i].ids))
