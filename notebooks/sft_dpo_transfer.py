@@ -24,17 +24,22 @@
 # contrastive pairs, mean over response tokens at `site`), one unit vector per layer, added at
 # response positions during generation, at perturbation ratios from 0.05 up against each
 # steered model's own activation norm (response positions: the attention sink is left out of
-# the denominator; the norm table shows what it would do). Each answer's **trait** is the
-# judge's 0–100 score, compared with the same model's unsteered answer to the same question;
+# the denominator; the norm table shows what it would do). Each answer's **trait** is read on
+# a 0–100 scale by `reading`: the judge's score (`absolute`), or (`probe`, the default profile)
+# a probe fitted on the trait's gold answers reading the judge model's activations, which the
+# judge-calibration report finds as sensitive to optimism steering as the 0.5B judge's score
+# (minimum detectable effect at 16 questions 20.0 vs 19.6 gold points; the steered control
+# seen as more optimistic for 14 vs 13 of 16 questions) for about a fifth of its compute. It
+# is compared with the same model's unsteered answer to the same question;
 # its **coherence** is read from the text (distinct-2 and perplexity under a reference model,
 # floors fitted on our gold sets' coherence labels), not from the judge. Controls in the same
 # run: norm-matched random directions at several seeds (rotated over the questions), and a **positive control** — the same
 # pipeline on Qwen2.5-Coder-0.5B-Instruct, in its chat template, with its own vectors, where
 # the metrics-vs-steering and ratio-zones reports show this judge sees optimism steering. A "not held" needs that control (or a minimum
-# detectable effect below the seed's, stated on our judge's scale through its slope on the
+# detectable effect below the seed's, stated on our reading's scale through its slope on the
 # gold set); otherwise the verdict is "inconclusive". With the control seen, a fine-tune whose
 # best effect is not seen still leaves "transfer works" inconclusive while its interval holds the
-# seed's push on our judge's scale: its effect is then neither seen nor ruled out.
+# seed's push on our reading's scale: its effect is then neither seen nor ruled out.
 
 # %% tags=["parameters"]
 chain_profile = "default"
@@ -66,6 +71,7 @@ judge_base_url = None
 judge_api_key_env = "OPENAI_API_KEY"
 judge_offline = False
 judge_dtype = "auto"
+reading = "absolute"
 min_mass = 0.25
 trait_descriptions = {}
 batch_size = 16
@@ -114,28 +120,28 @@ print(f"{P.vector_method} unit vectors at {P.site}, layers {ls}; cosine between 
 display(pd.DataFrame(cos.numpy(), index=ls, columns=ls).round(2))
 
 # %% [markdown]
-# ## Steer every model, judge every answer, read coherence from the text
+# ## Steer every model, read every answer's trait, read coherence from the text
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 judge = P.judge()
-scale = tr.judge_scale(judge, P.trait)
+scale = tr.judge_scale(judge, P.trait, P.reading)
 qs = tr.questions(P)
 answers, norms = tr.steer_all(P, specs, vectors, qs)
-scored = tr.judge_answers(judge, answers, P.trait)
+scored = tr.judge_answers(judge, answers, P.trait, P.reading)
 scored, floors, refits = tr.coherence(P, scored)
 print(f"{len(scored)} answers ({len(qs)} questions; {len(tr.conditions(P))} conditions per chain model) "
       f"in {(time.perf_counter() - t_start) / 60:.1f} min")
 
 # %% [markdown]
 # ## The measuring instruments
-# The judge's slope on the trait's gold set converts the seed's effects (its judge's 0–100
-# points) to ours; the coherence floors are fitted on the gold sets' coherence labels under
+# The reading's slope on the trait's gold set (a probe's: on the held-out part it was not
+# fitted on) converts the seed's effects (its judge's 0–100 points) to ours; the coherence floors are fitted on the gold sets' coherence labels under
 # the reference model. The norm table gives each model's denominator per layer and how much
 # the attention sink would shrink every ratio if it were counted.
 
 # %%
-print(f"Judge slope on {scale['n']} gold {P.trait} answers: {scale['slope']:.2f} judge points per gold point "
+print(f"{P.reading} reading's slope on {scale['n']} gold {P.trait} answers: {scale['slope']:.2f} points per gold point "
       f"[{scale['lo']:.2f}, {scale['hi']:.2f}] (r = {scale['r']:.2f}); the seed's 16.7-point SFT − DPO gap "
       f"reads as {16.7 * scale['slope']:.1f} points here.")
 print(f"Coherent: {floors.text()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -119,7 +120,7 @@ def test_record_verdicts_follow_the_controls():
     assert half > (t95[1] - t95[0]) / 2
     assert rec["sft_minus_dpo_early"].value == pytest.approx((12.0 - 4.0) * 1.3 * (0.25 + 1) / 2)
     assert rec["dpo_coherent_max_push"].value == pytest.approx(1 / N_Q)
-    assert rec["judge_slope"].value == 0.5 and rec["floors_balanced_accuracy"].value == 0.9
+    assert rec["reading_slope"].value == 0.5 and rec["floors_balanced_accuracy"].value == 0.9
     assert rec["sft_learned_minus_random"].value == pytest.approx(12.0 * 1.6)  # the one random cell, L6 r=0.4
     v = {c.id: c.verdict for c in rec.claims}
     assert v == {"transfer_works": "holds", "dpo_resists_early": "holds", "optimal_layer_preserved": "holds",
@@ -391,6 +392,8 @@ def test_random_control_is_unit_seeded_and_the_random_method():
     ({"n_questions": 2}, "n_questions"),
     ({"gold_traits": []}, "gold_traits"),
     ({"judge_dtype": "int8"}, "judge_dtype"),
+    ({"reading": "guess"}, "reading"),
+    ({"reading": "probe", "judge_backend": "openai"}, "reading 'probe' reads the judge model's activations"),
 ])
 def test_transfer_params_fail_early(kw, msg):
     with pytest.raises(ParamError, match=msg):
@@ -442,3 +445,24 @@ def test_the_record_keeps_the_best_per_layer_table_it_was_given():
     scored = _scored(P, {"base": 10.0, "sft": 0.0, "dpo": 10.0, "control": 15.0})
     rec = _record(P, scored, slope=1.0)  # the verdict path that reads the seed's own best rows
     pd.testing.assert_frame_equal(rec.tables["best_per_layer"], tr.best_per_layer(tr.summary(scored, P)))
+
+
+def test_a_probe_reading_is_scaled_on_the_gold_answers_it_was_not_fitted_on(monkeypatch):
+    """A probe is fitted on the gold set's tune part, so its slope is read on the held-out part only;
+    a judge's reading uses every gold answer. The slope is the least-squares fit of reading on label."""
+    seen = {}
+
+    def fake(judge, items, trait, reading, progress=True):
+        seen[reading] = set(items.answer)
+        gold = judge_power.load_gold(trait)
+        label = dict(zip(gold.response, gold.label, strict=True))
+        return items.assign(trait=[10 + 0.5 * label[a] for a in items.answer])
+
+    monkeypatch.setattr(tr, "judge_answers", fake)
+    judge = SimpleNamespace(config=SimpleNamespace(gold_dir=None))
+    for reading in ("probe", "absolute"):
+        scale = tr.judge_scale(judge, "optimism", reading)
+        assert scale["slope"] == pytest.approx(0.5) and scale["r"] == pytest.approx(1.0)
+    gold = judge_power.load_gold("optimism")
+    assert seen["probe"] == set(gold[gold.split == "heldout"].response)
+    assert seen["absolute"] == set(gold.response)

@@ -10,10 +10,14 @@ move it), so one ratio means the same relative push in every model.
 
 What each answer is scored on:
 
-- **trait**: the judge's 0–100 score; a condition's effect is the mean paired difference from
-  the same model's unsteered answer to the same question, with a t-interval over questions.
-  ``judge_scale`` reads the judge's slope on the trait's gold set, so the seed's effects (on
-  its judge's 0–100 scale) can be stated on ours before a "not held" is allowed.
+- **trait**: a 0–100 reading by ``reading`` (``steered_eval.JUDGE_READINGS``): the judge's
+  absolute score, or (``probe``) a ridge probe fitted on the trait's gold answers reading the
+  judge model's activations, which the judge-calibration report finds as sensitive to
+  optimism steering as the score at a fraction of its compute. A condition's effect is the mean
+  paired difference from the same model's unsteered answer to the same question, with a
+  t-interval over questions. ``judge_scale`` reads the reading's slope on the trait's gold set
+  (out of sample for a probe: its held-out part), so the seed's effects (on its judge's 0–100
+  scale) can be stated on ours before a "not held" is allowed.
 - **coherence**: from the text, not the judge (``textstats``): distinct-2 and log-perplexity
   under ``reference_model``, with floors fitted on the gold sets' coherence labels. A condition
   is *broken* when fewer than ``coherent_share`` of its answers clear both floors.
@@ -120,6 +124,11 @@ class Params:
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_offline: bool = False
     judge_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    reading: Literal["absolute", "yesno", "opposite", "probe"] = "absolute"
+    """How each answer's trait is read (``steered_eval.JUDGE_READINGS``): ``absolute``, the judge's
+    0–100 score; ``probe``, a probe fitted on the trait's gold answers (tune part) reading the
+    local judge model's activations: one forward of the answer up to the probe's layer instead of
+    the judge's rubric, answer, instruction and digit tree."""
     min_mass: float = 0.25
     trait_descriptions: dict[str, str] = field(default_factory=dict)
     """One-line judge definitions of traits ``traitlab.judge.TRAIT_DESCRIPTIONS`` lacks (or to
@@ -161,6 +170,7 @@ class Params:
         if len(set(self.random_seeds)) != len(self.random_seeds):
             raise ParamError(f"random_seeds repeat: {self.random_seeds}")
         steered_eval.check_random_design(self.random_design)
+        steered_eval.check_reading(self.reading, self.judge_backend)
         if self.judge_dtype not in ("auto", "float32", "bfloat16"):
             raise ParamError(f"judge_dtype must be 'auto', 'float32' or 'bfloat16', got {self.judge_dtype!r}")
         if self.models is not None and set(self.models) != set(CHAIN):
@@ -200,7 +210,8 @@ class Params:
                 raise ParamError(f"control_layers {sorted(bad)} out of range for {self.control_model} (0..{n - 1})")
         describe(self.reference_model)
         load_trait(self.trait, folder=traits_folder(self.traits_dir))
-        # the trait's own set gives the judge's scale; gold_traits' sets the coherence floors
+        # the trait's own set gives the reading's scale; gold_traits' sets the coherence floors
+        steered_eval.check_reading(self.reading, self.judge_backend, [self.trait], gold_dir=self.gold_dir)
         gold = judge_power.check_gold([self.trait, *self.gold_traits], self.gold_dir)
         judge_power.check_floor_gold(self.gold_traits, gold=gold)
 
@@ -338,21 +349,32 @@ def steer_all(P: Params, specs: dict[str, str], vectors: dict[int, torch.Tensor]
     return pd.concat(frames, ignore_index=True), pd.concat(norms, ignore_index=True)
 
 
-def judge_answers(judge: Judge, answers: pd.DataFrame, trait: str, progress: bool = True) -> pd.DataFrame:
-    """Add the judge's ``trait`` score (0–100) of every answer."""
-    return steered_eval.judge_answers(judge, answers, ("trait",), trait=trait, progress=progress)
+def judge_answers(judge: Judge, answers: pd.DataFrame, trait: str, reading: str = "absolute",
+                  progress: bool = True) -> pd.DataFrame:
+    """Add every answer's ``trait`` reading (0–100, by ``reading``: ``steered_eval.judge_answers``)."""
+    return steered_eval.judge_answers(judge, answers, ("trait",), trait=trait, reading=reading, progress=progress)
 
 
-def judge_scale(judge: Judge, trait: str, progress: bool = True) -> dict[str, float]:
-    """The judge's slope on the trait's gold set (judge points per gold-label point, least squares
-    over every labelled answer) with its 95% bootstrap CI over answers, and Pearson r: how many
-    of our judge's points one point of the seed's 0–100 scale is worth."""
-    gold = judge_power.load_gold(trait, folder=judge.config.gold_dir)
-    got = judge.score_many("trait", list(zip(gold.question, gold.response, strict=True)), trait=trait,
-                           progress=progress)
-    y = np.array([np.nan if g.value is None else g.value for g in got], float)
-    x = gold.label.to_numpy(float)
-    ok = np.isfinite(y)
+def judge_scale(judge: Judge, trait: str, reading: str = "absolute", progress: bool = True) -> dict[str, float]:
+    """The reading's slope on the trait's gold set (reading points per gold-label point, least
+    squares over the labelled answers) with its 95% bootstrap CI over answers, and Pearson r: how
+    many of our points one point of the seed's 0–100 scale is worth. A judge's readings use every
+    gold answer; a probe's only the held-out part (it was fitted on the tune part), so the slope
+    is out of sample.
+
+    Example (a reading that halves the gold labels' spread has slope 0.5; ``_slope`` is the fit):
+        >>> round(_slope(np.array([0.0, 50, 100]), np.array([25.0, 50, 75]))["slope"], 3)
+        0.5
+    """
+    gold = judge_power.load_gold(trait, "heldout" if reading == "probe" else None, judge.config.gold_dir)
+    items = gold.rename(columns={"response": "answer"})[["question", "answer"]]
+    y = judge_answers(judge, items, trait, reading, progress=progress).trait.to_numpy(float)
+    return _slope(gold.label.to_numpy(float), y)
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Least-squares slope of ``y`` on ``x`` (finite pairs), its bootstrap CI over pairs, r and n."""
+    ok = np.isfinite(y) & np.isfinite(x)
     x, y = x[ok], y[ok]
     if len(x) < 3 or np.ptp(x) == 0:
         return {"slope": np.nan, "lo": np.nan, "hi": np.nan, "r": np.nan, "n": int(len(x))}
@@ -755,8 +777,8 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     rests on which conditions are unbroken: the best-layer agreement (per bootstrap replicate),
     and the best effects' and the early gap's intervals, widened to where they land under the
     floors refitted on resampled gold questions (``FloorWidened``). Judge quantities use ``k = 3`` SEs over questions (``records.score_mean``); coherent shares
-    are rates over questions. The seed's effects are stated on our judge's scale through
-    ``scale`` (the judge's slope on the gold set) before they are compared with an MDE; with no
+    are rates over questions. The seed's effects are stated on our reading's scale through
+    ``scale`` (the reading's slope on the gold set) before they are compared with an MDE; with no
     scale they are compared as given.
     """
     models = list(dict.fromkeys(scored.model))
@@ -804,7 +826,7 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     qs.append(records.rate("dpo_coherent_max_push", float(push.mean()) if len(push) else np.nan,
                            n=max(len(push), 1)))
     if scale is not None and all(np.isfinite([scale["slope"], scale["lo"], scale["hi"]])):
-        qs.append(records.Quantity("judge_slope", scale["slope"], "judge points per gold point", scale["n"],
+        qs.append(records.Quantity("reading_slope", scale["slope"], "reading points per gold point", scale["n"],
                                    (scale["lo"], scale["hi"]), *records.se_tolerance(
                                        max((scale["hi"] - scale["lo"]) / 3.92, 1e-3), k=3)))
     if floors is not None:
@@ -813,7 +835,7 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     slope = scale["slope"] if scale is not None else 1.0  # NaN (no usable gold scores): no MDE verdicts
 
     def ours(s: float) -> float:
-        """A seed effect (its judge's points) in our judge's points."""
+        """A seed effect (its judge's points) in our reading's points."""
         return s * slope
 
     fmt = records.format_quantity
@@ -825,7 +847,7 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     both = steers.get("sft", False) and steers.get("dpo", False)
     mde = max((unc.score_mde(_delta(scored, m, "single", *_at(summ, m))) if _at(summ, m)[0] is not None
                else np.inf) for m in ("sft", "dpo"))
-    # the seed's best push into each fine-tune (its L12 rows), on our judge's scale
+    # the seed's best push into each fine-tune (its L12 rows), on our reading's scale
     seed_best = SEED[SEED.layer == 12]
     seed_push = {m.lower(): ours(t - SEED_BASELINE) for m, t in zip(seed_best.model, seed_best.trait, strict=True)}
     v, why = records.decide(holds=both, positive_control=control, seed_effect=min(seed_push.values()), mde=mde)
@@ -842,7 +864,7 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
         if open_:
             pushes = ", ".join(f"{seed_push[m]:.1f} points for {m.upper()}" for m in open_)
             v, why = "inconclusive", (f"{why}, whose interval still holds the seed's push ({pushes} "
-                                      "on this judge's scale): it is neither seen nor ruled out")
+                                      "on this reading's scale): it is neither seen nor ruled out")
     elif v != "holds" and control is False:  # a blind pipeline: no MDE can stand in for the control
         v, why = "inconclusive", (f"the positive control ({control_name}, its own vectors) was not seen to "
                                   "steer either: this pipeline's power to see steering is not shown")
@@ -871,7 +893,7 @@ def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFra
     claims.append(records.Claim(
         "dpo_resists_early", f"At an early layer (ours: L{early}, the earliest steered) base vectors move the "
         "DPO model less than the SFT model (per-question Δ SFT − Δ DPO over the ratios where both are unbroken)",
-        seed=f"L8 of 32: SFT 82.5 vs DPO 65.8 (16.7 points; {ours(16.7):.1f} on our judge's scale)",
+        seed=f"L8 of 32: SFT 82.5 vs DPO 65.8 (16.7 points; {ours(16.7):.1f} on our reading's scale)",
         ours=fmt(gq), verdict=v, reason=why, quantity="sft_minus_dpo_early"))
     s_top, d_top = _best(summ, "sft", "single"), _best(summ, "dpo", "single")
     agree = best_layer_agreement(scored, P, refits)
