@@ -35,7 +35,8 @@
 # floors fitted on our gold sets' coherence labels), not from the judge. Controls in the same
 # run: norm-matched random directions at several seeds (rotated over the questions), and a **positive control** — the same
 # pipeline on Qwen2.5-Coder-0.5B-Instruct, in its chat template, with its own vectors, where
-# the metrics-vs-steering and ratio-zones reports show this judge sees optimism steering. A "not held" needs that control (or a minimum
+# the metrics-vs-steering report (probe reading) and the ratio-zones report (the judge's score) see
+# optimism steering. A "not held" needs that control (or a minimum
 # detectable effect below the seed's, stated on our reading's scale through its slope on the
 # gold set); otherwise the verdict is "inconclusive". With the control seen, a fine-tune whose
 # best effect is not seen still leaves "transfer works" inconclusive while its interval holds the

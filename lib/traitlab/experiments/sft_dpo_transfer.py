@@ -28,9 +28,9 @@ rotated, the default: each question answered under one of the seeds per cell, th
 rotating over the questions, so a cell sees every seed for the cost of one condition; crossed:
 every seed answers every question); and a **positive control**: the same
 pipeline on ``control_model`` (in its own chat template) steered with its own vectors (at
-``control_layers``), the setting in which the ratio-zones report shows this judge sees optimism
-steering. Without the control a flat
-grid cannot tell "does not transfer" from "this judge cannot see it".
+``control_layers``), the setting in which the metrics-vs-steering (probe) and ratio-zones (judge
+score) reports see optimism steering. Without the control a flat grid cannot tell "does not
+transfer" from "this reading cannot see it".
 
 Example (the condition grid of one chain model):
     >>> p = Params(layers=[3, 8], ratios=[0.1, 0.4], random_seeds=[1, 2], random_layers=[8],
