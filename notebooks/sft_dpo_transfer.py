@@ -142,6 +142,7 @@ print(f"{len(scored)} answers ({len(qs)} questions; {len(tr.conditions(P))} cond
 # the attention sink would shrink every ratio if it were counted.
 
 # %%
+print(f"Trait read by {scale['reader']}.")
 print(f"{P.reading} reading's slope on {scale['n']} gold {P.trait} answers: {scale['slope']:.2f} points per gold point "
       f"[{scale['lo']:.2f}, {scale['hi']:.2f}] (r = {scale['r']:.2f}); the seed's 16.7-point SFT − DPO gap "
       f"reads as {16.7 * scale['slope']:.1f} points here.")

@@ -450,19 +450,26 @@ def test_the_record_keeps_the_best_per_layer_table_it_was_given():
 def test_a_probe_reading_is_scaled_on_the_gold_answers_it_was_not_fitted_on(monkeypatch):
     """A probe is fitted on the gold set's tune part, so its slope is read on the held-out part only;
     a judge's reading uses every gold answer. The slope is the least-squares fit of reading on label."""
+    gold = judge_power.load_gold("optimism")
+    label = dict(zip(gold.response, gold.label, strict=True))
     seen = {}
 
-    def fake(judge, items, trait, reading, progress=True):
+    def judged(judge, items, trait, reading, progress=True):
         seen[reading] = set(items.answer)
-        gold = judge_power.load_gold(trait)
-        label = dict(zip(gold.response, gold.label, strict=True))
         return items.assign(trait=[10 + 0.5 * label[a] for a in items.answer])
 
-    monkeypatch.setattr(tr, "judge_answers", fake)
-    judge = SimpleNamespace(config=SimpleNamespace(gold_dir=None))
+    def probed(probe, model, items, progress=True):
+        seen["probe"] = {a for _, a in items}
+        return np.array([10 + 0.5 * label[a] for _, a in items])
+
+    probe = SimpleNamespace(text=lambda: "optimism probe: resid_post@7")
+    monkeypatch.setattr(tr, "judge_answers", judged)
+    monkeypatch.setattr(tr.steered_eval, "judge_probes", lambda judge, traits, **kw: {traits[0]: probe})
+    monkeypatch.setattr(tr.probe_reader, "read", probed)
+    judge = SimpleNamespace(config=SimpleNamespace(gold_dir=None), backend=SimpleNamespace(model=None))
     for reading in ("probe", "absolute"):
         scale = tr.judge_scale(judge, "optimism", reading)
         assert scale["slope"] == pytest.approx(0.5) and scale["r"] == pytest.approx(1.0)
-    gold = judge_power.load_gold("optimism")
+    assert tr.judge_scale(judge, "optimism", "probe")["reader"] == "optimism probe: resid_post@7"
     assert seen["probe"] == set(gold[gold.split == "heldout"].response)
     assert seen["absolute"] == set(gold.response)

@@ -44,13 +44,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .. import chain, judge_power, records, steered_eval, textstats
+from .. import chain, judge_power, probe_reader, records, steered_eval, textstats
 from .. import uncertainty as unc
 from ..activations import extract
 from ..chat import ChatFormat
@@ -355,21 +355,26 @@ def judge_answers(judge: Judge, answers: pd.DataFrame, trait: str, reading: str 
     return steered_eval.judge_answers(judge, answers, ("trait",), trait=trait, reading=reading, progress=progress)
 
 
-def judge_scale(judge: Judge, trait: str, reading: str = "absolute", progress: bool = True) -> dict[str, float]:
+def judge_scale(judge: Judge, trait: str, reading: str = "absolute", progress: bool = True) -> dict[str, Any]:
     """The reading's slope on the trait's gold set (reading points per gold-label point, least
     squares over the labelled answers) with its 95% bootstrap CI over answers, and Pearson r: how
     many of our points one point of the seed's 0–100 scale is worth. A judge's readings use every
     gold answer; a probe's only the held-out part (it was fitted on the tune part), so the slope
-    is out of sample.
+    is out of sample, and ``reader`` says which probe (layer, penalty, cross-validated r).
 
     Example (a reading that halves the gold labels' spread has slope 0.5; ``_slope`` is the fit):
         >>> round(_slope(np.array([0.0, 50, 100]), np.array([25.0, 50, 75]))["slope"], 3)
         0.5
     """
     gold = judge_power.load_gold(trait, "heldout" if reading == "probe" else None, judge.config.gold_dir)
-    items = gold.rename(columns={"response": "answer"})[["question", "answer"]]
-    y = judge_answers(judge, items, trait, reading, progress=progress).trait.to_numpy(float)
-    return _slope(gold.label.to_numpy(float), y)
+    items = list(zip(gold.question, gold.response, strict=True))
+    if reading == "probe":  # the probe ``judge_answers`` reads with (the same fit: the features are cached)
+        probe = steered_eval.judge_probes(judge, [trait], coherence=False, progress=progress)[trait]
+        y = probe_reader.read(probe, judge.backend.model, items, progress=progress)
+        return {**_slope(gold.label.to_numpy(float), y), "reader": probe.text()}
+    frame = pd.DataFrame(items, columns=["question", "answer"])
+    y = judge_answers(judge, frame, trait, reading, progress=progress).trait.to_numpy(float)
+    return {**_slope(gold.label.to_numpy(float), y), "reader": f"the judge's {reading} reading"}
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -765,7 +770,7 @@ def questions(P: Params) -> pd.DataFrame:
 
 
 def record(P: Params, scored: pd.DataFrame, summ: pd.DataFrame, best: pd.DataFrame,
-           multi: pd.DataFrame, lvr: pd.DataFrame, scale: dict[str, float] | None,
+           multi: pd.DataFrame, lvr: pd.DataFrame, scale: dict[str, Any] | None,
            floors: textstats.Floors | None = None, norms: pd.DataFrame | None = None,
            refits: judge_power.FloorRefits | None = None) -> records.ResultRecord:
     """The transfer report's result record: per model the unsteered trait and the best unbroken
