@@ -367,14 +367,15 @@ def judge_scale(judge: Judge, trait: str, reading: str = "absolute", progress: b
         0.5
     """
     gold = judge_power.load_gold(trait, "heldout" if reading == "probe" else None, judge.config.gold_dir)
-    items = list(zip(gold.question, gold.response, strict=True))
+    gold = gold.rename(columns={"response": "answer"})
     if reading == "probe":  # the probe ``judge_answers`` reads with (the same fit: the features are cached)
         probe = steered_eval.judge_probes(judge, [trait], coherence=False, progress=progress)[trait]
-        y = probe_reader.read(probe, judge.backend.model, items, progress=progress)
-        return {**_slope(gold.label.to_numpy(float), y), "reader": probe.text()}
-    frame = pd.DataFrame(items, columns=["question", "answer"])
-    y = judge_answers(judge, frame, trait, reading, progress=progress).trait.to_numpy(float)
-    return {**_slope(gold.label.to_numpy(float), y), "reader": f"the judge's {reading} reading"}
+        items = list(zip(gold.question, gold.answer, strict=True))
+        y, reader = probe_reader.read(probe, judge.backend.model, items, progress=progress), probe.text()
+    else:
+        y = judge_answers(judge, gold[["question", "answer"]], trait, reading, progress=progress).trait.to_numpy(float)
+        reader = f"the judge's {reading} reading"
+    return {**_slope(gold.label.to_numpy(float), y), "reader": reader}
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
