@@ -117,3 +117,61 @@ def weight_bytes(model: Any) -> int:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
     return total
+
+
+def matmul_gflops(dtype: torch.dtype, d: int = 896, ffn: int = 4864, rows: tuple[int, ...] = (256, 1024, 4096),
+                  seconds: float = 1.0) -> float:
+    """This machine's best throughput, GFLOP/s, on the product a transformer layer spends most of
+    its time in: [rows, d] activations through a [ffn, d] linear weight (Qwen2.5-0.5B's MLP shape),
+    in ``dtype``, the best of ``rows``, each repeated for about ``seconds`` after a warm-up. About
+    what a model forward can reach at best here (torch's kernels, these cores)."""
+    best = 0.0
+    for r in rows:
+        x, w = torch.randn(r, d, dtype=dtype), torch.randn(ffn, d, dtype=dtype)
+        for _ in range(3):
+            torch.nn.functional.linear(x, w)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            torch.nn.functional.linear(x, w)
+            n += 1
+        best = max(best, 2 * r * d * ffn * n / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+class ForwardCount:
+    """Counts the tokens a Hugging Face causal LM runs (every input position, padding included)
+    and the positions its unembedding (``lm_head``) runs on, by forward hooks, so a timed run's
+    work can be put in FLOPs: 2 × (parameters less the embedding and the head) per token plus
+    2 × head parameters per head position; attention scores, small at these lengths, are left out.
+
+        with ForwardCount(hf) as c:
+            hf(input_ids=ids)
+        c.gflop
+    """
+
+    def __init__(self, hf: Any) -> None:
+        self.hf, self.tokens, self.head_rows, self._hooks = hf, 0, 0, []
+        emb, head = hf.get_input_embeddings(), hf.get_output_embeddings()
+        self._emb, self._head = emb, head
+        skip = {p.data_ptr() for p in (*emb.parameters(), *head.parameters())}
+        self.body_params = sum(p.numel() for p in {p.data_ptr(): p for p in hf.parameters()}.values()
+                               if p.data_ptr() not in skip)
+        self.head_params = sum(p.numel() for p in head.parameters())
+
+    def __enter__(self) -> ForwardCount:
+        def on_emb(_m, args, _out):
+            self.tokens += args[0].numel()
+
+        def on_head(_m, args, _out):
+            self.head_rows += args[0].numel() // args[0].shape[-1]
+
+        self._hooks = [self._emb.register_forward_hook(on_emb), self._head.register_forward_hook(on_head)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._hooks:
+            h.remove()
+
+    @property
+    def gflop(self) -> float:
+        return (2 * self.body_params * self.tokens + 2 * self.head_params * self.head_rows) / 1e9

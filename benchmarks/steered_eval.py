@@ -7,7 +7,11 @@
    ``Judge.score_many`` → ``LocalBackend.complete_many`` (shared prefill per question, padded
    batch, one trie forward per depth for the batch, each prompt's trie nodes appended to its own
    cache row under a tree-attention mask instead of one copied cache row per node). Target: ≥ 3× answers per second; scores
-   equal within 1e-4.
+   equal within 1e-4. Then the judge as the judge-calibration report reads it (``judge_modes``):
+   real gold answers, trait and coherence, each by logprob and by text; old: two prompt forwards
+   per answer and metric (the logprob path above, ``generate`` for the text), new:
+   ``judge.score_modes`` (one prefill for both). Target ≥ 3×; scores within 1e-4, identical texts;
+   with the work in GFLOP and the new path's share of this machine's matmul throughput.
 2. **Steered generation** over a grid of conditions. Old: one ``generate_steered`` call per
    condition. New: ``generate_steered_grid`` (conditions decoded together). Target ≥ 2×;
    identical greedy texts.
@@ -23,6 +27,7 @@
 Each side runs ``--rounds`` times in A/B/A/B order; the ratio is of the medians.
 
     python benchmarks/steered_eval.py --judge qwen2.5-coder-0.5b-instruct --model qwen2.5-coder-0.5b-instruct
+    python benchmarks/steered_eval.py --only judge_modes --rounds 3   # the other parts keep their figures
 """
 
 from __future__ import annotations
@@ -33,12 +38,20 @@ import json
 import math
 import statistics
 import time
+from dataclasses import replace
 
 import torch
-from common import RESULTS, rows_speedup, save, target
+from common import RESULTS, ForwardCount, matmul_gflops, rows_speedup, save, target
 
 from traitlab.data import opinion_questions
-from traitlab.judge import Judge, JudgeConfig, LocalBackend, judge_messages, weighted_score
+from traitlab.judge import (
+    Judge,
+    JudgeConfig,
+    LocalBackend,
+    judge_messages,
+    score_modes,
+    weighted_score,
+)
 from traitlab.models import load_model
 from traitlab.steering import (
     DECODE_ROWS,
@@ -120,6 +133,85 @@ def judge_bench(spec: str, n_questions: int, rounds: int, per_question: int = le
             "answers_per_second": {"old": len(items) / statistics.median(old_s),
                                    "new": len(items) / statistics.median(new_s)},
             "speedup": target(ratio, 3.0, ">="), "max_abs_score_diff": target(diff, 1e-4, "<=")}
+
+
+def judge_modes_bench(spec: str, n_questions: int, rounds: int) -> dict:
+    """The judge as the judge-calibration report reads it: every answer scored for the trait and
+    for coherence, each both by its integer distribution (logprob) and by the integer it writes
+    (text). Old: per answer and metric, the logprob path before batching (``old_scores``) and a
+    ``generate`` over the whole prompt for the text (``LocalBackend.complete``), two prefills.
+    New: ``score_modes`` (one prefill per prompt for both modes, the question's prefix shared, the
+    answers batched). Answers: the optimism gold set's held-out answers (about 100 tokens each,
+    the length of the reports' answers). Also the work each side does (``ForwardCount``) and the
+    new side's GFLOP/s against this machine's float32 matmul throughput (``matmul_gflops``)."""
+    from traitlab.judge_power import load_gold
+
+    be = LocalBackend(load_model(spec, dtype="float32", quiet=True))
+    gold = load_gold("optimism", "heldout")
+    gold = gold[gold.question.isin(list(dict.fromkeys(gold.question))[:n_questions])]
+    items = list(zip(gold.question, gold.response, strict=True))
+    cfg = JudgeConfig(backend="local", model=spec, dtype="float32", min_mass=0.0)
+    msgs = {m: [judge_messages(m, q, a) for q, a in items] for m in ("trait", "coherence")}
+
+    def old() -> dict:
+        return {m: [(old_scores(be, [be._prompt_ids(x)])[0],
+                     be.complete(x, mode="text", top_logprobs=cfg.top_logprobs, max_tokens=cfg.max_tokens).text)
+                    for x in ms] for m, ms in msgs.items()}
+
+    def new() -> dict:
+        j = Judge(cfg, backend=be, cache=None)
+        judges = {"logprob": j, "text": j.with_mode("text")}
+        got = {m: score_modes(judges, m, items, progress=False) for m in msgs}
+        return {m: list(zip(g["logprob"], g["text"], strict=True)) for m, g in got.items()}
+
+    secs: dict[str, list[float]] = {"old": [], "new": []}
+    work, got = {}, {}
+    for _ in range(rounds):
+        for side, fn in (("old", old), ("new", new)):
+            with ForwardCount(be.model.hf) as count:
+                t, got[side] = _timed(fn)
+            secs[side].append(t)
+            work[side] = count
+    pairs = [(o, n) for m in msgs for o, n in zip(got["old"][m], got["new"][m], strict=True)]
+    diff = max(abs(weighted_score(o[0], 0.0)[0] - n[0].value) for o, n in pairs)
+    same_text = sum(o[1] == n[1].text for o, n in pairs) / len(pairs)
+    med = {k: statistics.median(v) for k, v in secs.items()}
+    ratio = med["old"] / med["new"]
+    peak = matmul_gflops(torch.float32)
+    achieved = work["new"].gflop / med["new"]
+    auto = auto_floor(spec, items, cfg)
+    print(f"judge both modes {spec}: {len(items)} answers x 2 metrics: old {med['old']:.1f} s "
+          f"({work['old'].gflop:.0f} GFLOP), new {med['new']:.1f} s ({work['new'].gflop:.0f} GFLOP), {ratio:.2f}x; "
+          f"max |score diff| {diff:.1e}, identical texts {same_text:.0%}; new at {achieved:.0f} GFLOP/s, "
+          f"float32 matmul {peak:.0f} GFLOP/s")
+    return {"judge": spec, "answers": len(items), "metrics": 2, "questions": n_questions, "seconds": secs,
+            "answers_per_second": {k: len(items) / v for k, v in med.items()},
+            "gflop": {k: w.gflop for k, w in work.items()}, "tokens": {k: w.tokens for k, w in work.items()},
+            "new_gflops": achieved, "float32_matmul_gflops": peak, "share_of_matmul": achieved / peak,
+            "speedup": target(ratio, 3.0, ">="), "max_abs_score_diff": target(diff, 1e-4, "<="),
+            "identical_text_share": target(same_text, 1.0, ">="), "auto": auto}
+
+
+def auto_floor(spec: str, items: list[tuple[str, str]], cfg: JudgeConfig) -> dict:
+    """The new path as the reports run it (``dtype: auto``: bfloat16 where this CPU computes it
+    natively and faster): seconds of a second run (the first warms up), its GFLOP/s and this
+    machine's matmul throughput in that dtype. Nothing is compared: the scores differ from float32
+    ones by bfloat16's rounding."""
+    from traitlab.models import resolve_dtype
+
+    dtype, why = resolve_dtype("auto")
+    be = LocalBackend(load_model(spec, dtype=dtype, quiet=True))
+    j = Judge(replace(cfg, dtype=dtype), backend=be, cache=None)
+    judges = {"logprob": j, "text": j.with_mode("text")}
+    for _ in range(2):
+        j._shared.pop("ahead", None)
+        with ForwardCount(be.model.hf) as count:
+            t, _ = _timed(lambda: [score_modes(judges, m, items, progress=False) for m in ("trait", "coherence")])
+    peak = matmul_gflops(getattr(torch, dtype))
+    print(f"  as the reports run it ({dtype}: {why}): {t:.1f} s, {count.gflop / t:.0f} GFLOP/s, "
+          f"{dtype} matmul {peak:.0f} GFLOP/s")
+    return {"dtype": dtype, "why": why, "seconds": t, "answers_per_second": len(items) / t,
+            "gflops": count.gflop / t, "matmul_gflops": peak, "share_of_matmul": count.gflop / t / peak}
 
 
 def grid_bench(spec: str, n_prompts: int, n_new: int, rounds: int) -> dict:
@@ -215,7 +307,7 @@ def perplexity_bench(spec: str, n_questions: int, per_question: int, rounds: int
             "max_abs_log_ppl_diff": target(diff, 1e-4, "<=")}
 
 
-PARTS = {"judge": ("judge", "judge_one_per_question"), "grid": ("grid",), "grid_rows": ("grid_rows",),
+PARTS = {"judge": ("judge", "judge_one_per_question"), "judge_modes": ("judge_modes",), "grid": ("grid",), "grid_rows": ("grid_rows",),
          "perplexity": ("perplexity",)}
 
 
@@ -239,6 +331,8 @@ def main() -> None:
         figures["judge"] = judge_bench(args.judge, args.questions, args.rounds)
         # natural elicitation's checks: one answer per question (no question prefix to share)
         figures["judge_one_per_question"] = judge_bench(args.judge, len(ANSWERS) * args.questions, args.rounds, 1)
+    if args.only in (None, "judge_modes"):
+        figures["judge_modes"] = judge_modes_bench(args.judge, args.questions, args.rounds)
     if args.only in (None, "grid"):
         figures["grid"] = grid_bench(args.model, args.prompts, args.new_tokens, args.rounds)
     if args.only in (None, "grid_rows"):

@@ -23,7 +23,7 @@
 # | `refusal_sweep.py` | the refusal dial's last-token sweep: a full forward per condition vs prefix + lower-layer reuse | ≥ 20× faster, scores within 1e-4 |
 # | `memory.py` | peak RSS extracting 1,000 prompts × every layer, in memory and streamed to disk | ≤ 1.5× the weights |
 # | `scaling.py` | time and peak memory against prompt count and model size | curves and fitted log-log slopes |
-# | `steered_eval.py` | the two costs of every steering report: the local judge (one prompt per answer vs answers to a question batched on a shared prefill) and steered generation (one call per condition vs conditions decoded together) | judge ≥ 3×, scores within 1e-4; generation ≥ 2×, identical greedy texts |
+# | `steered_eval.py` | the two costs of every steering report: the local judge (one prompt per answer vs answers to a question batched on a shared prefill; and reading both by logprob and by text, one prefill vs two) and steered generation (one call per condition vs conditions decoded together) | judge ≥ 3×, scores within 1e-4; generation ≥ 2×, identical greedy texts |
 # | `decode_floor.py` | steered generation (nnsight, shared prefix) vs the same rows decoded by bare `transformers`; the achieved throughput and the unembedding's share of a step; finished rows dropped from the batch vs decoded to the longest | ≤ 1.05× the bare time, identical tokens; dropping ≥ 1.05× faster, identical tokens |
 #
 # Runs alternate between the compared sides on the same inputs, and the figures that matter
@@ -141,6 +141,14 @@ print(f"naive {sw['naive_seconds']:.1f} s, reuse {sw['reuse_seconds']:.1f} s: "
 # node). Answers to different questions, one each, share the rubric's prefill and the batch. Steered
 # generation decodes every condition (coefficients, layers, random directions) of a prompt
 # batch together, each row with its own additions, up to `steering.DECODE_ROWS` (256) rows a step.
+#
+# The judge-calibration report reads every answer four ways: trait and coherence, each by the
+# integer distribution and by the integer the judge writes. Before, each was its own prompt forward
+# (`generate` over the whole prompt for the written integer); now one prefill serves both readings
+# (`judge.score_modes`). Its line also gives the work each side did (2 × parameters FLOPs per token
+# run, trie nodes and padding included) and the new path's GFLOP/s beside this machine's best
+# matmul throughput in the same dtype, in float32 (where scores are compared) and as the reports
+# run it (`dtype: auto`): how far the judge is from the arithmetic floor.
 
 # %%
 se_ = results["steered_eval"]["figures"]
@@ -150,6 +158,16 @@ for j in (se_[k] for k in ("judge", "judge_one_per_question") if k in se_):
           f"{j['answers_per_second']['old']:.2f} -> {j['answers_per_second']['new']:.2f} answers/s, "
           f"{j['speedup']['value']:.2f}x (target {j['speedup']['target']}); max |score diff| "
           f"{j['max_abs_score_diff']['value']:.1e} (target {j['max_abs_score_diff']['target']})")
+if "judge_modes" in se_:
+    j, a = se_["judge_modes"], se_["judge_modes"]["auto"]
+    print(f"judge {j['judge']}, trait and coherence by logprob and by text, {j['answers']} gold answers: "
+          f"{j['answers_per_second']['old']:.2f} -> {j['answers_per_second']['new']:.2f} answers/s, "
+          f"{j['speedup']['value']:.2f}x (target {j['speedup']['target']}); max |score diff| "
+          f"{j['max_abs_score_diff']['value']:.1e}, identical texts {j['identical_text_share']['value']:.0%}; "
+          f"work {j['gflop']['old']:,.0f} -> {j['gflop']['new']:,.0f} GFLOP")
+    print(f"  float32: {j['new_gflops']:.0f} GFLOP/s of a {j['float32_matmul_gflops']:.0f} GFLOP/s matmul "
+          f"({j['share_of_matmul']:.0%}); {a['dtype']} (dtype auto): {a['gflops']:.0f} of {a['matmul_gflops']:.0f} "
+          f"({a['share_of_matmul']:.0%}), {a['answers_per_second']:.2f} answers/s")
 print(f"generation {g['model']}: {g['conditions']} conditions x {g['prompts']} prompts x {g['new_tokens']} tokens: "
       f"{g['steered_tokens_per_second']['old']:.1f} -> {g['steered_tokens_per_second']['new']:.1f} steered tokens/s, "
       f"{g['speedup']['value']:.2f}x (target {g['speedup']['target']}); identical texts "

@@ -102,3 +102,31 @@ def test_decode_overhead_tolerance_comes_from_its_alternating_rounds():
     assert rec["decode_floor.overhead"].tolerance == pytest.approx(2 * 1.0 * (2 * se ** 2) ** 0.5)
     assert rec["decode_floor.identical_share"].tolerance == pytest.approx(0.1)  # measured once: 10%
     assert {c.id: c.verdict for c in rec.claims}["decode_floor_overhead"] == "holds"
+
+
+def test_forward_count_puts_a_forward_in_flops():
+    """``benchmarks/common.ForwardCount``: every input position counted (padding too), the head
+    only where logits are kept; FLOPs = 2 × (body parameters × tokens + head parameters × head rows)."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from traitlab.models import load_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from common import ForwardCount
+
+    hf = load_model("tiny-qwen2").hf
+    with torch.no_grad(), ForwardCount(hf) as c:
+        hf(input_ids=torch.ones(3, 5, dtype=torch.long), logits_to_keep=1)
+        hf(input_ids=torch.ones(2, 4, dtype=torch.long))
+    emb, head = hf.get_input_embeddings().weight, hf.get_output_embeddings().weight
+    tied = emb.data_ptr() == head.data_ptr()
+    total = sum(p.numel() for p in {p.data_ptr(): p for p in hf.parameters()}.values())
+    assert c.head_params == head.numel()
+    assert c.body_params == total - emb.numel() - (0 if tied else head.numel())
+    assert (c.tokens, c.head_rows) == (3 * 5 + 2 * 4, 3 * 1 + 2 * 4)
+    assert c.gflop == pytest.approx(2 * (c.body_params * 23 + c.head_params * 11) / 1e9)
+    hf(input_ids=torch.ones(1, 2, dtype=torch.long))  # hooks removed on exit
+    assert c.tokens == 23
