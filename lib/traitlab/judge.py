@@ -890,7 +890,7 @@ class LocalBackend:
             o = hf(input_ids=ids, past_key_values=cache, use_cache=True, attention_mask=m4, position_ids=pos)
             cache = o.past_key_values
             logps = torch.log_softmax(o.logits.float(), -1)  # [b, n, V]
-            p_more = logps.exp()[..., self._digit_start].sum(-1)  # [b, n]
+            p_more = logps[..., self._digit_start].exp().sum(-1)  # [b, n]; exp of the digit columns only
             frontier = []
             for (child, _t, p, r, path), q in zip(grow, col, strict=True):
                 if child["value"] is not None:
@@ -926,7 +926,7 @@ class LocalBackend:
                    attention_mask=rows_mask, position_ids=pos)
             cache = o.past_key_values
             logps = torch.log_softmax(o.logits[:, -1].float(), -1)
-            p_more = logps.exp()[:, self._digit_start].sum(-1)
+            p_more = logps[:, self._digit_start].exp().sum(-1)
             for i, (child, _t, p, _row, b) in enumerate(grow):
                 if child["value"] is not None:
                     v = child["value"]
