@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt setup.py
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@ $(VENV)/.installed-runtime
 
-# Renders every notebook whose inputs exist (about 3 h on 2 CPU cores for all of them); each
+# Renders every notebook whose inputs exist (about 4.8 h on 2 CPU cores from cold caches: README); each
 # notebook skipped for a missing public dataset is named with the fix (`make datasets`).
 reports: install-runtime
 	$(BIN)/traitlab render $(NOTEBOOKS) --profile $(PROFILE)
