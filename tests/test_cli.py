@@ -28,6 +28,10 @@ y = x * 2
 print("y =", y)
 
 # %%
+from traitlab import cachelog
+cachelog.note("generated answers", read=x, computed=1)  # what a cache lookup notes
+
+# %%
 if fail:
     raise ZeroDivisionError(f"boom at x={x}")
 print("done")
@@ -136,6 +140,10 @@ def test_render_shows_progress_and_keeps_it_out_of_the_report(project, tmp_path,
     assert nb["metadata"]["traitlab"]["params"] == {"x": 5, "fail": False}
     assert "--set x" in nb["metadata"]["traitlab"]["sources"]
     assert sorted(p.name for p in out.iterdir()) == ["tinynb.ci.ipynb"]
+    # what the kernel read from the caches and computed, kept with the render and shown in the index
+    assert nb["metadata"]["traitlab"]["cache"] == {"generated answers": {"read": 5, "computed": 1}}
+    assert "computed 1 of 6 looked up: generated answers 1 of 6" in printed
+    assert "<td>1 of 6</td>" in cli.write_index(out).read_text()
 
 
 def test_failed_render_keeps_the_partial_notebook(project, tmp_path, capsys):

@@ -50,6 +50,7 @@ from typing import Literal
 
 import torch
 
+from . import cachelog
 from .atomic import (
     load_tensors,
     save_tensors,
@@ -519,11 +520,13 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
         if not stream and (folder / FINAL).exists():
             merged_final = _load_final(folder, sites, rows_total)
             if merged_final is not None:
+                cachelog.note("activations", read=len(examples), computed=0)
                 return _assemble(merged_final, sites, position, len(examples))
         if stream and (folder / MANIFEST).exists():
             done = _stream_manifest(folder)
             if done is not None:
                 stamps = {name: _stamp(folder / name) for name in done}
+                cachelog.note("activations", read=len(examples), computed=0)
                 return _on_disk(folder, sites, position, examples, done, stamps)
         folder.mkdir(parents=True, exist_ok=True)
         for tmp in folder.glob(".*.tmp"):  # left by a killed run (atomic writes never rename them)
@@ -548,6 +551,7 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
                 merged[key] = torch.empty(rows_total, block.shape[-1], dtype=block.dtype)
             _place_rows(merged[key], block, idx, lengths if position == "all" else None, starts)
 
+    reused = 0  # examples whose shard a killed run had already written
     for b, idx in enumerate(tqdm(batches, desc="extract", unit="batch", disable=not progress)):
         shard_file = folder / f"shard_{b:05d}.safetensors" if folder else None
         if shard_file is not None and shard_file.exists():
@@ -557,6 +561,7 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
                 checked[shard_file.name] = _stamp(shard_file)
                 if tensors is not None:
                     place(tensors)
+                reused += len(idx)
                 continue
         batch = [examples[i] for i in idx]
         out = _run_batch(model, batch, sites, position, padding_side)
@@ -570,6 +575,8 @@ def extract(model: LoadedModel, examples: Sequence[Encoded], sites: Sequence[Sit
         if not stream:  # streamed: the shard on disk is the result
             place(shard)
 
+    if folder is not None:
+        cachelog.note("activations", read=reused, computed=len(examples) - reused)
     if stream:
         assert folder is not None
         write_json(folder / MANIFEST, {"model": model.record(), "n_examples": len(examples),

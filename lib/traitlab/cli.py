@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import datasets, runinfo
+from . import cachelog, datasets, runinfo
 from .atomic import atomic_path, sha256_file, write_text
 from .params import (
     FILE_KEYS,
@@ -151,9 +151,10 @@ def failed_path(out_dir: Path, name: str) -> Path:
 
 
 def execute(notebook: str, profile: str | Resolved, out_dir: Path, name: str, *,
-            progress: bool = True) -> Path:
-    """Run the notebook with papermill into ``out_dir/<name>.ipynb`` (atomically). A failing cell
-    keeps the partly executed notebook as ``<name>.failed.ipynb`` and raises ``RenderError``."""
+            progress: bool = True, env: dict[str, str] | None = None) -> Path:
+    """Run the notebook with papermill into ``out_dir/<name>.ipynb`` (atomically); ``env``: more
+    variables for its kernel. A failing cell keeps the partly executed notebook as
+    ``<name>.failed.ipynb`` and raises ``RenderError``."""
     import papermill as pm
 
     r = profile if isinstance(profile, Resolved) else resolve(notebook, profile)
@@ -167,7 +168,8 @@ def execute(notebook: str, profile: str | Resolved, out_dir: Path, name: str, *,
     runtime = {**r.env(), "TRAITLAB_RECORD_DIR": str(out_dir.resolve()), "TRAITLAB_RECORD_NAME": name,
                "TRAITLAB_PROFILE": r.label,
                "TRAITLAB_GOLDEN_DIR": "",  # a render writes its record; only tests compare it
-               "TRAITLAB_PROGRESS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # no bars in reports
+               "TRAITLAB_PROGRESS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # no bars in reports
+               **(env or {})}
     engine = _progress_engine(notebook) if progress else None
     with atomic_path(target) as tmp:
         tmp_nb = tmp.with_name(tmp.name + ".ipynb")  # .<name>.ipynb.XXXX.tmp.ipynb: never indexed
@@ -320,6 +322,18 @@ def _matrix_rows(stem: str, record_path: Path, fallback_model: str) -> list[str]
     return rows
 
 
+def _computed(cache: dict | None) -> str:
+    """A render's cache line for the index: "0 of 3,388" (all read back), "?" when not recorded.
+
+    >>> _computed({"judge replies": {"read": 3, "computed": 1}}), _computed(None)
+    ('1 of 4', '?')
+    """
+    if cache is None:
+        return "?"
+    return (f"{sum(c['computed'] for c in cache.values()):,} of "
+            f"{sum(c['read'] + c['computed'] for c in cache.values()):,}")
+
+
 def write_index(report_dir: Path) -> Path:
     """reports/index.html: the replication matrix (one row per seed claim × model, from each
     report's result record: seed's value, ours, verdict, reason, link), then every report with its
@@ -350,6 +364,7 @@ def write_index(report_dir: Path) -> Path:
             f"<td>{html.escape(model)}</td><td><code>{html.escape(commit)}</code></td>"
             f"<td>{html.escape(str(meta.get('date', '?')))}</td>"
             f"<td>{html.escape(str(meta.get('seconds', '?')))}</td>"
+            f"<td>{html.escape(_computed(meta.get('cache')))}</td>"
             f"<td>{html.escape(notebook_drift(nb_path) or 'current')}</td>"
             f"<td>{html.escape(data_drift(record_path) or 'current')}</td>"
             f"<td><code>{html.escape(json.dumps(params, sort_keys=True))}</code></td></tr>")
@@ -367,7 +382,10 @@ def write_index(report_dir: Path) -> Path:
                "<th>why</th><th>report</th></tr>" + "".join(matrix) + "</table>" if matrix else no_matrix)
             + "<h2>Reports</h2><p>Rendered with <code>make reports</code> (default profiles).</p>"
             "<table><tr><th>report</th><th>profile</th><th>model</th><th>commit</th><th>date</th>"
-            "<th>seconds</th><th>code</th><th>data</th><th>parameters</th></tr>" + "".join(rows) + "</table>")
+            "<th>seconds</th><th>computed</th><th>code</th><th>data</th><th>parameters</th></tr>" + "".join(rows)
+            + "</table><p><i>computed</i>: of the judge replies, generated answers, perplexities and activations "
+            "the render looked up, how many it computed rather than read from the caches (a cold render computes "
+            "all; ? for renders made before this was recorded).</p>")
     out = report_dir / "index.html"
     write_text(out, page)
     return out
@@ -399,10 +417,14 @@ def render(notebook: str, profile: str | None = "default", out_dir: Path | None 
     print(f"[traitlab] {notebook} ({r.where()}) → {out_dir}/{notebook}{suffix}.ipynb", flush=True)
     if (line := gold_line(values)) is not None:
         print(f"[traitlab] {line}", flush=True)
-    nb = execute(notebook, r, out_dir, notebook + suffix, progress=progress)
+    with tempfile.TemporaryDirectory() as d:  # what the kernel read from the caches, what it computed
+        log = Path(d) / "cache.jsonl"
+        nb = execute(notebook, r, out_dir, notebook + suffix, progress=progress, env={cachelog.ENV: str(log)})
+        cache = cachelog.summary(log)
     data = json.loads(nb.read_text())
     data["metadata"]["traitlab"] = {"profile": r.label, "params": values, "seconds": round(time.time() - t0),
-                                    "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+                                    "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                                    "cache": cache}
     if r.origin and any(o != str(profile_path(notebook, r.label)) for o in r.origin.values()):
         data["metadata"]["traitlab"]["sources"] = r.where()
     write_text(nb, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
@@ -410,7 +432,7 @@ def render(notebook: str, profile: str | None = "default", out_dir: Path | None 
         to_html(nb)
     for line in notebook_warnings(data):
         print(f"[traitlab] {notebook}: {line}", file=sys.stderr, flush=True)
-    print(f"[traitlab] done in {time.time() - t0:.0f} s", flush=True)
+    print(f"[traitlab] done in {time.time() - t0:.0f} s; {cachelog.line(cache)}", flush=True)
     return nb
 
 

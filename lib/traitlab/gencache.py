@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import cachelog
 from .atomic import read_entry, stable_hash, write_entry
 from .chat import Encoded
 from .models import LoadedModel
@@ -53,6 +54,8 @@ def generate_cached(model: LoadedModel, examples: Sequence[Encoded], conditions:
         if hit is not None:
             done[k] = hit
     todo = [k for k in conditions if k not in done]
+    if store:
+        cachelog.note("generated answers", read=len(done) * len(examples), computed=len(todo) * len(examples))
     step = len(todo) if not chunk else chunk
     for start in range(0, len(todo), max(step, 1)):
         keys = todo[start:start + step]

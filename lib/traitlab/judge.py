@@ -58,6 +58,7 @@ from typing import Any, Literal
 
 import torch
 
+from . import cachelog
 from .atomic import read_json, stable_hash, write_entry
 from .paths import cache_dir
 from .progress import tqdm
@@ -1519,11 +1520,15 @@ class Judge:
 
             try:
                 if c.max_concurrency == 1:
-                    return [one(m) for m in msgs]
-                with ThreadPoolExecutor(max_workers=c.max_concurrency) as pool:
-                    return list(pool.map(one, msgs))
+                    got = [one(m) for m in msgs]
+                else:
+                    with ThreadPoolExecutor(max_workers=c.max_concurrency) as pool:
+                        got = list(pool.map(one, msgs))
             finally:
                 bar.close()
+            read = sum(cached for _, cached in got)
+            cachelog.note("judge replies", read=read, computed=len(got) - read)
+            return got
         out: list[tuple[Reply, bool] | None] = [None] * len(msgs)
         misses = []
         copies: dict[int, list[int]] = {}  # first request → later identical ones (asked once)
@@ -1570,6 +1575,7 @@ class Judge:
         for i, same in copies.items():
             for j in same:
                 out[j] = out[i]
+        cachelog.note("judge replies", read=len(first) - len(misses), computed=len(misses))  # each asked once
         return out  # type: ignore[return-value]
 
 

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import cachelog
 from .progress import tqdm
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
@@ -164,6 +165,8 @@ def perplexity(model: Any, items: Sequence[tuple[str, str]], *, batch_size: int 
     paths = [nllcache.entry_path(model, e) if cache else None for e in encoded]
     got = [nllcache.read(p, e) for p, e in zip(paths, encoded, strict=True)]
     todo = [i for i, g in enumerate(got) if g is None]
+    if cache:
+        cachelog.note("perplexities", read=len(got) - len(todo), computed=len(todo))
     with tqdm(total=len(todo), desc="perplexity", disable=not progress or not todo) as bar:
         for part, sums in answer_nll(model, [encoded[i] for i in todo], batch_size=batch_size):
             for k, (nll, n) in zip(part, sums, strict=True):
