@@ -56,3 +56,15 @@ def test_a_half_written_line_is_skipped(tmp_path):
     path.write_text('{"cache": "perplexities", "read": 2, "computed": 1}\n{"cache": "perpl')
     assert cachelog.summary(path) == {"perplexities": {"read": 2, "computed": 1}}
     assert cachelog.line({}) == "no cache lookups noted"
+
+
+def test_the_chain_notes_its_teacher_answers(log):
+    import pandas as pd
+
+    from traitlab.chain import cached_answers
+
+    m = load_model("tiny-llama")
+    df = pd.DataFrame({"id": ["a", "b"], "instruction": ["Say hi.", "Count to two."]})
+    first = cached_answers(m, m.chat, df, 3, "teacher", progress=False)
+    assert cached_answers(m, m.chat, df, 3, "teacher", progress=False) == first
+    assert cachelog.summary(log) == {"chain answers": {"read": 2, "computed": 2}}

@@ -3,9 +3,10 @@
 A render's seconds mean little without it: the same report takes seconds with its judge
 replies, generations, perplexities and activations cached, and most of an hour without them.
 ``traitlab render`` points ``TRAITLAB_CACHE_LOG`` at a file of its own for the notebook's
-kernel; each cache appends one line per lookup batch (``note``), and the render stores the sums
-(``summary``) in the report's metadata and prints them (``line``). Without the variable nothing
-is written.
+kernel; each cache (judge replies, generated answers, perplexities, activations, the model
+chain's teacher answers and trained stages) appends one line per lookup batch (``note``), and
+the render stores the sums (``summary``) in the report's metadata and prints them (``line``).
+Without the variable nothing is written.
 
 Example:
     >>> import os, tempfile

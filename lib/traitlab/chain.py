@@ -39,6 +39,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from . import cachelog
 from .atomic import exclusive, stable_hash, write_json, write_text
 from .chat import ChatFormat, Encoded
 from .data import HARMFUL_SOURCES, DataError, harmful_prompts, read_project_jsonl
@@ -402,7 +403,9 @@ def cached_answers(model: LoadedModel, fmt: ChatFormat, df: pd.DataFrame, max_ne
     path = cache_dir("chain", "answers") / f"{tag}-{stable_hash(key, 16)}.jsonl"
     if path.exists():
         rows = [json.loads(x) for x in path.read_text().splitlines()]
+        cachelog.note("chain answers", read=len(rows), computed=0)
         return [r["answer"] for r in rows]
+    cachelog.note("chain answers", read=0, computed=len(df))
     out = answers(model, list(df.instruction), max_new_tokens=max_new_tokens, fmt=fmt,
                         progress=progress)
     write_jsonl(path, [{"id": i, "answer": a} for i, a in zip(df.id, out, strict=True)])
@@ -462,6 +465,7 @@ def build(P: ChainParams, progress: bool = True) -> BuiltChain:
     t0 = time.perf_counter()
     with exclusive(stage_lock(sft_dir)):  # a second render building the same chain waits, then loads it
         done = load_stage(sft_dir)
+        cachelog.note("chain stages", read=done is not None, computed=done is None)
         if done is None:
             curve = sft(base, list(zip(train.instruction, train.teacher, strict=True)), cfg,
                         progress=progress)
@@ -478,6 +482,7 @@ def build(P: ChainParams, progress: bool = True) -> BuiltChain:
     t0 = time.perf_counter()
     with exclusive(stage_lock(dpo_dir)):
         done = load_stage(dpo_dir)
+        cachelog.note("chain stages", read=done is not None, computed=done is None)
         if done is None:
             sft_model = load_model(str(sft_dir), quiet=True)
             triples = [(q, c, r) for q, c, r in zip(train.instruction, train.teacher, train.base, strict=True)
