@@ -383,9 +383,10 @@ def write_index(report_dir: Path) -> Path:
             + "<h2>Reports</h2><p>Rendered with <code>make reports</code> (default profiles).</p>"
             "<table><tr><th>report</th><th>profile</th><th>model</th><th>commit</th><th>date</th>"
             "<th>seconds</th><th>computed</th><th>code</th><th>data</th><th>parameters</th></tr>" + "".join(rows)
-            + "</table><p><i>computed</i>: of the judge replies, generated answers, perplexities and activations "
-            "the render looked up, how many it computed rather than read from the caches (a cold render computes "
-            "all; ? for renders made before this was recorded).</p>")
+            + "</table><p><i>computed</i>: of what the render looked up in the caches (judge replies, generated "
+            "answers, perplexities, activations, the model chain: <code>traitlab.cachelog</code>), how much it "
+            "computed rather than read back; a cold render computes all, ? marks renders made before this was "
+            "recorded.</p>")
     out = report_dir / "index.html"
     write_text(out, page)
     return out
