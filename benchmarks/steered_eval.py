@@ -159,10 +159,7 @@ def judge_modes_bench(spec: str, n_questions: int, rounds: int) -> dict:
                     for x in ms] for m, ms in msgs.items()}
 
     def new() -> dict:
-        j = Judge(cfg, backend=be, cache=None)
-        judges = {"logprob": j, "text": j.with_mode("text")}
-        got = {m: score_modes(judges, m, items, progress=False) for m in msgs}
-        return {m: list(zip(g["logprob"], g["text"], strict=True)) for m, g in got.items()}
+        return {m: list(zip(g["logprob"], g["text"], strict=True)) for m, g in _both_ways(be, cfg, items).items()}
 
     secs: dict[str, list[float]] = {"old": [], "new": []}
     work, got = {}, {}
@@ -192,6 +189,14 @@ def judge_modes_bench(spec: str, n_questions: int, rounds: int) -> dict:
             "identical_text_share": target(same_text, 1.0, ">="), "auto": auto}
 
 
+def _both_ways(be: LocalBackend, cfg: JudgeConfig, items: list[tuple[str, str]]) -> dict:
+    """Each metric's scores of ``items`` by logprob and by text (``score_modes``), from a fresh
+    judge on ``be`` without a replay cache, so every reply is computed."""
+    j = Judge(cfg, backend=be, cache=None)
+    judges = {"logprob": j, "text": j.with_mode("text")}
+    return {m: score_modes(judges, m, items, progress=False) for m in ("trait", "coherence")}
+
+
 def auto_floor(spec: str, items: list[tuple[str, str]], cfg: JudgeConfig) -> dict:
     """The new path as the reports run it (``dtype: auto``: bfloat16 where this CPU computes it
     natively and faster): seconds of a second run (the first warms up), its GFLOP/s and this
@@ -201,12 +206,9 @@ def auto_floor(spec: str, items: list[tuple[str, str]], cfg: JudgeConfig) -> dic
 
     dtype, why = resolve_dtype("auto")
     be = LocalBackend(load_model(spec, dtype=dtype, quiet=True))
-    j = Judge(replace(cfg, dtype=dtype), backend=be, cache=None)
-    judges = {"logprob": j, "text": j.with_mode("text")}
     for _ in range(2):
-        j._shared.pop("ahead", None)
         with ForwardCount(be.model.hf) as count:
-            t, _ = _timed(lambda: [score_modes(judges, m, items, progress=False) for m in ("trait", "coherence")])
+            t, _ = _timed(lambda: _both_ways(be, replace(cfg, dtype=dtype), items))
     peak = matmul_gflops(getattr(torch, dtype))
     print(f"  as the reports run it ({dtype}: {why}): {t:.1f} s, {count.gflop / t:.0f} GFLOP/s, "
           f"{dtype} matmul {peak:.0f} GFLOP/s")
