@@ -58,11 +58,19 @@ def summary(path: str | Path) -> dict[str, dict[str, int]]:
     return out
 
 
+def totals(sums: dict[str, dict[str, int]]) -> tuple[int, int]:
+    """(items computed, items looked up) over every cache in ``sums``.
+
+    >>> totals({"a": {"read": 2, "computed": 1}, "b": {"read": 0, "computed": 3}})
+    (4, 6)
+    """
+    return (sum(s["computed"] for s in sums.values()), sum(s["read"] + s["computed"] for s in sums.values()))
+
+
 def line(sums: dict[str, dict[str, int]]) -> str:
     """One line for people: how much of what was looked up was computed, in all and per cache."""
     if not sums:
         return "no cache lookups noted"
-    total = sum(s["read"] + s["computed"] for s in sums.values())
-    done = sum(s["computed"] for s in sums.values())
+    done, total = totals(sums)
     parts = [f"{k} {s['computed']:,} of {s['read'] + s['computed']:,}" for k, s in sums.items()]
     return f"computed {done:,} of {total:,} looked up: " + ", ".join(parts)

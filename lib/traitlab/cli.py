@@ -330,8 +330,8 @@ def _computed(cache: dict | None) -> str:
     """
     if cache is None:
         return "?"
-    return (f"{sum(c['computed'] for c in cache.values()):,} of "
-            f"{sum(c['read'] + c['computed'] for c in cache.values()):,}")
+    done, total = cachelog.totals(cache)
+    return f"{done:,} of {total:,}"
 
 
 def write_index(report_dir: Path) -> Path:
